@@ -1,0 +1,316 @@
+"""Typed, validated views of ``params.yaml``: one dataclass per section.
+
+Each stage reads only the sections it declares in ``dvc.yaml``::
+
+    params = load_params("params.yaml")
+    cfg = section(params, "split", SplitConfig)
+
+Numbers are converted explicitly: ``dvc exp run -S lr=1e-5`` writes ``1e-05``, which PyYAML
+(YAML 1.1) reads as a *string*. Unknown keys and wrong types fail with a message that names the
+key, what was found and what was expected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A params.yaml value is missing, unknown or of the wrong type."""
+
+
+# --------------------------------------------------------------------------------------------
+# Generic loading
+# --------------------------------------------------------------------------------------------
+
+
+def load_params(path: str | Path = "params.yaml") -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"params file not found: {path} (run from the repository root, or pass --params)")
+    with path.open() as f:
+        data = yaml.safe_load(f) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, found {type(data).__name__}")
+    return data
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{where}: invalid value {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if value is None:
+            value = {}
+        return from_dict(tp, value, where)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in {"true", "false", "yes", "no"}:
+            return value.lower() in {"true", "yes"}
+        raise ConfigError(f"{where}: expected true or false, found {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected an integer, found {value!r}")
+        if isinstance(value, int):
+            return value
+        try:
+            f = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: expected an integer, found {value!r}") from None
+        if not f.is_integer():
+            raise ConfigError(f"{where}: expected an integer, found {value!r}")
+        return int(f)
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected a number, found {value!r}")
+        try:
+            return float(value)  # also accepts "1e-05" as written back by `dvc exp run -S`
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: expected a number, found {value!r}") from None
+    if tp is str:
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"{where}: expected a string, found {value!r}")
+        return str(value)
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, found {value!r}")
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise ConfigError(f"{where}: expected {len(args)} values, found {list(value)!r}")
+            return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+        inner = args[0] if args else Any
+        out = [_coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
+        return tuple(out) if origin is tuple else out
+    if origin is dict:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, found {value!r}")
+        vt = args[1] if len(args) == 2 else Any
+        return {str(k): _coerce(v, vt, f"{where}.{k}") for k, v in value.items()}
+    return value
+
+
+def from_dict(cls, data: dict | None, where: str = ""):
+    """Build dataclass ``cls`` from ``data``, converting types and rejecting unknown keys."""
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or cls.__name__}: expected a mapping, found {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(
+            f"{where or cls.__name__}: unknown key(s) {unknown}; valid keys are {sorted(names)}"
+        )
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        key = f"{where}.{f.name}" if where else f.name
+        if f.name in data:
+            kwargs[f.name] = _coerce(data[f.name], hints[f.name], key)
+    obj = cls(**kwargs)
+    validate = getattr(obj, "validate", None)
+    if callable(validate):
+        validate(where or cls.__name__)
+    return obj
+
+
+def section(params: dict, name: str, cls):
+    """The dataclass for top-level section ``name`` of ``params``."""
+    return from_dict(cls, params.get(name) or {}, name)
+
+
+def to_dict(obj) -> dict:
+    return dataclasses.asdict(obj)
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ConfigError(msg)
+
+
+# --------------------------------------------------------------------------------------------
+# Sections
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SyntheticConfig:
+    patients: int = 160  # number of children; each has 1..max images
+    max_images_per_patient: int = 3
+    pneumonia_ratio: float = 2.9  # PNEUMONIA : NORMAL patients, as in the real train split
+    min_size: int = 160  # image side lengths are drawn in [min_size, max_size]
+    max_size: int = 320
+    official_test_fraction: float = 0.2  # share of patients written to raw/test (as Kaggle ships one)
+    official_val_images: int = 8  # a tiny val/ folder, like the real 16-image one
+    seed: int = 0
+
+    def validate(self, where: str) -> None:
+        _check(self.patients >= 4, f"{where}.patients: need at least 4, found {self.patients}")
+        _check(self.max_images_per_patient >= 1, f"{where}.max_images_per_patient must be >= 1")
+        _check(16 <= self.min_size <= self.max_size,
+               f"{where}: need 16 <= min_size <= max_size, found {self.min_size}, {self.max_size}")
+        _check(0 <= self.official_test_fraction < 1, f"{where}.official_test_fraction must be in [0, 1)")
+
+
+SOURCES = ("synthetic", "path", "url", "kaggle")
+
+
+@dataclass
+class DataConfig:
+    source: str = "synthetic"  # synthetic | path | url | kaggle
+    path: Optional[str] = None  # folder or .zip/.tar.gz archive (source=path)
+    url: Optional[str] = None  # HTTP(S) archive (source=url)
+    sha256: Optional[str] = None  # expected sha256 of the downloaded archive (optional)
+    download_dir: str = "data/download"  # where url/kaggle archives are kept for resumption
+    kaggle_dataset: str = "paultimothymooney/chest-xray-pneumonia"
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+    def validate(self, where: str) -> None:
+        _check(self.source in SOURCES,
+               f"{where}.source: unknown source {self.source!r}; expected one of {list(SOURCES)}")
+        if self.source == "path":
+            _check(bool(self.path), f"{where}.path: source=path needs data.path (a folder or .zip/.tar.gz)")
+        if self.source == "url":
+            _check(bool(self.url), f"{where}.url: source=url needs data.url (an http(s) link to an archive)")
+
+
+@dataclass
+class SplitConfig:
+    val_fraction: float = 0.15  # of train patients, per class
+    test_fraction: float = 0.15  # of train patients, used only when the source has no test split
+    merge_official_val: bool = True  # the official 16-image val/ joins train before the draw
+    max_pixels: int = 50_000_000  # larger images are quarantined (decompression bombs)
+    seed: int = 42
+
+    def validate(self, where: str) -> None:
+        _check(0 < self.val_fraction < 1, f"{where}.val_fraction must be in (0, 1), found {self.val_fraction}")
+        _check(0 <= self.test_fraction < 1, f"{where}.test_fraction must be in [0, 1)")
+        _check(self.val_fraction + self.test_fraction < 1, f"{where}: val_fraction + test_fraction must be < 1")
+        _check(self.max_pixels > 0, f"{where}.max_pixels must be positive")
+
+
+@dataclass
+class PreprocessConfig:
+    cache_size: int = 96  # side of the square cache images, pixels
+    # How the aspect ratio is handled: "stretch" resizes to cache_size x cache_size (as the
+    # reference notebook's Resize((224, 224)) does); "pad" keeps it and pads with black.
+    resize: str = "stretch"
+    workers: int = 0  # decoding processes; 0 = all cores
+
+    def validate(self, where: str) -> None:
+        _check(16 <= self.cache_size <= 1024, f"{where}.cache_size must be in [16, 1024], found {self.cache_size}")
+        _check(self.resize in ("stretch", "pad"), f"{where}.resize: expected 'stretch' or 'pad', found {self.resize!r}")
+        _check(self.workers >= 0, f"{where}.workers must be >= 0")
+
+
+@dataclass
+class AugmentConfig:
+    """The reference notebook's augmentation table; every transform is drawn per image."""
+
+    enabled: bool = True
+    affine_degrees: float = 15.0  # RandomAffine rotation range, degrees
+    affine_translate: float = 0.1  # RandomAffine translation, fraction of the side
+    crop_scale: tuple[float, float] = (0.8, 1.0)  # RandomResizedCrop area fraction
+    hflip_p: float = 0.5  # RandomHorizontalFlip probability
+    rotation_degrees: float = 15.0  # RandomRotation range, degrees
+    brightness: float = 0.2  # ColorJitter brightness
+    contrast: float = 0.2  # ColorJitter contrast
+    # ColorJitter saturation and hue do nothing to a grayscale X-ray, so they are not knobs here.
+
+    def validate(self, where: str) -> None:
+        lo, hi = self.crop_scale
+        _check(0 < lo <= hi <= 1, f"{where}.crop_scale: need 0 < low <= high <= 1, found {self.crop_scale}")
+        _check(0 <= self.hflip_p <= 1, f"{where}.hflip_p must be in [0, 1]")
+        _check(0 <= self.affine_translate < 1, f"{where}.affine_translate must be in [0, 1)")
+        _check(self.brightness >= 0 and self.contrast >= 0, f"{where}: brightness and contrast must be >= 0")
+
+
+@dataclass
+class ModelOverride:
+    """Per-model overrides of the top-level knobs (train.models.<name>); None = use the global."""
+
+    lr: Optional[float] = None
+    batch_size: Optional[int] = None
+    epochs: Optional[int] = None
+    image_size: Optional[int] = None
+    pretrained: Optional[bool] = None
+    weights: Optional[str] = None  # local torchvision state_dict file or save_pretrained directory
+
+
+@dataclass
+class TrainConfig:
+    pretrained: bool = False  # global; train.models.<name>.pretrained overrides
+    optimizer: str = "adamw"  # adamw | adam | sgd
+    weight_decay: float = 1e-4
+    scheduler: str = "steplr"  # steplr | cosine | none
+    step_size: int = 5  # StepLR
+    gamma: float = 0.5  # StepLR
+    class_weight: str = "balanced"  # balanced (pos_weight = n_neg / n_pos) | none
+    select_metric: str = "val_auc"  # val_auc | val_loss: which epoch's checkpoint is kept
+    early_stopping_patience: int = 0  # epochs without improvement before stopping; 0 = off
+    num_workers: int = 0  # DataLoader workers
+    compile: bool = False  # torch.compile the model
+    amp: bool = True  # mixed precision on CUDA (bf16 where supported)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    def validate(self, where: str) -> None:
+        _check(self.optimizer in ("adamw", "adam", "sgd"), f"{where}.optimizer: expected adamw, adam or sgd, found {self.optimizer!r}")
+        _check(self.scheduler in ("steplr", "cosine", "none"), f"{where}.scheduler: expected steplr, cosine or none, found {self.scheduler!r}")
+        _check(self.class_weight in ("balanced", "none"), f"{where}.class_weight: expected balanced or none, found {self.class_weight!r}")
+        _check(self.select_metric in ("val_auc", "val_loss"), f"{where}.select_metric: expected val_auc or val_loss, found {self.select_metric!r}")
+        _check(self.num_workers >= 0, f"{where}.num_workers must be >= 0")
+
+
+@dataclass
+class MlflowConfig:
+    experiment: str = "chest-xray-pneumonia"
+    registered_model: str = "cxr-pneumonia"  # name in the Model Registry (compare registers the best)
+
+
+@dataclass
+class Globals:
+    """Top-level knobs, kept top-level so `dvc exp run -S lr=1e-4 -S batch_size=16` reaches every model."""
+
+    seed: int = 42
+    lr: float = 1e-3
+    batch_size: int = 32
+    epochs: int = 2
+    image_size: int = 64
+
+    def validate(self, where: str) -> None:
+        _check(self.lr > 0, f"lr must be positive, found {self.lr}")
+        _check(self.batch_size >= 1, f"batch_size must be >= 1, found {self.batch_size}")
+        _check(self.epochs >= 1, f"epochs must be >= 1, found {self.epochs}")
+        _check(self.image_size >= 16, f"image_size must be >= 16, found {self.image_size}")
+
+
+def load_globals(params: dict) -> Globals:
+    keys = {f.name for f in dataclasses.fields(Globals)}
+    return from_dict(Globals, {k: params[k] for k in keys if k in params}, "")
+
+
+def load_model_override(params: dict, model: str) -> ModelOverride:
+    """``models.<name>`` of params.yaml: that model's overrides of the top-level knobs."""
+    return from_dict(ModelOverride, (params.get("models") or {}).get(model) or {}, f"models.{model}")

@@ -1,0 +1,1 @@
+"""Data: sources, synthetic generator, manifest and splits, decoded-image cache, augmentation."""

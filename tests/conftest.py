@@ -1,0 +1,43 @@
+"""Shared fixtures: tiny params, synthetic images in tmp_path, and the real images in ../shared/data.
+
+Tests that need ../shared/data use the ``shared_data`` fixture. Where the folder is absent they
+skip, except when CXR_REQUIRE_SHARED=1 (as .ci/run sets): then they fail, so CI cannot pass them
+silently.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("CXR_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """../shared/data (read-only real Kermany images): kermany224/ and kermany-fullres/."""
+    if not (SHARED_DATA / "kermany224" / "train").is_dir():
+        msg = f"real images not found at {SHARED_DATA} (set CXR_SHARED_DATA to their folder)"
+        if os.environ.get("CXR_REQUIRE_SHARED") == "1":
+            pytest.fail(msg + "; CXR_REQUIRE_SHARED=1 makes these tests mandatory")
+        pytest.skip(msg)
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def synthetic_raw(tmp_path_factory) -> Path:
+    """A small synthetic canonical tree raw/{train,val,test}/{NORMAL,PNEUMONIA}/ (session-wide, read-only by convention)."""
+    from cxr.config import SyntheticConfig
+    from cxr.data.synthetic import generate
+
+    out = tmp_path_factory.mktemp("synthetic") / "raw"
+    generate(out, SyntheticConfig(patients=40, max_images_per_patient=3, min_size=96, max_size=160, seed=1))
+    return out
