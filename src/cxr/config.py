@@ -185,6 +185,7 @@ class DataConfig:
     sha256: Optional[str] = None  # expected sha256 of the downloaded archive (optional)
     download_dir: str = "data/download"  # where url/kaggle archives are kept for resumption
     kaggle_dataset: str = "paultimothymooney/chest-xray-pneumonia"
+    link: bool = True  # path/kaggle: hardlink images into data/raw when possible (copy otherwise)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
     def validate(self, where: str) -> None:
@@ -200,15 +201,18 @@ class DataConfig:
 class SplitConfig:
     val_fraction: float = 0.15  # of train patients, per class
     test_fraction: float = 0.15  # of train patients, used only when the source has no test split
-    merge_official_val: bool = True  # the official 16-image val/ joins train before the draw
+    # The official 16-image val/ joins train before the draw; false: it stays val, added to the drawn val.
+    merge_official_val: bool = True
     max_pixels: int = 50_000_000  # larger images are quarantined (decompression bombs)
     seed: int = 42
+    workers: int = 0  # verification processes (hash + full decode); 0 = all cores
 
     def validate(self, where: str) -> None:
         _check(0 < self.val_fraction < 1, f"{where}.val_fraction must be in (0, 1), found {self.val_fraction}")
         _check(0 <= self.test_fraction < 1, f"{where}.test_fraction must be in [0, 1)")
         _check(self.val_fraction + self.test_fraction < 1, f"{where}: val_fraction + test_fraction must be < 1")
         _check(self.max_pixels > 0, f"{where}.max_pixels must be positive")
+        _check(self.workers >= 0, f"{where}.workers must be >= 0, found {self.workers}")
 
 
 @dataclass
@@ -287,6 +291,7 @@ class TrainConfig:
 class MlflowConfig:
     experiment: str = "chest-xray-pneumonia"
     registered_model: str = "cxr-pneumonia"  # name in the Model Registry (compare registers the best)
+    log_model: bool = True  # train: also log each model with mlflow.pytorch.log_model (VGG16 ~ 0.5 GB)
 
 
 @dataclass
@@ -314,3 +319,72 @@ def load_globals(params: dict) -> Globals:
 def load_model_override(params: dict, model: str) -> ModelOverride:
     """``models.<name>`` of params.yaml: that model's overrides of the top-level knobs."""
     return from_dict(ModelOverride, (params.get("models") or {}).get(model) or {}, f"models.{model}")
+
+
+@dataclass
+class EvaluateConfig:
+    """``evaluate``: the test split, touched once, with bootstrap confidence intervals."""
+
+    threshold: str = "youden"  # youden (chosen on validation) | fixed
+    fixed_threshold: float = 0.5  # threshold=fixed: this value; also the second reported operating point
+    n_resamples: int = 1000  # bootstrap resamples for the confidence intervals
+    confidence: float = 0.95
+    seed: int = 0  # bootstrap and augmentation-figure draws
+    batch_size: int = 64  # prediction batch size
+    gallery_per_outcome: int = 4  # images per TP/TN/FP/FN row of the gallery
+    gradcam: bool = True  # Grad-CAM overlays in the gallery
+    augment_examples: int = 3  # rows of the original-vs-augmented figure
+    augment_draws: int = 4  # augmented draws per row
+
+    def validate(self, where: str) -> None:
+        _check(self.threshold in ("youden", "fixed"),
+               f"{where}.threshold: expected youden or fixed, found {self.threshold!r}")
+        _check(0 < self.fixed_threshold < 1, f"{where}.fixed_threshold must be in (0, 1), found {self.fixed_threshold}")
+        _check(self.n_resamples >= 10, f"{where}.n_resamples must be >= 10, found {self.n_resamples}")
+        _check(0 < self.confidence < 1, f"{where}.confidence must be in (0, 1), found {self.confidence}")
+        _check(self.batch_size >= 1, f"{where}.batch_size must be >= 1")
+        _check(self.gallery_per_outcome >= 1, f"{where}.gallery_per_outcome must be >= 1")
+        _check(self.augment_examples >= 1 and self.augment_draws >= 1,
+               f"{where}: augment_examples and augment_draws must be >= 1")
+
+
+@dataclass
+class SweepConfig:
+    """``sweep``: batch_size x lr grid for one model, every configuration from a fresh initialisation."""
+
+    model: str = "resnet50"
+    batch_sizes: list[int] = field(default_factory=lambda: [16, 32, 64])
+    lrs: list[float] = field(default_factory=lambda: [1e-3, 1e-4, 1e-2])
+    epochs: int = 3
+    image_size: Optional[int] = None  # None = the model's training image_size
+    select_metric: str = "val_auc"  # val_auc (higher) | val_loss (lower); validation only, never test
+
+    def validate(self, where: str) -> None:
+        _check(len(self.batch_sizes) >= 1 and all(b >= 1 for b in self.batch_sizes),
+               f"{where}.batch_sizes: need a non-empty list of positive integers, found {self.batch_sizes}")
+        _check(len(self.lrs) >= 1 and all(lr > 0 for lr in self.lrs),
+               f"{where}.lrs: need a non-empty list of positive numbers, found {self.lrs}")
+        _check(len(set(self.batch_sizes)) == len(self.batch_sizes) and len(set(self.lrs)) == len(self.lrs),
+               f"{where}: batch_sizes and lrs must not repeat values")
+        _check(self.epochs >= 1, f"{where}.epochs must be >= 1, found {self.epochs}")
+        _check(self.image_size is None or self.image_size >= 16, f"{where}.image_size must be >= 16 or null")
+        _check(self.select_metric in ("val_auc", "val_loss"),
+               f"{where}.select_metric: expected val_auc or val_loss, found {self.select_metric!r}")
+
+
+@dataclass
+class CompareConfig:
+    """``compare``: results tables and figures; the best model (on validation) goes to the Model Registry."""
+
+    select_metric: str = "val_auc"  # from metrics/train/<model>.json: val_auc (higher) | val_loss (lower)
+    register: bool = True  # register the selected model under mlflow.registered_model
+    bar_metrics: list[str] = field(default_factory=lambda: [
+        "accuracy", "balanced_accuracy", "sensitivity", "specificity", "f1", "roc_auc"])
+
+    def validate(self, where: str) -> None:
+        _check(self.select_metric in ("val_auc", "val_loss"),
+               f"{where}.select_metric: expected val_auc or val_loss, found {self.select_metric!r}")
+        from cxr.metrics import CI_METRICS  # local: config must not import the heavy stack at load time
+
+        bad = [m for m in self.bar_metrics if m not in CI_METRICS]
+        _check(not bad, f"{where}.bar_metrics: unknown metric(s) {bad}; choose from {list(CI_METRICS)}")

@@ -1,0 +1,126 @@
+"""Stage compare: the Results section, comparison figures, and the best model (on validation) in the Model Registry.
+
+    python src/compare.py --params params.yaml --models cnn resnet50 vgg16 vit \
+        --train-metrics metrics/train --eval-metrics metrics/eval --roc plots/eval \
+        --sweep metrics/sweep.json --sweep-table plots/sweep.csv --checkpoints models \
+        --report reports/results.md --csv reports/results.csv --figures figures/compare
+
+(normally via ``dvc repro compare``). Reads ``compare`` and ``mlflow`` from params.yaml. Tables and
+figures come from the metrics files only; the checkpoint folders are read just to find (or, if
+need be, log) the selected model for ``mlflow.registered_model``. A model whose files are missing
+is skipped with a warning; MLflow being unreachable costs only the registry entry.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from pathlib import Path
+
+import pandas as pd
+
+from cxr import checkpoint
+from cxr.compare import (bar_table, register_best, results_csv, results_markdown, results_table, roc_curves,
+                         select_best)
+from cxr.config import CompareConfig, ConfigError, MlflowConfig, load_params, section
+from cxr.evaluation import find_training_run
+from cxr.plots import metrics_bar_figure, roc_comparison_figure, save_figure
+from cxr.tracking import make_tracker
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--params", default="params.yaml")
+    p.add_argument("--models", nargs="+", required=True)
+    p.add_argument("--train-metrics", default="metrics/train", help="folder of <model>.json (validation)")
+    p.add_argument("--eval-metrics", default="metrics/eval", help="folder of <model>.json (test, with CIs)")
+    p.add_argument("--roc", default="plots/eval", help="folder of <model>/roc.csv")
+    p.add_argument("--sweep", default=None, help="metrics/sweep.json (optional)")
+    p.add_argument("--sweep-table", default=None, help="plots/sweep.csv (optional)")
+    p.add_argument("--checkpoints", default="models", help="folder of <model>/ checkpoints (for the registry)")
+    p.add_argument("--report", required=True, help="markdown Results section")
+    p.add_argument("--csv", required=True, help="results table CSV")
+    p.add_argument("--figures", required=True, help="folder for metrics_bar.png and roc_all.png")
+    return p.parse_args(argv)
+
+
+def _read_json(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text())
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    params = load_params(args.params)
+    cfg: CompareConfig = section(params, "compare", CompareConfig)
+    mlflow_cfg: MlflowConfig = section(params, "mlflow", MlflowConfig)
+
+    train_m, eval_m, rocs = {}, {}, {}
+    for m in args.models:
+        t = _read_json(Path(args.train_metrics) / f"{m}.json")
+        e = _read_json(Path(args.eval_metrics) / f"{m}.json")
+        if t is None or e is None:
+            warnings.warn(f"compare: skipping {m}: missing {'train' if t is None else 'eval'} metrics "
+                          f"(run `dvc repro evaluate@{m}`)", RuntimeWarning, stacklevel=1)
+            continue
+        train_m[m], eval_m[m] = t, e
+        roc_path = Path(args.roc) / m / "roc.csv"
+        if roc_path.is_file():
+            rocs[m] = pd.read_csv(roc_path)
+    if not eval_m:
+        raise ConfigError(f"no model has both {args.train_metrics}/<m>.json and {args.eval_metrics}/<m>.json "
+                          f"for --models {args.models}; run `dvc repro evaluate` first")
+    sweep = _read_json(Path(args.sweep)) if args.sweep else None
+    sweep_table = pd.read_csv(args.sweep_table) if args.sweep_table and Path(args.sweep_table).is_file() else None
+
+    table = results_table(eval_m, train_m, cfg.select_metric)
+    best = select_best(train_m, cfg.select_metric)
+    Path(args.report).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.report).write_text(results_markdown(table, select_metric=cfg.select_metric, eval_metrics=eval_m,
+                                                  sweep_summary=sweep, sweep_table=sweep_table))
+    Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
+    results_csv(table).to_csv(args.csv, index=False, lineterminator="\n")
+
+    figs = {"metrics_bar": metrics_bar_figure(bar_table(eval_m, cfg.bar_metrics), cfg.bar_metrics)}
+    if rocs:
+        figs["roc_all"] = roc_comparison_figure(roc_curves(rocs, eval_m))
+
+    tracker = make_tracker(mlflow_cfg.experiment)
+    with tracker.start_run("compare", tags={"stage": "compare", "selected_model": best,
+                                            "selected_on": cfg.select_metric}):
+        for _, r in table.iterrows():
+            tracker.log_metrics({f"{r['model']}_{k}": r[k] for k in ("val_auc", "accuracy", "sensitivity",
+                                                                      "specificity", "balanced_accuracy", "roc_auc")})
+        for name, fig in figs.items():
+            tracker.log_figure(fig, f"compare/{name}.png")
+        tracker.log_artifact(args.report, "compare")
+        tracker.log_artifact(args.csv, "compare")
+        registered = None
+        if cfg.register:
+            ckpt = Path(args.checkpoints) / best
+            meta = checkpoint.load_meta(ckpt) if (ckpt / checkpoint.META_FILE).is_file() else {}
+            run_id = find_training_run(tracker, best, meta) if meta else None
+            registered = register_best(tracker, best, mlflow_cfg.registered_model, training_run_id=run_id,
+                                       checkpoint_dir=ckpt if meta else None,
+                                       tags={"model": best, "selected_on": cfg.select_metric,
+                                             cfg.select_metric: train_m[best][cfg.select_metric]})
+            if registered:
+                tracker.set_tags({"registered_model": registered["name"], "registered_version": registered["version"]})
+    for name, fig in figs.items():
+        save_figure(fig, Path(args.figures) / f"{name}.png")
+
+    print(f"[compare] {len(eval_m)} model(s); selected on {cfg.select_metric}: {best}. Report: {args.report}")
+    if registered:
+        print(f"[compare] registered {best} as {registered['name']} version {registered['version']} "
+              f"(alias 'champion'; source {registered['source']})")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except (ConfigError, FileNotFoundError) as exc:
+        sys.exit(f"compare: {exc}")

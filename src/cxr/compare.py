@@ -1,0 +1,229 @@
+"""The compare core: metrics files in, a Results section, comparison figures and a registry entry out.
+
+    table = results_table(eval_metrics, train_metrics)      # one row per model, ordered by validation
+    best = select_best(train_metrics, "val_auc")            # chosen on validation, never on test
+    text = results_markdown(table, ...)                     # reports/results.md
+
+Run by ``src/compare.py`` (stage ``compare``). Inputs are the pipeline's metrics files only:
+metrics/train/<m>.json (validation), metrics/eval/<m>.json (test, with bootstrap CIs),
+metrics/sweep.json and plots/sweep.csv, plots/eval/<m>/roc.csv. Test numbers are reported; the
+model that goes to the MLflow Model Registry is the one with the best *validation* metric.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import pandas as pd
+
+REPORT_METRICS = ("accuracy", "sensitivity", "specificity", "balanced_accuracy", "roc_auc", "f1")
+TITLES = {"accuracy": "Accuracy", "sensitivity": "Sensitivity", "specificity": "Specificity",
+          "balanced_accuracy": "Balanced accuracy", "roc_auc": "ROC-AUC", "f1": "F1", "precision": "Precision",
+          "pr_auc": "PR-AUC", "brier": "Brier", "ece": "ECE"}
+
+
+def _num(v) -> float:
+    return float("nan") if v is None else float(v)
+
+
+def select_best(train_metrics: dict[str, dict], metric: str = "val_auc") -> str:
+    """The model with the best validation ``metric`` (val_auc: highest; val_loss: lowest); NaN never wins."""
+    if not train_metrics:
+        raise ValueError("no training metrics found (metrics/train/<model>.json); run `dvc repro train` first")
+    scored = []
+    for name, m in train_metrics.items():
+        if metric not in m:
+            raise ValueError(f"metrics/train/{name}.json has no {metric!r} (keys: {sorted(m)})")
+        v = _num(m[metric])
+        if not math.isnan(v):
+            scored.append((v if metric == "val_auc" else -v, name))
+    if not scored:
+        raise ValueError(f"every model's {metric} is missing or NaN: cannot select one on validation")
+    return max(scored, key=lambda t: t[0])[1]  # ties: the later name in sort order is arbitrary but stable
+
+
+def results_table(eval_metrics: dict[str, dict], train_metrics: dict[str, dict], select_metric: str = "val_auc",
+                  metrics=REPORT_METRICS) -> pd.DataFrame:
+    """One row per evaluated model, ordered by the validation metric (best first).
+
+    Columns: model, val_auc, val_loss, threshold, n_test, then <metric>, <metric>_ci_low,
+    <metric>_ci_high for each metric (test, at the validation-chosen threshold), and selected.
+    """
+    if not eval_metrics:
+        raise ValueError("no evaluation metrics found (metrics/eval/<model>.json); run `dvc repro evaluate` first")
+    best = select_best({m: train_metrics[m] for m in eval_metrics if m in train_metrics}, select_metric) \
+        if any(m in train_metrics for m in eval_metrics) else None
+    rows = []
+    for name, rep in eval_metrics.items():
+        tm = train_metrics.get(name, {})
+        at = rep["at_val_threshold"]
+        row = {"model": name, "val_auc": _num(tm.get("val_auc")), "val_loss": _num(tm.get("val_loss")),
+               "threshold": _num(rep.get("threshold", at.get("threshold"))), "n_test": rep.get("n")}
+        for k in metrics:
+            row[k] = _num(at[k]["value"])
+            row[f"{k}_ci_low"] = _num(at[k]["ci_low"])
+            row[f"{k}_ci_high"] = _num(at[k]["ci_high"])
+        row["selected"] = name == best
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    ascending = select_metric == "val_loss"
+    return table.sort_values(select_metric, ascending=ascending, na_position="last", kind="stable").reset_index(drop=True)
+
+
+def bar_table(eval_metrics: dict[str, dict], metrics) -> dict[str, dict[str, tuple]]:
+    """model -> metric -> (value, ci_low, ci_high) for ``plots.metrics_bar_figure``."""
+    return {name: {k: (_num(rep["at_val_threshold"][k]["value"]), _num(rep["at_val_threshold"][k]["ci_low"]),
+                       _num(rep["at_val_threshold"][k]["ci_high"])) for k in metrics}
+            for name, rep in eval_metrics.items()}
+
+
+def roc_curves(roc_tables: dict[str, pd.DataFrame], eval_metrics: dict[str, dict]) -> dict[str, tuple]:
+    """model -> (fpr, tpr, auc) for ``plots.roc_comparison_figure``."""
+    out = {}
+    for name, df in roc_tables.items():
+        auc = eval_metrics.get(name, {}).get("at_val_threshold", {}).get("roc_auc", {}).get("value")
+        out[name] = (df["fpr"].to_numpy(), df["tpr"].to_numpy(), None if auc is None else float(auc))
+    return out
+
+
+def _pct(v: float) -> str:
+    return "n/a" if math.isnan(v) else f"{100 * v:.1f}"
+
+
+def _with_ci(row, k: str, percent: bool) -> str:
+    fmt = _pct if percent else (lambda v: "n/a" if math.isnan(v) else f"{v:.3f}")
+    return f"{fmt(row[k])} ({fmt(row[k + '_ci_low'])}–{fmt(row[k + '_ci_high'])})"
+
+
+def markdown_table(df: pd.DataFrame) -> str:
+    """A GitHub-flavoured markdown table (no extra dependency such as tabulate)."""
+    cols = list(df.columns)
+    lines = ["| " + " | ".join(map(str, cols)) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    for _, r in df.iterrows():
+        lines.append("| " + " | ".join(str(r[c]) for c in cols) + " |")
+    return "\n".join(lines)
+
+
+def sweep_markdown(sweep_table: pd.DataFrame, select_metric: str) -> str:
+    df = sweep_table.copy()
+    show = [c for c in ("batch_size", "lr", "val_auc", "val_loss", "best_epoch", "test_auc", "test_acc", "selected")
+            if c in df.columns]
+    df = df[show]
+    for c in ("val_auc", "val_loss", "test_auc", "test_acc"):
+        if c in df.columns:
+            df[c] = df[c].map(lambda v: "n/a" if pd.isna(v) else f"{v:.3f}")
+    if "lr" in df.columns:
+        df["lr"] = df["lr"].map(lambda v: f"{float(v):g}")
+    if "selected" in df.columns:
+        df["selected"] = df["selected"].map(lambda v: "**yes**" if str(v).lower() == "true" else "")
+    return markdown_table(df)
+
+
+def results_markdown(table: pd.DataFrame, *, select_metric: str = "val_auc", eval_metrics: dict | None = None,
+                     sweep_summary: dict | None = None, sweep_table: pd.DataFrame | None = None) -> str:
+    """reports/results.md: a Results section in the style of a paper."""
+    any_rep = next(iter((eval_metrics or {}).values()), {})
+    n, n_pos = any_rep.get("n"), any_rep.get("n_pneumonia")
+    conf = any_rep.get("confidence", 0.95)
+    n_res = any_rep.get("n_resamples")
+    lines = ["# Results", ""]
+    if n:
+        lines += [f"Test set: {n} images ({any_rep.get('n_normal')} NORMAL, {n_pos} PNEUMONIA). Answering PNEUMONIA "
+                  f"for every image would score {100 * n_pos / n:.1f} % accuracy, 100 % sensitivity and 0 % "
+                  "specificity, so sensitivity, specificity, balanced accuracy and ROC-AUC are reported with accuracy.", ""]
+    sel = table[table["selected"]]
+    metric_name = "validation ROC-AUC" if select_metric == "val_auc" else "validation loss"
+    lines += [f"**Table 1.** Test-set performance of each model at its decision threshold (Youden's J or fixed, "
+              f"chosen on the validation split). Values in % (ROC-AUC as a fraction) with {int(conf * 100)} % "
+              f"stratified bootstrap confidence intervals{f' ({n_res} resamples)' if n_res else ''}. Models are "
+              f"ordered by {metric_name}; the test split played no part in training, checkpoint choice, threshold "
+              "or model selection.", ""]
+    t = pd.DataFrame({
+        "Model": [f"**{m}**" if s else m for m, s in zip(table["model"], table["selected"])],
+        "Val AUC": table["val_auc"].map(lambda v: "n/a" if math.isnan(v) else f"{v:.3f}"),
+        "Threshold": table["threshold"].map(lambda v: f"{v:.3f}"),
+        **{TITLES[k]: [_with_ci(r, k, percent=k != "roc_auc") for _, r in table.iterrows()]
+           for k in REPORT_METRICS if k in table.columns},
+    })
+    lines += [markdown_table(t), ""]
+    if len(sel):
+        r = sel.iloc[0]
+        lines += [f"The model selected on {metric_name} is **{r['model']}** (validation ROC-AUC "
+                  f"{r['val_auc']:.3f}). On the test set it reaches accuracy {_with_ci(r, 'accuracy', True)} %, "
+                  f"sensitivity {_with_ci(r, 'sensitivity', True)} %, specificity {_with_ci(r, 'specificity', True)} % "
+                  f"and ROC-AUC {_with_ci(r, 'roc_auc', False)}.", ""]
+        best_test = table.loc[table["roc_auc"].idxmax(), "model"] if table["roc_auc"].notna().any() else None
+        if best_test is not None and best_test != r["model"]:
+            lines += [f"The highest *test* ROC-AUC belongs to {best_test}; choosing it for that reason would report "
+                      "an optimistically biased number, so the selection stays with the validation winner.", ""]
+    if sweep_table is not None and len(sweep_table):
+        s = sweep_summary or {}
+        b = s.get("best", {})
+        lines += ["## Batch size x learning rate sweep", "",
+                  f"**Table 2.** {s.get('model', 'model')}: every configuration trained from a fresh initialisation; "
+                  f"selection on {s.get('select_metric', 'val_auc')}. Test columns are reported for the record and "
+                  "were **not used for selection**.", "", sweep_markdown(sweep_table, s.get("select_metric", "val_auc")), ""]
+        if b:
+            lines += [f"Selected: batch size {b.get('batch_size')}, learning rate {float(b.get('lr')):g} "
+                      f"(validation ROC-AUC {_num(b.get('val_auc')):.3f}).", ""]
+    lines += ["Reference (official 624-image test set): Kermany et al. 2018, InceptionV3 transfer, accuracy 92.8 %, "
+              "sensitivity 93.2 %, specificity 90.1 %, AUC 0.968 (checkpoint chosen on test); MedMNIST v2 "
+              "ResNet-50 (224 px) accuracy 88.4 %, AUC 0.962 (selection on validation).", ""]
+    return "\n".join(lines)
+
+
+def results_csv(table: pd.DataFrame) -> pd.DataFrame:
+    """reports/results.csv: the table with plain numbers, rounded."""
+    return table.round(4)
+
+
+# --------------------------------------------------------------------------------------------
+# MLflow Model Registry
+# --------------------------------------------------------------------------------------------
+
+
+def _logged_model_uri(client, experiment_id: str, run_id: str, name: str = "model") -> str | None:
+    models = client.search_logged_models([experiment_id], filter_string=f"source_run_id = '{run_id}'")
+    for lm in models:
+        if lm.name == name:
+            return f"models:/{lm.model_id}"
+    return None
+
+
+def register_best(tracker, model_name: str, registered_name: str, *, training_run_id: str | None,
+                  checkpoint_dir=None, tags: dict | None = None) -> dict | None:
+    """Register ``model_name`` under ``registered_name``; returns {name, version, source} or None.
+
+    Uses the model logged in its training run; where there is none (``mlflow.log_model: false``,
+    or the run was not found) the checkpoint is loaded and logged into the *active* run of
+    ``tracker`` first. Any MLflow failure warns and returns None: DVC outputs never depend on it.
+    """
+    if not getattr(tracker, "active", False):
+        return None
+    try:
+        import mlflow
+        from mlflow import MlflowClient
+
+        client = MlflowClient(tracking_uri=tracker.uri)
+        uri = None
+        if training_run_id:
+            uri = _logged_model_uri(client, tracker.experiment_id, training_run_id)
+        if uri is None:
+            if checkpoint_dir is None or tracker.run_id is None:
+                raise RuntimeError("no logged model in the training run and no checkpoint/active run to log one from")
+            from cxr import checkpoint
+
+            model, meta = checkpoint.load(checkpoint_dir)
+            tracker.log_model(model, name="model", image_size=int(meta["image_size"]))
+            uri = _logged_model_uri(client, tracker.experiment_id, tracker.run_id)
+            if uri is None:
+                raise RuntimeError("logging the checkpoint to MLflow failed")
+        mlflow.set_tracking_uri(tracker.uri)
+        version = mlflow.register_model(uri, registered_name, tags={k: str(v) for k, v in (tags or {}).items()})
+        client.set_registered_model_alias(registered_name, "champion", version.version)
+        return {"name": registered_name, "version": str(version.version), "source": uri, "model": model_name}
+    except Exception as exc:
+        warnings.warn(f"could not register {model_name!r} as {registered_name!r} in MLflow "
+                      f"({exc.__class__.__name__}: {exc}); reports are written regardless.", RuntimeWarning, stacklevel=2)
+        return None

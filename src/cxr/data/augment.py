@@ -1,0 +1,163 @@
+"""Training augmentation (the reference table) as one batched warp, plus the per-image torchvision reference.
+
+    aug = BatchAugment(AugmentConfig(), out_size=64)
+    x01 = aug(uint8_batch_on_device, generator=torch.Generator().manual_seed(0))  # (B, 1, 64, 64) in [0, 1]
+    x = to_model_input(x01, mean, std)                                            # (B, 3, 64, 64) normalised
+
+The reference table (RandomResizedCrop, RandomHorizontalFlip, RandomRotation, RandomAffine with
+translation) is a chain of affine maps. :class:`BatchAugment` draws every parameter per image, composes
+the chain into one 2x3 matrix per image and applies the whole batch with a single ``affine_grid`` +
+``grid_sample`` that also resizes to ``out_size``: one interpolation instead of four, on any device.
+Brightness and contrast jitter follow as a per-image multiply-add (contrast around each image's
+mean, as torchvision's ``adjust_contrast`` does). ``benchmarks/`` compares it with
+:func:`reference_transforms`, the same table as torchvision v2 transforms applied one image at a time.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torchvision.transforms import v2
+
+from cxr.config import AugmentConfig
+
+
+class BatchAugment:
+    """Per-image random crop + flip + rotation + affine + brightness/contrast, for a uint8 (B, 1, H, W) batch."""
+
+    def __init__(self, cfg: AugmentConfig, out_size: int):
+        self.cfg = cfg
+        self.out_size = int(out_size)
+
+    def sample_matrices(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """(n, 2, 3) matrices mapping output coordinates to input coordinates (normalised [-1, 1], x then y).
+
+        The image pipeline is input -> crop -> flip -> rotation -> affine -> output; the sampling grid
+        needs the inverse, so the inverses are composed in the opposite order. Drawn on the CPU with
+        ``generator``, so a seed gives the same draws on every device.
+        """
+        cfg, g = self.cfg, generator
+
+        def uniform(lo: float, hi: float) -> torch.Tensor:
+            return lo + (hi - lo) * torch.rand(n, generator=g, dtype=torch.float64)
+
+        eye = torch.eye(3, dtype=torch.float64).repeat(n, 1, 1)
+
+        # RandomResizedCrop: area fraction s, aspect ratio r log-uniform in [3/4, 4/3] (torchvision's
+        # default). torchvision rejects crops that do not fit and redraws; drawing log r uniformly over
+        # the range that fits for this s (r in [s, 1/s]) is that rejection without the loop.
+        s = uniform(*cfg.crop_scale)
+        lo = torch.clamp(torch.log(s), min=math.log(3 / 4))
+        hi = torch.clamp(-torch.log(s), max=math.log(4 / 3))
+        r = torch.exp(lo + (hi - lo) * torch.rand(n, generator=g, dtype=torch.float64))
+        cw = torch.sqrt(s * r).clamp(max=1.0)  # clamp: float round-off only
+        ch = torch.sqrt(s / r).clamp(max=1.0)
+        cx = uniform(-1, 1) * (1 - cw)  # crop centre, anywhere the crop stays inside the image
+        cy = uniform(-1, 1) * (1 - ch)
+        crop = eye.clone()
+        crop[:, 0, 0], crop[:, 1, 1], crop[:, 0, 2], crop[:, 1, 2] = cw, ch, cx, cy
+
+        flip = eye.clone()
+        flip[:, 0, 0] = torch.where(torch.rand(n, generator=g, dtype=torch.float64) < cfg.hflip_p, -1.0, 1.0)
+
+        def rotation(deg: torch.Tensor) -> torch.Tensor:
+            a = torch.deg2rad(deg)
+            m = eye.clone()
+            m[:, 0, 0], m[:, 0, 1], m[:, 1, 0], m[:, 1, 1] = a.cos(), -a.sin(), a.sin(), a.cos()
+            return m
+
+        rot = rotation(uniform(-cfg.rotation_degrees, cfg.rotation_degrees))
+        # RandomAffine: rotation, then translation by up to affine_translate of the side (= 2x in [-1, 1] units).
+        aff_rot = rotation(uniform(-cfg.affine_degrees, cfg.affine_degrees))
+        t = 2 * cfg.affine_translate
+        shift = eye.clone()
+        shift[:, 0, 2], shift[:, 1, 2] = uniform(-t, t), uniform(-t, t)
+        # Inverse of (shift . aff_rot): rotations' inverses are their transposes.
+        aff_inv = aff_rot.transpose(1, 2) @ _inverse_translation(shift)
+        m = crop @ flip @ rot.transpose(1, 2) @ aff_inv
+        return m[:, :2, :].float()
+
+    def sample_jitter(self, n: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        b, c = self.cfg.brightness, self.cfg.contrast
+        brightness = 1 - b + 2 * b * torch.rand(n, generator=generator)
+        contrast = 1 - c + 2 * c * torch.rand(n, generator=generator)
+        return brightness, contrast
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[1] != 1:
+            raise ValueError(f"BatchAugment expects a uint8 (B, 1, H, W) tensor, found {x.dtype} {tuple(x.shape)}")
+        if not self.cfg.enabled:
+            return resize01(x, self.out_size)
+        n = x.shape[0]
+        theta = self.sample_matrices(n, generator).to(x.device)
+        brightness, contrast = (v.to(x.device).view(n, 1, 1, 1) for v in self.sample_jitter(n, generator))
+        grid = F.affine_grid(theta, [n, 1, self.out_size, self.out_size], align_corners=False)
+        # Outside the source image is black, like torchvision's fill=0.
+        out = F.grid_sample(x.float() / 255.0, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        out = (out * brightness).clamp_(0, 1)
+        mean = out.mean(dim=(1, 2, 3), keepdim=True)
+        return (contrast * out + (1 - contrast) * mean).clamp_(0, 1)
+
+
+def _inverse_translation(shift: torch.Tensor) -> torch.Tensor:
+    inv = shift.clone()
+    inv[:, :2, 2] = -shift[:, :2, 2]
+    return inv
+
+
+def resize01(x: torch.Tensor, out_size: int, antialias: bool = False) -> torch.Tensor:
+    """uint8 (B, 1, H, W) -> float (B, 1, out, out) in [0, 1], bilinear.
+
+    Without antialias this is exactly what BatchAugment's grid does at zero magnitudes; evaluation
+    uses antialias=True, as torchvision's Resize does.
+    """
+    x = x.float() / 255.0
+    if x.shape[-2:] != (out_size, out_size):
+        x = F.interpolate(x, size=(out_size, out_size), mode="bilinear", align_corners=False, antialias=antialias)
+    return x.clamp_(0, 1)
+
+
+def eval_resize(x: torch.Tensor, out_size: int) -> torch.Tensor:
+    """Deterministic batched evaluation transform: antialiased resize to ``out_size``, float [0, 1]."""
+    return resize01(x, out_size, antialias=True)
+
+
+def reference_transforms(cfg: AugmentConfig, out_size: int) -> v2.Compose:
+    """The reference table as torchvision v2 transforms for one uint8 (1, H, W) tensor -> float [0, 1]."""
+    if not cfg.enabled:
+        return eval_transform(out_size)
+    t = cfg.affine_translate
+    return v2.Compose([
+        v2.RandomResizedCrop(out_size, scale=tuple(cfg.crop_scale), antialias=True),
+        v2.RandomHorizontalFlip(cfg.hflip_p),
+        v2.RandomRotation(cfg.rotation_degrees),
+        v2.RandomAffine(degrees=cfg.affine_degrees, translate=(t, t)),
+        v2.ColorJitter(brightness=cfg.brightness, contrast=cfg.contrast),
+        v2.ToDtype(torch.float32, scale=True),
+    ])
+
+
+def eval_transform(out_size: int) -> v2.Compose:
+    """Deterministic resize only, for one uint8 (1, H, W) tensor -> float [0, 1]."""
+    return v2.Compose([v2.Resize((out_size, out_size), antialias=True), v2.ToDtype(torch.float32, scale=True)])
+
+
+def to_model_input(x01: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """(B, 1, H, W) in [0, 1] -> (B, 3, H, W) normalised with the weights' mean/std (grayscale repeated)."""
+    mean_t = torch.as_tensor(mean, dtype=x01.dtype, device=x01.device).view(1, -1, 1, 1)
+    std_t = torch.as_tensor(std, dtype=x01.dtype, device=x01.device).view(1, -1, 1, 1)
+    return (x01.expand(-1, mean_t.shape[1], -1, -1) - mean_t) / std_t
+
+
+class Normalize:
+    """``to_model_input`` with fixed mean/std, optionally in channels_last (CNNs on CUDA)."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float], channels_last: bool = False):
+        self.mean, self.std, self.channels_last = list(mean), list(std), channels_last
+
+    def __call__(self, x01: torch.Tensor) -> torch.Tensor:
+        x = to_model_input(x01, self.mean, self.std)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x.contiguous()

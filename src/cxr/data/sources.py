@@ -1,0 +1,606 @@
+"""Dataset intake: any source -> one canonical tree ``{train,val,test}/{NORMAL,PNEUMONIA}/``.
+
+The ``fetch`` stage (``python src/fetch.py --params params.yaml --out data/raw``) calls::
+
+    report = fetch(cfg, Path("data/raw"))   # cfg: DataConfig, the `data:` section of params.yaml
+
+``data.source`` picks where the images come from:
+
+- ``synthetic``: the seeded generator of :mod:`cxr.data.synthetic` (offline default).
+- ``path``: a local folder or a .zip / .tar.gz / .tgz / .tar archive in the Kaggle
+  (``chest_xray/{train,val,test}/{NORMAL,PNEUMONIA}``) or Mendeley
+  (``ChestXRay2017/chest_xray/{train,test}/...``) layout, or a flat ``{NORMAL,PNEUMONIA}/`` folder
+  (taken as train only). The quirks of real copies are handled: a nested duplicate
+  ``chest_xray/chest_xray/``, ``__MACOSX/``, ``.DS_Store``, ``._*`` AppleDouble files, folder names
+  in any letter case, a missing ``val/`` or ``test/``.
+- ``url``: an HTTP(S) archive, downloaded with resumption and an optional sha256 check.
+- ``kaggle``: ``kagglehub.dataset_download`` (needs Kaggle credentials).
+
+Every file inside a class folder is taken, broken images included: the ``split`` stage decides
+what is usable and reports what it quarantines. Only operating-system junk is dropped here.
+Archives are extracted safely: a member that would land outside the target, a link, or a device
+file stops the extraction with an error naming it.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import shutil
+import stat
+import tarfile
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from urllib.parse import unquote, urlparse
+
+from cxr.config import DataConfig
+
+SPLITS = ("train", "val", "test")
+CLASSES = ("NORMAL", "PNEUMONIA")
+# Folder names seen in real copies, lower-cased; "validation"/"valid" from re-packaged copies.
+_SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val",
+                  "validation": "val", "test": "test", "testing": "test"}
+_JUNK_DIRS = {"__macosx", ".ipynb_checkpoints", ".git"}
+_JUNK_FILES = {".ds_store", "thumbs.db", "desktop.ini", ".directory"}
+
+EXPECTED_LAYOUT = (
+    "expected a folder holding train/ (any letter case) with NORMAL/ and PNEUMONIA/ subfolders, "
+    "plus optional val/ and test/ alike (the Kaggle or Mendeley layout, e.g. "
+    "chest_xray/train/NORMAL/IM-0115-0001.jpeg), or a flat folder with NORMAL/ and PNEUMONIA/ "
+    "(used as train only)"
+)
+
+
+class SourceError(RuntimeError):
+    """The data source cannot be used as configured; the message says what to change."""
+
+
+@dataclass
+class FetchReport:
+    source: str  # synthetic | path | url | kaggle
+    out_dir: Path
+    counts: dict[str, dict[str, int]]  # split -> class -> images written
+    notes: list[str] = field(default_factory=list)  # what was found and decided, for the log
+
+    @property
+    def total(self) -> int:
+        return sum(n for per_class in self.counts.values() for n in per_class.values())
+
+    def table(self) -> str:
+        """The counts as a small aligned text table (split rows, class columns, totals)."""
+        head = f"{'split':<7}" + "".join(f"{c:>11}" for c in CLASSES) + f"{'total':>9}"
+        rows = [head]
+        for split in SPLITS:
+            per = self.counts.get(split, {})
+            rows.append(f"{split:<7}" + "".join(f"{per.get(c, 0):>11}" for c in CLASSES)
+                        + f"{sum(per.values()):>9}")
+        rows.append(f"{'total':<7}" + "".join(
+            f"{sum(self.counts.get(s, {}).get(c, 0) for s in SPLITS):>11}" for c in CLASSES)
+            + f"{self.total:>9}")
+        return "\n".join(rows)
+
+
+def fetch(cfg: DataConfig, out_dir: Path, *, base_dir: Path = Path("."), progress: bool = True) -> FetchReport:
+    """Bring the configured source into ``out_dir`` (replaced wholesale) and count what arrived.
+
+    Relative paths (``data.path``, ``data.download_dir``) resolve against ``base_dir``, the
+    repository root when DVC runs the stage.
+    """
+    out_dir = Path(out_dir)
+    base_dir = Path(base_dir)
+    notes: list[str] = []
+
+    if cfg.source == "synthetic":
+        from cxr.data.synthetic import generate
+
+        _reset(out_dir)
+        counts = generate(out_dir, cfg.synthetic)
+        notes.append(f"synthetic images, seed {cfg.synthetic.seed}")
+        return FetchReport("synthetic", out_dir, counts, notes)
+
+    if cfg.source == "path":
+        src = resolve_path(cfg.path, base_dir)
+        _check_not_inside(src, out_dir)
+        notes.append(f"source: {src}")
+        counts = _import_any(src, out_dir, notes, link=cfg.link, progress=progress)
+        return FetchReport("path", out_dir, counts, notes)
+
+    if cfg.source == "url":
+        download_dir = _anchor(cfg.download_dir, base_dir)
+        archive = download(cfg.url, download_dir, sha256=cfg.sha256, progress=progress, notes=notes)
+        counts = _import_any(archive, out_dir, notes, link=False, progress=progress)
+        return FetchReport("url", out_dir, counts, notes)
+
+    if cfg.source == "kaggle":
+        folder = kaggle_download(cfg.kaggle_dataset, _anchor(cfg.download_dir, base_dir) / "kaggle")
+        notes.append(f"kagglehub: {cfg.kaggle_dataset} -> {folder}")
+        counts = _import_any(folder, out_dir, notes, link=cfg.link, progress=progress)
+        return FetchReport("kaggle", out_dir, counts, notes)
+
+    raise SourceError(f"data.source: unknown source {cfg.source!r}; expected synthetic, path, url or kaggle")
+
+
+# --------------------------------------------------------------------------------------------
+# Paths
+# --------------------------------------------------------------------------------------------
+
+
+def resolve_path(path: str | os.PathLike | None, base_dir: Path) -> Path:
+    """``path`` as given if absolute, else under ``base_dir``, else under ``$DVC_ROOT``.
+
+    Queued DVC experiments run in a temporary copy of the repository that lacks untracked data;
+    ``DVC_ROOT`` points at the real repository, where a relative ``data.path`` still exists.
+    """
+    if not path:
+        raise SourceError("data.path is empty; set it to a folder or a .zip/.tar.gz archive of the dataset")
+    p = Path(path).expanduser()
+    if p.is_absolute():
+        if not p.exists():
+            raise SourceError(f"data.path {p} does not exist; check the path (a folder or .zip/.tar.gz)")
+        return p
+    tried = [Path(base_dir) / p]
+    if os.environ.get("DVC_ROOT"):
+        tried.append(Path(os.environ["DVC_ROOT"]) / p)
+    for candidate in tried:
+        if candidate.exists():
+            return candidate.resolve()
+    raise SourceError(
+        f"data.path {str(path)!r} not found (tried {', '.join(str(t) for t in tried)}); "
+        f"give a path relative to the repository root or an absolute one"
+    )
+
+
+def _anchor(path: str, base_dir: Path) -> Path:
+    """Where downloads are kept: in the real repository even for a queued experiment, so a
+    partial download started by one experiment resumes in the next."""
+    p = Path(path).expanduser()
+    if p.is_absolute():
+        return p
+    root = os.environ.get("DVC_ROOT")
+    return (Path(root) if root else Path(base_dir)) / p
+
+
+def _check_not_inside(src: Path, out_dir: Path) -> None:
+    src_r, out_r = src.resolve(), out_dir.resolve()
+    if src_r == out_r or out_r in src_r.parents:
+        raise SourceError(
+            f"data.path {src} lies inside the output folder {out_dir}, which the fetch stage "
+            f"replaces on every run; move the dataset elsewhere (e.g. data/source/)"
+        )
+
+
+def _reset(out_dir: Path) -> None:
+    if out_dir.is_symlink() or out_dir.is_file():
+        out_dir.unlink()
+    elif out_dir.exists():
+        shutil.rmtree(out_dir)
+    for split in SPLITS:
+        for label in CLASSES:
+            (out_dir / split / label).mkdir(parents=True, exist_ok=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Layout detection and import
+# --------------------------------------------------------------------------------------------
+
+
+def is_junk(name: str) -> bool:
+    """Operating-system litter that real copies of the archive carry (never images)."""
+    low = name.lower()
+    return low in _JUNK_FILES or low in _JUNK_DIRS or name.startswith("._")
+
+
+def _subdirs(folder: Path) -> dict[str, Path]:
+    """Child folders by lower-cased name (junk skipped); first in sorted order wins on clashes."""
+    out: dict[str, Path] = {}
+    try:
+        children = sorted(folder.iterdir())
+    except OSError:
+        return out
+    for child in children:
+        if child.is_dir() and not is_junk(child.name):
+            out.setdefault(child.name.lower(), child)
+    return out
+
+
+def _class_dirs(folder: Path) -> dict[str, Path]:
+    """The class folders ``folder`` holds, any letter case: ``{NORMAL: dir, PNEUMONIA: dir}``."""
+    sub = _subdirs(folder)
+    return {label: sub[label.lower()] for label in CLASSES if label.lower() in sub}
+
+
+@dataclass
+class Layout:
+    root: Path  # the folder holding train/ (or the flat class folders)
+    dirs: dict[str, dict[str, Path]]  # split -> class -> folder (splits absent from the copy omitted)
+    flat: bool = False
+    others: list[Path] = field(default_factory=list)  # further copies of the layout, not taken
+
+
+def find_layout(root: Path) -> Layout:
+    """The dataset folder under ``root``: the one holding train/ with both class folders.
+
+    Where the copy holds the tree twice (Kaggle's nested ``chest_xray/chest_xray/``), the copy
+    with more files wins, the shallower one on a tie, so images are never taken twice.
+    """
+    root = Path(root)
+    candidates: list[Layout] = []
+    flats: list[Layout] = []
+    for dirpath, dirnames, _ in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not is_junk(d))
+        here = Path(dirpath)
+        sub = _subdirs(here)
+        splits: dict[str, dict[str, Path]] = {}
+        for name, folder in sub.items():
+            split = _SPLIT_ALIASES.get(name)
+            if split and split not in splits and (classes := _class_dirs(folder)):
+                splits[split] = classes
+        # train/ must hold both classes (that also rules out the Mendeley OCT tree next door,
+        # whose train/ has NORMAL but no PNEUMONIA); val/ and test/ may hold one class only.
+        if len(splits.get("train", {})) == len(CLASSES):
+            candidates.append(Layout(here, splits))
+        elif here.name.lower() not in _SPLIT_ALIASES and len(classes := _class_dirs(here)) == len(CLASSES):
+            flats.append(Layout(here, {"train": classes}, flat=True))
+    pool = candidates or flats
+    if not pool:
+        raise SourceError(
+            f"no chest X-ray dataset layout found under {root}; found: {_describe(root)}; "
+            f"{EXPECTED_LAYOUT}. Point data.path at the folder (or archive) that holds it"
+        )
+
+    def size(layout: Layout) -> int:
+        return sum(_count_files(d) for per in layout.dirs.values() for d in per.values())
+
+    sizes = [size(layout) for layout in pool]
+    best = max(range(len(pool)), key=lambda i: (sizes[i], -len(pool[i].root.parts)))
+    chosen = pool[best]
+    chosen.others = [layout.root for i, layout in enumerate(pool) if i != best]
+    return chosen
+
+
+def _describe(root: Path, limit: int = 12) -> str:
+    """A short listing of what is under ``root`` (two levels), for error messages."""
+    items: list[str] = []
+    if root.is_dir():
+        for child in sorted(root.iterdir()):
+            if is_junk(child.name):
+                continue
+            if child.is_dir():
+                inner = sorted(c.name for c in child.iterdir() if not is_junk(c.name))
+                shown = ", ".join(inner[:6]) + (", ..." if len(inner) > 6 else "")
+                items.append(f"{child.name}/ [{shown}]")
+            else:
+                items.append(child.name)
+    if not items:
+        return "nothing (an empty folder)"
+    return "; ".join(items[:limit]) + (f"; ... ({len(items) - limit} more)" if len(items) > limit else "")
+
+
+def _iter_files(folder: Path):
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not is_junk(d))
+        for name in sorted(filenames):
+            if not is_junk(name):
+                yield Path(dirpath) / name
+
+
+def _count_files(folder: Path) -> int:
+    return sum(1 for _ in _iter_files(folder))
+
+
+def import_tree(layout: Layout, out_dir: Path, *, mode: str = "link", progress: bool = False) -> dict[str, dict[str, int]]:
+    """Place every file of ``layout``'s class folders under ``out_dir/<split>/<CLASS>/``.
+
+    ``mode``: ``link`` hardlinks (copying when the filesystems differ or linking is refused),
+    ``copy`` copies, ``move`` renames (for freshly extracted archives). Sub-folders inside a class
+    folder are kept, so equal file names in them cannot collide.
+    """
+    from tqdm import tqdm
+
+    if mode not in ("link", "copy", "move"):
+        raise ValueError(f"mode must be link, copy or move, found {mode!r}")
+    _reset(out_dir)
+    jobs = [(split, label, f, f.relative_to(folder))
+            for split, per in layout.dirs.items() for label, folder in per.items()
+            for f in _iter_files(folder)]
+    counts = {split: {label: 0 for label in CLASSES} for split in SPLITS}
+    can_link = mode == "link"
+    for split, label, src, rel in tqdm(jobs, desc="importing", unit="img", disable=not progress, mininterval=1.0):
+        dst = out_dir / split / label / rel
+        if len(rel.parts) > 1:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+        if mode == "move":
+            os.replace(src, dst)
+        elif can_link:
+            try:
+                os.link(src, dst)
+            except OSError as exc:
+                # Another filesystem, or hardlinks refused (protected_hardlinks, FAT, some
+                # network mounts): copy this and every later file.
+                if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EACCES, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP):
+                    raise
+                can_link = False
+                shutil.copyfile(src, dst)
+        else:
+            shutil.copyfile(src, dst)
+        counts[split][label] += 1
+    return counts
+
+
+def _import_any(src: Path, out_dir: Path, notes: list[str], *, link: bool, progress: bool) -> dict[str, dict[str, int]]:
+    """A folder or an archive -> the canonical tree."""
+    # Clear the output before looking for the layout: when out_dir lies inside the source
+    # folder (data.path: data, out: data/raw), last run's canonical tree must not be mistaken
+    # for the dataset.
+    _reset(out_dir)
+    if src.is_dir():
+        layout = find_layout(src)
+        _note_layout(layout, src, notes)
+        return import_tree(layout, out_dir, mode="link" if link else "copy", progress=progress)
+    if not src.is_file():
+        raise SourceError(f"{src} is neither a folder nor a file; expected a dataset folder or archive")
+    # Extract next to out_dir: the same filesystem, so the images are moved, not copied twice.
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-extract-", dir=out_dir.parent))
+    try:
+        extract_archive(src, staging, progress=progress)
+        layout = find_layout(staging)
+        _note_layout(layout, staging, notes)
+        return import_tree(layout, out_dir, mode="move", progress=progress)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _note_layout(layout: Layout, root: Path, notes: list[str]) -> None:
+    where = layout.root.relative_to(root).as_posix() if layout.root != root else "."
+    if layout.flat:
+        notes.append(f"flat NORMAL/PNEUMONIA folders at {where}: all images go to train/")
+    else:
+        notes.append(f"dataset folder: {where}")
+        if layout.others:
+            skipped = ", ".join(o.relative_to(root).as_posix() for o in layout.others)
+            notes.append(f"also found {skipped}: not taken (duplicate copies; the largest one wins)")
+        missing = [s for s in SPLITS if s not in layout.dirs]
+        if missing:
+            notes.append(f"no {'/'.join(missing)} folder in the source: left empty")
+
+
+# --------------------------------------------------------------------------------------------
+# Archives
+# --------------------------------------------------------------------------------------------
+
+
+def _unsafe_name(name: str) -> str | None:
+    """Why an archive member name is unsafe to extract, or None when it is fine."""
+    norm = name.replace("\\", "/")
+    if norm.startswith("/") or (len(norm) > 1 and norm[1] == ":"):
+        return "absolute path"
+    if ".." in PurePosixPath(norm).parts:
+        return "path climbs out of the target folder ('..')"
+    return None
+
+
+def _refuse(archive: Path, member: str, reason: str) -> SourceError:
+    return SourceError(
+        f"unsafe member {member!r} in archive {archive}: {reason}; refusing to extract it. "
+        f"The archive is damaged or not the dataset: download it again from a trusted source"
+    )
+
+
+def extract_archive(archive: Path, dest: Path, *, progress: bool = False) -> None:
+    """Extract a .zip or tar (any compression) into ``dest``, refusing unsafe members.
+
+    Refused: absolute paths and ``..`` (zip-slip), symbolic and hard links, device files and
+    fifos. The format is told from the content, not the name (download URLs often have none).
+    """
+    from tqdm import tqdm
+
+    archive, dest = Path(archive), Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    root = dest.resolve()
+    if zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as zf:
+            for info in tqdm(zf.infolist(), desc="extracting", unit="file", disable=not progress, mininterval=1.0):
+                reason = _unsafe_name(info.filename)
+                mode = info.external_attr >> 16
+                if reason is None and stat.S_ISLNK(mode):
+                    reason = "symbolic link"
+                elif reason is None and mode and (stat.S_IFMT(mode) not in (0, stat.S_IFREG, stat.S_IFDIR)):
+                    reason = "device file, fifo or socket"
+                if reason:
+                    raise _refuse(archive, info.filename, reason)
+                target = (dest / info.filename.replace("\\", "/")).resolve()
+                if target != root and root not in target.parents:
+                    raise _refuse(archive, info.filename, "resolves outside the target folder")
+                if any(is_junk(part) for part in PurePosixPath(info.filename.replace("\\", "/")).parts):
+                    continue
+                if info.is_dir():
+                    target.mkdir(parents=True, exist_ok=True)
+                    continue
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with zf.open(info) as src, open(target, "wb") as dst:
+                    shutil.copyfileobj(src, dst, 1 << 20)
+        return
+    if tarfile.is_tarfile(archive):
+        try:
+            # Streaming mode: one pass over a compressed archive, members checked as they come.
+            with tarfile.open(archive, "r|*") as tf:
+                for member in tqdm(tf, desc="extracting", unit="file", disable=not progress, mininterval=1.0):
+                    reason = _unsafe_name(member.name)
+                    if reason is None and member.issym():
+                        reason = f"symbolic link to {member.linkname!r}"
+                    elif reason is None and member.islnk():
+                        reason = f"hard link to {member.linkname!r}"
+                    elif reason is None and not (member.isfile() or member.isdir()):
+                        reason = "device file, fifo or other special file"
+                    if reason:
+                        raise _refuse(archive, member.name, reason)
+                    if any(is_junk(part) for part in PurePosixPath(member.name).parts):
+                        continue
+                    # The 'data' filter is a second line of defence (and drops odd permission bits).
+                    tf.extract(member, dest, filter="data")
+        except tarfile.FilterError as exc:
+            raise _refuse(archive, exc.tarinfo.name, str(exc)) from None
+        except (tarfile.TarError, EOFError, OSError) as exc:
+            raise SourceError(
+                f"cannot read archive {archive}: {exc}; it is probably truncated or corrupt: "
+                f"download it again (or delete it so the url source fetches it anew)"
+            ) from None
+        return
+    raise SourceError(
+        f"{archive} is neither a folder nor a zip or tar archive; expected the dataset as a "
+        f"folder, .zip, .tar.gz, .tgz or .tar (a downloaded file that is an HTML error page: "
+        f"delete it and check data.url)"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Download
+# --------------------------------------------------------------------------------------------
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _filename_from_url(url: str) -> str:
+    name = Path(unquote(urlparse(url).path)).name
+    return name or "dataset.download"
+
+
+def download(url: str, dest_dir: Path, *, sha256: str | None = None, progress: bool = True,
+             notes: list[str] | None = None, chunk_size: int = 1 << 20, timeout: float = 60.0) -> Path:
+    """Download ``url`` into ``dest_dir`` (resuming a ``.part`` file) and return the file.
+
+    A file already complete in ``dest_dir`` is reused. With ``sha256`` the file is verified and
+    deleted on a mismatch. A server that ignores the Range header sends the whole file again:
+    the partial file is then restarted rather than appended to.
+    """
+    import requests
+    from tqdm import tqdm
+
+    notes = [] if notes is None else notes
+    if not url or urlparse(url).scheme not in ("http", "https"):
+        raise SourceError(f"data.url must be an http(s) link to the dataset archive, found {url!r}")
+    dest_dir = Path(dest_dir)
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    final = dest_dir / _filename_from_url(url)
+    part = final.with_name(final.name + ".part")
+    expected = sha256.lower().strip() if sha256 else None
+
+    if final.exists():
+        notes.append(f"reusing {final} (delete it to download again)")
+    else:
+        offset = part.stat().st_size if part.exists() else 0
+        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        try:
+            with requests.get(url, stream=True, headers=headers, timeout=timeout) as resp:
+                if offset and resp.status_code == 416:
+                    # Range not satisfiable: the partial file is already as long as the remote
+                    # one (or longer, if the remote file changed). Start over to be sure.
+                    resp.close()
+                    part.unlink()
+                    return download(url, dest_dir, sha256=sha256, progress=progress, notes=notes,
+                                    chunk_size=chunk_size, timeout=timeout)
+                if resp.status_code >= 400:
+                    raise SourceError(
+                        f"download of {url} failed: HTTP {resp.status_code} {resp.reason}; "
+                        f"check data.url (is the link still valid, does it need a login?)"
+                    )
+                resumed = offset > 0 and resp.status_code == 206 and \
+                    resp.headers.get("Content-Range", "").startswith(f"bytes {offset}-")
+                if offset and not resumed:
+                    notes.append("server ignored the resume request: downloading from the start")
+                    offset = 0
+                elif resumed:
+                    notes.append(f"resumed download at byte {offset}")
+                length = resp.headers.get("Content-Length")
+                total = offset + int(length) if length and length.isdigit() else None
+                with open(part, "ab" if resumed else "wb") as f, tqdm(
+                    total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
+                    desc=final.name, disable=not progress, mininterval=1.0,
+                ) as bar:
+                    for block in resp.iter_content(chunk_size=chunk_size):
+                        f.write(block)
+                        bar.update(len(block))
+        except requests.RequestException as exc:
+            raise SourceError(
+                f"download of {url} interrupted: {exc}; run the stage again to resume "
+                f"from {part} ({part.stat().st_size if part.exists() else 0} bytes so far)"
+            ) from None
+        got = part.stat().st_size
+        if total is not None and got != total:
+            raise SourceError(
+                f"download of {url} incomplete: {got} of {total} bytes; run the stage again to resume"
+            )
+        os.replace(part, final)
+        notes.append(f"downloaded {url} -> {final} ({got} bytes)")
+
+    if expected:
+        actual = sha256_file(final)
+        if actual != expected:
+            final.unlink()
+            raise SourceError(
+                f"sha256 mismatch for {final.name} from {url}: expected {expected}, got {actual}; "
+                f"the file was deleted. Fix data.sha256 if the archive changed upstream, or run "
+                f"again to download it anew"
+            )
+        notes.append("sha256 verified")
+    return final
+
+
+# --------------------------------------------------------------------------------------------
+# Kaggle
+# --------------------------------------------------------------------------------------------
+
+KAGGLE_HELP = (
+    "Supply Kaggle credentials: set KAGGLE_USERNAME and KAGGLE_KEY (or KAGGLE_API_TOKEN), or save "
+    "kaggle.json from https://www.kaggle.com/settings (API -> Create New Token) as "
+    "~/.kaggle/kaggle.json. Or skip Kaggle: download the archive yourself and set "
+    "data.source=path with data.path=<the .zip or folder>, or data.source=url with data.url=<link>"
+)
+
+
+def kaggle_credentials_available() -> bool:
+    """True when kagglehub would find credentials (env vars, kaggle.json, access token)."""
+    try:
+        from kagglehub.config import get_kaggle_credentials
+    except ImportError:  # an older kagglehub: look for the usual places ourselves
+        folder = Path(os.environ.get("KAGGLE_CONFIG_DIR", Path.home() / ".kaggle"))
+        return bool(
+            (os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY"))
+            or os.environ.get("KAGGLE_API_TOKEN")
+            or (folder / "kaggle.json").is_file()
+        )
+    try:
+        return get_kaggle_credentials() is not None
+    except ValueError as exc:  # a malformed kaggle.json
+        raise SourceError(f"Kaggle credentials unusable: {exc}. {KAGGLE_HELP}") from None
+
+
+def kaggle_download(dataset: str, output_dir: Path | None = None) -> Path:
+    """Download (or reuse) a Kaggle dataset with kagglehub and return its folder."""
+    try:
+        import kagglehub
+    except ImportError:
+        raise SourceError(
+            "data.source=kaggle needs the kagglehub package: pip install kagglehub "
+            "(or use data.source=path / url)"
+        ) from None
+    if not kaggle_credentials_available():
+        raise SourceError(f"data.source=kaggle but no Kaggle credentials were found. {KAGGLE_HELP}")
+    kwargs = {"output_dir": str(output_dir)} if output_dir is not None else {}
+    try:
+        return Path(kagglehub.dataset_download(dataset, **kwargs))
+    except Exception as exc:  # kagglehub raises many types (HTTP, auth, not found)
+        raise SourceError(
+            f"kagglehub could not download {dataset!r}: {type(exc).__name__}: {exc}. Check "
+            f"data.kaggle_dataset and your credentials, or use data.source=path / url"
+        ) from None

@@ -1,0 +1,180 @@
+"""The loops: one training epoch, one evaluation pass, batch prediction.
+
+    loader = make_loader(images, labels, batch_size=32, shuffle=True, seed=0, device=device)
+    stats = train_one_epoch(model, loss_fn, opt, loader, device, augment=aug, prep=norm)
+    val = evaluate(model, loss_fn, val_loader, device, norm, resize=lambda x: eval_resize(x, 64))
+    probs = predict(model, images_uint8, mean=m, std=s, image_size=64)
+
+Batches travel as uint8 (B, 1, S, S) at the cache size; conversion to float, augmentation,
+resizing and normalisation happen on the device, a whole batch at a time (``augment``/``resize``:
+uint8 -> float [0, 1] at the model size; ``prep``: float [0, 1] -> normalised model input).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from cxr.data.augment import Normalize, eval_resize
+from cxr.device import resolve_device
+
+Tensor = torch.Tensor
+
+
+class ArrayDataset(Dataset):
+    """uint8 images (N, S, S) (a memory-mapped cache array is fine) and labels -> (uint8 (1, S, S), float label)."""
+
+    def __init__(self, images, labels=None):
+        if images.ndim != 3:
+            raise ValueError(f"expected images of shape (N, S, S), found {tuple(images.shape)}")
+        if labels is not None and len(labels) != len(images):
+            raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        self.images = images
+        self.labels = np.zeros(len(images), dtype=np.float32) if labels is None else np.asarray(labels, dtype=np.float32)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int):
+        return self.__getitems__([i])
+
+    def __getitems__(self, idx: list[int]):
+        # One fancy-indexed read per batch instead of one Python call and one copy per image;
+        # sorted indices keep a memory-mapped read sequential.
+        idx = np.asarray(idx)
+        order = np.argsort(idx, kind="stable")
+        imgs = np.asarray(self.images[idx[order]])
+        inv = np.empty_like(order)
+        inv[order] = np.arange(len(order))
+        x = torch.from_numpy(np.ascontiguousarray(imgs[inv])).unsqueeze(1)
+        y = torch.from_numpy(self.labels[idx])
+        return x, y
+
+
+def _identity_collate(batch):
+    return batch
+
+
+def make_loader(images, labels, *, batch_size: int, shuffle: bool, seed: int = 0, device: torch.device | None = None,
+                num_workers: int = 0, drop_last: bool = False) -> DataLoader:
+    """A DataLoader of uint8 batches; with shuffle, the order is drawn from a generator seeded with ``seed``."""
+    device = device or torch.device("cpu")
+    gen = torch.Generator().manual_seed(int(seed)) if shuffle else None
+    return DataLoader(
+        ArrayDataset(images, labels), batch_size=batch_size, shuffle=shuffle, generator=gen,
+        num_workers=num_workers, collate_fn=_identity_collate, drop_last=drop_last,
+        pin_memory=device.type == "cuda", persistent_workers=False,
+    )
+
+
+def _autocast(device: torch.device, amp_dtype: torch.dtype | None):
+    if amp_dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=amp_dtype)
+
+
+def _progress(loader, enabled: bool, desc: str):
+    if not enabled:
+        return loader
+    from tqdm.auto import tqdm
+
+    return tqdm(loader, desc=desc, leave=False, unit="batch", dynamic_ncols=True)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def train_one_epoch(model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer, loader, device: torch.device,
+                    *, augment: Callable[[Tensor], Tensor], prep: Callable[[Tensor], Tensor],
+                    amp_dtype: torch.dtype | None = None, scaler: torch.amp.GradScaler | None = None,
+                    progress: bool = False, desc: str = "train") -> dict:
+    """One pass over ``loader``: returns mean loss, accuracy at 0.5, images/s and seconds."""
+    model.train()
+    non_blocking = device.type == "cuda"
+    total_loss, correct, seen = 0.0, 0, 0
+    _sync(device)
+    start = time.perf_counter()
+    bar = _progress(loader, progress, desc)
+    for xb, yb in bar:
+        xb = xb.to(device, non_blocking=non_blocking)
+        yb = yb.to(device, non_blocking=non_blocking)
+        x = prep(augment(xb))
+        optimizer.zero_grad(set_to_none=True)
+        with _autocast(device, amp_dtype):
+            logits = model(x).squeeze(1)
+            loss = loss_fn(logits.float(), yb)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        n = yb.shape[0]
+        # .item() syncs; once per batch is cheap next to a forward/backward and gives a live loss.
+        total_loss += loss.item() * n
+        correct += int(((logits.detach() > 0).float() == yb).sum().item())
+        seen += n
+        if progress:
+            bar.set_postfix(loss=f"{total_loss / seen:.4f}", img_s=f"{seen / (time.perf_counter() - start):.0f}")
+    _sync(device)
+    seconds = time.perf_counter() - start
+    if seen == 0:
+        raise ValueError("the training loader yielded no batches (empty training split, or drop_last with too few images)")
+    return {"loss": total_loss / seen, "acc": correct / seen, "images_per_s": seen / seconds, "seconds": seconds}
+
+
+@torch.no_grad()
+def _forward_probs(model, loader, device, to_input, amp_dtype, loss_fn=None, progress=False, desc="eval"):
+    model.eval()
+    non_blocking = device.type == "cuda"
+    probs, labels, total_loss = [], [], 0.0
+    for xb, yb in _progress(loader, progress, desc):
+        xb = xb.to(device, non_blocking=non_blocking)
+        with _autocast(device, amp_dtype):
+            logits = model(to_input(xb)).squeeze(1).float()
+        if loss_fn is not None:
+            total_loss += loss_fn(logits, yb.to(device)).item() * yb.shape[0]
+        probs.append(torch.sigmoid(logits).cpu())
+        labels.append(yb)
+    p = torch.cat(probs).numpy().astype(np.float64) if probs else np.zeros(0)
+    y = torch.cat(labels).numpy().astype(np.int64) if labels else np.zeros(0, dtype=np.int64)
+    return p, y, total_loss
+
+
+def evaluate(model: nn.Module, loss_fn: nn.Module, loader, device: torch.device, prep: Callable[[Tensor], Tensor],
+             *, resize: Callable[[Tensor], Tensor], amp_dtype: torch.dtype | None = None, progress: bool = False) -> dict:
+    """Loss, accuracy at 0.5, ROC-AUC (NaN with one class present), and the raw probabilities and labels."""
+    probs, labels, total_loss = _forward_probs(model, loader, device, lambda x: prep(resize(x)), amp_dtype,
+                                               loss_fn=loss_fn, progress=progress, desc="val")
+    n = len(labels)
+    if n == 0:
+        raise ValueError("the evaluation loader yielded no images (empty validation split?)")
+    auc = float(roc_auc_score(labels, probs)) if len(np.unique(labels)) == 2 else float("nan")
+    return {"loss": total_loss / n, "acc": float(((probs > 0.5) == labels).mean()), "auc": auc,
+            "probs": probs, "labels": labels}
+
+
+def predict(model: nn.Module, images, *, mean, std, image_size: int, device: str | torch.device | None = None,
+            batch_size: int = 64, amp_dtype: torch.dtype | None = None, progress: bool = False) -> np.ndarray:
+    """P(pneumonia) for uint8 images (N, S, S) (numpy, memmap or tensor), with the evaluation transform."""
+    device = resolve_device(device)
+    if isinstance(images, torch.Tensor):
+        images = images.cpu().numpy()
+    if images.ndim == 2:
+        images = images[None]
+    model = model.to(device)
+    loader = make_loader(images, None, batch_size=batch_size, shuffle=False, device=device)
+    norm = Normalize(mean, std)
+    probs, _, _ = _forward_probs(model, loader, device, lambda x: norm(eval_resize(x, image_size)), amp_dtype,
+                                 progress=progress, desc="predict")
+    return probs

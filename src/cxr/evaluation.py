@@ -1,0 +1,280 @@
+"""The evaluation core: a trained model, the validation and test splits -> honest test metrics, tables, figures.
+
+    model, meta = checkpoint.load("models/cnn")
+    result = evaluate_checkpoint(model, meta, val=(images, labels), test=(images, labels, paths), cfg=EvaluateConfig())
+    result.report            # metrics/eval/<model>.json: both thresholds, each metric with its bootstrap CI
+    result.tables            # predictions, confusion, roc, pr, calibration DataFrames (DVC plot files)
+    figs = evaluation_figures(result, model, meta, val_images=..., history=...)
+
+Run by ``src/evaluate.py`` (stage ``evaluate@<model>``). The decision threshold is chosen on the
+*validation* predictions (``youden``, or ``fixed``); the test split is predicted once and only
+scored. Nothing here reads or writes files.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+from matplotlib.figure import Figure
+
+from cxr import CLASSES
+from cxr import plots
+from cxr.config import EvaluateConfig
+from cxr.data.augment import BatchAugment, Normalize, eval_resize
+from cxr.engine import predict
+from cxr.metrics import calibration_points, choose_threshold, evaluate_predictions, pr_points, roc_points
+
+PREDICTION_COLUMNS = ["path", "label", "probability", "predicted"]
+
+
+@dataclass
+class EvalResult:
+    model: str
+    threshold: float
+    threshold_method: str
+    report: dict  # the DVC metrics file
+    test_labels: np.ndarray = field(repr=False)
+    test_probs: np.ndarray = field(repr=False)
+    val_probs: np.ndarray = field(repr=False)
+    tables: dict[str, pd.DataFrame] = field(repr=False, default_factory=dict)
+
+    @property
+    def test_predicted(self) -> np.ndarray:
+        return (self.test_probs >= self.threshold).astype(int)
+
+    def flat_metrics(self, prefix: str = "test_") -> dict[str, float]:
+        """Flat numbers for MLflow: test_accuracy, test_accuracy_ci_low, ..., test_at_0.5_accuracy, ..."""
+        out = {f"{prefix}threshold": self.threshold}
+        for key, tag in (("at_val_threshold", ""), ("at_default_threshold", "at_default_")):
+            for name, v in self.report[key].items():
+                if isinstance(v, dict):
+                    out[f"{prefix}{tag}{name}"] = v["value"]
+                    out[f"{prefix}{tag}{name}_ci_low"] = v["ci_low"]
+                    out[f"{prefix}{tag}{name}_ci_high"] = v["ci_high"]
+                elif name != "threshold":
+                    out[f"{prefix}{tag}{name}"] = v
+        return out
+
+
+def class_names(labels) -> list[str]:
+    return [CLASSES[int(i)] for i in labels]
+
+
+def predictions_table(paths, labels, probs, threshold: float) -> pd.DataFrame:
+    """One row per test image: path, label, probability (P(pneumonia)), predicted (class names)."""
+    labels = np.asarray(labels).astype(int)
+    probs = np.asarray(probs, dtype=float)
+    if not len(paths) == len(labels) == len(probs):
+        raise ValueError(f"{len(paths)} paths, {len(labels)} labels and {len(probs)} probabilities: lengths differ")
+    return pd.DataFrame({"path": list(paths), "label": class_names(labels), "probability": probs.round(6),
+                         "predicted": class_names(probs >= threshold)})
+
+
+def confusion_table(labels, predicted) -> pd.DataFrame:
+    """DVC ``confusion`` template input: one row per image, actual and predicted class names."""
+    return pd.DataFrame({"actual": class_names(labels), "predicted": class_names(predicted)})
+
+
+def curve_tables(y, p) -> dict[str, pd.DataFrame]:
+    """roc (fpr, tpr, threshold), pr (recall, precision, threshold), calibration (mean_predicted, fraction_positive, count)."""
+    return {"roc": pd.DataFrame(roc_points(y, p)).round(6), "pr": pd.DataFrame(pr_points(y, p)).round(6),
+            "calibration": pd.DataFrame(calibration_points(y, p)).round(6)}
+
+
+def evaluate_probabilities(model_name: str, val_labels, val_probs, test_labels, test_probs, test_paths,
+                           cfg: EvaluateConfig) -> EvalResult:
+    """Threshold on validation, everything else on test. Pure: probabilities in, results out."""
+    val_labels = np.asarray(val_labels).astype(int)
+    test_labels = np.asarray(test_labels).astype(int)
+    if len(test_labels) == 0:
+        raise ValueError("the test split is empty: nothing to evaluate (check the split stage's test_fraction)")
+    if cfg.threshold == "youden" and len(np.unique(val_labels)) < 2:
+        raise ValueError(f"validation split has only class(es) {sorted(set(val_labels.tolist()))}: Youden's threshold "
+                         "needs both. Fix: a larger split.val_fraction, or `-S evaluate.threshold=fixed`.")
+    threshold = choose_threshold(val_labels, val_probs, method=cfg.threshold, default=cfg.fixed_threshold)
+    report = evaluate_predictions(test_labels, test_probs, threshold, default_threshold=0.5,
+                                  n_resamples=cfg.n_resamples, seed=cfg.seed, confidence=cfg.confidence)
+    report = {"model": model_name, "threshold": threshold, "threshold_method": cfg.threshold,
+              "n_val": int(len(val_labels)), **report}
+    predicted = (np.asarray(test_probs) >= threshold).astype(int)
+    tables = {"predictions": predictions_table(test_paths, test_labels, test_probs, threshold),
+              "confusion": confusion_table(test_labels, predicted), **curve_tables(test_labels, test_probs)}
+    return EvalResult(model=model_name, threshold=threshold, threshold_method=cfg.threshold, report=report,
+                      test_labels=test_labels, test_probs=np.asarray(test_probs, dtype=float),
+                      val_probs=np.asarray(val_probs, dtype=float), tables=tables)
+
+
+def evaluate_checkpoint(model: torch.nn.Module, meta: dict, *, val: tuple, test: tuple, cfg: EvaluateConfig,
+                        device: str | torch.device | None = None) -> EvalResult:
+    """Predict ``val`` = (images, labels) and ``test`` = (images, labels, paths) with the checkpoint's transform."""
+    kw = dict(mean=meta["mean"], std=meta["std"], image_size=int(meta["image_size"]), device=device,
+              batch_size=cfg.batch_size)
+    val_images, val_labels = val
+    test_images, test_labels, test_paths = test
+    val_probs = predict(model, val_images, **kw) if len(val_labels) else np.zeros(0)
+    test_probs = predict(model, test_images, **kw)  # the single pass over the test split
+    return evaluate_probabilities(meta.get("model") or meta["arch"]["name"], val_labels, val_probs,
+                                  test_labels, test_probs, test_paths, cfg)
+
+
+# --------------------------------------------------------------------------------------------
+# Figures
+# --------------------------------------------------------------------------------------------
+
+
+def gallery_indices(labels, probs, threshold: float, per_outcome: int) -> np.ndarray:
+    """The most confident examples of each outcome: TP/TN the clearest successes, FP/FN the worst mistakes."""
+    labels = np.asarray(labels).astype(int)
+    probs = np.asarray(probs, dtype=float)
+    pred = probs >= threshold
+    chosen = []
+    for mask, key in ((labels.astype(bool) & pred, -probs),      # TP: highest P(pneumonia) first
+                      (~labels.astype(bool) & ~pred, probs),     # TN: lowest first
+                      (~labels.astype(bool) & pred, -probs),     # FP: confidently wrong first
+                      (labels.astype(bool) & ~pred, probs)):     # FN: confidently wrong first
+        idx = np.flatnonzero(mask)
+        chosen.extend(idx[np.argsort(key[idx], kind="stable")][:per_outcome].tolist())
+    return np.asarray(chosen, dtype=int)
+
+
+def model_inputs(images_uint8, meta: dict, device: str | torch.device = "cpu") -> torch.Tensor:
+    """The evaluation transform of ``engine.predict`` as one normalised batch (for Grad-CAM)."""
+    x = torch.from_numpy(np.array(images_uint8, dtype=np.uint8)).unsqueeze(1).to(device)  # writable copy of a memmap
+    return Normalize(meta["mean"], meta["std"])(eval_resize(x, int(meta["image_size"])))
+
+
+def augmentation_examples(images_uint8, meta: dict, draws: int, seed: int) -> np.ndarray:
+    """(N, draws, s, s) float [0, 1]: the training augmentation of the checkpoint's own parameters."""
+    from cxr.training import RunConfig
+
+    run_cfg = RunConfig(**meta["train_params"])
+    aug = BatchAugment(run_cfg.augment_config(), int(meta["image_size"]))
+    x = torch.from_numpy(np.array(images_uint8, dtype=np.uint8)).unsqueeze(1)  # a writable copy (memmaps are read-only)
+    x = x.repeat_interleave(draws, dim=0)
+    out = aug(x, torch.Generator().manual_seed(seed))
+    return out.reshape(len(images_uint8), draws, *out.shape[-2:]).numpy()
+
+
+def evaluation_figures(result: EvalResult, model: torch.nn.Module | None, meta: dict, *, test_images,
+                       val_images=None, history: pd.DataFrame | None = None, cfg: EvaluateConfig | None = None,
+                       device: str | torch.device = "cpu") -> dict[str, Figure]:
+    """name -> Figure: confusion, roc, pr, calibration, and where inputs allow training_curves,
+    augmentation (needs ``val_images``) and gallery (Grad-CAM overlays when ``model`` is given and cfg.gradcam)."""
+    cfg = cfg or EvaluateConfig()
+    name = result.model
+    y, p = result.test_labels, result.test_probs
+    at = result.report["at_val_threshold"]
+    figs = {"confusion": plots.confusion_matrix_figure(
+        y, result.test_predicted, title=f"{name}: test confusion matrix at threshold {result.threshold:.3f}")}
+    roc = result.tables["roc"]
+    figs["roc"] = plots.roc_figure(
+        roc["fpr"], roc["tpr"], at["roc_auc"]["value"], label=name,
+        operating_point=(1 - at["specificity"]["value"], at["sensitivity"]["value"]), title=f"{name}: ROC curve (test)")
+    pr = result.tables["pr"]
+    figs["pr"] = plots.pr_figure(pr["recall"], pr["precision"], at["pr_auc"]["value"], prevalence=float(np.mean(y)),
+                                 label=name, title=f"{name}: precision-recall curve (test)")
+    cal = result.tables["calibration"]
+    figs["calibration"] = plots.calibration_figure(cal["mean_predicted"], cal["fraction_positive"], cal["count"],
+                                                   ece=at["ece"]["value"], title=f"{name}: reliability diagram (test)")
+    if history is not None and len(history):
+        figs["training_curves"] = plots.training_curves_figure(history, best_epoch=meta.get("best_epoch"),
+                                                               title=f"{name}: training curves")
+    if val_images is not None and len(val_images) and meta.get("train_params"):
+        n = min(cfg.augment_examples, len(val_images))
+        originals = np.asarray(val_images[:n])
+        figs["augmentation"] = plots.augmentation_figure(
+            originals, augmentation_examples(originals, meta, cfg.augment_draws, cfg.seed),
+            title=f"{name}: original vs augmented (training transforms, validation images)")
+    idx = gallery_indices(y, p, result.threshold, cfg.gallery_per_outcome)
+    if len(idx):
+        images = np.asarray(test_images[np.sort(idx)])[np.argsort(np.argsort(idx))]  # sorted read from a memmap
+        overlays = None
+        if model is not None and cfg.gradcam:
+            from cxr.explain import grad_cam, overlay
+
+            heat = grad_cam(model, name, model_inputs(images, meta, device))
+            overlays = np.stack([overlay(img, h) for img, h in zip(images, heat)])
+        figs["gallery"] = plots.gallery_figure(images, y[idx], p[idx], result.test_predicted[idx], overlays,
+                                               title=f"{name}: good and bad classifications (test)",
+                                               threshold=result.threshold)
+    return figs
+
+
+# --------------------------------------------------------------------------------------------
+# MLflow: find the training run of a checkpoint, and log into it
+# --------------------------------------------------------------------------------------------
+
+
+def find_training_run(tracker, model_name: str, meta: dict) -> str | None:
+    """Run id of the MLflow run that trained this checkpoint, or None.
+
+    Uses ``meta["mlflow_run_id"]`` when the train stage recorded it; otherwise the latest finished
+    run named ``model_name`` with tag model=<name> whose logged params equal the checkpoint's
+    ``train_params`` and whose data_version tag matches (sweep children have other names and tags).
+    """
+    if not getattr(tracker, "active", False):
+        return None
+    import warnings
+
+    try:
+        from mlflow import MlflowClient
+
+        client = MlflowClient(tracking_uri=tracker.uri)
+        if meta.get("mlflow_run_id"):
+            return client.get_run(meta["mlflow_run_id"]).info.run_id
+        runs = client.search_runs(
+            [tracker.experiment_id],
+            filter_string=f"tags.model = '{model_name}' and attributes.run_name = '{model_name}' "
+                          "and attributes.status = 'FINISHED'",
+            order_by=["attributes.start_time DESC"], max_results=200)
+    except Exception as exc:  # an outage or a deleted run: log into a new run instead
+        warnings.warn(f"could not look up the MLflow training run of {model_name!r} ({exc.__class__.__name__}: {exc})",
+                      RuntimeWarning, stacklevel=2)
+        return None
+    want = {k: "" if v is None else str(v) for k, v in (meta.get("train_params") or {}).items()}
+    version = meta.get("data_version")
+    for run in runs:
+        if version and run.data.tags.get("data_version", version) != version:
+            continue
+        if all(run.data.params.get(k) == v for k, v in want.items()):
+            return run.info.run_id
+    return None
+
+
+def attach_run(tracker, run_id: str | None, run_name: str, tags: dict | None = None):
+    """Context manager: log into existing run ``run_id``, or start ``run_name`` when there is none.
+
+    ``cxr.tracking.MlflowTracker.start_run`` only creates runs; its log methods address
+    ``tracker.run_id`` through MlflowClient, so pointing the tracker at the fetched run is enough
+    (finished runs accept new metrics and artifacts).
+    """
+    import contextlib
+
+    @contextlib.contextmanager
+    def _attached():
+        import warnings
+
+        from mlflow import MlflowClient
+
+        try:
+            run = MlflowClient(tracking_uri=tracker.uri).get_run(run_id)
+        except Exception as exc:
+            warnings.warn(f"MLflow run {run_id} unavailable ({exc.__class__.__name__}); logging to a new run {run_name!r}",
+                          RuntimeWarning, stacklevel=3)
+            with tracker.start_run(run_name, tags=tags) as new_run:
+                yield new_run
+            return
+        previous, tracker._run = tracker._run, run
+        try:
+            if tags:
+                tracker.set_tags(tags)
+            yield run
+        finally:
+            tracker._run = previous
+
+    if run_id is None or not getattr(tracker, "active", False):
+        return tracker.start_run(run_name, tags=tags)
+    return _attached()

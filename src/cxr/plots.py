@@ -1,0 +1,344 @@
+"""Figures for the pipeline: every function takes arrays (or small tables) and returns a Figure.
+
+    fig = confusion_matrix_figure(y_true, y_pred)
+    save_figure(fig, "figures/eval/cnn/confusion.png")    # the stage decides where files go
+
+Nothing here reads or writes data files; ``save_figure`` is the one helper that touches disk, and
+only where the caller says. The Agg backend is selected so figures render on headless machines.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: CI, DVC stages, remote GPUs
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import seaborn as sns  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from cxr import CLASSES  # noqa: E402
+
+DPI = 110
+OUTCOMES = ("TP", "TN", "FP", "FN")
+OUTCOME_TITLES = {
+    "TP": "True positives (PNEUMONIA called PNEUMONIA)",
+    "TN": "True negatives (NORMAL called NORMAL)",
+    "FP": "False positives (NORMAL called PNEUMONIA)",
+    "FN": "False negatives (PNEUMONIA called NORMAL)",
+}
+
+
+def save_figure(fig: Figure, path: str | Path, dpi: int = DPI) -> Path:
+    """Write ``fig`` as PNG (parents created) and close it, so long loops do not leak figures."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def _figure(w: float, h: float, nrows: int = 1, ncols: int = 1, **kw):
+    fig, axes = plt.subplots(nrows, ncols, figsize=(w, h), dpi=DPI, squeeze=False, **kw)
+    return fig, axes
+
+
+# --------------------------------------------------------------------------------------------
+# Test-set diagnostics
+# --------------------------------------------------------------------------------------------
+
+
+def confusion_matrix_figure(y_true, y_pred, class_names: Sequence[str] = CLASSES, title: str = "Confusion matrix") -> Figure:
+    """Heatmap of counts; each cell also shows its share of the *actual* class (row percentage)."""
+    y_true = np.asarray(y_true).astype(int)
+    y_pred = np.asarray(y_pred).astype(int)
+    k = len(class_names)
+    cm = np.zeros((k, k), dtype=int)
+    np.add.at(cm, (y_true, y_pred), 1)
+    rows = cm.sum(axis=1, keepdims=True)
+    pct = np.divide(cm, rows, out=np.zeros(cm.shape), where=rows > 0) * 100
+    annot = np.array([[f"{cm[i, j]}\n{pct[i, j]:.1f}% of row" for j in range(k)] for i in range(k)])
+    fig, axes = _figure(5.2, 4.4)
+    ax = axes[0, 0]
+    sns.heatmap(pct, annot=annot, fmt="", cmap="Blues", vmin=0, vmax=100, cbar_kws={"label": "% of actual class"},
+                xticklabels=class_names, yticklabels=class_names, ax=ax, square=True, linewidths=0.5)
+    ax.set_xlabel("Predicted")
+    ax.set_ylabel("Actual")
+    ax.set_title(f"{title} (n = {cm.sum()})")
+    fig.tight_layout()
+    return fig
+
+
+def _draw_roc(ax, fpr, tpr, label: str, auc: float | None, **kw) -> None:
+    text = label if auc is None else f"{label} (AUC = {auc:.3f})"
+    ax.plot(fpr, tpr, lw=2, label=text, **kw)
+
+
+def _roc_axes(ax, title: str) -> None:
+    ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=1, label="Chance (AUC = 0.500)")
+    ax.set_xlim(-0.01, 1.01)
+    ax.set_ylim(-0.01, 1.01)
+    ax.set_xlabel("False positive rate (1 - specificity)")
+    ax.set_ylabel("True positive rate (sensitivity)")
+    ax.set_title(title)
+    ax.set_aspect("equal")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=9)
+
+
+def roc_figure(fpr, tpr, auc: float | None = None, label: str = "model",
+               operating_point: tuple[float, float] | None = None, title: str = "ROC curve (test)") -> Figure:
+    """One ROC curve with its AUC in the legend and the chance diagonal.
+
+    ``operating_point`` = (fpr, tpr) at the chosen threshold, marked on the curve.
+    """
+    fig, axes = _figure(5.2, 5.2)
+    ax = axes[0, 0]
+    _draw_roc(ax, fpr, tpr, label, auc)
+    if operating_point is not None:
+        ax.scatter([operating_point[0]], [operating_point[1]], s=60, c="red", zorder=3, label="Chosen threshold")
+    _roc_axes(ax, title)
+    fig.tight_layout()
+    return fig
+
+
+def roc_comparison_figure(curves: Mapping[str, tuple], title: str = "ROC curves on the test set") -> Figure:
+    """Every model's ROC on one axes: ``curves`` maps model name -> (fpr, tpr, auc)."""
+    if not curves:
+        raise ValueError("no ROC curves to draw (are there plots/eval/*/roc.csv files?)")
+    fig, axes = _figure(6, 6)
+    ax = axes[0, 0]
+    for name, (fpr, tpr, auc) in curves.items():
+        _draw_roc(ax, fpr, tpr, name, auc)
+    _roc_axes(ax, title)
+    fig.tight_layout()
+    return fig
+
+
+def pr_figure(recall, precision, ap: float | None = None, prevalence: float | None = None,
+              label: str = "model", title: str = "Precision-recall curve (test)") -> Figure:
+    """Precision-recall curve; ``prevalence`` (share of PNEUMONIA) is the no-skill line."""
+    fig, axes = _figure(5.2, 5.2)
+    ax = axes[0, 0]
+    ax.step(recall, precision, where="post", lw=2, label=label if ap is None else f"{label} (AP = {ap:.3f})")
+    if prevalence is not None:
+        ax.axhline(prevalence, ls="--", c="grey", lw=1, label=f"No skill (prevalence = {prevalence:.2f})")
+    ax.set_xlim(-0.01, 1.01)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("Recall (sensitivity)")
+    ax.set_ylabel("Precision (PPV)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower left", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def calibration_figure(mean_predicted, fraction_positive, counts=None, ece: float | None = None,
+                       title: str = "Reliability diagram (test)") -> Figure:
+    """Reliability diagram: observed PNEUMONIA share vs mean predicted probability per bin.
+
+    With ``counts``, a lower panel shows how many images fall in each bin (sparse bins are noisy).
+    """
+    fig, axes = _figure(5.2, 6.2 if counts is not None else 5.2, nrows=2 if counts is not None else 1,
+                        gridspec_kw={"height_ratios": [3, 1]} if counts is not None else None)
+    ax = axes[0, 0]
+    ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=1, label="Perfectly calibrated")
+    label = "Model" if ece is None else f"Model (ECE = {ece:.3f})"
+    ax.plot(mean_predicted, fraction_positive, marker="o", lw=2, label=label)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("Observed fraction PNEUMONIA")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", fontsize=9)
+    if counts is not None:
+        ax.set_xlabel("")
+        bx = axes[1, 0]
+        bx.bar(mean_predicted, counts, width=0.06, color="tab:blue", alpha=0.7)
+        bx.set_xlim(0, 1)
+        bx.set_xlabel("Mean predicted P(pneumonia)")
+        bx.set_ylabel("Images")
+    else:
+        ax.set_xlabel("Mean predicted P(pneumonia)")
+    fig.tight_layout()
+    return fig
+
+
+# --------------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------------
+
+
+def training_curves_figure(history, best_epoch: int | None = None, title: str = "Training curves") -> Figure:
+    """Loss, accuracy and validation AUC per epoch, train vs validation.
+
+    ``history``: a DataFrame or mapping of equal-length columns, with ``epoch`` and any of
+    train_loss, val_loss, train_acc, val_acc, val_auc (missing ones are skipped).
+    """
+    cols = {k: np.asarray(history[k], dtype=float) for k in history.keys()} if not hasattr(history, "columns") \
+        else {k: history[k].to_numpy(dtype=float) for k in history.columns}
+    if "epoch" not in cols or len(cols["epoch"]) == 0:
+        raise ValueError(f"history needs an 'epoch' column and at least one row; found columns {sorted(cols)}")
+    epoch = cols["epoch"]
+    panels = [("Loss", [("train_loss", "Train"), ("val_loss", "Validation")], "BCE loss"),
+              ("Accuracy", [("train_acc", "Train"), ("val_acc", "Validation")], "Accuracy"),
+              ("Validation ROC-AUC", [("val_auc", "Validation")], "ROC-AUC")]
+    fig, axes = _figure(13, 3.8, ncols=3)
+    for ax, (name, series, ylabel) in zip(axes[0], panels):
+        drawn = False
+        for key, label in series:
+            if key in cols:
+                ax.plot(epoch, cols[key], marker="o", lw=2, label=label)
+                drawn = True
+        if best_epoch is not None:
+            ax.axvline(best_epoch, ls=":", c="grey", label=f"Kept epoch ({best_epoch})")
+        if not drawn:
+            ax.text(0.5, 0.5, "not recorded", ha="center", va="center", transform=ax.transAxes)
+        ax.set_title(name)
+        ax.set_xlabel("Epoch")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        if drawn:
+            ax.legend(fontsize=9)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+# --------------------------------------------------------------------------------------------
+# Images
+# --------------------------------------------------------------------------------------------
+
+
+def augmentation_figure(originals, augmented, title: str = "Original vs augmented (training transforms)") -> Figure:
+    """Each row: an original image, then its augmented draws.
+
+    ``originals``: (N, H, W) uint8; ``augmented``: (N, K, h, w) floats in [0, 1] (BatchAugment's
+    output), drawn on the same fixed grey scale so brightness and contrast jitter stay visible.
+    """
+    originals = np.asarray(originals)
+    augmented = np.asarray(augmented)
+    if augmented.ndim != 4 or len(augmented) != len(originals):
+        raise ValueError(f"augmented must be (N, K, h, w) with N = {len(originals)}, found {augmented.shape}")
+    n, k = augmented.shape[:2]
+    fig, axes = _figure(1.9 * (k + 1), 1.9 * n + 0.6, nrows=n, ncols=k + 1)
+    for i in range(n):
+        axes[i, 0].imshow(originals[i], cmap="gray", vmin=0, vmax=255)
+        for j in range(k):
+            axes[i, j + 1].imshow(augmented[i, j], cmap="gray", vmin=0.0, vmax=1.0)
+        for ax in axes[i]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    axes[0, 0].set_title("Original", fontsize=10)
+    for j in range(k):
+        axes[0, j + 1].set_title(f"Augmented #{j + 1}", fontsize=10)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def outcome(label: int, predicted: int) -> str:
+    return {(1, 1): "TP", (0, 0): "TN", (0, 1): "FP", (1, 0): "FN"}[(int(label), int(predicted))]
+
+
+def gallery_figure(images, labels, probabilities, predicted, overlays=None,
+                   class_names: Sequence[str] = CLASSES, title: str = "Good and bad classifications",
+                   threshold: float | None = None) -> Figure:
+    """Images grouped by outcome (one row each of TP, TN, FP, FN), each titled with P(pneumonia).
+
+    ``images``: (N, H, W) uint8; ``overlays``: optional (N, H, W, 3) uint8 Grad-CAM overlays shown
+    instead of the plain images. Outcomes with no image show "none" (a perfect model has no FP).
+    """
+    images = np.asarray(images)
+    labels = np.asarray(labels).astype(int)
+    predicted = np.asarray(predicted).astype(int)
+    probabilities = np.asarray(probabilities, dtype=float)
+    groups = {o: [i for i in range(len(images)) if outcome(labels[i], predicted[i]) == o] for o in OUTCOMES}
+    ncols = max(1, max(len(v) for v in groups.values()))
+    fig, axes = _figure(2.1 * ncols + 0.4, 2.45 * len(OUTCOMES) + 0.5, nrows=len(OUTCOMES), ncols=ncols)
+    for r, o in enumerate(OUTCOMES):
+        for c in range(ncols):
+            ax = axes[r, c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c < len(groups[o]):
+                i = groups[o][c]
+                if overlays is not None:
+                    ax.imshow(overlays[i])
+                else:
+                    ax.imshow(images[i], cmap="gray", vmin=0, vmax=255)
+                ax.set_title(f"{o}: P(pneu) = {probabilities[i]:.2f}\nactual {class_names[labels[i]]}", fontsize=8)
+            else:
+                ax.axis("off")
+                if c == 0:
+                    ax.text(0.5, 0.5, f"{o}: none", ha="center", va="center", transform=ax.transAxes)
+        axes[r, 0].set_ylabel(o, rotation=0, labelpad=18, fontsize=11, fontweight="bold")
+    suffix = "" if threshold is None else f", threshold {threshold:.3f}"
+    suffix += "\nGrad-CAM: red = evidence for PNEUMONIA" if overlays is not None else ""
+    fig.suptitle(title + suffix)
+    fig.tight_layout()
+    return fig
+
+
+# --------------------------------------------------------------------------------------------
+# Comparison and sweep
+# --------------------------------------------------------------------------------------------
+
+
+def metrics_bar_figure(table: Mapping[str, Mapping[str, tuple]], metrics: Sequence[str] | None = None,
+                       title: str = "Test metrics with 95% bootstrap CIs") -> Figure:
+    """Grouped bars: one group per metric, one bar per model, CI as error bars.
+
+    ``table``: model -> metric -> (value, ci_low, ci_high); NaN bounds draw no error bar.
+    """
+    if not table:
+        raise ValueError("no models to compare (are there metrics/eval/*.json files?)")
+    models = list(table)
+    metrics = list(metrics or next(iter(table.values())).keys())
+    width = 0.8 / len(models)
+    x = np.arange(len(metrics))
+    fig, axes = _figure(max(7.0, 1.5 * len(metrics) + 2), 4.8)
+    ax = axes[0, 0]
+    for i, m in enumerate(models):
+        vals = np.array([table[m].get(k, (np.nan, np.nan, np.nan))[0] for k in metrics], dtype=float)
+        lo = np.array([table[m].get(k, (np.nan,) * 3)[1] for k in metrics], dtype=float)
+        hi = np.array([table[m].get(k, (np.nan,) * 3)[2] for k in metrics], dtype=float)
+        err = np.vstack([np.nan_to_num(vals - lo), np.nan_to_num(hi - vals)]).clip(min=0)
+        ax.bar(x + (i - (len(models) - 1) / 2) * width, vals, width, yerr=err, capsize=3, label=m)
+    ax.set_xticks(x)
+    ax.set_xticklabels([k.replace("_", " ") for k in metrics], rotation=15)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("Value")
+    ax.set_title(title)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(title="Model", fontsize=9, bbox_to_anchor=(1.01, 1), loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
+def sweep_heatmap_figure(batch_sizes: Sequence[int], lrs: Sequence[float], values, metric: str = "val_auc",
+                         selected: tuple[int, float] | None = None, title: str | None = None) -> Figure:
+    """Annotated heatmap of ``values[i, j]`` for batch_sizes[i] x lrs[j]; the selected cell is outlined."""
+    values = np.asarray(values, dtype=float)
+    if values.shape != (len(batch_sizes), len(lrs)):
+        raise ValueError(f"values must be (len(batch_sizes), len(lrs)) = ({len(batch_sizes)}, {len(lrs)}), found {values.shape}")
+    fig, axes = _figure(1.6 * len(lrs) + 2.4, 1.0 * len(batch_sizes) + 1.8)
+    ax = axes[0, 0]
+    sns.heatmap(values, annot=True, fmt=".3f", cmap="viridis", ax=ax, cbar_kws={"label": metric},
+                xticklabels=[f"{lr:g}" for lr in lrs], yticklabels=[str(b) for b in batch_sizes], linewidths=0.5)
+    if selected is not None:
+        i = list(batch_sizes).index(selected[0])
+        j = [float(v) for v in lrs].index(float(selected[1]))
+        ax.add_patch(plt.Rectangle((j, i), 1, 1, fill=False, ec="red", lw=3))
+    ax.set_xlabel("Learning rate")
+    ax.set_ylabel("Batch size")
+    ax.set_title(title or f"Sweep: {metric} (red box = selected on validation)")
+    fig.tight_layout()
+    return fig
+

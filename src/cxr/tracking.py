@@ -1,0 +1,273 @@
+"""MLflow behind a thin adapter, with a no-op twin; DVC files stay the source of truth.
+
+    tracker = make_tracker("chest-xray-pneumonia")     # MlflowTracker, or NullTracker if the store is unreachable
+    with tracker.start_run("cnn", tags={"model": "cnn"}):
+        tracker.log_params({...}); tracker.log_metrics({"val_auc": 0.9}, step=1)
+
+Store: ``MLFLOW_TRACKING_URI`` if set, else ``sqlite:///<root>/mlflow.db`` where ``<root>`` is
+``$DVC_ROOT`` (queued ``dvc exp run`` jobs run in temporary copies of the repository; DVC points
+DVC_ROOT at the real one) or the git top level of the working directory. Experiments created here
+keep artifacts in ``<root>/mlartifacts`` for the same reason. Browse with
+``mlflow ui --backend-store-uri sqlite:///mlflow.db``.
+
+A tracking server that cannot be reached costs nothing but a warning: the tracker degrades to
+:class:`NullTracker` and training carries on writing its DVC outputs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import warnings
+from pathlib import Path
+from typing import Any, Iterator
+
+# Fail fast on an unreachable server: MLflow's defaults retry with backoff for minutes.
+_FAST_FAIL_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+
+
+def project_root(cwd: str | Path | None = None) -> Path:
+    """$DVC_ROOT, else the git top level of ``cwd``, else ``cwd``."""
+    if os.environ.get("DVC_ROOT"):
+        return Path(os.environ["DVC_ROOT"]).resolve()
+    cwd = Path(cwd or os.getcwd())
+    try:
+        out = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=cwd, capture_output=True, text=True, timeout=5)
+        if out.returncode == 0 and out.stdout.strip():
+            return Path(out.stdout.strip()).resolve()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return cwd.resolve()
+
+
+def tracking_uri(cwd: str | Path | None = None) -> str:
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    return f"sqlite:///{project_root(cwd) / 'mlflow.db'}"
+
+
+def artifact_location(cwd: str | Path | None = None) -> str:
+    return (project_root(cwd) / "mlartifacts").as_uri()
+
+
+def run_tags(model: str, data_version: str = "", device: str = "") -> dict:
+    """The tags every training run carries: git commit, DVC experiment name, data version, device, model."""
+    from cxr.checkpoint import git_commit
+
+    tags = {"model": model, "data_version": data_version, "device": device,
+            "git_commit": git_commit(project_root()) or "unknown"}
+    if os.environ.get("DVC_EXP_NAME"):
+        tags["dvc_exp_name"] = os.environ["DVC_EXP_NAME"]
+    return tags
+
+
+class NullTracker:
+    """Same methods as MlflowTracker; does nothing. For tests, sweeps without tracking, and degraded runs."""
+
+    active = False
+
+    @contextlib.contextmanager
+    def start_run(self, run_name: str, tags: dict | None = None, nested: bool = False) -> Iterator[None]:
+        yield None
+
+    def log_params(self, params: dict) -> None: ...
+
+    def log_metrics(self, metrics: dict, step: int | None = None) -> None: ...
+
+    def log_figure(self, fig, name: str) -> None: ...
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None: ...
+
+    def log_model(self, model, *, input_example=None, signature=None, name: str = "model", image_size: int | None = None) -> None: ...
+
+    def set_tags(self, tags: dict) -> None: ...
+
+    @property
+    def run_id(self) -> str | None:
+        return None
+
+
+class MlflowTracker(NullTracker):
+    """MLflow adapter. Any MLflow failure warns once and turns the tracker into a no-op for the rest of the run."""
+
+    active = True
+
+    def __init__(self, experiment: str, uri: str | None = None):
+        import mlflow
+
+        for k, v in _FAST_FAIL_ENV.items():
+            os.environ.setdefault(k, v)
+        self._mlflow = mlflow
+        self.uri = uri or tracking_uri()
+        self.experiment = experiment
+        self._client = mlflow.MlflowClient(tracking_uri=self.uri)
+        self.experiment_id = self._ensure_experiment()  # the probe: raises if the store is unreachable
+        self._run = None
+
+    def _ensure_experiment(self) -> str:
+        exp = self._client.get_experiment_by_name(self.experiment)
+        if exp is not None:
+            return exp.experiment_id
+        # Local stores: artifacts next to the store in the real repository, not in a temporary exp copy.
+        # A remote server manages its own artifact store.
+        location = None if self.uri.startswith(("http://", "https://", "databricks")) else artifact_location()
+        try:
+            return self._client.create_experiment(self.experiment, artifact_location=location)
+        except Exception:
+            exp = self._client.get_experiment_by_name(self.experiment)  # created by a parallel queued job
+            if exp is None:
+                raise
+            return exp.experiment_id
+
+    def _degrade(self, what: str, exc: Exception) -> None:
+        warnings.warn(f"MLflow tracking disabled after a failure in {what} ({exc.__class__.__name__}: {exc}); "
+                      f"training continues and DVC outputs are written as usual.", RuntimeWarning, stacklevel=3)
+        self.active = False
+
+    def _safe(self, what: str, fn, *args, **kwargs) -> Any:
+        if not self.active:
+            return None
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:  # a tracking outage must never cost the training
+            self._degrade(what, exc)
+            return None
+
+    @property
+    def run_id(self) -> str | None:
+        return self._run.info.run_id if self._run is not None else None
+
+    @contextlib.contextmanager
+    def start_run(self, run_name: str, tags: dict | None = None, nested: bool = False) -> Iterator[Any]:
+        mlflow = self._mlflow
+        run = None
+        if self.active:
+            try:
+                mlflow.set_tracking_uri(self.uri)
+                run = mlflow.start_run(run_name=run_name, experiment_id=self.experiment_id,
+                                       tags={k: str(v) for k, v in (tags or {}).items()}, nested=nested)
+            except Exception as exc:
+                self._degrade("start_run", exc)
+        previous, self._run = self._run, run
+        status = "FINISHED"
+        try:
+            yield run
+        except BaseException:
+            status = "FAILED"
+            raise
+        finally:
+            self._run = previous
+            if run is not None:
+                self._safe("end_run", mlflow.end_run, status=status)
+
+    def log_params(self, params: dict) -> None:
+        from mlflow.entities import Param
+
+        # MlflowClient with an explicit run id: works in nested runs and never logs to the wrong run.
+        if self.run_id:
+            self._safe("log_params", self._client.log_batch, self.run_id,
+                       params=[Param(k, str(v)) for k, v in params.items()])
+
+    def log_metrics(self, metrics: dict, step: int | None = None) -> None:
+        import math
+        import time
+
+        from mlflow.entities import Metric
+
+        if not self.run_id:
+            return
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, int(step or 0)) for k, v in metrics.items()
+                 if v is not None and not (isinstance(v, float) and math.isnan(v))]
+        self._safe("log_metrics", self._client.log_batch, self.run_id, metrics=items)
+
+    def set_tags(self, tags: dict) -> None:
+        from mlflow.entities import RunTag
+
+        if self.run_id:
+            self._safe("set_tags", self._client.log_batch, self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_figure(self, fig, name: str) -> None:
+        if self.run_id:
+            self._safe("log_figure", self._client.log_figure, self.run_id, fig, name)
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        if self.run_id:
+            self._safe("log_artifact", self._client.log_artifact, self.run_id, str(path), artifact_path)
+
+    def log_model(self, model, *, input_example=None, signature=None, name: str = "model",
+                  image_size: int | None = None) -> None:
+        """``mlflow.pytorch.log_model`` with a float-tensor input signature (B, 3, H, W) -> (B, 1)."""
+        if not self.run_id:
+            return
+        self._safe("log_model", self._log_model, model, input_example, signature, name, image_size)
+
+    def _log_model(self, model, input_example, signature, name, image_size):
+        import mlflow.pytorch
+        import numpy as np
+        import torch
+        from mlflow.models import ModelSignature
+        from mlflow.types import Schema, TensorSpec
+
+        if signature is None:
+            side = -1 if image_size is None else int(image_size)
+            signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 3, side, side), "image")]),
+                                       outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 1), "logit")]))
+        model = getattr(model, "_orig_mod", model).to("cpu").eval()
+        # Explicit requirements: MLflow's inference would reload the model in a subprocess (slow).
+        import torchvision
+
+        reqs = [f"torch=={torch.__version__.split('+')[0]}", f"torchvision=={torchvision.__version__.split('+')[0]}"]
+        if type(model).__name__ == "HFLogits":
+            import transformers
+
+            reqs.append(f"transformers=={transformers.__version__}")
+        if input_example is None and image_size is not None:
+            input_example = np.zeros((2, 3, int(image_size), int(image_size)), dtype=np.float32)
+        mlflow.set_tracking_uri(self.uri)
+        with contextlib.ExitStack() as stack:
+            active = self._mlflow.active_run()
+            if active is None or active.info.run_id != self.run_id:
+                stack.enter_context(self._mlflow.start_run(run_id=self.run_id))
+            kwargs = dict(name=name, signature=signature, input_example=input_example, pip_requirements=reqs)
+            # MLflow re-validates the example as a JSON serving payload, which its PyTorch flavour cannot
+            # take for 4-D tensors, and logs a page-long warning; the signature above is what matters.
+            stack.enter_context(_quiet_logger("mlflow.models.model"))
+            try:
+                # pt2 (torch.export): a traced graph, loadable without this package's classes or pickle.
+                if input_example is None:
+                    raise ValueError("pt2 needs an input example")
+                mlflow.pytorch.log_model(model, serialization_format="pt2", **kwargs)
+            except Exception as exc:
+                warnings.warn(f"MLflow pt2 export of the model failed ({exc.__class__.__name__}); logging it pickled instead",
+                              RuntimeWarning, stacklevel=2)
+                mlflow.pytorch.log_model(model, serialization_format="pickle", **kwargs)
+
+
+@contextlib.contextmanager
+def _quiet_logger(name: str):
+    import logging
+
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def make_tracker(experiment: str, uri: str | None = None, enabled: bool = True) -> NullTracker:
+    """An MlflowTracker, or a NullTracker (with one warning) when the store cannot be reached."""
+    if not enabled:
+        return NullTracker()
+    uri = uri or tracking_uri()
+    try:
+        return MlflowTracker(experiment, uri)
+    except Exception as exc:
+        warnings.warn(f"MLflow tracking store {uri} is unreachable ({exc.__class__.__name__}: {str(exc)[:200]}); "
+                      f"continuing without MLflow. Metrics, plots and the model are still written for DVC. "
+                      f"Fix: start the server, or unset MLFLOW_TRACKING_URI to use the local sqlite store.",
+                      RuntimeWarning, stacklevel=2)
+        return NullTracker()

@@ -1,0 +1,412 @@
+"""The training core: effective hyperparameters per model, and ``fit`` from a fresh initialisation.
+
+    run_cfg = resolve_run_config(load_params("params.yaml"), "cnn")
+    result = fit(run_cfg, (train_images, train_labels), (val_images, val_labels),
+                 tracker=tracker, resume_path="data/resume/cnn.pt", data_version=info["data_version"])
+    checkpoint.save("models/cnn", result.model, result.meta)
+
+Run by ``src/train.py`` (the ``train@<model>`` DVC stage) and, in-process, by the sweep. Every call
+seeds, builds a new model and a new optimizer: nothing is carried over between calls. Validation
+data choose the kept epoch (``select_metric``) and the decision threshold (Youden's J); test data
+never reach this module.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import random
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from sklearn.metrics import confusion_matrix
+from torch import nn
+
+from cxr import CLASSES
+from cxr.config import AugmentConfig, Globals, TrainConfig, load_globals, load_model_override, section
+from cxr.data.augment import BatchAugment, Normalize, eval_resize
+from cxr.device import amp_settings, describe, resolve_device
+from cxr.engine import evaluate, make_loader, train_one_epoch
+from cxr.metrics import choose_threshold
+from cxr.models import build_model, get_entry, input_spec
+from cxr.tracking import NullTracker
+
+THRESHOLD_METHOD = "youden"
+
+
+@dataclass
+class RunConfig:
+    """The effective hyperparameters of one training run: the same keys for every model (MLflow compare lines them up)."""
+
+    model: str
+    lr: float
+    batch_size: int
+    epochs: int
+    image_size: int
+    seed: int
+    pretrained: bool
+    weights: Optional[str]
+    optimizer: str
+    weight_decay: float
+    scheduler: str
+    step_size: int
+    gamma: float
+    class_weight: str
+    select_metric: str
+    early_stopping_patience: int
+    num_workers: int
+    compile: bool
+    amp: bool
+    aug_enabled: bool
+    aug_affine_degrees: float
+    aug_affine_translate: float
+    aug_crop_scale_min: float
+    aug_crop_scale_max: float
+    aug_hflip_p: float
+    aug_rotation_degrees: float
+    aug_brightness: float
+    aug_contrast: float
+
+    def augment_config(self) -> AugmentConfig:
+        return AugmentConfig(
+            enabled=self.aug_enabled, affine_degrees=self.aug_affine_degrees, affine_translate=self.aug_affine_translate,
+            crop_scale=(self.aug_crop_scale_min, self.aug_crop_scale_max), hflip_p=self.aug_hflip_p,
+            rotation_degrees=self.aug_rotation_degrees, brightness=self.aug_brightness, contrast=self.aug_contrast)
+
+    def as_params(self) -> dict:
+        """Flat str/number dict for MLflow params (None -> '')."""
+        return {k: ("" if v is None else v) for k, v in asdict(self).items()}
+
+    def replace(self, **changes) -> "RunConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def resolve_run_config(params: dict, model: str) -> RunConfig:
+    """Top-level knobs + ``train`` + ``models.<model>`` overrides -> RunConfig.
+
+    Setting ``models.<name>.weights`` implies pretrained weights for that model unless
+    ``models.<name>.pretrained`` is explicitly false.
+    """
+    get_entry(model)  # unknown names fail here, with the list of valid ones
+    g = load_globals(params)
+    t: TrainConfig = section(params, "train", TrainConfig)
+    o = load_model_override(params, model)
+    eff = Globals(seed=g.seed, lr=o.lr if o.lr is not None else g.lr,
+                  batch_size=o.batch_size if o.batch_size is not None else g.batch_size,
+                  epochs=o.epochs if o.epochs is not None else g.epochs,
+                  image_size=o.image_size if o.image_size is not None else g.image_size)
+    eff.validate(f"models.{model}")
+    if o.pretrained is not None:
+        pretrained = o.pretrained
+    else:
+        pretrained = True if o.weights else t.pretrained
+    a = t.augment
+    return RunConfig(
+        model=model, lr=eff.lr, batch_size=eff.batch_size, epochs=eff.epochs, image_size=eff.image_size, seed=eff.seed,
+        pretrained=pretrained, weights=(o.weights or None) if pretrained else None,
+        optimizer=t.optimizer, weight_decay=t.weight_decay, scheduler=t.scheduler, step_size=t.step_size, gamma=t.gamma,
+        class_weight=t.class_weight, select_metric=t.select_metric, early_stopping_patience=t.early_stopping_patience,
+        num_workers=t.num_workers, compile=t.compile, amp=t.amp,
+        aug_enabled=a.enabled, aug_affine_degrees=a.affine_degrees, aug_affine_translate=a.affine_translate,
+        aug_crop_scale_min=float(a.crop_scale[0]), aug_crop_scale_max=float(a.crop_scale[1]), aug_hflip_p=a.hflip_p,
+        aug_rotation_degrees=a.rotation_degrees, aug_brightness=a.brightness, aug_contrast=a.contrast,
+    )
+
+
+@dataclass
+class FitResult:
+    model: nn.Module  # best epoch's weights loaded, eval mode
+    history: list[dict]  # one row per epoch: epoch, train_loss, train_acc, val_loss, val_acc, val_auc, lr, seconds, ...
+    best: dict  # best_epoch and its val_* metrics
+    threshold: float  # chosen on the validation probabilities of the best model
+    meta: dict  # for checkpoint.save
+    val_probs: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
+    val_labels: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+    def metrics(self) -> dict:
+        """Flat final validation metrics (the train stage's DVC metrics file)."""
+        return {**self.best, "threshold": self.threshold, **threshold_metrics(self.val_labels, self.val_probs, self.threshold),
+                "epochs_run": len(self.history),
+                "seconds_per_epoch": float(np.mean([h["seconds"] for h in self.history])) if self.history else 0.0}
+
+
+def threshold_metrics(labels, probs, threshold: float) -> dict:
+    labels = np.asarray(labels).astype(int)
+    pred = (np.asarray(probs) >= threshold).astype(int)
+    tn, fp, fn, tp = confusion_matrix(labels, pred, labels=[0, 1]).ravel()
+    sens = tp / (tp + fn) if tp + fn else float("nan")
+    spec = tn / (tn + fp) if tn + fp else float("nan")
+    return {"val_sensitivity": float(sens), "val_specificity": float(spec),
+            "val_balanced_accuracy": float((sens + spec) / 2), "val_acc_at_threshold": float((pred == labels).mean())}
+
+
+# --------------------------------------------------------------------------------------------
+# Pieces
+# --------------------------------------------------------------------------------------------
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """Each epoch's shuffle/augmentation/dropout seed: a function of (seed, epoch) only, so a resumed run
+    draws exactly what the uninterrupted run would have."""
+    return (int(seed) * 1_000_003 + int(epoch)) % 2**63
+
+
+def pos_weight(labels, class_weight: str) -> float:
+    """'balanced': n_negative / n_positive, so both classes weigh the same in BCEWithLogitsLoss."""
+    if class_weight == "none":
+        return 1.0
+    labels = np.asarray(labels)
+    n_pos = int((labels == 1).sum())
+    n_neg = int((labels == 0).sum())
+    return n_neg / n_pos if n_pos and n_neg else 1.0
+
+
+def make_optimizer(cfg: RunConfig, params) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
+    raise ValueError(f"unknown optimizer {cfg.optimizer!r}; expected adamw, adam or sgd")
+
+
+def make_scheduler(cfg: RunConfig, optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+    if cfg.scheduler == "steplr":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
+    if cfg.scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(cfg.epochs, 1))
+    if cfg.scheduler == "none":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    raise ValueError(f"unknown scheduler {cfg.scheduler!r}; expected steplr, cosine or none")
+
+
+def config_hash(cfg: RunConfig, data_version: str) -> str:
+    payload = json.dumps({"run": asdict(cfg), "data_version": data_version}, sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def is_better(row: dict, best: dict | None, select_metric: str) -> bool:
+    """Higher val_auc or lower val_loss; a NaN (single-class validation set) never beats a number."""
+    if best is None:
+        return True
+    new, old = row[select_metric], best[select_metric]
+    if math.isnan(new):
+        return False
+    if math.isnan(old):
+        return True
+    return new > old if select_metric == "val_auc" else new < old
+
+
+def _copy_state(model: nn.Module) -> dict:
+    model = getattr(model, "_orig_mod", model)
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def _rng_state() -> dict:
+    np_state = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             # numpy's state holds an ndarray, which weights_only loading refuses: store a list
+             "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])]}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(tuple(_tuplify(state["python"])))
+    n = state["numpy"]
+    np.random.set_state((n[0], np.asarray(n[1], dtype=np.uint32), n[2], n[3], n[4]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _tuplify(x):
+    return tuple(_tuplify(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+def _atomic_torch_save(obj, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)  # a crash mid-write never leaves a truncated resume file
+
+
+# --------------------------------------------------------------------------------------------
+# fit
+# --------------------------------------------------------------------------------------------
+
+
+def fit(run_cfg: RunConfig, train: tuple, val: tuple, *, device: str | torch.device | None = None,
+        tracker: NullTracker | None = None, resume_path: str | Path | None = None, data_version: str = "",
+        progress: bool = True, on_epoch_end: Callable[[dict], None] | None = None) -> FitResult:
+    """Train ``run_cfg.model`` from a fresh initialisation on ``train`` = (uint8 images (N, S, S), labels),
+    keep the best epoch on ``val`` by ``select_metric``, choose the threshold on ``val``.
+
+    With ``resume_path``, a resume checkpoint is written after every epoch and removed at the end; a
+    matching one (same RunConfig and data_version) found at start continues from the next epoch.
+    ``on_epoch_end(row)`` runs after that save (an exception there leaves a resumable state).
+    The tracker, if given, receives the params and per-epoch metrics (step = epoch) of the active run.
+    """
+    cfg = run_cfg
+    device = resolve_device(device)
+    tracker = tracker or NullTracker()
+    (x_tr, y_tr), (x_va, y_va) = train, val
+    y_tr, y_va = np.asarray(y_tr, dtype=np.int64), np.asarray(y_va, dtype=np.int64)
+
+    seed_everything(cfg.seed)
+    spec = input_spec(cfg.model, cfg.weights)
+    model = build_model(cfg.model, pretrained=cfg.pretrained, weights=cfg.weights, image_size=cfg.image_size).to(device)
+    channels_last = device.type == "cuda" and get_entry(cfg.model).is_cnn
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    norm = Normalize(spec["mean"], spec["std"], channels_last=channels_last)
+    augment = BatchAugment(cfg.augment_config(), cfg.image_size)
+    loss_fn = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(pos_weight(y_tr, cfg.class_weight), device=device))
+    optimizer = make_optimizer(cfg, model.parameters())
+    scheduler = make_scheduler(cfg, optimizer)
+    amp_dtype, use_scaler = amp_settings(device, cfg.amp)
+    scaler = torch.amp.GradScaler(device.type) if use_scaler else None
+    step_model = torch.compile(model) if cfg.compile else model
+    val_loader = make_loader(x_va, y_va, batch_size=cfg.batch_size, shuffle=False, device=device, num_workers=cfg.num_workers)
+
+    def resize(x):
+        return eval_resize(x, cfg.image_size)
+
+    history: list[dict] = []
+    best: dict | None = None
+    best_state: dict | None = None
+    bad_epochs, start_epoch = 0, 1
+    key = config_hash(cfg, data_version)
+    resume_path = Path(resume_path) if resume_path else None
+    if resume_path is not None and resume_path.is_file():
+        saved = torch.load(resume_path, map_location="cpu", weights_only=True)
+        if saved.get("config_hash") == key:
+            model.load_state_dict(saved["model"])
+            optimizer.load_state_dict(saved["optimizer"])
+            scheduler.load_state_dict(saved["scheduler"])
+            if scaler is not None and saved.get("scaler"):
+                scaler.load_state_dict(saved["scaler"])
+            _set_rng_state(saved["rng"])
+            history, best, best_state = saved["history"], saved["best"], saved["best_state"]
+            bad_epochs, start_epoch = saved["bad_epochs"], saved["epoch"] + 1
+            print(f"[{cfg.model}] resuming from {resume_path} after epoch {saved['epoch']}")
+        else:
+            print(f"[{cfg.model}] ignoring {resume_path}: written for other parameters or data; starting afresh")
+
+    tracker.log_params(cfg.as_params())
+    for row in history:  # a resumed run's new MLflow run gets the whole curve
+        tracker.log_metrics(_metric_row(row), step=row["epoch"])
+    stopped_early = bad_epochs >= cfg.early_stopping_patience > 0
+
+    n_tr = len(y_tr)
+    for epoch in range(start_epoch, cfg.epochs + 1):
+        if stopped_early:
+            break
+        es = epoch_seed(cfg.seed, epoch)
+        torch.manual_seed(es)  # dropout draws
+        gen = torch.Generator().manual_seed(es)
+        # A trailing batch of one image would break BatchNorm in train mode: drop it.
+        train_loader = make_loader(x_tr, y_tr, batch_size=cfg.batch_size, shuffle=True, seed=es, device=device,
+                                   num_workers=cfg.num_workers, drop_last=n_tr % cfg.batch_size == 1)
+        lr = optimizer.param_groups[0]["lr"]
+        t0 = time.perf_counter()
+        tr = train_one_epoch(step_model, loss_fn, optimizer, train_loader, device,
+                             augment=lambda x: augment(x, gen), prep=norm, amp_dtype=amp_dtype, scaler=scaler,
+                             progress=progress, desc=f"{cfg.model} {epoch}/{cfg.epochs}")
+        ev = evaluate(step_model, loss_fn, val_loader, device, norm, resize=resize, amp_dtype=amp_dtype)
+        scheduler.step()
+        row = {"epoch": epoch, "train_loss": tr["loss"], "train_acc": tr["acc"], "val_loss": ev["loss"],
+               "val_acc": ev["acc"], "val_auc": ev["auc"], "lr": lr, "seconds": time.perf_counter() - t0,
+               "train_images_per_s": tr["images_per_s"]}
+        history.append(row)
+        tracker.log_metrics(_metric_row(row), step=epoch)
+        if is_better(row, best, cfg.select_metric):
+            best = {"best_epoch": epoch, "val_auc": ev["auc"], "val_loss": ev["loss"], "val_acc": ev["acc"]}
+            best_state = _copy_state(model)
+            bad_epochs = 0
+        else:
+            bad_epochs += 1
+        if progress:
+            print(f"[{cfg.model}] epoch {epoch}/{cfg.epochs} train_loss {tr['loss']:.4f} val_loss {ev['loss']:.4f} "
+                  f"val_auc {ev['auc']:.4f} ({row['seconds']:.1f} s, {tr['images_per_s']:.0f} img/s)")
+        stopped_early = bad_epochs >= cfg.early_stopping_patience > 0
+        if resume_path is not None:
+            _atomic_torch_save({
+                "config_hash": key, "epoch": epoch, "model": _copy_state(model), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler is not None else None,
+                "rng": _rng_state(), "history": history, "best": best, "best_state": best_state,
+                "bad_epochs": bad_epochs}, resume_path)
+        if on_epoch_end is not None:
+            on_epoch_end(row)
+
+    model.load_state_dict(best_state)
+    model.eval()
+    ev = evaluate(model, loss_fn, val_loader, device, norm, resize=resize, amp_dtype=amp_dtype)
+    threshold = choose_threshold(ev["labels"], ev["probs"], method=THRESHOLD_METHOD)
+    meta = {
+        "arch": model.arch, "model": cfg.model, "image_size": cfg.image_size, "cache_size": int(np.shape(x_tr)[-1]),
+        "mean": list(spec["mean"]), "std": list(spec["std"]), "channels": 3,
+        "channel_mode": "grayscale uint8 (1 channel) scaled to [0, 1], repeated to 3 channels, then normalised",
+        "resize": "bilinear, antialiased, to image_size x image_size", "classes": list(CLASSES),
+        "positive_class": CLASSES[1], "threshold": threshold, "threshold_method": f"{THRESHOLD_METHOD} on validation",
+        "train_params": asdict(cfg), "data_version": data_version, **best,
+        "epochs_run": len(history), "stopped_early": bool(stopped_early), "device": describe(device),
+    }
+    if resume_path is not None and resume_path.is_file():
+        resume_path.unlink()
+    return FitResult(model=model, history=history, best=dict(best), threshold=threshold, meta=meta,
+                     val_probs=ev["probs"], val_labels=ev["labels"])
+
+
+def _metric_row(row: dict) -> dict:
+    return {k: v for k, v in row.items() if k != "epoch"}
+
+
+# --------------------------------------------------------------------------------------------
+# The curves figure
+# --------------------------------------------------------------------------------------------
+
+
+def history_figure(history: list[dict], title: str = "", best_epoch: int | None = None):
+    """Loss, accuracy and validation ROC-AUC per epoch; the kept epoch (``best_epoch``) as a dashed line."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), constrained_layout=True)
+    panels = [("Loss (BCE, class-weighted)", "loss", ("train_loss", "val_loss")),
+              ("Accuracy at 0.5", "accuracy", ("train_acc", "val_acc")),
+              ("Validation ROC-AUC", "ROC-AUC", ("val_auc",))]
+    for ax, (name, ylabel, keys) in zip(axes, panels):
+        for k in keys:
+            ax.plot(epochs, [h[k] for h in history], marker="o", label=k.replace("_", " "))
+        ax.set_title(name)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend()
+        if len(epochs) < 15:
+            ax.set_xticks(epochs)
+        if best_epoch is not None:
+            ax.axvline(best_epoch, color="grey", linestyle="--", linewidth=1)
+    if title:
+        fig.suptitle(title)
+    return fig

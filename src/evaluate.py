@@ -1,0 +1,116 @@
+"""Stage evaluate@<model>: score a trained checkpoint on the test split, once, with bootstrap CIs.
+
+    python src/evaluate.py --params params.yaml --model cnn --checkpoint models/cnn --cache data/cache \
+        --history plots/history/cnn.csv --predictions eval/cnn/predictions.csv \
+        --metrics metrics/eval/cnn.json --plots plots/eval/cnn --figures figures/eval/cnn
+
+(normally via ``dvc repro evaluate@cnn``). Reads ``evaluate`` and ``mlflow`` from params.yaml.
+The decision threshold comes from the validation split (``evaluate.threshold``: youden | fixed);
+the test split is predicted once. Writes:
+
+  --predictions  path, label, probability, predicted (one row per test image)
+  --metrics      metrics at the validation threshold and at 0.5, each with its bootstrap CI
+  --plots        confusion.csv (actual, predicted), roc.csv, pr.csv, calibration.csv (DVC plots)
+  --figures      confusion, roc, pr, calibration, training_curves, augmentation, gallery PNGs
+
+and logs the test metrics and figures into the model's training run in MLflow (a new run if that
+one cannot be found; nothing, with a warning, if MLflow is unreachable).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from cxr import checkpoint
+from cxr.config import ConfigError, EvaluateConfig, MlflowConfig, load_params, section
+from cxr.data.cache import CacheError, load_split
+from cxr.device import resolve_device
+from cxr.evaluation import attach_run, evaluate_checkpoint, evaluation_figures, find_training_run
+from cxr.plots import save_figure
+from cxr.tracking import make_tracker
+
+PLOT_FILES = ("confusion", "roc", "pr", "calibration")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--params", default="params.yaml")
+    p.add_argument("--model", required=True, help="registry name (cnn, resnet50, vgg16, vit)")
+    p.add_argument("--checkpoint", required=True, help="train stage output folder (model.pt + model.json)")
+    p.add_argument("--cache", default="data/cache", help="preprocess stage output")
+    p.add_argument("--history", default=None, help="train stage history CSV (for the training-curves figure)")
+    p.add_argument("--predictions", required=True, help="per-image predictions CSV")
+    p.add_argument("--metrics", required=True, help="test metrics JSON (DVC metrics)")
+    p.add_argument("--plots", required=True, help="folder for the DVC plot CSVs")
+    p.add_argument("--figures", required=True, help="folder for the PNG figures")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
+    return p.parse_args(argv)
+
+
+def _json_clean(obj):
+    """NaN -> null, so the metrics file stays valid JSON for DVC."""
+    if isinstance(obj, dict):
+        return {k: _json_clean(v) for k, v in obj.items()}
+    if isinstance(obj, float) and math.isnan(obj):
+        return None
+    return obj
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    params = load_params(args.params)
+    cfg: EvaluateConfig = section(params, "evaluate", EvaluateConfig)
+    mlflow_cfg: MlflowConfig = section(params, "mlflow", MlflowConfig)
+    device = resolve_device(args.device)
+
+    model, meta = checkpoint.load(args.checkpoint, device=device)
+    if meta.get("model", args.model) != args.model:
+        raise ConfigError(f"--checkpoint {args.checkpoint} holds model {meta.get('model')!r}, not --model {args.model!r}")
+    val, test = load_split(args.cache, "val"), load_split(args.cache, "test")
+    result = evaluate_checkpoint(model, meta, val=(val.images, val.labels),
+                                 test=(test.images, test.labels, test.paths), cfg=cfg, device=device)
+
+    Path(args.predictions).parent.mkdir(parents=True, exist_ok=True)
+    result.tables["predictions"].to_csv(args.predictions, index=False, lineterminator="\n")
+    Path(args.metrics).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.metrics).write_text(json.dumps(_json_clean(result.report), indent=2) + "\n")
+    plots_dir = Path(args.plots)
+    plots_dir.mkdir(parents=True, exist_ok=True)
+    for name in PLOT_FILES:
+        result.tables[name].to_csv(plots_dir / f"{name}.csv", index=False, lineterminator="\n")
+
+    history = pd.read_csv(args.history) if args.history and Path(args.history).is_file() else None
+    figs = evaluation_figures(result, model, meta, test_images=test.images, val_images=val.images,
+                              history=history, cfg=cfg, device=device)
+
+    tracker = make_tracker(mlflow_cfg.experiment)
+    run_id = find_training_run(tracker, args.model, meta)
+    if tracker.active and run_id is None:
+        print(f"[{args.model}] training run not found in MLflow; logging the evaluation to a new run")
+    with attach_run(tracker, run_id, f"{args.model}-evaluate", tags={"model": args.model, "evaluated": "true"}):
+        tracker.log_metrics(result.flat_metrics())
+        for name, fig in figs.items():
+            tracker.log_figure(fig, f"eval/{name}.png")
+            save_figure(fig, Path(args.figures) / f"{name}.png")  # closes the figure: log it first
+        tracker.log_artifact(args.metrics, "eval")
+
+    at = result.report["at_val_threshold"]
+    ci = at["accuracy"]
+    print(f"[{args.model}] test n={result.report['n']} threshold {result.threshold:.3f} ({cfg.threshold}): "
+          f"accuracy {ci['value']:.3f} [{ci['ci_low']:.3f}, {ci['ci_high']:.3f}], "
+          f"sensitivity {at['sensitivity']['value']:.3f}, specificity {at['specificity']['value']:.3f}, "
+          f"AUC {at['roc_auc']['value']:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except (ConfigError, CacheError, FileNotFoundError) as exc:  # messages say what to do
+        sys.exit(f"evaluate: {exc}")

@@ -1,0 +1,44 @@
+"""Stage `fetch`: bring the dataset (synthetic, local folder/archive, URL or Kaggle) into one tree.
+
+    python src/fetch.py --params params.yaml --out data/raw
+
+Reads only the `data:` section of params.yaml. Writes ``<out>/{train,val,test}/{NORMAL,PNEUMONIA}/``
+(replaced wholesale) and prints the image counts per split and class.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from cxr.config import ConfigError, DataConfig, load_params, section
+from cxr.data.sources import SourceError, fetch
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--out", type=Path, required=True, help="canonical raw tree to (re)create")
+    args = parser.parse_args(argv)
+
+    try:
+        cfg = section(load_params(args.params), "data", DataConfig)
+        # Relative data paths are relative to the repository root, where DVC runs the stage.
+        report = fetch(cfg, args.out, base_dir=Path.cwd(), progress=sys.stderr.isatty())
+    except (SourceError, ConfigError) as exc:
+        print(f"fetch: error: {exc}", file=sys.stderr)
+        return 1
+
+    print(f"fetch: source={report.source} -> {report.out_dir}")
+    for note in report.notes:
+        print(f"  {note}")
+    print(report.table())
+    if report.total == 0:
+        print(f"fetch: error: no images arrived in {report.out_dir}; check data.source and data.path", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

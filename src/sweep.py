@@ -1,0 +1,105 @@
+"""Stage sweep: batch_size x lr grid for one model, each configuration from a fresh initialisation.
+
+    python src/sweep.py --params params.yaml --cache data/cache --metrics metrics/sweep.json \
+        --table plots/sweep.csv --figures figures/sweep
+
+(normally via ``dvc repro sweep``). Reads ``sweep`` (model, batch_sizes, lrs, epochs, image_size,
+select_metric), and for everything else the sweep model's training setup: ``seed``, ``image_size``,
+``train``, ``models`` (the global lr / batch_size / epochs are replaced by the grid and
+``sweep.epochs``). Writes the selected configuration to --metrics, one row per configuration to
+--table, the annotated heatmap to --figures/heatmap.png, and an MLflow parent run with one nested
+run per configuration.
+
+DVC's own way to run a grid, one experiment per configuration (each a full pipeline run)::
+
+    dvc exp run --queue -S lr=1e-3 -S batch_size=16   # ... one line per configuration
+    dvc queue start --jobs 1 && dvc exp show
+
+This stage keeps the grid inside one pipeline run, so ``dvc repro`` gives the whole table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+from cxr.config import ConfigError, MlflowConfig, SweepConfig, load_params, section
+from cxr.data.cache import CacheError, load_info, load_split
+from cxr.device import resolve_device
+from cxr.plots import save_figure, sweep_heatmap_figure
+from cxr.sweep import run_sweep
+from cxr.tracking import make_tracker
+from cxr.training import resolve_run_config
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--params", default="params.yaml")
+    p.add_argument("--cache", default="data/cache", help="preprocess stage output")
+    p.add_argument("--metrics", required=True, help="selected configuration JSON (DVC metrics)")
+    p.add_argument("--table", required=True, help="one row per configuration CSV (DVC plot)")
+    p.add_argument("--figures", required=True, help="folder for heatmap.png")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
+    p.add_argument("--no-progress", action="store_true")
+    return p.parse_args(argv)
+
+
+def _clean(obj):
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, float) and math.isnan(obj):
+        return None
+    return obj
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    params = load_params(args.params)
+    cfg: SweepConfig = section(params, "sweep", SweepConfig)
+    mlflow_cfg: MlflowConfig = section(params, "mlflow", MlflowConfig)
+    base = resolve_run_config(params, cfg.model)
+    base = base.replace(epochs=cfg.epochs, image_size=cfg.image_size or base.image_size)
+    info = load_info(args.cache)
+    train, val, test = (load_split(args.cache, s) for s in ("train", "val", "test"))
+    device = resolve_device(args.device)
+    n = len(cfg.batch_sizes) * len(cfg.lrs)
+    print(f"[sweep] {cfg.model}: {len(cfg.batch_sizes)} batch sizes x {len(cfg.lrs)} learning rates = {n} runs of "
+          f"{cfg.epochs} epoch(s) at {base.image_size} px; selection on {cfg.select_metric}")
+
+    tracker = make_tracker(mlflow_cfg.experiment)
+    with tracker.start_run(f"sweep-{cfg.model}", tags={"stage": "sweep", "model": cfg.model,
+                                                        "data_version": info.get("data_version", "")}):
+        tracker.log_params({"model": cfg.model, "batch_sizes": cfg.batch_sizes, "lrs": cfg.lrs, "epochs": cfg.epochs,
+                            "image_size": base.image_size, "select_metric": cfg.select_metric})
+        result = run_sweep(base, cfg.batch_sizes, cfg.lrs, (train.images, train.labels), (val.images, val.labels),
+                           (test.images, test.labels), select_metric=cfg.select_metric, device=device,
+                           tracker=tracker, progress=not args.no_progress, data_version=info.get("data_version", ""))
+        summary = _clean(result.summary())
+        Path(args.metrics).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.metrics).write_text(json.dumps(summary, indent=2) + "\n")
+        Path(args.table).parent.mkdir(parents=True, exist_ok=True)
+        result.table().round(6).to_csv(args.table, index=False, lineterminator="\n")
+
+        b = result.best
+        fig = sweep_heatmap_figure(cfg.batch_sizes, cfg.lrs, result.matrix(cfg.select_metric, cfg.batch_sizes, cfg.lrs),
+                                   metric=cfg.select_metric, selected=(b["batch_size"], b["lr"]),
+                                   title=f"Sweep {cfg.model}, {cfg.epochs} epoch(s): {cfg.select_metric} "
+                                         "(red box = selected on validation)")
+        tracker.log_metrics({f"best_{cfg.select_metric}": b[cfg.select_metric]})
+        tracker.set_tags({"best_batch_size": b["batch_size"], "best_lr": b["lr"]})
+        tracker.log_figure(fig, "sweep/heatmap.png")
+        save_figure(fig, Path(args.figures) / "heatmap.png")
+        tracker.log_artifact(args.table, "sweep")
+    print(f"[sweep] selected batch_size={b['batch_size']} lr={b['lr']:g} ({cfg.select_metric} "
+          f"{b[cfg.select_metric]:.4f}); table in {args.table}")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except (ConfigError, CacheError) as exc:
+        sys.exit(f"sweep: {exc}")

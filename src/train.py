@@ -1,0 +1,114 @@
+"""Stage train@<model>: train one model on the cached train split, select on validation, log to MLflow.
+
+    python src/train.py --params params.yaml --model cnn --cache data/cache --out models/cnn \
+        --metrics metrics/train/cnn.json --history plots/history/cnn.csv --figures figures/train/cnn
+
+(normally via ``dvc repro train@cnn`` or ``dvc exp run -S lr=1e-4``). Reads the top-level knobs
+(seed, lr, batch_size, epochs, image_size), ``train``, ``models.<model>`` and ``mlflow``.
+Writes the checkpoint (model.pt + model.json) to --out, flat final validation metrics to
+--metrics, the per-epoch history CSV to --history and the curves PNG into --figures. An
+interrupted run continues from --resume (default data/resume/<model>.pt, outside DVC's outputs so
+a rerun does not delete it) when the parameters and data are unchanged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import sys
+from pathlib import Path
+
+from cxr import checkpoint
+from cxr.config import ConfigError, MlflowConfig, load_params, section
+from cxr.data.cache import CacheError, load_info, load_split
+from cxr.device import describe, resolve_device
+from cxr.tracking import make_tracker, run_tags
+from cxr.models import WeightsUnavailableError
+from cxr.training import fit, history_figure, resolve_run_config
+
+HISTORY_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_auc", "lr", "seconds",
+                   "train_images_per_s"]
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--params", default="params.yaml")
+    p.add_argument("--model", required=True, help="registry name (cnn, resnet50, vgg16, vit)")
+    p.add_argument("--cache", default="data/cache", help="preprocess stage output")
+    p.add_argument("--out", required=True, help="checkpoint folder")
+    p.add_argument("--metrics", required=True, help="final validation metrics JSON")
+    p.add_argument("--history", required=True, help="per-epoch history CSV")
+    p.add_argument("--figures", required=True, help="folder for the curves PNG")
+    p.add_argument("--resume", default=None, help="resume checkpoint (default data/resume/<model>.pt)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:1 | mps")
+    p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
+    return p.parse_args(argv)
+
+
+def write_history(path: Path, history: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=HISTORY_COLUMNS, extrasaction="ignore")
+        w.writeheader()
+        for row in history:
+            w.writerow({k: _clean(row.get(k)) for k in HISTORY_COLUMNS})
+
+
+def _clean(v):
+    """JSON/CSV-safe number: NaN (AUC with one class in validation) becomes null."""
+    if isinstance(v, float):
+        return None if math.isnan(v) else round(v, 6)
+    return v
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    params = load_params(args.params)
+    run_cfg = resolve_run_config(params, args.model)
+    mlflow_cfg: MlflowConfig = section(params, "mlflow", MlflowConfig)
+    info = load_info(args.cache)
+    train, val = load_split(args.cache, "train"), load_split(args.cache, "val")
+    device = resolve_device(args.device)
+    resume = Path(args.resume) if args.resume else Path("data/resume") / f"{args.model}.pt"
+    print(f"[{args.model}] {len(train)} train / {len(val)} val images at {info['cache_size']} px -> "
+          f"{run_cfg.image_size} px on {describe(device)}; pretrained={run_cfg.pretrained}")
+
+    tracker = make_tracker(mlflow_cfg.experiment)
+    tags = run_tags(args.model, data_version=info.get("data_version", ""), device=describe(device))
+    with tracker.start_run(run_name=args.model, tags=tags):
+        result = fit(run_cfg, (train.images, train.labels), (val.images, val.labels), device=device, tracker=tracker,
+                     resume_path=resume, data_version=info.get("data_version", ""), progress=not args.no_progress)
+        result.meta["cache_size"] = int(info["cache_size"])
+        checkpoint.save(args.out, result.model, result.meta)
+
+        metrics = {k: _clean(v) for k, v in result.metrics().items()}
+        Path(args.metrics).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.metrics).write_text(json.dumps(metrics, indent=2) + "\n")
+        write_history(Path(args.history), result.history)
+
+        fig = history_figure(result.history, title=f"{args.model}: training curves (best epoch {result.best['best_epoch']} "
+                                                   f"by {run_cfg.select_metric}, dashed)",
+                             best_epoch=result.best["best_epoch"])
+        fig_dir = Path(args.figures)
+        fig_dir.mkdir(parents=True, exist_ok=True)
+        fig.savefig(fig_dir / "curves.png", dpi=120)
+
+        tracker.log_metrics({f"best_{k}" if not k.startswith("best_") else k: v for k, v in metrics.items()
+                             if isinstance(v, (int, float)) and v is not None})
+        tracker.log_figure(fig, "curves.png")
+        tracker.log_artifact(Path(args.out) / checkpoint.META_FILE)
+        tracker.log_artifact(args.history)
+        if mlflow_cfg.log_model:
+            tracker.log_model(result.model, name="model", image_size=run_cfg.image_size)
+    print(f"[{args.model}] best epoch {result.best['best_epoch']}: val_auc {result.best['val_auc']:.4f} "
+          f"val_loss {result.best['val_loss']:.4f}; threshold {result.threshold:.3f}; checkpoint in {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except (ConfigError, CacheError, WeightsUnavailableError) as exc:  # the message says what to do; no traceback
+        sys.exit(f"train: {exc}")

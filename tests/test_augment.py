@@ -1,0 +1,106 @@
+"""BatchAugment: per-image draws, seeded, identity at zero magnitudes, the flip flips; reference transforms run."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from cxr.config import AugmentConfig
+from cxr.data.augment import (BatchAugment, Normalize, eval_resize, eval_transform, reference_transforms, resize01,
+                              to_model_input)
+
+ZERO = AugmentConfig(affine_degrees=0, affine_translate=0, crop_scale=(1.0, 1.0), hflip_p=0, rotation_degrees=0,
+                     brightness=0, contrast=0)
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.fixture
+def batch() -> torch.Tensor:
+    torch.manual_seed(0)
+    x = torch.randint(0, 256, (1, 1, 24, 24), dtype=torch.uint8)
+    x[..., 4:12, 2:8] = 255  # an asymmetric bright patch, so flips and shifts show
+    return x.repeat(6, 1, 1, 1)  # identical images
+
+
+def test_output_shape_dtype_range(batch):
+    out = BatchAugment(AugmentConfig(), 16)(batch, gen(0))
+    assert out.shape == (6, 1, 16, 16) and out.dtype == torch.float32
+    assert out.min() >= 0 and out.max() <= 1
+
+
+def test_rejects_float_input(batch):
+    with pytest.raises(ValueError, match="uint8"):
+        BatchAugment(AugmentConfig(), 16)(batch.float(), gen(0))
+
+
+def test_draws_are_per_image(batch):
+    out = BatchAugment(AugmentConfig(), 16)(batch, gen(0))
+    flat = out.flatten(1)
+    diffs = [(flat[i] - flat[j]).abs().max().item() for i in range(6) for j in range(i + 1, 6)]
+    assert min(diffs) > 1e-3  # no two identical inputs got the same augmentation
+
+
+def test_same_seed_same_output_other_seed_differs(batch):
+    aug = BatchAugment(AugmentConfig(), 16)
+    assert torch.equal(aug(batch, gen(3)), aug(batch, gen(3)))
+    assert not torch.allclose(aug(batch, gen(3)), aug(batch, gen(4)))
+
+
+def test_zero_magnitudes_are_a_plain_resize(batch):
+    out = BatchAugment(ZERO, 16)(batch, gen(0))
+    torch.testing.assert_close(out, resize01(batch, 16), atol=1e-5, rtol=0)
+
+
+def test_disabled_is_a_plain_resize(batch):
+    out = BatchAugment(dataclasses.replace(AugmentConfig(), enabled=False), 16)(batch, gen(0))
+    torch.testing.assert_close(out, resize01(batch, 16))
+
+
+def test_flip_flips(batch):
+    out = BatchAugment(dataclasses.replace(ZERO, hflip_p=1.0), 24)(batch, gen(0))
+    torch.testing.assert_close(out, resize01(batch, 24).flip(-1), atol=1e-5, rtol=0)
+
+
+def test_translation_moves_content():
+    x = torch.zeros(1, 1, 32, 32, dtype=torch.uint8)
+    x[..., 14:18, 14:18] = 255
+    cfg = dataclasses.replace(ZERO, affine_translate=0.2)
+    out = BatchAugment(cfg, 32)(x.repeat(8, 1, 1, 1), gen(1))
+    centroids = [(o[0] * torch.arange(32.0)).sum() / o[0].sum() for o in out]  # x-centroid per image
+    assert max(abs(c - 15.5) for c in centroids) > 1.0
+
+
+def test_brightness_contrast_change_intensity_only(batch):
+    cfg = dataclasses.replace(ZERO, brightness=0.5, contrast=0.5)
+    out = BatchAugment(cfg, 24)(batch, gen(0))
+    plain = resize01(batch, 24)
+    means = out.mean(dim=(1, 2, 3))
+    assert (means - plain.mean()).abs().max() > 0.01
+    # geometry untouched: the ranking of pixel intensities is preserved
+    corr = torch.corrcoef(torch.stack([out[0].flatten(), plain[0].flatten()]))[0, 1]
+    assert corr > 0.99
+
+
+def test_reference_transforms_single_image():
+    x = torch.randint(0, 256, (1, 40, 40), dtype=torch.uint8)
+    out = reference_transforms(AugmentConfig(), 32)(x)
+    assert out.shape == (1, 32, 32) and out.dtype == torch.float32 and 0 <= out.min() and out.max() <= 1
+    ev = eval_transform(32)
+    assert torch.equal(ev(x), ev(x))
+    # the batched evaluation resize is the same antialiased bilinear resize
+    torch.testing.assert_close(eval_resize(x[None], 32)[0], ev(x), atol=2 / 255, rtol=0)
+
+
+def test_to_model_input_repeats_and_normalises():
+    x01 = torch.rand(2, 1, 8, 8)
+    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    out = to_model_input(x01, mean, std)
+    assert out.shape == (2, 3, 8, 8)
+    torch.testing.assert_close(out[:, 1], (x01[:, 0] - 0.456) / 0.224)
+    cl = Normalize(mean, std, channels_last=True)(x01)
+    assert cl.is_contiguous(memory_format=torch.channels_last)

@@ -1,0 +1,153 @@
+"""The evaluation core and the evaluate stage on a tiny trained CNN and a tiny cache in tmp_path."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from cxr import CLASSES, checkpoint
+from cxr.config import EvaluateConfig
+from cxr.evaluation import (confusion_table, evaluate_checkpoint, evaluate_probabilities, evaluation_figures,
+                            gallery_indices, predictions_table)
+from cxr.training import fit, resolve_run_config
+
+REPO = Path(__file__).resolve().parents[1]
+SIZE = 20
+
+
+def tiny_split(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 (n, SIZE, SIZE): PNEUMONIA images carry a bright central blob, so a CNN learns something fast."""
+    rng = np.random.default_rng(seed)
+    labels = np.r_[np.zeros(n // 3, int), np.ones(n - n // 3, int)]
+    rng.shuffle(labels)
+    img = rng.normal(70, 20, size=(n, SIZE, SIZE))
+    yy, xx = np.mgrid[:SIZE, :SIZE]
+    blob = 120 * np.exp(-((yy - SIZE / 2) ** 2 + (xx - SIZE / 2) ** 2) / 18)
+    img += labels[:, None, None] * blob
+    return np.clip(img, 0, 255).astype(np.uint8), labels.astype(np.int64)
+
+
+def write_cache(root: Path, splits: dict) -> Path:
+    """The cxr.data.cache layout: {s}_images.npy, {s}_labels.npy, {s}.csv, info.json."""
+    root.mkdir(parents=True, exist_ok=True)
+    counts = {}
+    for s, (x, y) in splits.items():
+        np.save(root / f"{s}_images.npy", x)
+        np.save(root / f"{s}_labels.npy", y)
+        pd.DataFrame({"path": [f"{s}/{CLASSES[c]}/img{i}.jpeg" for i, c in enumerate(y)], "label": [CLASSES[c] for c in y],
+                      "patient_id": [f"p{i}" for i in range(len(y))]}).to_csv(root / f"{s}.csv", index=False)
+        counts[s] = {"total": int(len(y))}
+    (root / "info.json").write_text(json.dumps({"cache_size": SIZE, "resize": "stretch", "classes": list(CLASSES),
+                                                "counts": counts, "data_version": "test123"}))
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A 1-epoch CNN at 16 px, saved as a checkpoint, plus its history and the data."""
+    root = tmp_path_factory.mktemp("eval")
+    data = {"train": tiny_split(48, 0), "val": tiny_split(24, 1), "test": tiny_split(30, 2)}
+    params = {"epochs": 2, "image_size": 16, "batch_size": 8, "lr": 3e-3, "seed": 0}
+    cfg = resolve_run_config(params, "cnn")
+    res = fit(cfg, data["train"], data["val"], device="cpu", progress=False, data_version="test123")
+    checkpoint.save(root / "models" / "cnn", res.model, res.meta)
+    history = pd.DataFrame(res.history)
+    history.to_csv(root / "history.csv", index=False)
+    cache = write_cache(root / "cache", data)
+    return {"root": root, "data": data, "model": res.model, "meta": res.meta, "history": history, "cache": cache}
+
+
+def test_predictions_and_confusion_tables_use_class_names():
+    t = predictions_table(["a", "b", "c"], [0, 1, 1], [0.2, 0.7, 0.4], threshold=0.5)
+    assert list(t.columns) == ["path", "label", "probability", "predicted"]
+    assert t["predicted"].tolist() == ["NORMAL", "PNEUMONIA", "NORMAL"]
+    c = confusion_table([0, 1, 1], [0, 1, 0])
+    assert list(c.columns) == ["actual", "predicted"]
+    assert c.values.tolist() == [["NORMAL", "NORMAL"], ["PNEUMONIA", "PNEUMONIA"], ["PNEUMONIA", "NORMAL"]]
+
+
+def test_gallery_picks_most_confident_of_each_outcome():
+    y = np.array([1, 1, 0, 0, 0, 1, 1])
+    p = np.array([0.9, 0.6, 0.1, 0.3, 0.8, 0.2, 0.45])
+    idx = gallery_indices(y, p, 0.5, per_outcome=1)
+    assert idx.tolist() == [0, 2, 4, 5]  # TP 0.9, TN 0.1, FP 0.8, FN 0.2 (most wrong)
+
+
+def test_threshold_comes_from_validation_not_test():
+    rng = np.random.default_rng(0)
+    yv = np.r_[np.zeros(20, int), np.ones(20, int)]
+    pv = np.r_[rng.uniform(0, 0.3, 20), rng.uniform(0.3, 1, 20)]  # validation separates at 0.3
+    yt = np.r_[np.zeros(10, int), np.ones(10, int)]
+    pt = np.r_[rng.uniform(0, 0.7, 10), rng.uniform(0.7, 1, 10)]  # test would prefer ~0.7
+    cfg = EvaluateConfig(n_resamples=20)
+    r = evaluate_probabilities("cnn", yv, pv, yt, pt, [f"i{i}" for i in range(20)], cfg)
+    assert r.threshold == pytest.approx(pv[20:].min())
+    assert r.report["at_val_threshold"]["threshold"] == r.threshold
+    fixed = evaluate_probabilities("cnn", yv, pv, yt, pt, [f"i{i}" for i in range(20)],
+                                   EvaluateConfig(n_resamples=20, threshold="fixed", fixed_threshold=0.42))
+    assert fixed.threshold == 0.42
+    with pytest.raises(ValueError, match="threshold=fixed"):
+        evaluate_probabilities("cnn", np.ones(5, int), np.full(5, 0.9), yt, pt, list(range(20)), cfg)
+
+
+def test_evaluate_checkpoint_and_figures(trained):
+    d = trained["data"]
+    cfg = EvaluateConfig(n_resamples=50, gallery_per_outcome=2, augment_examples=2, augment_draws=3)
+    r = evaluate_checkpoint(trained["model"], trained["meta"], val=d["val"],
+                            test=(d["test"][0], d["test"][1], [f"x{i}" for i in range(30)]), cfg=cfg, device="cpu")
+    assert len(r.test_probs) == 30 and r.report["n"] == 30
+    assert r.threshold == pytest.approx(r.report["at_val_threshold"]["threshold"])
+    assert set(r.tables) == {"predictions", "confusion", "roc", "pr", "calibration"}
+    assert len(r.tables["confusion"]) == 30
+    flat = r.flat_metrics()
+    assert {"test_accuracy", "test_accuracy_ci_low", "test_at_default_roc_auc", "test_threshold"} <= set(flat)
+    figs = evaluation_figures(r, trained["model"], trained["meta"], test_images=d["test"][0], val_images=d["val"][0],
+                              history=trained["history"], cfg=cfg)
+    assert {"confusion", "roc", "pr", "calibration", "training_curves", "augmentation", "gallery"} == set(figs)
+    assert "Grad-CAM" in figs["gallery"]._suptitle.get_text()
+    assert figs["augmentation"].axes[0].get_title() == "Original"
+
+
+def test_evaluate_stage_writes_every_output(trained, tmp_path, monkeypatch):
+    root = trained["root"]
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"evaluate": {"n_resamples": 40, "gallery_per_outcome": 2},
+                                      "mlflow": {"experiment": "t"}}))
+    # An unreachable tracking server: the stage must warn and carry on (no-op tracker).
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    sys.path.insert(0, str(REPO / "src"))
+    try:
+        import evaluate as stage
+    finally:
+        sys.path.remove(str(REPO / "src"))
+    out = tmp_path / "out"
+    argv = ["--params", str(params), "--model", "cnn", "--checkpoint", str(root / "models" / "cnn"),
+            "--cache", str(trained["cache"]), "--history", str(root / "history.csv"),
+            "--predictions", str(out / "eval/cnn/predictions.csv"), "--metrics", str(out / "metrics/eval/cnn.json"),
+            "--plots", str(out / "plots/eval/cnn"), "--figures", str(out / "figures/eval/cnn"), "--device", "cpu"]
+    with pytest.warns(RuntimeWarning, match="unreachable"):
+        assert stage.main(argv) == 0
+
+    pred = pd.read_csv(out / "eval/cnn/predictions.csv")
+    assert list(pred.columns) == ["path", "label", "probability", "predicted"] and len(pred) == 30
+    assert set(pred["label"]) <= set(CLASSES) and pred["probability"].between(0, 1).all()
+    conf = pd.read_csv(out / "plots/eval/cnn/confusion.csv")
+    assert list(conf.columns) == ["actual", "predicted"] and len(conf) == 30
+    assert (conf["actual"] == pred["label"]).all() and (conf["predicted"] == pred["predicted"]).all()
+    assert list(pd.read_csv(out / "plots/eval/cnn/roc.csv").columns) == ["fpr", "tpr", "threshold"]
+    assert list(pd.read_csv(out / "plots/eval/cnn/pr.csv").columns) == ["recall", "precision", "threshold"]
+    assert list(pd.read_csv(out / "plots/eval/cnn/calibration.csv").columns) == ["mean_predicted", "fraction_positive", "count"]
+    m = json.loads((out / "metrics/eval/cnn.json").read_text())
+    assert m["threshold"] == pytest.approx(trained["meta"]["threshold"], abs=1e-6)  # Youden on the same val split
+    assert m["at_default_threshold"]["threshold"] == 0.5 and m["n_resamples"] == 40
+    acc = m["at_val_threshold"]["accuracy"]
+    assert acc["ci_low"] <= acc["value"] <= acc["ci_high"]
+    assert acc["value"] == pytest.approx((pred["label"] == pred["predicted"]).mean())
+    pngs = {p.name for p in (out / "figures/eval/cnn").glob("*.png")}
+    assert pngs == {f"{n}.png" for n in ("confusion", "roc", "pr", "calibration", "training_curves", "augmentation", "gallery")}

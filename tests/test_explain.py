@@ -1,0 +1,111 @@
+"""Grad-CAM for every registered model name: shapes, ranges, target layers, the ViT token grid."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from cxr.explain import _vit_reshape, grad_cam, overlay, target_layer
+from cxr.models import build_model, list_models
+
+TINY_VIT = {"config": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+                       "intermediate_size": 64, "patch_size": 8}}
+# Input sides at which the last feature map is at least 2x2 (a 1x1 map has no spatial information).
+SIZES = {"cnn": 32, "resnet50": 64, "vgg16": 64, "vit": 40}  # vit: 40 px != its config, so positions are interpolated
+
+
+@pytest.fixture(scope="module", params=list_models())
+def model_and_name(request):
+    name = request.param
+    torch.manual_seed(0)
+    model = build_model(name, image_size=SIZES[name], **(TINY_VIT if name == "vit" else {}))
+    return model.eval(), name
+
+
+def test_every_model_has_a_target_layer():
+    assert set(list_models()) == set(SIZES), "a new model needs a Grad-CAM target layer and a size here"
+
+
+def test_grad_cam_shapes_and_range(model_and_name):
+    model, name = model_and_name
+    s = SIZES[name]
+    x = torch.randn(3, 3, s, s, generator=torch.Generator().manual_seed(1))
+    for target in ("pneumonia", "predicted"):
+        heat = grad_cam(model, name, x, target=target, batch_size=2)  # 2 batches
+        assert heat.shape == (3, s, s) and heat.dtype == np.float32
+        assert np.isfinite(heat).all() and heat.min() >= 0 and heat.max() <= 1
+    # pytorch_grad_cam's hooks are released: the model still runs and returns one logit per image.
+    assert model(x).shape == (3, 1)
+
+
+def test_target_layers(model_and_name):
+    model, name = model_and_name
+    layer = target_layer(name, model)
+    expected = {"cnn": torch.nn.Conv2d, "vgg16": torch.nn.Conv2d, "resnet50": torch.nn.Sequential,
+                "vit": torch.nn.LayerNorm}[name]
+    assert isinstance(layer, expected)
+    if name == "cnn":
+        assert layer is [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+    if name == "resnet50":
+        assert layer is model.layer4
+
+
+def test_unknown_model_name_lists_known_ones():
+    with pytest.raises(ValueError, match="known: \\['cnn'"):
+        target_layer("inception", torch.nn.Conv2d(1, 1, 1))
+    with pytest.raises(ValueError, match="target"):
+        grad_cam(torch.nn.Conv2d(3, 1, 1), "cnn", torch.zeros(1, 3, 8, 8), target="normal")
+
+
+def test_vit_reshape_drops_cls_and_keeps_row_major_patch_order():
+    torch.manual_seed(0)
+    vit = build_model("vit", image_size=32, **TINY_VIT)
+    reshape = _vit_reshape(vit, 24, 32)  # 3 x 4 patches of 8 px: non-square works too
+    tokens = torch.arange(1 + 12, dtype=torch.float32).view(1, 13, 1).expand(2, 13, 5)
+    grid = reshape(tokens)
+    assert grid.shape == (2, 5, 3, 4)
+    assert grid[0, 0].tolist() == [[1, 2, 3, 4], [5, 6, 7, 8], [9, 10, 11, 12]]  # CLS (0) dropped
+    with pytest.raises(ValueError, match="patch grid"):
+        reshape(torch.zeros(1, 10, 5))
+
+
+def test_grad_cam_localises_the_evidence():
+    # Two feature channels: one sees a red blob (top right), one a green blob (bottom left). The
+    # logit rises with the first and falls with the second, so the PNEUMONIA heatmap must light up
+    # the red blob only, and the "predicted NORMAL" heatmap the green one.
+    class TwoChannel(torch.nn.Module):
+        def __init__(self, sign: float):
+            super().__init__()
+            self.sign = sign
+            self.features = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 1))
+            with torch.no_grad():
+                self.features[0].weight.zero_()
+                self.features[0].weight[0, 0] = 1.0
+                self.features[0].weight[1, 1] = 1.0
+                self.features[0].bias.zero_()
+
+        def forward(self, x):
+            f = self.features(x).mean(dim=(2, 3))
+            return (self.sign * (f[:, 0] - f[:, 1]) + 0.01).unsqueeze(1)
+
+    x = torch.zeros(2, 3, 16, 16)
+    x[:, 0, :8, 8:] = 1.0
+    x[:, 1, 8:, :8] = 1.0
+    heat = grad_cam(TwoChannel(1.0), "cnn", x)
+    assert heat[:, :8, 8:].min() > 0.9 and heat[:, 8:, :8].max() < 0.05
+    # Logit < 0 (predicted NORMAL): "predicted" explains the NORMAL evidence, the green blob.
+    heat = grad_cam(TwoChannel(-1.0), "cnn", x + 0.0, target="predicted")
+    assert heat[:, 8:, :8].min() > 0.9 and heat[:, :8, 8:].max() < 0.05
+
+
+def test_overlay_is_rgb_uint8_at_image_size():
+    gray = np.full((40, 30), 128, dtype=np.uint8)
+    heat = np.zeros((16, 16), dtype=np.float32)
+    heat[:8] = 1.0
+    out = overlay(gray, heat)
+    assert out.shape == (40, 30, 3) and out.dtype == np.uint8
+    assert out[0, 0, 0] > out[0, 0, 2]  # hot (top) is red in JET
+    assert out[-1, 0, 2] > out[-1, 0, 0]  # cold (bottom) is blue
+    with pytest.raises(ValueError, match="grayscale"):
+        overlay(np.zeros((4, 4, 3), np.uint8), heat)

@@ -1,0 +1,116 @@
+"""Plot functions return Figures with the expected axes, titles and data; save_figure writes a PNG."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.figure import Figure
+
+from cxr import plots as P
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    yield
+    plt.close("all")
+
+
+def test_confusion_matrix_counts_and_row_percentages():
+    fig = P.confusion_matrix_figure([0, 0, 0, 1, 1], [0, 0, 1, 1, 1])
+    ax = fig.axes[0]
+    texts = [t.get_text() for t in ax.texts]
+    assert texts == ["2\n66.7% of row", "1\n33.3% of row", "0\n0.0% of row", "2\n100.0% of row"]
+    assert ax.get_xlabel() == "Predicted" and ax.get_ylabel() == "Actual"
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["NORMAL", "PNEUMONIA"]
+    assert "n = 5" in ax.get_title()
+
+
+def test_roc_figure_has_auc_legend_chance_line_and_operating_point():
+    fig = P.roc_figure([0, 0.2, 1], [0, 0.8, 1], auc=0.8, label="cnn", operating_point=(0.2, 0.8))
+    ax = fig.axes[0]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "cnn (AUC = 0.800)" in labels and any("Chance" in s for s in labels) and "Chosen threshold" in labels
+    assert "False positive rate" in ax.get_xlabel() and "sensitivity" in ax.get_ylabel()
+
+
+def test_roc_comparison_draws_one_line_per_model_plus_chance():
+    curves = {m: (np.array([0, 0.5, 1]), np.array([0, 0.9, 1]), 0.7) for m in ("cnn", "resnet50", "vit")}
+    ax = P.roc_comparison_figure(curves).axes[0]
+    assert len(ax.lines) == 4
+    with pytest.raises(ValueError, match="roc.csv"):
+        P.roc_comparison_figure({})
+
+
+def test_pr_and_calibration_figures():
+    ax = P.pr_figure([0, 0.5, 1], [1, 0.9, 0.6], ap=0.85, prevalence=0.6).axes[0]
+    assert any("AP = 0.850" in t.get_text() for t in ax.get_legend().get_texts())
+    assert ax.get_xlabel().startswith("Recall")
+    fig = P.calibration_figure([0.1, 0.5, 0.9], [0.0, 0.6, 1.0], counts=[5, 3, 8], ece=0.05)
+    assert len(fig.axes) == 2  # reliability curve + bin counts
+    assert any("ECE = 0.050" in t.get_text() for t in fig.axes[0].get_legend().get_texts())
+
+
+def test_training_curves_from_history_table():
+    h = pd.DataFrame({"epoch": [1, 2, 3], "train_loss": [0.7, 0.5, 0.4], "val_loss": [0.6, 0.55, 0.58],
+                      "train_acc": [0.6, 0.7, 0.8], "val_acc": [0.6, 0.7, 0.7], "val_auc": [0.7, 0.8, 0.79]})
+    fig = P.training_curves_figure(h, best_epoch=2)
+    assert [ax.get_title() for ax in fig.axes] == ["Loss", "Accuracy", "Validation ROC-AUC"]
+    loss_ax = fig.axes[0]
+    np.testing.assert_allclose(loss_ax.lines[1].get_ydata(), [0.6, 0.55, 0.58])  # validation loss
+    with pytest.raises(ValueError, match="epoch"):
+        P.training_curves_figure(pd.DataFrame({"loss": [1.0]}))
+
+
+def test_augmentation_and_gallery_figures():
+    rng = np.random.default_rng(0)
+    originals = rng.integers(0, 255, (2, 16, 16), dtype=np.uint8)
+    fig = P.augmentation_figure(originals, rng.random((2, 3, 12, 12)))
+    assert len(fig.axes) == 2 * 4 and fig.axes[0].get_title() == "Original"
+    with pytest.raises(ValueError, match="augmented"):
+        P.augmentation_figure(originals, rng.random((3, 3, 12, 12)))
+
+    images = rng.integers(0, 255, (4, 16, 16), dtype=np.uint8)
+    fig = P.gallery_figure(images, [1, 0, 0, 1], [0.9, 0.1, 0.8, 0.2], [1, 0, 1, 0], threshold=0.5)
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert [t.split(":")[0] for t in titles] == ["TP", "TN", "FP", "FN"]
+    assert "P(pneu) = 0.80" in titles[2]
+    overlays = rng.integers(0, 255, (4, 16, 16, 3), dtype=np.uint8)
+    fig = P.gallery_figure(images, [1, 1, 0, 1], [0.9, 0.7, 0.1, 0.2], [1, 1, 0, 0], overlays)
+    assert "Grad-CAM" in fig._suptitle.get_text()
+    assert any("FP: none" in t.get_text() for ax in fig.axes for t in ax.texts)
+
+
+def test_metrics_bar_with_ci_error_bars():
+    table = {"cnn": {"accuracy": (0.8, 0.75, 0.85), "roc_auc": (0.9, 0.88, 0.92)},
+             "vit": {"accuracy": (0.7, 0.6, 0.8), "roc_auc": (0.85, float("nan"), float("nan"))}}
+    ax = P.metrics_bar_figure(table).axes[0]
+    heights = sorted(round(p.get_height(), 3) for p in ax.patches)
+    assert heights == [0.7, 0.8, 0.85, 0.9]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["cnn", "vit"]
+    from matplotlib.container import ErrorbarContainer
+
+    errs = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+    assert len(errs) == 2  # one set of CI bars per model
+    segments = errs[0].lines[2][0].get_segments()  # cnn: accuracy, roc_auc
+    np.testing.assert_allclose([segments[0][0][1], segments[0][1][1]], [0.75, 0.85])
+
+
+def test_sweep_heatmap_annotated_and_selected_cell_outlined():
+    vals = np.array([[0.7, 0.8], [0.9, 0.6]])
+    ax = P.sweep_heatmap_figure([16, 32], [1e-3, 1e-4], vals, selected=(32, 1e-3)).axes[0]
+    assert [t.get_text() for t in ax.texts] == ["0.700", "0.800", "0.900", "0.600"]
+    assert ax.get_xlabel() == "Learning rate" and ax.get_ylabel() == "Batch size"
+    rect = [p for p in ax.patches if isinstance(p, plt.Rectangle) and p.get_edgecolor()[:3] == (1.0, 0.0, 0.0)]
+    assert len(rect) == 1 and rect[0].get_xy() == (0, 1)
+    with pytest.raises(ValueError, match="values must be"):
+        P.sweep_heatmap_figure([16], [1e-3, 1e-4], vals)
+
+
+def test_save_figure_writes_png_and_closes(tmp_path):
+    fig = P.confusion_matrix_figure([0, 1], [0, 1])
+    path = P.save_figure(fig, tmp_path / "a" / "cm.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not plt.fignum_exists(fig.number)
+    assert isinstance(P.roc_figure([0, 1], [0, 1]), Figure)

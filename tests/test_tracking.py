@@ -1,0 +1,104 @@
+"""MLflow adapter: store location, a run with the expected params and per-epoch metrics, graceful degradation."""
+
+from __future__ import annotations
+
+import inspect
+import socket
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cxr.config import load_params
+from cxr.tracking import MlflowTracker, NullTracker, artifact_location, make_tracker, run_tags, tracking_uri
+from cxr.training import RunConfig, fit, resolve_run_config
+
+
+def toy(n, seed):
+    rng = np.random.default_rng(seed)
+    y = np.tile([0, 1], n // 2).astype(np.int64)
+    x = rng.integers(0, 80, (n, 20, 20)).astype(np.uint8)
+    x[y == 1, 4:14, 6:16] = 220
+    return x, y
+
+
+@pytest.fixture
+def run_cfg(repo_root) -> RunConfig:
+    p = load_params(repo_root / "params.yaml")
+    p.update(epochs=2, image_size=16, batch_size=8)
+    return resolve_run_config(p, "cnn")
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # nothing listens once the socket is closed
+
+
+def test_store_location(monkeypatch, tmp_path):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    assert tracking_uri() == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    assert artifact_location() == (tmp_path.resolve() / "mlartifacts").as_uri()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://example.invalid:5000")
+    assert tracking_uri() == "http://example.invalid:5000"
+
+
+def test_null_tracker_has_the_same_methods():
+    public = lambda cls: {n for n, _ in inspect.getmembers(cls, callable) if not n.startswith("_")}
+    assert public(NullTracker) == public(MlflowTracker)
+
+
+def test_run_with_params_and_per_epoch_metrics(monkeypatch, tmp_path, run_cfg):
+    from mlflow import MlflowClient
+
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))  # artifacts anchored in the "real" repo
+    monkeypatch.setenv("DVC_EXP_NAME", "exp-test")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    tracker = make_tracker("cxr-test", uri=uri)
+    assert isinstance(tracker, MlflowTracker)
+    with tracker.start_run("cnn", tags=run_tags("cnn", data_version="dv1", device="cpu")):
+        result = fit(run_cfg, toy(16, 0), toy(8, 1), tracker=tracker, progress=False)
+        tracker.log_model(result.model, image_size=16)
+        run_id = tracker.run_id
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("cxr-test")
+    assert exp.artifact_location == (tmp_path.resolve() / "mlartifacts").as_uri()
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.info.run_name == "cnn"
+    assert set(run.data.params) == set(run_cfg.as_params())
+    assert float(run.data.params["lr"]) == run_cfg.lr and run.data.params["model"] == "cnn"
+    assert run.data.tags["dvc_exp_name"] == "exp-test" and run.data.tags["data_version"] == "dv1"
+    assert run.data.tags["model"] == "cnn" and "git_commit" in run.data.tags
+    hist = client.get_metric_history(run_id, "val_loss")
+    assert sorted(m.step for m in hist) == [1, 2]
+    assert [m.value for m in sorted(hist, key=lambda m: m.step)] == pytest.approx([h["val_loss"] for h in result.history])
+    models = client.search_logged_models([exp.experiment_id])
+    assert any(m.source_run_id == run_id for m in models)
+
+
+def test_unreachable_server_degrades_and_training_finishes(monkeypatch, run_cfg):
+    url = f"http://127.0.0.1:{closed_port()}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+    start = time.perf_counter()
+    with pytest.warns(RuntimeWarning, match="unreachable"):
+        tracker = make_tracker("cxr-test")
+    assert time.perf_counter() - start < 30  # no minutes of retries
+    assert isinstance(tracker, NullTracker) and not isinstance(tracker, MlflowTracker)
+    with tracker.start_run("cnn"):
+        result = fit(run_cfg, toy(16, 0), toy(8, 1), tracker=tracker, progress=False)
+    assert len(result.history) == 2
+
+
+def test_failure_mid_run_warns_once_and_disables(monkeypatch, tmp_path):
+    tracker = MlflowTracker("cxr-test", uri=f"sqlite:///{tmp_path}/mlflow.db")
+    with tracker.start_run("x"):
+        def broken(*a, **k):
+            raise ConnectionError("server went away")
+
+        monkeypatch.setattr(tracker._client, "log_batch", broken)
+        with pytest.warns(RuntimeWarning, match="server went away"):
+            tracker.log_metrics({"a": 1.0}, step=1)
+        tracker.log_metrics({"a": 2.0}, step=2)  # no second warning, no exception
+        assert not tracker.active

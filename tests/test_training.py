@@ -1,0 +1,154 @@
+"""Training core: effective params per model, fit from a fresh start, selection, early stopping, resume."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from cxr.config import ConfigError, load_params
+from cxr.training import RunConfig, fit, history_figure, pos_weight, resolve_run_config
+
+
+def toy(n, seed, size=20):
+    rng = np.random.default_rng(seed)
+    y = (rng.random(n) < 0.7).astype(np.int64)
+    y[:2] = [0, 1]
+    x = rng.integers(0, 80, (n, size, size)).astype(np.uint8)
+    x[y == 1, 4:14, 6:16] = 220
+    return x, y
+
+
+@pytest.fixture
+def params(repo_root):
+    p = load_params(repo_root / "params.yaml")
+    p.update(epochs=3, image_size=16, batch_size=8, lr=3e-3)
+    return p
+
+
+@pytest.fixture
+def run_cfg(params) -> RunConfig:
+    return resolve_run_config(params, "cnn")
+
+
+TRAIN, VAL = toy(26, 0), toy(12, 1)
+
+
+def test_same_keys_for_every_model_and_overrides(params):
+    params["models"] = {"vit": {"lr": "1e-05", "epochs": 5}, "resnet50": {"weights": "w.pth"}}
+    cfgs = {m: resolve_run_config(params, m) for m in ("cnn", "resnet50", "vgg16", "vit")}
+    assert len({tuple(c.as_params()) for c in cfgs.values()}) == 1  # identical key sets, same order
+    assert cfgs["vit"].lr == 1e-5 and cfgs["vit"].epochs == 5  # '1e-05' as `dvc exp run -S` writes it
+    assert cfgs["cnn"].lr == 3e-3 and cfgs["cnn"].epochs == 3
+    assert cfgs["resnet50"].pretrained and cfgs["resnet50"].weights == "w.pth"  # weights imply pretrained
+    assert not cfgs["vgg16"].pretrained and cfgs["vgg16"].weights is None
+    params["models"]["resnet50"]["pretrained"] = False
+    assert resolve_run_config(params, "resnet50").weights is None
+    assert cfgs["cnn"].augment_config().crop_scale == (0.8, 1.0)
+
+
+def test_bad_values_fail_with_the_key(params):
+    with pytest.raises(ValueError, match="valid names"):
+        resolve_run_config(params, "alexnet")
+    params["models"] = {"cnn": {"batch_size": 0}}
+    with pytest.raises(ConfigError, match="batch_size"):
+        resolve_run_config(params, "cnn")
+
+
+def test_pos_weight_balanced():
+    assert pos_weight([0, 1, 1, 1], "balanced") == pytest.approx(1 / 3)
+    assert pos_weight([0, 1, 1, 1], "none") == 1.0
+
+
+def test_fit_history_best_threshold_meta(run_cfg):
+    result = fit(run_cfg, TRAIN, VAL, progress=False)
+    assert [h["epoch"] for h in result.history] == [1, 2, 3]
+    assert {"train_loss", "train_acc", "val_loss", "val_acc", "val_auc", "lr", "seconds"} <= set(result.history[0])
+    best = max(result.history, key=lambda h: h["val_auc"])  # first maximum wins ties
+    assert result.best["best_epoch"] == best["epoch"] and result.best["val_auc"] == best["val_auc"]
+    assert 0.0 <= result.threshold <= 1.0
+    m = result.meta
+    assert m["arch"]["name"] == "cnn" and m["image_size"] == 16 and m["cache_size"] == 20
+    assert m["classes"] == ["NORMAL", "PNEUMONIA"] and m["train_params"]["lr"] == run_cfg.lr
+    assert m["mean"] == [0.5, 0.5, 0.5]
+    assert not result.model.training
+    metrics = result.metrics()
+    assert {"val_auc", "val_loss", "best_epoch", "threshold", "val_sensitivity", "val_specificity"} <= set(metrics)
+
+
+def test_fit_is_reproducible_and_starts_fresh_each_call(run_cfg):
+    a = fit(run_cfg, TRAIN, VAL, progress=False)
+    b = fit(run_cfg, TRAIN, VAL, progress=False)  # a second call must not continue from the first
+    for ha, hb in zip(a.history, b.history):
+        assert ha["train_loss"] == pytest.approx(hb["train_loss"], abs=1e-6)
+        assert ha["val_loss"] == pytest.approx(hb["val_loss"], abs=1e-6)
+
+
+def test_select_by_val_loss_and_steplr(run_cfg):
+    cfg = run_cfg.replace(select_metric="val_loss", scheduler="steplr", step_size=1, gamma=0.1)
+    result = fit(cfg, TRAIN, VAL, progress=False)
+    assert result.best["val_loss"] == min(h["val_loss"] for h in result.history)
+    assert [h["lr"] for h in result.history] == pytest.approx([cfg.lr, cfg.lr * 0.1, cfg.lr * 0.01])
+
+
+def test_early_stopping(run_cfg):
+    # one class in validation: AUC is NaN every epoch, so no epoch after the first ever improves
+    val_one_class = (VAL[0], np.ones_like(VAL[1]))
+    result = fit(run_cfg.replace(epochs=6, early_stopping_patience=2), TRAIN, val_one_class, progress=False)
+    assert len(result.history) == 3 and result.meta["stopped_early"]
+    assert result.best["best_epoch"] == 1 and math.isnan(result.best["val_auc"])
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_resume_after_interruption_matches_uninterrupted_run(run_cfg, tmp_path, capsys):
+    uninterrupted = fit(run_cfg, TRAIN, VAL, progress=False)
+    resume = tmp_path / "resume" / "cnn.pt"
+
+    def stop_after_first(row):
+        if row["epoch"] == 1:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        fit(run_cfg, TRAIN, VAL, progress=False, resume_path=resume, data_version="v1", on_epoch_end=stop_after_first)
+    assert resume.is_file()
+    epochs_seen = []
+    resumed = fit(run_cfg, TRAIN, VAL, resume_path=resume, data_version="v1", progress=False,
+                  on_epoch_end=lambda row: epochs_seen.append(row["epoch"]))
+    assert epochs_seen == [2, 3]  # continued at epoch 2
+    assert "resuming" in capsys.readouterr().out
+    assert not resume.exists()  # removed once fit completes
+    for hu, hr in zip(uninterrupted.history, resumed.history, strict=True):
+        for k in ("train_loss", "val_loss", "val_auc", "lr"):
+            assert hr[k] == pytest.approx(hu[k], abs=1e-6), (hr["epoch"], k)
+    assert resumed.best == pytest.approx(uninterrupted.best)
+    for (k, v), v2 in zip(uninterrupted.model.state_dict().items(), resumed.model.state_dict().values()):
+        torch.testing.assert_close(v, v2, atol=1e-6, rtol=0, msg=k)
+
+
+def test_resume_file_from_other_params_is_ignored(run_cfg, tmp_path, capsys):
+    resume = tmp_path / "cnn.pt"
+
+    def stop(row):
+        raise Interrupt
+
+    with pytest.raises(Interrupt):
+        fit(run_cfg, TRAIN, VAL, progress=False, resume_path=resume, data_version="v1", on_epoch_end=stop)
+    seen = []
+    fit(run_cfg.replace(lr=1e-3), TRAIN, VAL, progress=False, resume_path=resume, data_version="v1",
+        on_epoch_end=lambda row: seen.append(row["epoch"]))
+    assert seen == [1, 2, 3] and "ignoring" in capsys.readouterr().out
+
+
+def test_history_figure_is_labelled(run_cfg):
+    hist = [{"epoch": e, "train_loss": 1 / e, "val_loss": 1.1 / e, "train_acc": 0.5, "val_acc": 0.6, "val_auc": 0.7}
+            for e in (1, 2)]
+    fig = history_figure(hist, title="cnn", best_epoch=2)
+    titles = [ax.get_title() for ax in fig.axes]
+    assert any("Loss" in t for t in titles) and any("AUC" in t for t in titles)
+    assert all(ax.get_xlabel() == "epoch" and ax.get_legend() is not None for ax in fig.axes)
