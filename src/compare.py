@@ -84,7 +84,10 @@ def main(argv=None) -> int:
     Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
     results_csv(table).to_csv(args.csv, index=False, lineterminator="\n")
 
-    figs = {"metrics_bar": metrics_bar_figure(bar_table(eval_m, cfg.bar_metrics), cfg.bar_metrics)}
+    conf = next(iter(eval_m.values())).get("confidence", 0.95)
+    figs = {"metrics_bar": metrics_bar_figure(
+        bar_table(eval_m, cfg.bar_metrics), cfg.bar_metrics,
+        title=f"Test metrics at the validation-chosen thresholds, {conf:.0%} bootstrap CIs")}
     if rocs:
         figs["roc_all"] = roc_comparison_figure(roc_curves(rocs, eval_m))
 

@@ -81,6 +81,7 @@ def main(argv=None) -> int:
         result = fit(run_cfg, (train.images, train.labels), (val.images, val.labels), device=device, tracker=tracker,
                      resume_path=resume, data_version=info.get("data_version", ""), progress=not args.no_progress)
         result.meta["cache_size"] = int(info["cache_size"])
+        result.meta["cache_resize"] = info.get("resize", "stretch")  # how predict must resize new images
         checkpoint.save(args.out, result.model, result.meta)
 
         metrics = {k: _clean(v) for k, v in result.metrics().items()}
@@ -95,8 +96,9 @@ def main(argv=None) -> int:
         fig_dir.mkdir(parents=True, exist_ok=True)
         fig.savefig(fig_dir / "curves.png", dpi=120)
 
-        tracker.log_metrics({f"best_{k}" if not k.startswith("best_") else k: v for k, v in metrics.items()
-                             if isinstance(v, (int, float)) and v is not None})
+        # The kept epoch's validation metrics under best_* names, beside the per-epoch val_* curves.
+        tracker.log_metrics({(f"best_{k}" if k.startswith("val_") else k): v for k, v in metrics.items()
+                             if isinstance(v, (int, float))})
         tracker.log_figure(fig, "curves.png")
         tracker.log_artifact(Path(args.out) / checkpoint.META_FILE)
         tracker.log_artifact(args.history)

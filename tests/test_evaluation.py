@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,16 @@ from cxr.evaluation import (confusion_table, evaluate_checkpoint, evaluate_proba
 from cxr.training import fit, resolve_run_config
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def load_stage(name: str):
+    """src/<name>.py as a module, by path (the names evaluate/sweep/compare are too generic to import by name)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"stage_{name}", REPO / "src" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 SIZE = 20
 
 
@@ -121,11 +130,7 @@ def test_evaluate_stage_writes_every_output(trained, tmp_path, monkeypatch):
                                       "mlflow": {"experiment": "t"}}))
     # An unreachable tracking server: the stage must warn and carry on (no-op tracker).
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
-    sys.path.insert(0, str(REPO / "src"))
-    try:
-        import evaluate as stage
-    finally:
-        sys.path.remove(str(REPO / "src"))
+    stage = load_stage("evaluate")
     out = tmp_path / "out"
     argv = ["--params", str(params), "--model", "cnn", "--checkpoint", str(root / "models" / "cnn"),
             "--cache", str(trained["cache"]), "--history", str(root / "history.csv"),

@@ -75,7 +75,7 @@ def test_augmentation_and_gallery_figures():
     fig = P.gallery_figure(images, [1, 0, 0, 1], [0.9, 0.1, 0.8, 0.2], [1, 0, 1, 0], threshold=0.5)
     titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
     assert [t.split(":")[0] for t in titles] == ["TP", "TN", "FP", "FN"]
-    assert "P(pneu) = 0.80" in titles[2]
+    assert "P(pneu) = 0.800" in titles[2]
     overlays = rng.integers(0, 255, (4, 16, 16, 3), dtype=np.uint8)
     fig = P.gallery_figure(images, [1, 1, 0, 1], [0.9, 0.7, 0.1, 0.2], [1, 1, 0, 0], overlays)
     assert "Grad-CAM" in fig._suptitle.get_text()

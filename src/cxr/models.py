@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -105,9 +105,12 @@ def classifier_head(in_features: int) -> nn.Sequential:
 
 
 def _fixes(name: str) -> str:
-    return (f"Fix: point `models.{name}.weights` in params.yaml at a local copy "
-            f"(e.g. `dvc exp run -S models.{name}.weights=/path/to/weights`), or train from scratch with "
-            f"`-S train.pretrained=false` / `-S models.{name}.pretrained=false`.")
+    # `dvc exp run -S` refuses keys that params.yaml does not have yet, hence "in params.yaml" for the
+    # per-model keys; train.pretrained always exists.
+    return (f"Fix: set `models.{name}.weights: /path/to/local/weights` in params.yaml (a torchvision state_dict "
+            f"file, or a save_pretrained directory for vit), or train from scratch: "
+            f"`dvc exp run -S train.pretrained=false` (all models) or `models.{name}.pretrained=false` "
+            f"(`{name}: {{pretrained: false}}` under models: in params.yaml).")
 
 
 # --------------------------------------------------------------------------------------------
@@ -153,8 +156,7 @@ def _build_cnn(pretrained: bool, weights: str | None, image_size: int) -> nn.Mod
     if pretrained:
         if weights is None:
             raise WeightsUnavailableError(
-                "model 'cnn' has no published pretrained weights; looked for: models.cnn.weights (not set). "
-                "Fix: set `models.cnn.weights: /path/to/cnn_state_dict.pt`, or `-S models.cnn.pretrained=false`.")
+                "model 'cnn' has no published pretrained weights, and models.cnn.weights is not set. " + _fixes("cnn"))
         _load_state_dict_file(model, "cnn", weights, head_prefix="")
     return model
 

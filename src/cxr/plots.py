@@ -273,7 +273,7 @@ def gallery_figure(images, labels, probabilities, predicted, overlays=None,
                     ax.imshow(overlays[i])
                 else:
                     ax.imshow(images[i], cmap="gray", vmin=0, vmax=255)
-                ax.set_title(f"{o}: P(pneu) = {probabilities[i]:.2f}\nactual {class_names[labels[i]]}", fontsize=8)
+                ax.set_title(f"{o}: P(pneu) = {probabilities[i]:.3f}\nactual {class_names[labels[i]]}", fontsize=8)
             else:
                 ax.axis("off")
                 if c == 0:

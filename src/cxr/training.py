@@ -20,7 +20,6 @@ import math
 import os
 import random
 import time
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -176,13 +175,18 @@ def pos_weight(labels, class_weight: str) -> float:
 
 
 def make_optimizer(cfg: RunConfig, params) -> torch.optim.Optimizer:
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
-    raise ValueError(f"unknown optimizer {cfg.optimizer!r}; expected adamw, adam or sgd")
+    """The fused kernels matter on CPU: the default per-parameter loop spends ~3 s per AdamW step on
+    VGG16's 134 M parameters on 2 cores, the fused one ~0.1 s. Devices without them fall back."""
+    params = list(params)
+    classes = {"adamw": (torch.optim.AdamW, {}), "adam": (torch.optim.Adam, {}),
+               "sgd": (torch.optim.SGD, {"momentum": 0.9})}
+    if cfg.optimizer not in classes:
+        raise ValueError(f"unknown optimizer {cfg.optimizer!r}; expected adamw, adam or sgd")
+    cls, extra = classes[cfg.optimizer]
+    try:
+        return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True, **extra)
+    except (RuntimeError, TypeError, ValueError):
+        return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **extra)
 
 
 def make_scheduler(cfg: RunConfig, optimizer) -> torch.optim.lr_scheduler.LRScheduler:
@@ -303,7 +307,8 @@ def fit(run_cfg: RunConfig, train: tuple, val: tuple, *, device: str | torch.dev
             if scaler is not None and saved.get("scaler"):
                 scaler.load_state_dict(saved["scaler"])
             _set_rng_state(saved["rng"])
-            history, best, best_state = saved["history"], saved["best"], saved["best_state"]
+            history, best = saved["history"], saved["best"]
+            best_state = saved["model"] if saved.get("best_is_current") else saved["best_state"]
             bad_epochs, start_epoch = saved["bad_epochs"], saved["epoch"] + 1
             print(f"[{cfg.model}] resuming from {resume_path} after epoch {saved['epoch']}")
         else:
@@ -347,11 +352,14 @@ def fit(run_cfg: RunConfig, train: tuple, val: tuple, *, device: str | torch.dev
                   f"val_auc {ev['auc']:.4f} ({row['seconds']:.1f} s, {tr['images_per_s']:.0f} img/s)")
         stopped_early = bad_epochs >= cfg.early_stopping_patience > 0
         if resume_path is not None:
+            current = _copy_state(model)
+            # When this epoch is the best one, its weights are stored once (VGG16: 0.5 GB saved per epoch).
+            best_is_current = best["best_epoch"] == epoch
             _atomic_torch_save({
-                "config_hash": key, "epoch": epoch, "model": _copy_state(model), "optimizer": optimizer.state_dict(),
+                "config_hash": key, "epoch": epoch, "model": current, "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler is not None else None,
-                "rng": _rng_state(), "history": history, "best": best, "best_state": best_state,
-                "bad_epochs": bad_epochs}, resume_path)
+                "rng": _rng_state(), "history": history, "best": best, "best_is_current": best_is_current,
+                "best_state": None if best_is_current else best_state, "bad_epochs": bad_epochs}, resume_path)
         if on_epoch_end is not None:
             on_epoch_end(row)
 
@@ -385,13 +393,12 @@ def _metric_row(row: dict) -> dict:
 
 def history_figure(history: list[dict], title: str = "", best_epoch: int | None = None):
     """Loss, accuracy and validation ROC-AUC per epoch; the kept epoch (``best_epoch``) as a dashed line."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    # A bare Figure, not pyplot: no global backend or figure registry is touched (sweeps make many).
+    from matplotlib.figure import Figure
 
     epochs = [h["epoch"] for h in history]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), constrained_layout=True)
+    fig = Figure(figsize=(13, 3.8), layout="constrained")
+    axes = fig.subplots(1, 3)
     panels = [("Loss (BCE, class-weighted)", "loss", ("train_loss", "val_loss")),
               ("Accuracy at 0.5", "accuracy", ("train_acc", "val_acc")),
               ("Validation ROC-AUC", "ROC-AUC", ("val_auc",))]

@@ -1,0 +1,192 @@
+"""GPU training throughput per model at 224 px: the reference loader vs ours, and the epoch time for 5,216 images.
+
+    .venv/bin/python benchmarks/gpu_training.py [--data DIR] [--models cnn resnet50 vgg16 vit] [--workers N]
+
+Without a CUDA GPU it says so and exits 0. For each model (random initialisation, no downloads):
+
+reference: ImageFolder + PIL decode of the full-resolution JPEGs + the seed notebook's transforms in
+    ``--workers`` DataLoader workers (pinned memory), batch 32, the model step on the GPU;
+ours: the cache (``build_cache`` at 256 in a tmp dir) through ``cxr.engine.make_loader`` and
+    ``train_one_epoch`` with ``BatchAugment`` + ``Normalize`` on the GPU, channels_last for CNNs and
+    the autocast dtype of ``cxr.device.amp_settings`` (bf16 where supported), as ``cxr.training.fit`` does.
+
+Both sides use the same model settings, batch size, worker count and AdamW (fused); each times
+``--batches`` batches after ``--warmup`` untimed ones. The epoch time is 5,216 (the official train
+split) / images per second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from _common import add_data_arg, build_cached, list_images, print_header, repeated
+
+TRAIN_IMAGES = 5216
+HERE = Path(__file__).resolve().parent
+
+
+class Cycle:
+    """A DataLoader re-created per epoch (fresh shuffle), consumed forever."""
+
+    def __init__(self, make):
+        self.make, self.epoch = make, 0
+        self.it = iter(make(0))
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        try:
+            return next(self.it)
+        except StopIteration:
+            self.epoch += 1
+            self.it = iter(self.make(self.epoch))
+            return next(self.it)
+
+
+class Limited:
+    """The first ``n`` batches of an endless iterator, as a loader ``train_one_epoch`` can consume."""
+
+    def __init__(self, it, n: int):
+        self.it, self.n = it, n
+
+    def __iter__(self):
+        return itertools.islice(self.it, self.n)
+
+    def __len__(self):
+        return self.n
+
+
+def setup(name: str, device: torch.device):
+    from cxr.device import amp_settings
+    from cxr.models import build_model, get_entry, input_spec
+
+    torch.manual_seed(0)
+    model = build_model(name, pretrained=False, image_size=224).to(device)
+    channels_last = get_entry(name).is_cnn
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    amp_dtype, use_scaler = amp_settings(device, True)
+    scaler = torch.amp.GradScaler("cuda") if use_scaler else None
+    return model, opt, amp_dtype, scaler, channels_last, input_spec(name)
+
+
+def run_ours(name, device, images, labels, args) -> float:
+    from cxr.config import AugmentConfig
+    from cxr.data.augment import BatchAugment, Normalize
+    from cxr.engine import make_loader, train_one_epoch
+
+    model, opt, amp_dtype, scaler, channels_last, spec = setup(name, device)
+    aug = BatchAugment(AugmentConfig(), 224)
+    norm = Normalize(spec["mean"], spec["std"], channels_last=channels_last)
+    gen = torch.Generator().manual_seed(0)
+    batches = Cycle(lambda e: make_loader(images, labels, batch_size=args.batch_size, shuffle=True, seed=e,
+                                          device=device, num_workers=args.workers, drop_last=True))
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    kw = dict(augment=lambda x: aug(x, gen), prep=norm, amp_dtype=amp_dtype, scaler=scaler)
+    train_one_epoch(model, loss_fn, opt, Limited(batches, args.warmup), device, **kw)
+    stats = train_one_epoch(model, loss_fn, opt, Limited(batches, args.batches), device, **kw)
+    return stats["images_per_s"]
+
+
+def run_reference(name, device, root, repeat, args) -> float:
+    from torch.utils.data import ConcatDataset, DataLoader
+
+    from input_pipeline import reference_loader
+
+    model, opt, amp_dtype, scaler, channels_last, _spec = setup(name, device)
+
+    def make(epoch):
+        dl = reference_loader(root, repeat, args.batch_size, args.workers, seed=epoch)
+        # Same dataset and transforms, plus what a GPU loader needs: pinned memory, no ragged last batch.
+        return DataLoader(dl.dataset, batch_size=args.batch_size, shuffle=True, num_workers=args.workers,
+                          pin_memory=True, drop_last=True, persistent_workers=False,
+                          generator=torch.Generator().manual_seed(epoch))
+
+    batches = Cycle(make)
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    model.train()
+
+    def step(x, y):
+        x = x.to(device, non_blocking=True)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        y = y.to(device, non_blocking=True).float()
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast("cuda", dtype=amp_dtype, enabled=amp_dtype is not None):
+            loss = loss_fn(model(x).squeeze(1).float(), y)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+        else:
+            loss.backward()
+            opt.step()
+        return loss.item()  # one sync per batch, as train_one_epoch does
+
+    for x, y in itertools.islice(batches, args.warmup):
+        step(x, y)
+    torch.cuda.synchronize(device)
+    n, t0 = 0, time.perf_counter()
+    for x, y in itertools.islice(batches, args.batches):
+        step(x, y)
+        n += len(y)
+    torch.cuda.synchronize(device)
+    return n / (time.perf_counter() - t0)
+
+
+def main(argv=None) -> dict | None:
+    from cxr.models import list_models
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_data_arg(ap)
+    ap.add_argument("--models", nargs="+", default=list_models())
+    ap.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
+                    help="DataLoader workers, both sides (default: min(8, cores))")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--batches", type=int, default=30, help="timed batches per side and model")
+    ap.add_argument("--warmup", type=int, default=5, help="untimed batches first (cudnn autotune, allocator)")
+    ap.add_argument("--repeat", type=int, default=4, help="times the file list is repeated (default 4)")
+    args = ap.parse_args(argv)
+
+    print_header("gpu_training: training images/s per model at 224 px, reference loader vs ours")
+    if not torch.cuda.is_available():
+        print("no CUDA GPU present: nothing to measure (this benchmark needs one); exiting.")
+        return None
+    torch.backends.cudnn.benchmark = True
+    device = torch.device("cuda")
+    root, files = list_images(args.data)
+    items = repeated(files, args.repeat)
+    print(f"data: {root} ({len(files)} files x {args.repeat}); batch {args.batch_size}, workers {args.workers}, "
+          f"{args.batches} timed batches after {args.warmup}")
+
+    from cxr.data.cache import load_split
+
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="cxr-bench-") as tmp:
+        build_cached(root, items, Path(tmp) / "cache", cache_size=256)
+        split = load_split(Path(tmp) / "cache", "train")
+        for name in args.models:
+            ref = run_reference(name, device, root, args.repeat, args)
+            ours = run_ours(name, device, split.images, split.labels, args)
+            results[name] = (ref, ours)
+            print(f"{name:<9} reference {ref:8.1f} images/s ({TRAIN_IMAGES / ref:7.1f} s/epoch)   "
+                  f"ours {ours:8.1f} images/s ({TRAIN_IMAGES / ours:7.1f} s/epoch)   ratio {ours / ref:5.1f}x",
+                  flush=True)
+            torch.cuda.empty_cache()
+        del split
+    return results
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(HERE))
+    main()

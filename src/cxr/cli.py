@@ -1,0 +1,134 @@
+"""The ``cxr`` command line (console script, or ``python -m cxr``).
+
+    cxr predict scan.jpeg folder/ "more/**/*.png" --model models/cnn
+    cxr predict data/raw/test --format csv --output predictions.csv --cam figures/cam
+    cxr predict study.dcm --format jsonl
+
+``--model`` defaults to the model the ``compare`` stage selected on validation
+(``reports/results.csv``, column ``selected``). Output columns: file, probability (P(PNEUMONIA)),
+label (at the checkpoint's validation-chosen threshold), error (why an input could not be read),
+and cam (the Grad-CAM overlay, with ``--cam``). Exit status: 0 all inputs predicted, 1 some
+input could not be read (the others are still predicted), 2 usage or model errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+EXIT_OK, EXIT_INPUT_ERRORS, EXIT_USAGE = 0, 1, 2
+
+
+def _predict_parser(sub) -> None:
+    p = sub.add_parser("predict", help="P(pneumonia) for image files, folders or globs",
+                       description="Predict NORMAL/PNEUMONIA for JPEG, PNG, BMP, TIFF and DICOM images with a trained "
+                                   "checkpoint, preprocessed exactly as its training data was.")
+    p.add_argument("inputs", nargs="+", help="image files, folders (searched recursively) or glob patterns")
+    p.add_argument("--model", "-m", default=None,
+                   help="checkpoint folder (model.pt + model.json); default: the model selected by the compare "
+                        "stage in reports/results.csv")
+    p.add_argument("--results", default="reports/results.csv", help="compare stage table used when --model is not given")
+    p.add_argument("--models-dir", default="models", help="folder of <model>/ checkpoints used with --results")
+    p.add_argument("--format", "-f", choices=("table", "csv", "jsonl"), default="table", help="output format (default: table)")
+    p.add_argument("--output", "-o", default=None, help="write the output to this file instead of stdout")
+    p.add_argument("--cam", default=None, metavar="DIR", help="also write Grad-CAM overlays (PNG) into DIR")
+    p.add_argument("--batch-size", type=int, default=32, help="images decoded and predicted at a time (default 32)")
+    p.add_argument("--device", default="auto", help="auto (CUDA, MPS, else CPU), cpu, cuda, cuda:1, ...")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_predict)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cxr", description="Pediatric chest X-rays: NORMAL vs PNEUMONIA.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    _predict_parser(sub)
+    return parser
+
+
+def format_table(df) -> str:
+    """A plain aligned text table (no extra dependency)."""
+    shown = df.copy()
+    shown["probability"] = shown["probability"].map(lambda v: "" if v is None or (isinstance(v, float) and math.isnan(v))
+                                                    else f"{v:.4f}")
+    shown = shown.fillna("").astype(str)
+    if not shown["error"].str.len().any():
+        shown = shown.drop(columns="error")
+    cols = list(shown.columns)
+    widths = [max(len(c), *(len(v) for v in shown[c])) if len(shown) else len(c) for c in cols]
+    right = {"probability"}
+
+    def line(values):
+        return "  ".join(v.rjust(w) if c in right else v.ljust(w) for c, v, w in zip(cols, values, widths)).rstrip()
+
+    out = [line(cols), line(["-" * w for w in widths])]
+    out += [line([row[c] for c in cols]) for _, row in shown.iterrows()]
+    return "\n".join(out) + "\n"
+
+
+def render(df, fmt: str) -> str:
+    if fmt == "table":
+        return format_table(df)
+    if fmt == "csv":
+        return df.to_csv(index=False, lineterminator="\n", float_format="%.6f")
+    if fmt == "jsonl":
+        import json
+
+        lines = []
+        for rec in df.to_dict(orient="records"):
+            rec = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in rec.items()}
+            lines.append(json.dumps(rec))
+        return "\n".join(lines) + ("\n" if lines else "")
+    raise ValueError(f"unknown format {fmt!r}")
+
+
+def cmd_predict(args) -> int:
+    from cxr.predict import ModelNotFoundError, Predictor, best_model_dir
+
+    if args.batch_size < 1:
+        print(f"cxr predict: --batch-size must be >= 1, found {args.batch_size}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        model_dir = Path(args.model) if args.model else best_model_dir(args.results, args.models_dir)
+        predictor = Predictor.from_dir(model_dir, device=args.device)
+    except (ModelNotFoundError, FileNotFoundError, ValueError, KeyError, RuntimeError) as exc:
+        print(f"cxr predict: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"[cxr predict] model {model_dir} ({predictor.arch_name}, cache {predictor.cache_size} px "
+          f"{predictor.resize}, input {predictor.image_size} px, threshold {predictor.threshold:.4f})", file=sys.stderr)
+
+    def report(name: str, reason: str) -> None:
+        print(f"cxr predict: cannot read {name}: {reason}", file=sys.stderr)
+
+    table = predictor.predict_paths(args.inputs, batch_size=args.batch_size, progress=not args.no_progress and sys.stderr.isatty(),
+                                    cam_dir=args.cam, on_error=report)
+    text = render(table, args.format)
+    if args.output:
+        out = Path(args.output)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+    else:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    n_bad = int(table["error"].notna().sum())
+    n_ok = len(table) - n_bad
+    summary = f"[cxr predict] {n_ok} image(s) predicted"
+    if n_ok:
+        summary += f", {int((table['label'] == predictor.classes[1]).sum())} {predictor.classes[1]}"
+    if n_bad:
+        summary += f"; {n_bad} input(s) failed (see the error column)"
+    if args.output:
+        summary += f"; written to {args.output}"
+    print(summary, file=sys.stderr)
+    return EXIT_INPUT_ERRORS if n_bad else EXIT_OK
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

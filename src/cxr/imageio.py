@@ -1,0 +1,227 @@
+"""Image files (or their bytes) -> the uint8 grayscale pixels the model was trained on.
+
+    gray = read_gray8("scan.dcm")                                 # (H, W) uint8, full resolution
+    pixels = load_image("x.jpeg", size=meta["cache_size"], resize="stretch")   # (S, S) uint8, as cached
+
+JPEG, PNG (8/16-bit; gray, RGB, RGBA, palette), BMP, TIFF go through
+:func:`cxr.data.cache.decode_image` itself, the function that built the training cache, so a file
+that was cached gives the identical array here (same JPEG draft decode, EXIF rotation, 16-bit
+scaling, alpha handling, resampling). DICOM is recognised by its content (``DICM`` at byte 128),
+or by a ``.dcm``/``.dicom`` name for files written without the preamble, and read with pydicom:
+
+1. Modality LUT (Rescale Slope/Intercept or a Modality LUT Sequence): stored values -> modality units;
+2. VOI LUT Sequence, else Window Center/Width (``pydicom.pixels.apply_voi_lut``);
+3. scaled to 0..255: from the VOI output range when a VOI transform was applied (so a window keeps
+   its meaning), else from the image's own min..max (as the cache scales 16-bit PNGs);
+4. MONOCHROME1 (white = low values) inverted, so bone is bright as in the training JPEGs;
+
+then resized with the cache's own :func:`cxr.data.cache.resize_gray`. Anything unreadable raises
+:class:`ImageReadError` naming the file and the reason.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from cxr.data.cache import RESIZE_MODES, decode_image, resize_gray
+
+Source = Union[str, os.PathLike, bytes, bytearray, memoryview]
+
+# Extensions picked up when a folder is scanned (a file named explicitly is read whatever its name).
+RASTER_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp", ".tif", ".tiff")
+DICOM_EXTENSIONS = (".dcm", ".dicom")
+IMAGE_EXTENSIONS = RASTER_EXTENSIONS + DICOM_EXTENSIONS
+_DICM_OFFSET = 128
+
+
+class ImageReadError(ValueError):
+    """An input could not be turned into pixels; ``source`` names it, ``reason`` says why."""
+
+    def __init__(self, source: str, reason: str):
+        super().__init__(f"{source}: {reason}")
+        self.source = source
+        self.reason = reason
+
+
+def describe_source(source: Source) -> str:
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return f"<{len(source)} bytes>"
+    return str(source)
+
+
+def _head(source: Source, n: int = _DICM_OFFSET + 4) -> bytes:
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return bytes(source[:n])
+    with open(source, "rb") as f:
+        return f.read(n)
+
+
+def is_dicom(source: Source) -> bool:
+    """True for DICOM Part 10 content (``DICM`` magic after the 128-byte preamble), or a .dcm/.dicom name."""
+    if not isinstance(source, (bytes, bytearray, memoryview)) and Path(source).suffix.lower() in DICOM_EXTENSIONS:
+        return True
+    try:
+        return _head(source)[_DICM_OFFSET:_DICM_OFFSET + 4] == b"DICM"
+    except OSError:
+        return False
+
+
+# --------------------------------------------------------------------------------------------
+# DICOM
+# --------------------------------------------------------------------------------------------
+
+
+def _voi_output_range(ds) -> tuple[float, float] | None:
+    """The value range the VOI transform of ``ds`` maps onto, or None when it has none.
+
+    Same rules as ``pydicom.pixels.apply_windowing`` (PS3.3 C.11.2.1.2); for a VOI LUT Sequence,
+    the span of its LUT data.
+    """
+    if "VOILUTSequence" in ds and len(ds.VOILUTSequence):
+        item = ds.VOILUTSequence[0]
+        bits = int(item.LUTDescriptor[2])
+        data = item.get("LUTData")
+        if isinstance(data, (bytes, bytearray)):  # OW: raw words
+            order = "<" if getattr(ds, "is_little_endian", True) in (True, None) else ">"
+            data = np.frombuffer(bytes(data), dtype=f"{order}u2" if bits > 8 else "u1")
+        if data is not None and np.size(data):
+            # The LUT's own span: some files declare 16 bits and use 12.
+            vals = np.asarray(data, dtype=np.float64)
+            return float(vals.min()), float(vals.max())
+        return 0.0, float(2**bits - 1)
+    if "WindowCenter" in ds and "WindowWidth" in ds:
+        bits = int(ds.BitsStored)
+        if ds.get("ModalityLUTSequence"):
+            lo, hi = 0.0, float(2 ** int(ds.ModalityLUTSequence[0].LUTDescriptor[2]) - 1)
+        elif int(ds.PixelRepresentation) == 0:
+            lo, hi = 0.0, float(2**bits - 1)
+        else:
+            lo, hi = float(-(2 ** (bits - 1))), float(2 ** (bits - 1) - 1)
+        slope, intercept = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
+        if slope is not None and intercept is not None:
+            lo, hi = lo * float(slope) + float(intercept), hi * float(slope) + float(intercept)
+        return min(lo, hi), max(lo, hi)
+    return None
+
+
+def _dicom_gray8(source: Source, name: str) -> np.ndarray:
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    fp = io.BytesIO(bytes(source)) if isinstance(source, (bytes, bytearray, memoryview)) else source
+    try:
+        # force=True reads files written without the 128-byte preamble (named .dcm).
+        ds = pydicom.dcmread(fp, force=True)
+    except (InvalidDicomError, OSError, EOFError, ValueError, KeyError, TypeError) as exc:
+        raise ImageReadError(name, f"not a readable DICOM file ({type(exc).__name__}: {exc})") from exc
+    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+        raise ImageReadError(name, "DICOM file has no pixel data (a structured report or presentation state?)")
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if frames != 1:
+        raise ImageReadError(name, f"multi-frame DICOM ({frames} frames): expected one radiograph per file")
+    try:
+        arr = ds.pixel_array
+    except Exception as exc:  # unsupported/compressed transfer syntax without a decoder plugin, truncated data
+        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        syntax = f"{syntax.name} ({syntax})" if syntax is not None else "unknown transfer syntax"
+        raise ImageReadError(name, f"cannot decode DICOM pixel data, {syntax}: {type(exc).__name__}: {exc}. "
+                                   "Compressed DICOM needs a pydicom decoder plugin (pylibjpeg or gdcm)") from exc
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+    if arr.ndim == 3 and arr.shape[-1] in (3, 4):
+        # Colour secondary capture: pydicom has converted YBR to RGB already; ITU-R 601 luma, as Pillow's convert('L').
+        rgb = arr[..., :3].astype(np.float64)
+        span = float(2 ** int(ds.get("BitsStored", 8)) - 1)
+        luma = (rgb @ np.array([0.299, 0.587, 0.114])) * (255.0 / span)
+        return np.clip(np.rint(luma), 0, 255).astype(np.uint8)
+    if arr.ndim != 2:
+        raise ImageReadError(name, f"unexpected DICOM pixel array shape {arr.shape} ({photometric})")
+
+    values = np.asarray(apply_modality_lut(arr, ds))
+    out_range = _voi_output_range(ds)
+    if out_range is not None:
+        if values.dtype.kind == "f" and "VOILUTSequence" in ds:
+            values = np.rint(values).astype(np.int64)  # a LUT is indexed by integer modality values
+        values = np.asarray(apply_voi_lut(values, ds, index=0), dtype=np.float64)
+        lo, hi = out_range
+    else:
+        values = values.astype(np.float64)
+        lo, hi = float(values.min()), float(values.max())
+    scaled = np.zeros_like(values) if hi <= lo else (values - lo) * (255.0 / (hi - lo))
+    gray = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+    if photometric == "MONOCHROME1":
+        gray = 255 - gray
+    return gray
+
+
+# --------------------------------------------------------------------------------------------
+# Public API
+# --------------------------------------------------------------------------------------------
+
+
+def _open_raster(source: Source):
+    return io.BytesIO(bytes(source)) if isinstance(source, (bytes, bytearray, memoryview)) else source
+
+
+def _check_source(source: Source, name: str) -> None:
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        if len(source) == 0:
+            raise ImageReadError(name, "empty input (0 bytes)")
+        return
+    p = Path(source)
+    if not p.exists():
+        raise ImageReadError(name, "no such file")
+    if not p.is_file():
+        raise ImageReadError(name, "not a regular file")
+    if p.stat().st_size == 0:
+        raise ImageReadError(name, "empty file (0 bytes)")
+
+
+def _raster_error(name: str, exc: Exception) -> ImageReadError:
+    if isinstance(exc, UnidentifiedImageError):
+        return ImageReadError(name, "not a recognised image format (expected JPEG, PNG, BMP, TIFF or DICOM)")
+    if isinstance(exc, Image.DecompressionBombError):
+        return ImageReadError(name, f"image too large, refused as a possible decompression bomb ({exc})")
+    return ImageReadError(name, f"corrupt or truncated image ({type(exc).__name__}: {exc})")
+
+
+def read_gray8(source: Source) -> np.ndarray:
+    """Full-resolution single-channel uint8 pixels (H, W) of a file path or encoded bytes."""
+    from cxr.data.cache import to_gray8
+    from PIL import ImageOps
+
+    name = describe_source(source)
+    _check_source(source, name)
+    if is_dicom(source):
+        return _dicom_gray8(source, name)
+    try:
+        with Image.open(_open_raster(source)) as img:
+            ImageOps.exif_transpose(img, in_place=True)
+            return np.asarray(to_gray8(img), dtype=np.uint8).copy()
+    except Exception as exc:
+        raise _raster_error(name, exc) from exc
+
+
+def load_image(source: Source, size: int, resize: str = "stretch") -> np.ndarray:
+    """The (size, size) uint8 image the training cache would hold for this file (or these bytes).
+
+    ``size`` and ``resize`` are the checkpoint's ``cache_size`` and cache resize mode.
+    """
+    if resize not in RESIZE_MODES:
+        raise ValueError(f"resize: expected one of {list(RESIZE_MODES)}, found {resize!r}")
+    name = describe_source(source)
+    _check_source(source, name)
+    if is_dicom(source):
+        gray = _dicom_gray8(source, name)
+        return np.asarray(resize_gray(Image.fromarray(gray, mode="L"), int(size), resize), dtype=np.uint8)
+    try:
+        # The very function that filled the cache: identical pixels for a cached file.
+        return decode_image(_open_raster(source), int(size), resize)
+    except Exception as exc:
+        raise _raster_error(name, exc) from exc

@@ -1,0 +1,343 @@
+"""Use a trained model: image files, folders or bytes -> P(pneumonia) and a label at the model's threshold.
+
+    predictor = Predictor.from_dir("models/cnn")          # checkpoint folder written by cxr.checkpoint.save
+    table = predictor.predict_paths(["x.jpeg", "scans/"]) # DataFrame: file, probability, label, error
+    probs = predictor.predict_pixels(cache_images)        # uint8 (N, S, S) already at cache size
+
+Command line: ``cxr predict IMAGES... [--model models/cnn]`` (see :mod:`cxr.cli`).
+
+Preprocessing comes from the checkpoint's JSON, never from literals: every input is decoded exactly
+as the ``preprocess`` stage decoded the training images (:func:`cxr.imageio.load_image`, which is
+:func:`cxr.data.cache.decode_image` for raster files) at the checkpoint's ``cache_size`` and cache
+resize mode, then :func:`cxr.engine.predict` applies the evaluation transform (antialiased resize to
+``image_size``, /255, grayscale repeated to 3 channels, the checkpoint's mean/std). A file that was
+in the cache therefore gets the very probability evaluation computed for it.
+"""
+
+from __future__ import annotations
+
+import glob
+import math
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from cxr import CLASSES
+from cxr import checkpoint
+from cxr.data.cache import RESIZE_MODES
+from cxr.device import resolve_device
+from cxr.engine import predict as engine_predict
+from cxr.imageio import DICOM_EXTENSIONS, IMAGE_EXTENSIONS, ImageReadError, Source, describe_source, is_dicom, load_image
+
+COLUMNS = ("file", "probability", "label", "error")  # probability = P(PNEUMONIA)
+DEFAULT_RESULTS_CSV = Path("reports") / "results.csv"
+DEFAULT_MODELS_DIR = Path("models")
+_SKIP_DIRS = {"__MACOSX", ".git", ".dvc"}
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """No model folder was given and none could be found from the compare stage's outputs."""
+
+
+# --------------------------------------------------------------------------------------------
+# Which model
+# --------------------------------------------------------------------------------------------
+
+
+def best_model_dir(results_csv: str | Path = DEFAULT_RESULTS_CSV, models_dir: str | Path = DEFAULT_MODELS_DIR) -> Path:
+    """``models/<best>``: the model the compare stage selected on validation (``selected`` row of reports/results.csv)."""
+    results_csv, models_dir = Path(results_csv), Path(models_dir)
+    fix = ("run `dvc repro` (the compare stage picks the best model on validation), "
+           "or pass --model models/<name> (a folder with model.pt and model.json)")
+    if not results_csv.is_file():
+        raise ModelNotFoundError(f"no --model given and no model comparison found at {results_csv}: {fix}")
+    table = pd.read_csv(results_csv)
+    if "model" not in table.columns or "selected" not in table.columns:
+        raise ModelNotFoundError(f"{results_csv} has no 'model'/'selected' columns (found {list(table.columns)}): {fix}")
+    chosen = table.loc[table["selected"].astype(str).str.lower() == "true", "model"].tolist()
+    if len(chosen) != 1:
+        raise ModelNotFoundError(f"{results_csv} marks {len(chosen)} models as selected, expected 1: {fix}")
+    model_dir = models_dir / str(chosen[0])
+    if not (model_dir / checkpoint.META_FILE).is_file():
+        raise ModelNotFoundError(f"{results_csv} selects {chosen[0]!r} but {model_dir}/{checkpoint.META_FILE} is "
+                                 f"missing (run `dvc pull` or `dvc repro train@{chosen[0]}`), or pass --model")
+    return model_dir
+
+
+def cache_resize_mode(meta: dict) -> str:
+    """How the training cache handled the aspect ratio (stretch | pad), from the checkpoint's JSON.
+
+    Read from ``cache_resize``; checkpoints that lack it (the train stage records only
+    ``cache_size``) were built from the default ``preprocess.resize: stretch`` cache unless
+    ``resize`` itself names a mode; a warning says so.
+    """
+    for key in ("cache_resize", "preprocess_resize"):
+        if meta.get(key) in RESIZE_MODES:
+            return meta[key]
+    if meta.get("resize") in RESIZE_MODES:
+        return meta["resize"]
+    warnings.warn("the checkpoint does not record the cache resize mode ('cache_resize'); assuming 'stretch' "
+                  "(the preprocess default). Retrain with a train stage that records it to be sure.",
+                  RuntimeWarning, stacklevel=3)
+    return "stretch"
+
+
+# --------------------------------------------------------------------------------------------
+# Inputs
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class InputError:
+    """An input argument that named no readable file (missing path, glob without matches)."""
+
+    source: str
+    reason: str
+
+
+def _wanted(path: Path) -> bool:
+    suffix = path.suffix.lower()
+    if suffix in IMAGE_EXTENSIONS:
+        return True
+    # DICOM is often written without an extension: recognise it by its content.
+    return suffix == "" and is_dicom(path)
+
+
+def _scan_folder(folder: Path) -> list[Path]:
+    found = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if d not in _SKIP_DIRS and not d.startswith("."))
+        for f in sorted(files):
+            if not f.startswith("."):
+                p = Path(root) / f
+                if _wanted(p):
+                    found.append(p)
+    return found
+
+
+def collect_inputs(inputs: Iterable[str | os.PathLike]) -> tuple[list[Path], list[InputError]]:
+    """Files named, image files under folders (recursive), and glob matches; duplicates dropped, order kept.
+
+    A file named explicitly is read whatever its extension; folders and globs contribute files with
+    an image extension (JPEG, PNG, BMP, TIFF, .dcm/.dicom) or extension-less DICOM files.
+    """
+    files: list[Path] = []
+    errors: list[InputError] = []
+    seen: set[str] = set()
+
+    def add(p: Path) -> None:
+        key = os.path.abspath(p)
+        if key not in seen:
+            seen.add(key)
+            files.append(p)
+
+    for raw in inputs:
+        p = Path(raw)
+        if p.is_dir():
+            found = _scan_folder(p)
+            if not found:
+                errors.append(InputError(str(raw), f"folder has no image files ({', '.join(IMAGE_EXTENSIONS)})"))
+            for f in found:
+                add(f)
+        elif p.is_file():
+            add(p)
+        elif glob.has_magic(str(raw)):
+            matches = sorted(glob.glob(str(raw), recursive=True))
+            hits = []
+            for m in matches:
+                mp = Path(m)
+                if mp.is_dir():
+                    hits += _scan_folder(mp)
+                elif mp.is_file() and _wanted(mp):
+                    hits.append(mp)
+            if not hits:
+                errors.append(InputError(str(raw), "pattern matches no image files"))
+            for f in hits:
+                add(f)
+        else:
+            errors.append(InputError(str(raw), "no such file or folder"))
+    return files, errors
+
+
+# --------------------------------------------------------------------------------------------
+# The predictor
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Predictor:
+    """A loaded checkpoint and the preprocessing its JSON prescribes."""
+
+    model: nn.Module
+    meta: dict
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    def __post_init__(self):
+        m = self.meta
+        missing = [k for k in ("cache_size", "image_size", "mean", "std", "threshold") if k not in m]
+        if missing:
+            raise ValueError(f"checkpoint metadata lacks {missing}; expected a model.json written by the train stage")
+        self.cache_size = int(m["cache_size"])
+        self.image_size = int(m["image_size"])
+        self.mean = [float(v) for v in m["mean"]]
+        self.std = [float(v) for v in m["std"]]
+        self.threshold = float(m["threshold"])
+        self.classes = tuple(m.get("classes") or CLASSES)
+        self.resize = cache_resize_mode(m)
+        self.arch_name = (m.get("arch") or {}).get("name") or m.get("model")
+        self.model = self.model.to(self.device).eval()
+
+    @classmethod
+    def from_dir(cls, model_dir: str | Path, device: str | torch.device | None = None) -> "Predictor":
+        dev = resolve_device(device)
+        model, meta = checkpoint.load(model_dir, device=dev)
+        return cls(model, meta, dev)
+
+    # ---- pixels --------------------------------------------------------------------------
+
+    def load(self, source: Source) -> np.ndarray:
+        """(cache_size, cache_size) uint8: the input as the training cache holds images. Raises ImageReadError."""
+        return load_image(source, self.cache_size, self.resize)
+
+    def predict_pixels(self, images, batch_size: int = 64) -> np.ndarray:
+        """P(pneumonia) for uint8 images at cache size (N, S, S): exactly the evaluation path."""
+        images = np.asarray(images)
+        if images.ndim == 2:
+            images = images[None]
+        if len(images) == 0:
+            return np.zeros(0)
+        return engine_predict(self.model, images, mean=self.mean, std=self.std, image_size=self.image_size,
+                              device=self.device, batch_size=batch_size)
+
+    def label(self, probability: float) -> str:
+        """The class at the checkpoint's validation-chosen threshold (PNEUMONIA when p >= threshold)."""
+        return self.classes[1] if probability >= self.threshold else self.classes[0]
+
+    def model_inputs(self, images: np.ndarray) -> torch.Tensor:
+        """Normalised (N, 3, image_size, image_size) model inputs of cache-size uint8 images (for Grad-CAM)."""
+        from cxr.data.augment import Normalize, eval_resize
+
+        x = torch.from_numpy(np.array(images, dtype=np.uint8)).unsqueeze(1).to(self.device)  # a writable copy
+        return Normalize(self.mean, self.std)(eval_resize(x, self.image_size))
+
+    # ---- many inputs ---------------------------------------------------------------------
+
+    def predict_sources(self, sources: Sequence[Source], names: Sequence[str] | None = None, *,
+                        batch_size: int = 32, progress: bool = False, cam_dir: str | Path | None = None,
+                        on_error=None) -> pd.DataFrame:
+        """One row per source (file, probability, label, error [, cam]); unreadable sources get an error.
+
+        Decoding and inference go ``batch_size`` inputs at a time, so memory stays flat on big
+        folders. ``on_error(name, reason)`` is called for each unreadable input as it is met.
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, found {batch_size}")
+        names = [describe_source(s) for s in sources] if names is None else list(names)
+        if len(names) != len(sources):
+            raise ValueError(f"{len(sources)} sources but {len(names)} names")
+        cam_writer = _CamWriter(self, cam_dir) if cam_dir is not None else None
+        rows: list[dict] = []
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(sources), desc="predict", unit="img", dynamic_ncols=True)
+        try:
+            for start in range(0, len(sources), batch_size):
+                chunk = range(start, min(start + batch_size, len(sources)))
+                good, pixels = [], []
+                batch_rows = []
+                for i in chunk:
+                    row = {"file": names[i], "probability": math.nan, "label": None, "error": None}
+                    try:
+                        pixels.append(self.load(sources[i]))
+                        good.append(row)
+                    except ImageReadError as exc:
+                        row["error"] = exc.reason
+                        if on_error is not None:
+                            on_error(names[i], exc.reason)
+                    batch_rows.append(row)
+                if pixels:
+                    arr = np.stack(pixels)
+                    probs = self.predict_pixels(arr, batch_size=len(arr))
+                    for row, p in zip(good, probs):
+                        row["probability"] = float(p)
+                        row["label"] = self.label(float(p))
+                    if cam_writer is not None:
+                        for row, path in zip(good, cam_writer.write(arr, [r["file"] for r in good])):
+                            row["cam"] = str(path)
+                rows += batch_rows
+                if bar is not None:
+                    bar.update(len(chunk))
+        finally:
+            if bar is not None:
+                bar.close()
+        cols = list(COLUMNS) + (["cam"] if cam_writer is not None else [])
+        return pd.DataFrame(rows, columns=cols)
+
+    def predict_paths(self, inputs: Iterable[str | os.PathLike], *, batch_size: int = 32, progress: bool = False,
+                      cam_dir: str | Path | None = None, on_error=None) -> pd.DataFrame:
+        """Expand files/folders/globs (:func:`collect_inputs`) and predict each; bad inputs become error rows."""
+        files, input_errors = collect_inputs(inputs)
+        table = self.predict_sources([str(f) for f in files], batch_size=batch_size, progress=progress,
+                                     cam_dir=cam_dir, on_error=on_error)
+        if input_errors:
+            for e in input_errors:
+                if on_error is not None:
+                    on_error(e.source, e.reason)
+            extra = pd.DataFrame([{"file": e.source, "probability": math.nan, "label": None, "error": e.reason}
+                                  for e in input_errors], columns=table.columns)
+            table = pd.concat([table, extra], ignore_index=True) if len(table) else extra
+        return table
+
+
+class _CamWriter:
+    """Grad-CAM overlays (cxr.explain) at cache size, one PNG per image, names made unique."""
+
+    def __init__(self, predictor: Predictor, cam_dir: str | Path):
+        if not predictor.arch_name:
+            raise ValueError("checkpoint metadata names no architecture (arch.name): cannot pick a Grad-CAM layer")
+        self.p = predictor
+        self.dir = Path(cam_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.used: set[str] = set()
+
+    def _name(self, source_name: str) -> Path:
+        stem = Path(source_name).stem or "image"
+        candidate, k = f"{stem}_cam.png", 1
+        while candidate in self.used:
+            k += 1
+            candidate = f"{stem}_{k}_cam.png"
+        self.used.add(candidate)
+        return self.dir / candidate
+
+    def write(self, images: np.ndarray, names: Sequence[str]) -> list[Path]:
+        from PIL import Image
+
+        from cxr.explain import grad_cam, overlay
+
+        heat = grad_cam(self.p.model, self.p.arch_name, self.p.model_inputs(images))
+        self.p.model.eval()
+        paths = []
+        for img, h, name in zip(images, heat, names):
+            path = self._name(name)
+            Image.fromarray(overlay(img, h)).save(path)
+            paths.append(path)
+        return paths
+
+
+def predict_files(model_dir: str | Path, inputs: Iterable[str | os.PathLike], **kwargs) -> pd.DataFrame:
+    """One-call convenience: :meth:`Predictor.predict_paths` with the checkpoint in ``model_dir``."""
+    device = kwargs.pop("device", None)
+    return Predictor.from_dir(model_dir, device=device).predict_paths(inputs, **kwargs)
+
+
+__all__ = ["COLUMNS", "DICOM_EXTENSIONS", "IMAGE_EXTENSIONS", "InputError", "ModelNotFoundError", "Predictor",
+           "best_model_dir", "cache_resize_mode", "collect_inputs", "predict_files"]

@@ -1,0 +1,189 @@
+"""The trained model as an MLflow pyfunc that takes encoded images (JPEG, PNG, DICOM bytes) and serves them.
+
+    info = log_pyfunc_model("models/cnn", registered_model_name="cxr-pneumonia")   # inside or outside a run
+    # mlflow models serve -m models:/cxr-pneumonia/1 --env-manager local --port 5001
+    # curl -X POST localhost:5001/invocations -H 'Content-Type: application/json' \
+    #      -d '{"dataframe_split": {"columns": ["image"], "data": [["<base64 JPEG>"]]}}'
+    # -> {"predictions": [{"probability": 0.93, "label": "PNEUMONIA", "error": null}]}
+
+Input: a DataFrame with a column ``image`` of base64 strings (raw ``bytes`` are accepted too when
+called in-process). Output: one row per input with ``probability`` (P(PNEUMONIA)), ``label`` (at
+the checkpoint's threshold) and ``error``: a row that cannot be decoded gets a reason there and
+null probability/label, and the other rows of the request are still predicted. The checkpoint
+folder travels as an artifact and is preprocessed by :class:`cxr.predict.Predictor`, i.e. exactly
+like the training cache; the ``cxr`` package itself travels as ``code_paths``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import math
+import shutil
+import tempfile
+from pathlib import Path
+
+import mlflow.pyfunc
+import numpy as np
+import pandas as pd
+
+IMAGE_COLUMN = "image"
+CHECKPOINT_ARTIFACT = "checkpoint"
+OUTPUT_COLUMNS = ("probability", "label", "error")
+
+
+def decode_payload(value) -> bytes:
+    """Encoded image bytes from a base64 string (data-URL prefix allowed) or raw bytes; ValueError with a reason."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        data = bytes(value)
+    elif isinstance(value, str):
+        text = value.strip()
+        if text.startswith("data:") and "," in text:  # data:image/jpeg;base64,....
+            text = text.split(",", 1)[1]
+        try:
+            data = base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError("the 'image' value is not valid base64 (expected base64-encoded JPEG, PNG or DICOM bytes)") from None
+    elif value is None or (isinstance(value, float) and math.isnan(value)):
+        raise ValueError("the 'image' value is empty (null)")
+    else:
+        raise ValueError(f"the 'image' value must be a base64 string or bytes, found {type(value).__name__}")
+    if not data:
+        raise ValueError("the 'image' value decodes to 0 bytes")
+    return data
+
+
+def _image_values(model_input) -> list:
+    if isinstance(model_input, pd.DataFrame):
+        if IMAGE_COLUMN in model_input.columns:
+            return list(model_input[IMAGE_COLUMN])
+        if model_input.shape[1] == 1:
+            return list(model_input.iloc[:, 0])
+        raise ValueError(f"expected a DataFrame with a column {IMAGE_COLUMN!r}, found columns {list(model_input.columns)}")
+    if isinstance(model_input, pd.Series):
+        return list(model_input)
+    if isinstance(model_input, dict) and IMAGE_COLUMN in model_input:
+        v = model_input[IMAGE_COLUMN]
+        return list(v) if isinstance(v, (list, tuple, np.ndarray)) else [v]
+    if isinstance(model_input, (str, bytes, bytearray)):
+        return [model_input]
+    if isinstance(model_input, (list, tuple, np.ndarray)):
+        return list(np.asarray(model_input, dtype=object).reshape(-1))
+    raise ValueError(f"expected a DataFrame with a column {IMAGE_COLUMN!r}, found {type(model_input).__name__}")
+
+
+class CxrImageModel(mlflow.pyfunc.PythonModel):
+    """pyfunc: base64/bytes images -> probability, label, error (one row per input)."""
+
+    def load_context(self, context) -> None:
+        from cxr.predict import Predictor
+
+        self.predictor = Predictor.from_dir(context.artifacts[CHECKPOINT_ARTIFACT], device="cpu")
+
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+        values = _image_values(model_input)
+        decoded, names = [], []
+        errors: dict[int, str] = {}
+        for i, v in enumerate(values):
+            try:
+                decoded.append(decode_payload(v))
+                names.append(f"row {i}")
+            except ValueError as exc:
+                errors[i] = str(exc)
+                decoded.append(None)
+                names.append(f"row {i}")
+        ok = [i for i in range(len(values)) if i not in errors]
+        table = self.predictor.predict_sources([decoded[i] for i in ok], [names[i] for i in ok], batch_size=32)
+        out = pd.DataFrame({"probability": [None] * len(values), "label": [None] * len(values),
+                            "error": [errors.get(i) for i in range(len(values))]}, dtype=object)
+        for i, (_, row) in zip(ok, table.iterrows()):
+            if isinstance(row["error"], str):
+                out.at[i, "error"] = row["error"]
+            else:
+                out.at[i, "probability"] = float(row["probability"])
+                out.at[i, "label"] = row["label"]
+        return out
+
+
+def _example_image_b64(size: int) -> str:
+    """A small mid-grey PNG, base64: the logged input example (any size works; it is resized)."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.full((size, size), 128, dtype=np.uint8), mode="L").save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def signature():
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    return ModelSignature(
+        inputs=Schema([ColSpec("string", IMAGE_COLUMN)]),
+        # Null in a row that could not be read (probability, label) or that was (error).
+        outputs=Schema([ColSpec("double", "probability", required=False), ColSpec("string", "label", required=False),
+                        ColSpec("string", "error", required=False)]),
+    )
+
+
+def pip_requirements(meta: dict | None = None) -> list[str]:
+    """Pinned requirements of the serving environment (the versions installed here)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    names = ["mlflow", "torch", "torchvision", "numpy", "pandas", "pillow", "pydicom", "scikit-learn", "tqdm", "pyyaml"]
+    if ((meta or {}).get("arch") or {}).get("name") == "vit":
+        names.append("transformers")
+    reqs = []
+    for n in names:
+        try:
+            reqs.append(f"{n}=={version(n).split('+')[0]}")
+        except PackageNotFoundError:
+            reqs.append(n)
+    return reqs
+
+
+_MODEL_CODE = '''"""MLflow models-from-code entry point: the cxr image classifier (cxr.serving.CxrImageModel)."""
+import mlflow.models
+
+from cxr.serving import CxrImageModel
+
+mlflow.models.set_model(CxrImageModel())
+'''
+
+
+def log_pyfunc_model(model_dir: str | Path, name: str = "model", registered_model_name: str | None = None,
+                     **kwargs):
+    """Log checkpoint folder ``model_dir`` as a pyfunc model (artifact ``checkpoint``); returns MLflow's ModelInfo.
+
+    Logs into the active run if there is one. ``registered_model_name`` also registers it in the
+    Model Registry. Extra keyword arguments go to ``mlflow.pyfunc.log_model``.
+    """
+    import cxr
+    from cxr import checkpoint
+
+    model_dir = Path(model_dir)
+    meta = checkpoint.load_meta(model_dir)  # fails early, with the fix, when the folder is not a checkpoint
+    if not (model_dir / checkpoint.WEIGHTS_FILE).is_file():
+        raise FileNotFoundError(f"{model_dir} has {checkpoint.META_FILE} but no {checkpoint.WEIGHTS_FILE}")
+    with tempfile.TemporaryDirectory() as tmp:
+        # The package without caches, so the served environment imports the code this model was logged with.
+        code = Path(tmp) / "cxr"
+        shutil.copytree(Path(cxr.__file__).parent, code, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        # Models from code: MLflow stores this script, not a pickled object (no cloudpickle at load time).
+        entry = Path(tmp) / "cxr_pyfunc.py"
+        entry.write_text(_MODEL_CODE)
+        ckpt = Path(tmp) / "checkpoint"
+        ckpt.mkdir()
+        for f in (checkpoint.WEIGHTS_FILE, checkpoint.META_FILE):
+            shutil.copy2(model_dir / f, ckpt / f)
+        args = dict(
+            name=name, python_model=str(entry), artifacts={CHECKPOINT_ARTIFACT: str(ckpt)},
+            code_paths=[str(code)], signature=signature(),
+            input_example=pd.DataFrame({IMAGE_COLUMN: [_example_image_b64(int(meta.get("cache_size", 32)))]}),
+            pip_requirements=pip_requirements(meta), registered_model_name=registered_model_name,
+            metadata={"cxr_model": str(meta.get("model") or (meta.get("arch") or {}).get("name")),
+                      "threshold": meta.get("threshold"), "data_version": meta.get("data_version")},
+        )
+        args.update(kwargs)
+        return mlflow.pyfunc.log_model(**args)

@@ -1,0 +1,181 @@
+"""compare on fabricated metrics files: ranked and selected by validation, never by test; MLflow registry."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from cxr import compare as C
+from cxr.metrics import CI_METRICS
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_stage(name: str):
+    """src/<name>.py as a module, by path (the names evaluate/sweep/compare are too generic to import by name)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"stage_{name}", REPO / "src" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def fake_eval(test_auc: float, acc: float, n: int = 624) -> dict:
+    block = {"threshold": 0.5, "tp": 1, "fp": 1, "tn": 1, "fn": 1}
+    for k in CI_METRICS:
+        v = test_auc if k == "roc_auc" else acc
+        block[k] = {"value": v, "ci_low": v - 0.03, "ci_high": min(v + 0.03, 1.0)}
+    return {"model": "x", "threshold": 0.42, "threshold_method": "youden", "n": n, "n_normal": 234,
+            "n_pneumonia": 390, "confidence": 0.95, "n_resamples": 1000,
+            "at_val_threshold": block, "at_default_threshold": block}
+
+
+# cnn is best on validation; vit is best on test. Selection must follow validation.
+TRAIN = {"cnn": {"val_auc": 0.95, "val_loss": 0.30}, "vit": {"val_auc": 0.90, "val_loss": 0.20},
+         "vgg16": {"val_auc": None, "val_loss": 0.9}}
+EVAL = {"cnn": fake_eval(0.80, 0.75), "vit": fake_eval(0.99, 0.93), "vgg16": fake_eval(0.50, 0.625)}
+
+
+def test_select_best_uses_validation_and_never_nan():
+    assert C.select_best(TRAIN, "val_auc") == "cnn"
+    assert C.select_best(TRAIN, "val_loss") == "vit"
+    assert C.select_best({"a": {"val_auc": float("nan")}, "b": {"val_auc": 0.6}}) == "b"
+    with pytest.raises(ValueError, match="NaN"):
+        C.select_best({"a": {"val_auc": None}})
+    with pytest.raises(ValueError, match="dvc repro train"):
+        C.select_best({})
+
+
+def test_results_table_ranked_by_validation_not_test():
+    t = C.results_table(EVAL, TRAIN)
+    assert t["model"].tolist() == ["cnn", "vit", "vgg16"]  # by val AUC; NaN last
+    assert t["selected"].tolist() == [True, False, False]
+    assert t.loc[0, "roc_auc"] == 0.80 and t.loc[1, "roc_auc"] == 0.99
+    assert {"accuracy_ci_low", "accuracy_ci_high", "sensitivity", "specificity", "balanced_accuracy", "f1",
+            "threshold", "val_auc"} <= set(t.columns)
+
+
+def test_results_markdown_reads_like_a_results_section():
+    t = C.results_table(EVAL, TRAIN)
+    sweep_table = pd.DataFrame({"batch_size": [16, 32], "lr": [1e-3, 1e-4], "val_auc": [0.9, 0.8],
+                                "val_loss": [0.3, 0.4], "test_auc": [0.7, 0.95], "test_acc": [0.6, 0.9],
+                                "selected": [True, False]})
+    sweep = {"model": "resnet50", "select_metric": "val_auc", "best": {"batch_size": 16, "lr": 1e-3, "val_auc": 0.9}}
+    md = C.results_markdown(t, eval_metrics=EVAL, sweep_summary=sweep, sweep_table=sweep_table)
+    assert md.startswith("# Results")
+    assert "62.5 %" in md  # the always-PNEUMONIA baseline
+    assert "| **cnn** |" in md and "75.0 (72.0–78.0)" in md
+    assert "selected on validation ROC-AUC is **cnn**" in md
+    assert "highest *test* ROC-AUC belongs to vit" in md
+    assert "not used for selection" in md and "| 16 | 0.001 | 0.900 |" in md
+
+
+def test_bar_table_and_roc_curves():
+    bars = C.bar_table(EVAL, ["accuracy", "roc_auc"])
+    assert bars["vit"]["roc_auc"] == pytest.approx((0.99, 0.96, 1.0))
+    curves = C.roc_curves({"cnn": pd.DataFrame({"fpr": [0, 1], "tpr": [0, 1]})}, EVAL)
+    assert curves["cnn"][2] == 0.80
+
+
+def _write_inputs(root: Path, models=("cnn", "vit", "vgg16")) -> None:
+    for m in models:
+        (root / "metrics/train").mkdir(parents=True, exist_ok=True)
+        (root / "metrics/eval").mkdir(parents=True, exist_ok=True)
+        (root / f"plots/eval/{m}").mkdir(parents=True, exist_ok=True)
+        (root / f"metrics/train/{m}.json").write_text(json.dumps(TRAIN[m]))
+        (root / f"metrics/eval/{m}.json").write_text(json.dumps(EVAL[m]))
+        pd.DataFrame({"fpr": [0, 0.2, 1], "tpr": [0, 0.7, 1], "threshold": [1, 0.5, 0]}).to_csv(
+            root / f"plots/eval/{m}/roc.csv", index=False)
+    (root / "metrics/sweep.json").write_text(json.dumps({"model": "cnn", "select_metric": "val_auc",
+                                                         "best": {"batch_size": 8, "lr": 0.001, "val_auc": 0.9}}))
+    pd.DataFrame({"batch_size": [8], "lr": [0.001], "val_auc": [0.9], "val_loss": [0.3], "test_auc": [0.8],
+                  "test_acc": [0.7], "selected": [True]}).to_csv(root / "plots/sweep.csv", index=False)
+
+
+def _stage():
+    return load_stage("compare")
+
+
+def _argv(root: Path, params: Path, models=("cnn", "vit", "vgg16")) -> list[str]:
+    return ["--params", str(params), "--models", *models, "--train-metrics", str(root / "metrics/train"),
+            "--eval-metrics", str(root / "metrics/eval"), "--roc", str(root / "plots/eval"),
+            "--sweep", str(root / "metrics/sweep.json"), "--sweep-table", str(root / "plots/sweep.csv"),
+            "--checkpoints", str(root / "models"), "--report", str(root / "reports/results.md"),
+            "--csv", str(root / "reports/results.csv"), "--figures", str(root / "figures/compare")]
+
+
+def test_compare_stage_without_mlflow(tmp_path, monkeypatch):
+    _write_inputs(tmp_path)
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"compare": {}, "mlflow": {"experiment": "t"}}))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # unreachable: degrade, don't fail
+    with pytest.warns(RuntimeWarning, match="unreachable"):
+        assert _stage().main(_argv(tmp_path, params)) == 0
+    csv = pd.read_csv(tmp_path / "reports/results.csv")
+    assert csv["model"].tolist() == ["cnn", "vit", "vgg16"] and csv["selected"].tolist() == [True, False, False]
+    assert "# Results" in (tmp_path / "reports/results.md").read_text()
+    for name in ("metrics_bar.png", "roc_all.png"):
+        assert (tmp_path / "figures/compare" / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_registers_the_validation_winner_from_its_training_run(tmp_path, monkeypatch):
+    """Training runs logged as src/train.py does; compare registers cnn (val) and not vit (test)."""
+    import torch
+
+    from cxr import checkpoint
+    from cxr.models import build_model
+    from cxr.tracking import MlflowTracker
+    from cxr.training import resolve_run_config
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    tracker = MlflowTracker("cmp", uri)
+    run_ids = {}
+    for m in ("cnn", "vit"):
+        cfg = resolve_run_config({"image_size": 16}, m)
+        torch.manual_seed(0)
+        model = build_model("cnn", image_size=16)  # the architecture does not matter to the registry
+        meta = {"arch": model.arch, "model": m, "image_size": 16, "train_params": cfg.__dict__, "data_version": "v1"}
+        checkpoint.save(tmp_path / "models" / m, model, meta)
+        with tracker.start_run(m, tags={"model": m, "data_version": "v1"}):
+            tracker.log_params(cfg.as_params())
+            if m == "cnn":
+                tracker.log_model(model, name="model", image_size=16)
+            run_ids[m] = tracker.run_id
+
+    from cxr.evaluation import find_training_run
+
+    assert find_training_run(tracker, "cnn", checkpoint.load_meta(tmp_path / "models/cnn")) == run_ids["cnn"]
+    other = dict(checkpoint.load_meta(tmp_path / "models/cnn"), train_params={**meta["train_params"], "lr": 0.5})
+    assert find_training_run(tracker, "cnn", other) is None  # params differ: not this checkpoint's run
+
+    _write_inputs(tmp_path, models=("cnn", "vit"))
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"compare": {}, "mlflow": {"experiment": "cmp", "registered_model": "cxr-test"}}))
+    assert _stage().main(_argv(tmp_path, params, models=("cnn", "vit"))) == 0
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    v = client.get_model_version_by_alias("cxr-test", "champion")
+    assert v.tags["model"] == "cnn" and v.tags["selected_on"] == "val_auc"
+    assert v.run_id == run_ids["cnn"]  # the model logged by the training run, not a copy
+    compare_run = [r for r in client.search_runs([tracker.experiment_id]) if r.info.run_name == "compare"][0]
+    assert compare_run.data.tags["selected_model"] == "cnn"
+    assert compare_run.data.tags["registered_version"] == str(v.version)
+    assert np.isclose(compare_run.data.metrics["vit_roc_auc"], 0.99)
+
+    # vit's training run logged no model (mlflow.log_model: false): it is logged from the checkpoint.
+    with tracker.start_run("fallback"):
+        reg = C.register_best(tracker, "vit", "cxr-test", training_run_id=run_ids["vit"],
+                              checkpoint_dir=tmp_path / "models/vit")
+        fallback_run = tracker.run_id
+    assert reg is not None and reg["version"] == "2"
+    assert client.get_model_version("cxr-test", "2").run_id == fallback_run

@@ -1,0 +1,243 @@
+"""cxr.predict and the `cxr predict` command: every input kind, agreement with evaluation, bad files."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from cxr import checkpoint, cli
+from cxr.config import PreprocessConfig
+from cxr.data.cache import build_cache, load_split
+from cxr.data.manifest import MANIFEST_COLUMNS
+from cxr.engine import predict as engine_predict
+from cxr.models import build_model
+from cxr.predict import ModelNotFoundError, Predictor, best_model_dir, cache_resize_mode, collect_inputs
+
+from test_imageio import RAMP16, write_dicom
+
+CACHE, SIZE = 32, 24
+
+
+def make_checkpoint(model_dir: Path, *, cache_size: int = CACHE, image_size: int = SIZE, resize: str | None = "stretch",
+                    threshold: float = 0.5, seed: int = 0) -> Path:
+    """A tiny seeded `cnn` saved as the train stage saves it (random weights: no training needed)."""
+    torch.manual_seed(seed)
+    model = build_model("cnn", image_size=image_size)
+    with torch.no_grad():  # a random CNN answers ~0.5 for everything: spread its outputs so labels differ
+        model.classifier[-1].weight.mul_(40.0)
+    meta = {"arch": model.arch, "model": "cnn", "image_size": image_size, "cache_size": cache_size,
+            "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "channels": 3, "classes": ["NORMAL", "PNEUMONIA"],
+            "positive_class": "PNEUMONIA", "threshold": threshold, "threshold_method": "youden on validation",
+            "resize": "bilinear, antialiased, to image_size x image_size", "data_version": "test"}
+    if resize is not None:
+        meta["cache_resize"] = resize
+    return checkpoint.save(model_dir, model, meta)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "cnn")
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> dict[str, Path]:
+    """One file of each kind, in a nested folder."""
+    root = tmp_path_factory.mktemp("imgs")
+    rng = np.random.default_rng(1)
+    (root / "sub" / "deeper").mkdir(parents=True)
+    files = {
+        "jpeg": root / "a.jpeg",
+        "png8": root / "sub" / "b.png",
+        "png16": root / "sub" / "c16.png",
+        "rgba": root / "sub" / "deeper" / "d.png",
+        "dcm": root / "sub" / "e.dcm",
+        "dcm_noext": root / "sub" / "deeper" / "scan0001",
+    }
+    Image.fromarray(rng.integers(0, 256, (70, 50), dtype=np.uint8)).convert("RGB").save(files["jpeg"], quality=92)
+    Image.fromarray(rng.integers(0, 256, (40, 40), dtype=np.uint8)).save(files["png8"])
+    Image.fromarray(RAMP16).save(files["png16"])
+    Image.fromarray(rng.integers(0, 256, (30, 45, 4), dtype=np.uint8)).save(files["rgba"])
+    write_dicom(files["dcm"], RAMP16, photometric="MONOCHROME1", bits_stored=12, slope=1.0, intercept=0.0,
+                window=(2400.0, 2000.0))
+    write_dicom(files["dcm_noext"], RAMP16, bits_stored=12)
+    (root / "notes.txt").write_text("not an image, not picked up from a folder")
+    return files
+
+
+@pytest.fixture(scope="module")
+def predictor(model_dir) -> Predictor:
+    return Predictor.from_dir(model_dir, device="cpu")
+
+
+# ---- the core ------------------------------------------------------------------------------------
+
+
+def test_every_input_kind_is_predicted(predictor, images):
+    table = predictor.predict_paths([images["jpeg"].parent], batch_size=4)
+    assert list(table.columns) == ["file", "probability", "label", "error"]
+    assert sorted(table["file"]) == sorted(str(p) for p in images.values())  # recursive, txt skipped, DICOM by content
+    assert table["error"].isna().all()
+    p = table["probability"].to_numpy(dtype=float)
+    assert np.all((p >= 0) & (p <= 1))
+    expected = np.where(p >= predictor.threshold, "PNEUMONIA", "NORMAL")
+    np.testing.assert_array_equal(table["label"].to_numpy(), expected)
+    # Each row is the model's answer on that file's cache-size pixels, whatever the batch it came in.
+    for f, prob in zip(table["file"], p):
+        assert prob == pytest.approx(float(predictor.predict_pixels(predictor.load(f))[0]), abs=1e-6)
+
+
+def test_predict_uses_the_checkpoint_preprocessing(tmp_path, images):
+    """cache_size, resize mode, image_size and mean/std come from model.json, not literals."""
+    a = Predictor.from_dir(make_checkpoint(tmp_path / "a", cache_size=32, image_size=24, resize="stretch"))
+    b = Predictor.from_dir(make_checkpoint(tmp_path / "b", cache_size=20, image_size=16, resize="pad"))
+    assert a.load(images["jpeg"]).shape == (32, 32) and b.load(images["jpeg"]).shape == (20, 20)
+    padded = b.load(images["jpeg"])  # 50 x 70 image: black bars left and right
+    assert (padded[:, 0] == 0).all() and (padded[:, -1] == 0).all()
+    x = b.model_inputs(padded[None])
+    assert tuple(x.shape) == (1, 3, 16, 16)
+    assert float(x.min()) == pytest.approx(-1.0)  # black -> (0 - 0.5) / 0.5
+
+
+def test_cache_resize_mode_fallback_warns():
+    assert cache_resize_mode({"cache_resize": "pad"}) == "pad"
+    with pytest.warns(RuntimeWarning, match="cache_resize"):
+        assert cache_resize_mode({"resize": "bilinear, antialiased, to image_size x image_size"}) == "stretch"
+
+
+def _manifest(paths: list[str]) -> pd.DataFrame:
+    rows = [{"path": p, "label": "PNEUMONIA" if i % 2 else "NORMAL", "patient_id": f"train/p{i}", "source_split": "train",
+             "split": "test", "sha256": "0" * 64, "width": 0, "height": 0, "mode": "L"} for i, p in enumerate(paths)]
+    return pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
+
+
+def _agreement(model_dir: Path, raw: Path, rel_paths: list[str], tmp_path: Path, resize: str) -> None:
+    info = build_cache(_manifest(rel_paths), raw, tmp_path / f"cache-{resize}",
+                       PreprocessConfig(cache_size=CACHE, resize=resize, workers=1), progress=False)
+    cached = load_split(tmp_path / f"cache-{resize}", "test")
+    model, meta = checkpoint.load(model_dir)
+    assert meta["cache_size"] == info["cache_size"]
+    want = engine_predict(model, cached.images, mean=meta["mean"], std=meta["std"], image_size=meta["image_size"],
+                          device="cpu")
+    pred = Predictor(model, meta)
+    table = pred.predict_paths([raw / p for p in cached.paths], batch_size=3)
+    assert table["error"].isna().all()
+    np.testing.assert_allclose(table["probability"].to_numpy(dtype=float), want, atol=1e-5, rtol=0)
+    for p, img in zip(cached.paths, cached.images):
+        np.testing.assert_array_equal(pred.load(raw / p), img)  # the very pixels the cache holds
+
+
+@pytest.mark.parametrize("resize", ["stretch", "pad"])
+def test_agrees_with_evaluation_on_cached_images(tmp_path, images, resize):
+    raw = images["jpeg"].parent
+    files = [images[k] for k in ("jpeg", "png8", "png16", "rgba")]
+    model_dir = make_checkpoint(tmp_path / "m", resize=resize)
+    _agreement(model_dir, raw, [str(f.relative_to(raw)) for f in files], tmp_path, resize)
+
+
+@pytest.mark.shared_data
+def test_agrees_with_evaluation_on_real_fullres_jpegs(tmp_path, shared_data):
+    raw = shared_data / "kermany-fullres"
+    rel = [str(p.relative_to(raw)) for c in ("NORMAL", "PNEUMONIA") for p in sorted((raw / "train" / c).glob("*.jpeg"))[:2]]
+    assert len(rel) == 4
+    _agreement(make_checkpoint(tmp_path / "m"), raw, rel, tmp_path, "stretch")
+
+
+def test_globs_files_and_missing_inputs(images):
+    root = images["jpeg"].parent
+    files, errors = collect_inputs([str(root / "**" / "*.png"), images["dcm"], images["dcm"], root / "nope.jpeg",
+                                    str(root / "*.gif")])
+    assert sorted(map(str, files)) == sorted(str(images[k]) for k in ("png8", "png16", "rgba", "dcm"))
+    assert [e.source for e in errors] == [str(root / "nope.jpeg"), str(root / "*.gif")]
+
+
+# ---- the command line ----------------------------------------------------------------------------
+
+
+def test_cli_corrupt_file_among_good_ones(tmp_path, model_dir, images, capsys):
+    folder = tmp_path / "batch"
+    folder.mkdir()
+    for k in ("jpeg", "png8", "dcm"):
+        shutil.copy(images[k], folder / images[k].name)
+    (folder / "broken.jpeg").write_bytes(images["jpeg"].read_bytes()[:300])  # truncated
+    (folder / "empty.png").write_bytes(b"")
+    rc = cli.main(["predict", str(folder), "--model", str(model_dir), "--format", "csv", "--batch-size", "2"])
+    out, err = capsys.readouterr()
+    assert rc == 1
+    table = pd.read_csv(__import__("io").StringIO(out))
+    assert list(table.columns) == ["file", "probability", "label", "error"]
+    bad = table[table["error"].notna()].set_index("file")
+    assert sorted(Path(f).name for f in bad.index) == ["broken.jpeg", "empty.png"]
+    assert "truncated" in bad.loc[str(folder / "broken.jpeg"), "error"]
+    assert "empty" in bad.loc[str(folder / "empty.png"), "error"]
+    good = table[table["error"].isna()]
+    assert len(good) == 3 and good["probability"].between(0, 1).all() and good["label"].isin(["NORMAL", "PNEUMONIA"]).all()
+    assert "broken.jpeg" in err and "empty.png" in err  # reported on stderr too
+
+
+def test_cli_formats_output_file_and_exit_code_zero(tmp_path, model_dir, images, capsys):
+    out_file = tmp_path / "out" / "pred.jsonl"
+    rc = cli.main(["predict", str(images["jpeg"]), str(images["png16"]), "--model", str(model_dir), "--format", "jsonl",
+                   "--output", str(out_file)])
+    assert rc == 0
+    assert capsys.readouterr().out == ""
+    recs = [json.loads(line) for line in out_file.read_text().splitlines()]
+    assert [r["file"] for r in recs] == [str(images["jpeg"]), str(images["png16"])]
+    assert all(r["error"] is None and 0 <= r["probability"] <= 1 for r in recs)
+
+    rc = cli.main(["predict", str(images["jpeg"]), "--model", str(model_dir)])
+    out = capsys.readouterr().out
+    assert rc == 0
+    header, rule, row = out.splitlines()
+    assert header.split() == ["file", "probability", "label"]  # no error column when nothing failed
+    assert row.split()[0] == str(images["jpeg"]) and row.split()[2] in ("NORMAL", "PNEUMONIA")
+    assert float(row.split()[1]) == pytest.approx(recs[0]["probability"], abs=1e-4)
+
+
+def test_cli_grad_cam_overlays(tmp_path, model_dir, images, capsys):
+    cam = tmp_path / "cam"
+    rc = cli.main(["predict", str(images["jpeg"]), str(images["dcm"]), "--model", str(model_dir), "--cam", str(cam),
+                   "--format", "csv"])
+    assert rc == 0
+    table = pd.read_csv(__import__("io").StringIO(capsys.readouterr().out))
+    assert [Path(p).name for p in table["cam"]] == ["a_cam.png", "e_cam.png"]
+    for p in table["cam"]:
+        with Image.open(p) as im:
+            assert im.mode == "RGB" and im.size == (CACHE, CACHE)
+
+
+def test_default_model_is_the_compare_selection(tmp_path, model_dir, images, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rc = cli.main(["predict", str(images["jpeg"])])
+    err = capsys.readouterr().err
+    assert rc == 2 and "dvc repro" in err and "--model" in err
+    with pytest.raises(ModelNotFoundError, match="dvc repro"):
+        best_model_dir()
+    (tmp_path / "reports").mkdir()
+    pd.DataFrame({"model": ["vit", "cnn"], "val_auc": [0.8, 0.9], "selected": [False, True]}).to_csv(
+        tmp_path / "reports" / "results.csv", index=False)
+    shutil.copytree(model_dir, tmp_path / "models" / "cnn")
+    assert best_model_dir() == Path("models") / "cnn"
+    assert cli.main(["predict", str(images["jpeg"]), "--format", "jsonl"]) == 0
+    assert json.loads(capsys.readouterr().out)["error"] is None
+
+
+def test_python_dash_m_cxr(tmp_path, model_dir, images):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    proc = subprocess.run([sys.executable, "-m", "cxr", "predict", str(images["png8"]), str(bad), "--model",
+                           str(model_dir), "--format", "csv"], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert lines[0] == "file,probability,label,error" and len(lines) == 3
+    assert "bad.png" in proc.stderr

@@ -1,0 +1,186 @@
+"""cxr.serving: the pyfunc model logged to a temporary MLflow store, loaded in-process and served over HTTP."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from cxr.predict import Predictor
+from cxr.serving import decode_payload, log_pyfunc_model
+
+from test_predict import make_checkpoint
+
+REGISTERED = "cxr-test-pneumonia"
+
+
+def _jpeg(seed: int, shape=(90, 70)) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+@contextlib.contextmanager
+def using_store(uri: str):
+    """Point MLflow's tracking and registry at ``uri`` for a while (explicit URIs beat MLFLOW_TRACKING_URI)."""
+    import mlflow
+
+    old_tracking, old_registry = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(old_tracking)
+        mlflow.set_registry_uri(old_registry)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """A fresh sqlite tracking store + artifact folder in tmp, the tiny checkpoint logged and registered there."""
+    import mlflow
+
+    root = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    model_dir = make_checkpoint(root / "ckpt" / "cnn", threshold=0.5)
+    with using_store(uri):
+        exp = mlflow.create_experiment("serving-test", artifact_location=(root / "artifacts").as_uri())
+        with mlflow.start_run(experiment_id=exp):
+            info = log_pyfunc_model(model_dir, registered_model_name=REGISTERED)
+    return {"uri": uri, "model_dir": model_dir, "info": info, "root": root}
+
+
+def test_decode_payload():
+    assert decode_payload(_b64(b"abc")) == b"abc"
+    assert decode_payload("data:image/png;base64," + _b64(b"abc")) == b"abc"
+    assert decode_payload(b"raw") == b"raw"
+    for bad, why in (("not base64!", "not valid base64"), ("", "0 bytes"), (None, "empty"), (3, "must be")):
+        with pytest.raises(ValueError, match=why):
+            decode_payload(bad)
+
+
+def test_logged_model_predicts_in_process(store):
+    import mlflow
+
+    info = store["info"]
+    assert info.registered_model_version is not None
+    assert [c.name for c in info.signature.inputs.inputs] == ["image"]
+    with using_store(store["uri"]):
+        model = mlflow.pyfunc.load_model(f"models:/{REGISTERED}/{info.registered_model_version}")
+    good = [_jpeg(1), _jpeg(2, (40, 120))]
+    df = pd.DataFrame({"image": [_b64(good[0]), "%%% not base64", _b64(b"GIF89a broken"), _b64(good[1])]})
+    out = model.predict(df)
+    assert list(out.columns) == ["probability", "label", "error"] and len(out) == 4
+    ref = Predictor.from_dir(store["model_dir"]).predict_sources(good)
+    np.testing.assert_allclose(out["probability"].iloc[[0, 3]].astype(float), ref["probability"], atol=1e-6)
+    assert list(out["label"].iloc[[0, 3]]) == list(ref["label"])
+    assert out["error"].iloc[[0, 3]].isna().all()
+    assert "base64" in out["error"].iloc[1] and "not a recognised image format" in out["error"].iloc[2]
+    assert out["probability"].iloc[[1, 2]].isna().all()
+    raw = model.predict(pd.DataFrame({"image": [good[0]]}))  # raw bytes, in-process
+    assert float(raw["probability"].iloc[0]) == pytest.approx(float(out["probability"].iloc[0]), abs=1e-6)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _post(url: str, payload: dict, timeout: float = 60) -> tuple[int, dict]:
+    req = urllib.request.Request(url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+@pytest.fixture(scope="module")
+def server(store):
+    """`mlflow models serve` of the registered version, on a free port; always terminated."""
+    port = _free_port()
+    bin_dir = str(Path(sys.executable).parent)  # `mlflow models serve` execs `uvicorn` from PATH
+    env = {**os.environ, "MLFLOW_TRACKING_URI": store["uri"], "MLFLOW_REGISTRY_URI": store["uri"],
+           "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
+    mlflow_cli = Path(bin_dir) / "mlflow"
+    log = open(store["root"] / "serve.log", "wb")
+    proc = subprocess.Popen(
+        [str(mlflow_cli), "models", "serve", "-m", f"models:/{REGISTERED}/{store['info'].registered_model_version}",
+         "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"mlflow models serve exited with {proc.returncode}:\n"
+                            f"{(store['root'] / 'serve.log').read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(base + "/ping", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except (urllib.error.URLError, ConnectionError, OSError):
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"no /ping answer within 90 s:\n{(store['root'] / 'serve.log').read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield base
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)  # the server's own process group (gunicorn/uvicorn workers)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        log.close()
+
+
+@pytest.mark.slow
+def test_served_model_answers_like_predict(server, store, tmp_path):
+    jpeg = tmp_path / "x.jpeg"
+    jpeg.write_bytes(_jpeg(7, (120, 100)))
+    want = Predictor.from_dir(store["model_dir"]).predict_paths([jpeg])
+
+    status, body = _post(server + "/invocations", {"dataframe_split": {"columns": ["image"], "data": [[_b64(jpeg.read_bytes())]]}})
+    assert status == 200, body
+    (pred,) = body["predictions"]
+    assert pred["error"] is None
+    assert pred["probability"] == pytest.approx(float(want["probability"].iloc[0]), abs=1e-6)
+    assert pred["label"] == want["label"].iloc[0]
+
+    # Bad rows get a reason each, good rows in the same request are still answered.
+    status, body = _post(server + "/invocations", {"dataframe_split": {
+        "columns": ["image"], "data": [["not base64 !!"], [_b64(b"\xff\xd8\xff garbage")], [_b64(jpeg.read_bytes())]]}})
+    assert status == 200, body
+    bad1, bad2, ok = body["predictions"]
+    assert "not valid base64" in bad1["error"] and bad1["probability"] is None and bad1["label"] is None
+    assert "corrupt or truncated" in bad2["error"] or "not a recognised" in bad2["error"]
+    assert ok["error"] is None and ok["probability"] == pytest.approx(pred["probability"], abs=1e-6)
+
+    # A request of the wrong shape: a 4xx with a message, not a dead server.
+    status, body = _post(server + "/invocations", {"dataframe_split": {"columns": ["picture"], "data": [["x"]]}})
+    assert 400 <= status < 500 and "image" in json.dumps(body)
+
+    status, body = _post(server + "/invocations", {"dataframe_split": {"columns": ["image"], "data": [[_b64(jpeg.read_bytes())]]}})
+    assert status == 200 and body["predictions"][0]["probability"] == pytest.approx(pred["probability"], abs=1e-6)

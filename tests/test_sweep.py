@@ -1,0 +1,146 @@
+"""The sweep: one row per configuration, a fresh initialisation each time, selection on validation only."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from cxr import CLASSES
+from cxr import sweep as S
+from cxr.training import resolve_run_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_stage(name: str):
+    """src/<name>.py as a module, by path (the names evaluate/sweep/compare are too generic to import by name)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"stage_{name}", REPO / "src" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+SIZE = 16
+
+
+def tiny_split(n: int, seed: int):
+    rng = np.random.default_rng(seed)
+    labels = np.r_[np.zeros(n // 3, int), np.ones(n - n // 3, int)]
+    rng.shuffle(labels)
+    img = rng.normal(70, 20, size=(n, SIZE, SIZE)) + labels[:, None, None] * 60 * np.pad(
+        np.ones((6, 6)), 5)[None]  # PNEUMONIA: a bright centre square
+    return np.clip(img, 0, 255).astype(np.uint8), labels.astype(np.int64)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return {"train": tiny_split(40, 0), "val": tiny_split(20, 1), "test": tiny_split(20, 2)}
+
+
+@pytest.fixture(scope="module")
+def base():
+    return resolve_run_config({"epochs": 1, "image_size": SIZE, "seed": 3}, "cnn")
+
+
+def test_tiny_grid_one_row_per_config_selected_on_validation(data, base):
+    res = S.run_sweep(base, [8, 16], [1e-3], data["train"], data["val"], data["test"], device="cpu")
+    t = res.table()
+    assert list(t.columns) == S.TABLE_COLUMNS
+    assert t[["batch_size", "lr"]].values.tolist() == [[8, 1e-3], [16, 1e-3]]
+    assert t["selected"].sum() == 1
+    assert t.loc[t["selected"], "val_auc"].item() == t["val_auc"].max()
+    assert not t["test_used_for_selection"].any()
+    assert t["test_auc"].between(0, 1).all() and t["test_acc"].between(0, 1).all()
+    s = res.summary()
+    assert s["best"]["batch_size"] == t.loc[t["selected"], "batch_size"].item()
+    assert s["best_test"]["used_for_selection"] is False
+    np.testing.assert_array_equal(res.matrix("val_auc", [8, 16], [1e-3]), t[["val_auc"]].to_numpy())
+
+
+def test_every_config_starts_from_a_fresh_initialisation(data, base):
+    # Weights carried over from the previous configuration would change the first epoch's loss of
+    # whichever configuration runs second; from scratch, the order cannot matter.
+    a = S.run_sweep(base, [8, 16], [1e-3], data["train"], data["val"], device="cpu").table()
+    b = S.run_sweep(base, [16, 8], [1e-3], data["train"], data["val"], device="cpu").table()
+    first = {r.batch_size: r.first_epoch_train_loss for r in a.itertuples()}
+    second = {r.batch_size: r.first_epoch_train_loss for r in b.itertuples()}
+    assert first == pytest.approx(second, rel=0, abs=1e-7)
+    assert first[8] != first[16]  # the configurations do differ
+
+
+def _fake_fit(val_scores: dict):
+    """A stand-in for training.fit: val metrics per (batch_size, lr) from ``val_scores``; no training."""
+    def fit(cfg, train, val, **kw):
+        auc, loss = val_scores[(cfg.batch_size, cfg.lr)]
+        return SimpleNamespace(
+            model=(cfg.batch_size, cfg.lr), threshold=0.5, history=[{"train_loss": 1.0}],
+            best={"best_epoch": 1, "val_auc": auc, "val_loss": loss, "val_acc": 0.5},
+            meta={"mean": [0.5] * 3, "std": [0.5] * 3})
+    return fit
+
+
+def test_selection_ignores_test_metrics(monkeypatch, base):
+    # bs=8 wins on validation; bs=16 would win on test. The sweep must pick bs=8.
+    monkeypatch.setattr(S, "fit", _fake_fit({(8, 1e-3): (0.90, 0.3), (16, 1e-3): (0.80, 0.2)}))
+    y = np.array([0, 0, 1, 1])
+    test_probs = {8: np.array([0.6, 0.4, 0.5, 0.4]), 16: np.array([0.1, 0.2, 0.8, 0.9])}
+    monkeypatch.setattr(S, "predict", lambda model, images, **kw: test_probs[model[0]])
+    x = np.zeros((4, SIZE, SIZE), np.uint8)
+    res = S.run_sweep(base, [8, 16], [1e-3], (x, y), (x, y), (x, y))
+    t = res.table().set_index("batch_size")
+    assert t.loc[16, "test_auc"] > t.loc[8, "test_auc"]
+    assert res.best["batch_size"] == 8 and bool(t.loc[8, "selected"]) and not bool(t.loc[16, "selected"])
+    by_loss = S.run_sweep(base, [8, 16], [1e-3], (x, y), (x, y), (x, y), select_metric="val_loss")
+    assert by_loss.best["batch_size"] == 16  # lowest validation loss
+    with pytest.raises(ValueError, match="val_auc or val_loss"):
+        S.run_sweep(base, [8], [1e-3], (x, y), (x, y), select_metric="test_auc")
+
+
+def _write_cache(root: Path, splits: dict) -> Path:
+    root.mkdir(parents=True)
+    for s, (x, y) in splits.items():
+        np.save(root / f"{s}_images.npy", x)
+        np.save(root / f"{s}_labels.npy", y)
+        pd.DataFrame({"path": [f"{s}/{i}.jpeg" for i in range(len(y))], "label": [CLASSES[c] for c in y],
+                      "patient_id": [str(i) for i in range(len(y))]}).to_csv(root / f"{s}.csv", index=False)
+    (root / "info.json").write_text(json.dumps({"cache_size": SIZE, "data_version": "v1"}))
+    return root
+
+
+def test_sweep_stage_outputs_and_nested_mlflow_runs(data, tmp_path, monkeypatch):
+    cache = _write_cache(tmp_path / "cache", data)
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({
+        "seed": 0, "image_size": 64, "models": {"cnn": {}},
+        "sweep": {"model": "cnn", "batch_sizes": [8, 16], "lrs": ["1e-03"], "epochs": 1, "image_size": SIZE},
+        "mlflow": {"experiment": "sweep-test"}}))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))  # MLflow artifacts under tmp_path, not the repository
+    stage = load_stage("sweep")
+    out = tmp_path / "out"
+    assert stage.main(["--params", str(params), "--cache", str(cache), "--metrics", str(out / "metrics/sweep.json"),
+                       "--table", str(out / "plots/sweep.csv"), "--figures", str(out / "figures/sweep"),
+                       "--device", "cpu", "--no-progress"]) == 0
+    table = pd.read_csv(out / "plots/sweep.csv")
+    assert len(table) == 2 and table["selected"].sum() == 1
+    summary = json.loads((out / "metrics/sweep.json").read_text())
+    assert summary["model"] == "cnn" and summary["n_configs"] == 2
+    assert summary["best"]["batch_size"] == table.loc[table["selected"], "batch_size"].item()
+    assert (out / "figures/sweep/heatmap.png").read_bytes()[:4] == b"\x89PNG"
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("sweep-test")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if r.info.run_name == "sweep-cnn"]
+    assert len(parents) == 1
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert sorted(r.data.params["batch_size"] for r in children) == ["16", "8"]
+    assert all(r.data.tags["test_used_for_selection"] == "false" and "test_auc" in r.data.metrics for r in children)
