@@ -254,7 +254,7 @@ def render(rng: np.random.Generator, label: str, cfg: SyntheticConfig,
     opacity = np.zeros_like(u)
     if label == "PNEUMONIA":
         pattern = np.random.default_rng([*patient_seed, 7])
-        severity = pattern.uniform(0.3, 1.0) ** 1.3  # skewed: many mild cases, some severe
+        severity = pattern.uniform(0.45, 1.0) ** 1.2  # skewed towards mild cases, some severe
         if pattern.random() < _VIRUS_SHARE:
             n = int(pattern.integers(6, 18))
             centers = _points_in_lungs(pattern, n, lungs, lower_bias=0.2)
