@@ -14,8 +14,7 @@ worker count. With no workers the two sides alternate batch by batch (one refere
 ``--ours-per-ref`` of ours), so load from other processes on a shared machine hits both alike; with
 workers, whose prefetching would run during the other side's turn, they alternate whole epochs.
 The one-time cache build is printed separately: it is the ``preprocess`` stage, paid once per
-dataset, not per epoch. ``--proposed`` swaps in the augment/normalise change proposed in
-``benchmarks/_proposed_augment.py`` (not yet in ``src/cxr``).
+dataset, not per epoch.
 """
 
 from __future__ import annotations
@@ -63,13 +62,10 @@ def endless(make_loader_for_epoch):
 class Ours:
     """The engine's input path, exactly as ``train_one_epoch`` applies it (minus the model)."""
 
-    def __init__(self, images, labels, batch_size: int, workers: int, seed: int, proposed: bool = False):
+    def __init__(self, images, labels, batch_size: int, workers: int, seed: int):
         from cxr.config import AugmentConfig
         from cxr.data.augment import BatchAugment, Normalize
 
-        if proposed:
-            from _proposed_augment import ProposedBatchAugment as BatchAugment  # noqa: F811
-            from _proposed_augment import ProposedNormalize as Normalize  # noqa: F811
         self.images, self.labels = images, labels
         self.batch_size, self.workers, self.seed = batch_size, workers, seed
         self.augment = BatchAugment(AugmentConfig(), 224)
@@ -128,7 +124,6 @@ def main(argv=None) -> dict:
     ap.add_argument("--ref-batches", type=int, default=0,
                     help="reference batches timed (default: one pass over the repeated list)")
     ap.add_argument("--ours-per-ref", type=int, default=4, help="batches of ours after each reference batch")
-    ap.add_argument("--proposed", action="store_true", help="ours with benchmarks/_proposed_augment.py")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
 
@@ -147,7 +142,7 @@ def main(argv=None) -> dict:
               f"({len(items) / build_s:.0f} images/s)")
         split = load_split(Path(tmp) / "cache", "train")
         ref = Reference(root, args.repeat, args.batch_size, args.workers, args.seed)
-        ours = Ours(split.images, split.labels, args.batch_size, args.workers, args.seed, proposed=args.proposed)
+        ours = Ours(split.images, split.labels, args.batch_size, args.workers, args.seed)
         ref.step(), ours.step()  # warm-up: lazy imports, first-call allocations, page cache
         ours.times = dict.fromkeys(ours.times, 0.0)
 
@@ -172,7 +167,7 @@ def main(argv=None) -> dict:
     ratio = ours_rate / ref_rate
     total = sum(times.values())
     shares = ", ".join(f"{k} {v / total:.0%} ({1e3 * v / ours_n:.2f} ms/img)" for k, v in times.items())
-    label = "proposed augment" if args.proposed else "BatchAugment"
+    label = "BatchAugment"
     print(f"reference  ImageFolder + PIL transforms, full-res JPEG  {int(ref_n):6d} img  {ref_rate:8.1f} images/s")
     print(f"ours       cache 256 memmap + {label:<16} + Normalize {int(ours_n):6d} img  {ours_rate:8.1f} images/s")
     print(f"ratio      ours / reference                                        {ratio:8.1f}x  "

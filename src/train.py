@@ -82,6 +82,8 @@ def main(argv=None) -> int:
                      resume_path=resume, data_version=info.get("data_version", ""), progress=not args.no_progress)
         result.meta["cache_size"] = int(info["cache_size"])
         result.meta["cache_resize"] = info.get("resize", "stretch")  # how predict must resize new images
+        if tracker.run_id:  # evaluate logs into this run; compare registers from it
+            result.meta["mlflow_run_id"] = tracker.run_id
         checkpoint.save(args.out, result.model, result.meta)
 
         metrics = {k: _clean(v) for k, v in result.metrics().items()}

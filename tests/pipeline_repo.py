@@ -25,6 +25,11 @@ TINY_PARAMS = {
     "batch_size": 8,
     "data": {"synthetic": {"patients": 36, "max_images_per_patient": 2, "min_size": 64, "max_size": 96}},
     "preprocess": {"cache_size": 40, "workers": 1},
+    "evaluate": {"n_resamples": 200},
+    "sweep": {"model": "cnn", "batch_sizes": [8, 16], "lrs": [0.001], "image_size": 32},
+    # Exporting VGG16 and ViT-base to MLflow costs seconds and hundreds of MB a run; the logged
+    # model itself is covered by the unit tests, and compare still registers the best one.
+    "mlflow": {"log_model": False},
 }
 
 

@@ -142,7 +142,8 @@ def test_registers_the_validation_winner_from_its_training_run(tmp_path, monkeyp
         cfg = resolve_run_config({"image_size": 16}, m)
         torch.manual_seed(0)
         model = build_model("cnn", image_size=16)  # the architecture does not matter to the registry
-        meta = {"arch": model.arch, "model": m, "image_size": 16, "train_params": cfg.__dict__, "data_version": "v1"}
+        meta = {"arch": model.arch, "model": m, "image_size": 16, "cache_size": 20, "mean": [0.5] * 3,
+                "std": [0.25] * 3, "threshold": 0.5, "train_params": cfg.__dict__, "data_version": "v1"}
         checkpoint.save(tmp_path / "models" / m, model, meta)
         with tracker.start_run(m, tags={"model": m, "data_version": "v1"}):
             tracker.log_params(cfg.as_params())
@@ -166,13 +167,26 @@ def test_registers_the_validation_winner_from_its_training_run(tmp_path, monkeyp
     client = MlflowClient(tracking_uri=uri)
     v = client.get_model_version_by_alias("cxr-test", "champion")
     assert v.tags["model"] == "cnn" and v.tags["selected_on"] == "val_auc"
-    assert v.run_id == run_ids["cnn"]  # the model logged by the training run, not a copy
     compare_run = [r for r in client.search_runs([tracker.experiment_id]) if r.info.run_name == "compare"][0]
+    # The image-bytes pyfunc model, logged from the winner's checkpoint into the compare run.
+    assert v.run_id == compare_run.info.run_id and v.tags["training_run_id"] == run_ids["cnn"]
+    import base64
+    import io
+
+    import mlflow.pyfunc
+    import pandas as pd
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.full((40, 40), 128, np.uint8)).save(buf, format="PNG")
+    served = mlflow.pyfunc.load_model("models:/cxr-test@champion")
+    out = served.predict(pd.DataFrame({"image": [base64.b64encode(buf.getvalue()).decode()]}))
+    assert list(out["label"]) in (["NORMAL"], ["PNEUMONIA"]) and 0 <= float(out["probability"][0]) <= 1
     assert compare_run.data.tags["selected_model"] == "cnn"
     assert compare_run.data.tags["registered_version"] == str(v.version)
     assert np.isclose(compare_run.data.metrics["vit_roc_auc"], 0.99)
 
-    # vit's training run logged no model (mlflow.log_model: false): it is logged from the checkpoint.
+    # Registering again (another compare run) adds version 2, from that run.
     with tracker.start_run("fallback"):
         reg = C.register_best(tracker, "vit", "cxr-test", training_run_id=run_ids["vit"],
                               checkpoint_dir=tmp_path / "models/vit")

@@ -26,6 +26,7 @@ def toy(n, seed):
 def run_cfg(repo_root) -> RunConfig:
     p = load_params(repo_root / "params.yaml")
     p.update(epochs=2, image_size=16, batch_size=8)
+    p["models"]["cnn"] = {}  # the shipped per-model override (more epochs for cnn) would hide epochs=2
     return resolve_run_config(p, "cnn")
 
 

@@ -39,6 +39,7 @@ def write_cache(cache, size=20):
 def workdir(tmp_path, repo_root):
     params = yaml.safe_load((repo_root / "params.yaml").read_text())
     params.update(epochs=2, image_size=16, batch_size=8)
+    params["models"]["cnn"] = {}  # tests set epochs globally; drop the shipped per-model override
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     write_cache(tmp_path / "data" / "cache")
     return tmp_path

@@ -12,6 +12,8 @@ model that goes to the MLflow Model Registry is the one with the best *validatio
 
 from __future__ import annotations
 
+import contextlib
+
 import math
 import warnings
 
@@ -183,21 +185,14 @@ def results_csv(table: pd.DataFrame) -> pd.DataFrame:
 # --------------------------------------------------------------------------------------------
 
 
-def _logged_model_uri(client, experiment_id: str, run_id: str, name: str = "model") -> str | None:
-    models = client.search_logged_models([experiment_id], filter_string=f"source_run_id = '{run_id}'")
-    for lm in models:
-        if lm.name == name:
-            return f"models:/{lm.model_id}"
-    return None
-
-
 def register_best(tracker, model_name: str, registered_name: str, *, training_run_id: str | None,
                   checkpoint_dir=None, tags: dict | None = None) -> dict | None:
     """Register ``model_name`` under ``registered_name``; returns {name, version, source} or None.
 
-    Uses the model logged in its training run; where there is none (``mlflow.log_model: false``,
-    or the run was not found) the checkpoint is loaded and logged into the *active* run of
-    ``tracker`` first. Any MLflow failure warns and returns None: DVC outputs never depend on it.
+    What is registered is the image-bytes pyfunc model (:mod:`cxr.serving`) built from the
+    checkpoint and logged into the *active* compare run of ``tracker``, so that
+    ``mlflow models serve -m models:/<registered_name>@champion`` answers encoded X-rays. Any
+    MLflow failure warns and returns None: DVC outputs never depend on it.
     """
     if not getattr(tracker, "active", False):
         return None
@@ -205,20 +200,19 @@ def register_best(tracker, model_name: str, registered_name: str, *, training_ru
         import mlflow
         from mlflow import MlflowClient
 
-        client = MlflowClient(tracking_uri=tracker.uri)
-        uri = None
-        if training_run_id:
-            uri = _logged_model_uri(client, tracker.experiment_id, training_run_id)
-        if uri is None:
-            if checkpoint_dir is None or tracker.run_id is None:
-                raise RuntimeError("no logged model in the training run and no checkpoint/active run to log one from")
-            from cxr import checkpoint
+        from cxr.serving import log_pyfunc_model
 
-            model, meta = checkpoint.load(checkpoint_dir)
-            tracker.log_model(model, name="model", image_size=int(meta["image_size"]))
-            uri = _logged_model_uri(client, tracker.experiment_id, tracker.run_id)
-            if uri is None:
-                raise RuntimeError("logging the checkpoint to MLflow failed")
+        client = MlflowClient(tracking_uri=tracker.uri)
+        if checkpoint_dir is None or tracker.run_id is None:
+            raise RuntimeError("registering needs the model's checkpoint folder and an active compare run")
+        mlflow.set_tracking_uri(tracker.uri)
+        active = mlflow.active_run()
+        ctx = contextlib.nullcontext() if active and active.info.run_id == tracker.run_id \
+            else mlflow.start_run(run_id=tracker.run_id)
+        with ctx:
+            uri = log_pyfunc_model(checkpoint_dir, name="model").model_uri
+        if training_run_id:
+            tags = {**(tags or {}), "training_run_id": training_run_id}
         mlflow.set_tracking_uri(tracker.uri)
         version = mlflow.register_model(uri, registered_name, tags={k: str(v) for k, v in (tags or {}).items()})
         client.set_registered_model_alias(registered_name, "champion", version.version)

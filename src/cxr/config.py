@@ -157,7 +157,7 @@ def _check(cond: bool, msg: str) -> None:
 
 @dataclass
 class SyntheticConfig:
-    patients: int = 160  # number of children; each has 1..max images
+    patients: int = 240  # number of children; each has 1..max images
     max_images_per_patient: int = 3
     pneumonia_ratio: float = 2.9  # PNEUMONIA : NORMAL patients, as in the real train split
     min_size: int = 160  # image side lengths are drawn in [min_size, max_size]

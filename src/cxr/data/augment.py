@@ -94,12 +94,24 @@ class BatchAugment:
         n = x.shape[0]
         theta = self.sample_matrices(n, generator).to(x.device)
         brightness, contrast = (v.to(x.device).view(n, 1, 1, 1) for v in self.sample_jitter(n, generator))
-        grid = F.affine_grid(theta, [n, 1, self.out_size, self.out_size], align_corners=False)
+        grid = affine_grid(theta, self.out_size)
         # Outside the source image is black, like torchvision's fill=0.
-        out = F.grid_sample(x.float() / 255.0, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-        out = (out * brightness).clamp_(0, 1)
+        out = F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        out.mul_(brightness / 255.0).clamp_(0, 1)  # the uint8 -> [0, 1] scaling folded into brightness
         mean = out.mean(dim=(1, 2, 3), keepdim=True)
-        return (contrast * out + (1 - contrast) * mean).clamp_(0, 1)
+        return out.mul_(contrast).add_((1 - contrast) * mean).clamp_(0, 1)
+
+
+def affine_grid(theta: torch.Tensor, size: int) -> torch.Tensor:
+    """``F.affine_grid(theta, [n, C, size, size], align_corners=False)`` for (n, 2, 3) ``theta``.
+
+    One broadcast add of a per-row and a per-column term: ``F.affine_grid`` builds a (n, H*W, 3)
+    base grid and runs a batched matmul over it, about a third of the augmentation time on CPU.
+    """
+    base = (torch.arange(size, dtype=theta.dtype, device=theta.device) * 2 + 1) / size - 1  # pixel centres
+    col = base.view(1, size, 1) * theta[:, None, :, 0]  # (n, S, 2): x_j * theta[:, :, 0]
+    row = base.view(1, size, 1) * theta[:, None, :, 1] + theta[:, None, :, 2]  # (n, S, 2)
+    return row[:, :, None, :] + col[:, None, :, :]  # grid[:, i, j] = theta @ (x_j, y_i, 1)
 
 
 def _inverse_translation(shift: torch.Tensor) -> torch.Tensor:
@@ -159,5 +171,9 @@ class Normalize:
         self.mean, self.std, self.channels_last = list(mean), list(std), channels_last
 
     def __call__(self, x01: torch.Tensor) -> torch.Tensor:
-        x = to_model_input(x01, self.mean, self.std)
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x.contiguous()
+        # One broadcasting addcmul, x * (1/std) + (-mean/std), writes the (B, 3, H, W) result directly.
+        scale = torch.tensor([1 / s for s in self.std], dtype=x01.dtype, device=x01.device).view(1, -1, 1, 1)
+        shift = torch.tensor([-m / s for m, s in zip(self.mean, self.std)], dtype=x01.dtype,
+                             device=x01.device).view(1, -1, 1, 1)
+        x = torch.addcmul(shift, x01, scale)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x

@@ -1,0 +1,211 @@
+"""The four ways users drive the pipeline, end to end, in a temporary git + DVC copy with tiny params.
+
+1. ``dvc repro`` runs fetch through compare; a second ``dvc repro`` runs nothing.
+2. ``dvc exp run -S lr=1e-4 -S batch_size=16`` reruns only what depends on them; ``dvc exp show`` lists it.
+3. ``dvc plots diff`` between the baseline and that experiment holds both revisions' plots.
+4. Two queued experiments run with ``dvc queue start -j 2``; both MLflow runs land in the workspace store.
+5. An ``mlflow server`` on 127.0.0.1 returns the runs through its REST search API with the same keys.
+
+    pytest tests/test_workflows.py -m slow
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline_repo import BIN, env, make_repo, run
+
+pytestmark = pytest.mark.slow
+
+MODELS = ["cnn", "resnet50", "vgg16", "vit"]
+STAGES = ["fetch", "split", "preprocess", *(f"train@{m}" for m in MODELS), *(f"evaluate@{m}" for m in MODELS),
+          "sweep", "compare"]
+
+
+def mlflow_client(repo: Path):
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{repo / 'mlflow.db'}"
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def experiment_runs(repo: Path) -> list:
+    client = mlflow_client(repo)
+    exp = client.get_experiment_by_name("chest-xray-pneumonia")
+    assert exp is not None, "the pipeline's MLflow experiment was not created in the workspace store"
+    return client.search_runs([exp.experiment_id], max_results=1000)
+
+
+def ran_stages(output: str) -> set[str]:
+    return set(re.findall(r"Running stage '([^']+)'", output))
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    """A repo after one full ``dvc repro``, with the results committed as the baseline."""
+    repo = make_repo(tmp_path_factory.mktemp("pipeline") / "repo")
+    first = run(["dvc", "repro"], repo, timeout=1800)
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-q", "-m", "baseline results"], repo)
+    return {"repo": repo, "first": first.stdout}
+
+
+def test_repro_runs_every_stage_then_nothing(pipeline):
+    repo = pipeline["repo"]
+    assert ran_stages(pipeline["first"]) == set(STAGES)
+    for rel in ["data/manifest.csv", "data/cache/info.json", "metrics/data.json", "reports/results.md",
+                "reports/results.csv", "metrics/sweep.json", *(f"models/{m}/model.json" for m in MODELS),
+                *(f"metrics/eval/{m}.json" for m in MODELS), *(f"plots/eval/{m}/confusion.csv" for m in MODELS)]:
+        assert (repo / rel).is_file(), f"{rel} missing after dvc repro"
+    data = json.loads((repo / "metrics/data.json").read_text())
+    assert data["shared_patients"] == 0
+    # Every model is one MLflow run with the same param keys (MLflow's compare view lines them up).
+    train_runs = [r for r in experiment_runs(repo) if r.data.tags.get("model") in MODELS
+                  and r.info.run_name in MODELS]
+    assert sorted(r.info.run_name for r in train_runs) == sorted(MODELS)
+    keys = {frozenset(r.data.params) for r in train_runs}
+    assert len(keys) == 1 and {"lr", "batch_size", "epochs", "image_size", "model"} <= set(next(iter(keys)))
+
+    second = run(["dvc", "repro"], repo)
+    assert ran_stages(second.stdout) == set(), second.stdout
+    status = run(["dvc", "status"], repo).stdout
+    assert "up to date" in status, status
+
+
+@pytest.fixture(scope="module")
+def experiment(pipeline):
+    repo = pipeline["repo"]
+    n_before = len(experiment_runs(repo))
+    out = run(["dvc", "exp", "run", "-n", "lr-bs", "-S", "lr=1e-4", "-S", "batch_size=16"], repo, timeout=1800)
+    return {**pipeline, "exp_out": out.stdout, "n_before": n_before}
+
+
+def test_exp_run_reruns_only_dependent_stages(experiment):
+    repo, out = experiment["repo"], experiment["exp_out"]
+    ran = ran_stages(out)
+    assert {f"train@{m}" for m in MODELS} <= ran
+    # Stages that do not read lr / batch_size are not rerun (the sweep has its own grid).
+    assert not ran & {"fetch", "split", "preprocess", "sweep"}, ran
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], repo).stdout)
+    exps = [e for rev in shown for e in (rev.get("experiments") or [])]
+    names = {e.get("name") for e in exps}
+    assert "lr-bs" in names, names
+    exp = next(e for e in exps if e.get("name") == "lr-bs")
+    data = exp["revs"][0]["data"]
+    params = data["params"]["params.yaml"]["data"]
+    assert float(params["lr"]) == pytest.approx(1e-4) and int(params["batch_size"]) == 16
+    metrics = data["metrics"]
+    assert "metrics/train/cnn.json" in metrics and "val_auc" in metrics["metrics/train/cnn.json"]["data"]
+    # The experiment's own MLflow runs carry its name and the new values.
+    runs = [r for r in experiment_runs(repo) if r.data.tags.get("dvc_exp_name") == "lr-bs"
+            and r.info.run_name in MODELS]
+    assert sorted(r.info.run_name for r in runs) == sorted(MODELS)
+    assert all(float(r.data.params["lr"]) == pytest.approx(1e-4) or r.info.run_name == "vit" for r in runs)
+    assert all(int(r.data.params["batch_size"]) == 16 for r in runs)
+
+
+def test_plots_diff_holds_both_revisions(experiment, tmp_path):
+    repo = experiment["repo"]
+    out = tmp_path / "plots"
+    run(["dvc", "plots", "diff", "HEAD", "lr-bs", "-o", str(out)], repo)
+    html = (out / "index.html").read_text()
+    for rev in ("HEAD", "lr-bs"):
+        assert rev in html
+    assert "confusion" in html.lower() and "predicted" in html and "actual" in html
+    assert "train_loss" in html and "val_loss" in html
+    # Both revisions' confusion data are embedded (one panel each), not only the workspace's.
+    assert html.count('"rev": "HEAD"') + html.count('"rev":"HEAD"') > 0
+    assert html.count('"rev": "lr-bs"') + html.count('"rev":"lr-bs"') > 0
+
+
+def test_queued_experiments_land_in_workspace_store(experiment):
+    repo = experiment["repo"]
+    for lr in ("3e-4", "2e-4"):
+        run(["dvc", "exp", "run", "--queue", "-n", f"q-{lr}", "-S", f"lr={lr}"], repo)
+    run(["dvc", "queue", "start", "-j", "2"], repo)
+    deadline = time.monotonic() + 1800
+    while True:
+        status = run(["dvc", "queue", "status"], repo).stdout
+        if not re.search(r"\b(Queued|Running)\b", status):
+            break
+        assert time.monotonic() < deadline, f"queued experiments did not finish:\n{status}"
+        time.sleep(5)
+    assert status.count("Success") >= 2, status
+    tagged = {r.data.tags.get("dvc_exp_name") for r in experiment_runs(repo) if r.info.run_name in MODELS}
+    assert {"q-3e-4", "q-2e-4"} <= tagged, tagged
+    # Nothing was left behind in the temporary copies' own stores.
+    assert not list((repo / ".dvc" / "tmp" / "exps").rglob("mlflow.db"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_mlflow_server_rest_search(pipeline, tmp_path):
+    repo = pipeline["repo"]
+    port = _free_port()
+    log = (tmp_path / "server.log").open("w")
+    proc = subprocess.Popen(
+        [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{repo / 'mlflow.db'}",
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        cwd=tmp_path, env=env(), stdout=log, stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            assert proc.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "mlflow server did not answer /health in 120 s"
+            time.sleep(1)
+
+        def post(path, body):
+            req = urllib.request.Request(f"{base}{path}", data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return json.loads(r.read())
+
+        with urllib.request.urlopen(
+            f"{base}/api/2.0/mlflow/experiments/get-by-name?experiment_name=chest-xray-pneumonia", timeout=30
+        ) as r:
+            exp_id = json.loads(r.read())["experiment"]["experiment_id"]
+        found = post("/api/2.0/mlflow/runs/search", {"experiment_ids": [exp_id], "max_results": 500})
+        runs = [r for r in found["runs"] if r["info"].get("run_name") in MODELS
+                and not any(t["key"] == "dvc_exp_name" and t["value"] for t in r["data"].get("tags", []))]
+        assert sorted({r["info"]["run_name"] for r in runs}) == sorted(MODELS)
+        param_keys = {frozenset(p["key"] for p in r["data"]["params"]) for r in runs}
+        metric_keys = {frozenset(m["key"] for m in r["data"]["metrics"] if not m["key"].startswith("test_"))
+                       for r in runs}
+        assert len(param_keys) == 1, param_keys
+        assert len(metric_keys) == 1, metric_keys
+        assert {"train_loss", "val_loss", "val_auc"} <= set(next(iter(metric_keys)))
+        # Per-epoch history: step = epoch.
+        run_id = runs[0]["info"]["run_id"]
+        with urllib.request.urlopen(
+            f"{base}/api/2.0/mlflow/metrics/get-history?run_id={run_id}&metric_key=val_loss", timeout=30
+        ) as r:
+            hist = json.loads(r.read())["metrics"]
+        assert [m["step"] for m in hist] == list(range(1, len(hist) + 1))
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
