@@ -99,7 +99,7 @@ def run_ours(name, device, images, labels, args) -> float:
 
 
 def run_reference(name, device, root, repeat, args) -> float:
-    from torch.utils.data import ConcatDataset, DataLoader
+    from torch.utils.data import DataLoader
 
     from input_pipeline import reference_loader
 

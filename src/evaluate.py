@@ -20,8 +20,6 @@ one cannot be found; nothing, with a warning, if MLflow is unreachable).
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import sys
 from pathlib import Path
 
@@ -33,6 +31,7 @@ from cxr.data.cache import CacheError, load_split
 from cxr.device import resolve_device
 from cxr.evaluation import attach_run, evaluate_checkpoint, evaluation_figures, find_training_run
 from cxr.plots import save_figure
+from cxr.reporting import write_metrics
 from cxr.tracking import make_tracker
 
 PLOT_FILES = ("confusion", "roc", "pr", "calibration")
@@ -53,15 +52,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _json_clean(obj):
-    """NaN -> null, so the metrics file stays valid JSON for DVC."""
-    if isinstance(obj, dict):
-        return {k: _json_clean(v) for k, v in obj.items()}
-    if isinstance(obj, float) and math.isnan(obj):
-        return None
-    return obj
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     params = load_params(args.params)
@@ -78,8 +68,7 @@ def main(argv=None) -> int:
 
     Path(args.predictions).parent.mkdir(parents=True, exist_ok=True)
     result.tables["predictions"].to_csv(args.predictions, index=False, lineterminator="\n")
-    Path(args.metrics).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.metrics).write_text(json.dumps(_json_clean(result.report), indent=2) + "\n")
+    write_metrics(args.metrics, result.report)
     plots_dir = Path(args.plots)
     plots_dir.mkdir(parents=True, exist_ok=True)
     for name in PLOT_FILES:

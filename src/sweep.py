@@ -21,8 +21,6 @@ This stage keeps the grid inside one pipeline run, so ``dvc repro`` gives the wh
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import sys
 from pathlib import Path
 
@@ -30,6 +28,7 @@ from cxr.config import ConfigError, MlflowConfig, SweepConfig, load_params, sect
 from cxr.data.cache import CacheError, load_info, load_split
 from cxr.device import resolve_device
 from cxr.plots import save_figure, sweep_heatmap_figure
+from cxr.reporting import json_safe, write_metrics
 from cxr.sweep import run_sweep
 from cxr.tracking import make_tracker
 from cxr.training import resolve_run_config
@@ -45,14 +44,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
     p.add_argument("--no-progress", action="store_true")
     return p.parse_args(argv)
-
-
-def _clean(obj):
-    if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
-    if isinstance(obj, float) and math.isnan(obj):
-        return None
-    return obj
 
 
 def main(argv=None) -> int:
@@ -77,9 +68,8 @@ def main(argv=None) -> int:
         result = run_sweep(base, cfg.batch_sizes, cfg.lrs, (train.images, train.labels), (val.images, val.labels),
                            (test.images, test.labels), select_metric=cfg.select_metric, device=device,
                            tracker=tracker, progress=not args.no_progress, data_version=info.get("data_version", ""))
-        summary = _clean(result.summary())
-        Path(args.metrics).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.metrics).write_text(json.dumps(summary, indent=2) + "\n")
+        summary = json_safe(result.summary())
+        write_metrics(args.metrics, summary)
         Path(args.table).parent.mkdir(parents=True, exist_ok=True)
         result.table().round(6).to_csv(args.table, index=False, lineterminator="\n")
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import math
 import sys
 from pathlib import Path
@@ -26,6 +25,7 @@ from cxr.data.cache import CacheError, load_info, load_split
 from cxr.device import describe, resolve_device
 from cxr.tracking import make_tracker, run_tags
 from cxr.models import WeightsUnavailableError
+from cxr.reporting import write_metrics
 from cxr.training import fit, history_figure, resolve_run_config
 
 HISTORY_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_auc", "lr", "seconds",
@@ -87,8 +87,7 @@ def main(argv=None) -> int:
         checkpoint.save(args.out, result.model, result.meta)
 
         metrics = {k: _clean(v) for k, v in result.metrics().items()}
-        Path(args.metrics).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.metrics).write_text(json.dumps(metrics, indent=2) + "\n")
+        write_metrics(args.metrics, metrics)
         write_history(Path(args.history), result.history)
 
         fig = history_figure(result.history, title=f"{args.model}: training curves (best epoch {result.best['best_epoch']} "

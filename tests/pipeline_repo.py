@@ -91,3 +91,13 @@ def make_repo(dest: Path, params: dict | None = None) -> Path:
     run(["git", "add", "-A"], dest)
     run(["git", "commit", "-q", "-m", "baseline"], dest)
     return dest
+
+
+def load_stage(name: str):
+    """src/<name>.py as a module, by path (the names evaluate/sweep/compare are too generic to import by name)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"stage_{name}", REPO_ROOT / "src" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

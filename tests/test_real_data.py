@@ -98,5 +98,6 @@ def test_kermany_fullres_draft_decode_matches_full_decode(shared_data, tmp_path)
         with Image.open(raw / cs.paths[i]) as img:
             ref = np.asarray(img.convert("L").resize((128, 128), Image.Resampling.BILINEAR), dtype=float)
         diffs.append(np.abs(cs.images[i].astype(float) - ref).mean())
-    # Grey levels out of 255: different antialiasing kernels, nothing more (measured 0.42 mean).
-    assert np.mean(diffs) < 0.8 and max(diffs) < 2.0, diffs
+    # Grey levels out of 255: libjpeg's DCT-domain downscale vs a bilinear one, nothing more
+    # (measured at 128 px: mean 1.0, worst image 3.4). A wrong channel, orientation or crop is 20+.
+    assert np.mean(diffs) < 2.0 and max(diffs) < 5.0, diffs

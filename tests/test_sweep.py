@@ -15,17 +15,9 @@ from cxr import CLASSES
 from cxr import sweep as S
 from cxr.training import resolve_run_config
 
-REPO = Path(__file__).resolve().parents[1]
+from pipeline_repo import load_stage
 
 
-def load_stage(name: str):
-    """src/<name>.py as a module, by path (the names evaluate/sweep/compare are too generic to import by name)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(f"stage_{name}", REPO / "src" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 SIZE = 16
 
 

@@ -20,7 +20,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import yaml
 
 from pipeline_repo import BIN, env, make_repo, run
 

@@ -94,7 +94,6 @@ def expected_calibration_error(y, p, n_bins: int = ECE_BINS) -> float:
     """
     y, p = _check_inputs(y, p)
     idx = _bin_index(p, n_bins)
-    count = np.bincount(idx, minlength=n_bins)
     sum_p = np.bincount(idx, weights=p, minlength=n_bins)
     sum_y = np.bincount(idx, weights=y, minlength=n_bins)
     return float(np.abs(sum_y - sum_p).sum() / len(y))

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import io
-import os
 import stat
 import tarfile
 import threading
