@@ -101,5 +101,5 @@ def main(argv=None) -> int:
 if __name__ == "__main__":
     try:
         sys.exit(main())
-    except (ConfigError, CacheError, FileNotFoundError) as exc:  # messages say what to do
+    except (ConfigError, CacheError, FileNotFoundError, ValueError) as exc:  # messages say what to do
         sys.exit(f"evaluate: {exc}")

@@ -51,14 +51,25 @@ def test_same_seed_same_output_other_seed_differs(batch):
     assert not torch.allclose(aug(batch, gen(3)), aug(batch, gen(4)))
 
 
-def test_zero_magnitudes_are_a_plain_resize(batch):
+def test_zero_magnitudes_are_the_eval_resize(batch):
+    # Training and evaluation must see equally smooth images: both antialias when shrinking.
     out = BatchAugment(ZERO, 16)(batch, gen(0))
-    torch.testing.assert_close(out, resize01(batch, 16), atol=1e-5, rtol=0)
+    torch.testing.assert_close(out, eval_resize(batch, 16), atol=1e-5, rtol=0)
 
 
-def test_disabled_is_a_plain_resize(batch):
+def test_large_shrink_is_antialiased_like_eval():
+    """96 -> 32 px (the sweep default): with zero magnitudes the training input is eval's, not an aliased one."""
+    torch.manual_seed(1)
+    x = torch.randint(0, 256, (4, 1, 96, 96), dtype=torch.uint8)  # high-frequency content aliases most
+    out = BatchAugment(ZERO, 32)(x, gen(0))
+    ref = eval_resize(x, 32)
+    assert (out - ref).abs().mean() < 1e-4
+    assert (resize01(x, 32) - ref).abs().mean() > 0.02  # the unfiltered resize really differs here
+
+
+def test_disabled_is_the_eval_resize(batch):
     out = BatchAugment(dataclasses.replace(AugmentConfig(), enabled=False), 16)(batch, gen(0))
-    torch.testing.assert_close(out, resize01(batch, 16))
+    torch.testing.assert_close(out, eval_resize(batch, 16))
 
 
 def test_flip_flips(batch):

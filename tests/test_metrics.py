@@ -157,3 +157,12 @@ def test_curve_points():
     assert cal["count"].sum() == len(y)
     assert len(cal["mean_predicted"]) == len(cal["fraction_positive"]) == len(cal["count"])
     assert np.all((cal["fraction_positive"] >= 0) & (cal["fraction_positive"] <= 1))
+
+
+def test_calibration_points_with_probabilities_on_bin_edges():
+    """0.5 (a logit of exactly 0) sits on a bin edge: every column must use the same bins."""
+    cal = M.calibration_points([0, 1, 0, 1], [0.45, 0.5, 0.45, 0.7])
+    assert list(cal["count"]) == [2, 1, 1]
+    np.testing.assert_allclose(cal["mean_predicted"], [0.45, 0.5, 0.7])
+    np.testing.assert_allclose(cal["fraction_positive"], [0.0, 1.0, 1.0])
+    assert M.expected_calibration_error([0, 1, 0, 1], [0.45, 0.5, 0.45, 0.7]) == pytest.approx((2 * 0.45 + 0.5 + 0.3) / 4)

@@ -136,3 +136,14 @@ def test_sweep_stage_outputs_and_nested_mlflow_runs(data, tmp_path, monkeypatch)
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
     assert sorted(r.data.params["batch_size"] for r in children) == ["16", "8"]
     assert all(r.data.tags["test_used_for_selection"] == "false" and "test_auc" in r.data.metrics for r in children)
+
+
+def test_summary_without_a_test_split_has_null_test_numbers():
+    from cxr.sweep import SweepResult
+
+    row = {"batch_size": 8, "lr": 1e-3, "val_auc": 0.7, "val_loss": 0.5, "val_acc": 0.6, "best_epoch": 1,
+           "threshold": 0.5, "test_used_for_selection": False}
+    summary = SweepResult(model="cnn", select_metric="val_auc", rows=[row], best=dict(row)).summary()
+    assert summary["best"]["val_auc"] == 0.7
+    assert summary["best_test"] == {"test_auc": None, "test_acc": None, "test_balanced_accuracy": None,
+                                    "used_for_selection": False}

@@ -102,3 +102,6 @@ def test_failure_mid_run_warns_once_and_disables(monkeypatch, tmp_path):
             tracker.log_metrics({"a": 1.0}, step=1)
         tracker.log_metrics({"a": 2.0}, step=2)  # no second warning, no exception
         assert not tracker.active
+    import mlflow
+
+    assert mlflow.active_run() is None  # not left open to capture the next run in this process

@@ -39,6 +39,7 @@ TRAIN, VAL = toy(26, 0), toy(12, 1)
 
 def test_same_keys_for_every_model_and_overrides(params):
     params["models"] = {"vit": {"lr": "1e-05", "epochs": 5}, "resnet50": {"weights": "w.pth"}}
+    params["image_size"] = 32  # VGG16 needs 32 px
     cfgs = {m: resolve_run_config(params, m) for m in ("cnn", "resnet50", "vgg16", "vit")}
     assert len({tuple(c.as_params()) for c in cfgs.values()}) == 1  # identical key sets, same order
     assert cfgs["vit"].lr == 1e-5 and cfgs["vit"].epochs == 5  # '1e-05' as `dvc exp run -S` writes it
@@ -152,3 +153,13 @@ def test_history_figure_is_labelled(run_cfg):
     titles = [ax.get_title() for ax in fig.axes]
     assert any("Loss" in t for t in titles) and any("AUC" in t for t in titles)
     assert all(ax.get_xlabel() == "epoch" and ax.get_legend() is not None for ax in fig.axes)
+
+
+def test_misspelt_model_section_and_too_small_vgg_are_refused(params):
+    from cxr.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"unknown model name\(s\) \['resnet'\].*valid names"):
+        resolve_run_config({**params, "models": {**params["models"], "resnet": {"lr": 0.1}}}, "cnn")
+    with pytest.raises(ConfigError, match="vgg16 needs images of at least 32 px"):
+        resolve_run_config({**params, "image_size": 16}, "vgg16")
+    assert resolve_run_config({**params, "image_size": 16}, "cnn").image_size == 16

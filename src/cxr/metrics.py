@@ -15,7 +15,6 @@ import warnings
 
 import numpy as np
 import scipy.stats
-from sklearn.calibration import calibration_curve
 from sklearn.metrics import (
     accuracy_score,
     average_precision_score,
@@ -89,8 +88,7 @@ def _check_inputs(y, p) -> tuple[np.ndarray, np.ndarray]:
 def expected_calibration_error(y, p, n_bins: int = ECE_BINS) -> float:
     """ECE with ``n_bins`` equal-width bins: sum_b (n_b / N) |fraction positive_b - mean probability_b|.
 
-    Bins are assigned exactly as ``sklearn.calibration.calibration_curve(strategy="uniform")`` does,
-    so the reliability diagram and this number describe the same bins.
+    The reliability diagram (``calibration_points``) uses the same bins, so the two agree.
     """
     y, p = _check_inputs(y, p)
     idx = _bin_index(p, n_bins)
@@ -309,6 +307,11 @@ def pr_points(y, p) -> dict[str, np.ndarray]:
 def calibration_points(y, p, n_bins: int = ECE_BINS) -> dict[str, np.ndarray]:
     """Reliability diagram: {"mean_predicted", "fraction_positive", "count"} per non-empty bin."""
     y, p = _check_inputs(y, p)
-    frac_pos, mean_pred = calibration_curve(y, p, n_bins=n_bins, strategy="uniform")
-    counts = np.bincount(_bin_index(p, n_bins), minlength=n_bins)
-    return {"mean_predicted": mean_pred, "fraction_positive": frac_pos, "count": counts[counts > 0]}
+    # One binning for all three columns (and the ECE): sklearn's calibration_curve puts a
+    # probability exactly on a bin edge in the other bin, which misaligned the count column.
+    idx = _bin_index(p, n_bins)
+    counts = np.bincount(idx, minlength=n_bins)
+    keep = counts > 0
+    mean_pred = np.bincount(idx, weights=p, minlength=n_bins)[keep] / counts[keep]
+    frac_pos = np.bincount(idx, weights=y, minlength=n_bins)[keep] / counts[keep]
+    return {"mean_predicted": mean_pred, "fraction_positive": frac_pos, "count": counts[keep]}

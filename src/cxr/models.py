@@ -44,17 +44,18 @@ class ModelEntry:
     is_cnn: bool  # convolutional: channels_last helps on CUDA
     description: str = ""
     head_prefix: str = ""  # state_dict prefix of the ImageNet head replaced by ours (torchvision)
+    min_image_size: int = 16  # smallest input side the architecture accepts
 
 
 MODELS: dict[str, ModelEntry] = {}
 
 
 def register_model(name: str, *, input_spec: Callable[[str | None], dict], is_cnn: bool,
-                   description: str = "", head_prefix: str = ""):
+                   description: str = "", head_prefix: str = "", min_image_size: int = 16):
     def deco(builder):
         if name in MODELS:
             raise ValueError(f"model {name!r} is registered twice")
-        MODELS[name] = ModelEntry(name, builder, input_spec, is_cnn, description, head_prefix)
+        MODELS[name] = ModelEntry(name, builder, input_spec, is_cnn, description, head_prefix, min_image_size)
         return builder
 
     return deco
@@ -80,6 +81,7 @@ def build_model(name: str, *, pretrained: bool = False, weights: str | os.PathLi
     everything :func:`build_model` needs to rebuild the same architecture for a checkpoint.
     """
     entry = get_entry(name)
+    check_image_size(name, image_size)
     model = entry.builder(pretrained=pretrained or weights is not None,
                           weights=None if weights is None else str(weights),
                           image_size=int(image_size), **options)
@@ -87,6 +89,16 @@ def build_model(name: str, *, pretrained: bool = False, weights: str | os.PathLi
     arch_options = getattr(model, "arch_options", {})
     model.arch = {"name": name, "image_size": int(image_size), "options": arch_options}
     return model
+
+
+def check_image_size(name: str, image_size: int, where: str = "image_size") -> None:
+    """Fail early, with the fix, instead of deep inside torch ("input size too small")."""
+    from cxr.config import ConfigError
+
+    low = get_entry(name).min_image_size
+    if int(image_size) < low:
+        raise ConfigError(f"{where}: {name} needs images of at least {low} px (its pooling stages halve the "
+                          f"side {low.bit_length() - 1} times), found {image_size}; raise it, e.g. -S {where}={low}")
 
 
 def rebuild(arch: dict) -> nn.Module:
@@ -240,7 +252,7 @@ def _build_resnet50(pretrained: bool, weights: str | None, image_size: int) -> n
     return model
 
 
-@register_model("vgg16", input_spec=_torchvision_spec("vgg16"), is_cnn=True, head_prefix="classifier.6.",
+@register_model("vgg16", input_spec=_torchvision_spec("vgg16"), is_cnn=True, head_prefix="classifier.6.", min_image_size=32,
                 description="torchvision VGG16 (ImageNet IMAGENET1K_V1) + reference head")
 def _build_vgg16(pretrained: bool, weights: str | None, image_size: int) -> nn.Module:
     from torchvision.models import vgg16

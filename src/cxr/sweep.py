@@ -54,8 +54,9 @@ class SweepResult:
             "model": self.model, "select_metric": self.select_metric, "n_configs": len(self.rows),
             "best": {"batch_size": b["batch_size"], "lr": b["lr"], "val_auc": b["val_auc"], "val_loss": b["val_loss"],
                      "best_epoch": b["best_epoch"], "threshold": b["threshold"]},
-            "best_test": {"test_auc": b["test_auc"], "test_acc": b["test_acc"],
-                          "test_balanced_accuracy": b["test_balanced_accuracy"], "used_for_selection": False},
+            # No test split (split.test_fraction: 0 and none shipped): null test numbers, not a crash.
+            "best_test": {"test_auc": b.get("test_auc"), "test_acc": b.get("test_acc"),
+                          "test_balanced_accuracy": b.get("test_balanced_accuracy"), "used_for_selection": False},
         }
 
 

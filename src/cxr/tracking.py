@@ -159,7 +159,12 @@ class MlflowTracker(NullTracker):
         finally:
             self._run = previous
             if run is not None:
-                self._safe("end_run", mlflow.end_run, status=status)
+                # Ended even after a failure disabled this tracker: a run left active in the process
+                # would capture the next one (a sweep's next configuration, the next stage in-process).
+                try:
+                    mlflow.end_run(status=status if self.active else "FAILED")
+                except Exception:  # the store is gone; nothing more to tell it
+                    pass
 
     def log_params(self, params: dict) -> None:
         from mlflow.entities import Param

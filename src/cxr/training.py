@@ -30,12 +30,13 @@ from sklearn.metrics import confusion_matrix
 from torch import nn
 
 from cxr import CLASSES
-from cxr.config import AugmentConfig, Globals, TrainConfig, load_globals, load_model_override, section
+from cxr.config import (AugmentConfig, ConfigError, Globals, TrainConfig, load_globals, load_model_override,
+                        section)
 from cxr.data.augment import BatchAugment, Normalize, eval_resize
 from cxr.device import amp_settings, describe, resolve_device
 from cxr.engine import evaluate, make_loader, train_one_epoch
 from cxr.metrics import choose_threshold
-from cxr.models import build_model, get_entry, input_spec
+from cxr.models import build_model, check_image_size, get_entry, input_spec, list_models
 from cxr.tracking import NullTracker
 
 THRESHOLD_METHOD = "youden"
@@ -95,6 +96,9 @@ def resolve_run_config(params: dict, model: str) -> RunConfig:
     ``models.<name>.pretrained`` is explicitly false.
     """
     get_entry(model)  # unknown names fail here, with the list of valid ones
+    unknown = sorted(set(params.get("models") or {}) - set(list_models()))
+    if unknown:  # a misspelt section would otherwise be ignored without a word
+        raise ConfigError(f"models: unknown model name(s) {unknown}; valid names are {list_models()}")
     g = load_globals(params)
     t: TrainConfig = section(params, "train", TrainConfig)
     o = load_model_override(params, model)
@@ -103,6 +107,7 @@ def resolve_run_config(params: dict, model: str) -> RunConfig:
                   epochs=o.epochs if o.epochs is not None else g.epochs,
                   image_size=o.image_size if o.image_size is not None else g.image_size)
     eff.validate(f"models.{model}")
+    check_image_size(model, eff.image_size, f"models.{model}.image_size" if o.image_size is not None else "image_size")
     if o.pretrained is not None:
         pretrained = o.pretrained
     else:
@@ -365,7 +370,9 @@ def fit(run_cfg: RunConfig, train: tuple, val: tuple, *, device: str | torch.dev
 
     model.load_state_dict(best_state)
     model.eval()
-    ev = evaluate(model, loss_fn, val_loader, device, norm, resize=resize, amp_dtype=amp_dtype)
+    # In full precision, as evaluate and predict run: the stored threshold must be chosen on the
+    # same probabilities that the evaluate stage reports and the served model produces.
+    ev = evaluate(model, loss_fn, val_loader, device, norm, resize=resize, amp_dtype=None)
     threshold = choose_threshold(ev["labels"], ev["probs"], method=THRESHOLD_METHOD)
     meta = {
         "arch": model.arch, "model": cfg.model, "image_size": cfg.image_size, "cache_size": int(np.shape(x_tr)[-1]),

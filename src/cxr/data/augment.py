@@ -90,16 +90,32 @@ class BatchAugment:
         if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[1] != 1:
             raise ValueError(f"BatchAugment expects a uint8 (B, 1, H, W) tensor, found {x.dtype} {tuple(x.shape)}")
         if not self.cfg.enabled:
-            return resize01(x, self.out_size)
+            return eval_resize(x, self.out_size)
         n = x.shape[0]
         theta = self.sample_matrices(n, generator).to(x.device)
         brightness, contrast = (v.to(x.device).view(n, 1, 1, 1) for v in self.sample_jitter(n, generator))
         grid = affine_grid(theta, self.out_size)
         # Outside the source image is black, like torchvision's fill=0.
-        out = F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        out = F.grid_sample(self.prescale(x), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         out.mul_(brightness / 255.0).clamp_(0, 1)  # the uint8 -> [0, 1] scaling folded into brightness
         mean = out.mean(dim=(1, 2, 3), keepdim=True)
         return out.mul_(contrast).add_((1 - contrast) * mean).clamp_(0, 1)
+
+
+    def prescale(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 -> float (0..255), first shrunk with antialiasing when much larger than needed.
+
+        ``grid_sample`` interpolates without a low-pass filter: from a source much larger than the
+        output it would alias, while evaluation's ``eval_resize`` is antialiased, so the model
+        would be trained on harsher images than it is evaluated on. The smallest crop shows
+        sqrt(crop_scale_min) of the side, so this size keeps at least one source pixel per output
+        pixel; the matrices are in normalised coordinates and do not change.
+        """
+        x = x.float()
+        need = math.ceil(self.out_size / math.sqrt(self.cfg.crop_scale[0]))
+        if x.shape[-1] > 1.25 * need or x.shape[-2] > 1.25 * need:
+            x = F.interpolate(x, size=(need, need), mode="bilinear", align_corners=False, antialias=True)
+        return x
 
 
 def affine_grid(theta: torch.Tensor, size: int) -> torch.Tensor:

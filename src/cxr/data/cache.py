@@ -119,8 +119,11 @@ def _decode_for_cache(path: str, size: int, resize: str) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 
 
-def _data_version(manifest) -> str:
+def _data_version(manifest, cfg: PreprocessConfig) -> str:
+    """The manifest's bytes plus how they were decoded: another cache_size or resize is other data
+    (a resumed training run or an MLflow lookup must not mistake one for the other)."""
     data = Path(manifest).read_bytes() if isinstance(manifest, (str, Path)) else manifest_csv_bytes(manifest)
+    data += f"|cache_size={cfg.cache_size}|resize={cfg.resize}".encode()
     return hashlib.sha256(data).hexdigest()[:12]
 
 
@@ -135,7 +138,7 @@ def build_cache(manifest: pd.DataFrame | str | Path, raw_dir: str | Path, out_di
     dict also written to info.json.
     """
     df = read_manifest(manifest) if isinstance(manifest, (str, Path)) else manifest
-    version = _data_version(manifest)
+    version = _data_version(manifest, cfg)
     raw_dir, out = Path(raw_dir), Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / INFO_FILE).unlink(missing_ok=True)  # until the new one is written, the cache is incomplete
