@@ -6,11 +6,16 @@ Without a CUDA GPU it says so and exits 0. For each model (random initialisation
 
 reference: ImageFolder + PIL decode of the full-resolution JPEGs + the seed notebook's transforms in
     ``--workers`` DataLoader workers (pinned memory), batch 32, the model step on the GPU;
-ours: the cache (``build_cache`` at 256 in a tmp dir) through ``cxr.engine.make_loader`` and
+ours: the cache (``build_cache`` at 256 in a tmp dir) as ``cxr.training.fit`` uses it: staged on the
+    GPU once (``cxr.engine.stage_on_device``), batches indexed there by ``cxr.engine.make_loader``,
     ``train_one_epoch`` with ``BatchAugment`` + ``Normalize`` on the GPU, channels_last for CNNs and
-    the autocast dtype of ``cxr.device.amp_settings`` (bf16 where supported), as ``cxr.training.fit`` does.
+    the autocast dtype of ``cxr.device.amp_settings`` (bf16 where supported);
+ours, streamed: the same, but every batch read from the memory-mapped cache into a reused pinned
+    buffer and copied non-blocking (what happens when a cache is too large to stage on the GPU);
+model step alone: the same training step on one GPU-resident batch, no loader at all: the ceiling.
 
-Both sides use the same model settings, batch size, worker count and AdamW (fused); each times
+Both sides use the same model settings, batch size and AdamW (fused); the reference loader uses
+``--workers`` DataLoader workers, ours needs none (it reads a memory-mapped array). Each times
 ``--batches`` batches after ``--warmup`` untimed ones. The epoch time is 5,216 (the official train
 split) / images per second.
 """
@@ -25,6 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from _common import add_data_arg, build_cached, list_images, print_header, repeated
@@ -81,6 +87,7 @@ def setup(name: str, device: torch.device):
 
 
 def run_ours(name, device, images, labels, args) -> float:
+    """Training images/s of our path; ``images`` a host memmap (streamed) or a staged CUDA tensor."""
     from cxr.config import AugmentConfig
     from cxr.data.augment import BatchAugment, Normalize
     from cxr.engine import make_loader, train_one_epoch
@@ -90,12 +97,41 @@ def run_ours(name, device, images, labels, args) -> float:
     norm = Normalize(spec["mean"], spec["std"], channels_last=channels_last)
     gen = torch.Generator().manual_seed(0)
     batches = Cycle(lambda e: make_loader(images, labels, batch_size=args.batch_size, shuffle=True, seed=e,
-                                          device=device, num_workers=args.workers, drop_last=True))
+                                          device=device, num_workers=0, drop_last=True))
     loss_fn = torch.nn.BCEWithLogitsLoss()
     kw = dict(augment=lambda x: aug(x, gen), prep=norm, amp_dtype=amp_dtype, scaler=scaler)
     train_one_epoch(model, loss_fn, opt, Limited(batches, args.warmup), device, **kw)
     stats = train_one_epoch(model, loss_fn, opt, Limited(batches, args.batches), device, **kw)
     return stats["images_per_s"]
+
+
+def run_step_only(name, device, images, args) -> float:
+    """The model's training step on one fixed GPU batch: what any loader can at best reach."""
+    from cxr.data.augment import Normalize, eval_resize
+
+    model, opt, amp_dtype, scaler, channels_last, spec = setup(name, device)
+    x = Normalize(spec["mean"], spec["std"], channels_last=channels_last)(
+        eval_resize(torch.from_numpy(np.array(images[: args.batch_size])).unsqueeze(1).to(device), 224))
+    y = torch.arange(len(x), device=device).remainder(2).float()
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    model.train()
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast("cuda", dtype=amp_dtype, enabled=amp_dtype is not None):
+            loss = loss_fn(model(x).squeeze(1).float(), y)
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    for _ in range(args.warmup):
+        step()
+    torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    for _ in range(args.batches):
+        step()
+    torch.cuda.synchronize(device)
+    return args.batches * len(x) / (time.perf_counter() - t0)
 
 
 def run_reference(name, device, root, repeat, args) -> float:
@@ -170,20 +206,26 @@ def main(argv=None) -> dict | None:
           f"{args.batches} timed batches after {args.warmup}")
 
     from cxr.data.cache import load_split
+    from cxr.engine import stage_on_device
 
     results = {}
     with tempfile.TemporaryDirectory(prefix="cxr-bench-") as tmp:
         build_cached(root, items, Path(tmp) / "cache", cache_size=256)
         split = load_split(Path(tmp) / "cache", "train")
+        staged = stage_on_device(split.images, device)
+        print(f"cache staged on the GPU: {isinstance(staged, torch.Tensor)}; images/s (seconds per epoch of "
+              f"{TRAIN_IMAGES:,} images)", flush=True)
         for name in args.models:
             ref = run_reference(name, device, root, args.repeat, args)
-            ours = run_ours(name, device, split.images, split.labels, args)
-            results[name] = (ref, ours)
-            print(f"{name:<9} reference {ref:8.1f} images/s ({TRAIN_IMAGES / ref:7.1f} s/epoch)   "
-                  f"ours {ours:8.1f} images/s ({TRAIN_IMAGES / ours:7.1f} s/epoch)   ratio {ours / ref:5.1f}x",
-                  flush=True)
+            ours = run_ours(name, device, staged, split.labels, args)
+            streamed = run_ours(name, device, split.images, split.labels, args)
+            ceiling = run_step_only(name, device, split.images, args)
+            results[name] = {"reference": ref, "ours": ours, "streamed": streamed, "step_only": ceiling}
+            print(f"{name:<9} reference {ref:7.1f} ({TRAIN_IMAGES / ref:5.1f} s)   ours {ours:7.1f} "
+                  f"({TRAIN_IMAGES / ours:5.1f} s)   ratio {ours / ref:5.1f}x   | ours streamed {streamed:7.1f}   "
+                  f"model step alone {ceiling:7.1f} (ours reaches {ours / ceiling:.0%})", flush=True)
             torch.cuda.empty_cache()
-        del split
+        del staged, split
     return results
 
 

@@ -1,8 +1,11 @@
 """Memory: peak non-file-backed memory of preprocess and of one training epoch, at 1x and 8x the data.
 
-    .venv/bin/python benchmarks/memory.py [--data DIR] [--base-repeat 2] [--factor 8] [--size 256]
+    .venv/bin/python benchmarks/memory.py [--data DIR] [--base-repeat 2] [--factor 8] [--size 256] [--interval-ms 5]
 
-Each case runs in a fresh subprocess (``--child``); this process samples it every 20 ms. What is
+Each case runs in a fresh subprocess (``--child``); this process samples it every ``--interval-ms``
+(5 ms by default: decoding a large progressive JPEG briefly holds an 8 MiB coefficient buffer for
+a few tens of ms, and a coarser sampler catches that peak more often in a long run than in a
+short one, which reads as growth with the data when it is not). What is
 measured, summed over the child and its own children (build_cache's decoding pool):
 
 - ``anon``: Pss_Anon + Pss_Shmem from /proc/PID/smaps_rollup, i.e. heap, Python objects, tensors,
@@ -63,7 +66,7 @@ def sample_tree(proc) -> tuple[float, float]:
     return anon / 1024, rss / 1024
 
 
-def measure(args: list[str]) -> tuple[float, float, float]:
+def measure(args: list[str], interval: float = 0.005) -> tuple[float, float, float]:
     """Run this file with ``args`` in a subprocess; (peak anon MiB, peak rss MiB, seconds)."""
     import psutil
 
@@ -74,7 +77,7 @@ def measure(args: list[str]) -> tuple[float, float, float]:
     while child.poll() is None:
         anon, rss = sample_tree(proc)
         peak_anon, peak_rss = max(peak_anon, anon), max(peak_rss, rss)
-        time.sleep(0.02)
+        time.sleep(interval)
     if child.returncode != 0:
         sys.exit(f"child {' '.join(args)} failed with exit code {child.returncode}")
     return peak_anon, peak_rss, time.perf_counter() - t0
@@ -119,6 +122,7 @@ def main(argv=None) -> dict | None:
     ap.add_argument("--base-repeat", type=int, default=2, help="1x = the file list repeated this often (default 2)")
     ap.add_argument("--factor", type=int, default=8, help="the large case is this many times 1x (default 8)")
     ap.add_argument("--size", type=int, default=256, help="cache_size (default 256)")
+    ap.add_argument("--interval-ms", type=float, default=5.0, help="sampling interval in ms (default 5)")
     ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
@@ -131,6 +135,7 @@ def main(argv=None) -> dict | None:
         return None
 
     root, files = list_images(args.data)
+    interval = args.interval_ms / 1000
     print_header(f"memory: peak non-file-backed memory (PSS anon + shmem), preprocess and one training epoch, "
                  f"1x vs {args.factor}x data")
     results = {}
@@ -139,12 +144,12 @@ def main(argv=None) -> dict | None:
             repeat = args.base_repeat * mult
             n = len(files) * repeat
             cache = Path(tmp) / f"cache{mult}"
-            a, r, s = measure(["preprocess", str(root), str(repeat), str(cache), str(args.size)])
+            a, r, s = measure(["preprocess", str(root), str(repeat), str(cache), str(args.size)], interval)
             size_mb = (cache / "train_images.npy").stat().st_size / 2**20
             print(f"  {mult}x preprocess  {n:5d} images ({size_mb:6.1f} MiB cache file): anon {a:7.1f} MiB, "
                   f"rss {r:7.1f} MiB ({s:.1f} s)", flush=True)
             results[("preprocess", mult)] = a
-            a, r, s = measure(["train", str(cache)])
+            a, r, s = measure(["train", str(cache)], interval)
             print(f"  {mult}x train epoch {n:5d} images ({size_mb:6.1f} MiB cache file): anon {a:7.1f} MiB, "
                   f"rss {r:7.1f} MiB ({s:.1f} s)", flush=True)
             results[("train", mult)] = a

@@ -9,7 +9,9 @@ import torch
 
 from cxr.config import AugmentConfig
 from cxr.data.augment import BatchAugment, Normalize, eval_resize
-from cxr.engine import ArrayDataset, evaluate, make_loader, predict, train_one_epoch
+import pytest
+
+from cxr.engine import ArrayDataset, DeviceBatches, evaluate, make_loader, predict, stage_on_device, train_one_epoch
 from cxr.models import build_model
 
 MEAN, STD = [0.5] * 3, [0.5] * 3
@@ -35,6 +37,45 @@ def test_loader_shuffle_is_seeded():
     x, y = toy(16)
     order = lambda seed: torch.cat([b[1] for b in make_loader(x, np.arange(16), batch_size=4, shuffle=True, seed=seed)])
     assert torch.equal(order(1), order(1)) and not torch.equal(order(1), order(2))
+
+
+@pytest.mark.parametrize("resident", [False, True])
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_device_batches(tmp_path, resident, drop_last):
+    # DeviceBatches is what make_loader gives on CUDA; on the CPU it runs the same code without pinning.
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 255, (24, 6, 6)).astype(np.uint8)
+    labels = np.arange(24)
+    if resident:
+        images = torch.from_numpy(x)
+    else:  # a read-only memmap, as the cache is
+        np.save(tmp_path / "x.npy", x)
+        images = np.load(tmp_path / "x.npy", mmap_mode="r")
+
+    def batches(shuffle, seed=3):
+        loader = DeviceBatches(images, labels, batch_size=5, shuffle=shuffle, seed=seed, device=torch.device("cpu"),
+                               drop_last=drop_last)
+        out = list(loader)  # all kept: a reused host buffer must not change earlier batches
+        assert len(out) == len(loader) == (4 if drop_last else 5)
+        return out
+
+    got = batches(True)
+    seen = torch.cat([yb for _, yb in got]).long()
+    assert len(seen) == (20 if drop_last else 24) and len(set(seen.tolist())) == len(seen)
+    assert not torch.equal(seen, torch.sort(seen).values)  # shuffled
+    for xb, yb in got:  # each image travels with its own label
+        assert xb.dtype == torch.uint8 and xb.shape[1:] == (1, 6, 6)
+        assert torch.equal(xb[:, 0], torch.from_numpy(x[yb.long().numpy()]))
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(got, batches(True)))  # seeded
+    assert not torch.equal(got[0][1], batches(True, seed=4)[0][1])
+    plain = batches(False)  # no shuffle: the DataLoader's batches exactly
+    ref = list(make_loader(x, labels, batch_size=5, shuffle=False, drop_last=drop_last))
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(plain, ref))
+
+
+def test_stage_on_device_leaves_cpu_data_alone():
+    x, _ = toy(4)
+    assert stage_on_device(x, torch.device("cpu")) is x
 
 
 def test_loss_falls_and_evaluate_agrees_with_predict():

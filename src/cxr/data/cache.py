@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import uuid
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -114,6 +115,20 @@ def _decode_for_cache(path: str, size: int, resize: str) -> np.ndarray:
         ) from exc
 
 
+# Memmaps this process has opened for writing, by (build id, file): each decoding worker opens the
+# cache files once and writes its images in place, so no pixels travel between processes.
+_OPEN_FOR_WRITE: dict[tuple[str, str], np.ndarray] = {}
+
+
+def _decode_into(task: tuple[str, int, str], build: str, size: int, resize: str) -> None:
+    """Decode ``task`` = (images .npy file, row, image path) straight into row ``row`` of the file."""
+    npy, row, path = task
+    arr = _OPEN_FOR_WRITE.get((build, npy))
+    if arr is None:
+        arr = _OPEN_FOR_WRITE[(build, npy)] = np.load(npy, mmap_mode="r+")
+    arr[row] = _decode_for_cache(path, size, resize)
+
+
 # --------------------------------------------------------------------------------------------
 # The cache
 # --------------------------------------------------------------------------------------------
@@ -150,24 +165,28 @@ def build_cache(manifest: pd.DataFrame | str | Path, raw_dir: str | Path, out_di
                          f"{list(CLASSES)}: rerun `dvc repro split`.")
 
     parts = {s: df[df["split"] == s] for s in SPLITS}
-    arrays = {}
     for s, part in parts.items():
         part[["path", "label", "patient_id"]].to_csv(out / f"{s}.csv", index=False, lineterminator="\n")
         labels = part["label"].map({c: i for i, c in enumerate(CLASSES)}).to_numpy(dtype=np.int64)
         np.save(out / f"{s}_labels.npy", labels)
-        arrays[s] = np.lib.format.open_memmap(out / f"{s}_images.npy", mode="w+", dtype=np.uint8,
-                                              shape=(len(part), size, size))
+        # Allocated here, filled in place by the decoding workers (a sparse file until then).
+        np.lib.format.open_memmap(out / f"{s}_images.npy", mode="w+", dtype=np.uint8,
+                                  shape=(len(part), size, size)).flush()
 
-    # One pool over every split in order: results stream straight into the memmaps.
-    targets = [(s, i) for s in SPLITS for i in range(len(parts[s]))]
-    paths = [str(raw_dir / p) for s in SPLITS for p in parts[s]["path"]]
-    fn = partial(_decode_for_cache, size=size, resize=cfg.resize)
+    # One pool over every split in order. Each worker writes its decoded images into the
+    # memory-mapped files itself: the parent only counts, so memory does not grow with the
+    # dataset and no core is spent shipping pixels between processes.
+    tasks = [(str(out / f"{s}_images.npy"), i, str(raw_dir / p))
+             for s in SPLITS for i, p in enumerate(parts[s]["path"])]
+    build = uuid.uuid4().hex
+    fn = partial(_decode_into, build=build, size=size, resize=cfg.resize)
     n_workers = cfg.workers if workers is None else workers
-    for (s, i), pixels in zip(targets, imap_progress(fn, paths, workers=n_workers, desc="decode", progress=progress)):
-        arrays[s][i] = pixels
-    for arr in arrays.values():
-        arr.flush()
-    del arrays
+    try:
+        for _ in imap_progress(fn, tasks, workers=n_workers, desc="decode", progress=progress):
+            pass
+    finally:
+        for key in [k for k in _OPEN_FOR_WRITE if k[0] == build]:  # the in-process case
+            _OPEN_FOR_WRITE.pop(key).flush()
 
     counts = {s: {**{c: int((parts[s]["label"] == c).sum()) for c in CLASSES}, "total": int(len(parts[s]))}
               for s in SPLITS}

@@ -236,11 +236,44 @@ def resolve_workers(workers: int) -> int:
         return max(1, os.cpu_count() or 1)
 
 
+_MMAP_THRESHOLD = 64 * 1024
+
+
+def release_large_buffers() -> bool:
+    """Make glibc return every freed buffer of 64 KiB or more to the OS at once (a pool initializer).
+
+    glibc raises its mmap threshold each time a large mmapped buffer is freed, so later buffers of
+    that size come from the heap, which keeps its high-water mark. Decoding a progressive JPEG makes
+    libjpeg allocate a full-resolution coefficient buffer (8 MiB for a 2,000 px X-ray) whatever the
+    draft scale: with the dynamic threshold, each worker kept ~8 MiB more after the first such
+    image. Fixing the threshold (``mallopt(M_MMAP_THRESHOLD)``, which also disables the dynamic
+    adjustment) keeps a worker's memory at its baseline between images. Returns whether it was
+    applied (False off glibc, where it is a no-op).
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if not name:
+        return False
+    try:
+        libc = ctypes.CDLL(name)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # musl, macOS, Windows: no mallopt
+        return False
+    m_mmap_threshold = -3  # <malloc.h>
+    return bool(mallopt(ctypes.c_int(m_mmap_threshold), ctypes.c_int(_MMAP_THRESHOLD)))
+
+
 def imap_progress(fn: Callable, items: Sequence, workers: int = 0, desc: str = "", progress: bool = True,
-                  min_parallel: int = 64) -> Iterator:
+                  min_parallel: int = 64, chunksize: int = 8) -> Iterator:
     """``fn`` over ``items`` in order, on a process pool with a tqdm bar; yields results as they come.
 
-    Few items run in-process: starting a pool costs more than it saves.
+    Few items run in-process: starting a pool costs more than it saves. ``chunksize`` items travel
+    to a worker, and their results back, as one message. It is a constant, not a fraction of
+    ``len(items)``: a worker holds a whole chunk of results, pickled, and so does the parent, so a
+    chunk that grew with the data would make memory grow with it (64 decoded 256 px images are
+    8 MiB per process). 8 items of a few ms each already amortise the messaging.
     """
     from multiprocessing import Pool
 
@@ -248,14 +281,13 @@ def imap_progress(fn: Callable, items: Sequence, workers: int = 0, desc: str = "
 
     n_workers = resolve_workers(workers)
     # The pool is forked before tqdm starts its monitor thread: forking a threaded process is unsafe.
-    pool = Pool(n_workers) if n_workers > 1 and len(items) >= min_parallel else None
+    pool = Pool(n_workers, initializer=release_large_buffers) if n_workers > 1 and len(items) >= min_parallel else None
     bar = tqdm(total=len(items), desc=desc, unit="img", disable=not progress, dynamic_ncols=True)
     try:
         if pool is None:
             results = map(fn, items)
         else:
-            # Chunks amortise inter-process traffic; ~8 per worker keeps the cores evenly loaded.
-            results = pool.imap(fn, items, chunksize=max(1, min(64, len(items) // (n_workers * 8))))
+            results = pool.imap(fn, items, chunksize=max(1, chunksize))
         for result in results:
             yield result
             bar.update()
