@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from cxr import checkpoint
-from cxr.config import ConfigError, MlflowConfig, load_params, section
+from cxr.config import ConfigError, EvaluateConfig, MlflowConfig, load_params, section
 from cxr.data.cache import CacheError, load_info, load_split
 from cxr.device import describe, resolve_device
 from cxr.tracking import make_tracker, run_tags
@@ -68,6 +68,7 @@ def main(argv=None) -> int:
     params = load_params(args.params)
     run_cfg = resolve_run_config(params, args.model)
     mlflow_cfg: MlflowConfig = section(params, "mlflow", MlflowConfig)
+    eval_cfg: EvaluateConfig = section(params, "evaluate", EvaluateConfig)  # the threshold saved with the model
     info = load_info(args.cache)
     train, val = load_split(args.cache, "train"), load_split(args.cache, "val")
     device = resolve_device(args.device)
@@ -79,7 +80,8 @@ def main(argv=None) -> int:
     tags = run_tags(args.model, data_version=info.get("data_version", ""), device=describe(device))
     with tracker.start_run(run_name=args.model, tags=tags):
         result = fit(run_cfg, (train.images, train.labels), (val.images, val.labels), device=device, tracker=tracker,
-                     resume_path=resume, data_version=info.get("data_version", ""), progress=not args.no_progress)
+                     resume_path=resume, data_version=info.get("data_version", ""), progress=not args.no_progress,
+                     threshold_method=eval_cfg.threshold, fixed_threshold=eval_cfg.fixed_threshold)
         result.meta["cache_size"] = int(info["cache_size"])
         result.meta["cache_resize"] = info.get("resize", "stretch")  # how predict must resize new images
         if tracker.run_id:  # evaluate logs into this run; compare registers from it

@@ -101,3 +101,16 @@ def test_train_stage_reports_missing_weights_without_traceback(workdir, repo_roo
     proc = run_stage(workdir, repo_root, {"MLFLOW_TRACKING_URI": f"sqlite:///{workdir}/mlflow.db"})
     assert proc.returncode != 0
     assert "missing.pt" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_train_stage_saves_the_evaluate_threshold(workdir, repo_root):
+    # The threshold saved with the model (used by predict and the served model) follows
+    # evaluate.threshold, so the operating point evaluate reports is the deployed one.
+    params = yaml.safe_load((workdir / "params.yaml").read_text())
+    params["evaluate"].update(threshold="fixed", fixed_threshold=0.37)
+    (workdir / "params.yaml").write_text(yaml.safe_dump(params))
+    proc = run_stage(workdir, repo_root, {"MLFLOW_TRACKING_URI": f"sqlite:///{workdir}/mlflow.db"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    meta = json.loads((workdir / "models/cnn/model.json").read_text())
+    assert meta["threshold"] == 0.37 and meta["threshold_method"] == "fixed"
+    assert json.loads((workdir / "metrics/train/cnn.json").read_text())["threshold"] == 0.37

@@ -80,6 +80,16 @@ def test_fit_history_best_threshold_meta(run_cfg):
     assert {"val_auc", "val_loss", "best_epoch", "threshold", "val_sensitivity", "val_specificity"} <= set(metrics)
 
 
+def test_fit_threshold_method(run_cfg):
+    youden = fit(run_cfg, TRAIN, VAL, progress=False)
+    from cxr.metrics import choose_threshold
+
+    assert youden.threshold == choose_threshold(youden.val_labels, youden.val_probs, method="youden")
+    assert youden.meta["threshold_method"] == "youden on validation"
+    fixed = fit(run_cfg, TRAIN, VAL, progress=False, threshold_method="fixed", fixed_threshold=0.3)
+    assert fixed.threshold == 0.3 and fixed.meta["threshold"] == 0.3 and fixed.meta["threshold_method"] == "fixed"
+
+
 def test_fit_is_reproducible_and_starts_fresh_each_call(run_cfg):
     a = fit(run_cfg, TRAIN, VAL, progress=False)
     b = fit(run_cfg, TRAIN, VAL, progress=False)  # a second call must not continue from the first

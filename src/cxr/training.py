@@ -39,7 +39,6 @@ from cxr.metrics import choose_threshold
 from cxr.models import build_model, check_image_size, get_entry, input_spec, list_models
 from cxr.tracking import NullTracker
 
-THRESHOLD_METHOD = "youden"
 
 
 @dataclass
@@ -263,13 +262,17 @@ def _atomic_torch_save(obj, path: Path) -> None:
 
 def fit(run_cfg: RunConfig, train: tuple, val: tuple, *, device: str | torch.device | None = None,
         tracker: NullTracker | None = None, resume_path: str | Path | None = None, data_version: str = "",
-        progress: bool = True, on_epoch_end: Callable[[dict], None] | None = None) -> FitResult:
+        progress: bool = True, on_epoch_end: Callable[[dict], None] | None = None,
+        threshold_method: str = "youden", fixed_threshold: float = 0.5) -> FitResult:
     """Train ``run_cfg.model`` from a fresh initialisation on ``train`` = (uint8 images (N, S, S), labels),
     keep the best epoch on ``val`` by ``select_metric``, choose the threshold on ``val``.
 
     With ``resume_path``, a resume checkpoint is written after every epoch and removed at the end; a
     matching one (same RunConfig and data_version) found at start continues from the next epoch.
     ``on_epoch_end(row)`` runs after that save (an exception there leaves a resumable state).
+    ``threshold_method``/``fixed_threshold``: how the decision threshold saved with the model is
+    chosen (the evaluate stage's ``evaluate.threshold``/``fixed_threshold``, so the operating point
+    that evaluate reports is the one that predict and the served model use).
     The tracker, if given, receives the params and per-epoch metrics (step = epoch) of the active run.
     """
     cfg = run_cfg
@@ -376,13 +379,13 @@ def fit(run_cfg: RunConfig, train: tuple, val: tuple, *, device: str | torch.dev
     # In full precision, as evaluate and predict run: the stored threshold must be chosen on the
     # same probabilities that the evaluate stage reports and the served model produces.
     ev = evaluate(model, loss_fn, val_loader, device, norm, resize=resize, amp_dtype=None)
-    threshold = choose_threshold(ev["labels"], ev["probs"], method=THRESHOLD_METHOD)
+    threshold = choose_threshold(ev["labels"], ev["probs"], method=threshold_method, default=fixed_threshold)
     meta = {
         "arch": model.arch, "model": cfg.model, "image_size": cfg.image_size, "cache_size": int(np.shape(x_tr)[-1]),
         "mean": list(spec["mean"]), "std": list(spec["std"]), "channels": 3,
         "channel_mode": "grayscale uint8 (1 channel) scaled to [0, 1], repeated to 3 channels, then normalised",
         "resize": "bilinear, antialiased, to image_size x image_size", "classes": list(CLASSES),
-        "positive_class": CLASSES[1], "threshold": threshold, "threshold_method": f"{THRESHOLD_METHOD} on validation",
+        "positive_class": CLASSES[1], "threshold": threshold, "threshold_method": f"{threshold_method} on validation" if threshold_method == "youden" else threshold_method,
         "train_params": asdict(cfg), "data_version": data_version, **best,
         "epochs_run": len(history), "stopped_early": bool(stopped_early), "device": describe(device),
     }
