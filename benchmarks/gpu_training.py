@@ -187,7 +187,7 @@ def main(argv=None) -> dict | None:
     add_data_arg(ap)
     ap.add_argument("--models", nargs="+", default=list_models())
     ap.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
-                    help="DataLoader workers, both sides (default: min(8, cores))")
+                    help="DataLoader workers of the reference loader (default: min(8, cores)); ours needs none")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--batches", type=int, default=30, help="timed batches per side and model")
     ap.add_argument("--warmup", type=int, default=5, help="untimed batches first (cudnn autotune, allocator)")

@@ -23,6 +23,8 @@ from cxr.engine import evaluate, make_loader, stage_on_device
 from cxr.models import build_model, input_spec, list_models
 from cxr.training import fit, resolve_run_config
 
+from toydata import toy
+
 pytestmark = pytest.mark.cuda
 
 
@@ -32,16 +34,7 @@ def cuda() -> torch.device:
     return torch.device("cuda")
 
 
-def toy(n, seed, size=40):
-    rng = np.random.default_rng(seed)
-    y = (rng.random(n) < 0.6).astype(np.int64)
-    y[:2] = [0, 1]
-    x = rng.integers(0, 80, (n, size, size)).astype(np.uint8)
-    x[y == 1, 8:28, 10:30] = 220
-    return x, y
-
-
-TRAIN, VAL = toy(96, 0), toy(32, 1)
+TRAIN, VAL = toy(96, 0, size=40, positive=0.6), toy(32, 1, size=40, positive=0.6)
 
 
 @pytest.fixture

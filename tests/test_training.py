@@ -11,14 +11,7 @@ import torch
 from cxr.config import ConfigError, load_params
 from cxr.training import RunConfig, fit, history_figure, pos_weight, resolve_run_config
 
-
-def toy(n, seed, size=20):
-    rng = np.random.default_rng(seed)
-    y = (rng.random(n) < 0.7).astype(np.int64)
-    y[:2] = [0, 1]
-    x = rng.integers(0, 80, (n, size, size)).astype(np.uint8)
-    x[y == 1, 4:14, 6:16] = 220
-    return x, y
+from toydata import toy
 
 
 @pytest.fixture
