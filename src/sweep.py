@@ -24,7 +24,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from cxr.config import ConfigError, MlflowConfig, SweepConfig, load_params, section
+from cxr.config import ConfigError, EvaluateConfig, MlflowConfig, SweepConfig, load_params, section
 from cxr.data.cache import CacheError, load_info, load_split
 from cxr.device import resolve_device
 from cxr.plots import save_figure, sweep_heatmap_figure
@@ -51,6 +51,7 @@ def main(argv=None) -> int:
     params = load_params(args.params)
     cfg: SweepConfig = section(params, "sweep", SweepConfig)
     mlflow_cfg: MlflowConfig = section(params, "mlflow", MlflowConfig)
+    eval_cfg: EvaluateConfig = section(params, "evaluate", EvaluateConfig)  # the threshold for the test columns
     base = resolve_run_config(params, cfg.model)
     base = base.replace(epochs=cfg.epochs, image_size=cfg.image_size or base.image_size)
     info = load_info(args.cache)
@@ -67,7 +68,8 @@ def main(argv=None) -> int:
                             "image_size": base.image_size, "select_metric": cfg.select_metric})
         result = run_sweep(base, cfg.batch_sizes, cfg.lrs, (train.images, train.labels), (val.images, val.labels),
                            (test.images, test.labels), select_metric=cfg.select_metric, device=device,
-                           tracker=tracker, progress=not args.no_progress, data_version=info.get("data_version", ""))
+                           tracker=tracker, progress=not args.no_progress, data_version=info.get("data_version", ""),
+                           threshold_method=eval_cfg.threshold, fixed_threshold=eval_cfg.fixed_threshold)
         summary = json_safe(result.summary())
         write_metrics(args.metrics, summary)
         Path(args.table).parent.mkdir(parents=True, exist_ok=True)

@@ -63,6 +63,28 @@ def test_loader_yields_uint8_on_the_gpu_and_normalises_there(cuda, staged):
     assert out.is_contiguous(memory_format=torch.channels_last)
 
 
+def test_pinned_buffers_are_not_refilled_while_a_copy_still_reads_them(cuda):
+    # The GPU is kept busy first, so every host-to-device copy queues behind it: a loader that
+    # refilled a pinned buffer before its copy ran would hand out another batch's pixels.
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (64 * 12, 256, 256), dtype=np.uint8)
+    index = np.arange(len(images))
+    loader = make_loader(images, index, batch_size=64, shuffle=True, seed=1, device=cuda)
+    torch.cuda._sleep(int(2e8))
+    batches = list(loader)
+    torch.cuda.synchronize()
+    for xb, yb in batches:
+        assert torch.equal(xb[:, 0].cpu(), torch.from_numpy(images[yb.long().cpu().numpy()]))
+
+
+def test_fit_streams_from_the_host_when_the_split_is_not_staged(params, cuda, monkeypatch):
+    import cxr.training
+
+    monkeypatch.setattr(cxr.training, "stage_on_device", lambda images, device: images)  # as if too large
+    result = fit(resolve_run_config(params, "cnn"), TRAIN, VAL, device=cuda, progress=False)
+    assert result.best["val_auc"] > 0.9, result.best
+
+
 @pytest.mark.parametrize("name", list_models())
 def test_fit_on_cuda(params, cuda, name):
     cfg = resolve_run_config(params, name)

@@ -70,7 +70,13 @@ def test_device_batches(tmp_path, resident, drop_last):
     assert not torch.equal(got[0][1], batches(True, seed=4)[0][1])
     plain = batches(False)  # no shuffle: the DataLoader's batches exactly
     ref = list(make_loader(x, labels, batch_size=5, shuffle=False, drop_last=drop_last))
+    assert len(plain) == len(ref)
     assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(plain, ref))
+
+
+def test_device_batches_refuse_non_uint8_images():
+    with pytest.raises(ValueError, match="uint8.*float32"):
+        DeviceBatches(np.zeros((4, 6, 6), np.float32), None, batch_size=2, shuffle=False, device=torch.device("cpu"))
 
 
 def test_stage_on_device_leaves_cpu_data_alone():

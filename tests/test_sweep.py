@@ -55,6 +55,14 @@ def test_tiny_grid_one_row_per_config_selected_on_validation(data, base):
     np.testing.assert_array_equal(res.matrix("val_auc", [8, 16], [1e-3]), t[["val_auc"]].to_numpy())
 
 
+def test_test_columns_use_the_evaluate_threshold(data, base):
+    fixed = S.run_sweep(base, [8], [1e-3], data["train"], data["val"], data["test"], device="cpu",
+                        threshold_method="fixed", fixed_threshold=0.9).table().iloc[0]
+    youden = S.run_sweep(base, [8], [1e-3], data["train"], data["val"], data["test"], device="cpu").table().iloc[0]
+    assert fixed["threshold"] == 0.9 and youden["threshold"] != 0.9
+    assert fixed["val_auc"] == pytest.approx(youden["val_auc"])  # same training, only the operating point moved
+
+
 def test_every_config_starts_from_a_fresh_initialisation(data, base):
     # Weights carried over from the previous configuration would change the first epoch's loss of
     # whichever configuration runs second; from scratch, the order cannot matter.

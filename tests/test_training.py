@@ -166,3 +166,10 @@ def test_misspelt_model_section_and_too_small_vgg_are_refused(params):
     with pytest.raises(ConfigError, match="vgg16 needs images of at least 32 px"):
         resolve_run_config({**params, "image_size": 16}, "vgg16")
     assert resolve_run_config({**params, "image_size": 16}, "cnn").image_size == 16
+
+
+def test_fit_rejects_a_bad_threshold_method_before_training(run_cfg):
+    with pytest.raises(ValueError, match="threshold_method"):
+        fit(run_cfg, TRAIN, (VAL[0][:0], VAL[1][:0]), progress=False, threshold_method="Youden")
+    with pytest.raises(ValueError, match="fixed_threshold"):
+        fit(run_cfg, TRAIN, VAL, progress=False, threshold_method="fixed", fixed_threshold=1.5)

@@ -128,14 +128,21 @@ class DeviceBatches:
                  device: torch.device, drop_last: bool = False):
         if images.ndim != 3:
             raise ValueError(f"expected images of shape (N, S, S), found {tuple(images.shape)}")
+        if images.dtype not in (np.uint8, torch.uint8):
+            raise ValueError(f"expected uint8 images (the cache's format), found {images.dtype}")
         n = len(images)
         if labels is not None and len(labels) != n:
             raise ValueError(f"{n} images but {len(labels)} labels")
         self.images, self.batch_size, self.shuffle, self.seed = images, int(batch_size), shuffle, int(seed)
         self.device, self.drop_last = torch.device(device), drop_last
+        # A tensor already on this kind of device is indexed where it is (its own GPU, if several).
+        self.resident = isinstance(images, torch.Tensor) and images.device.type == self.device.type
+        if self.resident:
+            if self.device.index is not None and images.device != self.device:
+                raise ValueError(f"images are on {images.device}, batches were asked for on {self.device}")
+            self.device = images.device
         y = np.zeros(n, dtype=np.float32) if labels is None else np.asarray(labels, dtype=np.float32)
         self.labels = torch.from_numpy(y).to(self.device)
-        self.resident = isinstance(images, torch.Tensor) and images.device.type == self.device.type
         self._ring: list[tuple[torch.Tensor, torch.cuda.Event | None]] = []
 
     def __len__(self) -> int:
@@ -159,7 +166,7 @@ class DeviceBatches:
         if event is not None:
             event.synchronize()  # the copy that last read this buffer is done
         host = buf[: len(i)]
-        np.take(self.images, i[order], axis=0, out=host.numpy())
+        np.take(self.images, i[order], axis=0, out=host.numpy(), mode="clip")  # indices are in range: no extra copy
         x = host.to(self.device, non_blocking=True)
         if self.device.type == "cuda":
             event = torch.cuda.Event()

@@ -66,12 +66,15 @@ def grid(batch_sizes, lrs) -> list[tuple[int, float]]:
 
 def run_sweep(base: RunConfig, batch_sizes, lrs, train: tuple, val: tuple, test: tuple | None = None, *,
               select_metric: str = "val_auc", device=None, tracker: NullTracker | None = None,
-              progress: bool = False, data_version: str = "") -> SweepResult:
+              progress: bool = False, data_version: str = "", threshold_method: str = "youden",
+              fixed_threshold: float = 0.5) -> SweepResult:
     """Train every (batch_size, lr) of the grid from a fresh initialisation; select on ``select_metric``.
 
     ``train``/``val``/``test`` are (uint8 images (N, S, S), labels). Each configuration gets its own
     nested MLflow run (when ``tracker`` has an active parent run) with its params, curves and test
-    numbers; ``base`` supplies every other hyperparameter (epochs, image_size, seed, ...).
+    numbers; ``base`` supplies every other hyperparameter (epochs, image_size, seed, ...). The test
+    numbers are at each run's threshold, chosen on validation as ``threshold_method`` says (the
+    evaluate stage's ``evaluate.threshold``/``fixed_threshold``).
     """
     if select_metric not in ("val_auc", "val_loss"):
         raise ValueError(f"select_metric: expected val_auc or val_loss, found {select_metric!r}")
@@ -83,7 +86,8 @@ def run_sweep(base: RunConfig, batch_sizes, lrs, train: tuple, val: tuple, test:
         tags = {"model": cfg.model, "stage": "sweep", "batch_size": bs, "lr": lr}
         start = time.perf_counter()
         with tracker.start_run(f"sweep {cfg.model} bs={bs} lr={lr:g}", tags=tags, nested=True):
-            result = fit(cfg, train, val, device=device, tracker=tracker, progress=progress, data_version=data_version)
+            result = fit(cfg, train, val, device=device, tracker=tracker, progress=progress, data_version=data_version,
+                         threshold_method=threshold_method, fixed_threshold=fixed_threshold)
             row = {"batch_size": bs, "lr": lr, "val_auc": result.best["val_auc"], "val_loss": result.best["val_loss"],
                    "val_acc": result.best["val_acc"], "best_epoch": result.best["best_epoch"],
                    "threshold": result.threshold, "first_epoch_train_loss": result.history[0]["train_loss"]}

@@ -35,7 +35,7 @@ from cxr.config import (AugmentConfig, ConfigError, Globals, TrainConfig, load_g
 from cxr.data.augment import BatchAugment, Normalize, eval_resize
 from cxr.device import amp_settings, describe, resolve_device
 from cxr.engine import evaluate, make_loader, stage_on_device, train_one_epoch
-from cxr.metrics import choose_threshold
+from cxr.metrics import THRESHOLD_METHODS, choose_threshold
 from cxr.models import build_model, check_image_size, get_entry, input_spec, list_models
 from cxr.tracking import NullTracker
 
@@ -276,6 +276,10 @@ def fit(run_cfg: RunConfig, train: tuple, val: tuple, *, device: str | torch.dev
     The tracker, if given, receives the params and per-epoch metrics (step = epoch) of the active run.
     """
     cfg = run_cfg
+    if threshold_method not in THRESHOLD_METHODS:  # before training, not after it
+        raise ValueError(f"threshold_method: expected one of {list(THRESHOLD_METHODS)}, found {threshold_method!r}")
+    if not 0 < fixed_threshold < 1:
+        raise ValueError(f"fixed_threshold must be in (0, 1), found {fixed_threshold}")
     device = resolve_device(device)
     tracker = tracker or NullTracker()
     (x_tr, y_tr), (x_va, y_va) = train, val

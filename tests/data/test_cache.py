@@ -189,6 +189,30 @@ def test_pad_cache_and_parallel_decode_match_serial(tmp_path):
     assert wide and all((train.images[i][0] == 0).all() and (train.images[i][-1] == 0).all() for i in wide)
 
 
+def test_full_disk_fails_before_decoding_with_the_size(built, tmp_path, monkeypatch):
+    import errno
+    import os
+
+    def no_space(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", no_space, raising=False)
+    raw, manifest_path, _, _ = built
+    out = tmp_path / "cache_full"
+    with pytest.raises(OSError, match=r"not enough disk space for the image cache: .*train_images.npy needs \d+ MiB"):
+        C.build_cache(manifest_path, raw, out, PreprocessConfig(cache_size=32, workers=1), progress=False)
+    assert not (out / "info.json").exists()
+
+
+def test_a_failing_image_in_a_worker_stops_the_pool_with_the_fix(tmp_path):
+    raw = make_raw(tmp_path / "raw", n_normal=14, n_pneu=20)  # >= 64 images: imap_progress uses a pool
+    res = M.build_manifest(raw, SplitConfig(workers=1), progress=False)
+    (raw / res.manifest["path"].iloc[-1]).write_bytes(b"\xff\xd8 truncated")
+    with pytest.raises(RuntimeError, match=r"cannot decode .*dvc repro split preprocess"):
+        C.build_cache(res.manifest, raw, tmp_path / "c", PreprocessConfig(cache_size=24), progress=False, workers=2)
+    assert not (tmp_path / "c" / "info.json").exists()
+
+
 def test_missing_or_incomplete_cache_says_how_to_build_it(built, tmp_path):
     with pytest.raises(C.CacheError, match="not found.*dvc repro preprocess"):
         C.load_split(tmp_path / "nowhere", "train")

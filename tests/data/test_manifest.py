@@ -8,7 +8,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import runpy
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -307,6 +309,19 @@ def test_parallel_verification_matches_in_process(tmp_path):
     serial = M.check_files(raw, paths, 10**6, workers=1, progress=False)
     pooled = M.check_files(raw, paths, 10**6, workers=2, progress=False)
     assert serial == pooled and sum(c.reason == M.EMPTY for c in pooled) == 1
+
+
+def _die_on_13(i: int) -> int:
+    if i == 13:
+        os.kill(os.getpid(), signal.SIGKILL)  # as the OOM killer, or SIGBUS on a full disk, would
+    return i * 2
+
+
+@pytest.mark.timeout(120)
+def test_a_worker_that_dies_raises_instead_of_hanging():
+    assert list(M.imap_progress(_die_on_13, list(range(12)) * 8, workers=2, progress=False)) == [i * 2 for i in range(12)] * 8
+    with pytest.raises(RuntimeError, match=r"process died .*out of memory.*disk filled up"):
+        list(M.imap_progress(_die_on_13, list(range(80)), workers=2, desc="decode", progress=False))
 
 
 def test_split_stage_writes_manifest_quarantine_and_metrics(tmp_path, capsys):

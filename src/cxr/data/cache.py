@@ -20,8 +20,10 @@ pixels: prediction code must use it too, so training and serving see identical i
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import os
 import uuid
 from dataclasses import dataclass
 from functools import partial
@@ -120,6 +122,23 @@ def _decode_for_cache(path: str, size: int, resize: str) -> np.ndarray:
 _OPEN_FOR_WRITE: dict[tuple[str, str], np.ndarray] = {}
 
 
+def _reserve_disk(path: Path) -> None:
+    """Allocate ``path``'s blocks now, so a full disk fails here with a clear message rather than
+    killing a decoding worker (SIGBUS) on a memory-mapped write half-way through."""
+    if not hasattr(os, "posix_fallocate"):  # macOS, Windows
+        return
+    with open(path, "rb+") as f:
+        size = os.fstat(f.fileno()).st_size
+        try:
+            os.posix_fallocate(f.fileno(), 0, size)
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise OSError(exc.errno, f"not enough disk space for the image cache: {path} needs "
+                                         f"{size / 2**20:.0f} MiB. Free some space, or lower preprocess.cache_size.") from None
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                raise  # anything but "this filesystem cannot preallocate"
+
+
 def _decode_into(task: tuple[str, int, str], build: str, size: int, resize: str) -> None:
     """Decode ``task`` = (images .npy file, row, image path) straight into row ``row`` of the file."""
     npy, row, path = task
@@ -169,9 +188,10 @@ def build_cache(manifest: pd.DataFrame | str | Path, raw_dir: str | Path, out_di
         part[["path", "label", "patient_id"]].to_csv(out / f"{s}.csv", index=False, lineterminator="\n")
         labels = part["label"].map({c: i for i, c in enumerate(CLASSES)}).to_numpy(dtype=np.int64)
         np.save(out / f"{s}_labels.npy", labels)
-        # Allocated here, filled in place by the decoding workers (a sparse file until then).
+        # Allocated here, filled in place by the decoding workers.
         np.lib.format.open_memmap(out / f"{s}_images.npy", mode="w+", dtype=np.uint8,
                                   shape=(len(part), size, size)).flush()
+        _reserve_disk(out / f"{s}_images.npy")
 
     # One pool over every split in order. Each worker writes its decoded images into the
     # memory-mapped files itself: the parent only counts, so memory does not grow with the
@@ -187,6 +207,9 @@ def build_cache(manifest: pd.DataFrame | str | Path, raw_dir: str | Path, out_di
     finally:
         for key in [k for k in _OPEN_FOR_WRITE if k[0] == build]:  # the in-process case
             _OPEN_FOR_WRITE.pop(key).flush()
+    for s in SPLITS:  # the workers' writes are in the page cache; on disk before info.json says "complete"
+        with open(out / f"{s}_images.npy", "rb+") as f:
+            os.fsync(f.fileno())
 
     counts = {s: {**{c: int((parts[s]["label"] == c).sum()) for c in CLASSES}, "total": int(len(parts[s]))}
               for s in SPLITS}

@@ -253,16 +253,13 @@ def release_large_buffers() -> bool:
     import ctypes
     import ctypes.util
 
-    name = ctypes.util.find_library("c")
-    if not name:
-        return False
-    try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # musl, macOS, Windows: no mallopt
-        return False
     m_mmap_threshold = -3  # <malloc.h>
-    return bool(mallopt(ctypes.c_int(m_mmap_threshold), ctypes.c_int(_MMAP_THRESHOLD)))
+    try:  # an initializer that raises would break the pool, and this is only an optimisation
+        name = ctypes.util.find_library("c")
+        mallopt = ctypes.CDLL(name).mallopt if name else None  # musl, macOS, Windows: none
+        return bool(mallopt and mallopt(ctypes.c_int(m_mmap_threshold), ctypes.c_int(_MMAP_THRESHOLD)))
+    except Exception:
+        return False
 
 
 def imap_progress(fn: Callable, items: Sequence, workers: int = 0, desc: str = "", progress: bool = True,
@@ -275,26 +272,37 @@ def imap_progress(fn: Callable, items: Sequence, workers: int = 0, desc: str = "
     chunk that grew with the data would make memory grow with it (64 decoded 256 px images are
     8 MiB per process). 8 items of a few ms each already amortise the messaging.
     """
-    from multiprocessing import Pool
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
 
     from tqdm.auto import tqdm
 
     n_workers = resolve_workers(workers)
-    # The pool is forked before tqdm starts its monitor thread: forking a threaded process is unsafe.
-    pool = Pool(n_workers, initializer=release_large_buffers) if n_workers > 1 and len(items) >= min_parallel else None
-    bar = tqdm(total=len(items), desc=desc, unit="img", disable=not progress, dynamic_ncols=True)
+    # concurrent.futures rather than multiprocessing.Pool: when a worker dies (killed for memory, or
+    # SIGBUS on a memory-mapped write to a full disk) Pool waits forever; the executor raises.
+    pool = (ProcessPoolExecutor(n_workers, initializer=release_large_buffers)
+            if n_workers > 1 and len(items) >= min_parallel else None)
+    bar = None
     try:
         if pool is None:
             results = map(fn, items)
         else:
-            results = pool.imap(fn, items, chunksize=max(1, chunksize))
+            results = pool.map(fn, items, chunksize=max(1, chunksize))
+        # Created after map() has forked the workers: tqdm's monitor thread must not exist at a fork.
+        bar = tqdm(total=len(items), desc=desc, unit="img", disable=not progress, dynamic_ncols=True)
         for result in results:
             yield result
             bar.update()
+    except BrokenProcessPool as exc:
+        raise RuntimeError(
+            f"a {desc or 'worker'} process died before finishing its work ({exc}). The usual causes: the "
+            f"machine ran out of memory (set fewer workers) or the disk filled up under a memory-mapped "
+            f"write (free some space).") from None
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
         if pool is not None:
-            pool.terminate()  # every result is in (or we are unwinding an error): nothing to wait for
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def check_files(raw_dir: str | Path, paths: Sequence[str], max_pixels: int, workers: int = 0,
