@@ -79,6 +79,8 @@ def test_kermany224_split_and_cache(shared_data, tmp_path):
         assert cs.images.shape == (metrics["images"][s]["total"], 64, 64) and cs.images.dtype == np.uint8
         assert int((cs.labels == 0).sum()) == info["counts"][s]["NORMAL"] == metrics["images"][s]["NORMAL"]
         assert cs.images[:32].std() > 20  # real pictures, not blank slots
+        # every row written: a slot no decoding worker filled would stay all zeros
+        assert len(cs) == 0 or int(cs.images.reshape(len(cs), -1).max(axis=1).min()) > 0
         for i in (0, len(cs) // 2, len(cs) - 1):
             np.testing.assert_array_equal(cs.images[i], C.decode_image(raw / cs.paths[i], 64, "stretch"))
     print(f"kermany224: split {t_split:.1f} s, preprocess {t_cache:.1f} s for {len(df)} images")
