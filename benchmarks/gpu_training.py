@@ -27,7 +27,6 @@ import itertools
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -73,7 +72,7 @@ class Limited:
 
 def setup(name: str, device: torch.device):
     from cxr.device import amp_settings
-    from cxr.models import build_model, get_entry, input_spec
+    from cxr.models import build_model, get_entry
 
     torch.manual_seed(0)
     model = build_model(name, pretrained=False, image_size=224).to(device)
@@ -83,101 +82,71 @@ def setup(name: str, device: torch.device):
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     amp_dtype, use_scaler = amp_settings(device, True)
     scaler = torch.amp.GradScaler("cuda") if use_scaler else None
-    return model, opt, amp_dtype, scaler, channels_last, input_spec(name)
+    return model, opt, amp_dtype, scaler
+
+
+def timed(name, device, batches, augment, prep, args) -> float:
+    """Training images/s of ``name`` over ``batches`` through ``cxr.engine.train_one_epoch``, the loop
+    ``fit`` uses, so every side times the same step: ``--warmup`` batches untimed, then ``--batches``."""
+    from cxr.engine import train_one_epoch
+
+    model, opt, amp_dtype, scaler = setup(name, device)
+    kw = dict(augment=augment, prep=prep, amp_dtype=amp_dtype, scaler=scaler)
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    train_one_epoch(model, loss_fn, opt, Limited(batches, args.warmup), device, **kw)
+    return train_one_epoch(model, loss_fn, opt, Limited(batches, args.batches), device, **kw)["images_per_s"]
 
 
 def run_ours(name, device, images, labels, args) -> float:
-    """Training images/s of our path; ``images`` a host memmap (streamed) or a staged CUDA tensor."""
+    """Our path; ``images`` a host memmap (streamed) or a staged CUDA tensor."""
     from cxr.config import AugmentConfig
     from cxr.data.augment import BatchAugment, Normalize
-    from cxr.engine import make_loader, train_one_epoch
+    from cxr.engine import make_loader
+    from cxr.models import get_entry, input_spec
 
-    model, opt, amp_dtype, scaler, channels_last, spec = setup(name, device)
+    spec = input_spec(name)
     aug = BatchAugment(AugmentConfig(), 224)
-    norm = Normalize(spec["mean"], spec["std"], channels_last=channels_last)
     gen = torch.Generator().manual_seed(0)
     batches = Cycle(lambda e: make_loader(images, labels, batch_size=args.batch_size, shuffle=True, seed=e,
                                           device=device, num_workers=0, drop_last=True))
-    loss_fn = torch.nn.BCEWithLogitsLoss()
-    kw = dict(augment=lambda x: aug(x, gen), prep=norm, amp_dtype=amp_dtype, scaler=scaler)
-    train_one_epoch(model, loss_fn, opt, Limited(batches, args.warmup), device, **kw)
-    stats = train_one_epoch(model, loss_fn, opt, Limited(batches, args.batches), device, **kw)
-    return stats["images_per_s"]
+    return timed(name, device, batches, lambda x: aug(x, gen),
+                 Normalize(spec["mean"], spec["std"], channels_last=get_entry(name).is_cnn), args)
 
 
 def run_step_only(name, device, images, args) -> float:
     """The model's training step on one fixed GPU batch: what any loader can at best reach."""
     from cxr.data.augment import Normalize, eval_resize
+    from cxr.models import get_entry, input_spec
 
-    model, opt, amp_dtype, scaler, channels_last, spec = setup(name, device)
-    x = Normalize(spec["mean"], spec["std"], channels_last=channels_last)(
+    spec = input_spec(name)
+    x = Normalize(spec["mean"], spec["std"], channels_last=get_entry(name).is_cnn)(
         eval_resize(torch.from_numpy(np.array(images[: args.batch_size])).unsqueeze(1).to(device), 224))
     y = torch.arange(len(x), device=device).remainder(2).float()
-    loss_fn = torch.nn.BCEWithLogitsLoss()
-    model.train()
-
-    def step():
-        opt.zero_grad(set_to_none=True)
-        with torch.autocast("cuda", dtype=amp_dtype, enabled=amp_dtype is not None):
-            loss = loss_fn(model(x).squeeze(1).float(), y)
-        loss.backward()
-        opt.step()
-        return loss.item()
-
-    for _ in range(args.warmup):
-        step()
-    torch.cuda.synchronize(device)
-    t0 = time.perf_counter()
-    for _ in range(args.batches):
-        step()
-    torch.cuda.synchronize(device)
-    return args.batches * len(x) / (time.perf_counter() - t0)
+    return timed(name, device, itertools.repeat((x, y)), _same, _same, args)
 
 
 def run_reference(name, device, root, repeat, args) -> float:
+    """The reference loader's batches (already float, normalised, 3 channels) into the same step."""
     from torch.utils.data import DataLoader
 
+    from cxr.models import get_entry
     from input_pipeline import reference_loader
-
-    model, opt, amp_dtype, scaler, channels_last, _spec = setup(name, device)
 
     def make(epoch):
         dl = reference_loader(root, repeat, args.batch_size, args.workers, seed=epoch)
         # Same dataset and transforms, plus what a GPU loader needs: pinned memory, no ragged last batch.
-        return DataLoader(dl.dataset, batch_size=args.batch_size, shuffle=True, num_workers=args.workers,
-                          pin_memory=True, drop_last=True, persistent_workers=False,
-                          generator=torch.Generator().manual_seed(epoch))
+        loader = DataLoader(dl.dataset, batch_size=args.batch_size, shuffle=True, num_workers=args.workers,
+                            pin_memory=True, drop_last=True, persistent_workers=False,
+                            generator=torch.Generator().manual_seed(epoch))
+        return ((x, y.float()) for x, y in loader)  # ImageFolder's int labels as the BCE targets
 
-    batches = Cycle(make)
-    loss_fn = torch.nn.BCEWithLogitsLoss()
-    model.train()
+    channels_last = get_entry(name).is_cnn
+    return timed(name, device, Cycle(make), _same,
+                 (lambda x: x.contiguous(memory_format=torch.channels_last)) if channels_last else _same, args)
 
-    def step(x, y):
-        x = x.to(device, non_blocking=True)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        y = y.to(device, non_blocking=True).float()
-        opt.zero_grad(set_to_none=True)
-        with torch.autocast("cuda", dtype=amp_dtype, enabled=amp_dtype is not None):
-            loss = loss_fn(model(x).squeeze(1).float(), y)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-        else:
-            loss.backward()
-            opt.step()
-        return loss.item()  # one sync per batch, as train_one_epoch does
 
-    for x, y in itertools.islice(batches, args.warmup):
-        step(x, y)
-    torch.cuda.synchronize(device)
-    n, t0 = 0, time.perf_counter()
-    for x, y in itertools.islice(batches, args.batches):
-        step(x, y)
-        n += len(y)
-    torch.cuda.synchronize(device)
-    return n / (time.perf_counter() - t0)
+def _same(x):
+    return x
 
 
 def main(argv=None) -> dict | None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import warnings
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from cxr.compare import (bar_table, register_best, results_csv, results_markdown
 from cxr.config import CompareConfig, ConfigError, MlflowConfig, load_params, section
 from cxr.evaluation import find_training_run
 from cxr.plots import metrics_bar_figure, roc_comparison_figure, save_figure
+from cxr.stage import run_stage
 from cxr.tracking import make_tracker
 
 
@@ -123,7 +123,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (ConfigError, FileNotFoundError) as exc:
-        sys.exit(f"compare: {exc}")
+    run_stage("compare", main, (ConfigError, FileNotFoundError))

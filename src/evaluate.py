@@ -20,7 +20,6 @@ one cannot be found; nothing, with a warning, if MLflow is unreachable).
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -32,6 +31,7 @@ from cxr.device import resolve_device
 from cxr.evaluation import attach_run, evaluate_checkpoint, evaluation_figures, find_training_run
 from cxr.plots import save_figure
 from cxr.reporting import write_metrics
+from cxr.stage import run_stage
 from cxr.tracking import make_tracker
 
 PLOT_FILES = ("confusion", "roc", "pr", "calibration")
@@ -99,7 +99,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (ConfigError, CacheError, FileNotFoundError, ValueError) as exc:  # messages say what to do
-        sys.exit(f"evaluate: {exc}")
+    run_stage("evaluate", main, (ConfigError, CacheError, FileNotFoundError, ValueError))

@@ -21,7 +21,6 @@ This stage keeps the grid inside one pipeline run, so ``dvc repro`` gives the wh
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from cxr.config import ConfigError, EvaluateConfig, MlflowConfig, SweepConfig, load_params, section
@@ -29,6 +28,7 @@ from cxr.data.cache import CacheError, load_info, load_split
 from cxr.device import resolve_device
 from cxr.plots import save_figure, sweep_heatmap_figure
 from cxr.reporting import json_safe, write_metrics
+from cxr.stage import run_stage
 from cxr.sweep import run_sweep
 from cxr.tracking import make_tracker
 from cxr.training import resolve_run_config
@@ -91,7 +91,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (ConfigError, CacheError) as exc:
-        sys.exit(f"sweep: {exc}")
+    run_stage("sweep", main, (ConfigError, CacheError))

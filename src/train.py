@@ -16,13 +16,13 @@ from __future__ import annotations
 import argparse
 import csv
 import math
-import sys
 from pathlib import Path
 
 from cxr import checkpoint
 from cxr.config import ConfigError, EvaluateConfig, MlflowConfig, load_params, section
 from cxr.data.cache import CacheError, load_info, load_split
 from cxr.device import describe, resolve_device
+from cxr.stage import run_stage
 from cxr.tracking import make_tracker, run_tags
 from cxr.models import WeightsUnavailableError
 from cxr.reporting import write_metrics
@@ -113,7 +113,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (ConfigError, CacheError, WeightsUnavailableError) as exc:  # the message says what to do; no traceback
-        sys.exit(f"train: {exc}")
+    run_stage("train", main, (ConfigError, CacheError, WeightsUnavailableError))

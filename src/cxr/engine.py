@@ -62,6 +62,12 @@ def _identity_collate(batch):
     return batch
 
 
+def batches_on_device(device: torch.device, num_workers: int) -> bool:
+    """Whether :func:`make_loader` gives :class:`DeviceBatches` (which also index a tensor staged on
+    the device by :func:`stage_on_device`) rather than a DataLoader (which cannot)."""
+    return device.type == "cuda" and num_workers == 0
+
+
 def make_loader(images, labels, *, batch_size: int, shuffle: bool, seed: int = 0, device: torch.device | None = None,
                 num_workers: int = 0, drop_last: bool = False):
     """Batches of uint8 (B, 1, S, S) images and float labels; with shuffle, the order is drawn from a
@@ -73,7 +79,7 @@ def make_loader(images, labels, *, batch_size: int, shuffle: bool, seed: int = 0
     capped a CUDA run at about 3,000 images/s on an H100 machine).
     """
     device = device or torch.device("cpu")
-    if device.type == "cuda" and num_workers == 0:
+    if batches_on_device(device, num_workers):
         return DeviceBatches(images, labels, batch_size=batch_size, shuffle=shuffle, seed=seed, device=device,
                              drop_last=drop_last)
     gen = torch.Generator().manual_seed(int(seed)) if shuffle else None

@@ -34,7 +34,7 @@ from cxr.config import (AugmentConfig, ConfigError, Globals, TrainConfig, load_g
                         section)
 from cxr.data.augment import BatchAugment, Normalize, eval_resize
 from cxr.device import amp_settings, describe, resolve_device
-from cxr.engine import evaluate, make_loader, stage_on_device, train_one_epoch
+from cxr.engine import batches_on_device, evaluate, make_loader, stage_on_device, train_one_epoch
 from cxr.metrics import THRESHOLD_METHODS, choose_threshold
 from cxr.models import build_model, check_image_size, get_entry, input_spec, list_models
 from cxr.tracking import NullTracker
@@ -299,7 +299,7 @@ def fit(run_cfg: RunConfig, train: tuple, val: tuple, *, device: str | torch.dev
     amp_dtype, use_scaler = amp_settings(device, cfg.amp)
     scaler = torch.amp.GradScaler(device.type) if use_scaler else None
     step_model = torch.compile(model) if cfg.compile else model
-    if device.type == "cuda" and cfg.num_workers == 0:
+    if batches_on_device(device, cfg.num_workers):
         # Splits that fit go to the GPU once (uint8); batches are then indexed there, no host traffic.
         x_tr, x_va = stage_on_device(x_tr, device), stage_on_device(x_va, device)
     val_loader = make_loader(x_va, y_va, batch_size=cfg.batch_size, shuffle=False, device=device, num_workers=cfg.num_workers)
