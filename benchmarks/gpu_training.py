@@ -7,7 +7,7 @@ Without a CUDA GPU it says so and exits 0. For each model (random initialisation
 reference: ImageFolder + PIL decode of the full-resolution JPEGs + the seed notebook's transforms in
     ``--workers`` DataLoader workers (pinned memory), batch 32, the model step on the GPU;
 ours: the cache (``build_cache`` at 256 in a tmp dir) as ``cxr.training.fit`` uses it: staged on the
-    GPU once (``cxr.engine.stage_on_device``), batches indexed there by ``cxr.engine.make_loader``,
+    GPU once (``cxr.training.engine.stage_on_device``), batches indexed there by ``cxr.training.engine.make_loader``,
     ``train_one_epoch`` with ``BatchAugment`` + ``Normalize`` on the GPU, channels_last for CNNs and
     the autocast dtype of ``cxr.device.amp_settings`` (bf16 where supported);
 ours, streamed: the same, but every batch read from the memory-mapped cache into a reused pinned
@@ -76,7 +76,7 @@ def setup(name: str, device: torch.device):
 
     torch.manual_seed(0)
     model = build_model(name, pretrained=False, image_size=224).to(device)
-    channels_last = get_entry(name).is_cnn
+    channels_last = get_entry(name).channels_last
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
@@ -86,9 +86,9 @@ def setup(name: str, device: torch.device):
 
 
 def timed(name, device, batches, augment, prep, args) -> float:
-    """Training images/s of ``name`` over ``batches`` through ``cxr.engine.train_one_epoch``, the loop
+    """Training images/s of ``name`` over ``batches`` through ``cxr.training.engine.train_one_epoch``, the loop
     ``fit`` uses, so every side times the same step: ``--warmup`` batches untimed, then ``--batches``."""
-    from cxr.engine import train_one_epoch
+    from cxr.training.engine import train_one_epoch
 
     model, opt, amp_dtype, scaler = setup(name, device)
     kw = dict(augment=augment, prep=prep, amp_dtype=amp_dtype, scaler=scaler)
@@ -101,7 +101,7 @@ def run_ours(name, device, images, labels, args) -> float:
     """Our path; ``images`` a host memmap (streamed) or a staged CUDA tensor."""
     from cxr.config import AugmentConfig
     from cxr.data.augment import BatchAugment, Normalize
-    from cxr.engine import make_loader
+    from cxr.training.engine import make_loader
     from cxr.models import get_entry, input_spec
 
     spec = input_spec(name)
@@ -110,7 +110,7 @@ def run_ours(name, device, images, labels, args) -> float:
     batches = Cycle(lambda e: make_loader(images, labels, batch_size=args.batch_size, shuffle=True, seed=e,
                                           device=device, num_workers=0, drop_last=True))
     return timed(name, device, batches, lambda x: aug(x, gen),
-                 Normalize(spec["mean"], spec["std"], channels_last=get_entry(name).is_cnn), args)
+                 Normalize(spec["mean"], spec["std"], channels_last=get_entry(name).channels_last), args)
 
 
 def run_step_only(name, device, images, args) -> float:
@@ -119,7 +119,7 @@ def run_step_only(name, device, images, args) -> float:
     from cxr.models import get_entry, input_spec
 
     spec = input_spec(name)
-    x = Normalize(spec["mean"], spec["std"], channels_last=get_entry(name).is_cnn)(
+    x = Normalize(spec["mean"], spec["std"], channels_last=get_entry(name).channels_last)(
         eval_resize(torch.from_numpy(np.array(images[: args.batch_size])).unsqueeze(1).to(device), 224))
     y = torch.arange(len(x), device=device).remainder(2).float()
     return timed(name, device, itertools.repeat((x, y)), _same, _same, args)
@@ -140,7 +140,7 @@ def run_reference(name, device, root, repeat, args) -> float:
                             generator=torch.Generator().manual_seed(epoch))
         return ((x, y.float()) for x, y in loader)  # ImageFolder's int labels as the BCE targets
 
-    channels_last = get_entry(name).is_cnn
+    channels_last = get_entry(name).channels_last
     return timed(name, device, Cycle(make), _same,
                  (lambda x: x.contiguous(memory_format=torch.channels_last)) if channels_last else _same, args)
 
@@ -175,7 +175,7 @@ def main(argv=None) -> dict | None:
           f"{args.batches} timed batches after {args.warmup}")
 
     from cxr.data.cache import load_split
-    from cxr.engine import stage_on_device
+    from cxr.training.engine import stage_on_device
 
     results = {}
     with tempfile.TemporaryDirectory(prefix="cxr-bench-") as tmp:

@@ -6,7 +6,7 @@ reference: torchvision ``datasets.ImageFolder`` over the full-resolution JPEGs, 
     Resize((224, 224)), RandomResizedCrop(224, scale=(0.8, 1)), RandomHorizontalFlip, RandomRotation(15),
     RandomAffine(0, translate=(0.1, 0.1)), ColorJitter(0.2, 0.2), ToTensor, Normalize (ImageNet), batch 32.
 ours: the same files decoded once by ``cxr.data.cache.build_cache`` (cache_size 256, in a tmp dir),
-    then the training input path of ``cxr.engine.train_one_epoch``: ``make_loader`` over the uint8
+    then the training input path of ``cxr.training.engine.train_one_epoch``: ``make_loader`` over the uint8
     memmap, ``BatchAugment`` (same table, drawn per image) to 224 px, ``Normalize`` to 3 channels.
 
 Both draw from the same list (the files repeated ``--repeat`` times) with the same batch size and
@@ -75,7 +75,7 @@ class Ours:
         self.batches = endless(self.loader)
 
     def loader(self, epoch: int):
-        from cxr.engine import make_loader
+        from cxr.training.engine import make_loader
 
         return make_loader(self.images, self.labels, batch_size=self.batch_size, shuffle=True,
                            seed=self.seed + epoch, num_workers=self.workers)

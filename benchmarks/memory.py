@@ -17,7 +17,7 @@ measured, summed over the child and its own children (build_cache's decoding poo
   grows with the data as memmap pages are touched, which is expected.
 
 Cases: ``preprocess`` (build_cache at --size, all cores) and ``train`` (one epoch of the cnn at 64 px,
-batch 32, AdamW, BatchAugment + Normalize via ``cxr.engine.train_one_epoch``, over the whole cache
+batch 32, AdamW, BatchAugment + Normalize via ``cxr.training.engine.train_one_epoch``, over the whole cache
 read by memmap). 1x is the file list repeated ``--base-repeat`` times; 8x is ``--factor`` times that.
 Target: 8x within 20 % of 1x (anon).
 """
@@ -100,7 +100,7 @@ def child_train(cache: Path) -> None:
     from cxr.config import AugmentConfig
     from cxr.data.augment import BatchAugment, Normalize
     from cxr.data.cache import load_split
-    from cxr.engine import make_loader, train_one_epoch
+    from cxr.training.engine import make_loader, train_one_epoch
     from cxr.models import build_model, input_spec
 
     torch.manual_seed(0)

@@ -21,10 +21,10 @@ from pathlib import Path
 import pandas as pd
 
 from cxr import checkpoint
-from cxr.compare import (bar_table, register_best, results_csv, results_markdown, results_table, roc_curves,
+from cxr.evaluation.compare import (bar_table, register_best, results_csv, results_markdown, results_table, roc_curves,
                          select_best)
 from cxr.config import CompareConfig, ConfigError, MlflowConfig, load_params, section
-from cxr.evaluation import find_training_run
+from cxr.evaluation.evaluate import find_training_run
 from cxr.plots import metrics_bar_figure, roc_comparison_figure, save_figure
 from cxr.stage import run_stage
 from cxr.tracking import make_tracker

@@ -28,9 +28,9 @@ from cxr import checkpoint
 from cxr.config import ConfigError, EvaluateConfig, MlflowConfig, load_params, section
 from cxr.data.cache import CacheError, load_split
 from cxr.device import resolve_device
-from cxr.evaluation import attach_run, evaluate_checkpoint, evaluation_figures, find_training_run
+from cxr.evaluation.evaluate import attach_run, evaluate_checkpoint, evaluation_figures, find_training_run
 from cxr.plots import save_figure
-from cxr.reporting import write_metrics
+from cxr.files import write_metrics
 from cxr.stage import run_stage
 from cxr.tracking import make_tracker
 

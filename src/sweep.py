@@ -27,11 +27,11 @@ from cxr.config import ConfigError, EvaluateConfig, MlflowConfig, SweepConfig, l
 from cxr.data.cache import CacheError, load_info, load_split
 from cxr.device import resolve_device
 from cxr.plots import save_figure, sweep_heatmap_figure
-from cxr.reporting import json_safe, write_metrics
+from cxr.files import json_safe, write_metrics
 from cxr.stage import run_stage
-from cxr.sweep import run_sweep
+from cxr.training.sweep import run_sweep
 from cxr.tracking import make_tracker
-from cxr.training import resolve_run_config
+from cxr.training.fit import resolve_run_config
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -25,8 +25,8 @@ from cxr.device import describe, resolve_device
 from cxr.stage import run_stage
 from cxr.tracking import make_tracker, run_tags
 from cxr.models import WeightsUnavailableError
-from cxr.reporting import write_metrics
-from cxr.training import fit, history_figure, resolve_run_config
+from cxr.files import write_metrics
+from cxr.training.fit import fit, history_figure, resolve_run_config
 
 HISTORY_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_auc", "lr", "seconds",
                    "train_images_per_s"]

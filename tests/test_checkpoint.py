@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from cxr import checkpoint
-from cxr.engine import predict
+from cxr.training.engine import predict
 from cxr.models import build_model
 
 TINY_VIT = {"config": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,

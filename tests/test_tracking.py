@@ -11,7 +11,7 @@ import pytest
 
 from cxr.config import load_params
 from cxr.tracking import MlflowTracker, NullTracker, artifact_location, make_tracker, run_tags, tracking_uri
-from cxr.training import RunConfig, fit, resolve_run_config
+from cxr.training.fit import RunConfig, fit, resolve_run_config
 
 
 def toy(n, seed):

@@ -2,7 +2,7 @@
 
 import sys
 
-from cxr.cli import main
+from cxr.serving.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

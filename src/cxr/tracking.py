@@ -224,10 +224,11 @@ class MlflowTracker(NullTracker):
         import torchvision
 
         reqs = [f"torch=={torch.__version__.split('+')[0]}", f"torchvision=={torchvision.__version__.split('+')[0]}"]
-        if type(model).__name__ == "HFLogits":
-            import transformers
+        from importlib.metadata import version
 
-            reqs.append(f"transformers=={transformers.__version__}")
+        from cxr.models import get_entry
+
+        reqs += [f"{pkg}=={version(pkg)}" for pkg in get_entry(model.arch["name"]).requirements]
         if input_example is None and image_size is not None:
             input_example = np.zeros((2, 3, int(image_size), int(image_size)), dtype=np.float32)
         mlflow.set_tracking_uri(self.uri)

@@ -24,7 +24,7 @@ from cxr import CLASSES
 from cxr import plots
 from cxr.config import EvaluateConfig
 from cxr.data.augment import BatchAugment, Normalize, eval_resize
-from cxr.engine import predict
+from cxr.training.engine import predict
 from cxr.metrics import calibration_points, choose_threshold, evaluate_predictions, pr_points, roc_points
 
 PREDICTION_COLUMNS = ["path", "label", "probability", "predicted"]
@@ -148,7 +148,7 @@ def model_inputs(images_uint8, meta: dict, device: str | torch.device = "cpu") -
 
 def augmentation_examples(images_uint8, meta: dict, draws: int, seed: int) -> np.ndarray:
     """(N, draws, s, s) float [0, 1]: the training augmentation of the checkpoint's own parameters."""
-    from cxr.training import RunConfig
+    from cxr.training.fit import RunConfig
 
     run_cfg = RunConfig(**meta["train_params"])
     aug = BatchAugment(run_cfg.augment_config(), int(meta["image_size"]))
@@ -193,7 +193,7 @@ def evaluation_figures(result: EvalResult, model: torch.nn.Module | None, meta: 
         images = np.asarray(test_images[np.sort(idx)])[np.argsort(np.argsort(idx))]  # sorted read from a memmap
         overlays = None
         if model is not None and cfg.gradcam:
-            from cxr.explain import grad_cam, overlay
+            from cxr.evaluation.explain import grad_cam, overlay
 
             heat = grad_cam(model, name, model_inputs(images, meta, device))
             overlays = np.stack([overlay(img, h) for img, h in zip(images, heat)])

@@ -1,4 +1,4 @@
-"""cxr.serving: the pyfunc model logged to a temporary MLflow store, loaded in-process and served over HTTP."""
+"""cxr.serving.pyfunc: the pyfunc model logged to a temporary MLflow store, loaded in-process and served over HTTP."""
 
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from cxr.predict import Predictor
-from cxr.serving import decode_payload, log_pyfunc_model
+from cxr.serving.predict import Predictor
+from cxr.serving.pyfunc import decode_payload, log_pyfunc_model
 
 from test_predict import make_checkpoint
 

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from cxr import compare as C
+from cxr.evaluation import compare as C
 from cxr.metrics import CI_METRICS
 
 from pipeline_repo import load_stage
@@ -123,7 +123,7 @@ def test_registers_the_validation_winner_from_its_training_run(tmp_path, monkeyp
     from cxr import checkpoint
     from cxr.models import build_model
     from cxr.tracking import MlflowTracker
-    from cxr.training import resolve_run_config
+    from cxr.training.fit import resolve_run_config
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
@@ -143,7 +143,7 @@ def test_registers_the_validation_winner_from_its_training_run(tmp_path, monkeyp
                 tracker.log_model(model, name="model", image_size=16)
             run_ids[m] = tracker.run_id
 
-    from cxr.evaluation import find_training_run
+    from cxr.evaluation.evaluate import find_training_run
 
     assert find_training_run(tracker, "cnn", checkpoint.load_meta(tmp_path / "models/cnn")) == run_ids["cnn"]
     other = dict(checkpoint.load_meta(tmp_path / "models/cnn"), train_params={**meta["train_params"], "lr": 0.5})

@@ -85,7 +85,7 @@ def render(df, fmt: str) -> str:
 
 
 def cmd_predict(args) -> int:
-    from cxr.predict import ModelNotFoundError, Predictor, best_model_dir
+    from cxr.serving.predict import ModelNotFoundError, Predictor, best_model_dir
 
     if args.batch_size < 1:
         print(f"cxr predict: --batch-size must be >= 1, found {args.batch_size}", file=sys.stderr)

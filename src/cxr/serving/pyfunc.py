@@ -10,7 +10,7 @@ Input: a DataFrame with a column ``image`` of base64 strings (raw ``bytes`` are 
 called in-process). Output: one row per input with ``probability`` (P(PNEUMONIA)), ``label`` (at
 the checkpoint's threshold) and ``error``: a row that cannot be decoded gets a reason there and
 null probability/label, and the other rows of the request are still predicted. The checkpoint
-folder travels as an artifact and is preprocessed by :class:`cxr.predict.Predictor`, i.e. exactly
+folder travels as an artifact and is preprocessed by :class:`cxr.serving.predict.Predictor`, i.e. exactly
 like the training cache; the ``cxr`` package itself travels as ``code_paths``.
 """
 
@@ -27,6 +27,8 @@ from pathlib import Path
 import mlflow.pyfunc
 import numpy as np
 import pandas as pd
+
+from cxr.models import get_entry
 
 IMAGE_COLUMN = "image"
 CHECKPOINT_ARTIFACT = "checkpoint"
@@ -77,7 +79,7 @@ class CxrImageModel(mlflow.pyfunc.PythonModel):
     """pyfunc: base64/bytes images -> probability, label, error (one row per input)."""
 
     def load_context(self, context) -> None:
-        from cxr.predict import Predictor
+        from cxr.serving.predict import Predictor
 
         self.predictor = Predictor.from_dir(context.artifacts[CHECKPOINT_ARTIFACT], device="cpu")
 
@@ -132,8 +134,8 @@ def pip_requirements(meta: dict | None = None) -> list[str]:
     from importlib.metadata import PackageNotFoundError, version
 
     names = ["mlflow", "torch", "torchvision", "numpy", "pandas", "pillow", "pydicom", "scikit-learn", "tqdm", "pyyaml"]
-    if ((meta or {}).get("arch") or {}).get("name") == "vit":
-        names.append("transformers")
+    if meta is not None:
+        names += list(get_entry(meta["arch"]["name"]).requirements)
     reqs = []
     for n in names:
         try:
@@ -146,7 +148,7 @@ def pip_requirements(meta: dict | None = None) -> list[str]:
 _MODEL_CODE = '''"""MLflow models-from-code entry point: the cxr image classifier (cxr.serving.CxrImageModel)."""
 import mlflow.models
 
-from cxr.serving import CxrImageModel
+from cxr.serving.pyfunc import CxrImageModel
 
 mlflow.models.set_model(CxrImageModel())
 '''

@@ -189,7 +189,7 @@ def register_best(tracker, model_name: str, registered_name: str, *, training_ru
                   checkpoint_dir=None, tags: dict | None = None) -> dict | None:
     """Register ``model_name`` under ``registered_name``; returns {name, version, source} or None.
 
-    What is registered is the image-bytes pyfunc model (:mod:`cxr.serving`) built from the
+    What is registered is the image-bytes pyfunc model (:mod:`cxr.serving.pyfunc`) built from the
     checkpoint and logged into the *active* compare run of ``tracker``, so that
     ``mlflow models serve -m models:/<registered_name>@champion`` answers encoded X-rays. Any
     MLflow failure warns and returns None: DVC outputs never depend on it.
@@ -200,7 +200,7 @@ def register_best(tracker, model_name: str, registered_name: str, *, training_ru
         import mlflow
         from mlflow import MlflowClient
 
-        from cxr.serving import log_pyfunc_model
+        from cxr.serving.pyfunc import log_pyfunc_model
 
         client = MlflowClient(tracking_uri=tracker.uri)
         if checkpoint_dir is None or tracker.run_id is None:

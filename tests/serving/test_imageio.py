@@ -1,4 +1,4 @@
-"""cxr.imageio: JPEG/PNG/DICOM files and bytes -> the uint8 grayscale the cache holds."""
+"""cxr.serving.imageio: JPEG/PNG/DICOM files and bytes -> the uint8 grayscale the cache holds."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from cxr.data.cache import decode_image
-from cxr.imageio import ImageReadError, is_dicom, load_image, read_gray8
+from cxr.serving.imageio import ImageReadError, is_dicom, load_image, read_gray8
 
 
 def write_dicom(path, arr: np.ndarray, *, photometric: str = "MONOCHROME2", bits_stored: int | None = None,

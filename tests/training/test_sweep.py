@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 from cxr import CLASSES
-from cxr import sweep as S
-from cxr.training import resolve_run_config
+from cxr.training import sweep as S
+from cxr.training.fit import resolve_run_config
 
 from pipeline_repo import load_stage
 
@@ -147,7 +147,7 @@ def test_sweep_stage_outputs_and_nested_mlflow_runs(data, tmp_path, monkeypatch)
 
 
 def test_summary_without_a_test_split_has_null_test_numbers():
-    from cxr.sweep import SweepResult
+    from cxr.training.sweep import SweepResult
 
     row = {"batch_size": 8, "lr": 1e-3, "val_auc": 0.7, "val_loss": 0.5, "val_acc": 0.6, "best_epoch": 1,
            "threshold": 0.5, "test_used_for_selection": False}

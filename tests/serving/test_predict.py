@@ -1,4 +1,4 @@
-"""cxr.predict and the `cxr predict` command: every input kind, agreement with evaluation, bad files."""
+"""cxr.serving.predict and the `cxr predict` command: every input kind, agreement with evaluation, bad files."""
 
 from __future__ import annotations
 
@@ -15,13 +15,14 @@ import pytest
 import torch
 from PIL import Image
 
-from cxr import checkpoint, cli
+from cxr import checkpoint
+from cxr.serving import cli
 from cxr.config import PreprocessConfig
 from cxr.data.cache import build_cache, load_split
 from cxr.data.manifest import MANIFEST_COLUMNS
-from cxr.engine import predict as engine_predict
+from cxr.training.engine import predict as engine_predict
 from cxr.models import build_model
-from cxr.predict import ModelNotFoundError, Predictor, best_model_dir, cache_resize_mode, collect_inputs
+from cxr.serving.predict import ModelNotFoundError, Predictor, best_model_dir, cache_resize_mode, collect_inputs
 
 from test_imageio import RAMP16, write_dicom
 
@@ -234,7 +235,7 @@ def test_default_model_is_the_compare_selection(tmp_path, model_dir, images, cap
 def test_python_dash_m_cxr(tmp_path, model_dir, images):
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")}
     proc = subprocess.run([sys.executable, "-m", "cxr", "predict", str(images["png8"]), str(bad), "--model",
                            str(model_dir), "--format", "csv"], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 1, proc.stderr

@@ -12,9 +12,9 @@ import yaml
 
 from cxr import CLASSES, checkpoint
 from cxr.config import EvaluateConfig
-from cxr.evaluation import (confusion_table, evaluate_checkpoint, evaluate_probabilities, evaluation_figures,
+from cxr.evaluation.evaluate import (confusion_table, evaluate_checkpoint, evaluate_probabilities, evaluation_figures,
                             gallery_indices, predictions_table)
-from cxr.training import fit, resolve_run_config
+from cxr.training.fit import fit, resolve_run_config
 
 from pipeline_repo import load_stage
 

@@ -4,12 +4,12 @@
     table = predictor.predict_paths(["x.jpeg", "scans/"]) # DataFrame: file, probability, label, error
     probs = predictor.predict_pixels(cache_images)        # uint8 (N, S, S) already at cache size
 
-Command line: ``cxr predict IMAGES... [--model models/cnn]`` (see :mod:`cxr.cli`).
+Command line: ``cxr predict IMAGES... [--model models/cnn]`` (see :mod:`cxr.serving.cli`).
 
 Preprocessing comes from the checkpoint's JSON, never from literals: every input is decoded exactly
-as the ``preprocess`` stage decoded the training images (:func:`cxr.imageio.load_image`, which is
+as the ``preprocess`` stage decoded the training images (:func:`cxr.serving.imageio.load_image`, which is
 :func:`cxr.data.cache.decode_image` for raster files) at the checkpoint's ``cache_size`` and cache
-resize mode, then :func:`cxr.engine.predict` applies the evaluation transform (antialiased resize to
+resize mode, then :func:`cxr.training.engine.predict` applies the evaluation transform (antialiased resize to
 ``image_size``, /255, grayscale repeated to 3 channels, the checkpoint's mean/std). A file that was
 in the cache therefore gets the very probability evaluation computed for it.
 """
@@ -33,8 +33,8 @@ from cxr import CLASSES
 from cxr import checkpoint
 from cxr.data.cache import RESIZE_MODES
 from cxr.device import resolve_device
-from cxr.engine import predict as engine_predict
-from cxr.imageio import DICOM_EXTENSIONS, IMAGE_EXTENSIONS, ImageReadError, Source, describe_source, is_dicom, load_image
+from cxr.training.engine import predict as engine_predict
+from cxr.serving.imageio import DICOM_EXTENSIONS, IMAGE_EXTENSIONS, ImageReadError, Source, describe_source, is_dicom, load_image
 
 COLUMNS = ("file", "probability", "label", "error")  # probability = P(PNEUMONIA)
 DEFAULT_RESULTS_CSV = Path("reports") / "results.csv"
@@ -299,7 +299,7 @@ class Predictor:
 
 
 class _CamWriter:
-    """Grad-CAM overlays (cxr.explain) at cache size, one PNG per image, names made unique."""
+    """Grad-CAM overlays (cxr.evaluation.explain) at cache size, one PNG per image, names made unique."""
 
     def __init__(self, predictor: Predictor, cam_dir: str | Path):
         if not predictor.arch_name:
@@ -321,7 +321,7 @@ class _CamWriter:
     def write(self, images: np.ndarray, names: Sequence[str]) -> list[Path]:
         from PIL import Image
 
-        from cxr.explain import grad_cam, overlay
+        from cxr.evaluation.explain import grad_cam, overlay
 
         heat = grad_cam(self.p.model, self.p.arch_name, self.p.model_inputs(images))
         self.p.model.eval()

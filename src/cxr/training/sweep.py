@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from cxr.engine import predict
+from cxr.training.engine import predict
 from cxr.metrics import binary_metrics
-from cxr.training import RunConfig, fit, is_better
+from cxr.training.fit import RunConfig, fit, is_better
 from cxr.tracking import NullTracker
 
 TABLE_COLUMNS = [

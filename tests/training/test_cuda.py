@@ -19,9 +19,9 @@ import torch
 from cxr.config import load_params
 from cxr.data.augment import Normalize, eval_resize
 from cxr.device import amp_settings
-from cxr.engine import evaluate, make_loader, stage_on_device
+from cxr.training.engine import evaluate, make_loader, stage_on_device
 from cxr.models import build_model, input_spec, list_models
-from cxr.training import fit, resolve_run_config
+from cxr.training.fit import fit, resolve_run_config
 
 from toydata import toy
 
@@ -78,9 +78,9 @@ def test_pinned_buffers_are_not_refilled_while_a_copy_still_reads_them(cuda):
 
 
 def test_fit_streams_from_the_host_when_the_split_is_not_staged(params, cuda, monkeypatch):
-    import cxr.training
+    import cxr.training.fit
 
-    monkeypatch.setattr(cxr.training, "stage_on_device", lambda images, device: images)  # as if too large
+    monkeypatch.setattr(cxr.training.fit, "stage_on_device", lambda images, device: images)  # as if too large
     result = fit(resolve_run_config(params, "cnn"), TRAIN, VAL, device=cuda, progress=False)
     assert result.best["val_auc"] > 0.9, result.best
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from cxr.explain import _vit_reshape, grad_cam, overlay, target_layer
+from cxr.evaluation.explain import grad_cam, overlay, target_layer
+from cxr.models import get_entry
 from cxr.models import build_model, list_models
 
 TINY_VIT = {"config": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
@@ -52,7 +53,7 @@ def test_target_layers(model_and_name):
 
 
 def test_unknown_model_name_lists_known_ones():
-    with pytest.raises(ValueError, match="known: \\['cnn'"):
+    with pytest.raises(ValueError, match="valid names are \\['cnn'"):
         target_layer("inception", torch.nn.Conv2d(1, 1, 1))
     with pytest.raises(ValueError, match="target"):
         grad_cam(torch.nn.Conv2d(3, 1, 1), "cnn", torch.zeros(1, 3, 8, 8), target="normal")
@@ -61,7 +62,7 @@ def test_unknown_model_name_lists_known_ones():
 def test_vit_reshape_drops_cls_and_keeps_row_major_patch_order():
     torch.manual_seed(0)
     vit = build_model("vit", image_size=32, **TINY_VIT)
-    reshape = _vit_reshape(vit, 24, 32)  # 3 x 4 patches of 8 px: non-square works too
+    reshape = get_entry("vit").cam_reshape(vit, 24, 32)  # 3 x 4 patches of 8 px: non-square works too
     tokens = torch.arange(1 + 12, dtype=torch.float32).view(1, 13, 1).expand(2, 13, 5)
     grid = reshape(tokens)
     assert grid.shape == (2, 5, 3, 4)

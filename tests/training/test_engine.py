@@ -11,7 +11,7 @@ from cxr.config import AugmentConfig
 from cxr.data.augment import BatchAugment, Normalize, eval_resize
 import pytest
 
-from cxr.engine import ArrayDataset, DeviceBatches, evaluate, make_loader, predict, stage_on_device, train_one_epoch
+from cxr.training.engine import ArrayDataset, DeviceBatches, evaluate, make_loader, predict, stage_on_device, train_one_epoch
 from cxr.models import build_model
 
 MEAN, STD = [0.5] * 3, [0.5] * 3

@@ -34,7 +34,7 @@ from cxr.config import (AugmentConfig, ConfigError, Globals, TrainConfig, load_g
                         section)
 from cxr.data.augment import BatchAugment, Normalize, eval_resize
 from cxr.device import amp_settings, describe, resolve_device
-from cxr.engine import batches_on_device, evaluate, make_loader, stage_on_device, train_one_epoch
+from cxr.training.engine import batches_on_device, evaluate, make_loader, stage_on_device, train_one_epoch
 from cxr.metrics import THRESHOLD_METHODS, choose_threshold
 from cxr.models import build_model, check_image_size, get_entry, input_spec, list_models
 from cxr.tracking import NullTracker
@@ -288,7 +288,7 @@ def fit(run_cfg: RunConfig, train: tuple, val: tuple, *, device: str | torch.dev
     seed_everything(cfg.seed)
     spec = input_spec(cfg.model, cfg.weights)
     model = build_model(cfg.model, pretrained=cfg.pretrained, weights=cfg.weights, image_size=cfg.image_size).to(device)
-    channels_last = device.type == "cuda" and get_entry(cfg.model).is_cnn
+    channels_last = device.type == "cuda" and get_entry(cfg.model).channels_last
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     norm = Normalize(spec["mean"], spec["std"], channels_last=channels_last)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from cxr.config import ConfigError, load_params
-from cxr.training import RunConfig, fit, history_figure, pos_weight, resolve_run_config
+from cxr.training.fit import RunConfig, fit, history_figure, pos_weight, resolve_run_config
 
 from toydata import toy
 

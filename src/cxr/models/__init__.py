@@ -1,0 +1,18 @@
+"""The models: a registry of builders (``cnn``, ``resnet50``, ``vgg16``, ``vit``), each mapping
+(B, 3, H, W) floats to (B, 1) logits, and every per-model fact in its entry.
+
+    from cxr.models import build_model, get_entry, list_models
+    model = build_model("resnet50", pretrained=False, image_size=64)
+
+Pretrained weights are only ever read from local files: the torch hub cache
+(``$TORCH_HOME/hub/checkpoints``), the Hugging Face cache with ``local_files_only=True``, or a path
+given as ``models.<name>.weights``. A missing file raises :class:`WeightsUnavailableError` with
+the ways out, never a silent random initialisation.
+"""
+
+from cxr.models import cnn, torchvision_backbones, vit  # noqa: F401  (each registers its models)
+from cxr.models.registry import (ModelEntry, WeightsUnavailableError, build_model, check_image_size, get_entry,
+                                 input_spec, list_models, rebuild)
+
+__all__ = ["ModelEntry", "WeightsUnavailableError", "build_model", "check_image_size", "get_entry", "input_spec",
+           "list_models", "rebuild"]

@@ -1,0 +1,73 @@
+"""``resnet50`` and ``vgg16``: torchvision backbones (ImageNet weights) with the reference head.
+
+The head: Linear(in, 128) -> ReLU -> Dropout(0.3) -> Linear(128, 1), replacing the 1000-way layer.
+Normalisation and native size come from the torchvision weight enum's ``transforms()``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from cxr.models.registry import WeightsUnavailableError, classifier_head, last_conv, register_model, weights_fixes
+from cxr.models.weights import load_state_dict_file
+
+def _torchvision_weights(name: str):
+    from torchvision.models import ResNet50_Weights, VGG16_Weights
+
+    return {"resnet50": ResNet50_Weights.IMAGENET1K_V2, "vgg16": VGG16_Weights.IMAGENET1K_V1}[name]
+
+
+def _torchvision_spec(name: str) -> Callable[[str | None], dict]:
+    def spec(weights: str | None) -> dict:
+        t = _torchvision_weights(name).transforms()  # only metadata: builds no model, downloads nothing
+        return {"mean": list(t.mean), "std": list(t.std), "image_size": int(t.crop_size[0])}
+
+    return spec
+
+
+def _hub_checkpoint(name: str) -> Path:
+    """Where torchvision would have cached the ImageNet weights of ``name`` (never downloads)."""
+    url = _torchvision_weights(name).url
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
+
+
+def _torchvision_backbone(name: str, ctor, pretrained: bool, weights: str | None, head_prefix: str) -> nn.Module:
+    model = ctor(weights=None)  # never let torchvision download; weights are loaded from local files below
+    if pretrained:
+        path = Path(weights) if weights is not None else _hub_checkpoint(name)
+        if weights is None and not path.is_file():
+            raise WeightsUnavailableError(
+                f"pretrained ImageNet weights for model '{name}' are not in the torch hub cache: looked for {path} "
+                f"(TORCH_HOME={os.environ.get('TORCH_HOME', '<unset>')}); nothing is downloaded. " + weights_fixes(name))
+        load_state_dict_file(model, name, path, head_prefix)
+    return model
+
+
+@register_model("resnet50", input_spec=_torchvision_spec("resnet50"), channels_last=True,
+                cam_layer=lambda m: m.layer4,
+                description="torchvision ResNet-50 (ImageNet IMAGENET1K_V2) + reference head")
+def _build_resnet50(pretrained: bool, weights: str | None, image_size: int) -> nn.Module:
+    from torchvision.models import resnet50
+
+    model = _torchvision_backbone("resnet50", resnet50, pretrained, weights, "fc.")
+    model.fc = classifier_head(model.fc.in_features)
+    return model
+
+
+@register_model("vgg16", input_spec=_torchvision_spec("vgg16"), channels_last=True, min_image_size=32,
+                cam_layer=lambda m: last_conv(m.features),
+                description="torchvision VGG16 (ImageNet IMAGENET1K_V1) + reference head")
+def _build_vgg16(pretrained: bool, weights: str | None, image_size: int) -> nn.Module:
+    from torchvision.models import vgg16
+
+    model = _torchvision_backbone("vgg16", vgg16, pretrained, weights, "classifier.6.")
+    # The 1000-way ImageNet layer is replaced; VGG's adaptive avgpool makes any size >= 32 px work.
+    model.classifier[6] = classifier_head(model.classifier[6].in_features)
+    return model
+
+

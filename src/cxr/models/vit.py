@@ -1,0 +1,131 @@
+"""``vit``: Hugging Face ``ViTForImageClassification`` (ViT-B/16, ``google/vit-base-patch16-224-in21k``).
+
+The forward of :class:`HFLogits` returns the (B, 1) logits tensor, like every other model here.
+Normalisation and native size come from the checkpoint's ``ViTImageProcessor``. For Grad-CAM, the
+registry entry names the last block's ``layernorm_before`` and reshapes its tokens to a patch grid.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from cxr.models.registry import WeightsUnavailableError, register_model, weights_fixes
+
+VIT_HUB_ID = "google/vit-base-patch16-224-in21k"
+# Architecture fields of a ViTConfig that a checkpoint must record to be rebuilt without the hub.
+_VIT_ARCH_KEYS = (
+    "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "patch_size",
+    "image_size", "num_channels", "qkv_bias", "layer_norm_eps", "hidden_act",
+)
+
+
+class HFLogits(nn.Module):
+    """Wraps a ``ViTForImageClassification`` so forward(x) returns the (B, 1) logits tensor."""
+
+    def __init__(self, hf_model: nn.Module):
+        super().__init__()
+        self.hf = hf_model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Position embeddings are interpolated when the run's image size differs from the checkpoint's.
+        return self.hf(pixel_values=x, interpolate_pos_encoding=True).logits
+
+
+def _hf_cache_dir() -> str:
+    """The Hugging Face hub cache, read from the environment now (huggingface_hub reads it once, at import)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return os.environ["HF_HUB_CACHE"]
+    if os.environ.get("HF_HOME"):
+        return os.path.join(os.environ["HF_HOME"], "hub")
+    from huggingface_hub.constants import HF_HUB_CACHE
+
+    return str(HF_HUB_CACHE)
+
+
+def _vit_spec(weights: str | None) -> dict:
+    from transformers import ViTImageProcessor
+
+    proc = None
+    if weights is not None and (Path(weights) / "preprocessor_config.json").is_file():
+        proc = ViTImageProcessor.from_pretrained(weights, local_files_only=True)
+    elif weights is None:
+        try:
+            proc = ViTImageProcessor.from_pretrained(VIT_HUB_ID, local_files_only=True, cache_dir=_hf_cache_dir())
+        except Exception:
+            proc = None  # not cached: the in21k processor's values are the ViTImageProcessor defaults
+    proc = proc or ViTImageProcessor()
+    return {"mean": [float(v) for v in proc.image_mean], "std": [float(v) for v in proc.image_std],
+            "image_size": int(proc.size["height"])}
+
+
+def _hf_vit(model: nn.Module) -> nn.Module:
+    # The registry wraps ViTForImageClassification as ``model.hf``; accept the bare HF model too.
+    hf = getattr(model, "hf", model)
+    if not hasattr(hf, "vit"):
+        raise ValueError(f"expected a Hugging Face ViTForImageClassification (with .vit), found {type(hf).__name__}")
+    return hf
+
+
+def _vit_layers(model: nn.Module) -> nn.ModuleList:
+    vit = _hf_vit(model).vit
+    # transformers >= 5 keeps the blocks in ``vit.layers``; 4.x in ``vit.encoder.layer``.
+    layers = getattr(vit, "layers", None)
+    return layers if layers is not None else vit.encoder.layer
+
+
+def _cam_layer(model: nn.Module) -> nn.Module:
+    return _vit_layers(model)[-1].layernorm_before
+
+
+def vit_token_grid(model: nn.Module, height: int, width: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Grad-CAM reshape: (B, 1 + h*w, D) tokens -> (B, D, h, w), like a conv feature map."""
+    patch = int(_hf_vit(model).config.patch_size)
+    gh, gw = height // patch, width // patch
+
+    def reshape(tokens: torch.Tensor) -> torch.Tensor:
+        b, t, d = tokens.shape
+        if t - 1 != gh * gw:
+            raise ValueError(f"ViT token count {t} does not match a {gh}x{gw} patch grid + CLS "
+                             f"for a {height}x{width} input with patch size {patch}")
+        grid = tokens[:, 1:, :].reshape(b, gh, gw, d)  # drop CLS; patches are row-major
+        return grid.permute(0, 3, 1, 2)
+
+    return reshape
+
+
+
+@register_model("vit", input_spec=_vit_spec, channels_last=False, cam_layer=_cam_layer, cam_reshape=vit_token_grid,
+                requirements=("transformers",),
+                description=f"Hugging Face ViTForImageClassification, ViT-B/16 ({VIT_HUB_ID})")
+def _build_vit(pretrained: bool, weights: str | None, image_size: int, config: dict | None = None) -> nn.Module:
+    from transformers import ViTConfig, ViTForImageClassification
+
+    if pretrained:
+        source = weights if weights is not None else VIT_HUB_ID
+        if weights is not None and not Path(weights).is_dir():
+            raise WeightsUnavailableError(
+                f"pretrained weights for model 'vit' not found: looked for a save_pretrained directory at {weights}. "
+                + weights_fixes("vit"))
+        try:
+            # A fresh 1-logit classifier replaces whatever head the checkpoint has (in21k has none).
+            hf = ViTForImageClassification.from_pretrained(
+                source, num_labels=1, ignore_mismatched_sizes=True, local_files_only=True, cache_dir=_hf_cache_dir())
+        except (OSError, ValueError) as exc:
+            where = weights if weights is not None else f"{VIT_HUB_ID} in the Hugging Face cache {_hf_cache_dir()}"
+            raise WeightsUnavailableError(
+                f"pretrained weights for model 'vit' could not be loaded offline: looked for {where} ({exc.__class__.__name__}). "
+                + weights_fixes("vit")) from exc
+    else:
+        # ViT-B/16 (the in21k checkpoint's architecture), randomly initialised at the run's image size.
+        cfg = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
+               "intermediate_size": 3072, "patch_size": 16, "image_size": image_size}
+        cfg.update(config or {})
+        hf = ViTForImageClassification(ViTConfig(num_labels=1, **cfg))
+    model = HFLogits(hf)
+    model.arch_options = {"config": {k: getattr(hf.config, k) for k in _VIT_ARCH_KEYS}}
+    return model
