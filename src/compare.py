@@ -104,10 +104,10 @@ def main(argv=None) -> int:
         registered = None
         if cfg.register:
             ckpt = Path(args.checkpoints) / best
-            meta = checkpoint.load_meta(ckpt) if (ckpt / checkpoint.META_FILE).is_file() else {}
-            run_id = find_training_run(tracker, best, meta) if meta else None
+            card = checkpoint.load_card(ckpt) if (ckpt / checkpoint.META_FILE).is_file() else None
+            run_id = find_training_run(tracker, card) if card else None
             registered = register_best(tracker, best, mlflow_cfg.registered_model, training_run_id=run_id,
-                                       checkpoint_dir=ckpt if meta else None,
+                                       checkpoint_dir=ckpt if card else None, alias=mlflow_cfg.champion_alias,
                                        tags={"model": best, "selected_on": cfg.select_metric,
                                              cfg.select_metric: train_m[best][cfg.select_metric]})
             if registered:
@@ -118,7 +118,7 @@ def main(argv=None) -> int:
     print(f"[compare] {len(eval_m)} model(s); selected on {cfg.select_metric}: {best}. Report: {args.report}")
     if registered:
         print(f"[compare] registered {best} as {registered['name']} version {registered['version']} "
-              f"(alias 'champion'; source {registered['source']})")
+              f"(alias '{registered['alias']}'; source {registered['source']})")
     return 0
 
 

@@ -5,8 +5,8 @@
         --metrics metrics/eval/cnn.json --plots plots/eval/cnn --figures figures/eval/cnn
 
 (normally via ``dvc repro evaluate@cnn``). Reads ``evaluate`` and ``mlflow`` from params.yaml.
-The decision threshold comes from the validation split (``evaluate.threshold``: youden | fixed);
-the test split is predicted once. Writes:
+The decision threshold is the model card's (chosen at training on validation as
+``evaluate.threshold`` says: youden | fixed); the test split is predicted once. Writes:
 
   --predictions  path, label, probability, predicted (one row per test image)
   --metrics      metrics at the validation threshold and at 0.5, each with its bootstrap CI
@@ -59,12 +59,12 @@ def main(argv=None) -> int:
     mlflow_cfg: MlflowConfig = section(params, "mlflow", MlflowConfig)
     device = resolve_device(args.device)
 
-    model, meta = checkpoint.load(args.checkpoint, device=device)
-    if meta.get("model", args.model) != args.model:
-        raise ConfigError(f"--checkpoint {args.checkpoint} holds model {meta.get('model')!r}, not --model {args.model!r}")
+    model, card = checkpoint.load(args.checkpoint, device=device)
+    if card.name != args.model:
+        raise ConfigError(f"--checkpoint {args.checkpoint} holds model {card.name!r}, not --model {args.model!r}")
     val, test = load_split(args.cache, "val"), load_split(args.cache, "test")
-    result = evaluate_checkpoint(model, meta, val=(val.images, val.labels),
-                                 test=(test.images, test.labels, test.paths), cfg=cfg, device=device)
+    result = evaluate_checkpoint(model, card, test=(test.images, test.labels, test.paths), cfg=cfg, device=device,
+                                 n_val=len(val))
 
     Path(args.predictions).parent.mkdir(parents=True, exist_ok=True)
     result.tables["predictions"].to_csv(args.predictions, index=False, lineterminator="\n")
@@ -75,11 +75,11 @@ def main(argv=None) -> int:
         result.tables[name].to_csv(plots_dir / f"{name}.csv", index=False, lineterminator="\n")
 
     history = pd.read_csv(args.history) if args.history and Path(args.history).is_file() else None
-    figs = evaluation_figures(result, model, meta, test_images=test.images, val_images=val.images,
+    figs = evaluation_figures(result, model, card, test_images=test.images, val_images=val.images,
                               history=history, cfg=cfg, device=device)
 
     tracker = make_tracker(mlflow_cfg.experiment)
-    run_id = find_training_run(tracker, args.model, meta)
+    run_id = find_training_run(tracker, card)
     if tracker.active and run_id is None:
         print(f"[{args.model}] training run not found in MLflow; logging the evaluation to a new run")
     with attach_run(tracker, run_id, f"{args.model}-evaluate", tags={"model": args.model, "evaluated": "true"}):
@@ -91,7 +91,7 @@ def main(argv=None) -> int:
 
     at = result.report["at_val_threshold"]
     ci = at["accuracy"]
-    print(f"[{args.model}] test n={result.report['n']} threshold {result.threshold:.3f} ({cfg.threshold}): "
+    print(f"[{args.model}] test n={result.report['n']} threshold {result.threshold:.3f} ({card.threshold_method}, from the model card): "
           f"accuracy {ci['value']:.3f} [{ci['ci_low']:.3f}, {ci['ci_high']:.3f}], "
           f"sensitivity {at['sensitivity']['value']:.3f}, specificity {at['specificity']['value']:.3f}, "
           f"AUC {at['roc_auc']['value']:.3f}")

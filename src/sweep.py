@@ -69,7 +69,8 @@ def main(argv=None) -> int:
         result = run_sweep(base, cfg.batch_sizes, cfg.lrs, (train.images, train.labels), (val.images, val.labels),
                            (test.images, test.labels), select_metric=cfg.select_metric, device=device,
                            tracker=tracker, progress=not args.no_progress, data_version=info.get("data_version", ""),
-                           threshold_method=eval_cfg.threshold, fixed_threshold=eval_cfg.fixed_threshold)
+                           threshold_method=eval_cfg.threshold, fixed_threshold=eval_cfg.fixed_threshold,
+                           eval_batch_size=cfg.eval_batch_size)
         summary = json_safe(result.summary())
         write_metrics(args.metrics, summary)
         Path(args.table).parent.mkdir(parents=True, exist_ok=True)

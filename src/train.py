@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 import csv
 import math
+
+import pandas as pd
 from pathlib import Path
 
 from cxr import checkpoint
@@ -26,7 +28,8 @@ from cxr.stage import run_stage
 from cxr.tracking import make_tracker, run_tags
 from cxr.models import WeightsUnavailableError
 from cxr.files import write_metrics
-from cxr.training.fit import fit, history_figure, resolve_run_config
+from cxr.plots import save_figure, training_curves_figure
+from cxr.training.fit import fit, resolve_run_config
 
 HISTORY_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_auc", "lr", "seconds",
                    "train_images_per_s"]
@@ -41,7 +44,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--metrics", required=True, help="final validation metrics JSON")
     p.add_argument("--history", required=True, help="per-epoch history CSV")
     p.add_argument("--figures", required=True, help="folder for the curves PNG")
-    p.add_argument("--resume", default=None, help="resume checkpoint (default data/resume/<model>.pt)")
+    p.add_argument("--resume", required=True, help="resume checkpoint, outside the DVC outputs (data/resume/<model>.pt)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:1 | mps")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
     return p.parse_args(argv)
@@ -72,7 +75,6 @@ def main(argv=None) -> int:
     info = load_info(args.cache)
     train, val = load_split(args.cache, "train"), load_split(args.cache, "val")
     device = resolve_device(args.device)
-    resume = Path(args.resume) if args.resume else Path("data/resume") / f"{args.model}.pt"
     print(f"[{args.model}] {len(train)} train / {len(val)} val images at {info['cache_size']} px -> "
           f"{run_cfg.image_size} px on {describe(device)}; pretrained={run_cfg.pretrained}")
 
@@ -80,24 +82,18 @@ def main(argv=None) -> int:
     tags = run_tags(args.model, data_version=info.get("data_version", ""), device=describe(device))
     with tracker.start_run(run_name=args.model, tags=tags):
         result = fit(run_cfg, (train.images, train.labels), (val.images, val.labels), device=device, tracker=tracker,
-                     resume_path=resume, data_version=info.get("data_version", ""), progress=not args.no_progress,
-                     threshold_method=eval_cfg.threshold, fixed_threshold=eval_cfg.fixed_threshold)
-        result.meta["cache_size"] = int(info["cache_size"])
-        result.meta["cache_resize"] = info.get("resize", "stretch")  # how predict must resize new images
-        if tracker.run_id:  # evaluate logs into this run; compare registers from it
-            result.meta["mlflow_run_id"] = tracker.run_id
-        checkpoint.save(args.out, result.model, result.meta)
+                     resume_path=args.resume, data_version=info.get("data_version", ""), progress=not args.no_progress,
+                     threshold_method=eval_cfg.threshold, fixed_threshold=eval_cfg.fixed_threshold,
+                     cache_resize=info.get("resize", "stretch"))
+        checkpoint.save(args.out, result.model, result.card)
 
         metrics = {k: _clean(v) for k, v in result.metrics().items()}
         write_metrics(args.metrics, metrics)
         write_history(Path(args.history), result.history)
 
-        fig = history_figure(result.history, title=f"{args.model}: training curves (best epoch {result.best['best_epoch']} "
-                                                   f"by {run_cfg.select_metric}, dashed)",
-                             best_epoch=result.best["best_epoch"])
-        fig_dir = Path(args.figures)
-        fig_dir.mkdir(parents=True, exist_ok=True)
-        fig.savefig(fig_dir / "curves.png", dpi=120)
+        fig = training_curves_figure(pd.DataFrame(result.history), best_epoch=result.best["best_epoch"],
+                                     title=f"{args.model}: training curves (kept epoch by {run_cfg.select_metric})")
+        save_figure(fig, Path(args.figures) / "curves.png")
 
         # The kept epoch's validation metrics under best_* names, beside the per-epoch val_* curves.
         tracker.log_metrics({(f"best_{k}" if k.startswith("val_") else k): v for k, v in metrics.items()

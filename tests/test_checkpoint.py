@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from cxr import checkpoint
-from cxr.training.engine import predict
+from cxr.training.engine import predict_probabilities
 from cxr.models import build_model
+from toydata import card_for
 
 TINY_VIT = {"config": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
                        "intermediate_size": 64, "patch_size": 8}}
@@ -20,21 +21,20 @@ TINY_VIT = {"config": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention
 def test_round_trip_identical_predictions(tmp_path, name, options):
     torch.manual_seed(0)
     model = build_model(name, image_size=32, **options).eval()
-    meta = {"mean": [0.5] * 3, "std": [0.5] * 3, "image_size": 32, "threshold": 0.42, "classes": ["NORMAL", "PNEUMONIA"]}
-    checkpoint.save(tmp_path / "m", model, meta)
+    checkpoint.save(tmp_path / "m", model, card_for(model, threshold=0.42))
     loaded, meta2 = checkpoint.load(tmp_path / "m")
-    assert meta2["arch"] == model.arch and meta2["threshold"] == 0.42
-    assert "torch" in meta2["library_versions"] and "git_commit" in meta2
+    assert meta2.arch == model.arch and meta2.threshold == 0.42
+    assert "torch" in meta2.library_versions
     # plain JSON, no pickles
     json.loads((tmp_path / "m" / "model.json").read_text())
     images = np.random.default_rng(0).integers(0, 256, (5, 40, 40)).astype(np.uint8)
-    kw = dict(mean=meta2["mean"], std=meta2["std"], image_size=meta2["image_size"], device="cpu")
-    np.testing.assert_array_equal(predict(model, images, **kw), predict(loaded, images, **kw))
+    kw = dict(mean=meta2.mean, std=meta2.std, image_size=meta2.image_size, device="cpu")
+    np.testing.assert_array_equal(predict_probabilities(model, images, **kw), predict_probabilities(loaded, images, **kw))
 
 
 def test_weights_file_is_a_plain_state_dict(tmp_path):
     model = build_model("cnn")
-    checkpoint.save(tmp_path, model, {"arch": model.arch})
+    checkpoint.save(tmp_path, model, card_for(model))
     state = torch.load(tmp_path / "model.pt", weights_only=True)
     assert set(state) == set(model.state_dict())
 
@@ -42,3 +42,35 @@ def test_weights_file_is_a_plain_state_dict(tmp_path):
 def test_load_missing_checkpoint_says_how_to_make_one(tmp_path):
     with pytest.raises(FileNotFoundError, match="dvc repro"):
         checkpoint.load(tmp_path / "nothing")
+
+
+V1_CARD = {  # a model.json as the first releases wrote it (format_version 1)
+    "format_version": 1, "arch": {"name": "cnn", "image_size": 16, "options": {}}, "model": "cnn", "image_size": 16,
+    "cache_size": 20, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "channels": 3,
+    "resize": "bilinear, antialiased, to image_size x image_size", "classes": ["NORMAL", "PNEUMONIA"],
+    "positive_class": "PNEUMONIA", "threshold": 0.42, "threshold_method": "youden on validation",
+    "train_params": {"model": "cnn", "lr": 0.001, "aug_enabled": True, "aug_crop_scale_min": 0.7,
+                     "aug_crop_scale_max": 1.0, "aug_brightness": 0.3},
+    "data_version": "dv1", "best_epoch": 2, "val_auc": 0.9, "val_loss": 0.4, "val_acc": 0.8, "epochs_run": 3,
+    "stopped_early": False, "device": "cpu", "mlflow_run_id": "abc", "git_commit": "123",
+    "library_versions": {"torch": "2.0"},
+}
+
+
+def test_format_1_is_upgraded_in_one_place():
+    card = checkpoint.ModelCard.from_json(json.dumps(V1_CARD))
+    assert card.format_version == checkpoint.FORMAT_VERSION and card.name == "cnn"
+    assert card.threshold_method == "youden" and card.threshold == 0.42
+    assert card.cache_resize == "stretch"  # prose in v1's "resize": the preprocess default
+    assert checkpoint.ModelCard.from_json({**V1_CARD, "cache_resize": "pad"}).cache_resize == "pad"
+    aug = card.augment_config()
+    assert aug.crop_scale == (0.7, 1.0) and aug.brightness == 0.3
+    # and the upgraded card writes the current format, which reads back equal
+    assert checkpoint.ModelCard.from_json(card.to_json()) == card
+
+
+def test_unreadable_cards_say_why():
+    with pytest.raises(checkpoint.CheckpointError, match="newer than this code"):
+        checkpoint.ModelCard.from_json({**V1_CARD, "format_version": 99})
+    with pytest.raises(checkpoint.CheckpointError, match="lacks .*threshold"):
+        checkpoint.ModelCard.from_json({k: v for k, v in V1_CARD.items() if k != "threshold"})

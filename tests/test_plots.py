@@ -114,3 +114,12 @@ def test_save_figure_writes_png_and_closes(tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not plt.fignum_exists(fig.number)
     assert isinstance(P.roc_figure([0, 1], [0, 1]), Figure)
+
+
+def test_training_curves_from_fit_history_rows():
+    hist = [{"epoch": e, "train_loss": 1 / e, "val_loss": 1.1 / e, "train_acc": 0.5, "val_acc": 0.6, "val_auc": 0.7}
+            for e in (1, 2)]
+    fig = P.training_curves_figure(pd.DataFrame(hist), title="cnn", best_epoch=2)
+    titles = [ax.get_title() for ax in fig.axes]
+    assert any("Loss" in t for t in titles) and any("AUC" in t for t in titles)
+    assert all(ax.get_xlabel() == "Epoch" and ax.get_legend() is not None for ax in fig.axes)

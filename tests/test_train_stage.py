@@ -49,13 +49,15 @@ def run_stage(workdir, repo_root, env_extra):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "DVC_ROOT": str(workdir), **env_extra}
     cmd = [sys.executable, str(repo_root / "src" / "train.py"), "--params", "params.yaml", "--model", "cnn",
            "--cache", "data/cache", "--out", "models/cnn", "--metrics", "metrics/train/cnn.json",
-           "--history", "plots/history/cnn.csv", "--figures", "figures/train/cnn", "--no-progress"]
+           "--history", "plots/history/cnn.csv", "--figures", "figures/train/cnn", "--resume", "data/resume/cnn.pt",
+           "--no-progress"]
     return subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
 
 
 def check_outputs(workdir):
     assert (workdir / "models/cnn/model.pt").is_file()
     meta = json.loads((workdir / "models/cnn/model.json").read_text())
+    assert meta["format_version"] == 2 and meta["cache_resize"] == "stretch"
     assert meta["arch"]["name"] == "cnn" and meta["cache_size"] == 20 and meta["data_version"] == "test-dv"
     metrics = json.loads((workdir / "metrics/train/cnn.json").read_text())
     assert {"val_auc", "val_loss", "val_acc", "best_epoch", "threshold"} <= set(metrics)

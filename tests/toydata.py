@@ -13,3 +13,17 @@ def toy(n: int, seed: int, size: int = 20, positive: float = 0.7) -> tuple[np.nd
     x = rng.integers(0, 80, (n, size, size)).astype(np.uint8)
     x[y == 1, size // 5: size * 7 // 10, size * 3 // 10: size * 8 // 10] = 220
     return x, y
+
+
+def card_for(model, **fields):
+    """A ModelCard for ``model`` (built with cxr.models.build_model) with neutral defaults; ``fields`` override."""
+    from cxr.checkpoint import ModelCard
+    from cxr.config import AugmentConfig
+    from dataclasses import asdict
+
+    base = dict(arch=model.arch, cache_size=20, cache_resize="stretch", image_size=model.arch["image_size"],
+                mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), threshold=0.5, threshold_method="youden",
+                data_version="test", train_params={}, augment=asdict(AugmentConfig()), best_epoch=1, val_auc=0.5,
+                val_loss=0.7, val_acc=0.5, epochs_run=1, stopped_early=False)
+    base.update(fields)
+    return ModelCard(**base)

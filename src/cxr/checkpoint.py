@@ -1,39 +1,137 @@
-"""Model checkpoints: ``model.pt`` (a state_dict) + ``model.json`` (everything needed to rebuild and use it).
+"""A trained model: ``model.pt`` (a state_dict) + ``model.json`` (its :class:`ModelCard`).
 
-    save("models/cnn", model, meta)          # meta: FitResult.meta from cxr.training.fit
-    model, meta = load("models/cnn")         # rebuilt with pretrained=False, weights_only=True load
-    probs = predict(model, images, mean=meta["mean"], std=meta["std"], image_size=meta["image_size"])
+    checkpoint.save("models/cnn", model, card)     # card: FitResult.card from cxr.training.fit
+    model, card = checkpoint.load("models/cnn")    # rebuilt with pretrained=False, weights_only=True load
+    card.threshold, card.image_size, card.mean     # typed fields, the one contract between stages
 
-Nothing is pickled: the JSON names the architecture (``arch``: registry name, image size, builder
-options), the input normalisation, class names, the validation-chosen decision threshold, the
-training parameters, data version, best epoch and its validation metrics, library versions and
-the git commit.
+Nothing is pickled. The card names the architecture (registry name, image size, builder options),
+the preprocessing (cache size and resize mode, input size, normalisation), the decision threshold
+and the method that chose it on validation, the data version, the training parameters, the kept
+epoch's validation metrics and the library versions. Nothing that changes from run to run (run
+ids, timings, git commit, host): those go to MLflow, so the same inputs give the same bytes. Train writes it
+once; evaluate, predict, serving, explain and compare read its fields. :func:`ModelCard.from_json`
+reads every format written so far: old keys are upgraded in :func:`_upgrade`, nowhere else.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import os
-import subprocess
-import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
+from cxr import CLASSES
+from cxr.config import AugmentConfig
+from cxr.files import atomic_write
 from cxr.models import rebuild
 
 WEIGHTS_FILE = "model.pt"
 META_FILE = "model.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 1: the flat dict of the first releases (upgraded on read)
+RESIZE_MODES = ("stretch", "pad")
 
 
-def git_commit(cwd: str | Path | None = None) -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
+class CheckpointError(ValueError):
+    """A model.json that cannot be read as a model card."""
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """Everything needed to rebuild, use and describe a trained model. Frozen: written once, by train."""
+
+    arch: dict  # {"name", "image_size", "options"}: cxr.models.rebuild(arch)
+    cache_size: int  # side of the cached uint8 images it was trained on
+    cache_resize: str  # how the cache kept the aspect ratio: stretch | pad (predict must do the same)
+    image_size: int  # model input side
+    mean: tuple[float, ...]  # normalisation of the weights, per channel
+    std: tuple[float, ...]
+    threshold: float  # P(pneumonia) >= threshold -> PNEUMONIA
+    threshold_method: str  # youden | fixed: how the threshold was chosen on validation
+    data_version: str
+    train_params: dict  # the RunConfig of the run, flat (MLflow's params)
+    augment: dict  # the AugmentConfig it trained with
+    best_epoch: int
+    val_auc: float
+    val_loss: float
+    val_acc: float
+    epochs_run: int
+    stopped_early: bool
+    classes: tuple[str, ...] = CLASSES
+    library_versions: dict = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def name(self) -> str:
+        """The registry name of the architecture (cnn, resnet50, ...)."""
+        return self.arch["name"]
+
+    def augment_config(self) -> AugmentConfig:
+        known = {f.name for f in dataclasses.fields(AugmentConfig)}
+        values = {k: v for k, v in self.augment.items() if k in known}
+        if "crop_scale" in values:
+            values["crop_scale"] = tuple(values["crop_scale"])
+        return AugmentConfig(**values)
+
+    def label(self, probability: float) -> str:
+        return self.classes[1] if probability >= self.threshold else self.classes[0]
+
+    def to_json(self) -> str:
+        d = dataclasses.asdict(self)
+        return json.dumps(d, indent=2, default=_json_default) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str | dict, source: str = "model.json") -> "ModelCard":
+        raw = json.loads(text) if isinstance(text, str) else dict(text)
+        data = _upgrade(raw, source)
+        known = {f.name for f in dataclasses.fields(cls)}
+        missing = [f.name for f in dataclasses.fields(cls) if f.name not in data
+                   and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+        if missing:
+            raise CheckpointError(f"{source} lacks {missing}: expected a model card written by the train stage "
+                                  f"(run `dvc repro train` to rewrite it)")
+        data = {k: v for k, v in data.items() if k in known}  # keys of newer formats are ignored, not fatal
+        for k in ("mean", "std", "classes"):
+            data[k] = tuple(data[k]) if k in data else None
+        if data.get("classes") is None:
+            data.pop("classes")
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise CheckpointError(f"{source} is not a model card: {exc}") from exc
+
+
+def _upgrade(d: dict, source: str) -> dict:
+    """Old formats -> the current field names. The one place that knows the history."""
+    version = int(d.get("format_version", 1))
+    if version > FORMAT_VERSION:
+        raise CheckpointError(f"{source} has format_version {version}, newer than this code reads "
+                              f"({FORMAT_VERSION}); update the cxr package")
+    if version == 1:
+        d = dict(d)
+        d.pop("git_commit", None)
+        # v1 kept the cache's resize mode under several names; "resize" was prose in later v1 files.
+        mode = next((d[k] for k in ("cache_resize", "preprocess_resize", "resize") if d.get(k) in RESIZE_MODES),
+                    "stretch")
+        d["cache_resize"] = mode
+        # v1 wrote "youden on validation"; the method is the first word.
+        d["threshold_method"] = str(d.get("threshold_method", "youden")).split()[0]
+        params = d.get("train_params") or {}
+        d.setdefault("augment", {
+            "enabled": params.get("aug_enabled", True), "affine_degrees": params.get("aug_affine_degrees", 15),
+            "affine_translate": params.get("aug_affine_translate", 0.1),
+            "crop_scale": [params.get("aug_crop_scale_min", 0.8), params.get("aug_crop_scale_max", 1.0)],
+            "hflip_p": params.get("aug_hflip_p", 0.5), "rotation_degrees": params.get("aug_rotation_degrees", 15),
+            "brightness": params.get("aug_brightness", 0.2), "contrast": params.get("aug_contrast", 0.2)})
+        if "arch" not in d and d.get("model"):
+            d["arch"] = {"name": d["model"], "image_size": d.get("image_size", 224), "options": {}}
+        d.setdefault("epochs_run", 0)
+        d.setdefault("stopped_early", False)
+        d["format_version"] = FORMAT_VERSION
+    return d
 
 
 def library_versions() -> dict:
@@ -50,39 +148,23 @@ def library_versions() -> dict:
     return versions
 
 
-def clean_state_dict(model: nn.Module) -> dict:
-    """CPU state_dict without the ``_orig_mod.`` prefix torch.compile adds, so it loads into a plain model."""
+def state_dict_copy(model: nn.Module) -> dict:
+    """A CPU copy of the state_dict (never a view of the live weights), without the ``_orig_mod.``
+    prefix torch.compile adds, so it loads into a plain model."""
     model = getattr(model, "_orig_mod", model)
-    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def save(model_dir: str | Path, model: nn.Module, meta: dict) -> Path:
-    """Write model_dir/model.pt and model_dir/model.json; ``meta`` must contain ``arch`` (see build_model)."""
+def save(model_dir: str | Path, model: nn.Module, card: ModelCard) -> Path:
+    """Write model_dir/model.pt and model_dir/model.json (the card, with provenance filled in)."""
     model_dir = Path(model_dir)
-    arch = meta.get("arch") or getattr(getattr(model, "_orig_mod", model), "arch", None)
-    if not arch:
-        raise ValueError("checkpoint meta needs 'arch' (name, image_size, options); build the model with cxr.models.build_model")
-    full = {"format_version": FORMAT_VERSION, **meta, "arch": arch,
-            "library_versions": meta.get("library_versions") or library_versions(),
-            "git_commit": meta.get("git_commit", git_commit())}
-    _atomic_write(model_dir / WEIGHTS_FILE, lambda p: torch.save(clean_state_dict(model), p))
-    _atomic_write(model_dir / META_FILE, lambda p: Path(p).write_text(json.dumps(full, indent=2, default=_json_default) + "\n"))
+    card = dataclasses.replace(card, library_versions=card.library_versions or library_versions())
+    atomic_write(model_dir / WEIGHTS_FILE, lambda p: torch.save(state_dict_copy(model), p))
+    atomic_write(model_dir / META_FILE, lambda p: Path(p).write_text(card.to_json()))
     return model_dir
 
 
-def _json_default(o):
+def _json_default(o: Any):
     if hasattr(o, "item"):
         return o.item()
     if isinstance(o, (set, tuple)):
@@ -92,18 +174,18 @@ def _json_default(o):
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
-def load_meta(model_dir: str | Path) -> dict:
+def load_card(model_dir: str | Path) -> ModelCard:
     path = Path(model_dir) / META_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint metadata at {path}; expected a folder written by cxr.checkpoint.save "
+        raise FileNotFoundError(f"no model card at {path}; expected a folder written by cxr.checkpoint.save "
                                 f"(run `dvc repro train` to create models/<name>)")
-    return json.loads(path.read_text())
+    return ModelCard.from_json(path.read_text(), source=str(path))
 
 
-def load(model_dir: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+def load(model_dir: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelCard]:
     """Rebuild the architecture (random init, no downloads) and load the weights with ``weights_only=True``."""
-    meta = load_meta(model_dir)
-    model = rebuild(meta["arch"])
+    card = load_card(model_dir)
+    model = rebuild(card.arch)
     state = torch.load(Path(model_dir) / WEIGHTS_FILE, map_location="cpu", weights_only=True)
     model.load_state_dict(state)
-    return model.to(device).eval(), meta
+    return model.to(device).eval(), card

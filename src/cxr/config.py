@@ -141,10 +141,6 @@ def section(params: dict, name: str, cls):
     return from_dict(cls, params.get(name) or {}, name)
 
 
-def to_dict(obj) -> dict:
-    return dataclasses.asdict(obj)
-
-
 def _check(cond: bool, msg: str) -> None:
     if not cond:
         raise ConfigError(msg)
@@ -267,6 +263,7 @@ class ModelOverride:
 class TrainConfig:
     pretrained: bool = False  # global; train.models.<name>.pretrained overrides
     optimizer: str = "adamw"  # adamw | adam | sgd
+    momentum: float = 0.9  # sgd only
     weight_decay: float = 1e-4
     scheduler: str = "steplr"  # steplr | cosine | none
     step_size: int = 5  # StepLR
@@ -291,6 +288,7 @@ class TrainConfig:
 class MlflowConfig:
     experiment: str = "chest-xray-pneumonia"
     registered_model: str = "cxr-pneumonia"  # name in the Model Registry (compare registers the best)
+    champion_alias: str = "champion"  # the registry alias of the model served and predicted by default
     log_model: bool = True  # train: also log each model with mlflow.pytorch.log_model (VGG16 ~ 0.5 GB)
 
 
@@ -358,8 +356,10 @@ class SweepConfig:
     epochs: int = 3
     image_size: Optional[int] = None  # None = the model's training image_size
     select_metric: str = "val_auc"  # val_auc (higher) | val_loss (lower); validation only, never test
+    eval_batch_size: int = 64  # batch size of the (unused-for-selection) test predictions
 
     def validate(self, where: str) -> None:
+        _check(self.eval_batch_size >= 1, f"{where}.eval_batch_size: expected >= 1, found {self.eval_batch_size}")
         _check(len(self.batch_sizes) >= 1 and all(b >= 1 for b in self.batch_sizes),
                f"{where}.batch_sizes: need a non-empty list of positive integers, found {self.batch_sizes}")
         _check(len(self.lrs) >= 1 and all(lr > 0 for lr in self.lrs),

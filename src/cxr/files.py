@@ -1,5 +1,7 @@
-"""Writing DVC metrics files: valid JSON whatever the numbers (NaN, numpy scalars).
+"""Writing files the pipeline tracks: atomically (a crash never leaves half a file), and DVC
+metrics files as valid JSON whatever the numbers (NaN, numpy scalars).
 
+    atomic_write("models/cnn/model.pt", lambda tmp: torch.save(state, tmp))
     write_metrics("metrics/eval/cnn.json", report)
 """
 
@@ -7,9 +9,27 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import tempfile
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
+
+
+def atomic_write(path: str | Path, write: Callable[[str], object]) -> Path:
+    """``write(tmp)`` to a temporary file beside ``path``, then rename it over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
 
 
 def json_safe(obj):
@@ -27,7 +47,4 @@ def json_safe(obj):
 
 def write_metrics(path: str | Path, obj) -> Path:
     """Write ``obj`` as indented JSON (a DVC metrics file), creating the folder."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(json_safe(obj), indent=2) + "\n")
-    return path
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(json_safe(obj), indent=2) + "\n"))

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import warnings
 
+import math
+
 import numpy as np
 import scipy.stats
 from sklearn.metrics import (
@@ -46,6 +48,25 @@ CI_METRICS = (
 )
 COUNT_KEYS = ("tp", "fp", "tn", "fn")
 ECE_BINS = 10
+
+
+# Validation metrics a model or configuration is selected by, and which way is better.
+SELECT_METRICS = {"val_auc": "higher", "val_loss": "lower"}
+
+
+def is_better(new: float, old: float | None, metric: str) -> bool:
+    """Whether ``new`` beats ``old`` on ``metric`` (see SELECT_METRICS); ``old`` None: nothing to beat yet.
+    A NaN (AUC of a single-class validation set) never beats a number; a number beats a NaN."""
+    if metric not in SELECT_METRICS:
+        raise ValueError(f"unknown selection metric {metric!r}; expected one of {list(SELECT_METRICS)}")
+    if old is None:
+        return True
+    new, old = float(new), float(old)
+    if math.isnan(new):
+        return False
+    if math.isnan(old):
+        return True
+    return new > old if SELECT_METRICS[metric] == "higher" else new < old
 
 
 def choose_threshold(y_true, y_prob, method: str = "youden", default: float = 0.5) -> float:

@@ -51,11 +51,18 @@ def artifact_location(cwd: str | Path | None = None) -> str:
     return (project_root(cwd) / "mlartifacts").as_uri()
 
 
+def git_commit(cwd: str | Path | None = None) -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
 def run_tags(model: str, data_version: str = "", device: str = "") -> dict:
     """The tags every training run carries: git commit, DVC experiment name, data version, device, model."""
-    from cxr.checkpoint import git_commit
 
-    tags = {"model": model, "data_version": data_version, "device": device,
+    tags = {"model": model, "stage": "train", "data_version": data_version, "device": device,
             "git_commit": git_commit(project_root()) or "unknown"}
     if os.environ.get("DVC_EXP_NAME"):
         tags["dvc_exp_name"] = os.environ["DVC_EXP_NAME"]

@@ -124,6 +124,7 @@ def test_registers_the_validation_winner_from_its_training_run(tmp_path, monkeyp
     from cxr.models import build_model
     from cxr.tracking import MlflowTracker
     from cxr.training.fit import resolve_run_config
+    from toydata import card_for
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
@@ -134,10 +135,9 @@ def test_registers_the_validation_winner_from_its_training_run(tmp_path, monkeyp
         cfg = resolve_run_config({"image_size": 16}, m)
         torch.manual_seed(0)
         model = build_model("cnn", image_size=16)  # the architecture does not matter to the registry
-        meta = {"arch": model.arch, "model": m, "image_size": 16, "cache_size": 20, "mean": [0.5] * 3,
-                "std": [0.25] * 3, "threshold": 0.5, "train_params": cfg.__dict__, "data_version": "v1"}
-        checkpoint.save(tmp_path / "models" / m, model, meta)
-        with tracker.start_run(m, tags={"model": m, "data_version": "v1"}):
+        card = card_for(model, std=(0.25,) * 3, train_params=dict(cfg.__dict__), data_version="v1")
+        checkpoint.save(tmp_path / "models" / m, model, card)
+        with tracker.start_run(m, tags={"model": m, "stage": "train", "data_version": "v1"}):
             tracker.log_params(cfg.as_params())
             if m == "cnn":
                 tracker.log_model(model, name="model", image_size=16)
@@ -145,9 +145,12 @@ def test_registers_the_validation_winner_from_its_training_run(tmp_path, monkeyp
 
     from cxr.evaluation.evaluate import find_training_run
 
-    assert find_training_run(tracker, "cnn", checkpoint.load_meta(tmp_path / "models/cnn")) == run_ids["cnn"]
-    other = dict(checkpoint.load_meta(tmp_path / "models/cnn"), train_params={**meta["train_params"], "lr": 0.5})
-    assert find_training_run(tracker, "cnn", other) is None  # params differ: not this checkpoint's run
+    import dataclasses
+
+    card = checkpoint.load_card(tmp_path / "models/cnn")
+    assert find_training_run(tracker, card) == run_ids["cnn"]
+    other = dataclasses.replace(card, train_params={**card.train_params, "lr": 0.5})
+    assert find_training_run(tracker, other) is None  # params differ: not this checkpoint's run
 
     _write_inputs(tmp_path, models=("cnn", "vit"))
     params = tmp_path / "params.yaml"

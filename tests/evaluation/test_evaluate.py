@@ -57,11 +57,11 @@ def trained(tmp_path_factory):
     params = {"epochs": 2, "image_size": 16, "batch_size": 8, "lr": 3e-3, "seed": 0}
     cfg = resolve_run_config(params, "cnn")
     res = fit(cfg, data["train"], data["val"], device="cpu", progress=False, data_version="test123")
-    checkpoint.save(root / "models" / "cnn", res.model, res.meta)
+    checkpoint.save(root / "models" / "cnn", res.model, res.card)
     history = pd.DataFrame(res.history)
     history.to_csv(root / "history.csv", index=False)
     cache = write_cache(root / "cache", data)
-    return {"root": root, "data": data, "model": res.model, "meta": res.meta, "history": history, "cache": cache}
+    return {"root": root, "data": data, "model": res.model, "card": res.card, "history": history, "cache": cache}
 
 
 def test_predictions_and_confusion_tables_use_class_names():
@@ -80,27 +80,23 @@ def test_gallery_picks_most_confident_of_each_outcome():
     assert idx.tolist() == [0, 2, 4, 5]  # TP 0.9, TN 0.1, FP 0.8, FN 0.2 (most wrong)
 
 
-def test_threshold_comes_from_validation_not_test():
+def test_threshold_is_the_cards_not_chosen_on_test():
     rng = np.random.default_rng(0)
-    yv = np.r_[np.zeros(20, int), np.ones(20, int)]
-    pv = np.r_[rng.uniform(0, 0.3, 20), rng.uniform(0.3, 1, 20)]  # validation separates at 0.3
     yt = np.r_[np.zeros(10, int), np.ones(10, int)]
     pt = np.r_[rng.uniform(0, 0.7, 10), rng.uniform(0.7, 1, 10)]  # test would prefer ~0.7
     cfg = EvaluateConfig(n_resamples=20)
-    r = evaluate_probabilities("cnn", yv, pv, yt, pt, [f"i{i}" for i in range(20)], cfg)
-    assert r.threshold == pytest.approx(pv[20:].min())
+    r = evaluate_probabilities("cnn", 0.3, "youden", yt, pt, [f"i{i}" for i in range(20)], cfg, n_val=40)
+    assert r.threshold == 0.3 and r.report["threshold_method"] == "youden" and r.report["n_val"] == 40
     assert r.report["at_val_threshold"]["threshold"] == r.threshold
-    fixed = evaluate_probabilities("cnn", yv, pv, yt, pt, [f"i{i}" for i in range(20)],
-                                   EvaluateConfig(n_resamples=20, threshold="fixed", fixed_threshold=0.42))
+    assert r.report["at_default_threshold"]["threshold"] == 0.5
+    fixed = evaluate_probabilities("cnn", 0.42, "fixed", yt, pt, [f"i{i}" for i in range(20)], cfg)
     assert fixed.threshold == 0.42
-    with pytest.raises(ValueError, match="threshold=fixed"):
-        evaluate_probabilities("cnn", np.ones(5, int), np.full(5, 0.9), yt, pt, list(range(20)), cfg)
 
 
 def test_evaluate_checkpoint_and_figures(trained):
     d = trained["data"]
     cfg = EvaluateConfig(n_resamples=50, gallery_per_outcome=2, augment_examples=2, augment_draws=3)
-    r = evaluate_checkpoint(trained["model"], trained["meta"], val=d["val"],
+    r = evaluate_checkpoint(trained["model"], trained["card"],
                             test=(d["test"][0], d["test"][1], [f"x{i}" for i in range(30)]), cfg=cfg, device="cpu")
     assert len(r.test_probs) == 30 and r.report["n"] == 30
     assert r.threshold == pytest.approx(r.report["at_val_threshold"]["threshold"])
@@ -108,7 +104,7 @@ def test_evaluate_checkpoint_and_figures(trained):
     assert len(r.tables["confusion"]) == 30
     flat = r.flat_metrics()
     assert {"test_accuracy", "test_accuracy_ci_low", "test_at_default_roc_auc", "test_threshold"} <= set(flat)
-    figs = evaluation_figures(r, trained["model"], trained["meta"], test_images=d["test"][0], val_images=d["val"][0],
+    figs = evaluation_figures(r, trained["model"], trained["card"], test_images=d["test"][0], val_images=d["val"][0],
                               history=trained["history"], cfg=cfg)
     assert {"confusion", "roc", "pr", "calibration", "training_curves", "augmentation", "gallery"} == set(figs)
     assert "Grad-CAM" in figs["gallery"]._suptitle.get_text()
@@ -141,7 +137,7 @@ def test_evaluate_stage_writes_every_output(trained, tmp_path, monkeypatch):
     assert list(pd.read_csv(out / "plots/eval/cnn/pr.csv").columns) == ["recall", "precision", "threshold"]
     assert list(pd.read_csv(out / "plots/eval/cnn/calibration.csv").columns) == ["mean_predicted", "fraction_positive", "count"]
     m = json.loads((out / "metrics/eval/cnn.json").read_text())
-    assert m["threshold"] == pytest.approx(trained["meta"]["threshold"], abs=1e-6)  # Youden on the same val split
+    assert m["threshold"] == pytest.approx(trained["card"].threshold, abs=1e-6)  # the card's, chosen at training
     assert m["at_default_threshold"]["threshold"] == 0.5 and m["n_resamples"] == 40
     acc = m["at_val_threshold"]["accuracy"]
     assert acc["ci_low"] <= acc["value"] <= acc["ci_high"]

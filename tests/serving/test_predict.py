@@ -20,9 +20,10 @@ from cxr.serving import cli
 from cxr.config import PreprocessConfig
 from cxr.data.cache import build_cache, load_split
 from cxr.data.manifest import MANIFEST_COLUMNS
-from cxr.training.engine import predict as engine_predict
+from cxr.training.engine import predict_probabilities
 from cxr.models import build_model
-from cxr.serving.predict import ModelNotFoundError, Predictor, best_model_dir, cache_resize_mode, collect_inputs
+from cxr.serving.predict import ModelNotFoundError, Predictor, best_model_dir, collect_inputs
+from toydata import card_for
 
 from test_imageio import RAMP16, write_dicom
 
@@ -36,13 +37,8 @@ def make_checkpoint(model_dir: Path, *, cache_size: int = CACHE, image_size: int
     model = build_model("cnn", image_size=image_size)
     with torch.no_grad():  # a random CNN answers ~0.5 for everything: spread its outputs so labels differ
         model.classifier[-1].weight.mul_(40.0)
-    meta = {"arch": model.arch, "model": "cnn", "image_size": image_size, "cache_size": cache_size,
-            "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "channels": 3, "classes": ["NORMAL", "PNEUMONIA"],
-            "positive_class": "PNEUMONIA", "threshold": threshold, "threshold_method": "youden on validation",
-            "resize": "bilinear, antialiased, to image_size x image_size", "data_version": "test"}
-    if resize is not None:
-        meta["cache_resize"] = resize
-    return checkpoint.save(model_dir, model, meta)
+    card = card_for(model, cache_size=cache_size, threshold=threshold, cache_resize=resize or "stretch")
+    return checkpoint.save(model_dir, model, card)
 
 
 @pytest.fixture(scope="module")
@@ -109,12 +105,6 @@ def test_predict_uses_the_checkpoint_preprocessing(tmp_path, images):
     assert float(x.min()) == pytest.approx(-1.0)  # black -> (0 - 0.5) / 0.5
 
 
-def test_cache_resize_mode_fallback_warns():
-    assert cache_resize_mode({"cache_resize": "pad"}) == "pad"
-    with pytest.warns(RuntimeWarning, match="cache_resize"):
-        assert cache_resize_mode({"resize": "bilinear, antialiased, to image_size x image_size"}) == "stretch"
-
-
 def _manifest(paths: list[str]) -> pd.DataFrame:
     rows = [{"path": p, "label": "PNEUMONIA" if i % 2 else "NORMAL", "patient_id": f"train/p{i}", "source_split": "train",
              "split": "test", "sha256": "0" * 64, "width": 0, "height": 0, "mode": "L"} for i, p in enumerate(paths)]
@@ -126,8 +116,8 @@ def _agreement(model_dir: Path, raw: Path, rel_paths: list[str], tmp_path: Path,
                        PreprocessConfig(cache_size=CACHE, resize=resize, workers=1), progress=False)
     cached = load_split(tmp_path / f"cache-{resize}", "test")
     model, meta = checkpoint.load(model_dir)
-    assert meta["cache_size"] == info["cache_size"]
-    want = engine_predict(model, cached.images, mean=meta["mean"], std=meta["std"], image_size=meta["image_size"],
+    assert meta.cache_size == info["cache_size"]
+    want = predict_probabilities(model, cached.images, mean=meta.mean, std=meta.std, image_size=meta.image_size,
                           device="cpu")
     pred = Predictor(model, meta)
     table = pred.predict_paths([raw / p for p in cached.paths], batch_size=3)

@@ -19,7 +19,7 @@ import torch
 from cxr.config import load_params
 from cxr.data.augment import Normalize, eval_resize
 from cxr.device import amp_settings
-from cxr.training.engine import evaluate, make_loader, stage_on_device
+from cxr.training.engine import evaluate_loader, make_loader, stage_on_device
 from cxr.models import build_model, input_spec, list_models
 from cxr.training.fit import fit, resolve_run_config
 
@@ -113,11 +113,11 @@ def test_gpu_bf16_eval_agrees_with_cpu_fp32(cuda):
     spec = input_spec("cnn")
     loss_fn = torch.nn.BCEWithLogitsLoss()
     cpu = torch.device("cpu")
-    ref = evaluate(model, loss_fn, make_loader(*VAL, batch_size=16, shuffle=False), cpu,
+    ref = evaluate_loader(model, loss_fn, make_loader(*VAL, batch_size=16, shuffle=False), cpu,
                    Normalize(spec["mean"], spec["std"]), resize=lambda x: eval_resize(x, 32))
     model = model.to(cuda).to(memory_format=torch.channels_last)
     amp_dtype, _ = amp_settings(cuda, True)
-    gpu = evaluate(model, loss_fn, make_loader(*VAL, batch_size=16, shuffle=False, device=cuda), cuda,
+    gpu = evaluate_loader(model, loss_fn, make_loader(*VAL, batch_size=16, shuffle=False, device=cuda), cuda,
                    Normalize(spec["mean"], spec["std"], channels_last=True),
                    resize=lambda x: eval_resize(x, 32), amp_dtype=amp_dtype)
     np.testing.assert_array_equal(gpu["labels"], ref["labels"])

@@ -11,7 +11,7 @@ from cxr.config import AugmentConfig
 from cxr.data.augment import BatchAugment, Normalize, eval_resize
 import pytest
 
-from cxr.training.engine import ArrayDataset, DeviceBatches, evaluate, make_loader, predict, stage_on_device, train_one_epoch
+from cxr.training.engine import ArrayDataset, DeviceBatches, evaluate_loader, make_loader, predict_probabilities, stage_on_device, train_one_epoch
 from cxr.models import build_model
 
 MEAN, STD = [0.5] * 3, [0.5] * 3
@@ -96,14 +96,14 @@ def test_loss_falls_and_evaluate_agrees_with_predict():
     resize = lambda b: eval_resize(b, 16)
     loader = make_loader(x, y, batch_size=8, shuffle=True, seed=0)
     eval_loader = make_loader(x, y, batch_size=8, shuffle=False)
-    before = evaluate(model, loss_fn, eval_loader, device, norm, resize=resize)["loss"]
+    before = evaluate_loader(model, loss_fn, eval_loader, device, norm, resize=resize)["loss"]
     for _ in range(6):
         stats = train_one_epoch(model, loss_fn, opt, loader, device, augment=aug, prep=norm)
-    after = evaluate(model, loss_fn, eval_loader, device, norm, resize=resize)
+    after = evaluate_loader(model, loss_fn, eval_loader, device, norm, resize=resize)
     assert set(stats) == {"loss", "acc", "images_per_s", "seconds"} and stats["images_per_s"] > 0
     assert after["loss"] < 0.5 * before
     assert after["auc"] > 0.95
-    probs = predict(model, x, mean=MEAN, std=STD, image_size=16, batch_size=5)
+    probs = predict_probabilities(model, x, mean=MEAN, std=STD, image_size=16, batch_size=5)
     assert probs.shape == (32,)
     np.testing.assert_allclose(probs, after["probs"], atol=1e-6)
     np.testing.assert_array_equal(after["labels"], y)

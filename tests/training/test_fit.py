@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from cxr.config import ConfigError, load_params
-from cxr.training.fit import RunConfig, fit, history_figure, pos_weight, resolve_run_config
+from cxr.training.fit import RunConfig, fit, pos_weight, resolve_run_config
 
 from toydata import toy
 
@@ -64,10 +64,10 @@ def test_fit_history_best_threshold_meta(run_cfg):
     best = max(result.history, key=lambda h: h["val_auc"])  # first maximum wins ties
     assert result.best["best_epoch"] == best["epoch"] and result.best["val_auc"] == best["val_auc"]
     assert 0.0 <= result.threshold <= 1.0
-    m = result.meta
-    assert m["arch"]["name"] == "cnn" and m["image_size"] == 16 and m["cache_size"] == 20
-    assert m["classes"] == ["NORMAL", "PNEUMONIA"] and m["train_params"]["lr"] == run_cfg.lr
-    assert m["mean"] == [0.5, 0.5, 0.5]
+    m = result.card
+    assert m.name == "cnn" and m.image_size == 16 and m.cache_size == 20
+    assert m.classes == ("NORMAL", "PNEUMONIA") and m.train_params["lr"] == run_cfg.lr
+    assert m.mean == (0.5, 0.5, 0.5)
     assert not result.model.training
     metrics = result.metrics()
     assert {"val_auc", "val_loss", "best_epoch", "threshold", "val_sensitivity", "val_specificity"} <= set(metrics)
@@ -78,9 +78,14 @@ def test_fit_threshold_method(run_cfg):
     from cxr.metrics import choose_threshold
 
     assert youden.threshold == choose_threshold(youden.val_labels, youden.val_probs, method="youden")
-    assert youden.meta["threshold_method"] == "youden on validation"
+    assert youden.card.threshold_method == "youden"
     fixed = fit(run_cfg, TRAIN, VAL, progress=False, threshold_method="fixed", fixed_threshold=0.3)
-    assert fixed.threshold == 0.3 and fixed.meta["threshold"] == 0.3 and fixed.meta["threshold_method"] == "fixed"
+    assert fixed.threshold == 0.3 and fixed.card.threshold == 0.3 and fixed.card.threshold_method == "fixed"
+
+
+def test_youden_needs_both_classes_in_validation(run_cfg):
+    with pytest.raises(ValueError, match="threshold=fixed"):
+        fit(run_cfg, TRAIN, (VAL[0][:5], np.ones(5, dtype=np.int64)), progress=False)
 
 
 def test_fit_is_reproducible_and_starts_fresh_each_call(run_cfg):
@@ -101,8 +106,9 @@ def test_select_by_val_loss_and_steplr(run_cfg):
 def test_early_stopping(run_cfg):
     # one class in validation: AUC is NaN every epoch, so no epoch after the first ever improves
     val_one_class = (VAL[0], np.ones_like(VAL[1]))
-    result = fit(run_cfg.replace(epochs=6, early_stopping_patience=2), TRAIN, val_one_class, progress=False)
-    assert len(result.history) == 3 and result.meta["stopped_early"]
+    result = fit(run_cfg.replace(epochs=6, early_stopping_patience=2), TRAIN, val_one_class, progress=False,
+                 threshold_method="fixed")
+    assert len(result.history) == 3 and result.card.stopped_early
     assert result.best["best_epoch"] == 1 and math.isnan(result.best["val_auc"])
 
 
@@ -147,15 +153,6 @@ def test_resume_file_from_other_params_is_ignored(run_cfg, tmp_path, capsys):
     fit(run_cfg.replace(lr=1e-3), TRAIN, VAL, progress=False, resume_path=resume, data_version="v1",
         on_epoch_end=lambda row: seen.append(row["epoch"]))
     assert seen == [1, 2, 3] and "ignoring" in capsys.readouterr().out
-
-
-def test_history_figure_is_labelled(run_cfg):
-    hist = [{"epoch": e, "train_loss": 1 / e, "val_loss": 1.1 / e, "train_acc": 0.5, "val_acc": 0.6, "val_auc": 0.7}
-            for e in (1, 2)]
-    fig = history_figure(hist, title="cnn", best_epoch=2)
-    titles = [ax.get_title() for ax in fig.axes]
-    assert any("Loss" in t for t in titles) and any("AUC" in t for t in titles)
-    assert all(ax.get_xlabel() == "epoch" and ax.get_legend() is not None for ax in fig.axes)
 
 
 def test_misspelt_model_section_and_too_small_vgg_are_refused(params):

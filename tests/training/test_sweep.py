@@ -90,7 +90,7 @@ def test_selection_ignores_test_metrics(monkeypatch, base):
     monkeypatch.setattr(S, "fit", _fake_fit({(8, 1e-3): (0.90, 0.3), (16, 1e-3): (0.80, 0.2)}))
     y = np.array([0, 0, 1, 1])
     test_probs = {8: np.array([0.6, 0.4, 0.5, 0.4]), 16: np.array([0.1, 0.2, 0.8, 0.9])}
-    monkeypatch.setattr(S, "predict", lambda model, images, **kw: test_probs[model[0]])
+    monkeypatch.setattr(S, "predict_probabilities", lambda model, images, **kw: test_probs[model[0]])
     x = np.zeros((4, SIZE, SIZE), np.uint8)
     res = S.run_sweep(base, [8, 16], [1e-3], (x, y), (x, y), (x, y))
     t = res.table().set_index("batch_size")

@@ -19,6 +19,8 @@ import warnings
 
 import pandas as pd
 
+from cxr.metrics import is_better
+
 REPORT_METRICS = ("accuracy", "sensitivity", "specificity", "balanced_accuracy", "roc_auc", "f1")
 TITLES = {"accuracy": "Accuracy", "sensitivity": "Sensitivity", "specificity": "Specificity",
           "balanced_accuracy": "Balanced accuracy", "roc_auc": "ROC-AUC", "f1": "F1", "precision": "Precision",
@@ -33,16 +35,16 @@ def select_best(train_metrics: dict[str, dict], metric: str = "val_auc") -> str:
     """The model with the best validation ``metric`` (val_auc: highest; val_loss: lowest); NaN never wins."""
     if not train_metrics:
         raise ValueError("no training metrics found (metrics/train/<model>.json); run `dvc repro train` first")
-    scored = []
+    best = None
     for name, m in train_metrics.items():
         if metric not in m:
             raise ValueError(f"metrics/train/{name}.json has no {metric!r} (keys: {sorted(m)})")
         v = _num(m[metric])
-        if not math.isnan(v):
-            scored.append((v if metric == "val_auc" else -v, name))
-    if not scored:
+        if not math.isnan(v) and is_better(v, best and best[0], metric):
+            best = (v, name)
+    if best is None:
         raise ValueError(f"every model's {metric} is missing or NaN: cannot select one on validation")
-    return max(scored, key=lambda t: t[0])[1]  # ties: the later name in sort order is arbitrary but stable
+    return best[1]  # ties: the first in the order given
 
 
 def results_table(eval_metrics: dict[str, dict], train_metrics: dict[str, dict], select_metric: str = "val_auc",
@@ -186,12 +188,12 @@ def results_csv(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def register_best(tracker, model_name: str, registered_name: str, *, training_run_id: str | None,
-                  checkpoint_dir=None, tags: dict | None = None) -> dict | None:
+                  checkpoint_dir=None, tags: dict | None = None, alias: str = "champion") -> dict | None:
     """Register ``model_name`` under ``registered_name``; returns {name, version, source} or None.
 
     What is registered is the image-bytes pyfunc model (:mod:`cxr.serving.pyfunc`) built from the
     checkpoint and logged into the *active* compare run of ``tracker``, so that
-    ``mlflow models serve -m models:/<registered_name>@champion`` answers encoded X-rays. Any
+    ``mlflow models serve -m models:/<registered_name>@<alias>`` answers encoded X-rays. Any
     MLflow failure warns and returns None: DVC outputs never depend on it.
     """
     if not getattr(tracker, "active", False):
@@ -215,8 +217,9 @@ def register_best(tracker, model_name: str, registered_name: str, *, training_ru
             tags = {**(tags or {}), "training_run_id": training_run_id}
         mlflow.set_tracking_uri(tracker.uri)
         version = mlflow.register_model(uri, registered_name, tags={k: str(v) for k, v in (tags or {}).items()})
-        client.set_registered_model_alias(registered_name, "champion", version.version)
-        return {"name": registered_name, "version": str(version.version), "source": uri, "model": model_name}
+        client.set_registered_model_alias(registered_name, alias, version.version)
+        return {"name": registered_name, "version": str(version.version), "source": uri, "model": model_name,
+                "alias": alias}
     except Exception as exc:
         warnings.warn(f"could not register {model_name!r} as {registered_name!r} in MLflow "
                       f"({exc.__class__.__name__}: {exc}); reports are written regardless.", RuntimeWarning, stacklevel=2)

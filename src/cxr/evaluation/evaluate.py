@@ -1,14 +1,14 @@
 """The evaluation core: a trained model, the validation and test splits -> honest test metrics, tables, figures.
 
-    model, meta = checkpoint.load("models/cnn")
-    result = evaluate_checkpoint(model, meta, val=(images, labels), test=(images, labels, paths), cfg=EvaluateConfig())
+    model, card = checkpoint.load("models/cnn")
+    result = evaluate_checkpoint(model, card, test=(images, labels, paths), cfg=EvaluateConfig())
     result.report            # metrics/eval/<model>.json: both thresholds, each metric with its bootstrap CI
     result.tables            # predictions, confusion, roc, pr, calibration DataFrames (DVC plot files)
-    figs = evaluation_figures(result, model, meta, val_images=..., history=...)
+    figs = evaluation_figures(result, model, card, val_images=..., history=...)
 
-Run by ``src/evaluate.py`` (stage ``evaluate@<model>``). The decision threshold is chosen on the
-*validation* predictions (``youden``, or ``fixed``); the test split is predicted once and only
-scored. Nothing here reads or writes files.
+Run by ``src/evaluate.py`` (stage ``evaluate@<model>``). The decision threshold is the one saved in
+the model card, chosen once at training on validation; metrics are reported at it and at 0.5. The
+test split is predicted once and only scored. Nothing here reads or writes files.
 """
 
 from __future__ import annotations
@@ -24,11 +24,9 @@ from cxr import CLASSES
 from cxr import plots
 from cxr.config import EvaluateConfig
 from cxr.data.augment import BatchAugment, Normalize, eval_resize
-from cxr.training.engine import predict
-from cxr.metrics import calibration_points, choose_threshold, evaluate_predictions, pr_points, roc_points
-
-PREDICTION_COLUMNS = ["path", "label", "probability", "predicted"]
-
+from cxr.training.engine import predict_probabilities
+from cxr.checkpoint import ModelCard
+from cxr.metrics import calibration_points, evaluate_predictions, pr_points, roc_points
 
 @dataclass
 class EvalResult:
@@ -38,7 +36,6 @@ class EvalResult:
     report: dict  # the DVC metrics file
     test_labels: np.ndarray = field(repr=False)
     test_probs: np.ndarray = field(repr=False)
-    val_probs: np.ndarray = field(repr=False)
     tables: dict[str, pd.DataFrame] = field(repr=False, default_factory=dict)
 
     @property
@@ -84,40 +81,31 @@ def curve_tables(y, p) -> dict[str, pd.DataFrame]:
             "calibration": pd.DataFrame(calibration_points(y, p)).round(6)}
 
 
-def evaluate_probabilities(model_name: str, val_labels, val_probs, test_labels, test_probs, test_paths,
-                           cfg: EvaluateConfig) -> EvalResult:
-    """Threshold on validation, everything else on test. Pure: probabilities in, results out."""
-    val_labels = np.asarray(val_labels).astype(int)
+def evaluate_probabilities(model_name: str, threshold: float, threshold_method: str, test_labels, test_probs,
+                           test_paths, cfg: EvaluateConfig, n_val: int = 0) -> EvalResult:
+    """Score test probabilities at ``threshold`` (the card's, chosen on validation) and at 0.5. Pure."""
     test_labels = np.asarray(test_labels).astype(int)
     if len(test_labels) == 0:
         raise ValueError("the test split is empty: nothing to evaluate (check the split stage's test_fraction)")
-    if cfg.threshold == "youden" and len(np.unique(val_labels)) < 2:
-        raise ValueError(f"validation split has only class(es) {sorted(set(val_labels.tolist()))}: Youden's threshold "
-                         "needs both. Fix: a larger split.val_fraction, or `-S evaluate.threshold=fixed`.")
-    threshold = choose_threshold(val_labels, val_probs, method=cfg.threshold, default=cfg.fixed_threshold)
     report = evaluate_predictions(test_labels, test_probs, threshold, default_threshold=0.5,
                                   n_resamples=cfg.n_resamples, seed=cfg.seed, confidence=cfg.confidence)
-    report = {"model": model_name, "threshold": threshold, "threshold_method": cfg.threshold,
-              "n_val": int(len(val_labels)), **report}
+    report = {"model": model_name, "threshold": threshold, "threshold_method": threshold_method,
+              "n_val": int(n_val), **report}
     predicted = (np.asarray(test_probs) >= threshold).astype(int)
     tables = {"predictions": predictions_table(test_paths, test_labels, test_probs, threshold),
               "confusion": confusion_table(test_labels, predicted), **curve_tables(test_labels, test_probs)}
-    return EvalResult(model=model_name, threshold=threshold, threshold_method=cfg.threshold, report=report,
-                      test_labels=test_labels, test_probs=np.asarray(test_probs, dtype=float),
-                      val_probs=np.asarray(val_probs, dtype=float), tables=tables)
+    return EvalResult(model=model_name, threshold=threshold, threshold_method=threshold_method, report=report,
+                      test_labels=test_labels, test_probs=np.asarray(test_probs, dtype=float), tables=tables)
 
 
-def evaluate_checkpoint(model: torch.nn.Module, meta: dict, *, val: tuple, test: tuple, cfg: EvaluateConfig,
-                        device: str | torch.device | None = None) -> EvalResult:
-    """Predict ``val`` = (images, labels) and ``test`` = (images, labels, paths) with the checkpoint's transform."""
-    kw = dict(mean=meta["mean"], std=meta["std"], image_size=int(meta["image_size"]), device=device,
-              batch_size=cfg.batch_size)
-    val_images, val_labels = val
+def evaluate_checkpoint(model: torch.nn.Module, card: ModelCard, *, test: tuple, cfg: EvaluateConfig,
+                        device: str | torch.device | None = None, n_val: int = 0) -> EvalResult:
+    """Predict ``test`` = (images, labels, paths) once, with the card's transform, and score it."""
     test_images, test_labels, test_paths = test
-    val_probs = predict(model, val_images, **kw) if len(val_labels) else np.zeros(0)
-    test_probs = predict(model, test_images, **kw)  # the single pass over the test split
-    return evaluate_probabilities(meta.get("model") or meta["arch"]["name"], val_labels, val_probs,
-                                  test_labels, test_probs, test_paths, cfg)
+    test_probs = predict_probabilities(model, test_images, mean=card.mean, std=card.std, image_size=card.image_size,
+                                       device=device, batch_size=cfg.batch_size)
+    return evaluate_probabilities(card.name, card.threshold, card.threshold_method, test_labels, test_probs,
+                                  test_paths, cfg, n_val=n_val)
 
 
 # --------------------------------------------------------------------------------------------
@@ -140,25 +128,22 @@ def gallery_indices(labels, probs, threshold: float, per_outcome: int) -> np.nda
     return np.asarray(chosen, dtype=int)
 
 
-def model_inputs(images_uint8, meta: dict, device: str | torch.device = "cpu") -> torch.Tensor:
-    """The evaluation transform of ``engine.predict`` as one normalised batch (for Grad-CAM)."""
+def model_inputs(images_uint8, card: ModelCard, device: str | torch.device = "cpu") -> torch.Tensor:
+    """The evaluation transform of ``predict_probabilities`` as one normalised batch (for Grad-CAM)."""
     x = torch.from_numpy(np.array(images_uint8, dtype=np.uint8)).unsqueeze(1).to(device)  # writable copy of a memmap
-    return Normalize(meta["mean"], meta["std"])(eval_resize(x, int(meta["image_size"])))
+    return Normalize(card.mean, card.std)(eval_resize(x, card.image_size))
 
 
-def augmentation_examples(images_uint8, meta: dict, draws: int, seed: int) -> np.ndarray:
+def augmentation_examples(images_uint8, card: ModelCard, draws: int, seed: int) -> np.ndarray:
     """(N, draws, s, s) float [0, 1]: the training augmentation of the checkpoint's own parameters."""
-    from cxr.training.fit import RunConfig
-
-    run_cfg = RunConfig(**meta["train_params"])
-    aug = BatchAugment(run_cfg.augment_config(), int(meta["image_size"]))
+    aug = BatchAugment(card.augment_config(), card.image_size)
     x = torch.from_numpy(np.array(images_uint8, dtype=np.uint8)).unsqueeze(1)  # a writable copy (memmaps are read-only)
     x = x.repeat_interleave(draws, dim=0)
     out = aug(x, torch.Generator().manual_seed(seed))
     return out.reshape(len(images_uint8), draws, *out.shape[-2:]).numpy()
 
 
-def evaluation_figures(result: EvalResult, model: torch.nn.Module | None, meta: dict, *, test_images,
+def evaluation_figures(result: EvalResult, model: torch.nn.Module | None, card: ModelCard, *, test_images,
                        val_images=None, history: pd.DataFrame | None = None, cfg: EvaluateConfig | None = None,
                        device: str | torch.device = "cpu") -> dict[str, Figure]:
     """name -> Figure: confusion, roc, pr, calibration, and where inputs allow training_curves,
@@ -180,13 +165,13 @@ def evaluation_figures(result: EvalResult, model: torch.nn.Module | None, meta: 
     figs["calibration"] = plots.calibration_figure(cal["mean_predicted"], cal["fraction_positive"], cal["count"],
                                                    ece=at["ece"]["value"], title=f"{name}: reliability diagram (test)")
     if history is not None and len(history):
-        figs["training_curves"] = plots.training_curves_figure(history, best_epoch=meta.get("best_epoch"),
+        figs["training_curves"] = plots.training_curves_figure(history, best_epoch=card.best_epoch,
                                                                title=f"{name}: training curves")
-    if val_images is not None and len(val_images) and meta.get("train_params"):
+    if val_images is not None and len(val_images):
         n = min(cfg.augment_examples, len(val_images))
         originals = np.asarray(val_images[:n])
         figs["augmentation"] = plots.augmentation_figure(
-            originals, augmentation_examples(originals, meta, cfg.augment_draws, cfg.seed),
+            originals, augmentation_examples(originals, card, cfg.augment_draws, cfg.seed),
             title=f"{name}: original vs augmented (training transforms, validation images)")
     idx = gallery_indices(y, p, result.threshold, cfg.gallery_per_outcome)
     if len(idx):
@@ -195,7 +180,7 @@ def evaluation_figures(result: EvalResult, model: torch.nn.Module | None, meta: 
         if model is not None and cfg.gradcam:
             from cxr.evaluation.explain import grad_cam, overlay
 
-            heat = grad_cam(model, name, model_inputs(images, meta, device))
+            heat = grad_cam(model, name, model_inputs(images, card, device))
             overlays = np.stack([overlay(img, h) for img, h in zip(images, heat)])
         figs["gallery"] = plots.gallery_figure(images, y[idx], p[idx], result.test_predicted[idx], overlays,
                                                title=f"{name}: good and bad classifications (test)",
@@ -208,13 +193,10 @@ def evaluation_figures(result: EvalResult, model: torch.nn.Module | None, meta: 
 # --------------------------------------------------------------------------------------------
 
 
-def find_training_run(tracker, model_name: str, meta: dict) -> str | None:
-    """Run id of the MLflow run that trained this checkpoint, or None.
-
-    Uses ``meta["mlflow_run_id"]`` when the train stage recorded it; otherwise the latest finished
-    run named ``model_name`` with tag model=<name> whose logged params equal the checkpoint's
-    ``train_params`` and whose data_version tag matches (sweep children have other names and tags).
-    """
+def find_training_run(tracker, card: ModelCard) -> str | None:
+    """Run id of the MLflow run that trained this checkpoint, or None: the latest finished run tagged
+    model=<name>, stage=train, whose data_version tag and logged params equal the card's (sweep
+    configurations are tagged stage=sweep). The card holds no run id: it would change its bytes."""
     if not getattr(tracker, "active", False):
         return None
     import warnings
@@ -223,21 +205,17 @@ def find_training_run(tracker, model_name: str, meta: dict) -> str | None:
         from mlflow import MlflowClient
 
         client = MlflowClient(tracking_uri=tracker.uri)
-        if meta.get("mlflow_run_id"):
-            return client.get_run(meta["mlflow_run_id"]).info.run_id
         runs = client.search_runs(
             [tracker.experiment_id],
-            filter_string=f"tags.model = '{model_name}' and attributes.run_name = '{model_name}' "
-                          "and attributes.status = 'FINISHED'",
+            filter_string=f"tags.model = '{card.name}' and tags.stage = 'train' and attributes.status = 'FINISHED'",
             order_by=["attributes.start_time DESC"], max_results=200)
     except Exception as exc:  # an outage or a deleted run: log into a new run instead
-        warnings.warn(f"could not look up the MLflow training run of {model_name!r} ({exc.__class__.__name__}: {exc})",
+        warnings.warn(f"could not look up the MLflow training run of {card.name!r} ({exc.__class__.__name__}: {exc})",
                       RuntimeWarning, stacklevel=2)
         return None
-    want = {k: "" if v is None else str(v) for k, v in (meta.get("train_params") or {}).items()}
-    version = meta.get("data_version")
+    want = {k: "" if v is None else str(v) for k, v in card.train_params.items()}
     for run in runs:
-        if version and run.data.tags.get("data_version", version) != version:
+        if run.data.tags.get("data_version", card.data_version) != card.data_version:
             continue
         if all(run.data.params.get(k) == v for k, v in want.items()):
             return run.info.run_id

@@ -31,9 +31,9 @@ from torch import nn
 
 from cxr import CLASSES
 from cxr import checkpoint
-from cxr.data.cache import RESIZE_MODES
+from cxr.checkpoint import ModelCard
 from cxr.device import resolve_device
-from cxr.training.engine import predict as engine_predict
+from cxr.training.engine import predict_probabilities
 from cxr.serving.imageio import DICOM_EXTENSIONS, IMAGE_EXTENSIONS, ImageReadError, Source, describe_source, is_dicom, load_image
 
 COLUMNS = ("file", "probability", "label", "error")  # probability = P(PNEUMONIA)
@@ -69,24 +69,6 @@ def best_model_dir(results_csv: str | Path = DEFAULT_RESULTS_CSV, models_dir: st
         raise ModelNotFoundError(f"{results_csv} selects {chosen[0]!r} but {model_dir}/{checkpoint.META_FILE} is "
                                  f"missing (run `dvc pull` or `dvc repro train@{chosen[0]}`), or pass --model")
     return model_dir
-
-
-def cache_resize_mode(meta: dict) -> str:
-    """How the training cache handled the aspect ratio (stretch | pad), from the checkpoint's JSON.
-
-    Read from ``cache_resize``; checkpoints that lack it (the train stage records only
-    ``cache_size``) were built from the default ``preprocess.resize: stretch`` cache unless
-    ``resize`` itself names a mode; a warning says so.
-    """
-    for key in ("cache_resize", "preprocess_resize"):
-        if meta.get(key) in RESIZE_MODES:
-            return meta[key]
-    if meta.get("resize") in RESIZE_MODES:
-        return meta["resize"]
-    warnings.warn("the checkpoint does not record the cache resize mode ('cache_resize'); assuming 'stretch' "
-                  "(the preprocess default). Retrain with a train stage that records it to be sure.",
-                  RuntimeWarning, stacklevel=3)
-    return "stretch"
 
 
 # --------------------------------------------------------------------------------------------
@@ -176,29 +158,26 @@ class Predictor:
     """A loaded checkpoint and the preprocessing its JSON prescribes."""
 
     model: nn.Module
-    meta: dict
+    card: ModelCard
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     def __post_init__(self):
-        m = self.meta
-        missing = [k for k in ("cache_size", "image_size", "mean", "std", "threshold") if k not in m]
-        if missing:
-            raise ValueError(f"checkpoint metadata lacks {missing}; expected a model.json written by the train stage")
-        self.cache_size = int(m["cache_size"])
-        self.image_size = int(m["image_size"])
-        self.mean = [float(v) for v in m["mean"]]
-        self.std = [float(v) for v in m["std"]]
-        self.threshold = float(m["threshold"])
-        self.classes = tuple(m.get("classes") or CLASSES)
-        self.resize = cache_resize_mode(m)
-        self.arch_name = (m.get("arch") or {}).get("name") or m.get("model")
+        c = self.card
+        self.cache_size = c.cache_size
+        self.image_size = c.image_size
+        self.mean = list(c.mean)
+        self.std = list(c.std)
+        self.threshold = c.threshold
+        self.classes = c.classes
+        self.resize = c.cache_resize
+        self.arch_name = c.name
         self.model = self.model.to(self.device).eval()
 
     @classmethod
     def from_dir(cls, model_dir: str | Path, device: str | torch.device | None = None) -> "Predictor":
         dev = resolve_device(device)
-        model, meta = checkpoint.load(model_dir, device=dev)
-        return cls(model, meta, dev)
+        model, card = checkpoint.load(model_dir, device=dev)
+        return cls(model, card, dev)
 
     # ---- pixels --------------------------------------------------------------------------
 
@@ -213,12 +192,12 @@ class Predictor:
             images = images[None]
         if len(images) == 0:
             return np.zeros(0)
-        return engine_predict(self.model, images, mean=self.mean, std=self.std, image_size=self.image_size,
+        return predict_probabilities(self.model, images, mean=self.mean, std=self.std, image_size=self.image_size,
                               device=self.device, batch_size=batch_size)
 
     def label(self, probability: float) -> str:
         """The class at the checkpoint's validation-chosen threshold (PNEUMONIA when p >= threshold)."""
-        return self.classes[1] if probability >= self.threshold else self.classes[0]
+        return self.card.label(probability)
 
     def model_inputs(self, images: np.ndarray) -> torch.Tensor:
         """Normalised (N, 3, image_size, image_size) model inputs of cache-size uint8 images (for Grad-CAM)."""
@@ -302,8 +281,6 @@ class _CamWriter:
     """Grad-CAM overlays (cxr.evaluation.explain) at cache size, one PNG per image, names made unique."""
 
     def __init__(self, predictor: Predictor, cam_dir: str | Path):
-        if not predictor.arch_name:
-            raise ValueError("checkpoint metadata names no architecture (arch.name): cannot pick a Grad-CAM layer")
         self.p = predictor
         self.dir = Path(cam_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -333,11 +310,5 @@ class _CamWriter:
         return paths
 
 
-def predict_files(model_dir: str | Path, inputs: Iterable[str | os.PathLike], **kwargs) -> pd.DataFrame:
-    """One-call convenience: :meth:`Predictor.predict_paths` with the checkpoint in ``model_dir``."""
-    device = kwargs.pop("device", None)
-    return Predictor.from_dir(model_dir, device=device).predict_paths(inputs, **kwargs)
-
-
 __all__ = ["COLUMNS", "DICOM_EXTENSIONS", "IMAGE_EXTENSIONS", "InputError", "ModelNotFoundError", "Predictor",
-           "best_model_dir", "cache_resize_mode", "collect_inputs", "predict_files"]
+           "best_model_dir", "collect_inputs"]

@@ -28,6 +28,7 @@ import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 
+from cxr.checkpoint import ModelCard
 from cxr.models import get_entry
 
 IMAGE_COLUMN = "image"
@@ -129,13 +130,13 @@ def signature():
     )
 
 
-def pip_requirements(meta: dict | None = None) -> list[str]:
+def pip_requirements(card: ModelCard | None = None) -> list[str]:
     """Pinned requirements of the serving environment (the versions installed here)."""
     from importlib.metadata import PackageNotFoundError, version
 
     names = ["mlflow", "torch", "torchvision", "numpy", "pandas", "pillow", "pydicom", "scikit-learn", "tqdm", "pyyaml"]
-    if meta is not None:
-        names += list(get_entry(meta["arch"]["name"]).requirements)
+    if card is not None:
+        names += list(get_entry(card.name).requirements)
     reqs = []
     for n in names:
         try:
@@ -165,7 +166,7 @@ def log_pyfunc_model(model_dir: str | Path, name: str = "model", registered_mode
     from cxr import checkpoint
 
     model_dir = Path(model_dir)
-    meta = checkpoint.load_meta(model_dir)  # fails early, with the fix, when the folder is not a checkpoint
+    card = checkpoint.load_card(model_dir)  # fails early, with the fix, when the folder is not a checkpoint
     if not (model_dir / checkpoint.WEIGHTS_FILE).is_file():
         raise FileNotFoundError(f"{model_dir} has {checkpoint.META_FILE} but no {checkpoint.WEIGHTS_FILE}")
     with tempfile.TemporaryDirectory() as tmp:
@@ -182,10 +183,9 @@ def log_pyfunc_model(model_dir: str | Path, name: str = "model", registered_mode
         args = dict(
             name=name, python_model=str(entry), artifacts={CHECKPOINT_ARTIFACT: str(ckpt)},
             code_paths=[str(code)], signature=signature(),
-            input_example=pd.DataFrame({IMAGE_COLUMN: [_example_image_b64(int(meta.get("cache_size", 32)))]}),
-            pip_requirements=pip_requirements(meta), registered_model_name=registered_model_name,
-            metadata={"cxr_model": str(meta.get("model") or (meta.get("arch") or {}).get("name")),
-                      "threshold": meta.get("threshold"), "data_version": meta.get("data_version")},
+            input_example=pd.DataFrame({IMAGE_COLUMN: [_example_image_b64(card.cache_size)]}),
+            pip_requirements=pip_requirements(card), registered_model_name=registered_model_name,
+            metadata={"cxr_model": card.name, "threshold": card.threshold, "data_version": card.data_version},
         )
         args.update(kwargs)
         return mlflow.pyfunc.log_model(**args)

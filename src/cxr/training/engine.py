@@ -2,8 +2,8 @@
 
     loader = make_loader(images, labels, batch_size=32, shuffle=True, seed=0, device=device)
     stats = train_one_epoch(model, loss_fn, opt, loader, device, augment=aug, prep=norm)
-    val = evaluate(model, loss_fn, val_loader, device, norm, resize=lambda x: eval_resize(x, 64))
-    probs = predict(model, images_uint8, mean=m, std=s, image_size=64)
+    val = evaluate_loader(model, loss_fn, val_loader, device, norm, resize=lambda x: eval_resize(x, 64))
+    probs = predict_probabilities(model, images_uint8, mean=m, std=s, image_size=64)
 
 Batches travel as uint8 (B, 1, S, S) at the cache size; conversion to float, augmentation,
 resizing and normalisation happen on the device, a whole batch at a time (``augment``/``resize``:
@@ -269,7 +269,7 @@ def _forward_probs(model, loader, device, to_input, amp_dtype, loss_fn=None, pro
     return p, y, total_loss
 
 
-def evaluate(model: nn.Module, loss_fn: nn.Module, loader, device: torch.device, prep: Callable[[Tensor], Tensor],
+def evaluate_loader(model: nn.Module, loss_fn: nn.Module, loader, device: torch.device, prep: Callable[[Tensor], Tensor],
              *, resize: Callable[[Tensor], Tensor], amp_dtype: torch.dtype | None = None, progress: bool = False) -> dict:
     """Loss, accuracy at 0.5, ROC-AUC (NaN with one class present), and the raw probabilities and labels."""
     probs, labels, total_loss = _forward_probs(model, loader, device, lambda x: prep(resize(x)), amp_dtype,
@@ -282,7 +282,7 @@ def evaluate(model: nn.Module, loss_fn: nn.Module, loader, device: torch.device,
             "probs": probs, "labels": labels}
 
 
-def predict(model: nn.Module, images, *, mean, std, image_size: int, device: str | torch.device | None = None,
+def predict_probabilities(model: nn.Module, images, *, mean, std, image_size: int, device: str | torch.device | None = None,
             batch_size: int = 64, amp_dtype: torch.dtype | None = None, progress: bool = False) -> np.ndarray:
     """P(pneumonia) for uint8 images (N, S, S) (numpy, memmap or tensor), with the evaluation transform."""
     device = resolve_device(device)

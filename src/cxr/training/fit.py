@@ -3,7 +3,7 @@
     run_cfg = resolve_run_config(load_params("params.yaml"), "cnn")
     result = fit(run_cfg, (train_images, train_labels), (val_images, val_labels),
                  tracker=tracker, resume_path="data/resume/cnn.pt", data_version=info["data_version"])
-    checkpoint.save("models/cnn", result.model, result.meta)
+    checkpoint.save("models/cnn", result.model, result.card)
 
 Run by ``src/train.py`` (the ``train@<model>`` DVC stage) and, in-process, by the sweep. Every call
 seeds, builds a new model and a new optimizer: nothing is carried over between calls. Validation
@@ -29,13 +29,14 @@ import torch
 from sklearn.metrics import confusion_matrix
 from torch import nn
 
-from cxr import CLASSES
 from cxr.config import (AugmentConfig, ConfigError, Globals, TrainConfig, load_globals, load_model_override,
                         section)
 from cxr.data.augment import BatchAugment, Normalize, eval_resize
 from cxr.device import amp_settings, describe, resolve_device
-from cxr.training.engine import batches_on_device, evaluate, make_loader, stage_on_device, train_one_epoch
-from cxr.metrics import THRESHOLD_METHODS, choose_threshold
+from cxr.training.engine import batches_on_device, evaluate_loader, make_loader, stage_on_device, train_one_epoch
+from cxr.checkpoint import ModelCard, state_dict_copy
+from cxr.files import atomic_write
+from cxr.metrics import THRESHOLD_METHODS, choose_threshold, is_better
 from cxr.models import build_model, check_image_size, get_entry, input_spec, list_models
 from cxr.tracking import NullTracker
 
@@ -54,6 +55,7 @@ class RunConfig:
     pretrained: bool
     weights: Optional[str]
     optimizer: str
+    momentum: float
     weight_decay: float
     scheduler: str
     step_size: int
@@ -115,7 +117,7 @@ def resolve_run_config(params: dict, model: str) -> RunConfig:
     return RunConfig(
         model=model, lr=eff.lr, batch_size=eff.batch_size, epochs=eff.epochs, image_size=eff.image_size, seed=eff.seed,
         pretrained=pretrained, weights=(o.weights or None) if pretrained else None,
-        optimizer=t.optimizer, weight_decay=t.weight_decay, scheduler=t.scheduler, step_size=t.step_size, gamma=t.gamma,
+        optimizer=t.optimizer, momentum=t.momentum, weight_decay=t.weight_decay, scheduler=t.scheduler, step_size=t.step_size, gamma=t.gamma,
         class_weight=t.class_weight, select_metric=t.select_metric, early_stopping_patience=t.early_stopping_patience,
         num_workers=t.num_workers, compile=t.compile, amp=t.amp,
         aug_enabled=a.enabled, aug_affine_degrees=a.affine_degrees, aug_affine_translate=a.affine_translate,
@@ -130,7 +132,7 @@ class FitResult:
     history: list[dict]  # one row per epoch: epoch, train_loss, train_acc, val_loss, val_acc, val_auc, lr, seconds, ...
     best: dict  # best_epoch and its val_* metrics
     threshold: float  # chosen on the validation probabilities of the best model
-    meta: dict  # for checkpoint.save
+    card: ModelCard  # for checkpoint.save
     val_probs: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
     val_labels: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0, dtype=np.int64))
 
@@ -183,7 +185,7 @@ def make_optimizer(cfg: RunConfig, params) -> torch.optim.Optimizer:
     VGG16's 134 M parameters on 2 cores, the fused one ~0.1 s. Devices without them fall back."""
     params = list(params)
     classes = {"adamw": (torch.optim.AdamW, {}), "adam": (torch.optim.Adam, {}),
-               "sgd": (torch.optim.SGD, {"momentum": 0.9})}
+               "sgd": (torch.optim.SGD, {"momentum": cfg.momentum})}
     if cfg.optimizer not in classes:
         raise ValueError(f"unknown optimizer {cfg.optimizer!r}; expected adamw, adam or sgd")
     cls, extra = classes[cfg.optimizer]
@@ -206,23 +208,6 @@ def make_scheduler(cfg: RunConfig, optimizer) -> torch.optim.lr_scheduler.LRSche
 def config_hash(cfg: RunConfig, data_version: str) -> str:
     payload = json.dumps({"run": asdict(cfg), "data_version": data_version}, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()
-
-
-def is_better(row: dict, best: dict | None, select_metric: str) -> bool:
-    """Higher val_auc or lower val_loss; a NaN (single-class validation set) never beats a number."""
-    if best is None:
-        return True
-    new, old = row[select_metric], best[select_metric]
-    if math.isnan(new):
-        return False
-    if math.isnan(old):
-        return True
-    return new > old if select_metric == "val_auc" else new < old
-
-
-def _copy_state(model: nn.Module) -> dict:
-    model = getattr(model, "_orig_mod", model)
-    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
 def _rng_state() -> dict:
@@ -248,13 +233,6 @@ def _tuplify(x):
     return tuple(_tuplify(v) for v in x) if isinstance(x, (list, tuple)) else x
 
 
-def _atomic_torch_save(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)  # a crash mid-write never leaves a truncated resume file
-
-
 # --------------------------------------------------------------------------------------------
 # fit
 # --------------------------------------------------------------------------------------------
@@ -263,7 +241,7 @@ def _atomic_torch_save(obj, path: Path) -> None:
 def fit(run_cfg: RunConfig, train: tuple, val: tuple, *, device: str | torch.device | None = None,
         tracker: NullTracker | None = None, resume_path: str | Path | None = None, data_version: str = "",
         progress: bool = True, on_epoch_end: Callable[[dict], None] | None = None,
-        threshold_method: str = "youden", fixed_threshold: float = 0.5) -> FitResult:
+        threshold_method: str = "youden", fixed_threshold: float = 0.5, cache_resize: str = "stretch") -> FitResult:
     """Train ``run_cfg.model`` from a fresh initialisation on ``train`` = (uint8 images (N, S, S), labels),
     keep the best epoch on ``val`` by ``select_metric``, choose the threshold on ``val``.
 
@@ -272,7 +250,8 @@ def fit(run_cfg: RunConfig, train: tuple, val: tuple, *, device: str | torch.dev
     ``on_epoch_end(row)`` runs after that save (an exception there leaves a resumable state).
     ``threshold_method``/``fixed_threshold``: how the decision threshold saved with the model is
     chosen (the evaluate stage's ``evaluate.threshold``/``fixed_threshold``, so the operating point
-    that evaluate reports is the one that predict and the served model use).
+    that evaluate reports is the one that predict and the served model use). ``cache_resize``: how
+    the cache kept the aspect ratio, recorded in the card so predict prepares new images alike.
     The tracker, if given, receives the params and per-epoch metrics (step = epoch) of the active run.
     """
     cfg = run_cfg
@@ -284,6 +263,9 @@ def fit(run_cfg: RunConfig, train: tuple, val: tuple, *, device: str | torch.dev
     tracker = tracker or NullTracker()
     (x_tr, y_tr), (x_va, y_va) = train, val
     y_tr, y_va = np.asarray(y_tr, dtype=np.int64), np.asarray(y_va, dtype=np.int64)
+    if threshold_method == "youden" and len(np.unique(y_va)) < 2:  # before training, not after it
+        raise ValueError(f"validation split has only class(es) {sorted(set(y_va.tolist()))}: Youden's threshold "
+                         "needs both. Fix: a larger split.val_fraction, or `-S evaluate.threshold=fixed`.")
 
     seed_everything(cfg.seed)
     spec = input_spec(cfg.model, cfg.weights)
@@ -349,16 +331,16 @@ def fit(run_cfg: RunConfig, train: tuple, val: tuple, *, device: str | torch.dev
         tr = train_one_epoch(step_model, loss_fn, optimizer, train_loader, device,
                              augment=lambda x: augment(x, gen), prep=norm, amp_dtype=amp_dtype, scaler=scaler,
                              progress=progress, desc=f"{cfg.model} {epoch}/{cfg.epochs}")
-        ev = evaluate(step_model, loss_fn, val_loader, device, norm, resize=resize, amp_dtype=amp_dtype)
+        ev = evaluate_loader(step_model, loss_fn, val_loader, device, norm, resize=resize, amp_dtype=amp_dtype)
         scheduler.step()
         row = {"epoch": epoch, "train_loss": tr["loss"], "train_acc": tr["acc"], "val_loss": ev["loss"],
                "val_acc": ev["acc"], "val_auc": ev["auc"], "lr": lr, "seconds": time.perf_counter() - t0,
                "train_images_per_s": tr["images_per_s"]}
         history.append(row)
         tracker.log_metrics(_metric_row(row), step=epoch)
-        if is_better(row, best, cfg.select_metric):
+        if is_better(row[cfg.select_metric], best and best[cfg.select_metric], cfg.select_metric):
             best = {"best_epoch": epoch, "val_auc": ev["auc"], "val_loss": ev["loss"], "val_acc": ev["acc"]}
-            best_state = _copy_state(model)
+            best_state = state_dict_copy(model)
             bad_epochs = 0
         else:
             bad_epochs += 1
@@ -367,14 +349,14 @@ def fit(run_cfg: RunConfig, train: tuple, val: tuple, *, device: str | torch.dev
                   f"val_auc {ev['auc']:.4f} ({row['seconds']:.1f} s, {tr['images_per_s']:.0f} img/s)")
         stopped_early = bad_epochs >= cfg.early_stopping_patience > 0
         if resume_path is not None:
-            current = _copy_state(model)
+            current = state_dict_copy(model)
             # When this epoch is the best one, its weights are stored once (VGG16: 0.5 GB saved per epoch).
             best_is_current = best["best_epoch"] == epoch
-            _atomic_torch_save({
+            atomic_write(resume_path, lambda tmp: torch.save({
                 "config_hash": key, "epoch": epoch, "model": current, "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler is not None else None,
                 "rng": _rng_state(), "history": history, "best": best, "best_is_current": best_is_current,
-                "best_state": None if best_is_current else best_state, "bad_epochs": bad_epochs}, resume_path)
+                "best_state": None if best_is_current else best_state, "bad_epochs": bad_epochs}, tmp))
         if on_epoch_end is not None:
             on_epoch_end(row)
 
@@ -382,55 +364,19 @@ def fit(run_cfg: RunConfig, train: tuple, val: tuple, *, device: str | torch.dev
     model.eval()
     # In full precision, as evaluate and predict run: the stored threshold must be chosen on the
     # same probabilities that the evaluate stage reports and the served model produces.
-    ev = evaluate(model, loss_fn, val_loader, device, norm, resize=resize, amp_dtype=None)
+    ev = evaluate_loader(model, loss_fn, val_loader, device, norm, resize=resize, amp_dtype=None)
     threshold = choose_threshold(ev["labels"], ev["probs"], method=threshold_method, default=fixed_threshold)
-    meta = {
-        "arch": model.arch, "model": cfg.model, "image_size": cfg.image_size, "cache_size": int(np.shape(x_tr)[-1]),
-        "mean": list(spec["mean"]), "std": list(spec["std"]), "channels": 3,
-        "channel_mode": "grayscale uint8 (1 channel) scaled to [0, 1], repeated to 3 channels, then normalised",
-        "resize": "bilinear, antialiased, to image_size x image_size", "classes": list(CLASSES),
-        "positive_class": CLASSES[1], "threshold": threshold, "threshold_method": f"{threshold_method} on validation" if threshold_method == "youden" else threshold_method,
-        "train_params": asdict(cfg), "data_version": data_version, **best,
-        "epochs_run": len(history), "stopped_early": bool(stopped_early), "device": describe(device),
-    }
+    card = ModelCard(
+        arch=model.arch, cache_size=int(np.shape(x_tr)[-1]), cache_resize=cache_resize, image_size=cfg.image_size,
+        mean=tuple(spec["mean"]), std=tuple(spec["std"]), threshold=float(threshold), threshold_method=threshold_method,
+        data_version=data_version, train_params=asdict(cfg), augment=asdict(cfg.augment_config()),
+        best_epoch=int(best["best_epoch"]), val_auc=float(best["val_auc"]), val_loss=float(best["val_loss"]),
+        val_acc=float(best["val_acc"]), epochs_run=len(history), stopped_early=bool(stopped_early))
     if resume_path is not None and resume_path.is_file():
         resume_path.unlink()
-    return FitResult(model=model, history=history, best=dict(best), threshold=threshold, meta=meta,
+    return FitResult(model=model, history=history, best=dict(best), threshold=threshold, card=card,
                      val_probs=ev["probs"], val_labels=ev["labels"])
 
 
 def _metric_row(row: dict) -> dict:
     return {k: v for k, v in row.items() if k != "epoch"}
-
-
-# --------------------------------------------------------------------------------------------
-# The curves figure
-# --------------------------------------------------------------------------------------------
-
-
-def history_figure(history: list[dict], title: str = "", best_epoch: int | None = None):
-    """Loss, accuracy and validation ROC-AUC per epoch; the kept epoch (``best_epoch``) as a dashed line."""
-    # A bare Figure, not pyplot: no global backend or figure registry is touched (sweeps make many).
-    from matplotlib.figure import Figure
-
-    epochs = [h["epoch"] for h in history]
-    fig = Figure(figsize=(13, 3.8), layout="constrained")
-    axes = fig.subplots(1, 3)
-    panels = [("Loss (BCE, class-weighted)", "loss", ("train_loss", "val_loss")),
-              ("Accuracy at 0.5", "accuracy", ("train_acc", "val_acc")),
-              ("Validation ROC-AUC", "ROC-AUC", ("val_auc",))]
-    for ax, (name, ylabel, keys) in zip(axes, panels):
-        for k in keys:
-            ax.plot(epochs, [h[k] for h in history], marker="o", label=k.replace("_", " "))
-        ax.set_title(name)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(ylabel)
-        ax.grid(alpha=0.3)
-        ax.legend()
-        if len(epochs) < 15:
-            ax.set_xticks(epochs)
-        if best_epoch is not None:
-            ax.axvline(best_epoch, color="grey", linestyle="--", linewidth=1)
-    if title:
-        fig.suptitle(title)
-    return fig

@@ -20,9 +20,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from cxr.training.engine import predict
+from cxr.training.engine import predict_probabilities
 from cxr.metrics import binary_metrics
-from cxr.training.fit import RunConfig, fit, is_better
+from cxr.metrics import is_better
+from cxr.training.fit import RunConfig, fit
 from cxr.tracking import NullTracker
 
 TABLE_COLUMNS = [
@@ -67,7 +68,7 @@ def grid(batch_sizes, lrs) -> list[tuple[int, float]]:
 def run_sweep(base: RunConfig, batch_sizes, lrs, train: tuple, val: tuple, test: tuple | None = None, *,
               select_metric: str = "val_auc", device=None, tracker: NullTracker | None = None,
               progress: bool = False, data_version: str = "", threshold_method: str = "youden",
-              fixed_threshold: float = 0.5) -> SweepResult:
+              fixed_threshold: float = 0.5, eval_batch_size: int = 64) -> SweepResult:
     """Train every (batch_size, lr) of the grid from a fresh initialisation; select on ``select_metric``.
 
     ``train``/``val``/``test`` are (uint8 images (N, S, S), labels). Each configuration gets its own
@@ -92,8 +93,8 @@ def run_sweep(base: RunConfig, batch_sizes, lrs, train: tuple, val: tuple, test:
                    "val_acc": result.best["val_acc"], "best_epoch": result.best["best_epoch"],
                    "threshold": result.threshold, "first_epoch_train_loss": result.history[0]["train_loss"]}
             if test is not None and len(test[1]):
-                probs = predict(result.model, test[0], mean=result.meta["mean"], std=result.meta["std"],
-                                image_size=cfg.image_size, device=device, batch_size=max(bs, 64))
+                probs = predict_probabilities(result.model, test[0], mean=result.card.mean, std=result.card.std,
+                                image_size=cfg.image_size, device=device, batch_size=eval_batch_size)
                 m = binary_metrics(test[1], probs, result.threshold)  # the val-chosen threshold
                 row.update(test_auc=m["roc_auc"], test_acc=m["accuracy"], test_balanced_accuracy=m["balanced_accuracy"],
                            test_sensitivity=m["sensitivity"], test_specificity=m["specificity"])
@@ -102,7 +103,7 @@ def run_sweep(base: RunConfig, batch_sizes, lrs, train: tuple, val: tuple, test:
             tracker.log_metrics({k: v for k, v in row.items() if k.startswith("test_") and k != "test_used_for_selection"})
             tracker.set_tags({"test_used_for_selection": "false"})
         rows.append(row)
-        if is_better(row, best, select_metric):
+        if is_better(row[select_metric], best and best[select_metric], select_metric):
             best = row
         if progress:
             print(f"[sweep] bs={bs} lr={lr:g}: val_auc {row['val_auc']:.4f} val_loss {row['val_loss']:.4f} "
