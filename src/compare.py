@@ -30,6 +30,8 @@ from cxr.stage import run_stage
 from cxr.tracking import make_tracker
 
 
+ERRORS = (ConfigError, FileNotFoundError)  # user-actionable (see cxr.stage)
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--params", default="params.yaml")
@@ -123,4 +125,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    run_stage("compare", main, (ConfigError, FileNotFoundError))
+    run_stage("compare", main, ERRORS)

@@ -37,6 +37,8 @@ from cxr.tracking import make_tracker
 PLOT_FILES = ("confusion", "roc", "pr", "calibration")
 
 
+ERRORS = (ConfigError, CacheError, FileNotFoundError, ValueError)  # user-actionable (see cxr.stage)
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--params", default="params.yaml")
@@ -99,4 +101,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    run_stage("evaluate", main, (ConfigError, CacheError, FileNotFoundError, ValueError))
+    run_stage("evaluate", main, ERRORS)

@@ -14,7 +14,10 @@ from pathlib import Path
 
 from cxr.config import ConfigError, DataConfig, load_params, section
 from cxr.data.sources import SourceError, fetch
+from cxr.stage import run_stage
 
+
+ERRORS = (SourceError, ConfigError)  # user-actionable (see cxr.stage)
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -22,23 +25,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="canonical raw tree to (re)create")
     args = parser.parse_args(argv)
 
-    try:
-        cfg = section(load_params(args.params), "data", DataConfig)
-        # Relative data paths are relative to the repository root, where DVC runs the stage.
-        report = fetch(cfg, args.out, base_dir=Path.cwd(), progress=sys.stderr.isatty())
-    except (SourceError, ConfigError) as exc:
-        print(f"fetch: error: {exc}", file=sys.stderr)
-        return 1
+    cfg = section(load_params(args.params), "data", DataConfig)
+    # Relative data paths are relative to the repository root, where DVC runs the stage.
+    report = fetch(cfg, args.out, base_dir=Path.cwd(), progress=sys.stderr.isatty())
 
     print(f"fetch: source={report.source} -> {report.out_dir}")
     for note in report.notes:
         print(f"  {note}")
     print(report.table())
     if report.total == 0:
-        print(f"fetch: error: no images arrived in {report.out_dir}; check data.source and data.path", file=sys.stderr)
-        return 1
+        raise SourceError(f"no images arrived in {report.out_dir}; check data.source and data.path")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_stage("fetch", main, ERRORS)

@@ -13,8 +13,12 @@ import time
 
 from cxr.config import ConfigError, PreprocessConfig, load_params, section
 from cxr.data.cache import build_cache
-from cxr.data.manifest import SPLITS, ManifestError
+from cxr import SPLITS
+from cxr.data.manifest import ManifestError
+from cxr.stage import run_stage
 
+
+ERRORS = (ConfigError, ManifestError, FileNotFoundError)  # user-actionable (see cxr.stage)
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -25,13 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     args = ap.parse_args(argv)
 
-    try:
-        cfg = section(load_params(args.params), "preprocess", PreprocessConfig)
-        t0 = time.perf_counter()
-        info = build_cache(args.manifest, args.raw, args.out, cfg, progress=not args.no_progress)
-    except (ConfigError, ManifestError, FileNotFoundError) as exc:
-        print(f"preprocess: error: {exc}", file=sys.stderr)
-        return 2
+    cfg = section(load_params(args.params), "preprocess", PreprocessConfig)
+    t0 = time.perf_counter()
+    info = build_cache(args.manifest, args.raw, args.out, cfg, progress=not args.no_progress)
     seconds = time.perf_counter() - t0
 
     n = sum(info["counts"][s]["total"] for s in SPLITS)
@@ -45,4 +45,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_stage("preprocess", main, ERRORS)

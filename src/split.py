@@ -16,7 +16,10 @@ from pathlib import Path
 
 from cxr.config import ConfigError, SplitConfig, load_params, section
 from cxr.data.manifest import ManifestError, build_manifest, summary_table, write_manifest, write_quarantine
+from cxr.stage import run_stage
 
+
+ERRORS = (ConfigError, ManifestError)  # user-actionable (see cxr.stage)
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -28,13 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     args = ap.parse_args(argv)
 
-    try:
-        cfg = section(load_params(args.params), "split", SplitConfig)
-        t0 = time.perf_counter()
-        result = build_manifest(args.raw, cfg, progress=not args.no_progress)
-    except (ConfigError, ManifestError) as exc:
-        print(f"split: error: {exc}", file=sys.stderr)
-        return 2
+    cfg = section(load_params(args.params), "split", SplitConfig)
+    t0 = time.perf_counter()
+    result = build_manifest(args.raw, cfg, progress=not args.no_progress)
     seconds = time.perf_counter() - t0
 
     write_manifest(result.manifest, args.manifest)
@@ -54,4 +53,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_stage("split", main, ERRORS)

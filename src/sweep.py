@@ -34,6 +34,8 @@ from cxr.tracking import make_tracker
 from cxr.training.fit import resolve_run_config
 
 
+ERRORS = (ConfigError, CacheError)  # user-actionable (see cxr.stage)
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--params", default="params.yaml")
@@ -92,4 +94,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    run_stage("sweep", main, (ConfigError, CacheError))
+    run_stage("sweep", main, ERRORS)

@@ -35,6 +35,8 @@ HISTORY_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "v
                    "train_images_per_s"]
 
 
+ERRORS = (ConfigError, CacheError, WeightsUnavailableError)  # user-actionable (see cxr.stage)
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--params", default="params.yaml")
@@ -109,4 +111,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    run_stage("train", main, (ConfigError, CacheError, WeightsUnavailableError))
+    run_stage("train", main, ERRORS)

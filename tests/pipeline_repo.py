@@ -101,3 +101,13 @@ def load_stage(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def run_stage_script(name: str, *args: str, cwd=None) -> "subprocess.CompletedProcess":
+    """``python src/<name>.py args...`` as DVC runs it: the real exit code and stderr."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "src")}
+    return subprocess.run([sys.executable, str(REPO_ROOT / "src" / f"{name}.py"), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)

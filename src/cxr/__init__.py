@@ -6,3 +6,4 @@ Stage scripts in ``src/*.py`` do the I/O; everything here takes values and retur
 __version__ = "0.1.0"
 
 CLASSES = ("NORMAL", "PNEUMONIA")  # label index 0, 1; the positive class is PNEUMONIA
+SPLITS = ("train", "val", "test")

@@ -1,7 +1,12 @@
-"""What every stage script under src/ shares: how it ends.
+"""How every stage script under src/ ends, and what its exit code means.
 
+    ERRORS = (ConfigError, CacheError)         # the errors whose messages say what to do
     if __name__ == "__main__":
-        run_stage("train", main, (ConfigError, CacheError))
+        run_stage("train", main, ERRORS)
+
+Exit codes: 0 the stage finished; 1 a problem the user can act on, printed as one line
+``<stage>: error: <what was found, what was expected, the fix>`` without a traceback. Anything
+else (a traceback) is a bug.
 """
 
 from __future__ import annotations
@@ -11,10 +16,9 @@ from typing import Callable, NoReturn
 
 
 def run_stage(name: str, main: Callable[[], int], errors: tuple[type[BaseException], ...]) -> NoReturn:
-    """Run a stage's ``main`` and exit with its code. The expected ``errors``, whose messages say
-    what to do, end it as ``name: message`` with exit code 1 and no traceback."""
+    """Run a stage's ``main`` and exit with its code; ``errors`` end it with exit code 1 and their message."""
     try:
         code = main()
     except errors as exc:
-        sys.exit(f"{name}: {exc}")
+        sys.exit(f"{name}: error: {exc}")
     sys.exit(code)

@@ -16,6 +16,7 @@ import pytest
 import yaml
 from PIL import Image, ImageFilter
 
+from pipeline_repo import run_stage_script
 from cxr.config import PreprocessConfig, SplitConfig
 from cxr.data import cache as C
 from cxr.data import manifest as M
@@ -251,9 +252,10 @@ def test_preprocess_stage(built, tmp_path, capsys):
     assert (info["cache_size"], info["resize"]) == (20, "pad")
     assert C.load_split(out, "train").images.shape[1:] == (20, 20)
     assert "images/s" in capsys.readouterr().out
-    rc = stage["main"](["--params", str(params), "--raw", str(raw), "--manifest", str(tmp_path / "none.csv"),
-                        "--out", str(out)])
-    assert rc == 2 and "dvc repro split" in capsys.readouterr().err
+    proc = run_stage_script("preprocess", "--params", str(params), "--raw", str(raw),
+                            "--manifest", str(tmp_path / "none.csv"), "--out", str(out))
+    assert proc.returncode == 1 and "preprocess: error:" in proc.stderr and "dvc repro split" in proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 def test_synthetic_tree_split_then_cache(synthetic_raw, tmp_path):

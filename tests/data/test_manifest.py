@@ -19,8 +19,10 @@ import pytest
 import yaml
 from PIL import Image
 
+from pipeline_repo import run_stage_script
 from cxr.config import SplitConfig
 from cxr.data import manifest as M
+from cxr.data.pool import imap_progress
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -319,9 +321,9 @@ def _die_on_13(i: int) -> int:
 
 @pytest.mark.timeout(120)
 def test_a_worker_that_dies_raises_instead_of_hanging():
-    assert list(M.imap_progress(_die_on_13, list(range(12)) * 8, workers=2, progress=False)) == [i * 2 for i in range(12)] * 8
+    assert list(imap_progress(_die_on_13, list(range(12)) * 8, workers=2, progress=False)) == [i * 2 for i in range(12)] * 8
     with pytest.raises(RuntimeError, match=r"process died .*out of memory.*disk filled up"):
-        list(M.imap_progress(_die_on_13, list(range(80)), workers=2, desc="decode", progress=False))
+        list(imap_progress(_die_on_13, list(range(80)), workers=2, desc="decode", progress=False))
 
 
 def test_split_stage_writes_manifest_quarantine_and_metrics(tmp_path, capsys):
@@ -357,13 +359,13 @@ def test_shared_patients_is_computed_not_assumed():
     assert M.shared_patients(df) == 1
 
 
-def test_split_stage_reports_error_without_traceback(tmp_path, capsys):
-    stage = runpy.run_path(str(REPO / "src" / "split.py"), run_name="split_stage")
+def test_split_stage_reports_error_without_traceback(tmp_path):
     params = tmp_path / "params.yaml"
     params.write_text("split: {}\n")
-    rc = stage["main"](["--params", str(params), "--raw", str(tmp_path / "missing"), "--manifest", "m.csv",
-                        "--quarantine", "q.csv", "--metrics", "d.json"])
-    assert rc == 2 and "dvc repro fetch" in capsys.readouterr().err
+    proc = run_stage_script("split", "--params", str(params), "--raw", str(tmp_path / "missing"), "--manifest", "m.csv",
+                            "--quarantine", "q.csv", "--metrics", "d.json", cwd=tmp_path)
+    assert proc.returncode == 1 and "split: error:" in proc.stderr and "dvc repro fetch" in proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 def test_synthetic_tree_end_to_end(synthetic_raw):

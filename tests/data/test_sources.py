@@ -22,6 +22,7 @@ import pytest
 import yaml
 from PIL import Image
 
+from pipeline_repo import run_stage_script
 from cxr.config import DataConfig, SyntheticConfig
 from cxr.data.sources import SourceError, download, extract_archive, fetch, find_layout
 
@@ -402,9 +403,9 @@ def test_stage_script_prints_counts(tmp_path, repo_root, capsys, monkeypatch):
 
 def test_stage_script_user_error_exits_nonzero_without_traceback(tmp_path, repo_root, capsys):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"data": {"source": "path", "path": str(tmp_path / "nope")}}))
-    code = _stage(repo_root).main(["--params", str(tmp_path / "params.yaml"), "--out", str(tmp_path / "raw")])
-    err = capsys.readouterr().err
-    assert code == 1
+    proc = run_stage_script("fetch", "--params", str(tmp_path / "params.yaml"), "--out", str(tmp_path / "raw"))
+    err = proc.stderr
+    assert proc.returncode == 1
     assert "fetch: error:" in err and "does not exist" in err and "Traceback" not in err
 
 

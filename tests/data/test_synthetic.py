@@ -14,7 +14,8 @@ import pytest
 from PIL import Image
 
 from cxr.config import SyntheticConfig
-from cxr.data.synthetic import CLASSES, SPLITS, generate
+from cxr import CLASSES, SPLITS
+from cxr.data.synthetic import generate
 
 NORMAL_RE = re.compile(r"^(?P<pid>(NORMAL2-)?IM-\d{4})-(?P<k>\d{4})\.jpeg$")
 PNEU_RE = re.compile(r"^(?P<pid>person\d+)_(bacteria|virus)_(?P<m>\d+)\.jpeg$")

@@ -81,7 +81,7 @@ def _fake_fit(val_scores: dict):
         return SimpleNamespace(
             model=(cfg.batch_size, cfg.lr), threshold=0.5, history=[{"train_loss": 1.0}],
             best={"best_epoch": 1, "val_auc": auc, "val_loss": loss, "val_acc": 0.5},
-            meta={"mean": [0.5] * 3, "std": [0.5] * 3})
+            card=SimpleNamespace(mean=(0.5,) * 3, std=(0.5,) * 3))
     return fit
 
 

@@ -34,7 +34,9 @@ import pandas as pd
 from PIL import Image, ImageOps
 
 from cxr.config import PreprocessConfig
-from cxr.data.manifest import CLASSES, SPLITS, imap_progress, manifest_csv_bytes, read_manifest
+from cxr import CLASSES, SPLITS
+from cxr.data.manifest import manifest_csv_bytes, read_manifest
+from cxr.data.pool import imap_progress
 
 RESIZE_MODES = ("stretch", "pad")
 INFO_FILE = "info.json"

@@ -36,15 +36,13 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from urllib.parse import unquote, urlparse
 
+from cxr import CLASSES, SPLITS
 from cxr.config import DataConfig
+from cxr.data import is_junk
 
-SPLITS = ("train", "val", "test")
-CLASSES = ("NORMAL", "PNEUMONIA")
 # Folder names seen in real copies, lower-cased; "validation"/"valid" from re-packaged copies.
 _SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val",
                   "validation": "val", "test": "test", "testing": "test"}
-_JUNK_DIRS = {"__macosx", ".ipynb_checkpoints", ".git"}
-_JUNK_FILES = {".ds_store", "thumbs.db", "desktop.ini", ".directory"}
 
 EXPECTED_LAYOUT = (
     "expected a folder holding train/ (any letter case) with NORMAL/ and PNEUMONIA/ subfolders, "
@@ -185,12 +183,6 @@ def _reset(out_dir: Path) -> None:
 # --------------------------------------------------------------------------------------------
 # Layout detection and import
 # --------------------------------------------------------------------------------------------
-
-
-def is_junk(name: str) -> bool:
-    """Operating-system litter that real copies of the archive carry (never images)."""
-    low = name.lower()
-    return low in _JUNK_FILES or low in _JUNK_DIRS or name.startswith("._")
 
 
 def _subdirs(folder: Path) -> dict[str, Path]:

@@ -32,10 +32,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
+from cxr import CLASSES, SPLITS
 from cxr.config import SyntheticConfig
 
-SPLITS = ("train", "val", "test")
-CLASSES = ("NORMAL", "PNEUMONIA")
 
 # Shapes are drawn on a small grid and resized to the output size: rendering cost stays flat
 # however large min_size/max_size are, and the images only need detail at the training sizes.

@@ -32,6 +32,7 @@ from torch import nn
 from cxr import CLASSES
 from cxr import checkpoint
 from cxr.checkpoint import ModelCard
+from cxr.data import is_junk
 from cxr.device import resolve_device
 from cxr.training.engine import predict_probabilities
 from cxr.serving.imageio import DICOM_EXTENSIONS, IMAGE_EXTENSIONS, ImageReadError, Source, describe_source, is_dicom, load_image
@@ -39,7 +40,6 @@ from cxr.serving.imageio import DICOM_EXTENSIONS, IMAGE_EXTENSIONS, ImageReadErr
 COLUMNS = ("file", "probability", "label", "error")  # probability = P(PNEUMONIA)
 DEFAULT_RESULTS_CSV = Path("reports") / "results.csv"
 DEFAULT_MODELS_DIR = Path("models")
-_SKIP_DIRS = {"__MACOSX", ".git", ".dvc"}
 
 
 class ModelNotFoundError(FileNotFoundError):
@@ -95,7 +95,7 @@ def _wanted(path: Path) -> bool:
 def _scan_folder(folder: Path) -> list[Path]:
     found = []
     for root, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if d not in _SKIP_DIRS and not d.startswith("."))
+        dirs[:] = sorted(d for d in dirs if not is_junk(d) and not d.startswith("."))
         for f in sorted(files):
             if not f.startswith("."):
                 p = Path(root) / f
