@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny params, synthetic images in tmp_path, and the real images in ../shared/data.
+"""Shared fixtures: the test params (one place), synthetic images in tmp_path, and the real images in ../shared/data.
 
 Tests that need ../shared/data use the ``shared_data`` fixture. Where the folder is absent they
 skip, except when CXR_REQUIRE_SHARED=1 (as .ci/run sets): then they fail, so CI cannot pass them
@@ -19,6 +19,22 @@ SHARED_DATA = Path(os.environ.get("CXR_SHARED_DATA", REPO_ROOT.parent / "shared"
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO_ROOT
+
+
+# What every unit test trains with unless it says otherwise: tiny and fast on a 2-core CPU.
+TEST_PARAMS = {"epochs": 2, "image_size": 16, "batch_size": 8}
+
+
+@pytest.fixture
+def params(repo_root) -> dict:
+    """The shipped params.yaml with TEST_PARAMS on top and no per-model overrides (the shipped
+    ``models.cnn.epochs`` would hide the test's epochs); a fresh copy for each test to change."""
+    from cxr.config import load_params
+
+    p = load_params(repo_root / "params.yaml")
+    p.update(TEST_PARAMS)
+    p["models"] = {name: {} for name in p["models"]}
+    return p
 
 
 @pytest.fixture(scope="session")

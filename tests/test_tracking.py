@@ -9,25 +9,15 @@ import time
 import numpy as np
 import pytest
 
+from toydata import toy
 from cxr.config import load_params
 from cxr.tracking import MlflowTracker, NullTracker, artifact_location, make_tracker, run_tags, tracking_uri
 from cxr.training.fit import RunConfig, fit, resolve_run_config
 
 
-def toy(n, seed):
-    rng = np.random.default_rng(seed)
-    y = np.tile([0, 1], n // 2).astype(np.int64)
-    x = rng.integers(0, 80, (n, 20, 20)).astype(np.uint8)
-    x[y == 1, 4:14, 6:16] = 220
-    return x, y
-
-
 @pytest.fixture
-def run_cfg(repo_root) -> RunConfig:
-    p = load_params(repo_root / "params.yaml")
-    p.update(epochs=2, image_size=16, batch_size=8)
-    p["models"]["cnn"] = {}  # the shipped per-model override (more epochs for cnn) would hide epochs=2
-    return resolve_run_config(p, "cnn")
+def run_cfg(params) -> RunConfig:
+    return resolve_run_config(params, "cnn")
 
 
 def closed_port() -> int:
@@ -59,7 +49,7 @@ def test_run_with_params_and_per_epoch_metrics(monkeypatch, tmp_path, run_cfg):
     tracker = make_tracker("cxr-test", uri=uri)
     assert isinstance(tracker, MlflowTracker)
     with tracker.start_run("cnn", tags=run_tags("cnn", data_version="dv1", device="cpu")):
-        result = fit(run_cfg, toy(16, 0), toy(8, 1), tracker=tracker, progress=False)
+        result = fit(run_cfg, toy(16, 0, balanced=True), toy(8, 1, balanced=True), tracker=tracker, progress=False)
         tracker.log_model(result.model, image_size=16)
         run_id = tracker.run_id
     client = MlflowClient(tracking_uri=uri)
@@ -87,7 +77,7 @@ def test_unreachable_server_degrades_and_training_finishes(monkeypatch, run_cfg)
     assert time.perf_counter() - start < 30  # no minutes of retries
     assert isinstance(tracker, NullTracker) and not isinstance(tracker, MlflowTracker)
     with tracker.start_run("cnn"):
-        result = fit(run_cfg, toy(16, 0), toy(8, 1), tracker=tracker, progress=False)
+        result = fit(run_cfg, toy(16, 0, balanced=True), toy(8, 1, balanced=True), tracker=tracker, progress=False)
     assert len(result.history) == 2
 
 

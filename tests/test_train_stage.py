@@ -12,36 +12,16 @@ import sys
 import numpy as np
 import pytest
 import yaml
+from toydata import toy, write_cache
 
 pytestmark = pytest.mark.slow
 
 
-def write_cache(cache, size=20):
-    """The preprocess stage's format: {split}_images.npy uint8 (N,S,S), {split}_labels.npy, {split}.csv, info.json."""
-    cache.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 24), ("val", 10), ("test", 6)):
-        y = np.tile([0, 1], n // 2).astype(np.int64)
-        x = rng.integers(0, 80, (n, size, size)).astype(np.uint8)
-        x[y == 1, 4:14, 6:16] = 220
-        np.save(cache / f"{split}_images.npy", x)
-        np.save(cache / f"{split}_labels.npy", y)
-        with (cache / f"{split}.csv").open("w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["path", "label", "patient_id"])
-            w.writerows([[f"{split}/img{i}.jpeg", int(y[i]), f"p{i}"] for i in range(n)])
-    info = {"cache_size": size, "resize": "stretch", "classes": ["NORMAL", "PNEUMONIA"],
-            "counts": {}, "data_version": "test-dv"}
-    (cache / "info.json").write_text(json.dumps(info))
-
-
 @pytest.fixture
-def workdir(tmp_path, repo_root):
-    params = yaml.safe_load((repo_root / "params.yaml").read_text())
-    params.update(epochs=2, image_size=16, batch_size=8)
-    params["models"]["cnn"] = {}  # tests set epochs globally; drop the shipped per-model override
+def workdir(tmp_path, params):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    write_cache(tmp_path / "data" / "cache")
+    write_cache(tmp_path / "data" / "cache",
+                {s: toy(n, i, balanced=True) for i, (s, n) in enumerate((("train", 24), ("val", 10), ("test", 6)))})
     return tmp_path
 
 

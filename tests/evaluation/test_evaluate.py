@@ -16,51 +16,25 @@ from cxr.evaluation.evaluate import (confusion_table, evaluate_checkpoint, evalu
                             gallery_indices, predictions_table)
 from cxr.training.fit import fit, resolve_run_config
 
+from toydata import toy, write_cache
 from pipeline_repo import load_stage
 
 
 SIZE = 20
 
 
-def tiny_split(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """uint8 (n, SIZE, SIZE): PNEUMONIA images carry a bright central blob, so a CNN learns something fast."""
-    rng = np.random.default_rng(seed)
-    labels = np.r_[np.zeros(n // 3, int), np.ones(n - n // 3, int)]
-    rng.shuffle(labels)
-    img = rng.normal(70, 20, size=(n, SIZE, SIZE))
-    yy, xx = np.mgrid[:SIZE, :SIZE]
-    blob = 120 * np.exp(-((yy - SIZE / 2) ** 2 + (xx - SIZE / 2) ** 2) / 18)
-    img += labels[:, None, None] * blob
-    return np.clip(img, 0, 255).astype(np.uint8), labels.astype(np.int64)
-
-
-def write_cache(root: Path, splits: dict) -> Path:
-    """The cxr.data.cache layout: {s}_images.npy, {s}_labels.npy, {s}.csv, info.json."""
-    root.mkdir(parents=True, exist_ok=True)
-    counts = {}
-    for s, (x, y) in splits.items():
-        np.save(root / f"{s}_images.npy", x)
-        np.save(root / f"{s}_labels.npy", y)
-        pd.DataFrame({"path": [f"{s}/{CLASSES[c]}/img{i}.jpeg" for i, c in enumerate(y)], "label": [CLASSES[c] for c in y],
-                      "patient_id": [f"p{i}" for i in range(len(y))]}).to_csv(root / f"{s}.csv", index=False)
-        counts[s] = {"total": int(len(y))}
-    (root / "info.json").write_text(json.dumps({"cache_size": SIZE, "resize": "stretch", "classes": list(CLASSES),
-                                                "counts": counts, "data_version": "test123"}))
-    return root
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A 1-epoch CNN at 16 px, saved as a checkpoint, plus its history and the data."""
     root = tmp_path_factory.mktemp("eval")
-    data = {"train": tiny_split(48, 0), "val": tiny_split(24, 1), "test": tiny_split(30, 2)}
+    data = {"train": toy(48, 0), "val": toy(24, 1), "test": toy(30, 2)}
     params = {"epochs": 2, "image_size": 16, "batch_size": 8, "lr": 3e-3, "seed": 0}
     cfg = resolve_run_config(params, "cnn")
     res = fit(cfg, data["train"], data["val"], device="cpu", progress=False, data_version="test123")
     checkpoint.save(root / "models" / "cnn", res.model, res.card)
     history = pd.DataFrame(res.history)
     history.to_csv(root / "history.csv", index=False)
-    cache = write_cache(root / "cache", data)
+    cache = write_cache(root / "cache", data, data_version="test123")
     return {"root": root, "data": data, "model": res.model, "card": res.card, "history": history, "cache": cache}
 
 

@@ -38,11 +38,9 @@ TRAIN, VAL = toy(96, 0, size=40, positive=0.6), toy(32, 1, size=40, positive=0.6
 
 
 @pytest.fixture
-def params(repo_root):
-    p = load_params(repo_root / "params.yaml")
-    p.update(epochs=2, image_size=32, batch_size=16, lr=1e-3)
-    p["models"] = {}
-    return p
+def params(params):
+    params.update(image_size=32, batch_size=16, lr=1e-3)
+    return params
 
 
 @pytest.mark.parametrize("staged", [False, True])

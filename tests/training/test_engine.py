@@ -7,6 +7,7 @@ import dataclasses
 import numpy as np
 import torch
 
+from toydata import toy
 from cxr.config import AugmentConfig
 from cxr.data.augment import BatchAugment, Normalize, eval_resize
 import pytest
@@ -17,24 +18,15 @@ from cxr.models import build_model
 MEAN, STD = [0.5] * 3, [0.5] * 3
 
 
-def toy(n=32, size=20, seed=0):
-    """Class 1 has a bright square: learnable in a few steps."""
-    rng = np.random.default_rng(seed)
-    y = np.tile([0, 1], n // 2).astype(np.int64)
-    x = rng.integers(0, 60, (n, size, size)).astype(np.uint8)
-    x[y == 1, 5:15, 5:15] = 230
-    return x, y
-
-
 def test_dataset_returns_uint8_batches_in_index_order():
-    x, y = toy(8)
+    x, y = toy(8, 0, balanced=True)
     xb, yb = ArrayDataset(x, y).__getitems__([5, 1, 3])
     assert xb.dtype == torch.uint8 and xb.shape == (3, 1, 20, 20)
     assert torch.equal(xb[0, 0], torch.from_numpy(x[5])) and yb.tolist() == [1.0, 1.0, 1.0]
 
 
 def test_loader_shuffle_is_seeded():
-    x, y = toy(16)
+    x, y = toy(16, 0, balanced=True)
     order = lambda seed: torch.cat([b[1] for b in make_loader(x, np.arange(16), batch_size=4, shuffle=True, seed=seed)])
     assert torch.equal(order(1), order(1)) and not torch.equal(order(1), order(2))
 
@@ -80,13 +72,13 @@ def test_device_batches_refuse_non_uint8_images():
 
 
 def test_stage_on_device_leaves_cpu_data_alone():
-    x, _ = toy(4)
+    x, _ = toy(4, 0, balanced=True)
     assert stage_on_device(x, torch.device("cpu")) is x
 
 
 def test_loss_falls_and_evaluate_agrees_with_predict():
     torch.manual_seed(0)
-    x, y = toy(32)
+    x, y = toy(32, 0, balanced=True)
     device = torch.device("cpu")
     model = build_model("cnn")
     loss_fn = torch.nn.BCEWithLogitsLoss()

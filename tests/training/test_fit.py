@@ -15,11 +15,9 @@ from toydata import toy
 
 
 @pytest.fixture
-def params(repo_root):
-    p = load_params(repo_root / "params.yaml")
-    p.update(epochs=3, image_size=16, batch_size=8, lr=3e-3)
-    p["models"]["cnn"] = {}  # tests set epochs globally; drop the shipped per-model override
-    return p
+def params(params):
+    params.update(epochs=3, lr=3e-3)
+    return params
 
 
 @pytest.fixture

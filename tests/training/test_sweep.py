@@ -15,24 +15,20 @@ from cxr import CLASSES
 from cxr.training import sweep as S
 from cxr.training.fit import resolve_run_config
 
+from toydata import toy
 from pipeline_repo import load_stage
 
 
 SIZE = 16
 
 
-def tiny_split(n: int, seed: int):
-    rng = np.random.default_rng(seed)
-    labels = np.r_[np.zeros(n // 3, int), np.ones(n - n // 3, int)]
-    rng.shuffle(labels)
-    img = rng.normal(70, 20, size=(n, SIZE, SIZE)) + labels[:, None, None] * 60 * np.pad(
-        np.ones((6, 6)), 5)[None]  # PNEUMONIA: a bright centre square
-    return np.clip(img, 0, 255).astype(np.uint8), labels.astype(np.int64)
+def toy_split(n: int, seed: int):
+    return toy(n, seed, size=SIZE, positive=2 / 3)
 
 
 @pytest.fixture(scope="module")
 def data():
-    return {"train": tiny_split(40, 0), "val": tiny_split(20, 1), "test": tiny_split(20, 2)}
+    return {"train": toy_split(40, 0), "val": toy_split(20, 1), "test": toy_split(20, 2)}
 
 
 @pytest.fixture(scope="module")
