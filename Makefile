@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 export PATH := $(BIN):$(PATH)
 export VIRTUAL_ENV := $(abspath $(VENV))
 
-.PHONY: install repro test bench clean-venv
+.PHONY: install repro test lint bench clean-venv
 
 install: $(STAMP)
 
@@ -23,8 +23,15 @@ $(STAMP): requirements.txt pyproject.toml
 repro: $(STAMP)
 	$(BIN)/dvc repro
 
+# ruff (format and lint, pinned in requirements.txt) before pytest: CI runs exactly this.
 test: $(STAMP)
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)  # fix what ruff can: formatting, import order, old syntax
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
