@@ -20,17 +20,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from cxr import checkpoint
-from cxr.evaluation.compare import (bar_table, register_best, results_csv, results_markdown, results_table, roc_curves,
+from cxr.evaluation.compare import (bar_table, results_csv, results_markdown, results_table, roc_curves,
                          select_best)
 from cxr.config import CompareConfig, ConfigError, MlflowConfig, load_params, section
-from cxr.evaluation.evaluate import find_training_run
+from cxr.evaluation.promotion import RegistryError, register_candidate
 from cxr.plots import metrics_bar_figure, roc_comparison_figure, save_figure
 from cxr.stage import run_stage
-from cxr.tracking import make_tracker
+from cxr.tracking import make_tracker, project_root, run_name
 
 
-ERRORS = (ConfigError, FileNotFoundError)  # user-actionable (see cxr.stage)
+ERRORS = (ConfigError, FileNotFoundError, RegistryError)  # user-actionable (see cxr.stage)
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -94,33 +93,29 @@ def main(argv=None) -> int:
         figs["roc_all"] = roc_comparison_figure(roc_curves(rocs, eval_m))
 
     tracker = make_tracker(mlflow_cfg.experiment)
-    with tracker.start_run("compare", tags={"stage": "compare", "selected_model": best,
-                                            "selected_on": cfg.select_metric}):
-        for _, r in table.iterrows():
-            tracker.log_metrics({f"{r['model']}_{k}": r[k] for k in ("val_auc", "accuracy", "sensitivity",
-                                                                      "specificity", "balanced_accuracy", "roc_auc")})
+    value = float(train_m[best][cfg.select_metric])
+    with tracker.start_run(run_name("compare"), tags={"stage": "compare", "selected_model": best,
+                                                      "selected_on": cfg.select_metric}):
+        # The models' own metrics live in their training runs; this run holds the comparison.
+        tracker.log_metrics({f"selected_{cfg.select_metric}": value})
         for name, fig in figs.items():
             tracker.log_figure(fig, f"compare/{name}.png")
         tracker.log_artifact(args.report, "compare")
         tracker.log_artifact(args.csv, "compare")
-        registered = None
+        outcome = None
         if cfg.register:
-            ckpt = Path(args.checkpoints) / best
-            card = checkpoint.load_card(ckpt) if (ckpt / checkpoint.META_FILE).is_file() else None
-            run_id = find_training_run(tracker, card) if card else None
-            registered = register_best(tracker, best, mlflow_cfg.registered_model, training_run_id=run_id,
-                                       checkpoint_dir=ckpt if card else None, alias=mlflow_cfg.champion_alias,
-                                       tags={"model": best, "selected_on": cfg.select_metric,
-                                             cfg.select_metric: train_m[best][cfg.select_metric]})
-            if registered:
-                tracker.set_tags({"registered_model": registered["name"], "registered_version": registered["version"]})
+            outcome = register_candidate(
+                tracker, Path(args.checkpoints) / best, registered_name=mlflow_cfg.registered_model,
+                alias=mlflow_cfg.champion_alias, select_metric=cfg.select_metric, value=value, report=eval_m[best],
+                lock_path=project_root() / ".dvc" / "tmp" / "cxr-champion.lock", promote=cfg.promote)
+            tracker.set_tags({"registered_model": f"{outcome.name}/{outcome.version}",
+                              "promoted": str(outcome.promoted).lower()})
     for name, fig in figs.items():
         save_figure(fig, Path(args.figures) / f"{name}.png")
 
     print(f"[compare] {len(eval_m)} model(s); selected on {cfg.select_metric}: {best}. Report: {args.report}")
-    if registered:
-        print(f"[compare] registered {best} as {registered['name']} version {registered['version']} "
-              f"(alias '{registered['alias']}'; source {registered['source']})")
+    if outcome:
+        print(f"[compare] {outcome.message}")
     return 0
 
 

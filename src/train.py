@@ -25,7 +25,7 @@ from cxr.config import ConfigError, EvaluateConfig, MlflowConfig, load_params, s
 from cxr.data.cache import CacheError, load_info, load_split
 from cxr.device import describe, resolve_device
 from cxr.stage import run_stage
-from cxr.tracking import make_tracker, run_tags
+from cxr.tracking import make_tracker, run_name, run_tags
 from cxr.models import WeightsUnavailableError
 from cxr.files import write_metrics
 from cxr.plots import save_figure, training_curves_figure
@@ -82,7 +82,7 @@ def main(argv=None) -> int:
 
     tracker = make_tracker(mlflow_cfg.experiment)
     tags = run_tags(args.model, data_version=info.get("data_version", ""), device=describe(device))
-    with tracker.start_run(run_name=args.model, tags=tags):
+    with tracker.start_run(run_name=run_name(args.model), tags=tags):
         result = fit(run_cfg, (train.images, train.labels), (val.images, val.labels), device=device, tracker=tracker,
                      resume_path=args.resume, data_version=info.get("data_version", ""), progress=not args.no_progress,
                      threshold_method=eval_cfg.threshold, fixed_threshold=eval_cfg.fixed_threshold,

@@ -69,8 +69,10 @@ def test_repro_runs_every_stage_then_nothing(pipeline):
     assert data["shared_patients"] == 0
     # Every model is one MLflow run with the same param keys (MLflow's compare view lines them up).
     train_runs = [r for r in experiment_runs(repo) if r.data.tags.get("model") in MODELS
-                  and r.info.run_name in MODELS]
-    assert sorted(r.info.run_name for r in train_runs) == sorted(MODELS)
+                  and r.data.tags.get("stage") == "train"]
+    assert sorted(r.data.tags["model"] for r in train_runs) == sorted(MODELS)
+    commit = run(["git", "rev-parse", "--short=7", "HEAD"], repo).stdout.strip()
+    assert sorted(r.info.run_name for r in train_runs) == sorted(f"{m} [{commit}]" for m in MODELS)
     keys = {frozenset(r.data.params) for r in train_runs}
     assert len(keys) == 1 and {"lr", "batch_size", "epochs", "image_size", "model"} <= set(next(iter(keys)))
 
@@ -103,12 +105,14 @@ def test_exp_run_reruns_only_dependent_stages(experiment):
     params = data["params"]["params.yaml"]["data"]
     assert float(params["lr"]) == pytest.approx(1e-4) and int(params["batch_size"]) == 16
     metrics = data["metrics"]
-    assert "metrics/train/cnn.json" in metrics and "val_auc" in metrics["metrics/train/cnn.json"]["data"]
+    # The headline comes first, one unique column per model and metric (`--sort-by cnn.val_auc` works).
+    assert list(metrics)[:len(MODELS)] == [f"metrics/headline/{m}.json" for m in MODELS], list(metrics)
+    assert "val_auc" in metrics["metrics/headline/cnn.json"]["data"]["cnn"]
     # The experiment's own MLflow runs carry its name and the new values.
     runs = [r for r in experiment_runs(repo) if r.data.tags.get("dvc_exp_name") == "lr-bs"
-            and r.info.run_name in MODELS]
-    assert sorted(r.info.run_name for r in runs) == sorted(MODELS)
-    assert all(float(r.data.params["lr"]) == pytest.approx(1e-4) or r.info.run_name == "vit" for r in runs)
+            and r.data.tags.get("stage") == "train"]
+    assert sorted(r.info.run_name for r in runs) == sorted(f"{m} [lr-bs]" for m in MODELS)
+    assert all(float(r.data.params["lr"]) == pytest.approx(1e-4) or r.data.tags["model"] == "vit" for r in runs)
     assert all(int(r.data.params["batch_size"]) == 16 for r in runs)
 
 
@@ -139,7 +143,7 @@ def test_queued_experiments_land_in_workspace_store(experiment):
         assert time.monotonic() < deadline, f"queued experiments did not finish:\n{status}"
         time.sleep(5)
     assert status.count("Success") >= 2, status
-    tagged = {r.data.tags.get("dvc_exp_name") for r in experiment_runs(repo) if r.info.run_name in MODELS}
+    tagged = {r.data.tags.get("dvc_exp_name") for r in experiment_runs(repo) if r.data.tags.get("stage") == "train"}
     assert {"q-3e-4", "q-2e-4"} <= tagged, tagged
     # Nothing was left behind in the temporary copies' own stores.
     assert not list((repo / ".dvc" / "tmp" / "exps").rglob("mlflow.db"))
@@ -185,9 +189,10 @@ def test_mlflow_server_rest_search(pipeline, tmp_path):
         ) as r:
             exp_id = json.loads(r.read())["experiment"]["experiment_id"]
         found = post("/api/2.0/mlflow/runs/search", {"experiment_ids": [exp_id], "max_results": 500})
-        runs = [r for r in found["runs"] if r["info"].get("run_name") in MODELS
-                and not any(t["key"] == "dvc_exp_name" and t["value"] for t in r["data"].get("tags", []))]
-        assert sorted({r["info"]["run_name"] for r in runs}) == sorted(MODELS)
+        tags = [{t["key"]: t["value"] for t in r["data"].get("tags", [])} for r in found["runs"]]
+        runs = [r for r, t in zip(found["runs"], tags) if t.get("stage") == "train" and not t.get("dvc_exp_name")]
+        assert sorted(t["model"] for t in tags if t.get("stage") == "train" and not t.get("dvc_exp_name")) \
+            == sorted(MODELS)
         param_keys = {frozenset(p["key"] for p in r["data"]["params"]) for r in runs}
         metric_keys = {frozenset(m["key"] for m in r["data"]["metrics"] if not m["key"].startswith("test_"))
                        for r in runs}

@@ -377,13 +377,15 @@ class CompareConfig:
     """``compare``: results tables and figures; the best model (on validation) goes to the Model Registry."""
 
     select_metric: str = "val_auc"  # from metrics/train/<model>.json: val_auc (higher) | val_loss (lower)
-    register: bool = True  # register the selected model under mlflow.registered_model
+    register: bool = True  # register the selected model under mlflow.registered_model (fails if MLflow is down)
+    promote: str = "better"  # better: move the champion alias only to a better model on the same data | always
     bar_metrics: list[str] = field(default_factory=lambda: [
         "accuracy", "balanced_accuracy", "sensitivity", "specificity", "f1", "roc_auc"])
 
     def validate(self, where: str) -> None:
         _check(self.select_metric in ("val_auc", "val_loss"),
                f"{where}.select_metric: expected val_auc or val_loss, found {self.select_metric!r}")
+        _check(self.promote in ("better", "always"), f"{where}.promote: expected better or always, found {self.promote!r}")
         from cxr.metrics import CI_METRICS  # local: config must not import the heavy stack at load time
 
         bad = [m for m in self.bar_metrics if m not in CI_METRICS]

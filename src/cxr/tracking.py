@@ -59,6 +59,16 @@ def git_commit(cwd: str | Path | None = None) -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
+def run_name(what: str) -> str:
+    """``cnn [exp-name]`` inside ``dvc exp run`` (DVC_EXP_NAME), else ``cnn [<short commit>]``: two
+    experiments' runs can be told apart in the MLflow UI."""
+    exp = os.environ.get("DVC_EXP_NAME")
+    if exp:
+        return f"{what} [{exp}]"
+    commit = git_commit(project_root())
+    return f"{what} [{commit[:7]}]" if commit else what
+
+
 def run_tags(model: str, data_version: str = "", device: str = "") -> dict:
     """The tags every training run carries: git commit, DVC experiment name, data version, device, model."""
 

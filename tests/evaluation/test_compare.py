@@ -105,7 +105,7 @@ def _argv(root: Path, params: Path, models=("cnn", "vit", "vgg16")) -> list[str]
 def test_compare_stage_without_mlflow(tmp_path, monkeypatch):
     _write_inputs(tmp_path)
     params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump({"compare": {}, "mlflow": {"experiment": "t"}}))
+    params.write_text(yaml.safe_dump({"compare": {"register": False}, "mlflow": {"experiment": "t"}}))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # unreachable: degrade, don't fail
     with pytest.warns(RuntimeWarning, match="unreachable"):
         assert _stage().main(_argv(tmp_path, params)) == 0
@@ -114,6 +114,33 @@ def test_compare_stage_without_mlflow(tmp_path, monkeypatch):
     assert "# Results" in (tmp_path / "reports/results.md").read_text()
     for name in ("metrics_bar.png", "roc_all.png"):
         assert (tmp_path / "figures/compare" / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_registration_asked_for_and_impossible_fails_the_stage(tmp_path, monkeypatch):
+    """With compare.register true, MLflow down must not end in a cached success with a stale registry."""
+    from cxr.evaluation.promotion import RegistryError
+
+    _write_inputs(tmp_path)
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"compare": {}, "mlflow": {"experiment": "t"}}))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    with pytest.warns(RuntimeWarning, match="unreachable"), pytest.raises(RegistryError, match="register=false"):
+        _stage().main(_argv(tmp_path, params))
+
+
+@pytest.mark.parametrize("champion,candidate,promoted,why", [
+    (None, {"data_version": "a", "value": 0.8}, True, "no champion"),
+    ({"data_version": "a", "value": 0.905}, {"data_version": "a", "value": 0.886}, False, "does not beat"),
+    ({"data_version": "a", "value": 0.886}, {"data_version": "a", "value": 0.905}, True, "beats"),
+    ({"data_version": "a", "value": 0.5}, {"data_version": "b", "value": 0.9}, False, "not comparable"),
+])
+def test_champion_moves_only_to_a_better_model_on_the_same_data(champion, candidate, promoted, why):
+    from cxr.evaluation.promotion import decide
+
+    ok, reason = decide(candidate, champion, "val_auc")
+    assert ok is promoted and why in reason
+    assert decide({"data_version": "b", "value": 0.1}, {"data_version": "a", "value": 0.9}, "val_auc", "always")[0]
+    assert decide({"data_version": "a", "value": 0.3}, {"data_version": "a", "value": 0.4}, "val_loss")[0]
 
 
 def test_registers_the_validation_winner_from_its_training_run(tmp_path, monkeypatch):
@@ -161,10 +188,14 @@ def test_registers_the_validation_winner_from_its_training_run(tmp_path, monkeyp
 
     client = MlflowClient(tracking_uri=uri)
     v = client.get_model_version_by_alias("cxr-test", "champion")
-    assert v.tags["model"] == "cnn" and v.tags["selected_on"] == "val_auc"
-    compare_run = [r for r in client.search_runs([tracker.experiment_id]) if r.info.run_name == "compare"][0]
-    # The image-bytes pyfunc model, logged from the winner's checkpoint into the compare run.
-    assert v.run_id == compare_run.info.run_id and v.tags["training_run_id"] == run_ids["cnn"]
+    assert v.tags["model"] == "cnn" and float(v.tags["val_auc"]) == pytest.approx(0.95)
+    assert v.tags["data_version"] == "v1"
+    # The version's source is the pyfunc model logged into the winner's training run, which shows it.
+    assert v.run_id == run_ids["cnn"] and v.tags["training_run_id"] == run_ids["cnn"]
+    assert client.get_run(run_ids["cnn"]).data.tags["registered_model"] == f"cxr-test/{v.version}"
+    assert "data version v1" in v.description and "ROC-AUC 0.800 (0.770-0.830)" in v.description
+    assert "threshold" in v.description
+    compare_run = [r for r in client.search_runs([tracker.experiment_id]) if r.data.tags.get("stage") == "compare"][0]
     import base64
     import io
 
@@ -177,14 +208,15 @@ def test_registers_the_validation_winner_from_its_training_run(tmp_path, monkeyp
     served = mlflow.pyfunc.load_model("models:/cxr-test@champion")
     out = served.predict(pd.DataFrame({"image": [base64.b64encode(buf.getvalue()).decode()]}))
     assert list(out["label"]) in (["NORMAL"], ["PNEUMONIA"]) and 0 <= float(out["probability"][0]) <= 1
-    assert compare_run.data.tags["selected_model"] == "cnn"
-    assert compare_run.data.tags["registered_version"] == str(v.version)
-    assert np.isclose(compare_run.data.metrics["vit_roc_auc"], 0.99)
+    assert compare_run.data.tags["selected_model"] == "cnn" and compare_run.data.tags["promoted"] == "true"
+    assert compare_run.data.tags["registered_model"] == f"cxr-test/{v.version}"
+    assert set(compare_run.data.metrics) == {"selected_val_auc"}  # models' metrics live in their own runs
 
-    # Registering again (another compare run) adds version 2, from that run.
-    with tracker.start_run("fallback"):
-        reg = C.register_best(tracker, "vit", "cxr-test", training_run_id=run_ids["vit"],
-                              checkpoint_dir=tmp_path / "models/vit")
-        fallback_run = tracker.run_id
-    assert reg is not None and reg["version"] == "2"
-    assert client.get_model_version("cxr-test", "2").run_id == fallback_run
+    # A worse experiment (same data) registers a candidate but leaves @champion where it was.
+    worse = {**TRAIN, "cnn": {"val_auc": 0.90, "val_loss": 0.3}, "vit": {"val_auc": 0.85, "val_loss": 0.3}}
+    for m in ("cnn", "vit"):
+        (tmp_path / f"metrics/train/{m}.json").write_text(json.dumps(worse[m]))
+    assert _stage().main(_argv(tmp_path, params, models=("cnn", "vit"))) == 0
+    versions = client.search_model_versions("name = 'cxr-test'")
+    assert len(versions) == 2
+    assert client.get_model_version_by_alias("cxr-test", "champion").version == v.version

@@ -1,0 +1,146 @@
+"""The Model Registry's champion: register the selected model, move ``@champion`` only to a better one.
+
+    outcome = register_candidate(tracker, "models/cnn", registered_name="cxr-pneumonia", alias="champion",
+                                 select_metric="val_auc", value=0.905, report=eval_report,
+                                 lock_path=root / ".dvc/tmp/cxr-champion.lock")
+    print(outcome.message)
+
+Every call registers a version (a candidate, with its description and tags). The alias moves when
+there is no champion yet, or when the candidate is better on validation (``cxr.metrics.is_better``)
+than the champion *on the same data version*; a champion trained on other data is not comparable
+and stays, unless ``promote="always"``. Reading the champion and moving the alias happen under an
+exclusive file lock, so queued DVC experiments finishing together cannot both win. The version's
+source is the pyfunc model logged into the *training* run, so the run page shows its registered model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from cxr.checkpoint import ModelCard
+from cxr.metrics import is_better
+
+PROMOTE_RULES = ("better", "always")
+
+
+class RegistryError(RuntimeError):
+    """Registration was asked for (compare.register) and could not happen."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    name: str
+    version: str
+    promoted: bool
+    message: str  # what happened, in one sentence, for the stage log
+    source: str
+
+
+@contextlib.contextmanager
+def exclusive(lock_path: Path):
+    """An exclusive ``flock`` on ``lock_path``: released by the OS if the holder dies."""
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def decide(candidate: dict, champion: dict | None, metric: str, promote: str = "better") -> tuple[bool, str]:
+    """Whether ``candidate`` ({data_version, value}) replaces ``champion`` (the same keys, or None), and why."""
+    if promote not in PROMOTE_RULES:
+        raise ValueError(f"compare.promote: expected one of {list(PROMOTE_RULES)}, found {promote!r}")
+    if champion is None:
+        return True, "no champion yet"
+    if promote == "always":
+        return True, "compare.promote=always"
+    if champion["data_version"] != candidate["data_version"]:
+        return False, (f"the champion was trained on data version {champion['data_version']}, this model on "
+                       f"{candidate['data_version']}: not comparable (-S compare.promote=always replaces it)")
+    new, old = candidate["value"], champion["value"]
+    if is_better(new, old, metric):
+        return True, f"{metric} {new:.4f} beats the champion's {old:.4f}"
+    return False, f"{metric} {new:.4f} does not beat the champion's {old:.4f}"
+
+
+def _champion(client, name: str, alias: str, metric: str) -> dict | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mv = client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None  # no such model or alias yet
+    value = mv.tags.get(metric)
+    return {"version": mv.version, "data_version": mv.tags.get("data_version", ""),
+            "value": float(value) if value not in (None, "") else math.nan}
+
+
+def register_candidate(tracker, checkpoint_dir: str | Path, *, registered_name: str, alias: str, select_metric: str,
+                       value: float, report: dict, lock_path: Path, promote: str = "better") -> Outcome:
+    """Register the pyfunc model of ``checkpoint_dir`` and move ``alias`` if :func:`decide` says so.
+    ``value``: its validation ``select_metric``; ``report``: its evaluate metrics (for the description)."""
+    if not getattr(tracker, "active", False):
+        raise RegistryError(f"compare.register is true but the MLflow tracking store is unreachable "
+                            f"({getattr(tracker, 'uri', 'no tracking URI')}); start it, or run with "
+                            f"-S compare.register=false")
+    import mlflow
+    from mlflow import MlflowClient
+
+    from cxr.checkpoint import load_card
+    from cxr.evaluation.evaluate import find_training_run
+    from cxr.serving.pyfunc import log_pyfunc_model
+
+    card = load_card(checkpoint_dir)
+    training_run_id = find_training_run(tracker, card)
+    description = describe(card, report, select_metric, value)
+    client = MlflowClient(tracking_uri=tracker.uri)
+    mlflow.set_tracking_uri(tracker.uri)
+    source_run = training_run_id or tracker.run_id
+    try:
+        with mlflow.start_run(run_id=source_run, nested=mlflow.active_run() is not None):
+            uri = log_pyfunc_model(checkpoint_dir, name="registered").model_uri
+        tags = {"model": card.name, "data_version": card.data_version, select_metric: f"{value:.6f}",
+                "threshold": f"{card.threshold:.6f}", "training_run_id": training_run_id or ""}
+        with exclusive(lock_path):
+            champion = _champion(client, registered_name, alias, select_metric)
+            promoted, why = decide({"data_version": card.data_version, "value": value}, champion, select_metric,
+                                   promote)
+            mv = mlflow.register_model(uri, registered_name, tags=tags)
+            client.update_model_version(registered_name, mv.version, description=description)
+            if promoted:
+                client.set_registered_model_alias(registered_name, alias, mv.version)
+        if training_run_id:
+            client.set_tag(training_run_id, "registered_model", f"{registered_name}/{mv.version}")
+    except Exception as exc:
+        raise RegistryError(f"could not register {card.name!r} as {registered_name!r} in MLflow at {tracker.uri} "
+                            f"({exc.__class__.__name__}: {exc}); fix the store, or -S compare.register=false") from exc
+    where = f"{registered_name} version {mv.version}"
+    if promoted:
+        message = f"registered {card.name} as {where} and moved @{alias} to it: {why}"
+    else:
+        message = f"registered {card.name} as {where}; @{alias} stays at version {champion['version']}: {why}"
+    return Outcome(name=registered_name, version=str(mv.version), promoted=promoted, message=message, source=uri)
+
+
+def describe(card: ModelCard, report: dict, select_metric: str, value: float) -> str:
+    """The version's description: data version, parameters, validation and test metrics with CIs, threshold."""
+    at = report["at_val_threshold"]
+
+    def ci(k: str, pct: bool = True) -> str:
+        m, f = at[k], (lambda v: f"{100 * v:.1f}") if pct else (lambda v: f"{v:.3f}")
+        return f"{f(m['value'])} ({f(m['ci_low'])}-{f(m['ci_high'])}){' %' if pct else ''}"
+
+    p = card.train_params
+    params = ", ".join(f"{k}={p[k]}" for k in ("lr", "batch_size", "epochs", "image_size", "pretrained", "seed")
+                       if k in p)
+    return (f"{card.name} on data version {card.data_version}. Selected on validation {select_metric} {value:.4f} "
+            f"(epoch {card.best_epoch}); threshold {card.threshold:.4f} ({card.threshold_method}, on validation).\n"
+            f"Test ({report.get('n', '?')} images, {report.get('confidence', 0.95):.0%} bootstrap CIs): "
+            f"ROC-AUC {ci('roc_auc', False)}, accuracy {ci('accuracy')}, sensitivity {ci('sensitivity')}, "
+            f"specificity {ci('specificity')}, balanced accuracy {ci('balanced_accuracy')}.\nParameters: {params}.")
