@@ -13,11 +13,13 @@ export VIRTUAL_ENV := $(abspath $(VENV))
 
 install: $(STAMP)
 
-$(STAMP): requirements.txt pyproject.toml
+# npm ci + cxr.offline_plots: Vega inlined into .dvc/config's plots.html_template (offline dvc plots).
+$(STAMP): requirements.txt pyproject.toml package.json package-lock.json
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements.txt
 	$(BIN)/python -m pip install --quiet --no-deps -e .
+	npm ci --no-audit --no-fund --ignore-scripts --loglevel=error && $(BIN)/python -m cxr.offline_plots
 	touch $(STAMP)
 
 repro: $(STAMP)
@@ -38,3 +40,8 @@ bench: $(STAMP)
 
 clean-venv:
 	rm -rf $(VENV)
+
+# Headless Chromium for tests/test_plots_offline.py (Debian; needs root). .ci/run calls it.
+.PHONY: chromium
+chromium:
+	test -x /usr/bin/chromium || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; }
