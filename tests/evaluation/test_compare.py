@@ -208,6 +208,14 @@ def test_registers_the_validation_winner_from_its_training_run(tmp_path, monkeyp
     served = mlflow.pyfunc.load_model("models:/cxr-test@champion")
     out = served.predict(pd.DataFrame({"image": [base64.b64encode(buf.getvalue()).decode()]}))
     assert list(out["label"]) in (["NORMAL"], ["PNEUMONIA"]) and 0 <= float(out["probability"][0]) <= 1
+    # `cxr predict --model models:/...@champion` fetches the same checkpoint from the store.
+    from cxr.serving import cli
+
+    (tmp_path / "x.png").write_bytes(buf.getvalue())
+    assert cli.main(["predict", str(tmp_path / "x.png"), "--model", "models:/cxr-test@champion", "--format", "csv",
+                     "--no-progress", "--output", str(tmp_path / "pred.csv")]) == 0
+    pred = pd.read_csv(tmp_path / "pred.csv")
+    assert float(pred["probability"][0]) == pytest.approx(float(out["probability"][0]), abs=1e-6)
     assert compare_run.data.tags["selected_model"] == "cnn" and compare_run.data.tags["promoted"] == "true"
     assert compare_run.data.tags["registered_model"] == f"cxr-test/{v.version}"
     assert set(compare_run.data.metrics) == {"selected_val_auc"}  # models' metrics live in their own runs

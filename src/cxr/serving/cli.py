@@ -27,8 +27,9 @@ def _predict_parser(sub) -> None:
                                    "checkpoint, preprocessed exactly as its training data was.")
     p.add_argument("inputs", nargs="+", help="image files, folders (searched recursively) or glob patterns")
     p.add_argument("--model", "-m", default=None,
-                   help="checkpoint folder (model.pt + model.json); default: the model selected by the compare "
-                        "stage in reports/results.csv")
+                   help="checkpoint folder (model.pt + model.json), or a registered model such as "
+                        "models:/cxr-pneumonia@champion; default: the model selected by the compare stage in "
+                        "reports/results.csv")
     p.add_argument("--results", default="reports/results.csv", help="compare stage table used when --model is not given")
     p.add_argument("--models-dir", default="models", help="folder of <model>/ checkpoints used with --results")
     p.add_argument("--format", "-f", choices=("table", "csv", "jsonl"), default="table", help="output format (default: table)")
@@ -85,13 +86,17 @@ def render(df, fmt: str) -> str:
 
 
 def cmd_predict(args) -> int:
-    from cxr.serving.predict import ModelNotFoundError, Predictor, best_model_dir
+    from cxr.serving.predict import (REGISTRY_SCHEMES, ModelNotFoundError, Predictor, best_model_dir,
+                                     registered_model_dir)
 
     if args.batch_size < 1:
         print(f"cxr predict: --batch-size must be >= 1, found {args.batch_size}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        model_dir = Path(args.model) if args.model else best_model_dir(args.results, args.models_dir)
+        if args.model and args.model.startswith(REGISTRY_SCHEMES):
+            model_dir = registered_model_dir(args.model)
+        else:
+            model_dir = Path(args.model) if args.model else best_model_dir(args.results, args.models_dir)
         predictor = Predictor.from_dir(model_dir, device=args.device)
     except (ModelNotFoundError, FileNotFoundError, ValueError, KeyError, RuntimeError) as exc:
         print(f"cxr predict: {exc}", file=sys.stderr)

@@ -51,6 +51,32 @@ class ModelNotFoundError(FileNotFoundError):
 # --------------------------------------------------------------------------------------------
 
 
+REGISTRY_SCHEMES = ("models:/", "runs:/")
+
+
+def registered_model_dir(uri: str, dest: str | Path | None = None) -> Path:
+    """The checkpoint folder inside an MLflow model (``models:/cxr-pneumonia@champion``, ``runs:/<id>/registered``),
+    downloaded from the tracking store (``MLFLOW_TRACKING_URI``, else the repository's ``mlflow.db``)."""
+    import tempfile
+
+    import mlflow
+
+    from cxr.tracking import tracking_uri
+
+    store = tracking_uri()
+    dest = Path(dest or tempfile.mkdtemp(prefix="cxr-model-"))
+    try:
+        mlflow.set_tracking_uri(store)
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dest)))
+    except Exception as exc:
+        raise ModelNotFoundError(f"cannot fetch {uri} from the MLflow store {store} ({exc.__class__.__name__}: "
+                                 f"{exc}); run `dvc repro compare` to register one, or set MLFLOW_TRACKING_URI") from None
+    found = sorted(p.parent for p in local.rglob(checkpoint.META_FILE))
+    if not found:
+        raise ModelNotFoundError(f"{uri} holds no {checkpoint.META_FILE}: not a model registered by this pipeline")
+    return found[0]
+
+
 def best_model_dir(results_csv: str | Path = DEFAULT_RESULTS_CSV, models_dir: str | Path = DEFAULT_MODELS_DIR) -> Path:
     """``models/<best>``: the model the compare stage selected on validation (``selected`` row of reports/results.csv)."""
     results_csv, models_dir = Path(results_csv), Path(models_dir)
