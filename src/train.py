@@ -29,7 +29,7 @@ from cxr.tracking import make_tracker, run_name, run_tags
 from cxr.models import WeightsUnavailableError
 from cxr.files import write_metrics
 from cxr.plots import save_figure, training_curves_figure
-from cxr.training.fit import fit, resolve_run_config
+from cxr.training.fit import config_hash, fit, resolve_run_config
 
 HISTORY_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_auc", "lr", "seconds",
                    "train_images_per_s"]
@@ -81,7 +81,13 @@ def main(argv=None) -> int:
           f"{run_cfg.image_size} px on {describe(device)}; pretrained={run_cfg.pretrained}")
 
     tracker = make_tracker(mlflow_cfg.experiment)
-    tags = run_tags(args.model, data_version=info.get("data_version", ""), device=describe(device))
+    data_version = info.get("data_version", "")
+    tags = {**run_tags(args.model, data_version=data_version, device=describe(device)),
+            "config_hash": config_hash(run_cfg, data_version)[:16]}
+    if Path(args.resume).is_file():  # an interrupted run of this configuration: its MLflow run died with it
+        ended = tracker.end_stale_runs({k: tags[k] for k in ("model", "stage", "config_hash")})
+        if ended:
+            print(f"[{args.model}] marked {ended} interrupted MLflow run(s) of this configuration KILLED")
     with tracker.start_run(run_name=run_name(args.model), tags=tags):
         result = fit(run_cfg, (train.images, train.labels), (val.images, val.labels), device=device, tracker=tracker,
                      resume_path=args.resume, data_version=info.get("data_version", ""), progress=not args.no_progress,

@@ -96,3 +96,68 @@ def test_train_stage_saves_the_evaluate_threshold(workdir, repo_root):
     meta = json.loads((workdir / "models/cnn/model.json").read_text())
     assert meta["threshold"] == 0.37 and meta["threshold_method"] == "fixed"
     assert json.loads((workdir / "metrics/train/cnn.json").read_text())["threshold"] == 0.37
+
+
+def _start(workdir, repo_root, db):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "DVC_ROOT": str(workdir), "MLFLOW_TRACKING_URI": db}
+    cmd = [sys.executable, str(repo_root / "src" / "train.py"), "--params", "params.yaml", "--model", "cnn",
+           "--cache", "data/cache", "--out", "models/cnn", "--metrics", "metrics/train/cnn.json",
+           "--history", "plots/history/cnn.csv", "--figures", "figures/train/cnn", "--resume", "data/resume/cnn.pt",
+           "--no-progress"]
+    return subprocess.Popen(cmd, cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(path, proc, seconds=120):
+    import time
+
+    deadline = time.monotonic() + seconds
+    while not path.exists():
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.2)
+
+
+def _train_runs(db):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=db)
+    exp = client.get_experiment_by_name("chest-xray-pneumonia")
+    return client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"])
+
+
+def test_killed_runs_do_not_stay_running(workdir, repo_root):
+    """SIGTERM ends the MLflow run as KILLED; after kill -9 (no handler runs) the resumed run marks it KILLED."""
+    import signal
+
+    params = yaml.safe_load((workdir / "params.yaml").read_text())
+    params["epochs"] = 200  # long enough to be interrupted after its first epoch
+    (workdir / "params.yaml").write_text(yaml.safe_dump(params))
+    db = f"sqlite:///{workdir}/mlflow.db"
+    resume = workdir / "data/resume/cnn.pt"
+
+    proc = _start(workdir, repo_root, db)
+    _wait_for(resume, proc)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) != 0
+    assert [r.info.status for r in _train_runs(db)] == ["KILLED"]
+
+    proc = _start(workdir, repo_root, db)  # resumes, then dies without a chance to end its run
+    _wait_for(workdir / "mlflow.db", proc)
+    import time
+
+    deadline = time.monotonic() + 120
+    while len(_train_runs(db)) < 2:
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.2)
+    proc.kill()
+    proc.wait(timeout=30)
+    assert [r.info.status for r in _train_runs(db)] == ["KILLED", "RUNNING"]
+
+    proc = _start(workdir, repo_root, db)  # finds the orphan's resume file: the orphan's run died with it
+    deadline = time.monotonic() + 120
+    while len(_train_runs(db)) < 3:
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.2)
+    proc.terminate()
+    proc.wait(timeout=60)
+    assert [r.info.status for r in _train_runs(db)] == ["KILLED", "KILLED", "KILLED"]

@@ -79,6 +79,31 @@ def run_tags(model: str, data_version: str = "", device: str = "") -> dict:
     return tags
 
 
+class StageInterrupted(BaseException):
+    """SIGTERM or SIGHUP arrived (``dvc queue kill``, a closed terminal): the run ends as KILLED."""
+
+
+@contextlib.contextmanager
+def _signals_end_the_run() -> Iterator[None]:
+    """In the main thread, turn SIGTERM/SIGHUP into StageInterrupted so the run is ended, not left RUNNING."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise StageInterrupted(signal.Signals(signum).name)
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
 class NullTracker:
     """Same methods as MlflowTracker; does nothing. For tests, sweeps without tracking, and degraded runs."""
 
@@ -99,6 +124,9 @@ class NullTracker:
     def log_model(self, model, *, input_example=None, signature=None, name: str = "model", image_size: int | None = None) -> None: ...
 
     def set_tags(self, tags: dict) -> None: ...
+
+    def end_stale_runs(self, tags: dict) -> int:
+        return 0
 
     @property
     def run_id(self) -> str | None:
@@ -169,7 +197,11 @@ class MlflowTracker(NullTracker):
         previous, self._run = self._run, run
         status = "FINISHED"
         try:
-            yield run
+            with contextlib.nullcontext() if nested else _signals_end_the_run():
+                yield run
+        except (KeyboardInterrupt, StageInterrupted):
+            status = "KILLED"
+            raise
         except BaseException:
             status = "FAILED"
             raise
@@ -182,6 +214,17 @@ class MlflowTracker(NullTracker):
                     mlflow.end_run(status=status if self.active else "FAILED")
                 except Exception:  # the store is gone; nothing more to tell it
                     pass
+
+    def end_stale_runs(self, tags: dict) -> int:
+        """Mark RUNNING runs with these ``tags`` KILLED (a process killed with -9 could not); how many."""
+        def end() -> int:
+            where = " and ".join(f"tags.{k} = '{v}'" for k, v in tags.items())
+            runs = self._client.search_runs([self.experiment_id], f"{where} and attributes.status = 'RUNNING'")
+            for r in runs:
+                self._client.set_terminated(r.info.run_id, status="KILLED")
+            return len(runs)
+
+        return self._safe("end_stale_runs", end) or 0
 
     def log_params(self, params: dict) -> None:
         from mlflow.entities import Param
