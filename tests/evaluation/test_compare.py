@@ -56,7 +56,7 @@ def test_results_table_ranked_by_validation_not_test():
 def test_results_markdown_reads_like_a_results_section():
     t = C.results_table(EVAL, TRAIN)
     sweep_table = pd.DataFrame({"batch_size": [16, 32], "lr": [1e-3, 1e-4], "val_auc": [0.9, 0.8],
-                                "val_loss": [0.3, 0.4], "test_auc": [0.7, 0.95], "test_acc": [0.6, 0.9],
+                                "val_loss": [0.3, 0.4], "test_roc_auc": [0.7, 0.95], "test_accuracy": [0.6, 0.9],
                                 "selected": [True, False]})
     sweep = {"model": "resnet50", "select_metric": "val_auc", "best": {"batch_size": 16, "lr": 1e-3, "val_auc": 0.9}}
     md = C.results_markdown(t, eval_metrics=EVAL, sweep_summary=sweep, sweep_table=sweep_table)
@@ -86,8 +86,8 @@ def _write_inputs(root: Path, models=("cnn", "vit", "vgg16")) -> None:
             root / f"plots/eval/{m}/roc.csv", index=False)
     (root / "metrics/sweep.json").write_text(json.dumps({"model": "cnn", "select_metric": "val_auc",
                                                          "best": {"batch_size": 8, "lr": 0.001, "val_auc": 0.9}}))
-    pd.DataFrame({"batch_size": [8], "lr": [0.001], "val_auc": [0.9], "val_loss": [0.3], "test_auc": [0.8],
-                  "test_acc": [0.7], "selected": [True]}).to_csv(root / "plots/sweep.csv", index=False)
+    pd.DataFrame({"batch_size": [8], "lr": [0.001], "val_auc": [0.9], "val_loss": [0.3], "test_roc_auc": [0.8],
+                  "test_accuracy": [0.7], "selected": [True]}).to_csv(root / "plots/sweep.csv", index=False)
 
 
 def _stage():

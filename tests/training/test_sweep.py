@@ -44,7 +44,7 @@ def test_tiny_grid_one_row_per_config_selected_on_validation(data, base):
     assert t["selected"].sum() == 1
     assert t.loc[t["selected"], "val_auc"].item() == t["val_auc"].max()
     assert not t["test_used_for_selection"].any()
-    assert t["test_auc"].between(0, 1).all() and t["test_acc"].between(0, 1).all()
+    assert t["test_roc_auc"].between(0, 1).all() and t["test_accuracy"].between(0, 1).all()
     s = res.summary()
     assert s["best"]["batch_size"] == t.loc[t["selected"], "batch_size"].item()
     assert s["best_test"]["used_for_selection"] is False
@@ -90,7 +90,7 @@ def test_selection_ignores_test_metrics(monkeypatch, base):
     x = np.zeros((4, SIZE, SIZE), np.uint8)
     res = S.run_sweep(base, [8, 16], [1e-3], (x, y), (x, y), (x, y))
     t = res.table().set_index("batch_size")
-    assert t.loc[16, "test_auc"] > t.loc[8, "test_auc"]
+    assert t.loc[16, "test_roc_auc"] > t.loc[8, "test_roc_auc"]
     assert res.best["batch_size"] == 8 and bool(t.loc[8, "selected"]) and not bool(t.loc[16, "selected"])
     by_loss = S.run_sweep(base, [8, 16], [1e-3], (x, y), (x, y), (x, y), select_metric="val_loss")
     assert by_loss.best["batch_size"] == 16  # lowest validation loss
@@ -139,7 +139,7 @@ def test_sweep_stage_outputs_and_nested_mlflow_runs(data, tmp_path, monkeypatch)
     assert len(parents) == 1
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
     assert sorted(r.data.params["batch_size"] for r in children) == ["16", "8"]
-    assert all(r.data.tags["test_used_for_selection"] == "false" and "test_auc" in r.data.metrics for r in children)
+    assert all(r.data.tags["test_used_for_selection"] == "false" and "test_roc_auc" in r.data.metrics for r in children)
 
 
 def test_summary_without_a_test_split_has_null_test_numbers():
@@ -149,5 +149,5 @@ def test_summary_without_a_test_split_has_null_test_numbers():
            "threshold": 0.5, "test_used_for_selection": False}
     summary = SweepResult(model="cnn", select_metric="val_auc", rows=[row], best=dict(row)).summary()
     assert summary["best"]["val_auc"] == 0.7
-    assert summary["best_test"] == {"test_auc": None, "test_acc": None, "test_balanced_accuracy": None,
+    assert summary["best_test"] == {"test_roc_auc": None, "test_accuracy": None, "test_balanced_accuracy": None,
                                     "used_for_selection": False}

@@ -111,10 +111,10 @@ def markdown_table(df: pd.DataFrame) -> str:
 
 def sweep_markdown(sweep_table: pd.DataFrame, select_metric: str) -> str:
     df = sweep_table.copy()
-    show = [c for c in ("batch_size", "lr", "val_auc", "val_loss", "best_epoch", "test_auc", "test_acc", "selected")
+    show = [c for c in ("batch_size", "lr", "val_auc", "val_loss", "best_epoch", "test_roc_auc", "test_accuracy", "selected")
             if c in df.columns]
     df = df[show]
-    for c in ("val_auc", "val_loss", "test_auc", "test_acc"):
+    for c in ("val_auc", "val_loss", "test_roc_auc", "test_accuracy"):
         if c in df.columns:
             df[c] = df[c].map(lambda v: "n/a" if pd.isna(v) else f"{v:.3f}")
     if "lr" in df.columns:

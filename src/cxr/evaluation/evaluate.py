@@ -28,6 +28,9 @@ from cxr.training.engine import predict_probabilities
 from cxr.checkpoint import ModelCard
 from cxr.metrics import calibration_points, evaluate_predictions, pr_points, roc_points
 
+HEADLINE_CI = ("roc_auc", "accuracy", "sensitivity", "specificity", "balanced_accuracy")
+
+
 @dataclass
 class EvalResult:
     model: str
@@ -43,16 +46,17 @@ class EvalResult:
         return (self.test_probs >= self.threshold).astype(int)
 
     def flat_metrics(self, prefix: str = "test_") -> dict[str, float]:
-        """Flat numbers for MLflow: test_accuracy, test_accuracy_ci_low, ..., test_at_0.5_accuracy, ..."""
+        """A short list for the MLflow UI: every metric at the model's threshold, CIs of the headline ones,
+        the operating point at 0.5; the full report (all CIs, counts) is the logged metrics JSON."""
+        at, default = self.report["at_val_threshold"], self.report["at_default_threshold"]
         out = {f"{prefix}threshold": self.threshold}
-        for key, tag in (("at_val_threshold", ""), ("at_default_threshold", "at_default_")):
-            for name, v in self.report[key].items():
-                if isinstance(v, dict):
-                    out[f"{prefix}{tag}{name}"] = v["value"]
-                    out[f"{prefix}{tag}{name}_ci_low"] = v["ci_low"]
-                    out[f"{prefix}{tag}{name}_ci_high"] = v["ci_high"]
-                elif name != "threshold":
-                    out[f"{prefix}{tag}{name}"] = v
+        for name, v in at.items():
+            if isinstance(v, dict):
+                out[f"{prefix}{name}"] = v["value"]
+                if name in HEADLINE_CI:
+                    out[f"{prefix}{name}_ci_low"], out[f"{prefix}{name}_ci_high"] = v["ci_low"], v["ci_high"]
+        for name in ("accuracy", "sensitivity", "specificity"):
+            out[f"{prefix}at_0.5_{name}"] = default[name]["value"]
         return out
 
 

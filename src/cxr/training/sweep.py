@@ -28,7 +28,7 @@ from cxr.tracking import NullTracker
 
 TABLE_COLUMNS = [
     "batch_size", "lr", "val_auc", "val_loss", "val_acc", "best_epoch", "threshold",
-    "test_auc", "test_acc", "test_balanced_accuracy", "test_sensitivity", "test_specificity",
+    "test_roc_auc", "test_accuracy", "test_balanced_accuracy", "test_sensitivity", "test_specificity",
     "first_epoch_train_loss", "seconds", "selected", "test_used_for_selection",
 ]
 
@@ -56,7 +56,7 @@ class SweepResult:
             "best": {"batch_size": b["batch_size"], "lr": b["lr"], "val_auc": b["val_auc"], "val_loss": b["val_loss"],
                      "best_epoch": b["best_epoch"], "threshold": b["threshold"]},
             # No test split (split.test_fraction: 0 and none shipped): null test numbers, not a crash.
-            "best_test": {"test_auc": b.get("test_auc"), "test_acc": b.get("test_acc"),
+            "best_test": {"test_roc_auc": b.get("test_roc_auc"), "test_accuracy": b.get("test_accuracy"),
                           "test_balanced_accuracy": b.get("test_balanced_accuracy"), "used_for_selection": False},
         }
 
@@ -96,7 +96,7 @@ def run_sweep(base: RunConfig, batch_sizes, lrs, train: tuple, val: tuple, test:
                 probs = predict_probabilities(result.model, test[0], mean=result.card.mean, std=result.card.std,
                                 image_size=cfg.image_size, device=device, batch_size=eval_batch_size)
                 m = binary_metrics(test[1], probs, result.threshold)  # the val-chosen threshold
-                row.update(test_auc=m["roc_auc"], test_acc=m["accuracy"], test_balanced_accuracy=m["balanced_accuracy"],
+                row.update(test_roc_auc=m["roc_auc"], test_accuracy=m["accuracy"], test_balanced_accuracy=m["balanced_accuracy"],
                            test_sensitivity=m["sensitivity"], test_specificity=m["specificity"])
             row["seconds"] = time.perf_counter() - start
             row["test_used_for_selection"] = False
