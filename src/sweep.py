@@ -28,6 +28,7 @@ from cxr.data.cache import CacheError, load_info, load_split
 from cxr.device import resolve_device
 from cxr.plots import save_figure, sweep_heatmap_figure
 from cxr.reporting import json_safe, write_metrics
+from cxr.engine import TrainingDivergedError
 from cxr.stage import run_stage
 from cxr.sweep import run_sweep
 from cxr.tracking import make_tracker
@@ -91,4 +92,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    run_stage("sweep", main, (ConfigError, CacheError))
+    run_stage("sweep", main, (ConfigError, CacheError, TrainingDivergedError))

@@ -26,6 +26,8 @@ from cxr.stage import run_stage
 from cxr.tracking import make_tracker, run_tags
 from cxr.models import WeightsUnavailableError
 from cxr.reporting import write_metrics
+from cxr.engine import TrainingDivergedError
+from cxr.runlock import ResumeLockedError, resume_lock
 from cxr.training import fit, history_figure, resolve_run_config
 
 HISTORY_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_auc", "lr", "seconds",
@@ -78,7 +80,8 @@ def main(argv=None) -> int:
 
     tracker = make_tracker(mlflow_cfg.experiment)
     tags = run_tags(args.model, data_version=info.get("data_version", ""), device=describe(device))
-    with tracker.start_run(run_name=args.model, tags=tags):
+    # One trainer per resume state: a rerun after `kill -9` of dvc must not race the orphaned trainer.
+    with resume_lock(resume, args.model), tracker.start_run(run_name=args.model, tags=tags):
         result = fit(run_cfg, (train.images, train.labels), (val.images, val.labels), device=device, tracker=tracker,
                      resume_path=resume, data_version=info.get("data_version", ""), progress=not args.no_progress,
                      threshold_method=eval_cfg.threshold, fixed_threshold=eval_cfg.fixed_threshold)
@@ -113,4 +116,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    run_stage("train", main, (ConfigError, CacheError, WeightsUnavailableError))
+    run_stage("train", main, (ConfigError, CacheError, WeightsUnavailableError, ResumeLockedError, TrainingDivergedError))
