@@ -239,7 +239,7 @@ class Plausibility:
     min_side: int = 32  # shorter side, pixels (the Kaggle images: 127 px and more)
     max_aspect: float = 4.0  # longer side / shorter side (chest films: about 0.5 to 2)
     min_range: int = 8  # grey levels between the 1st and 99th percentile (a blank or constant image has 0)
-    min_smoothness: float = 0.2  # neighbouring-pixel correlation (a radiograph: > 0.8; pure noise: about 0)
+    min_smoothness: float = 0.5  # neighbouring-pixel correlation (radiographs: 0.88 and more; noise: 0 to 0.3)
 
     def validate(self, where: str) -> None:
         _check(self.min_side >= 1, f"{where}.min_side must be >= 1, found {self.min_side}")

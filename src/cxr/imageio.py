@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import io
 import os
+import warnings
 from pathlib import Path
 from typing import Union
 
@@ -236,8 +237,10 @@ def _raster_error(name: str, exc: Exception) -> ImageReadError:
 def _check_raster_pixels(source: Source, name: str, max_pixels: int | None) -> tuple[int, int]:
     """(width, height) from the header; refused above the pixel limit before any pixel is decoded."""
     try:
-        with Image.open(_open_raster(source)) as img:
-            width, height = img.size
+        with warnings.catch_warnings():  # Pillow's own bomb warning: the limit below is the one that counts
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(_open_raster(source)) as img:
+                width, height = img.size
     except Exception as exc:
         raise _raster_error(name, exc) from exc
     _pixel_limit_error(name, width, height, 1, max_pixels)
