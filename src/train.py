@@ -116,4 +116,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    run_stage("train", main, (ConfigError, CacheError, WeightsUnavailableError, ResumeLockedError, TrainingDivergedError))
+    run_stage("train", main,
+              (ConfigError, CacheError, WeightsUnavailableError, ResumeLockedError, TrainingDivergedError))

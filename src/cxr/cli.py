@@ -8,7 +8,8 @@
 (``reports/results.csv``, column ``selected``). Output columns: file, probability (P(PNEUMONIA)),
 label (at the checkpoint's validation-chosen threshold), error (why an input could not be read),
 warning (why a predicted input may not be a chest radiograph: tiny, extreme aspect ratio, blank or
-constant, noise; the same checks the split stage quarantines by), and cam (the Grad-CAM overlay, with ``--cam``). Exit status: 0 all inputs predicted, 1 some
+constant, noise; the same checks the split stage quarantines by), and cam (the Grad-CAM overlay,
+with ``--cam``). Exit status: 0 all inputs predicted, 1 some
 input could not be read (the others are still predicted), 2 usage or model errors.
 """
 

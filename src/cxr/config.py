@@ -228,7 +228,8 @@ class DataConfig:
             _check(bool(self.path), f"{where}.path: source=path needs data.path (a folder or .zip/.tar.gz)")
         if self.source == "url":
             _check(bool(self.url), f"{where}.url: source=url needs data.url (an http(s) link to an archive)")
-        _check(self.timeout > 0 and math.isfinite(self.timeout), f"{where}.timeout must be a positive number of seconds")
+        _check(self.timeout > 0 and math.isfinite(self.timeout),
+               f"{where}.timeout must be a positive number of seconds, found {self.timeout}")
         _check(self.min_rate >= 0, f"{where}.min_rate must be >= 0 (0 = no minimum), found {self.min_rate}")
 
 

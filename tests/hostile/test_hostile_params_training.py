@@ -77,7 +77,8 @@ def test_a_non_finite_loss_stops_training_at_once_naming_lr(repo_root):
 def test_a_second_trainer_refuses_while_the_first_holds_the_resume_state(tmp_path):
     resume = tmp_path / "data" / "resume" / "cnn.pt"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; sys.path.insert(0, sys.argv[2]); from cxr.runlock import resume_lock\n"
+        [sys.executable, "-c",
+         "import sys, time; sys.path.insert(0, sys.argv[2]); from cxr.runlock import resume_lock\n"
          "with resume_lock(sys.argv[1], 'cnn'):\n    print('held', flush=True); time.sleep(60)",
          str(resume), str(__import__("cxr").__path__[0].rsplit("/cxr", 1)[0])],
         stdout=subprocess.PIPE, text=True)

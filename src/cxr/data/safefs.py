@@ -40,7 +40,7 @@ def describe_mode(mode: int) -> str:
 
 
 def entry_problem(path: str | os.PathLike) -> Optional[tuple[str, str]]:
-    """``(reason, detail)`` when ``path`` is not a regular file that may be read, else None (lstat: links not followed)."""
+    """``(reason, detail)`` when ``path`` is not a regular file that may be read, else None (links not followed)."""
     try:
         st = os.lstat(path)
     except OSError as exc:
