@@ -110,3 +110,33 @@ def test_the_train_stage_refuses_while_another_trainer_holds_the_lock(tmp_path, 
         proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=100, env=env)
     assert proc.returncode == 1 and "another trainer" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "models" / "cnn").exists()
+
+
+def _check_params_stage(repo_root):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("check_params_stage", repo_root / "src" / "check_params.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_params_stage_fails_an_experiment_that_adds_an_unknown_key(params_file, repo_root, capsys):
+    """DVC reruns only stages whose declared params changed, so `-S +learning_rate=0.1` reran nothing;
+    the `params` stage declares the whole file, reruns on any change and fails with the message."""
+    stage = _check_params_stage(repo_root)
+    assert stage.main(["--params", str(params_file())]) == 0
+    capsys.readouterr()
+    assert stage.main(["--params", str(params_file(learning_rate=0.1))]) == 1
+    err = capsys.readouterr().err
+    assert "params: error: " in err and "learning_rate" in err and "Traceback" not in err
+    dvc_yaml = yaml.safe_load((repo_root / "dvc.yaml").read_text())
+    assert dvc_yaml["stages"]["params"]["params"] == [{"params.yaml": None}]  # the whole file
+
+
+def test_the_params_stage_reports_every_bad_key_at_once(params_file, repo_root, capsys):
+    stage = _check_params_stage(repo_root)
+    path = params_file(learning_rate=0.1, lr=float("inf"), split={"val_fraction": 0.15, "max_pixel": 10})
+    assert stage.main(["--params", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "learning_rate" in err and "lr must be a finite number" in err and "max_pixel" in err
