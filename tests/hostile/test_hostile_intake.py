@@ -173,3 +173,12 @@ def test_the_synthetic_default_dataset_passes_every_plausibility_check(synthetic
     res = _split(synthetic_raw)
     assert not set(res.quarantine["reason"]) & {"too_small", "extreme_aspect_ratio", "blank_or_constant",
                                                  "noise_not_an_image"}
+
+
+def test_a_file_in_a_split_folder_outside_the_class_folders_is_reported(tmp_path):
+    top = kaggle_tree(tmp_path / "src")
+    put(top / "train" / "IM-8000-0001.jpeg", xray_jpeg(8000))  # no class folder: no label
+    out = tmp_path / "raw"
+    _fetch(top.parent, out)
+    q = _split(out).quarantine
+    assert list(q.loc[q["path"] == "train/IM-8000-0001.jpeg", "reason"]) == ["outside_class_folder"]

@@ -18,8 +18,13 @@ The ``fetch`` stage (``python src/fetch.py --params params.yaml --out data/raw``
 
 Every file inside a class folder is taken, broken images included: the ``split`` stage decides
 what is usable and reports what it quarantines. Only operating-system junk is dropped here.
-Archives are extracted safely: a member that would land outside the target, a link, or a device
-file stops the extraction with an error naming it.
+Symbolic links are never followed and FIFOs, sockets and devices never opened; they, and files
+lying in a split folder outside its class folders, are listed in ``<out>/skipped.csv``, which split
+adds to its quarantine report. Two folders meaning one thing (``train/NORMAL`` and
+``train/normal``, ``val/`` and ``validation/``) stop the import with both names. Archives are
+extracted safely: a member that would land outside the target, a link, a device file, an
+encrypted or damaged member, a cut tar, or more bytes than ``data.archive`` allows (a
+decompression bomb) stops the extraction with an error naming it.
 """
 
 from __future__ import annotations
@@ -364,6 +369,16 @@ def import_tree(layout: Layout, out_dir: Path, *, mode: str = "link", progress: 
                 else:
                     skipped.append({"path": f"{split}/{label}/{rel.as_posix()}", "reason": problem[0],
                                     "detail": problem[1]})
+    for split, per in layout.dirs.items():
+        if layout.flat:
+            break
+        parent = next(iter(per.values())).parent  # the split folder: files here carry no label
+        for f in sorted(parent.iterdir()):
+            if not is_junk(f.name) and not f.is_dir():
+                skipped.append({"path": f"{split}/{_utf8_name(Path(f.name))[0].as_posix()}",
+                                "reason": "outside_class_folder",
+                                "detail": f"lies in {split}/ but not in NORMAL/ or PNEUMONIA/, so it has no label: "
+                                          f"move it into its class folder"})
     if renamed and notes is not None:
         notes.append(f"{renamed} file name(s) were not valid UTF-8: decoded as latin-1")
     if skipped:
