@@ -182,3 +182,12 @@ def test_a_file_in_a_split_folder_outside_the_class_folders_is_reported(tmp_path
     _fetch(top.parent, out)
     q = _split(out).quarantine
     assert list(q.loc[q["path"] == "train/IM-8000-0001.jpeg", "reason"]) == ["outside_class_folder"]
+
+
+def test_a_linked_dataset_folder_is_not_followed_and_the_message_says_so(tmp_path):
+    top = kaggle_tree(tmp_path / "elsewhere")
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "chest_xray").symlink_to(top, target_is_directory=True)
+    with pytest.raises(SourceError) as err:
+        _fetch(tmp_path / "src", tmp_path / "raw")
+    assert "symbolic link: not followed" in str(err.value) and "point data.path at its target" in str(err.value)

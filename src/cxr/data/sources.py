@@ -304,7 +304,9 @@ def _describe(root: Path, limit: int = 12) -> str:
         for child in sorted(root.iterdir()):
             if is_junk(child.name):
                 continue
-            if child.is_dir():
+            if child.is_symlink():
+                items.append(f"{child.name} (a symbolic link: not followed; point data.path at its target instead)")
+            elif child.is_dir():
                 inner = sorted(c.name for c in child.iterdir() if not is_junk(c.name))
                 shown = ", ".join(inner[:6]) + (", ..." if len(inner) > 6 else "")
                 items.append(f"{child.name}/ [{shown}]")
