@@ -6,7 +6,6 @@ Every input is generated in tmp_path; HTTP cases talk to a server started here o
 from __future__ import annotations
 
 import io
-import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -110,9 +109,3 @@ def http_server():
         server.shutdown()
         server.server_close()
 
-
-@pytest.fixture
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
