@@ -386,7 +386,9 @@ def import_tree(layout: Layout, out_dir: Path, *, mode: str = "link", progress: 
     if skipped:
         write_skipped(out_dir, skipped)
         if notes is not None:
-            notes.append(f"{len(skipped)} entr(y/ies) not imported (links or special files), listed in "
+            n = len(skipped)
+            notes.append(f"{n} entr{'y' if n == 1 else 'ies'} not imported (links, special files, "
+                         f"files outside the class folders), listed in "
                          f"{out_dir / SKIPPED_REPORT} and in the split stage's quarantine report")
     counts = {split: {label: 0 for label in CLASSES} for split in SPLITS}
     can_link = mode == "link"
