@@ -28,13 +28,14 @@ from cxr.data.cache import CacheError, load_info, load_split
 from cxr.device import resolve_device
 from cxr.plots import save_figure, sweep_heatmap_figure
 from cxr.files import json_safe, write_metrics
+from cxr.training.engine import TrainingDivergedError
 from cxr.stage import run_stage
 from cxr.training.sweep import run_sweep
 from cxr.tracking import make_tracker
 from cxr.training.fit import resolve_run_config
 
 
-ERRORS = (ConfigError, CacheError)  # user-actionable (see cxr.stage)
+ERRORS = (ConfigError, CacheError, TrainingDivergedError)  # user-actionable (see cxr.stage)
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

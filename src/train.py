@@ -29,13 +29,15 @@ from cxr.tracking import make_tracker, run_name, run_tags
 from cxr.models import WeightsUnavailableError
 from cxr.files import write_metrics
 from cxr.plots import save_figure, training_curves_figure
+from cxr.runlock import ResumeLockedError, resume_lock
+from cxr.training.engine import TrainingDivergedError
 from cxr.training.fit import config_hash, fit, resolve_run_config
 
 HISTORY_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_auc", "lr", "seconds",
                    "train_images_per_s"]
 
 
-ERRORS = (ConfigError, CacheError, WeightsUnavailableError)  # user-actionable (see cxr.stage)
+ERRORS = (ConfigError, CacheError, WeightsUnavailableError, ResumeLockedError, TrainingDivergedError)  # see cxr.stage
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -84,33 +86,35 @@ def main(argv=None) -> int:
     data_version = info.get("data_version", "")
     tags = {**run_tags(args.model, data_version=data_version, device=describe(device)),
             "config_hash": config_hash(run_cfg, data_version)[:16]}
-    if Path(args.resume).is_file():  # an interrupted run of this configuration: its MLflow run died with it
-        ended = tracker.end_stale_runs({k: tags[k] for k in ("model", "stage", "config_hash")})
-        if ended:
-            print(f"[{args.model}] marked {ended} interrupted MLflow run(s) of this configuration KILLED")
-    with tracker.start_run(run_name=run_name(args.model), tags=tags):
-        result = fit(run_cfg, (train.images, train.labels), (val.images, val.labels), device=device, tracker=tracker,
-                     resume_path=args.resume, data_version=info.get("data_version", ""), progress=not args.no_progress,
-                     threshold_method=eval_cfg.threshold, fixed_threshold=eval_cfg.fixed_threshold,
-                     cache_resize=info.get("resize", "stretch"))
-        checkpoint.save(args.out, result.model, result.card)
+    # One trainer per resume state: a rerun after `kill -9` of dvc must not race the orphaned trainer.
+    with resume_lock(args.resume, args.model):
+        if Path(args.resume).is_file():  # the lock is ours: that run is dead, and its MLflow run died with it
+            ended = tracker.end_stale_runs({k: tags[k] for k in ("model", "stage", "config_hash")})
+            if ended:
+                print(f"[{args.model}] marked {ended} interrupted MLflow run(s) of this configuration KILLED")
+        with tracker.start_run(run_name=run_name(args.model), tags=tags):
+            result = fit(run_cfg, (train.images, train.labels), (val.images, val.labels), device=device, tracker=tracker,
+                         resume_path=args.resume, data_version=info.get("data_version", ""), progress=not args.no_progress,
+                         threshold_method=eval_cfg.threshold, fixed_threshold=eval_cfg.fixed_threshold,
+                         cache_resize=info.get("resize", "stretch"))
+            checkpoint.save(args.out, result.model, result.card)
 
-        metrics = {k: _clean(v) for k, v in result.metrics().items()}
-        write_metrics(args.metrics, metrics)
-        write_history(Path(args.history), result.history)
+            metrics = {k: _clean(v) for k, v in result.metrics().items()}
+            write_metrics(args.metrics, metrics)
+            write_history(Path(args.history), result.history)
 
-        fig = training_curves_figure(pd.DataFrame(result.history), best_epoch=result.best["best_epoch"],
-                                     title=f"{args.model}: training curves (kept epoch by {run_cfg.select_metric})")
-        save_figure(fig, Path(args.figures) / "curves.png")
+            fig = training_curves_figure(pd.DataFrame(result.history), best_epoch=result.best["best_epoch"],
+                                         title=f"{args.model}: training curves (kept epoch by {run_cfg.select_metric})")
+            save_figure(fig, Path(args.figures) / "curves.png")
 
-        # The kept epoch's validation metrics under best_* names, beside the per-epoch val_* curves.
-        tracker.log_metrics({(f"best_{k}" if k.startswith("val_") else k): v for k, v in metrics.items()
-                             if isinstance(v, (int, float))})
-        tracker.log_figure(fig, "curves.png")
-        tracker.log_artifact(Path(args.out) / checkpoint.META_FILE)
-        tracker.log_artifact(args.history)
-        if mlflow_cfg.log_model:
-            tracker.log_model(result.model, name="model", image_size=run_cfg.image_size)
+            # The kept epoch's validation metrics under best_* names, beside the per-epoch val_* curves.
+            tracker.log_metrics({(f"best_{k}" if k.startswith("val_") else k): v for k, v in metrics.items()
+                                 if isinstance(v, (int, float))})
+            tracker.log_figure(fig, "curves.png")
+            tracker.log_artifact(Path(args.out) / checkpoint.META_FILE)
+            tracker.log_artifact(args.history)
+            if mlflow_cfg.log_model:
+                tracker.log_model(result.model, name="model", image_size=run_cfg.image_size)
     print(f"[{args.model}] best epoch {result.best['best_epoch']}: val_auc {result.best['val_auc']:.4f} "
           f"val_loss {result.best['val_loss']:.4f}; threshold {result.threshold:.3f}; checkpoint in {args.out}")
     return 0

@@ -26,7 +26,7 @@ from pipeline_repo import BIN, env, make_repo, run
 pytestmark = pytest.mark.slow
 
 MODELS = ["cnn", "resnet50", "vgg16", "vit"]
-STAGES = ["fetch", "split", "preprocess", *(f"train@{m}" for m in MODELS), *(f"evaluate@{m}" for m in MODELS),
+STAGES = ["params", "fetch", "split", "preprocess", *(f"train@{m}" for m in MODELS), *(f"evaluate@{m}" for m in MODELS),
           "sweep", "compare"]
 
 

@@ -59,3 +59,62 @@ def card_for(model, **fields):
                 val_loss=0.7, val_acc=0.5, epochs_run=1, stopped_early=False)
     base.update(fields)
     return ModelCard(**base)
+
+
+def make_checkpoint(model_dir: Path, *, cache_size: int = 32, image_size: int = 24, resize: str | None = "stretch",
+                    threshold: float = 0.5, seed: int = 0) -> Path:
+    """A tiny seeded `cnn` saved as the train stage saves it (random weights: no training needed)."""
+    import torch
+
+    from cxr import checkpoint
+    from cxr.models import build_model
+
+    torch.manual_seed(seed)
+    model = build_model("cnn", image_size=image_size)
+    with torch.no_grad():  # a random CNN answers ~0.5 for everything: spread its outputs so labels differ
+        model.classifier[-1].weight.mul_(40.0)
+    card = card_for(model, cache_size=cache_size, threshold=threshold, cache_resize=resize or "stretch")
+    return checkpoint.save(model_dir, model, card)
+
+
+RAMP16 = (np.arange(24 * 20, dtype=np.uint16).reshape(24, 20) * 6 + 1000)  # 1000 .. 3874: 12-bit range
+
+
+def write_dicom(path, arr: np.ndarray, *, photometric: str = "MONOCHROME2", bits_stored: int | None = None,
+                slope: float | None = None, intercept: float | None = None, window: tuple[float, float] | None = None,
+                voi_lut: tuple[int, int, list[int]] | None = None, preamble: bool = True, pixel_data: bool = True):
+    """A minimal single-frame DICOM (Digital X-Ray storage) written with pydicom."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Modality = "DX"
+    ds.PatientID = "TEST"
+    if pixel_data:
+        bits = bits_stored or (8 if arr.dtype == np.uint8 else 16)
+        ds.set_pixel_data(arr, photometric_interpretation=photometric, bits_stored=bits)
+    if slope is not None:
+        ds.RescaleSlope, ds.RescaleIntercept, ds.RescaleType = slope, intercept or 0.0, "US"
+    if window is not None:
+        ds.WindowCenter, ds.WindowWidth = window
+    if voi_lut is not None:
+        from pydicom.sequence import Sequence
+
+        n, first, data = voi_lut
+        item = Dataset()
+        item.LUTDescriptor = [n, first, 16]
+        item.LUTData = np.asarray(data, dtype="<u2").tobytes()  # OW
+        ds.VOILUTSequence = Sequence([item])
+    if preamble:
+        ds.save_as(path, enforce_file_format=True)
+    else:
+        ds.preamble = None
+        ds.save_as(path, implicit_vr=False, little_endian=True)
+    return path

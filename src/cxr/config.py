@@ -13,6 +13,7 @@ key, what was found and what was expected.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -31,6 +32,20 @@ class ConfigError(ValueError):
 # --------------------------------------------------------------------------------------------
 
 
+# Every top-level key params.yaml may hold: the global knobs (Globals) and the sections.
+SECTIONS = ("data", "split", "preprocess", "train", "models", "mlflow", "evaluate", "sweep", "compare")
+
+
+def check_top_level(data: dict, where: str = "params.yaml") -> None:
+    """Refuse unknown top-level keys, as sections refuse theirs (``-S +learning_rate=0.1`` would be ignored)."""
+    known = set(SECTIONS) | {f.name for f in dataclasses.fields(Globals)}
+    unknown = sorted(str(k) for k in data if k not in known)
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown top-level key(s) {unknown}; valid keys are {sorted(known)}. A misspelt knob "
+            f"would be ignored silently (the learning rate is `lr`): fix or remove it (dvc exp run -S lr=...)")
+
+
 def load_params(path: str | Path = "params.yaml") -> dict:
     path = Path(path)
     if not path.is_file():
@@ -39,6 +54,7 @@ def load_params(path: str | Path = "params.yaml") -> dict:
         data = yaml.safe_load(f) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, found {type(data).__name__}")
+    check_top_level(data, str(path))
     return data
 
 
@@ -174,6 +190,20 @@ SOURCES = ("synthetic", "path", "url", "kaggle")
 
 
 @dataclass
+class ArchiveLimits:
+    """``data.archive``: what extracting an archive may write (a 2 MB zip can hold terabytes of zeros)."""
+
+    max_total_bytes: int = 50_000_000_000  # all members together (the Kaggle copy: 1.2 GB)
+    max_member_bytes: int = 1_000_000_000  # one member (a full-size X-ray is a few MB)
+    max_ratio: float = 100.0  # uncompressed total / archive size (JPEGs barely compress: ~1)
+
+    def validate(self, where: str) -> None:
+        _check(self.max_total_bytes > 0 and self.max_member_bytes > 0,
+               f"{where}: max_total_bytes and max_member_bytes must be positive")
+        _check(self.max_ratio >= 1, f"{where}.max_ratio must be >= 1, found {self.max_ratio}")
+
+
+@dataclass
 class DataConfig:
     source: str = "synthetic"  # synthetic | path | url | kaggle
     path: Optional[str] = None  # folder or .zip/.tar.gz archive (source=path)
@@ -183,6 +213,9 @@ class DataConfig:
     kaggle_dataset: str = "paultimothymooney/chest-xray-pneumonia"
     link: bool = True  # path/kaggle: hardlink images into data/raw when possible (copy otherwise)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    archive: ArchiveLimits = field(default_factory=ArchiveLimits)
+    timeout: float = 60.0  # url: seconds to connect, and the window over which min_rate is measured
+    min_rate: int = 1024  # url: bytes/s averaged over `timeout` seconds below which a download is abandoned
 
     def validate(self, where: str) -> None:
         _check(self.source in SOURCES,
@@ -191,6 +224,25 @@ class DataConfig:
             _check(bool(self.path), f"{where}.path: source=path needs data.path (a folder or .zip/.tar.gz)")
         if self.source == "url":
             _check(bool(self.url), f"{where}.url: source=url needs data.url (an http(s) link to an archive)")
+        _check(self.timeout > 0 and math.isfinite(self.timeout),
+               f"{where}.timeout must be a positive number of seconds, found {self.timeout}")
+        _check(self.min_rate >= 0, f"{where}.min_rate must be >= 0 (0 = no minimum), found {self.min_rate}")
+
+
+@dataclass
+class Plausibility:
+    """``split.plausibility``: what a chest radiograph cannot be. Quarantined at split, a warning at predict."""
+
+    min_side: int = 32  # shorter side, pixels (the Kaggle images: 127 px and more)
+    max_aspect: float = 4.0  # longer side / shorter side (chest films: about 0.5 to 2)
+    min_range: int = 8  # grey levels between the 1st and 99th percentile (a blank or constant image has 0)
+    min_smoothness: float = 0.5  # neighbouring-pixel correlation (radiographs: 0.88 and more; noise: 0 to 0.3)
+
+    def validate(self, where: str) -> None:
+        _check(self.min_side >= 1, f"{where}.min_side must be >= 1, found {self.min_side}")
+        _check(self.max_aspect >= 1, f"{where}.max_aspect must be >= 1, found {self.max_aspect}")
+        _check(0 <= self.min_range <= 255, f"{where}.min_range must be in [0, 255], found {self.min_range}")
+        _check(-1 <= self.min_smoothness <= 1, f"{where}.min_smoothness must be in [-1, 1]")
 
 
 @dataclass
@@ -199,9 +251,11 @@ class SplitConfig:
     test_fraction: float = 0.15  # of train patients, used only when the source has no test split
     # The official 16-image val/ joins train before the draw; false: it stays val, added to the drawn val.
     merge_official_val: bool = True
-    max_pixels: int = 50_000_000  # larger images are quarantined (decompression bombs)
+    # The one pixel limit: split quarantines larger images, cxr predict and the served model refuse them.
+    max_pixels: int = 50_000_000
     seed: int = 42
     workers: int = 0  # verification processes (hash + full decode); 0 = all cores
+    plausibility: Plausibility = field(default_factory=Plausibility)
 
     def validate(self, where: str) -> None:
         _check(0 < self.val_fraction < 1, f"{where}.val_fraction must be in (0, 1), found {self.val_fraction}")
@@ -258,6 +312,10 @@ class ModelOverride:
     pretrained: Optional[bool] = None
     weights: Optional[str] = None  # local torchvision state_dict file or save_pretrained directory
 
+    def validate(self, where: str) -> None:
+        _check(self.lr is None or (math.isfinite(self.lr) and 0 < self.lr <= MAX_LR),
+               f"{where}.lr must be null or a finite number in (0, {MAX_LR}], found {self.lr}")
+
 
 @dataclass
 class TrainConfig:
@@ -292,6 +350,9 @@ class MlflowConfig:
     log_model: bool = True  # train: also log each model with mlflow.pytorch.log_model (VGG16 ~ 0.5 GB)
 
 
+MAX_LR = 10.0  # no optimiser here trains at a larger step; a typo such as 1e6 is refused before training
+
+
 @dataclass
 class Globals:
     """Top-level knobs, kept top-level so `dvc exp run -S lr=1e-4 -S batch_size=16` reaches every model."""
@@ -303,7 +364,8 @@ class Globals:
     image_size: int = 64
 
     def validate(self, where: str) -> None:
-        _check(self.lr > 0, f"lr must be positive, found {self.lr}")
+        _check(math.isfinite(self.lr) and 0 < self.lr <= MAX_LR,
+               f"lr must be a finite number in (0, {MAX_LR}], found {self.lr}; e.g. -S lr=1e-4")
         _check(self.batch_size >= 1, f"batch_size must be >= 1, found {self.batch_size}")
         _check(self.epochs >= 1, f"epochs must be >= 1, found {self.epochs}")
         _check(self.image_size >= 16, f"image_size must be >= 16, found {self.image_size}")
@@ -362,8 +424,8 @@ class SweepConfig:
         _check(self.eval_batch_size >= 1, f"{where}.eval_batch_size: expected >= 1, found {self.eval_batch_size}")
         _check(len(self.batch_sizes) >= 1 and all(b >= 1 for b in self.batch_sizes),
                f"{where}.batch_sizes: need a non-empty list of positive integers, found {self.batch_sizes}")
-        _check(len(self.lrs) >= 1 and all(lr > 0 for lr in self.lrs),
-               f"{where}.lrs: need a non-empty list of positive numbers, found {self.lrs}")
+        _check(len(self.lrs) >= 1 and all(math.isfinite(lr) and 0 < lr <= MAX_LR for lr in self.lrs),
+               f"{where}.lrs: need a non-empty list of finite numbers in (0, {MAX_LR}], found {self.lrs}")
         _check(len(set(self.batch_sizes)) == len(self.batch_sizes) and len(set(self.lrs)) == len(self.lrs),
                f"{where}: batch_sizes and lrs must not repeat values")
         _check(self.epochs >= 1, f"{where}.epochs must be >= 1, found {self.epochs}")

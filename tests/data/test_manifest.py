@@ -33,11 +33,15 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def jpeg_bytes(seed: int, size=(40, 32), mode="L") -> bytes:
-    """A unique noise JPEG (noise: no two seeds give identical bytes)."""
+    """A unique radiograph-plausible JPEG: a smooth gradient plus a little noise (no two seeds give
+    identical bytes; pure noise would be quarantined as not a radiograph)."""
     rng = np.random.default_rng(seed)
-    shape = (size[1], size[0]) if mode == "L" else (size[1], size[0], 3)
+    w, h = size
+    gray = np.add.outer(np.linspace(20, 120, h), np.linspace(0, 100, w)) + rng.integers(0, 12, (h, w))
+    gray = np.clip(gray, 0, 255).astype(np.uint8)
+    arr = gray if mode == "L" else np.stack([gray, gray, np.flipud(gray)], axis=-1)
     buf = io.BytesIO()
-    Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode=mode).save(buf, format="JPEG", quality=90)
+    Image.fromarray(arr, mode=mode).save(buf, format="JPEG", quality=90)
     return buf.getvalue()
 
 

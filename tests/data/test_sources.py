@@ -24,7 +24,7 @@ from PIL import Image
 
 from pipeline_repo import run_stage_script
 from cxr.config import DataConfig, SyntheticConfig
-from cxr.data.sources import SourceError, download, extract_archive, fetch, find_layout
+from cxr.data.sources import SourceError, download, download_target, extract_archive, fetch, find_layout
 
 SIX = [(s, c) for s in ("train", "val", "test") for c in ("NORMAL", "PNEUMONIA")]
 
@@ -322,7 +322,7 @@ def test_url_download_extract_and_sha256(tmp_path, serve, zipped):
                      sha256=hashlib.sha256(data).hexdigest())
     report = fetch(cfg, tmp_path / "raw", base_dir=tmp_path, progress=False)
     assert _counts(tmp_path / "raw") == expected
-    assert (tmp_path / "dl" / "chest_xray.zip").read_bytes() == data
+    assert download_target(cfg.url, tmp_path / "dl", cfg.sha256).read_bytes() == data
     assert "sha256 verified" in report.notes
     # A second run reuses the archive instead of downloading it again.
     fetch(cfg, tmp_path / "raw", base_dir=tmp_path, progress=False)
@@ -333,12 +333,13 @@ def test_url_download_extract_and_sha256(tmp_path, serve, zipped):
 def test_url_resumes_a_partial_download(tmp_path, serve, zipped, ignore_range):
     data, _ = zipped
     base, log = serve({"/d.zip": data}, ignore_range=ignore_range)
-    _put(tmp_path / "dl" / "d.zip.part", data[:1000])
+    target = download_target(f"{base}/d.zip", tmp_path / "dl")
+    _put(target.with_name("d.zip.part"), data[:1000])
     notes: list[str] = []
     path = download(f"{base}/d.zip", tmp_path / "dl", progress=False, notes=notes)
-    assert path.read_bytes() == data  # appended or restarted: either way, the right bytes
+    assert path == target and path.read_bytes() == data  # appended or restarted: either way, the right bytes
     assert log == [("/d.zip", "bytes=1000-")]
-    assert not (tmp_path / "dl" / "d.zip.part").exists()
+    assert not target.with_name("d.zip.part").exists()
     if ignore_range:
         assert any("ignored the resume request" in n for n in notes)
     else:
@@ -352,7 +353,8 @@ def test_url_sha256_mismatch_names_both_hashes_and_deletes_file(tmp_path, serve,
     with pytest.raises(SourceError) as err:
         download(f"{base}/d.zip", tmp_path / "dl", sha256=wrong, progress=False)
     assert wrong in str(err.value) and hashlib.sha256(data).hexdigest() in str(err.value)
-    assert not (tmp_path / "dl" / "d.zip").exists()
+    assert not download_target(f"{base}/d.zip", tmp_path / "dl", wrong).exists()
+    assert not download_target(f"{base}/d.zip", tmp_path / "dl", wrong).with_name("d.zip.part").exists()
 
 
 def test_url_http_error_is_clear(tmp_path, serve):

@@ -25,20 +25,9 @@ from cxr.models import build_model
 from cxr.serving.predict import ModelNotFoundError, Predictor, best_model_dir, collect_inputs
 from toydata import card_for
 
-from test_imageio import RAMP16, write_dicom
+from toydata import RAMP16, make_checkpoint, write_dicom
 
 CACHE, SIZE = 32, 24
-
-
-def make_checkpoint(model_dir: Path, *, cache_size: int = CACHE, image_size: int = SIZE, resize: str | None = "stretch",
-                    threshold: float = 0.5, seed: int = 0) -> Path:
-    """A tiny seeded `cnn` saved as the train stage saves it (random weights: no training needed)."""
-    torch.manual_seed(seed)
-    model = build_model("cnn", image_size=image_size)
-    with torch.no_grad():  # a random CNN answers ~0.5 for everything: spread its outputs so labels differ
-        model.classifier[-1].weight.mul_(40.0)
-    card = card_for(model, cache_size=cache_size, threshold=threshold, cache_resize=resize or "stretch")
-    return checkpoint.save(model_dir, model, card)
 
 
 @pytest.fixture(scope="module")
@@ -81,8 +70,12 @@ def predictor(model_dir) -> Predictor:
 
 def test_every_input_kind_is_predicted(predictor, images):
     table = predictor.predict_paths([images["jpeg"].parent], batch_size=4)
-    assert list(table.columns) == ["file", "probability", "label", "error"]
-    assert sorted(table["file"]) == sorted(str(p) for p in images.values())  # recursive, txt skipped, DICOM by content
+    assert list(table.columns) == ["file", "probability", "label", "error", "warning"]
+    # Recursive, DICOM by content; the .txt file is not predicted but reported (every file used or reported).
+    notes = str(images["jpeg"].parent / "notes.txt")
+    assert sorted(table["file"]) == sorted([str(p) for p in images.values()] + [notes])
+    assert table.set_index("file").loc[notes, "error"].startswith("not an image file type")
+    table = table[table["file"] != notes]
     assert table["error"].isna().all()
     p = table["probability"].to_numpy(dtype=float)
     assert np.all((p >= 0) & (p <= 1))
@@ -165,7 +158,7 @@ def test_cli_corrupt_file_among_good_ones(tmp_path, model_dir, images, capsys):
     out, err = capsys.readouterr()
     assert rc == 1
     table = pd.read_csv(__import__("io").StringIO(out))
-    assert list(table.columns) == ["file", "probability", "label", "error"]
+    assert list(table.columns) == ["file", "probability", "label", "error", "warning"]
     bad = table[table["error"].notna()].set_index("file")
     assert sorted(Path(f).name for f in bad.index) == ["broken.jpeg", "empty.png"]
     assert "truncated" in bad.loc[str(folder / "broken.jpeg"), "error"]
@@ -185,13 +178,17 @@ def test_cli_formats_output_file_and_exit_code_zero(tmp_path, model_dir, images,
     assert [r["file"] for r in recs] == [str(images["jpeg"]), str(images["png16"])]
     assert all(r["error"] is None and 0 <= r["probability"] <= 1 for r in recs)
 
-    rc = cli.main(["predict", str(images["jpeg"]), "--model", str(model_dir)])
+    smooth = tmp_path / "smooth.png"  # radiograph-plausible (big enough, not noise): no warning
+    Image.fromarray(np.add.outer(np.arange(64), np.arange(48)).astype(np.uint8) * 2).save(smooth)
+    rc = cli.main(["predict", str(smooth), "--model", str(model_dir), "--format", "jsonl"])
+    rec = json.loads(capsys.readouterr().out)
+    rc = cli.main(["predict", str(smooth), "--model", str(model_dir)])
     out = capsys.readouterr().out
     assert rc == 0
     header, rule, row = out.splitlines()
-    assert header.split() == ["file", "probability", "label"]  # no error column when nothing failed
-    assert row.split()[0] == str(images["jpeg"]) and row.split()[2] in ("NORMAL", "PNEUMONIA")
-    assert float(row.split()[1]) == pytest.approx(recs[0]["probability"], abs=1e-4)
+    assert header.split() == ["file", "probability", "label"]  # no error or warning column when there are none
+    assert row.split()[0] == str(smooth) and row.split()[2] in ("NORMAL", "PNEUMONIA")
+    assert float(row.split()[1]) == pytest.approx(rec["probability"], abs=1e-4)
 
 
 def test_cli_grad_cam_overlays(tmp_path, model_dir, images, capsys):
@@ -230,5 +227,5 @@ def test_python_dash_m_cxr(tmp_path, model_dir, images):
                            str(model_dir), "--format", "csv"], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 1, proc.stderr
     lines = proc.stdout.strip().splitlines()
-    assert lines[0] == "file,probability,label,error" and len(lines) == 3
+    assert lines[0] == "file,probability,label,error,warning" and len(lines) == 3
     assert "bad.png" in proc.stderr

@@ -89,7 +89,7 @@ def test_logged_model_predicts_in_process(store):
     good = [_jpeg(1), _jpeg(2, (40, 120))]
     df = pd.DataFrame({"image": [_b64(good[0]), "%%% not base64", _b64(b"GIF89a broken"), _b64(good[1])]})
     out = model.predict(df)
-    assert list(out.columns) == ["probability", "label", "error"] and len(out) == 4
+    assert list(out.columns) == ["probability", "label", "error", "warning"] and len(out) == 4
     ref = Predictor.from_dir(store["model_dir"]).predict_sources(good)
     np.testing.assert_allclose(out["probability"].iloc[[0, 3]].astype(float), ref["probability"], atol=1e-6)
     assert list(out["label"].iloc[[0, 3]]) == list(ref["label"])

@@ -40,9 +40,12 @@ import pandas as pd
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from cxr import CLASSES, SPLITS
-from cxr.config import SplitConfig
+from cxr.config import Plausibility, SplitConfig
 from cxr.data import is_junk
+from cxr.data.limits import ImageLimits
 from cxr.data.pool import imap_progress
+from cxr.data.safefs import entry_problem, open_regular, sha256_stream
+from cxr.data.sources import SKIPPED_REPORT
 
 MANIFEST_COLUMNS = ["path", "label", "patient_id", "source_split", "split", "sha256", "width", "height", "mode"]
 QUARANTINE_COLUMNS = ["path", "reason", "detail"]
@@ -55,7 +58,6 @@ TOO_LARGE = "too_many_pixels"
 UNREADABLE = "unreadable"
 CONFLICTING = "conflicting_labels"
 
-# Operating-system junk that real archives carry; never data, so never reported.
 
 # IM-0115-0001, NORMAL2-IM-0381-0001(-0002): the patient is the IM number with its prefix.
 _IM_RE = re.compile(r"^((?:NORMAL\d*-)?IM-\d+)(?:[-_.]|$)", re.IGNORECASE)
@@ -114,7 +116,9 @@ def patient_key(path: str, merge_official_val: bool = True) -> str:
 def scan_tree(raw_dir: str | Path) -> list[tuple[str, str, str]]:
     """Every candidate file under ``raw/{train,val,test}/{NORMAL,PNEUMONIA}`` as (path, source_split, label).
 
-    Paths are raw-relative posix strings, sorted. Hidden files and ``__MACOSX`` are skipped.
+    Paths are raw-relative posix strings, sorted. Only operating-system junk (``.DS_Store``, ``._*``,
+    ``__MACOSX``: :func:`cxr.data.sources.is_junk`, the rule fetch applies) is skipped; any other
+    file, hidden or not, is verified and then used or quarantined.
     Raises ManifestError when the raw folder is missing or holds no candidate file.
     """
     raw = Path(raw_dir)
@@ -128,9 +132,9 @@ def scan_tree(raw_dir: str | Path) -> list[tuple[str, str, str]]:
                 continue
             # followlinks: the real-data tests and local sources may link class folders in.
             for root, dirs, files in os.walk(class_dir, followlinks=True):
-                dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not is_junk(d))
+                dirs[:] = sorted(d for d in dirs if not is_junk(d))
                 for name in files:
-                    if name.startswith("."):
+                    if is_junk(name):
                         continue
                     rel = (Path(root) / name).relative_to(raw).as_posix()
                     found.append((rel, split, label))
@@ -187,14 +191,19 @@ def strict_pillow(max_pixels: int) -> Iterator[None]:
         ImageFile.LOAD_TRUNCATED_IMAGES, Image.MAX_IMAGE_PIXELS = old_trunc, old_max
 
 
-def check_bytes(data: bytes, max_pixels: int) -> FileCheck:
+def check_bytes(data: bytes, max_pixels: int, plausibility: Plausibility | None = None) -> FileCheck:
     """Hash and fully decode one file's bytes; never raises for a bad file."""
     if not data:
         return FileCheck(reason=EMPTY, detail="zero-byte file")
-    digest = hashlib.sha256(data).hexdigest()
+    return _check_stream(io.BytesIO(data), hashlib.sha256(data).hexdigest(), max_pixels, plausibility)
+
+
+def _check_stream(fp, digest: str, max_pixels: int, plausibility: Plausibility | None) -> FileCheck:
+    """Decode the image in the open (seekable) binary file ``fp``; ``digest`` is its sha256."""
+    limits = ImageLimits(max_pixels, plausibility or Plausibility())
     with strict_pillow(max_pixels):
         try:
-            with Image.open(io.BytesIO(data)) as img:
+            with Image.open(fp) as img:
                 w, h = img.size
                 mode = img.mode
                 # Checked before any pixel is decoded: a bomb is a small file with a huge header.
@@ -205,6 +214,10 @@ def check_bytes(data: bytes, max_pixels: int) -> FileCheck:
                     # corruption are still detected, ~1.5x faster than a full-size decode.
                     img.draft(img.mode, (max(1, w // 8), max(1, h // 8)))
                 img.load()
+                # What cannot be a chest radiograph: tiny, extreme aspect, constant, noise.
+                odd = limits.implausible(w, h, _stat_pixels(img))
+                if odd is not None:
+                    return FileCheck(digest, w, h, mode, odd[0], odd[1])
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
             return FileCheck(digest, reason=TOO_LARGE, detail=f"{exc} (split.max_pixels = {max_pixels})")
         except UnidentifiedImageError:
@@ -217,20 +230,41 @@ def check_bytes(data: bytes, max_pixels: int) -> FileCheck:
     return FileCheck(digest, w, h, mode)
 
 
-def check_file(path: str | Path, max_pixels: int) -> FileCheck:
-    """:func:`check_bytes` for a file on disk (unreadable files are reported, not raised)."""
+def _stat_pixels(img) -> np.ndarray:
+    """Intensities of a loaded Pillow image for the plausibility statistics (16-bit/float scaled to 0..255)."""
+    if img.mode == "L":
+        return np.asarray(img)
+    if img.mode.startswith("I") or img.mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        top = float(arr.max()) if arr.size else 0.0
+        return arr * (255.0 / top) if top > 0 else arr
+    return np.asarray(img.convert("L"))
+
+
+def check_file(path: str | Path, max_pixels: int, plausibility: Plausibility | None = None) -> FileCheck:
+    """:func:`check_bytes` for a file on disk, streamed (memory stays flat, whatever its size): hashed in
+    chunks, then decoded from the open file. Links and FIFOs, sockets, devices are reported without
+    being read (:func:`cxr.data.safefs.open_regular`); unreadable files are reported, not raised."""
+    problem = entry_problem(path)  # the file itself: a linked class folder (as the real-data tests use) is fine
+    if problem is not None:
+        return FileCheck(reason=problem[0], detail=problem[1])
     try:
-        data = Path(path).read_bytes()
+        with open_regular(path) as f:
+            digest, n = sha256_stream(f)
+            if n == 0:
+                return FileCheck(reason=EMPTY, detail="zero-byte file")
+            f.seek(0)
+            return _check_stream(f, digest, max_pixels, plausibility)
     except OSError as exc:
         return FileCheck(reason=UNREADABLE, detail=f"{type(exc).__name__}: {exc}")
-    return check_bytes(data, max_pixels)
+
 
 
 def check_files(raw_dir: str | Path, paths: Sequence[str], max_pixels: int, workers: int = 0,
-                progress: bool = True) -> list[FileCheck]:
+                progress: bool = True, plausibility: Plausibility | None = None) -> list[FileCheck]:
     """:func:`check_file` for raw-relative ``paths``, in order, on every core."""
     full = [str(Path(raw_dir) / p) for p in paths]
-    fn = partial(check_file, max_pixels=max_pixels)
+    fn = partial(check_file, max_pixels=max_pixels, plausibility=plausibility)
     return list(imap_progress(fn, full, workers=workers, desc="verify", progress=progress))
 
 
@@ -344,9 +378,10 @@ def build_manifest(raw_dir: str | Path, cfg: SplitConfig, progress: bool = True)
     """
     candidates = scan_tree(raw_dir)
     paths = [c[0] for c in candidates]
-    checks = check_files(raw_dir, paths, cfg.max_pixels, workers=cfg.workers, progress=progress)
+    checks = check_files(raw_dir, paths, cfg.max_pixels, workers=cfg.workers, progress=progress,
+                         plausibility=cfg.plausibility)
 
-    rows, bad = [], []
+    rows, bad = [], read_skipped(raw_dir)  # what fetch did not import (links, special files) is reported too
     for (path, source_split, label), chk in zip(candidates, checks):
         if chk.reason is not None:
             bad.append({"path": path, "reason": chk.reason, "detail": chk.detail})
@@ -371,6 +406,7 @@ def build_manifest(raw_dir: str | Path, cfg: SplitConfig, progress: bool = True)
     manifest = manifest.assign(split=assign_splits(manifest, cfg.val_fraction, cfg.test_fraction, cfg.seed,
                                                    cfg.merge_official_val))
     manifest, dup = drop_duplicates(manifest)
+    _require_every_split(manifest, len(candidates), bad, cfg)
     manifest = manifest.sort_values("path", kind="stable").reset_index(drop=True)
     quarantine = pd.DataFrame(bad, columns=QUARANTINE_COLUMNS).sort_values("path", kind="stable").reset_index(drop=True)
     return SplitResult(manifest, quarantine, split_metrics(manifest, quarantine, dup, scanned=len(candidates)))
@@ -388,6 +424,34 @@ def _require_both_classes(manifest: pd.DataFrame, raw_dir, merge_val: bool, scan
             f"({scanned} files scanned, {len(bad)} quarantined); expected images of both classes in "
             f"{raw_dir}/train/{{NORMAL,PNEUMONIA}}/. Check the fetched tree (`dvc repro fetch`) and the quarantine reasons."
         )
+
+
+def read_skipped(raw_dir) -> list[dict]:
+    """Rows of fetch's ``skipped.csv`` (entries not imported: links, FIFOs, devices), for the quarantine report."""
+    path = Path(raw_dir) / SKIPPED_REPORT
+    if not path.is_file():
+        return []
+    table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    return [{c: row.get(c, "") for c in QUARANTINE_COLUMNS} for row in table.to_dict(orient="records")]
+
+
+def _require_every_split(manifest: pd.DataFrame, scanned: int, bad: list, cfg: SplitConfig) -> None:
+    """Train, val and test each need images, val and test of both classes: an empty or one-class split
+    passes here silently and breaks train (no validation AUC, no threshold) or evaluate later."""
+    counts = {s: {c: int(((manifest["split"] == s) & (manifest["label"] == c)).sum()) for c in CLASSES}
+              for s in SPLITS}
+    # split.test_fraction: 0 with no official test/ asks for no test split: then none is required.
+    wanted = [s for s in SPLITS if s != "test" or cfg.test_fraction > 0 or (manifest["source_split"] == "test").any()]
+    short = [s for s in wanted if sum(counts[s].values()) == 0
+             or (s != "train" and min(counts[s].values()) == 0)]
+    if short:
+        shown = "; ".join(f"{s}: {counts[s]['NORMAL']} NORMAL, {counts[s]['PNEUMONIA']} PNEUMONIA" for s in SPLITS)
+        raise ManifestError(
+            f"the dataset is too small to split: {shown} ({scanned} files scanned, {len(bad)} quarantined). "
+            f"{' and '.join(short)} need{'s' if len(short) == 1 else ''} images of both classes (train at least one "
+            f"image). Add images (at least 3 patients per class in train, or an official test/ with both "
+            f"classes), or raise split.val_fraction / split.test_fraction (now {cfg.val_fraction} / "
+            f"{cfg.test_fraction})")
 
 
 def split_metrics(manifest: pd.DataFrame, quarantine: pd.DataFrame, duplicates: dict, scanned: int) -> dict:

@@ -18,8 +18,13 @@ The ``fetch`` stage (``python src/fetch.py --params params.yaml --out data/raw``
 
 Every file inside a class folder is taken, broken images included: the ``split`` stage decides
 what is usable and reports what it quarantines. Only operating-system junk is dropped here.
-Archives are extracted safely: a member that would land outside the target, a link, or a device
-file stops the extraction with an error naming it.
+Symbolic links are never followed and FIFOs, sockets and devices never opened; they, and files
+lying in a split folder outside its class folders, are listed in ``<out>/skipped.csv``, which split
+adds to its quarantine report. Two folders meaning one thing (``train/NORMAL`` and
+``train/normal``, ``val/`` and ``validation/``) stop the import with both names. Archives are
+extracted safely: a member that would land outside the target, a link, a device file, an
+encrypted or damaged member, a cut tar, or more bytes than ``data.archive`` allows (a
+decompression bomb) stops the extraction with an error naming it.
 """
 
 from __future__ import annotations
@@ -31,14 +36,18 @@ import shutil
 import stat
 import tarfile
 import tempfile
+import time
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from urllib.parse import unquote, urlparse
 
 from cxr import CLASSES, SPLITS
-from cxr.config import DataConfig
+from cxr.config import ArchiveLimits, DataConfig
 from cxr.data import is_junk
+from cxr.data.limits import ArchiveBudget, ArchiveLimitError
+from cxr.data.safefs import walk_files
 
 # Folder names seen in real copies, lower-cased; "validation"/"valid" from re-packaged copies.
 _SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val",
@@ -103,19 +112,20 @@ def fetch(cfg: DataConfig, out_dir: Path, *, base_dir: Path = Path("."), progres
         src = resolve_path(cfg.path, base_dir)
         _check_not_inside(src, out_dir)
         notes.append(f"source: {src}")
-        counts = _import_any(src, out_dir, notes, link=cfg.link, progress=progress)
+        counts = _import_any(src, out_dir, notes, link=cfg.link, progress=progress, limits=cfg.archive)
         return FetchReport("path", out_dir, counts, notes)
 
     if cfg.source == "url":
         download_dir = _anchor(cfg.download_dir, base_dir)
-        archive = download(cfg.url, download_dir, sha256=cfg.sha256, progress=progress, notes=notes)
-        counts = _import_any(archive, out_dir, notes, link=False, progress=progress)
+        archive = download(cfg.url, download_dir, sha256=cfg.sha256, progress=progress, notes=notes,
+                           timeout=cfg.timeout, min_rate=cfg.min_rate)
+        counts = _import_any(archive, out_dir, notes, link=False, progress=progress, limits=cfg.archive)
         return FetchReport("url", out_dir, counts, notes)
 
     if cfg.source == "kaggle":
         folder = kaggle_download(cfg.kaggle_dataset, _anchor(cfg.download_dir, base_dir) / "kaggle")
         notes.append(f"kagglehub: {cfg.kaggle_dataset} -> {folder}")
-        counts = _import_any(folder, out_dir, notes, link=cfg.link, progress=progress)
+        counts = _import_any(folder, out_dir, notes, link=cfg.link, progress=progress, limits=cfg.archive)
         return FetchReport("kaggle", out_dir, counts, notes)
 
     raise SourceError(f"data.source: unknown source {cfg.source!r}; expected synthetic, path, url or kaggle")
@@ -193,15 +203,37 @@ def _subdirs(folder: Path) -> dict[str, Path]:
     except OSError:
         return out
     for child in children:
-        if child.is_dir() and not is_junk(child.name):
+        # A linked folder is not entered (links never lead out of a source); the import reports it.
+        if child.is_dir() and not child.is_symlink() and not is_junk(child.name):
+            if child.name.lower() in out and _SPLIT_ALIASES.get(child.name.lower()):
+                _refuse_clash([out[child.name.lower()], child], f"the {_SPLIT_ALIASES[child.name.lower()]} split")
             out.setdefault(child.name.lower(), child)
     return out
+
+
+def _refuse_clash(folders: list[Path], what: str) -> None:
+    """Two folders that both mean one thing (train/NORMAL and train/normal; val/ and validation/):
+    taking one would silently lose the other's images, so stop and name both."""
+    if len(folders) > 1:
+        names = " and ".join(f"{f}/" for f in folders)
+        raise SourceError(
+            f"found {names} side by side: both are {what}, and importing one would lose the other's images. "
+            f"Merge them into one folder (or remove the one you do not want), then run fetch again")
 
 
 def _class_dirs(folder: Path) -> dict[str, Path]:
     """The class folders ``folder`` holds, any letter case: ``{NORMAL: dir, PNEUMONIA: dir}``."""
     sub = _subdirs(folder)
-    return {label: sub[label.lower()] for label in CLASSES if label.lower() in sub}
+    found = {label: sub[label.lower()] for label in CLASSES if label.lower() in sub}
+    if found:
+        try:
+            children = [c for c in folder.iterdir() if c.is_dir() and not is_junk(c.name)]
+        except OSError:
+            children = []
+        for label in found:
+            _refuse_clash(sorted(c for c in children if c.name.lower() == label.lower()),
+                          f"the {label} class of {folder.name}/")
+    return found
 
 
 @dataclass
@@ -226,10 +258,14 @@ def find_layout(root: Path) -> Layout:
         here = Path(dirpath)
         sub = _subdirs(here)
         splits: dict[str, dict[str, Path]] = {}
+        holders: dict[str, list[Path]] = {}
         for name, folder in sub.items():
             split = _SPLIT_ALIASES.get(name)
-            if split and split not in splits and (classes := _class_dirs(folder)):
-                splits[split] = classes
+            if split and (classes := _class_dirs(folder)):
+                holders.setdefault(split, []).append(folder)
+                splits.setdefault(split, classes)
+        for split, folders in holders.items():
+            _refuse_clash(folders, f"the {split} split")
         # train/ must hold both classes (that also rules out the Mendeley OCT tree next door,
         # whose train/ has NORMAL but no PNEUMONIA); val/ and test/ may hold one class only.
         if len(splits.get("train", {})) == len(CLASSES):
@@ -260,7 +296,9 @@ def _describe(root: Path, limit: int = 12) -> str:
         for child in sorted(root.iterdir()):
             if is_junk(child.name):
                 continue
-            if child.is_dir():
+            if child.is_symlink():
+                items.append(f"{child.name} (a symbolic link: not followed; point data.path at its target instead)")
+            elif child.is_dir():
                 inner = sorted(c.name for c in child.iterdir() if not is_junk(c.name))
                 shown = ", ".join(inner[:6]) + (", ..." if len(inner) > 6 else "")
                 items.append(f"{child.name}/ [{shown}]")
@@ -272,32 +310,78 @@ def _describe(root: Path, limit: int = 12) -> str:
 
 
 def _iter_files(folder: Path):
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = sorted(d for d in dirnames if not is_junk(d))
-        for name in sorted(filenames):
-            if not is_junk(name):
-                yield Path(dirpath) / name
+    """Regular files under ``folder`` (links and special files left out: :func:`import_tree` reports them)."""
+    for path, problem in walk_files(folder, skip=is_junk):
+        if problem is None:
+            yield path
+
+
+def _utf8_name(rel: Path) -> tuple[Path, bool]:
+    """``rel`` with parts that are not valid UTF-8 (surrogate-escaped bytes) decoded as latin-1, and
+    whether it changed: such names cannot be written to the manifest CSV."""
+    parts, changed = [], False
+    for part in rel.parts:
+        try:
+            part.encode("utf-8")
+        except UnicodeEncodeError:
+            part = part.encode("utf-8", "surrogateescape").decode("latin-1")
+            changed = True
+        parts.append(part)
+    return Path(*parts), changed
 
 
 def _count_files(folder: Path) -> int:
     return sum(1 for _ in _iter_files(folder))
 
 
-def import_tree(layout: Layout, out_dir: Path, *, mode: str = "link", progress: bool = False) -> dict[str, dict[str, int]]:
+def import_tree(layout: Layout, out_dir: Path, *, mode: str = "link", progress: bool = False,
+                skipped: list[dict] | None = None, notes: list[str] | None = None) -> dict[str, dict[str, int]]:
     """Place every file of ``layout``'s class folders under ``out_dir/<split>/<CLASS>/``.
 
     ``mode``: ``link`` hardlinks (copying when the filesystems differ or linking is refused),
     ``copy`` copies, ``move`` renames (for freshly extracted archives). Sub-folders inside a class
-    folder are kept, so equal file names in them cannot collide.
+    folder are kept, so equal file names in them cannot collide. Symbolic links are never followed
+    and FIFOs, sockets and devices never opened: each is appended to ``skipped`` (path as it would
+    have been in ``out_dir``, reason, detail) and written to ``out_dir/skipped.csv``, which the
+    split stage adds to its quarantine report.
     """
     from tqdm import tqdm
 
     if mode not in ("link", "copy", "move"):
         raise ValueError(f"mode must be link, copy or move, found {mode!r}")
     _reset(out_dir)
-    jobs = [(split, label, f, f.relative_to(folder))
-            for split, per in layout.dirs.items() for label, folder in per.items()
-            for f in _iter_files(folder)]
+    skipped = [] if skipped is None else skipped
+    jobs = []
+    renamed = 0
+    for split, per in layout.dirs.items():
+        for label, folder in per.items():
+            for f, problem in walk_files(folder, skip=is_junk):
+                rel, changed = _utf8_name(f.relative_to(folder))
+                renamed += changed
+                if problem is None:
+                    jobs.append((split, label, f, rel))
+                else:
+                    skipped.append({"path": f"{split}/{label}/{rel.as_posix()}", "reason": problem[0],
+                                    "detail": problem[1]})
+    for split, per in layout.dirs.items():
+        if layout.flat:
+            break
+        parent = next(iter(per.values())).parent  # the split folder: files here carry no label
+        for f in sorted(parent.iterdir()):
+            if not is_junk(f.name) and not f.is_dir():
+                skipped.append({"path": f"{split}/{_utf8_name(Path(f.name))[0].as_posix()}",
+                                "reason": "outside_class_folder",
+                                "detail": f"lies in {split}/ but not in NORMAL/ or PNEUMONIA/, so it has no label: "
+                                          f"move it into its class folder"})
+    if renamed and notes is not None:
+        notes.append(f"{renamed} file name(s) were not valid UTF-8: decoded as latin-1")
+    if skipped:
+        write_skipped(out_dir, skipped)
+        if notes is not None:
+            n = len(skipped)
+            notes.append(f"{n} entr{'y' if n == 1 else 'ies'} not imported (links, special files, "
+                         f"files outside the class folders), listed in "
+                         f"{out_dir / SKIPPED_REPORT} and in the split stage's quarantine report")
     counts = {split: {label: 0 for label in CLASSES} for split in SPLITS}
     can_link = mode == "link"
     for split, label, src, rel in tqdm(jobs, desc="importing", unit="img", disable=not progress, mininterval=1.0):
@@ -308,7 +392,7 @@ def import_tree(layout: Layout, out_dir: Path, *, mode: str = "link", progress: 
             os.replace(src, dst)
         elif can_link:
             try:
-                os.link(src, dst)
+                os.link(src, dst, follow_symlinks=False)
             except OSError as exc:
                 # Another filesystem, or hardlinks refused (protected_hardlinks, FAT, some
                 # network mounts): copy this and every later file.
@@ -322,7 +406,23 @@ def import_tree(layout: Layout, out_dir: Path, *, mode: str = "link", progress: 
     return counts
 
 
-def _import_any(src: Path, out_dir: Path, notes: list[str], *, link: bool, progress: bool) -> dict[str, dict[str, int]]:
+SKIPPED_REPORT = "skipped.csv"  # in the raw tree's root: what fetch did not import, and why
+SKIPPED_COLUMNS = ("path", "reason", "detail")
+
+
+def write_skipped(out_dir: Path, rows: list[dict]) -> Path:
+    import csv
+
+    path = Path(out_dir) / SKIPPED_REPORT
+    with path.open("w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=SKIPPED_COLUMNS, lineterminator="\n")
+        w.writeheader()
+        w.writerows(sorted(rows, key=lambda r: r["path"]))
+    return path
+
+
+def _import_any(src: Path, out_dir: Path, notes: list[str], *, link: bool, progress: bool,
+                limits: ArchiveLimits | None = None) -> dict[str, dict[str, int]]:
     """A folder or an archive -> the canonical tree."""
     # Clear the output before looking for the layout: when out_dir lies inside the source
     # folder (data.path: data, out: data/raw), last run's canonical tree must not be mistaken
@@ -331,17 +431,17 @@ def _import_any(src: Path, out_dir: Path, notes: list[str], *, link: bool, progr
     if src.is_dir():
         layout = find_layout(src)
         _note_layout(layout, src, notes)
-        return import_tree(layout, out_dir, mode="link" if link else "copy", progress=progress)
+        return import_tree(layout, out_dir, mode="link" if link else "copy", progress=progress, notes=notes)
     if not src.is_file():
         raise SourceError(f"{src} is neither a folder nor a file; expected a dataset folder or archive")
     # Extract next to out_dir: the same filesystem, so the images are moved, not copied twice.
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-extract-", dir=out_dir.parent))
     try:
-        extract_archive(src, staging, progress=progress)
+        extract_archive(src, staging, progress=progress, limits=limits, notes=notes)
         layout = find_layout(staging)
         _note_layout(layout, staging, notes)
-        return import_tree(layout, out_dir, mode="move", progress=progress)
+        return import_tree(layout, out_dir, mode="move", progress=progress, notes=notes)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -382,71 +482,142 @@ def _refuse(archive: Path, member: str, reason: str) -> SourceError:
     )
 
 
-def extract_archive(archive: Path, dest: Path, *, progress: bool = False) -> None:
+class _EndAwareTarInfo(tarfile.TarInfo):
+    """Records on the TarFile whether iteration ended at the end-of-archive (zero) block, or just ran
+    out of data: tarfile treats both the same, so a tar cut at a member boundary reads as complete."""
+
+    @classmethod
+    def fromtarfile(cls, tf):
+        try:
+            return super().fromtarfile(tf)
+        except tarfile.EOFHeaderError:
+            tf.cxr_end_marker = True
+            raise
+
+
+def _damaged(archive: Path, what: str) -> SourceError:
+    return SourceError(
+        f"cannot read archive {archive}: {what}; it is probably truncated or corrupt: download it again "
+        f"(or delete it so the url source fetches it anew)")
+
+
+def extract_archive(archive: Path, dest: Path, *, progress: bool = False, limits: ArchiveLimits | None = None,
+                    notes: list[str] | None = None) -> None:
     """Extract a .zip or tar (any compression) into ``dest``, refusing unsafe members.
 
     Refused: absolute paths and ``..`` (zip-slip), symbolic and hard links, device files and
-    fifos. The format is told from the content, not the name (download URLs often have none).
+    fifos, encrypted zip members; and, as a decompression bomb, an archive that would write more
+    than ``limits`` allow (total bytes, bytes per member, total / archive size). A damaged member
+    (bad CRC), a tar without its end-of-archive blocks (cut at a member boundary) and a truncated
+    compressed stream stop with a message. Tar member names that are not UTF-8 are decoded as
+    latin-1. The format is told from the content, not the name (download URLs often have none).
     """
     from tqdm import tqdm
 
     archive, dest = Path(archive), Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     root = dest.resolve()
-    if zipfile.is_zipfile(archive):
-        with zipfile.ZipFile(archive) as zf:
-            for info in tqdm(zf.infolist(), desc="extracting", unit="file", disable=not progress, mininterval=1.0):
-                reason = _unsafe_name(info.filename)
-                mode = info.external_attr >> 16
-                if reason is None and stat.S_ISLNK(mode):
-                    reason = "symbolic link"
-                elif reason is None and mode and (stat.S_IFMT(mode) not in (0, stat.S_IFREG, stat.S_IFDIR)):
-                    reason = "device file, fifo or socket"
-                if reason:
-                    raise _refuse(archive, info.filename, reason)
-                target = (dest / info.filename.replace("\\", "/")).resolve()
-                if target != root and root not in target.parents:
-                    raise _refuse(archive, info.filename, "resolves outside the target folder")
-                if any(is_junk(part) for part in PurePosixPath(info.filename.replace("\\", "/")).parts):
-                    continue
-                if info.is_dir():
-                    target.mkdir(parents=True, exist_ok=True)
-                    continue
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with zf.open(info) as src, open(target, "wb") as dst:
-                    shutil.copyfileobj(src, dst, 1 << 20)
-        return
-    if tarfile.is_tarfile(archive):
-        try:
-            # Streaming mode: one pass over a compressed archive, members checked as they come.
-            with tarfile.open(archive, "r|*") as tf:
-                for member in tqdm(tf, desc="extracting", unit="file", disable=not progress, mininterval=1.0):
-                    reason = _unsafe_name(member.name)
-                    if reason is None and member.issym():
-                        reason = f"symbolic link to {member.linkname!r}"
-                    elif reason is None and member.islnk():
-                        reason = f"hard link to {member.linkname!r}"
-                    elif reason is None and not (member.isfile() or member.isdir()):
-                        reason = "device file, fifo or other special file"
-                    if reason:
-                        raise _refuse(archive, member.name, reason)
-                    if any(is_junk(part) for part in PurePosixPath(member.name).parts):
-                        continue
-                    # The 'data' filter is a second line of defence (and drops odd permission bits).
-                    tf.extract(member, dest, filter="data")
-        except tarfile.FilterError as exc:
-            raise _refuse(archive, exc.tarinfo.name, str(exc)) from None
-        except (tarfile.TarError, EOFError, OSError) as exc:
-            raise SourceError(
-                f"cannot read archive {archive}: {exc}; it is probably truncated or corrupt: "
-                f"download it again (or delete it so the url source fetches it anew)"
-            ) from None
-        return
+    budget = ArchiveBudget(archive, limits or ArchiveLimits())
+    try:
+        if zipfile.is_zipfile(archive):
+            _extract_zip(archive, dest, root, budget, progress, tqdm)
+            return
+        if tarfile.is_tarfile(archive):
+            _extract_tar(archive, dest, budget, progress, tqdm, notes)
+            return
+    except ArchiveLimitError as exc:
+        raise SourceError(str(exc)) from None
     raise SourceError(
         f"{archive} is neither a folder nor a zip or tar archive; expected the dataset as a "
         f"folder, .zip, .tar.gz, .tgz or .tar (a downloaded file that is an HTML error page: "
         f"delete it and check data.url)"
     )
+
+
+def _extract_zip(archive: Path, dest: Path, root: Path, budget: ArchiveBudget, progress: bool, tqdm) -> None:
+    try:
+        zf = zipfile.ZipFile(archive)
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise _damaged(archive, f"{type(exc).__name__}: {exc}") from None
+    with zf:
+        infos = zf.infolist()
+        # Declared sizes first: a bomb is refused before a byte is written.
+        for info in infos:
+            budget.admit(info.filename, info.file_size)
+        budget.admit_total(sum(info.file_size for info in infos))
+        for info in tqdm(infos, desc="extracting", unit="file", disable=not progress, mininterval=1.0):
+            reason = _unsafe_name(info.filename)
+            mode = info.external_attr >> 16
+            if reason is None and stat.S_ISLNK(mode):
+                reason = "symbolic link"
+            elif reason is None and mode and (stat.S_IFMT(mode) not in (0, stat.S_IFREG, stat.S_IFDIR)):
+                reason = "device file, fifo or socket"
+            if reason:
+                raise _refuse(archive, info.filename, reason)
+            target = (dest / info.filename.replace("\\", "/")).resolve()
+            if target != root and root not in target.parents:
+                raise _refuse(archive, info.filename, "resolves outside the target folder")
+            if any(is_junk(part) for part in PurePosixPath(info.filename.replace("\\", "/")).parts):
+                continue
+            if info.is_dir():
+                target.mkdir(parents=True, exist_ok=True)
+                continue
+            if info.flag_bits & 0x1:
+                raise SourceError(
+                    f"member {info.filename!r} of {archive} is encrypted (password-protected); extract the "
+                    f"archive yourself with its password and point data.path at the folder")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                with zf.open(info) as src, open(target, "wb") as dst:
+                    written = 0
+                    while block := src.read(1 << 20):
+                        written += len(block)
+                        budget.count(info.filename, len(block), written)
+                        dst.write(block)
+            except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as exc:
+                # BadZipFile: bad CRC or a damaged header; NotImplementedError: a compression
+                # method Python lacks (e.g. deflate64); RuntimeError: other encryption schemes.
+                raise _damaged(archive, f"member {info.filename!r}: {type(exc).__name__}: {exc}") from None
+
+
+def _extract_tar(archive: Path, dest: Path, budget: ArchiveBudget, progress: bool, tqdm,
+                 notes: list[str] | None) -> None:
+    renamed = 0
+    try:
+        # Streaming mode: one pass over a compressed archive, members checked as they come.
+        with tarfile.open(archive, "r|*", tarinfo=_EndAwareTarInfo, errors="surrogateescape") as tf:
+            tf.cxr_end_marker = False
+            for member in tqdm(tf, desc="extracting", unit="file", disable=not progress, mininterval=1.0):
+                fixed, changed = _utf8_name(Path(member.name))
+                if changed:
+                    member.name = fixed.as_posix()
+                    renamed += 1
+                reason = _unsafe_name(member.name)
+                if reason is None and member.issym():
+                    reason = f"symbolic link to {member.linkname!r}"
+                elif reason is None and member.islnk():
+                    reason = f"hard link to {member.linkname!r}"
+                elif reason is None and not (member.isfile() or member.isdir()):
+                    reason = "device file, fifo or other special file"
+                if reason:
+                    raise _refuse(archive, member.name, reason)
+                if any(is_junk(part) for part in PurePosixPath(member.name).parts):
+                    continue
+                if member.isfile():
+                    budget.admit(member.name, member.size)
+                    budget.count(member.name, member.size, member.size)
+                # The 'data' filter is a second line of defence (and drops odd permission bits).
+                tf.extract(member, dest, filter="data")
+            complete = tf.cxr_end_marker
+    except tarfile.FilterError as exc:
+        raise _refuse(archive, exc.tarinfo.name, str(exc)) from None
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
+        raise _damaged(archive, f"{type(exc).__name__}: {exc}") from None
+    if not complete:
+        raise _damaged(archive, f"the tar ends after {budget.total:,} bytes of members without its end-of-archive "
+                                f"blocks, so members are missing (the file was cut short)")
+    if renamed and notes is not None:
+        notes.append(f"{renamed} archive member name(s) were not valid UTF-8: decoded as latin-1")
 
 
 # --------------------------------------------------------------------------------------------
@@ -467,84 +638,146 @@ def _filename_from_url(url: str) -> str:
     return name or "dataset.download"
 
 
+def download_target(url: str, dest_dir: Path, sha256: str | None = None) -> Path:
+    """Where ``url`` is kept: ``dest_dir/<key>/<file name>``, the key a hash of the URL (and the
+    expected sha256 when given), so a changed ``data.url`` never reuses another URL's file."""
+    expected = sha256.lower().strip() if sha256 else ""
+    key = hashlib.sha256(f"{url}\n{expected}".encode("utf-8")).hexdigest()[:16]
+    return Path(dest_dir) / key / _filename_from_url(url)
+
+
+def archive_problem(path: Path) -> str | None:
+    """Why ``path`` is not a complete zip or tar archive (None: it is). Used where the server sent
+    no Content-Length, so only the archive's own end markers tell a complete file from a cut one."""
+    if zipfile.is_zipfile(path):  # the end-of-central-directory record sits at the very end
+        return None
+    try:
+        with tarfile.open(path, "r:*", tarinfo=_EndAwareTarInfo) as tf:
+            tf.cxr_end_marker = False
+            for _ in tf:
+                pass
+            if not tf.cxr_end_marker:
+                return "a tar without its end-of-archive blocks"
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
+        return f"not a complete zip or tar archive ({type(exc).__name__}: {exc})"
+    return None
+
+
+def _read_body(resp, f, bar, *, chunk_size: int, timeout: float, min_rate: int, clock=time.monotonic) -> None:
+    """Copy the response body to ``f``, abandoning it when fewer than ``min_rate`` bytes/s arrive over any
+    ``timeout``-second window. The socket timeout alone is per read: a server sending a byte every
+    two seconds would never trip it. ``read1`` returns what one socket read gives, so the rate is
+    checked however slowly bytes trickle in."""
+    start = last = clock()
+    window_start, window_bytes = start, 0
+    while True:
+        block = resp.raw.read1(chunk_size)
+        if not block:
+            return
+        f.write(block)
+        bar.update(len(block))
+        window_bytes += len(block)
+        last = clock()
+        if min_rate and last - window_start >= timeout:
+            rate = window_bytes / (last - window_start)
+            if rate < min_rate:
+                raise _SlowDownload(f"only {window_bytes} bytes in the last {last - window_start:.0f} s "
+                                    f"({rate:.0f} B/s < data.min_rate = {min_rate} B/s)")
+            window_start, window_bytes = last, 0
+
+
+class _SlowDownload(OSError):
+    pass
+
+
 def download(url: str, dest_dir: Path, *, sha256: str | None = None, progress: bool = True,
-             notes: list[str] | None = None, chunk_size: int = 1 << 20, timeout: float = 60.0) -> Path:
+             notes: list[str] | None = None, chunk_size: int = 1 << 20, timeout: float = 60.0,
+             min_rate: int = 1024) -> Path:
     """Download ``url`` into ``dest_dir`` (resuming a ``.part`` file) and return the file.
 
-    A file already complete in ``dest_dir`` is reused. With ``sha256`` the file is verified and
-    deleted on a mismatch. A server that ignores the Range header sends the whole file again:
-    the partial file is then restarted rather than appended to.
+    The file lives under a key of the URL (and ``sha256``): :func:`download_target`. A file already
+    complete there is reused. Only a complete file gets its final name: as long as the server
+    said (Content-Length), or, without one, a zip or tar whose end markers are present; with
+    ``sha256`` the file must also match (it is deleted on a mismatch). A server that ignores the
+    Range header sends the whole file again: the partial file is then restarted rather than
+    appended to. A download slower than ``min_rate`` bytes/s over ``timeout`` seconds is abandoned
+    (and resumes on the next run).
     """
     import requests
+    import urllib3
+
     from tqdm import tqdm
 
     notes = [] if notes is None else notes
     if not url or urlparse(url).scheme not in ("http", "https"):
         raise SourceError(f"data.url must be an http(s) link to the dataset archive, found {url!r}")
-    dest_dir = Path(dest_dir)
-    dest_dir.mkdir(parents=True, exist_ok=True)
-    final = dest_dir / _filename_from_url(url)
+    final = download_target(url, dest_dir, sha256)
+    final.parent.mkdir(parents=True, exist_ok=True)
     part = final.with_name(final.name + ".part")
     expected = sha256.lower().strip() if sha256 else None
 
     if final.exists():
-        notes.append(f"reusing {final} (delete it to download again)")
-    else:
-        offset = part.stat().st_size if part.exists() else 0
-        headers = {"Range": f"bytes={offset}-"} if offset else {}
-        try:
-            with requests.get(url, stream=True, headers=headers, timeout=timeout) as resp:
-                if offset and resp.status_code == 416:
-                    # Range not satisfiable: the partial file is already as long as the remote
-                    # one (or longer, if the remote file changed). Start over to be sure.
-                    resp.close()
-                    part.unlink()
-                    return download(url, dest_dir, sha256=sha256, progress=progress, notes=notes,
-                                    chunk_size=chunk_size, timeout=timeout)
-                if resp.status_code >= 400:
-                    raise SourceError(
-                        f"download of {url} failed: HTTP {resp.status_code} {resp.reason}; "
-                        f"check data.url (is the link still valid, does it need a login?)"
-                    )
-                resumed = offset > 0 and resp.status_code == 206 and \
-                    resp.headers.get("Content-Range", "").startswith(f"bytes {offset}-")
-                if offset and not resumed:
-                    notes.append("server ignored the resume request: downloading from the start")
-                    offset = 0
-                elif resumed:
-                    notes.append(f"resumed download at byte {offset}")
-                length = resp.headers.get("Content-Length")
-                total = offset + int(length) if length and length.isdigit() else None
-                with open(part, "ab" if resumed else "wb") as f, tqdm(
-                    total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
-                    desc=final.name, disable=not progress, mininterval=1.0,
-                ) as bar:
-                    for block in resp.iter_content(chunk_size=chunk_size):
-                        f.write(block)
-                        bar.update(len(block))
-        except requests.RequestException as exc:
-            raise SourceError(
-                f"download of {url} interrupted: {exc}; run the stage again to resume "
-                f"from {part} ({part.stat().st_size if part.exists() else 0} bytes so far)"
-            ) from None
-        got = part.stat().st_size
-        if total is not None and got != total:
-            raise SourceError(
-                f"download of {url} incomplete: {got} of {total} bytes; run the stage again to resume"
-            )
-        os.replace(part, final)
-        notes.append(f"downloaded {url} -> {final} ({got} bytes)")
-
+        notes.append(f"reusing {final} (downloaded earlier from this URL; delete it to download again)")
+        return final
+    offset = part.stat().st_size if part.exists() else 0
+    # identity: the bytes on disk are the file itself, so Content-Length and Range count the same bytes.
+    headers = {"Accept-Encoding": "identity", **({"Range": f"bytes={offset}-"} if offset else {})}
+    total = None
+    try:
+        with requests.get(url, stream=True, headers=headers, timeout=timeout) as resp:
+            if offset and resp.status_code == 416:
+                # Range not satisfiable: the partial file is already as long as the remote
+                # one (or longer, if the remote file changed). Start over to be sure.
+                resp.close()
+                part.unlink()
+                return download(url, dest_dir, sha256=sha256, progress=progress, notes=notes,
+                                chunk_size=chunk_size, timeout=timeout, min_rate=min_rate)
+            if resp.status_code >= 400:
+                raise SourceError(
+                    f"download of {url} failed: HTTP {resp.status_code} {resp.reason}; "
+                    f"check data.url (is the link still valid, does it need a login?)"
+                )
+            resumed = offset > 0 and resp.status_code == 206 and \
+                resp.headers.get("Content-Range", "").startswith(f"bytes {offset}-")
+            if offset and not resumed:
+                notes.append("server ignored the resume request: downloading from the start")
+                offset = 0
+            elif resumed:
+                notes.append(f"resumed download at byte {offset}")
+            length = resp.headers.get("Content-Length")
+            total = offset + int(length) if length and length.isdigit() else None
+            with open(part, "ab" if resumed else "wb") as f, tqdm(
+                total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
+                desc=final.name, disable=not progress, mininterval=1.0,
+            ) as bar:
+                _read_body(resp, f, bar, chunk_size=chunk_size, timeout=timeout, min_rate=min_rate)
+    except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+        raise SourceError(
+            f"download of {url} interrupted: {type(exc).__name__}: {exc}; run the stage again to resume "
+            f"from {part} ({part.stat().st_size if part.exists() else 0} bytes so far)"
+        ) from None
+    got = part.stat().st_size
+    if total is not None and got != total:
+        raise SourceError(
+            f"download of {url} incomplete: {got} of {total} bytes; run the stage again to resume"
+        )
     if expected:
-        actual = sha256_file(final)
+        actual = sha256_file(part)
         if actual != expected:
-            final.unlink()
+            part.unlink()
             raise SourceError(
                 f"sha256 mismatch for {final.name} from {url}: expected {expected}, got {actual}; "
                 f"the file was deleted. Fix data.sha256 if the archive changed upstream, or run "
                 f"again to download it anew"
             )
         notes.append("sha256 verified")
+    elif total is None and (problem := archive_problem(part)):
+        raise SourceError(
+            f"download of {url} ended after {got} bytes without a Content-Length, and the file is {problem}: "
+            f"the connection probably dropped. Run the stage again to resume from {part}, or set data.sha256 "
+            f"so the file can be verified")
+    os.replace(part, final)
+    notes.append(f"downloaded {url} -> {final} ({got} bytes)")
     return final
 
 

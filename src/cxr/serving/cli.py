@@ -7,7 +7,9 @@
 ``--model`` defaults to the model the ``compare`` stage selected on validation
 (``reports/results.csv``, column ``selected``). Output columns: file, probability (P(PNEUMONIA)),
 label (at the checkpoint's validation-chosen threshold), error (why an input could not be read),
-and cam (the Grad-CAM overlay, with ``--cam``). Exit status: 0 all inputs predicted, 1 some
+warning (why a predicted input may not be a chest radiograph: tiny, extreme aspect ratio, blank or
+constant, noise; the same checks the split stage quarantines by), and cam (the Grad-CAM overlay,
+with ``--cam``). Exit status: 0 all inputs predicted, 1 some
 input could not be read (the others are still predicted), 2 usage or model errors.
 """
 
@@ -55,8 +57,9 @@ def format_table(df) -> str:
     shown["probability"] = shown["probability"].map(lambda v: "" if v is None or (isinstance(v, float) and math.isnan(v))
                                                     else f"{v:.4f}")
     shown = shown.fillna("").astype(str)
-    if not shown["error"].str.len().any():
-        shown = shown.drop(columns="error")
+    for col in ("error", "warning"):  # shown only when some row has one
+        if col in shown.columns and not shown[col].str.len().any():
+            shown = shown.drop(columns=col)
     cols = list(shown.columns)
     widths = [max(len(c), *(len(v) for v in shown[c])) if len(shown) else len(c) for c in cols]
     right = {"probability"}
@@ -122,6 +125,9 @@ def cmd_predict(args) -> int:
     summary = f"[cxr predict] {n_ok} image(s) predicted"
     if n_ok:
         summary += f", {int((table['label'] == predictor.classes[1]).sum())} {predictor.classes[1]}"
+    n_warn = int(table["warning"].notna().sum()) if "warning" in table.columns else 0
+    if n_warn:
+        summary += f"; {n_warn} may not be a chest radiograph (see the warning column)"
     if n_bad:
         summary += f"; {n_bad} input(s) failed (see the error column)"
     if args.output:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import io
 import os
+import warnings
 from pathlib import Path
 from typing import Union
 
@@ -33,8 +34,9 @@ from cxr.data.cache import RESIZE_MODES, decode_image, resize_gray
 
 Source = Union[str, os.PathLike, bytes, bytearray, memoryview]
 
-# Extensions picked up when a folder is scanned (a file named explicitly is read whatever its name).
-RASTER_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp", ".tif", ".tiff")
+# Extensions picked up when a folder is scanned (a file named explicitly is read whatever its name);
+# any other file in a scanned folder is reported, never skipped silently.
+RASTER_EXTENSIONS = (".jpeg", ".jpg", ".jpe", ".jfif", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 DICOM_EXTENSIONS = (".dcm", ".dicom")
 IMAGE_EXTENSIONS = RASTER_EXTENSIONS + DICOM_EXTENSIONS
 _DICM_OFFSET = 128
@@ -110,17 +112,58 @@ def _voi_output_range(ds) -> tuple[float, float] | None:
     return None
 
 
-def _dicom_gray8(source: Source, name: str) -> np.ndarray:
+def default_max_pixels() -> int:
+    """The one pixel limit (``split.max_pixels``'s default): what split quarantines, predict and serving refuse."""
+    from cxr.data.limits import ImageLimits
+
+    return ImageLimits.from_split().max_pixels
+
+
+def _pixel_limit_error(name: str, width: int, height: int, frames: int, max_pixels: int | None) -> None:
+    from cxr.data.limits import ImageLimits
+    from cxr.config import SplitConfig
+
+    limit = default_max_pixels() if max_pixels is None else int(max_pixels)
+    why = ImageLimits(limit, SplitConfig().plausibility).check_pixels(width, height, frames)
+    if why:
+        raise ImageReadError(name, f"image too large, refused before decoding: {why}")
+
+
+def _dicom_gray8(source: Source, name: str, max_pixels: int | None = None) -> np.ndarray:
     import pydicom
-    from pydicom.errors import InvalidDicomError
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
     fp = io.BytesIO(bytes(source)) if isinstance(source, (bytes, bytearray, memoryview)) else source
     try:
         # force=True reads files written without the 128-byte preamble (named .dcm).
         ds = pydicom.dcmread(fp, force=True)
-    except (InvalidDicomError, OSError, EOFError, ValueError, KeyError, TypeError) as exc:
+    except Exception as exc:  # InvalidDicomError, OSError, EOFError, ValueError, ... : never a traceback
         raise ImageReadError(name, f"not a readable DICOM file ({type(exc).__name__}: {exc})") from exc
+    try:
+        # Rows x Columns x frames against the shared pixel limit, before a byte is decoded: a 2 MB
+        # RLE-compressed file can declare 65535 x 65535 pixels.
+        _pixel_limit_error(name, int(ds.get("Columns", 0) or 0), int(ds.get("Rows", 0) or 0),
+                           int(ds.get("NumberOfFrames", 1) or 1), max_pixels)
+    except (TypeError, ValueError) as exc:
+        raise ImageReadError(name, f"DICOM header has unusable Rows/Columns/NumberOfFrames ({exc})") from exc
+    try:
+        return _dicom_pixels(ds, name)
+    except ImageReadError:
+        raise
+    except Exception as exc:  # an inconsistent header (Window Width 0, bad LUT, odd bit depths): this file only
+        raise ImageReadError(name, f"invalid DICOM pixel settings ({type(exc).__name__}: {exc}); the file's "
+                                   "header is inconsistent, fix it at the source") from exc
+
+
+def _dicom_pixels(ds, name: str) -> np.ndarray:
+    from pydicom.multival import MultiValue
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    if "WindowWidth" in ds and not ds.get("VOILUTSequence"):
+        width = ds.WindowWidth
+        width = width[0] if isinstance(width, MultiValue) else width
+        if float(width) < 1:  # the window the file asks for cannot be applied (PS3.3 C.11.2.1.2)
+            raise ImageReadError(name, f"DICOM Window Width (0028,1051) is {width}: it must be >= 1, so the "
+                                       "image's window cannot be applied; fix the file's header")
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         raise ImageReadError(name, "DICOM file has no pixel data (a structured report or presentation state?)")
     frames = int(ds.get("NumberOfFrames", 1) or 1)
@@ -191,15 +234,52 @@ def _raster_error(name: str, exc: Exception) -> ImageReadError:
     return ImageReadError(name, f"corrupt or truncated image ({type(exc).__name__}: {exc})")
 
 
-def read_gray8(source: Source) -> np.ndarray:
-    """Full-resolution single-channel uint8 pixels (H, W) of a file path or encoded bytes."""
+def _check_raster_pixels(source: Source, name: str, max_pixels: int | None) -> tuple[int, int]:
+    """(width, height) from the header; refused above the pixel limit before any pixel is decoded."""
+    try:
+        with warnings.catch_warnings():  # Pillow's own bomb warning: the limit below is the one that counts
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(_open_raster(source)) as img:
+                width, height = img.size
+    except Exception as exc:
+        raise _raster_error(name, exc) from exc
+    _pixel_limit_error(name, width, height, 1, max_pixels)
+    return width, height
+
+
+def image_size(source: Source) -> tuple[int, int]:
+    """(width, height) of a file path or encoded bytes, from its header (no pixels decoded)."""
+    name = describe_source(source)
+    _check_source(source, name)
+    if is_dicom(source):
+        import pydicom
+
+        fp = io.BytesIO(bytes(source)) if isinstance(source, (bytes, bytearray, memoryview)) else source
+        try:
+            ds = pydicom.dcmread(fp, force=True, stop_before_pixels=True)
+            return int(ds.Columns), int(ds.Rows)
+        except Exception as exc:
+            raise ImageReadError(name, f"not a readable DICOM file ({type(exc).__name__}: {exc})") from exc
+    try:
+        with Image.open(_open_raster(source)) as img:
+            return img.size
+    except Exception as exc:
+        raise _raster_error(name, exc) from exc
+
+
+def read_gray8(source: Source, max_pixels: int | None = None) -> np.ndarray:
+    """Full-resolution single-channel uint8 pixels (H, W) of a file path or encoded bytes.
+
+    Images above ``max_pixels`` (default: ``split.max_pixels``'s default) are refused before decoding.
+    """
     from cxr.data.cache import to_gray8
     from PIL import ImageOps
 
     name = describe_source(source)
     _check_source(source, name)
     if is_dicom(source):
-        return _dicom_gray8(source, name)
+        return _dicom_gray8(source, name, max_pixels)
+    _check_raster_pixels(source, name, max_pixels)
     try:
         with Image.open(_open_raster(source)) as img:
             ImageOps.exif_transpose(img, in_place=True)
@@ -208,20 +288,30 @@ def read_gray8(source: Source) -> np.ndarray:
         raise _raster_error(name, exc) from exc
 
 
-def load_image(source: Source, size: int, resize: str = "stretch") -> np.ndarray:
+def load_image(source: Source, size: int, resize: str = "stretch", max_pixels: int | None = None) -> np.ndarray:
     """The (size, size) uint8 image the training cache would hold for this file (or these bytes).
 
-    ``size`` and ``resize`` are the checkpoint's ``cache_size`` and cache resize mode.
+    ``size`` and ``resize`` are the checkpoint's ``cache_size`` and cache resize mode. Images above
+    ``max_pixels`` (default: ``split.max_pixels``'s default, the limit split quarantines at) are
+    refused before decoding.
     """
+    return load_image_sized(source, size, resize, max_pixels)[0]
+
+
+def load_image_sized(source: Source, size: int, resize: str = "stretch",
+                     max_pixels: int | None = None) -> tuple[np.ndarray, tuple[int, int]]:
+    """:func:`load_image` and the original (width, height), for the plausibility checks."""
     if resize not in RESIZE_MODES:
         raise ValueError(f"resize: expected one of {list(RESIZE_MODES)}, found {resize!r}")
     name = describe_source(source)
     _check_source(source, name)
     if is_dicom(source):
-        gray = _dicom_gray8(source, name)
-        return np.asarray(resize_gray(Image.fromarray(gray, mode="L"), int(size), resize), dtype=np.uint8)
+        gray = _dicom_gray8(source, name, max_pixels)
+        out = np.asarray(resize_gray(Image.fromarray(gray, mode="L"), int(size), resize), dtype=np.uint8)
+        return out, (gray.shape[1], gray.shape[0])
+    wh = _check_raster_pixels(source, name, max_pixels)
     try:
         # The very function that filled the cache: identical pixels for a cached file.
-        return decode_image(_open_raster(source), int(size), resize)
+        return decode_image(_open_raster(source), int(size), resize), wh
     except Exception as exc:
         raise _raster_error(name, exc) from exc

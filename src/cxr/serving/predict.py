@@ -34,10 +34,13 @@ from cxr import checkpoint
 from cxr.checkpoint import ModelCard
 from cxr.data import is_junk
 from cxr.device import resolve_device
+from cxr.data.limits import ImageLimits
+from cxr.serving.imageio import (DICOM_EXTENSIONS, IMAGE_EXTENSIONS, ImageReadError, Source, describe_source, is_dicom,
+                                 load_image, load_image_sized)
 from cxr.training.engine import predict_probabilities
-from cxr.serving.imageio import DICOM_EXTENSIONS, IMAGE_EXTENSIONS, ImageReadError, Source, describe_source, is_dicom, load_image
 
-COLUMNS = ("file", "probability", "label", "error")  # probability = P(PNEUMONIA)
+# probability = P(PNEUMONIA); warning: why the input may not be a chest radiograph (it is still predicted).
+COLUMNS = ("file", "probability", "label", "error", "warning")
 DEFAULT_RESULTS_CSV = Path("reports") / "results.csv"
 DEFAULT_MODELS_DIR = Path("models")
 
@@ -114,19 +117,32 @@ def _wanted(path: Path) -> bool:
     suffix = path.suffix.lower()
     if suffix in IMAGE_EXTENSIONS:
         return True
-    # DICOM is often written without an extension: recognise it by its content.
-    return suffix == "" and is_dicom(path)
+    # DICOM is often written without an extension: recognise it by its content (a FIFO, socket or
+    # device is never opened: reading it could block forever).
+    return suffix == "" and path.is_file() and is_dicom(path)
 
 
-def _scan_folder(folder: Path) -> list[Path]:
+_NOT_AN_IMAGE = ("not an image file type cxr predict reads ({kind}); skipped. It reads "
+                 + ", ".join(IMAGE_EXTENSIONS) + " and extension-less DICOM; name the file explicitly to try anyway")
+
+
+def _scan_folder(folder: Path, skipped: list[InputError] | None = None) -> list[Path]:
+    """Image files under ``folder``; every other file (not OS junk) goes to ``skipped`` with the reason."""
     found = []
     for root, dirs, files in os.walk(folder):
         dirs[:] = sorted(d for d in dirs if not is_junk(d) and not d.startswith("."))
         for f in sorted(files):
-            if not f.startswith("."):
-                p = Path(root) / f
-                if _wanted(p):
-                    found.append(p)
+            if is_junk(f):
+                continue
+            p = Path(root) / f
+            if not p.is_file():
+                if skipped is not None:
+                    skipped.append(InputError(str(p), "not a regular file (FIFO, socket or device); skipped"))
+            elif _wanted(p):
+                found.append(p)
+            elif skipped is not None:
+                kind = f"extension {p.suffix.lower()}" if p.suffix else "no extension, not DICOM"
+                skipped.append(InputError(str(p), _NOT_AN_IMAGE.format(kind=kind)))
     return found
 
 
@@ -149,20 +165,22 @@ def collect_inputs(inputs: Iterable[str | os.PathLike]) -> tuple[list[Path], lis
     for raw in inputs:
         p = Path(raw)
         if p.is_dir():
-            found = _scan_folder(p)
+            found = _scan_folder(p, errors)
             if not found:
                 errors.append(InputError(str(raw), f"folder has no image files ({', '.join(IMAGE_EXTENSIONS)})"))
             for f in found:
                 add(f)
         elif p.is_file():
             add(p)
+        elif p.exists():
+            errors.append(InputError(str(raw), "not a regular file (FIFO, socket or device); not read"))
         elif glob.has_magic(str(raw)):
             matches = sorted(glob.glob(str(raw), recursive=True))
             hits = []
             for m in matches:
                 mp = Path(m)
                 if mp.is_dir():
-                    hits += _scan_folder(mp)
+                    hits += _scan_folder(mp, errors)
                 elif mp.is_file() and _wanted(mp):
                     hits.append(mp)
             if not hits:
@@ -186,6 +204,8 @@ class Predictor:
     model: nn.Module
     card: ModelCard
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    # split.max_pixels and split.plausibility's defaults: refused above the one pixel limit, warned when implausible.
+    limits: ImageLimits = field(default_factory=ImageLimits.from_split)
 
     def __post_init__(self):
         c = self.card
@@ -209,7 +229,13 @@ class Predictor:
 
     def load(self, source: Source) -> np.ndarray:
         """(cache_size, cache_size) uint8: the input as the training cache holds images. Raises ImageReadError."""
-        return load_image(source, self.cache_size, self.resize)
+        return load_image(source, self.cache_size, self.resize, max_pixels=self.limits.max_pixels)
+
+    def _load_checked(self, source: Source) -> tuple[np.ndarray, str | None]:
+        """Pixels and a warning when the input cannot be a chest radiograph (tiny, extreme aspect, constant, noise)."""
+        pixels, (w, h) = load_image_sized(source, self.cache_size, self.resize, max_pixels=self.limits.max_pixels)
+        odd = self.limits.implausible(w, h, pixels)
+        return pixels, (None if odd is None else f"{odd[0]}: {odd[1]}; probably not a chest radiograph")
 
     def predict_pixels(self, images, batch_size: int = 64) -> np.ndarray:
         """P(pneumonia) for uint8 images at cache size (N, S, S): exactly the evaluation path."""
@@ -260,14 +286,17 @@ class Predictor:
                 good, pixels = [], []
                 batch_rows = []
                 for i in chunk:
-                    row = {"file": names[i], "probability": math.nan, "label": None, "error": None}
+                    row = {"file": names[i], "probability": math.nan, "label": None, "error": None, "warning": None}
                     try:
-                        pixels.append(self.load(sources[i]))
+                        px, row["warning"] = self._load_checked(sources[i])
+                        pixels.append(px)
                         good.append(row)
-                    except ImageReadError as exc:
-                        row["error"] = exc.reason
+                    except Exception as exc:  # one bad input never takes down the rest of the batch
+                        reason = exc.reason if isinstance(exc, ImageReadError) else \
+                            f"cannot read this input ({type(exc).__name__}: {exc})"
+                        row["error"] = reason
                         if on_error is not None:
-                            on_error(names[i], exc.reason)
+                            on_error(names[i], reason)
                     batch_rows.append(row)
                 if pixels:
                     arr = np.stack(pixels)
@@ -297,8 +326,8 @@ class Predictor:
             for e in input_errors:
                 if on_error is not None:
                     on_error(e.source, e.reason)
-            extra = pd.DataFrame([{"file": e.source, "probability": math.nan, "label": None, "error": e.reason}
-                                  for e in input_errors], columns=table.columns)
+            extra = pd.DataFrame([{"file": e.source, "probability": math.nan, "label": None, "error": e.reason,
+                                   "warning": None} for e in input_errors], columns=table.columns)
             table = pd.concat([table, extra], ignore_index=True) if len(table) else extra
         return table
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import logging
 import math
 import shutil
 import tempfile
@@ -33,7 +34,8 @@ from cxr.models import get_entry
 
 IMAGE_COLUMN = "image"
 CHECKPOINT_ARTIFACT = "checkpoint"
-OUTPUT_COLUMNS = ("probability", "label", "error")
+OUTPUT_COLUMNS = ("probability", "label", "error", "warning")
+_log = logging.getLogger(__name__)
 
 
 def decode_payload(value) -> bytes:
@@ -85,7 +87,27 @@ class CxrImageModel(mlflow.pyfunc.PythonModel):
         self.predictor = Predictor.from_dir(context.artifacts[CHECKPOINT_ARTIFACT], device="cpu")
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
-        values = _image_values(model_input)
+        """One output row per input row; never raises for what a row holds.
+
+        A request that is not a table of images raises an MlflowException without a stack trace
+        (the scoring server would otherwise send the client a traceback with server paths); an
+        unexpected failure is logged here with its traceback and answered with a short error.
+        """
+        from mlflow.exceptions import MlflowException
+        from mlflow.protos.databricks_pb2 import BAD_REQUEST
+
+        try:
+            values = _image_values(model_input)
+        except ValueError as exc:
+            raise MlflowException(str(exc), error_code=BAD_REQUEST) from None
+        try:
+            return self._predict_values(values)
+        except Exception as exc:
+            _log.exception("cxr model: prediction failed")
+            raise MlflowException(f"the model could not answer this request ({type(exc).__name__}); "
+                                  "see the server log", error_code=BAD_REQUEST) from None
+
+    def _predict_values(self, values: list) -> pd.DataFrame:
         decoded, names = [], []
         errors: dict[int, str] = {}
         for i, v in enumerate(values):
@@ -99,13 +121,15 @@ class CxrImageModel(mlflow.pyfunc.PythonModel):
         ok = [i for i in range(len(values)) if i not in errors]
         table = self.predictor.predict_sources([decoded[i] for i in ok], [names[i] for i in ok], batch_size=32)
         out = pd.DataFrame({"probability": [None] * len(values), "label": [None] * len(values),
-                            "error": [errors.get(i) for i in range(len(values))]}, dtype=object)
+                            "error": [errors.get(i) for i in range(len(values))],
+                            "warning": [None] * len(values)}, dtype=object)
         for i, (_, row) in zip(ok, table.iterrows()):
             if isinstance(row["error"], str):
                 out.at[i, "error"] = row["error"]
             else:
                 out.at[i, "probability"] = float(row["probability"])
                 out.at[i, "label"] = row["label"]
+                out.at[i, "warning"] = row["warning"] if isinstance(row["warning"], str) else None
         return out
 
 
@@ -126,7 +150,7 @@ def signature():
         inputs=Schema([ColSpec("string", IMAGE_COLUMN)]),
         # Null in a row that could not be read (probability, label) or that was (error).
         outputs=Schema([ColSpec("double", "probability", required=False), ColSpec("string", "label", required=False),
-                        ColSpec("string", "error", required=False)]),
+                        ColSpec("string", "error", required=False), ColSpec("string", "warning", required=False)]),
     )
 
 

@@ -13,6 +13,7 @@ uint8 -> float [0, 1] at the model size; ``prep``: float [0, 1] -> normalised mo
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from typing import Callable
 
@@ -211,6 +212,14 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+class TrainingDivergedError(RuntimeError):
+    """The training loss became NaN or infinite (a learning rate far too high, or broken inputs)."""
+
+    def __init__(self, message: str, lr: float | None = None):
+        super().__init__(message)
+        self.lr = lr
+
+
 def train_one_epoch(model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer, loader, device: torch.device,
                     *, augment: Callable[[Tensor], Tensor], prep: Callable[[Tensor], Tensor],
                     amp_dtype: torch.dtype | None = None, scaler: torch.amp.GradScaler | None = None,
@@ -239,7 +248,14 @@ def train_one_epoch(model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim
             optimizer.step()
         n = yb.shape[0]
         # .item() syncs; once per batch is cheap next to a forward/backward and gives a live loss.
-        total_loss += loss.item() * n
+        value = loss.item()
+        if not math.isfinite(value) and scaler is None:  # with fp16's GradScaler an inf step is skipped, not fatal
+            lr = optimizer.param_groups[0].get("lr")
+            raise TrainingDivergedError(
+                f"the training loss became {value} at batch {seen // max(1, n) + 1} (lr {lr:g}): the weights "
+                f"have diverged, so training stops here instead of evaluating garbage. Lower the learning rate "
+                f"(e.g. dvc exp run -S lr={min(1e-3, lr / 100):g}) or check the input data", lr=lr)
+        total_loss += value * n
         correct += int(((logits.detach() >= 0).float() == yb).sum().item())  # p >= 0.5, as in metrics
         seen += n
         if progress:

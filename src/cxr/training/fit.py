@@ -29,14 +29,15 @@ import torch
 from sklearn.metrics import confusion_matrix
 from torch import nn
 
-from cxr.config import (AugmentConfig, ConfigError, Globals, TrainConfig, load_globals, load_model_override,
-                        section)
+from cxr.checkpoint import ModelCard, state_dict_copy
+from cxr.config import (AugmentConfig, ConfigError, Globals, TrainConfig, check_top_level, load_globals,
+                        load_model_override, section)
 from cxr.data.augment import BatchAugment, Normalize, eval_resize
 from cxr.device import amp_settings, describe, resolve_device
-from cxr.training.engine import batches_on_device, evaluate_loader, make_loader, stage_on_device, train_one_epoch
-from cxr.checkpoint import ModelCard, state_dict_copy
 from cxr.files import atomic_write
 from cxr.metrics import THRESHOLD_METHODS, choose_threshold, is_better
+from cxr.training.engine import (TrainingDivergedError, batches_on_device, evaluate_loader, make_loader,
+                                 stage_on_device, train_one_epoch)
 from cxr.models import build_model, check_image_size, get_entry, input_spec, list_models
 from cxr.tracking import NullTracker
 
@@ -97,6 +98,7 @@ def resolve_run_config(params: dict, model: str) -> RunConfig:
     ``models.<name>.pretrained`` is explicitly false.
     """
     get_entry(model)  # unknown names fail here, with the list of valid ones
+    check_top_level(params)  # `-S +learning_rate=0.1` would otherwise train with the old lr
     unknown = sorted(set(params.get("models") or {}) - set(list_models()))
     if unknown:  # a misspelt section would otherwise be ignored without a word
         raise ConfigError(f"models: unknown model name(s) {unknown}; valid names are {list_models()}")
@@ -328,9 +330,12 @@ def fit(run_cfg: RunConfig, train: tuple, val: tuple, *, device: str | torch.dev
                                    num_workers=cfg.num_workers, drop_last=n_tr % cfg.batch_size == 1)
         lr = optimizer.param_groups[0]["lr"]
         t0 = time.perf_counter()
-        tr = train_one_epoch(step_model, loss_fn, optimizer, train_loader, device,
-                             augment=lambda x: augment(x, gen), prep=norm, amp_dtype=amp_dtype, scaler=scaler,
-                             progress=progress, desc=f"{cfg.model} {epoch}/{cfg.epochs}")
+        try:
+            tr = train_one_epoch(step_model, loss_fn, optimizer, train_loader, device,
+                                 augment=lambda x: augment(x, gen), prep=norm, amp_dtype=amp_dtype, scaler=scaler,
+                                 progress=progress, desc=f"{cfg.model} {epoch}/{cfg.epochs}")
+        except TrainingDivergedError as exc:  # before any evaluation or resume save of the broken weights
+            raise TrainingDivergedError(f"[{cfg.model}] epoch {epoch}: {exc}", lr=exc.lr) from None
         ev = evaluate_loader(step_model, loss_fn, val_loader, device, norm, resize=resize, amp_dtype=amp_dtype)
         scheduler.step()
         row = {"epoch": epoch, "train_loss": tr["loss"], "train_acc": tr["acc"], "val_loss": ev["loss"],

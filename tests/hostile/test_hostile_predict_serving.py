@@ -1,0 +1,197 @@
+"""Hostile and broken input to `cxr predict` and the served model (in-process pyfunc): one test per case.
+
+    PYTHONPATH=src .venv/bin/python -m pytest tests/hostile/test_hostile_predict_serving.py -q
+
+Still holding, tested elsewhere: the served model answers malformed payloads (bad base64, null,
+not an image) row by row (tests/test_serving.py::test_logged_model_predicts_in_process and the
+slow test_served_model_answers_like_predict over HTTP); a corrupt file among good ones in
+`cxr predict` (tests/test_predict.py::test_cli_corrupt_file_among_good_ones).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import struct
+import zlib
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from cxr.serving import cli
+from cxr.config import SplitConfig
+from cxr.data import manifest as M
+from cxr.data.limits import ImageLimits
+from cxr.serving.imageio import ImageReadError, default_max_pixels, load_image
+from cxr.serving.predict import Predictor, collect_inputs
+from cxr.serving.pyfunc import CxrImageModel
+
+from hostile_kit import xray_jpeg
+from toydata import RAMP16, make_checkpoint, write_dicom
+
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "cnn")
+
+
+@pytest.fixture(scope="module")
+def predictor(model_dir) -> Predictor:
+    return Predictor.from_dir(model_dir, device="cpu")
+
+
+def _window_zero_dicom(path: Path) -> Path:
+    return write_dicom(path, RAMP16, bits_stored=12, window=(2000.0, 0.0))
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+    """A PNG whose header declares width x height pixels (a bomb's header), with almost no data."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+# ---- one bad input never takes down the rest ---------------------------------------------------------
+
+
+def test_dicom_with_window_width_zero_is_an_error_row_beside_a_good_jpeg_in_cxr_predict(tmp_path, model_dir, capsys):
+    good = tmp_path / "IM-0001-0001.jpeg"
+    good.write_bytes(xray_jpeg(1))
+    bad = _window_zero_dicom(tmp_path / "ww0.dcm")
+    rc = cli.main(["predict", str(good), str(bad), "--model", str(model_dir), "--format", "jsonl", "--no-progress"])
+    captured = capsys.readouterr()
+    rows = {r["file"]: r for r in map(json.loads, captured.out.splitlines())}
+    assert rc == 1 and "Traceback" not in captured.err
+    assert rows[str(good)]["error"] is None and 0 <= rows[str(good)]["probability"] <= 1
+    assert rows[str(bad)]["probability"] is None and "Window Width" in rows[str(bad)]["error"]
+
+
+def test_an_unexpected_failure_in_one_input_stays_in_its_row(predictor, monkeypatch):
+    real = predictor._load_checked
+
+    def flaky(source):
+        if source == b"boom":
+            raise KeyError("an internal surprise")
+        return real(source)
+
+    monkeypatch.setattr(predictor, "_load_checked", flaky)
+    table = predictor.predict_sources([xray_jpeg(2), b"boom", xray_jpeg(3)])
+    assert table["error"].isna().tolist() == [True, False, True]
+    assert "KeyError" in table["error"][1]
+
+
+def _serve(model_dir) -> CxrImageModel:
+    model = CxrImageModel()
+    model.load_context(SimpleNamespace(artifacts={"checkpoint": str(model_dir)}))
+    return model
+
+
+def test_served_model_answers_a_bad_dicom_per_row_without_a_stack_trace(tmp_path, model_dir):
+    bad = _window_zero_dicom(tmp_path / "ww0.dcm").read_bytes()
+    values = [base64.b64encode(xray_jpeg(4)).decode(), base64.b64encode(bad).decode(), "not base64!"]
+    out = _serve(model_dir).predict(None, pd.DataFrame({"image": values}))
+    assert out["probability"][0] is not None and out["error"][0] is None
+    assert out["probability"][1] is None and "Window Width" in out["error"][1]
+    assert out["error"][2] and "base64" in out["error"][2]
+    text = json.dumps(out.to_dict(orient="records"))
+    assert "Traceback" not in text and "/src/cxr" not in text and ".py" not in text
+
+
+def test_served_model_refuses_a_malformed_request_without_a_stack_trace(model_dir):
+    from mlflow.exceptions import MlflowException
+
+    with pytest.raises(MlflowException) as err:
+        _serve(model_dir).predict(None, pd.DataFrame({"a": [1], "b": [2]}))
+    assert "stack_trace" not in err.value.json_kwargs
+    assert "Traceback" not in err.value.serialize_as_json() and "'image'" in err.value.message
+
+
+# ---- one pixel limit, checked before decoding ------------------------------------------------------
+
+
+def test_the_pixel_limit_is_one_number_for_split_predict_and_serving(predictor):
+    assert default_max_pixels() == SplitConfig().max_pixels == predictor.limits.max_pixels
+
+
+def test_a_png_over_the_pixel_limit_is_refused_by_predict_as_split_quarantines_it(tmp_path, predictor):
+    data = _png_claiming(12_000, 12_000)  # 144 M pixels: 1.35 GB RSS when it was decoded
+    assert M.check_bytes(data, SplitConfig().max_pixels).reason == M.TOO_LARGE
+    table = predictor.predict_sources([data])
+    assert "too large, refused before decoding" in table["error"][0] and "split.max_pixels" in table["error"][0]
+
+
+def test_dicom_rows_columns_over_the_pixel_limit_are_refused_before_decoding(tmp_path):
+    import pydicom
+
+    path = write_dicom(tmp_path / "bomb.dcm", RAMP16, bits_stored=12)
+    ds = pydicom.dcmread(path)
+    ds.Rows, ds.Columns = 65_000, 65_000  # what a 2 MB RLE file can claim
+    ds.save_as(path)
+    with pytest.raises(ImageReadError) as err:
+        load_image(path, 32)
+    assert "refused before decoding" in err.value.reason and "65000x65000" in err.value.reason
+
+
+def test_a_lower_pixel_limit_given_to_the_predictor_applies(tmp_path, model_dir):
+    small = Predictor.from_dir(model_dir, device="cpu")
+    small.limits = ImageLimits(1000, small.limits.plausibility)
+    table = small.predict_sources([xray_jpeg(5, size=(64, 48))])
+    assert "split.max_pixels = 1,000" in table["error"][0]
+
+
+# ---- every file used or reported; nothing blocks ---------------------------------------------------
+
+
+@pytest.mark.timeout(20)
+def test_fifo_in_a_predict_folder_is_reported_not_opened(tmp_path):
+    (tmp_path / "IM-0001-0001.jpeg").write_bytes(xray_jpeg(1))
+    os.mkfifo(tmp_path / "scan0001")  # extension-less: used to be opened to look for DICM
+    os.mkfifo(tmp_path / "pipe.jpeg")
+    files, errors = collect_inputs([tmp_path])
+    assert files == [tmp_path / "IM-0001-0001.jpeg"]
+    assert sorted(Path(e.source).name for e in errors) == ["pipe.jpeg", "scan0001"]
+    assert all("not a regular file" in e.reason for e in errors)
+
+
+def test_webp_gif_and_jfif_in_a_folder_are_predicted_and_other_files_reported(tmp_path, predictor):
+    gray = np.add.outer(np.arange(64), np.arange(64)).astype(np.uint8) * 2
+    for name, fmt in (("a.webp", "WEBP"), ("b.gif", "GIF"), ("c.jfif", "JPEG")):
+        Image.fromarray(gray).save(tmp_path / name, format=fmt)
+    (tmp_path / "readme.txt").write_text("notes")
+    table = predictor.predict_paths([tmp_path]).set_index("file")
+    for name in ("a.webp", "b.gif", "c.jfif"):
+        assert pd.isna(table.loc[str(tmp_path / name), "error"]), table.loc[str(tmp_path / name)]
+    assert "not an image file type" in table.loc[str(tmp_path / "readme.txt"), "error"]
+
+
+# ---- plausibility: a warning column -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case,arr,code", [
+    ("black", np.zeros((64, 64), np.uint8), "blank_or_constant"),
+    ("white", np.full((64, 64), 255, np.uint8), "blank_or_constant"),
+    ("one_pixel", np.full((1, 1), 90, np.uint8), "too_small"),
+    ("one_by_20000", np.tile(np.arange(200, dtype=np.uint8), 100)[None, :], "too_small"),
+    ("strip", np.add.outer(np.arange(40), np.arange(2000) // 10).astype(np.uint8), "extreme_aspect_ratio"),
+    ("noise", np.random.default_rng(0).integers(0, 256, (128, 128), dtype=np.uint8), "noise_not_an_image"),
+])
+def test_an_implausible_image_is_predicted_with_a_warning(predictor, case, arr, code):
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    row = predictor.predict_sources([buf.getvalue()]).iloc[0]
+    assert pd.isna(row["error"]) and row["label"] in ("NORMAL", "PNEUMONIA")
+    assert row["warning"].startswith(code) and "not a chest radiograph" in row["warning"]
+
+
+def test_a_plausible_image_gets_no_warning(predictor):
+    assert predictor.predict_sources([xray_jpeg(9, size=(200, 160))])["warning"].isna().all()
