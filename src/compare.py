@@ -20,11 +20,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from cxr.evaluation.compare import (bar_table, results_csv, results_markdown, results_table, roc_curves,
+from cxr.evaluation.compare import (bar_table, headline, results_csv, results_markdown, results_table, roc_curves,
                          select_best)
 from cxr.config import CompareConfig, ConfigError, MlflowConfig, load_params, section
 from cxr.evaluation.promotion import RegistryError, register_candidate
 from cxr.plots import metrics_bar_figure, roc_comparison_figure, save_figure
+from cxr.files import write_metrics
 from cxr.stage import run_stage
 from cxr.tracking import make_tracker, project_root, run_name
 
@@ -43,6 +44,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--checkpoints", default="models", help="folder of <model>/ checkpoints (for the registry)")
     p.add_argument("--report", required=True, help="markdown Results section")
     p.add_argument("--csv", required=True, help="results table CSV")
+    p.add_argument("--headline", required=True, help="headline metrics JSON (the DVC metric)")
     p.add_argument("--figures", required=True, help="folder for metrics_bar.png and roc_all.png")
     return p.parse_args(argv)
 
@@ -84,6 +86,7 @@ def main(argv=None) -> int:
                                                   sweep_summary=sweep, sweep_table=sweep_table))
     Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
     results_csv(table).to_csv(args.csv, index=False, lineterminator="\n")
+    write_metrics(args.headline, headline(eval_m, train_m))
 
     conf = next(iter(eval_m.values())).get("confidence", 0.95)
     figs = {"metrics_bar": metrics_bar_figure(

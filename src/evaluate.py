@@ -48,20 +48,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--history", default=None, help="train stage history CSV (for the training-curves figure)")
     p.add_argument("--predictions", required=True, help="per-image predictions CSV")
     p.add_argument("--metrics", required=True, help="test metrics JSON, with CIs (git-tracked details)")
-    p.add_argument("--headline", required=True, help="headline metrics JSON (the DVC metric `dvc exp show` puts first)")
     p.add_argument("--plots", required=True, help="folder for the DVC plot CSVs")
     p.add_argument("--figures", required=True, help="folder for the PNG figures")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
     return p.parse_args(argv)
-
-
-def headline(card, result) -> dict:
-    """{model: val_auc, auc, acc, sens, spec, thr}: what `dvc exp show` lists first. Short keys, nested under
-    the model name, so every column is unique (``--sort-by cnn.auc``) and four models fit beside the names."""
-    at = result.report["at_val_threshold"]
-    return {card.name: {"val_auc": round(card.val_auc, 4), "auc": round(at["roc_auc"]["value"], 4),
-                        "acc": round(at["accuracy"]["value"], 4), "sens": round(at["sensitivity"]["value"], 4),
-                        "spec": round(at["specificity"]["value"], 4), "thr": round(card.threshold, 4)}}
 
 
 def main(argv=None) -> int:
@@ -81,7 +71,6 @@ def main(argv=None) -> int:
     Path(args.predictions).parent.mkdir(parents=True, exist_ok=True)
     result.tables["predictions"].to_csv(args.predictions, index=False, lineterminator="\n")
     write_metrics(args.metrics, result.report)
-    write_metrics(args.headline, headline(card, result))
     plots_dir = Path(args.plots)
     plots_dir.mkdir(parents=True, exist_ok=True)
     for name in PLOT_FILES:

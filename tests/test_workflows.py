@@ -105,9 +105,17 @@ def test_exp_run_reruns_only_dependent_stages(experiment):
     params = data["params"]["params.yaml"]["data"]
     assert float(params["lr"]) == pytest.approx(1e-4) and int(params["batch_size"]) == 16
     metrics = data["metrics"]
-    # The headline comes first, one unique column per model and metric (`--sort-by cnn.val_auc` works).
-    assert list(metrics)[:len(MODELS)] == [f"metrics/headline/{m}.json" for m in MODELS], list(metrics)
-    assert "val_auc" in metrics["metrics/headline/cnn.json"]["data"]["cnn"]
+    # One small headline file is the only DVC metric (details are git-tracked outs, out of the way).
+    assert list(metrics) == ["metrics/headline.json"], list(metrics)
+    assert set(metrics["metrics/headline.json"]["data"]["val_auc"]) == set(MODELS)
+    # As a user sees it in a 160-column terminal: the names, then every model's val and test ROC-AUC.
+    table = subprocess.run(["dvc", "exp", "show", "--no-pager", "--sort-by", "val_auc.cnn"], cwd=repo,
+                           env={**env(), "COLUMNS": "160"}, capture_output=True, text=True, timeout=300)
+    assert table.returncode == 0, table.stderr
+    assert max(len(line) for line in table.stdout.splitlines()) <= 160
+    assert "lr-bs" in table.stdout
+    header = next(line for line in table.stdout.splitlines() if "Experiment" in line).split()
+    assert [f"val_auc.{m}" for m in MODELS] + [f"auc.{m}" for m in MODELS] == header[2:2 + 2 * len(MODELS)], header
     # The experiment's own MLflow runs carry its name and the new values.
     runs = [r for r in experiment_runs(repo) if r.data.tags.get("dvc_exp_name") == "lr-bs"
             and r.data.tags.get("stage") == "train"]

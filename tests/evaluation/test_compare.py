@@ -99,7 +99,8 @@ def _argv(root: Path, params: Path, models=("cnn", "vit", "vgg16")) -> list[str]
             "--eval-metrics", str(root / "metrics/eval"), "--roc", str(root / "plots/eval"),
             "--sweep", str(root / "metrics/sweep.json"), "--sweep-table", str(root / "plots/sweep.csv"),
             "--checkpoints", str(root / "models"), "--report", str(root / "reports/results.md"),
-            "--csv", str(root / "reports/results.csv"), "--figures", str(root / "figures/compare")]
+            "--csv", str(root / "reports/results.csv"), "--figures", str(root / "figures/compare"),
+            "--headline", str(root / "metrics/headline.json")]
 
 
 def test_compare_stage_without_mlflow(tmp_path, monkeypatch):
@@ -112,6 +113,10 @@ def test_compare_stage_without_mlflow(tmp_path, monkeypatch):
     csv = pd.read_csv(tmp_path / "reports/results.csv")
     assert csv["model"].tolist() == ["cnn", "vit", "vgg16"] and csv["selected"].tolist() == [True, False, False]
     assert "# Results" in (tmp_path / "reports/results.md").read_text()
+    head = json.loads((tmp_path / "metrics/headline.json").read_text())
+    assert list(head) == ["val_auc", "auc", "acc", "sens", "spec", "thr"]  # the order `dvc exp show` lists
+    assert head["val_auc"] == {"cnn": 0.95, "vit": 0.9, "vgg16": None} and head["auc"]["vit"] == 0.99
+    assert head["thr"]["cnn"] == 0.42 and head["acc"]["cnn"] == 0.75
     for name in ("metrics_bar.png", "roc_all.png"):
         assert (tmp_path / "figures/compare" / name).read_bytes()[:4] == b"\x89PNG"
 

@@ -99,7 +99,7 @@ def test_evaluate_stage_writes_every_output(trained, tmp_path, monkeypatch):
     argv = ["--params", str(params), "--model", "cnn", "--checkpoint", str(root / "models" / "cnn"),
             "--cache", str(trained["cache"]), "--history", str(root / "history.csv"),
             "--predictions", str(out / "eval/cnn/predictions.csv"), "--metrics", str(out / "metrics/eval/cnn.json"),
-            "--headline", str(out / "metrics/headline/cnn.json"), "--plots", str(out / "plots/eval/cnn"), "--figures", str(out / "figures/eval/cnn"), "--device", "cpu"]
+            "--plots", str(out / "plots/eval/cnn"), "--figures", str(out / "figures/eval/cnn"), "--device", "cpu"]
     with pytest.warns(RuntimeWarning, match="unreachable"):
         assert stage.main(argv) == 0
 
@@ -118,9 +118,5 @@ def test_evaluate_stage_writes_every_output(trained, tmp_path, monkeypatch):
     acc = m["at_val_threshold"]["accuracy"]
     assert acc["ci_low"] <= acc["value"] <= acc["ci_high"]
     assert acc["value"] == pytest.approx((pred["label"] == pred["predicted"]).mean())
-    head = json.loads((out / "metrics/headline/cnn.json").read_text())["cnn"]
-    assert set(head) == {"val_auc", "auc", "acc", "sens", "spec", "thr"}
-    assert head["auc"] == pytest.approx(m["at_val_threshold"]["roc_auc"]["value"], abs=1e-4)
-    assert head["thr"] == pytest.approx(trained["card"].threshold, abs=1e-4)
     pngs = {p.name for p in (out / "figures/eval/cnn").glob("*.png")}
     assert pngs == {f"{n}.png" for n in ("confusion", "roc", "pr", "calibration", "training_curves", "augmentation", "gallery")}

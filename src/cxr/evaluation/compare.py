@@ -75,6 +75,32 @@ def results_table(eval_metrics: dict[str, dict], train_metrics: dict[str, dict],
     return table.sort_values(select_metric, ascending=ascending, na_position="last", kind="stable").reset_index(drop=True)
 
 
+HEADLINE = (("val_auc", None), ("auc", "roc_auc"), ("acc", "accuracy"), ("sens", "sensitivity"),
+            ("spec", "specificity"), ("thr", "threshold"))
+
+
+def headline(eval_metrics: dict[str, dict], train_metrics: dict[str, dict]) -> dict:
+    """metrics/headline.json, the one DVC metric: {val_auc: {model: ...}, auc: {...}, acc, sens, spec, thr}.
+
+    Grouped by metric, so `dvc exp show` lists every model's validation and test ROC-AUC first and they
+    fit a 160-column terminal beside the experiment names; every column name is unique
+    (``--sort-by val_auc.cnn``). ``auc``, ``acc``, ``sens``, ``spec`` are test values at ``thr``, the
+    threshold chosen on validation; CIs and the rest are in metrics/eval/<model>.json.
+    """
+    out: dict[str, dict] = {key: {} for key, _ in HEADLINE}
+    for model, rep in eval_metrics.items():
+        at = rep["at_val_threshold"]
+        for key, source in HEADLINE:
+            if source is None:
+                v = _num(train_metrics.get(model, {}).get("val_auc"))
+            elif source == "threshold":
+                v = _num(rep.get("threshold", at.get("threshold")))
+            else:
+                v = _num(at[source]["value"])
+            out[key][model] = None if math.isnan(v) else round(v, 4)
+    return out
+
+
 def bar_table(eval_metrics: dict[str, dict], metrics) -> dict[str, dict[str, tuple]]:
     """model -> metric -> (value, ci_low, ci_high) for ``plots.metrics_bar_figure``."""
     return {name: {k: (_num(rep["at_val_threshold"][k]["value"]), _num(rep["at_val_threshold"][k]["ci_low"]),
