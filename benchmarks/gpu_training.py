@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _common import add_data_arg, build_cached, list_images, print_header, repeated
+from _common import add_data_arg, build_cached, list_images, print_header, repeated, verdict
 
 TRAIN_IMAGES = 5216
 HERE = Path(__file__).resolve().parent

@@ -37,13 +37,14 @@ class Interrupt(Exception):
 
 
 def fit_worker(rank: int, world: int, port: int, cfg, train, val, out: str, resume: str | None = None,
-               stop_after: int | None = None) -> None:
-    """``fit`` on every rank; rank 0 saves what it returned to ``out`` (or ``out``.interrupted)."""
+               stop_after: int | None = None, device: str = "cpu") -> None:
+    """``fit`` on every rank; rank 0 saves what it returned to ``out`` (or ``out``.interrupted).
+    ``device``: cpu (gloo) or cuda (this rank's GPU, NCCL)."""
     from cxr.training import distributed
     from cxr.training.fit import fit
 
     _env(rank, world, port)
-    device = torch.device("cpu")
+    device = distributed.local_device(device)
 
     def on_epoch_end(row):
         if stop_after is not None and row["epoch"] == stop_after:
@@ -61,10 +62,10 @@ def fit_worker(rank: int, world: int, port: int, cfg, train, val, out: str, resu
         # Every rank must end with the same weights and metrics; rank 0 checks the others'.
         parts = [None] * world
         torch.distributed.all_gather_object(parts, (r.history, r.best, r.threshold,
-                                                    {k: v.clone() for k, v in r.model.state_dict().items()}))
+                                                    {k: v.detach().cpu().clone() for k, v in r.model.state_dict().items()}))
         if rank == 0:
             torch.save({"history": r.history, "best": r.best, "threshold": r.threshold,
-                        "state": r.model.state_dict(), "ranks": parts}, out)
+                        "state": {k: v.cpu() for k, v in r.model.state_dict().items()}, "ranks": parts}, out)
 
 
 def grad_worker(rank: int, world: int, port: int, out: str) -> None:

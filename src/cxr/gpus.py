@@ -118,3 +118,25 @@ def claim_gpus(count: int, *, at_least: int | None = None, gpus: list[str] | Non
             say(f"[gpus] waiting for {need} free GPU(s) of {len(gpus)} (claimed by other experiments; {folder})")
             told = True
         time.sleep(poll_s)
+
+
+_HELD: list[Claim] = []  # claims kept for the life of the process (hold_device)
+
+
+def hold_device(requested: str = "auto"):
+    """The device of a one-device stage (evaluate): on CUDA, a claimed GPU held until the process
+    exits; ``requested`` other than auto/cuda (cpu, cuda:1, mps) is used as given, unclaimed."""
+    import torch
+
+    from cxr.device import resolve_device
+
+    device = resolve_device(requested)
+    if device.type != "cuda" or requested not in ("auto", "cuda"):
+        return device
+    claim = claim_gpus(1)
+    if not claim.ordinals:
+        return device
+    _HELD.append(claim)
+    device = torch.device("cuda", claim.ordinals[0])
+    torch.cuda.set_device(device)
+    return device

@@ -21,7 +21,8 @@ Under a process group (NCCL on GPUs, gloo on CPU):
   sharded in contiguous blocks, evaluated with rank 0's BatchNorm buffers, and gathered back in
   order (:func:`gather_eval`), so every rank computes the same metrics (and the same early-stopping
   decision) on the whole validation split, as one device would;
-- rank 0 alone writes the checkpoint, the resume file, the metrics and MLflow (:func:`is_main`).
+- rank 0 alone reads and writes the resume file (:func:`load_from_main` sends its contents to the
+  other ranks) and writes the checkpoint, the metrics and MLflow (:func:`is_main`).
 """
 
 from __future__ import annotations
@@ -144,6 +145,23 @@ def process_group(device: torch.device, timeout_s: float = 1800) -> Iterator[Non
 def barrier() -> None:
     if active():
         dist.barrier()
+
+
+def load_from_main(path) -> dict | None:
+    """``torch.load(path)`` (weights only, on CPU) as rank 0 finds it, on every rank; None when rank 0
+    has no such file. Other ranks never read the file: on several nodes only rank 0's disk holds it."""
+    from pathlib import Path
+
+    path = Path(path)
+
+    def read():
+        return torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None
+
+    if not active():
+        return read()
+    box = [read() if is_main() else None]
+    dist.broadcast_object_list(box, src=0, device=_reduce_device())
+    return box[0]
 
 
 # --------------------------------------------------------------------------------------------

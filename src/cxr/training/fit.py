@@ -305,8 +305,9 @@ def fit(run_cfg: RunConfig, train: tuple, val: tuple, *, device: str | torch.dev
     bad_epochs, start_epoch = 0, 1
     key = config_hash(cfg, data_version, distributed.world_size())
     resume_path = Path(resume_path) if resume_path else None
-    if resume_path is not None and resume_path.is_file():
-        saved = torch.load(resume_path, map_location="cpu", weights_only=True)
+    # Under DDP rank 0 reads it and sends it to the others (their nodes need not have the file).
+    saved = distributed.load_from_main(resume_path) if resume_path is not None else None
+    if saved is not None:
         if saved.get("config_hash") == key:
             model.load_state_dict(saved["model"])
             optimizer.load_state_dict(saved["optimizer"])
@@ -320,7 +321,6 @@ def fit(run_cfg: RunConfig, train: tuple, val: tuple, *, device: str | torch.dev
             print(f"[{cfg.model}] resuming from {resume_path} after epoch {saved['epoch']}")
         else:
             print(f"[{cfg.model}] ignoring {resume_path}: written for other parameters or data; starting afresh")
-    distributed.barrier()  # every rank has read the resume file before rank 0 may replace it
 
     tracker.log_params(cfg.as_params())
     for row in history:  # a resumed run's new MLflow run gets the whole curve
