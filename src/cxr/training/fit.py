@@ -318,8 +318,9 @@ def fit(run_cfg: RunConfig, train: tuple, val: tuple, *, device: str | torch.dev
             history, best = saved["history"], saved["best"]
             best_state = saved["model"] if saved.get("best_is_current") else saved["best_state"]
             bad_epochs, start_epoch = saved["bad_epochs"], saved["epoch"] + 1
-            print(f"[{cfg.model}] resuming from {resume_path} after epoch {saved['epoch']}")
-        else:
+            if distributed.is_main():
+                print(f"[{cfg.model}] resuming from {resume_path} after epoch {saved['epoch']}")
+        elif distributed.is_main():
             print(f"[{cfg.model}] ignoring {resume_path}: written for other parameters or data; starting afresh")
 
     tracker.log_params(cfg.as_params())
