@@ -27,7 +27,7 @@ import pandas as pd
 from cxr import checkpoint
 from cxr.config import ConfigError, EvaluateConfig, MlflowConfig, load_params, section
 from cxr.data.cache import CacheError, load_split
-from cxr.gpus import hold_device
+from cxr.gpus import GpuClaimError, hold_device
 from cxr.evaluation.evaluate import attach_run, evaluate_checkpoint, evaluation_figures, find_training_run
 from cxr.plots import save_figure
 from cxr.files import write_metrics
@@ -99,4 +99,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    run_stage("evaluate", main, (ConfigError, CacheError, FileNotFoundError, ValueError))
+    run_stage("evaluate", main, (ConfigError, CacheError, FileNotFoundError, ValueError, GpuClaimError))

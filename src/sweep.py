@@ -30,7 +30,7 @@ from pathlib import Path
 from cxr.config import ConfigError, EvaluateConfig, MlflowConfig, SweepConfig, load_params, section
 from cxr.data.cache import CacheError, load_info, load_split
 from cxr.device import describe, resolve_device
-from cxr.gpus import claim_gpus
+from cxr.gpus import GpuClaimError, claim_gpus
 from cxr.training import distributed
 from cxr.plots import save_figure, sweep_heatmap_figure
 from cxr.files import json_safe, write_metrics
@@ -117,4 +117,4 @@ def run(args, cfg, base, info, train, val, test, mlflow_cfg, eval_cfg, devices) 
 
 
 if __name__ == "__main__":
-    run_stage("sweep", main, (ConfigError, CacheError))
+    run_stage("sweep", main, (ConfigError, CacheError, GpuClaimError))

@@ -35,7 +35,7 @@ from cxr.config import ConfigError, EvaluateConfig, MlflowConfig, TrainConfig, l
 from cxr.data.cache import CacheError, load_info, load_split
 from cxr.device import describe, resolve_device
 from cxr.stage import run_stage
-from cxr.gpus import claim_gpus
+from cxr.gpus import GpuClaimError, claim_gpus
 from cxr.tracking import NullTracker, make_tracker, run_tags
 from cxr.training import distributed
 from cxr.models import WeightsUnavailableError
@@ -150,4 +150,4 @@ def train(args: argparse.Namespace, params: dict, run_cfg, device: torch.device)
 
 
 if __name__ == "__main__":
-    run_stage("train", main, (ConfigError, CacheError, WeightsUnavailableError))
+    run_stage("train", main, (ConfigError, CacheError, WeightsUnavailableError, GpuClaimError))

@@ -78,7 +78,7 @@ def test_up_to_count_at_least_one_and_the_off_switches(env, monkeypatch):
     with gpus.claim_gpus(1) as first:
         with gpus.claim_gpus(2, at_least=1) as rest:  # the sweep's way: what is free, at least one
             assert rest.ids == ["1"] and rest.ordinals == [1] and first.ids == ["0"]
-    with pytest.raises(RuntimeError, match="3 GPU\\(s\\) wanted, 2 visible"):
+    with pytest.raises(gpus.GpuClaimError, match="3 GPU\\(s\\) wanted, 2 visible"):
         gpus.claim_gpus(3)
     assert gpus.claim_gpus(0).ids == []  # a CPU run claims nothing
     monkeypatch.setenv(gpus.ENV_SWITCH, "0")

@@ -28,6 +28,10 @@ from pathlib import Path
 ENV_DIR, ENV_SWITCH = "CXR_GPU_CLAIM_DIR", "CXR_GPU_CLAIM"
 
 
+class GpuClaimError(RuntimeError):
+    """More GPUs wanted than this process can see (a stage ends with the message, no traceback)."""
+
+
 def claim_dir() -> Path:
     return Path(os.environ.get(ENV_DIR) or Path(tempfile.gettempdir()) / "cxr-gpu-claims")
 
@@ -95,7 +99,7 @@ def claim_gpus(count: int, *, at_least: int | None = None, gpus: list[str] | Non
         return Claim()
     need = count if at_least is None else max(1, min(at_least, count))
     if need > len(gpus):
-        raise RuntimeError(f"{need} GPU(s) wanted, {len(gpus)} visible ({', '.join(gpus)}). Fix: ask for fewer "
+        raise GpuClaimError(f"{need} GPU(s) wanted, {len(gpus)} visible ({', '.join(gpus)}). Fix: ask for fewer "
                            "(train.devices / sweep.devices), or make more visible (CUDA_VISIBLE_DEVICES).")
     folder = claim_dir()
     folder.mkdir(parents=True, exist_ok=True)
