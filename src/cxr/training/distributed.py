@@ -114,8 +114,8 @@ def local_device(device: str | torch.device = "auto") -> torch.device:
     from cxr.device import resolve_device
 
     dev = resolve_device(device)
-    if dev.type == "cuda" and under_launcher():
-        dev = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    if under_launcher():  # a rank: its own GPU, or the CPU (gloo has no MPS tensors)
+        dev = torch.device("cuda", int(os.environ["LOCAL_RANK"])) if dev.type == "cuda" else torch.device("cpu")
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     return dev
