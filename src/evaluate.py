@@ -27,7 +27,7 @@ import pandas as pd
 from cxr import checkpoint
 from cxr.config import ConfigError, EvaluateConfig, MlflowConfig, load_params, section
 from cxr.data.cache import CacheError, load_split
-from cxr.device import resolve_device
+from cxr.gpus import GpuClaimError, hold_device
 from cxr.evaluation.evaluate import attach_run, evaluate_checkpoint, evaluation_figures, find_training_run
 from cxr.plots import save_figure
 from cxr.files import write_metrics
@@ -37,7 +37,7 @@ from cxr.tracking import make_tracker
 PLOT_FILES = ("confusion", "roc", "pr", "calibration")
 
 
-ERRORS = (ConfigError, CacheError, FileNotFoundError, ValueError)  # user-actionable (see cxr.stage)
+ERRORS = (ConfigError, CacheError, FileNotFoundError, ValueError, GpuClaimError)  # see cxr.stage
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -59,7 +59,7 @@ def main(argv=None) -> int:
     params = load_params(args.params)
     cfg: EvaluateConfig = section(params, "evaluate", EvaluateConfig)
     mlflow_cfg: MlflowConfig = section(params, "mlflow", MlflowConfig)
-    device = resolve_device(args.device)
+    device = hold_device(args.device)  # on CUDA a GPU of its own (cxr.gpus), for queued experiments
 
     model, card = checkpoint.load(args.checkpoint, device=device)
     if card.name != args.model:

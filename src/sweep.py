@@ -16,16 +16,22 @@ DVC's own way to run a grid, one experiment per configuration (each a full pipel
     dvc queue start --jobs 1 && dvc exp show
 
 This stage keeps the grid inside one pipeline run, so ``dvc repro`` gives the whole table.
+``sweep.devices`` (default ``auto``: every visible GPU, one process on CPU) spreads the
+configurations over one process per device; on a CUDA machine the stage claims the GPUs it uses
+(``cxr.gpus``: what is free, at least one), so queued experiments do not share them.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 from pathlib import Path
 
 from cxr.config import ConfigError, EvaluateConfig, MlflowConfig, SweepConfig, load_params, section
 from cxr.data.cache import CacheError, load_info, load_split
-from cxr.device import resolve_device
+from cxr.device import describe, resolve_device
+from cxr.gpus import GpuClaimError, claim_gpus
+from cxr.training import distributed
 from cxr.plots import save_figure, sweep_heatmap_figure
 from cxr.files import json_safe, write_metrics
 from cxr.training.engine import TrainingDivergedError
@@ -35,7 +41,7 @@ from cxr.tracking import make_tracker
 from cxr.training.fit import resolve_run_config
 
 
-ERRORS = (ConfigError, CacheError, TrainingDivergedError)  # user-actionable (see cxr.stage)
+ERRORS = (ConfigError, CacheError, TrainingDivergedError, GpuClaimError)  # see cxr.stage
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -63,6 +69,25 @@ def main(argv=None) -> int:
     n = len(cfg.batch_sizes) * len(cfg.lrs)
     print(f"[sweep] {cfg.model}: {len(cfg.batch_sizes)} batch sizes x {len(cfg.lrs)} learning rates = {n} runs of "
           f"{cfg.epochs} epoch(s) at {base.image_size} px; selection on {cfg.select_metric}")
+    with contextlib.ExitStack() as stack:
+        devices = sweep_devices(cfg.devices, args.device, device, n, stack)
+        return run(args, cfg, base, info, train, val, test, mlflow_cfg, eval_cfg, devices)
+
+
+def sweep_devices(devices, requested: str, device, n_configs: int, stack: contextlib.ExitStack) -> list:
+    """The devices of the worker processes: claimed GPUs (free ones, at least one) or ``devices`` x CPU."""
+    want = min(distributed.resolve_devices(devices, requested), n_configs)
+    if device.type == "cuda" and requested in ("auto", "cuda"):
+        claim = stack.enter_context(claim_gpus(want, at_least=1))
+        if claim.ordinals:
+            return [f"cuda:{o}" for o in claim.ordinals]
+        return [f"cuda:{i}" for i in range(want)]
+    return [device] * want
+
+
+def run(args, cfg, base, info, train, val, test, mlflow_cfg, eval_cfg, devices) -> int:
+    if len(devices) == 1:
+        print(f"[sweep] on {describe(resolve_device(devices[0]))}")
 
     tracker = make_tracker(mlflow_cfg.experiment)
     with tracker.start_run(f"sweep-{cfg.model}", tags={"stage": "sweep", "model": cfg.model,
@@ -70,7 +95,7 @@ def main(argv=None) -> int:
         tracker.log_params({"model": cfg.model, "batch_sizes": cfg.batch_sizes, "lrs": cfg.lrs, "epochs": cfg.epochs,
                             "image_size": base.image_size, "select_metric": cfg.select_metric})
         result = run_sweep(base, cfg.batch_sizes, cfg.lrs, (train.images, train.labels), (val.images, val.labels),
-                           (test.images, test.labels), select_metric=cfg.select_metric, device=device,
+                           (test.images, test.labels), select_metric=cfg.select_metric, devices=devices,
                            tracker=tracker, progress=not args.no_progress, data_version=info.get("data_version", ""),
                            threshold_method=eval_cfg.threshold, fixed_threshold=eval_cfg.fixed_threshold,
                            eval_batch_size=cfg.eval_batch_size)

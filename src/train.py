@@ -9,23 +9,36 @@ Writes the checkpoint (model.pt + model.json) to --out, flat final validation me
 --metrics, the per-epoch history CSV to --history and the curves PNG into --figures. An
 interrupted run continues from --resume (default data/resume/<model>.pt, outside DVC's outputs so
 a rerun does not delete it) when the parameters and data are unchanged.
+
+``train.devices`` > 1 (or ``auto`` with several GPUs): this script re-executes itself under
+torchrun (``python -m torch.distributed.run --standalone --nproc-per-node N src/train.py ...``),
+one process per GPU (DDP over NCCL), or N gloo processes on CPU; rank 0 alone writes the outputs
+and the MLflow run. Several nodes: start it with torchrun yourself (the README has the command);
+a process started by torchrun never relaunches. On a CUDA machine the stage first claims its
+GPU(s) (``cxr.gpus``), so queued experiments (``dvc queue start -j N``) each get their own.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import math
+import sys
 
 import pandas as pd
 from pathlib import Path
 
 from cxr import checkpoint
-from cxr.config import ConfigError, EvaluateConfig, MlflowConfig, load_params, section
+import torch
+
+from cxr.config import ConfigError, EvaluateConfig, MlflowConfig, TrainConfig, load_params, section
 from cxr.data.cache import CacheError, load_info, load_split
 from cxr.device import describe, resolve_device
 from cxr.stage import run_stage
-from cxr.tracking import make_tracker, run_name, run_tags
+from cxr.gpus import GpuClaimError, claim_gpus
+from cxr.tracking import NullTracker, make_tracker, run_name, run_tags
+from cxr.training import distributed
 from cxr.models import WeightsUnavailableError
 from cxr.files import write_metrics
 from cxr.plots import save_figure, training_curves_figure
@@ -37,7 +50,7 @@ HISTORY_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "v
                    "train_images_per_s"]
 
 
-ERRORS = (ConfigError, CacheError, WeightsUnavailableError, ResumeLockedError, TrainingDivergedError)  # see cxr.stage
+ERRORS = (ConfigError, CacheError, WeightsUnavailableError, ResumeLockedError, TrainingDivergedError, GpuClaimError)
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -71,50 +84,82 @@ def _clean(v):
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     params = load_params(args.params)
     run_cfg = resolve_run_config(params, args.model)
+    if distributed.under_launcher():  # a rank started by torchrun (ours or the user's, multi-node)
+        device = distributed.local_device(args.device)
+        with distributed.process_group(device):
+            return train(args, params, run_cfg, device)
+    t: TrainConfig = section(params, "train", TrainConfig)
+    n = distributed.resolve_devices(t.devices, args.device)
+    if n > 1 and run_cfg.batch_size % n:
+        raise ConfigError(f"batch_size {run_cfg.batch_size} of {args.model} is not a multiple of train.devices = {n}: "
+                          f"each process takes an equal share of every batch. Fix: a batch_size that {n} divides, "
+                          "or another train.devices.")
+    gpu = resolve_device(args.device).type == "cuda" and args.device in ("auto", "cuda")
+    with claim_gpus(n if gpu else 0) as claim:
+        if n > 1:
+            return distributed.launch(n, __file__, argv, env=claim.env)
+        device = torch.device("cuda", claim.ordinals[0]) if claim.ordinals else resolve_device(args.device)
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        return train(args, params, run_cfg, device)
+
+
+def train(args: argparse.Namespace, params: dict, run_cfg, device: torch.device) -> int:
+    """One process's part of the stage; every output and the MLflow run come from rank 0 only."""
+    main_rank = distributed.is_main()
     mlflow_cfg: MlflowConfig = section(params, "mlflow", MlflowConfig)
     eval_cfg: EvaluateConfig = section(params, "evaluate", EvaluateConfig)  # the threshold saved with the model
     info = load_info(args.cache)
     train, val = load_split(args.cache, "train"), load_split(args.cache, "val")
-    device = resolve_device(args.device)
-    print(f"[{args.model}] {len(train)} train / {len(val)} val images at {info['cache_size']} px -> "
-          f"{run_cfg.image_size} px on {describe(device)}; pretrained={run_cfg.pretrained}")
+    world = distributed.world_size()
+    if main_rank:
+        print(f"[{args.model}] {len(train)} train / {len(val)} val images at {info['cache_size']} px -> "
+              f"{run_cfg.image_size} px on {describe(device)}" + (f" x {world} processes (DDP)" if world > 1 else "")
+              + f"; pretrained={run_cfg.pretrained}")
 
-    tracker = make_tracker(mlflow_cfg.experiment)
+    tracker = make_tracker(mlflow_cfg.experiment) if main_rank else NullTracker()
     data_version = info.get("data_version", "")
-    tags = {**run_tags(args.model, data_version=data_version, device=describe(device)),
+    tags = {**run_tags(args.model, data_version=data_version, device=describe(device)), "world_size": world,
             "config_hash": config_hash(run_cfg, data_version)[:16]}
-    # One trainer per resume state: a rerun after `kill -9` of dvc must not race the orphaned trainer.
-    with resume_lock(args.resume, args.model):
-        if Path(args.resume).is_file():  # the lock is ours: that run is dead, and its MLflow run died with it
+    # One trainer per resume state (rank 0 holds it): a rerun after `kill -9` of dvc must not race the orphan.
+    with resume_lock(args.resume, args.model) if main_rank else contextlib.nullcontext():
+        if main_rank and Path(args.resume).is_file():  # the lock is ours: that run is dead, and so is its MLflow run
             ended = tracker.end_stale_runs({k: tags[k] for k in ("model", "stage", "config_hash")})
             if ended:
                 print(f"[{args.model}] marked {ended} interrupted MLflow run(s) of this configuration KILLED")
-        with tracker.start_run(run_name=run_name(args.model), tags=tags):
-            result = fit(run_cfg, (train.images, train.labels), (val.images, val.labels), device=device, tracker=tracker,
-                         resume_path=args.resume, data_version=info.get("data_version", ""), progress=not args.no_progress,
-                         threshold_method=eval_cfg.threshold, fixed_threshold=eval_cfg.fixed_threshold,
-                         cache_resize=info.get("resize", "stretch"))
-            checkpoint.save(args.out, result.model, result.card)
+        return _fit_and_write(args, run_cfg, device, train, val, info, tracker, tags, mlflow_cfg, eval_cfg, main_rank)
 
-            metrics = {k: _clean(v) for k, v in result.metrics().items()}
-            write_metrics(args.metrics, metrics)
-            write_history(Path(args.history), result.history)
 
-            fig = training_curves_figure(pd.DataFrame(result.history), best_epoch=result.best["best_epoch"],
-                                         title=f"{args.model}: training curves (kept epoch by {run_cfg.select_metric})")
-            save_figure(fig, Path(args.figures) / "curves.png")
+def _fit_and_write(args, run_cfg, device, train, val, info, tracker, tags, mlflow_cfg, eval_cfg, main_rank) -> int:
+    with tracker.start_run(run_name=run_name(args.model), tags=tags):
+        result = fit(run_cfg, (train.images, train.labels), (val.images, val.labels), device=device, tracker=tracker,
+                     resume_path=args.resume, data_version=info.get("data_version", ""), progress=not args.no_progress,
+                     threshold_method=eval_cfg.threshold, fixed_threshold=eval_cfg.fixed_threshold,
+                     cache_resize=info.get("resize", "stretch"))
+        if not main_rank:
+            return 0
+        checkpoint.save(args.out, result.model, result.card)
 
-            # The kept epoch's validation metrics under best_* names, beside the per-epoch val_* curves.
-            tracker.log_metrics({(f"best_{k}" if k.startswith("val_") else k): v for k, v in metrics.items()
-                                 if isinstance(v, (int, float))})
-            tracker.log_figure(fig, "curves.png")
-            tracker.log_artifact(Path(args.out) / checkpoint.META_FILE)
-            tracker.log_artifact(args.history)
-            if mlflow_cfg.log_model:
-                tracker.log_model(result.model, name="model", image_size=run_cfg.image_size)
+        metrics = {k: _clean(v) for k, v in result.metrics().items()}
+        write_metrics(args.metrics, metrics)
+        write_history(Path(args.history), result.history)
+
+        fig = training_curves_figure(pd.DataFrame(result.history), best_epoch=result.best["best_epoch"],
+                                     title=f"{args.model}: training curves (kept epoch by {run_cfg.select_metric})")
+        save_figure(fig, Path(args.figures) / "curves.png")
+
+        # The kept epoch's validation metrics under best_* names, beside the per-epoch val_* curves.
+        tracker.log_metrics({(f"best_{k}" if k.startswith("val_") else k): v for k, v in metrics.items()
+                             if isinstance(v, (int, float))})
+        tracker.log_figure(fig, "curves.png")
+        tracker.log_artifact(Path(args.out) / checkpoint.META_FILE)
+        tracker.log_artifact(args.history)
+        if mlflow_cfg.log_model:
+            tracker.log_model(result.model, name="model", image_size=run_cfg.image_size)
     print(f"[{args.model}] best epoch {result.best['best_epoch']}: val_auc {result.best['val_auc']:.4f} "
           f"val_loss {result.best['val_loss']:.4f}; threshold {result.threshold:.3f}; checkpoint in {args.out}")
     return 0

@@ -161,3 +161,29 @@ def test_killed_runs_do_not_stay_running(workdir, repo_root):
     proc.terminate()
     proc.wait(timeout=60)
     assert [r.info.status for r in _train_runs(db)] == ["KILLED", "KILLED", "KILLED"]
+
+
+def test_train_stage_on_two_processes_under_torchrun(workdir, repo_root):
+    """train.devices: 2 on CPU: the stage relaunches itself under torchrun (2 gloo processes); rank 0
+    alone writes the outputs and the one MLflow run."""
+    from mlflow import MlflowClient
+
+    params = yaml.safe_load((workdir / "params.yaml").read_text())
+    params["train"]["devices"] = 2
+    (workdir / "params.yaml").write_text(yaml.safe_dump(params))
+    uri = f"sqlite:///{workdir}/mlflow.db"
+    proc = run_stage(workdir, repo_root, {"MLFLOW_TRACKING_URI": uri})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "torch.distributed.run --standalone --nproc-per-node=2" in proc.stdout
+    assert "x 2 processes (DDP)" in proc.stdout and proc.stdout.count("best epoch") == 1
+    check_outputs(workdir)
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("chest-xray-pneumonia")
+    (run,) = client.search_runs([exp.experiment_id])  # one run, not one per process
+    assert run.data.tags["world_size"] == "2" and len(client.get_metric_history(run.info.run_id, "train_loss")) == 2
+
+    params["batch_size"] = 7  # not a multiple of 2: refused before any process starts
+    (workdir / "params.yaml").write_text(yaml.safe_dump(params))
+    proc = run_stage(workdir, repo_root, {"MLFLOW_TRACKING_URI": uri})
+    assert proc.returncode == 1 and "not a multiple of train.devices = 2" in proc.stderr
+    assert "Traceback" not in proc.stderr

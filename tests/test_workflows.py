@@ -221,3 +221,18 @@ def test_mlflow_server_rest_search(pipeline, tmp_path):
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+def test_exp_run_with_two_devices_on_cpu(tmp_path):
+    """``dvc exp run -S train.devices=2 train@cnn``: the stage runs as 2 gloo processes under torchrun
+    and the experiment holds its metrics, like a one-device one."""
+    repo = make_repo(tmp_path / "repo")
+    out = run(["dvc", "exp", "run", "-n", "ddp2", "-S", "train.devices=2", "train@cnn"], repo, timeout=900)
+    assert "--nproc-per-node=2" in out.stdout and "x 2 processes (DDP)" in out.stdout, out.stdout[-3000:]
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], repo).stdout)
+    text = json.dumps(shown)
+    assert "ddp2" in text and "val_auc" in text
+    metrics = json.loads((repo / "metrics/train/cnn.json").read_text())
+    assert 0 <= metrics["val_auc"] <= 1 and metrics["epochs_run"] >= 1
+    runs = [r for r in experiment_runs(repo) if r.info.run_name == "cnn"]
+    assert len(runs) == 1 and runs[0].data.tags["world_size"] == "2"  # one MLflow run, from rank 0

@@ -18,7 +18,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import yaml
 
@@ -155,6 +155,11 @@ def from_dict(cls, data: dict | None, where: str = ""):
 def section(params: dict, name: str, cls):
     """The dataclass for top-level section ``name`` of ``params``."""
     return from_dict(cls, params.get(name) or {}, name)
+
+
+def _check_devices(devices, where: str) -> None:
+    ok = (isinstance(devices, int) and devices >= 1) or (isinstance(devices, str) and devices.lower() == "auto")
+    _check(ok, f"{where}: expected a positive integer or auto, found {devices!r}")
 
 
 def _check(cond: bool, msg: str) -> None:
@@ -332,6 +337,7 @@ class TrainConfig:
     num_workers: int = 0  # DataLoader workers
     compile: bool = False  # torch.compile the model
     amp: bool = True  # mixed precision on CUDA (bf16 where supported)
+    devices: Union[int, str] = 1  # 1 | N | auto (every visible GPU): N > 1 runs DDP under torchrun (gloo on CPU)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def validate(self, where: str) -> None:
@@ -340,6 +346,7 @@ class TrainConfig:
         _check(self.class_weight in ("balanced", "none"), f"{where}.class_weight: expected balanced or none, found {self.class_weight!r}")
         _check(self.select_metric in ("val_auc", "val_loss"), f"{where}.select_metric: expected val_auc or val_loss, found {self.select_metric!r}")
         _check(self.num_workers >= 0, f"{where}.num_workers must be >= 0")
+        _check_devices(self.devices, f"{where}.devices")
 
 
 @dataclass
@@ -419,8 +426,10 @@ class SweepConfig:
     image_size: Optional[int] = None  # None = the model's training image_size
     select_metric: str = "val_auc"  # val_auc (higher) | val_loss (lower); validation only, never test
     eval_batch_size: int = 64  # batch size of the (unused-for-selection) test predictions
+    devices: Union[int, str] = "auto"  # processes, one device each: auto = every visible GPU (1 on CPU) | N
 
     def validate(self, where: str) -> None:
+        _check_devices(self.devices, f"{where}.devices")
         _check(self.eval_batch_size >= 1, f"{where}.eval_batch_size: expected >= 1, found {self.eval_batch_size}")
         _check(len(self.batch_sizes) >= 1 and all(b >= 1 for b in self.batch_sizes),
                f"{where}.batch_sizes: need a non-empty list of positive integers, found {self.batch_sizes}")

@@ -92,10 +92,29 @@ def test_loss_falls_and_evaluate_agrees_with_predict():
     for _ in range(6):
         stats = train_one_epoch(model, loss_fn, opt, loader, device, augment=aug, prep=norm)
     after = evaluate_loader(model, loss_fn, eval_loader, device, norm, resize=resize)
-    assert set(stats) == {"loss", "acc", "images_per_s", "seconds"} and stats["images_per_s"] > 0
+    assert set(stats) == {"loss", "acc", "images_per_s", "seconds", "images"} and stats["images_per_s"] > 0
+    assert stats["images"] == 32  # what distributed.reduce_train_stats weighs each rank by
     assert after["loss"] < 0.5 * before
     assert after["auc"] > 0.95
     probs = predict_probabilities(model, x, mean=MEAN, std=STD, image_size=16, batch_size=5)
     assert probs.shape == (32,)
     np.testing.assert_allclose(probs, after["probs"], atol=1e-6)
     np.testing.assert_array_equal(after["labels"], y)
+
+
+def test_a_batch_sampler_chooses_the_rows_of_every_batch_on_both_loader_paths():
+    """What DDP gives each rank (distributed.ShardedBatchSampler): the DataLoader path and the
+    DeviceBatches path (CUDA's, built here on CPU) yield exactly the sampler's rows."""
+    from cxr.training.distributed import ShardedBatchSampler
+    from cxr.training.engine import DeviceBatches
+
+    x, _ = toy(20, 0, balanced=True)
+    rows = np.arange(20)  # labels = row numbers
+    sampler = ShardedBatchSampler(20, 8, seed=3, rank=1, world=2)  # slices of 4, 4 and 2 rows
+    loaders = [make_loader(x, rows, batch_size=4, shuffle=True, batch_sampler=sampler),
+               DeviceBatches(x, rows, batch_size=4, shuffle=True, device=torch.device("cpu"), batch_sampler=sampler)]
+    for loader in loaders:
+        got = [(xb, yb.long().tolist()) for xb, yb in loader]
+        assert len(loader) == len(sampler) == 3 and [g[1] for g in got] == list(sampler)
+        for xb, idx in got:
+            assert torch.equal(xb[:, 0], torch.from_numpy(x[idx]))

@@ -151,3 +151,25 @@ def test_summary_without_a_test_split_has_null_test_numbers():
     assert summary["best"]["val_auc"] == 0.7
     assert summary["best_test"] == {"test_roc_auc": None, "test_accuracy": None, "test_balanced_accuracy": None,
                                     "used_for_selection": False}
+
+
+def test_two_simulated_devices_give_the_one_device_table(data, base, tmp_path):
+    """The grid over 2 worker processes ("cpu", "cpu": what 2 GPUs get, minus CUDA): the same rows in
+    grid order, the same selection, each configuration trained once, in 2 distinct processes."""
+    import os
+
+    cache = _write_cache(tmp_path / "cache", data)
+    from cxr.data.cache import load_split
+
+    splits = [load_split(cache, s) for s in ("train", "val", "test")]
+    assert isinstance(splits[0].images, np.memmap)  # as the stage passes them: memory-mapped, sent as file names
+    args = [(s.images, s.labels) for s in splits]
+    one = S.run_sweep(base, [8, 16], [1e-3, 1e-2], *args, device="cpu")
+    two = S.run_sweep(base, [8, 16], [1e-3, 1e-2], *args, devices=["cpu", "cpu"])
+    t1, t2 = one.table(), two.table()
+    assert t2[["batch_size", "lr"]].values.tolist() == [[8, 1e-3], [8, 1e-2], [16, 1e-3], [16, 1e-2]]
+    cols = ["val_auc", "val_loss", "val_acc", "best_epoch", "threshold", "test_roc_auc", "first_epoch_train_loss"]
+    pd.testing.assert_frame_equal(t2[cols], t1[cols], atol=1e-5, rtol=0)  # thread counts differ: float noise only
+    assert t2["selected"].tolist() == t1["selected"].tolist()
+    workers = {r["worker"] for r in two.rows}
+    assert len(workers) == 2 and str(os.getpid()) not in " ".join(workers)

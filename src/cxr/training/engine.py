@@ -70,9 +70,11 @@ def batches_on_device(device: torch.device, num_workers: int) -> bool:
 
 
 def make_loader(images, labels, *, batch_size: int, shuffle: bool, seed: int = 0, device: torch.device | None = None,
-                num_workers: int = 0, drop_last: bool = False):
+                num_workers: int = 0, drop_last: bool = False, batch_sampler=None):
     """Batches of uint8 (B, 1, S, S) images and float labels; with shuffle, the order is drawn from a
-    generator seeded with ``seed``.
+    generator seeded with ``seed``. ``batch_sampler`` (a re-iterable of index lists with ``len``, e.g.
+    ``distributed.ShardedBatchSampler``), when given, says which rows make each batch instead; then
+    ``batch_size`` only sizes the host buffers and ``shuffle``/``seed``/``drop_last`` are unused.
 
     On CUDA with ``num_workers == 0`` this is a :class:`DeviceBatches` (batches already on the GPU,
     through reused pinned buffers, or indexed on the GPU when ``images`` is a CUDA tensor from
@@ -82,7 +84,10 @@ def make_loader(images, labels, *, batch_size: int, shuffle: bool, seed: int = 0
     device = device or torch.device("cpu")
     if batches_on_device(device, num_workers):
         return DeviceBatches(images, labels, batch_size=batch_size, shuffle=shuffle, seed=seed, device=device,
-                             drop_last=drop_last)
+                             drop_last=drop_last, batch_sampler=batch_sampler)
+    if batch_sampler is not None:
+        return DataLoader(ArrayDataset(images, labels), batch_sampler=batch_sampler, num_workers=num_workers,
+                          collate_fn=_identity_collate, pin_memory=device.type == "cuda", persistent_workers=False)
     gen = torch.Generator().manual_seed(int(seed)) if shuffle else None
     return DataLoader(
         ArrayDataset(images, labels), batch_size=batch_size, shuffle=shuffle, generator=gen,
@@ -132,7 +137,7 @@ class DeviceBatches:
     _RING = 3
 
     def __init__(self, images, labels, *, batch_size: int, shuffle: bool, seed: int = 0,
-                 device: torch.device, drop_last: bool = False):
+                 device: torch.device, drop_last: bool = False, batch_sampler=None):
         if images.ndim != 3:
             raise ValueError(f"expected images of shape (N, S, S), found {tuple(images.shape)}")
         if images.dtype not in (np.uint8, torch.uint8):
@@ -142,6 +147,9 @@ class DeviceBatches:
             raise ValueError(f"{n} images but {len(labels)} labels")
         self.images, self.batch_size, self.shuffle, self.seed = images, int(batch_size), shuffle, int(seed)
         self.device, self.drop_last = torch.device(device), drop_last
+        self.batch_sampler = batch_sampler
+        if batch_sampler is not None:  # host buffers must hold its largest batch
+            self.batch_size = max([self.batch_size, *(len(b) for b in batch_sampler)])
         # A tensor already on this kind of device is indexed where it is (its own GPU, if several).
         self.resident = isinstance(images, torch.Tensor) and images.device.type == self.device.type
         if self.resident:
@@ -153,6 +161,8 @@ class DeviceBatches:
         self._ring: list[tuple[torch.Tensor, torch.cuda.Event | None]] = []
 
     def __len__(self) -> int:
+        if self.batch_sampler is not None:
+            return len(self.batch_sampler)
         n = len(self.labels)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
@@ -183,11 +193,15 @@ class DeviceBatches:
         inv[torch.from_numpy(order)] = torch.arange(len(i))
         return x[inv.to(self.device, non_blocking=True)]  # back to the sampler's order
 
-    def __iter__(self):
+    def _batches(self):
+        if self.batch_sampler is not None:
+            return (torch.as_tensor(b, dtype=torch.long) for b in self.batch_sampler)
         order = self._order()
         stop = len(self) * self.batch_size
-        for k, a in enumerate(range(0, stop, self.batch_size)):
-            idx = order[a: a + self.batch_size]
+        return (order[a: a + self.batch_size] for a in range(0, stop, self.batch_size))
+
+    def __iter__(self):
+        for k, idx in enumerate(self._batches()):
             idx_dev = idx.to(self.device, non_blocking=True)
             x = self.images.index_select(0, idx_dev) if self.resident else self._from_host(idx, k)
             yield x.unsqueeze(1), self.labels.index_select(0, idx_dev)
@@ -264,7 +278,8 @@ def train_one_epoch(model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim
     seconds = time.perf_counter() - start
     if seen == 0:
         raise ValueError("the training loader yielded no batches (empty training split, or drop_last with too few images)")
-    return {"loss": total_loss / seen, "acc": correct / seen, "images_per_s": seen / seconds, "seconds": seconds}
+    return {"loss": total_loss / seen, "acc": correct / seen, "images_per_s": seen / seconds, "seconds": seconds,
+            "images": seen}
 
 
 @torch.no_grad()
@@ -290,11 +305,16 @@ def evaluate_loader(model: nn.Module, loss_fn: nn.Module, loader, device: torch.
     """Loss, accuracy at 0.5, ROC-AUC (NaN with one class present), and the raw probabilities and labels."""
     probs, labels, total_loss = _forward_probs(model, loader, device, lambda x: prep(resize(x)), amp_dtype,
                                                loss_fn=loss_fn, progress=progress, desc="val")
+    return summarize_eval(probs, labels, total_loss)
+
+
+def summarize_eval(probs: np.ndarray, labels: np.ndarray, loss_sum: float) -> dict:
+    """Mean loss, accuracy at 0.5 and ROC-AUC (NaN with one class present) of a whole split's probabilities."""
     n = len(labels)
     if n == 0:
         raise ValueError("the evaluation loader yielded no images (empty validation split?)")
     auc = float(roc_auc_score(labels, probs)) if len(np.unique(labels)) == 2 else float("nan")
-    return {"loss": total_loss / n, "acc": float(((probs >= 0.5) == labels).mean()), "auc": auc,
+    return {"loss": loss_sum / n, "acc": float(((probs >= 0.5) == labels).mean()), "auc": auc,
             "probs": probs, "labels": labels}
 
 

@@ -34,6 +34,7 @@ from cxr.config import (AugmentConfig, ConfigError, Globals, TrainConfig, check_
                         load_model_override, section)
 from cxr.data.augment import BatchAugment, Normalize, eval_resize
 from cxr.device import amp_settings, describe, resolve_device
+from cxr.training import distributed
 from cxr.files import atomic_write
 from cxr.metrics import THRESHOLD_METHODS, choose_threshold, is_better
 from cxr.training.engine import (TrainingDivergedError, batches_on_device, evaluate_loader, make_loader,
@@ -207,8 +208,10 @@ def make_scheduler(cfg: RunConfig, optimizer) -> torch.optim.lr_scheduler.LRSche
     raise ValueError(f"unknown scheduler {cfg.scheduler!r}; expected steplr, cosine or none")
 
 
-def config_hash(cfg: RunConfig, data_version: str) -> str:
-    payload = json.dumps({"run": asdict(cfg), "data_version": data_version}, sort_keys=True, default=str)
+def config_hash(cfg: RunConfig, data_version: str, world_size: int = 1) -> str:
+    # The world size shapes every batch, so a resume file is exact only for the same one.
+    payload = {"run": asdict(cfg), "data_version": data_version, **({"world_size": world_size} if world_size > 1 else {})}
+    payload = json.dumps(payload, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
@@ -255,6 +258,11 @@ def fit(run_cfg: RunConfig, train: tuple, val: tuple, *, device: str | torch.dev
     that evaluate reports is the one that predict and the served model use). ``cache_resize``: how
     the cache kept the aspect ratio, recorded in the card so predict prepares new images alike.
     The tracker, if given, receives the params and per-epoch metrics (step = epoch) of the active run.
+
+    Under a torch.distributed process group (``src/train.py`` with ``train.devices`` > 1) every rank
+    calls ``fit``: each trains on its slice of every global batch of ``batch_size`` images (DDP),
+    and all get the same whole-split metrics; only rank 0 writes the resume file and shows progress
+    (see ``cxr.training.distributed``).
     """
     cfg = run_cfg
     if threshold_method not in THRESHOLD_METHODS:  # before training, not after it
@@ -263,6 +271,7 @@ def fit(run_cfg: RunConfig, train: tuple, val: tuple, *, device: str | torch.dev
         raise ValueError(f"fixed_threshold must be in (0, 1), found {fixed_threshold}")
     device = resolve_device(device)
     tracker = tracker or NullTracker()
+    progress = progress and distributed.is_main()
     (x_tr, y_tr), (x_va, y_va) = train, val
     y_tr, y_va = np.asarray(y_tr, dtype=np.int64), np.asarray(y_va, dtype=np.int64)
     if threshold_method == "youden" and len(np.unique(y_va)) < 2:  # before training, not after it
@@ -282,11 +291,12 @@ def fit(run_cfg: RunConfig, train: tuple, val: tuple, *, device: str | torch.dev
     scheduler = make_scheduler(cfg, optimizer)
     amp_dtype, use_scaler = amp_settings(device, cfg.amp)
     scaler = torch.amp.GradScaler(device.type) if use_scaler else None
-    step_model = torch.compile(model) if cfg.compile else model
+    eval_model = torch.compile(model) if cfg.compile else model
+    step_model = distributed.wrap(eval_model, device)  # DDP on several ranks, else eval_model
     if batches_on_device(device, cfg.num_workers):
         # Splits that fit go to the GPU once (uint8); batches are then indexed there, no host traffic.
         x_tr, x_va = stage_on_device(x_tr, device), stage_on_device(x_va, device)
-    val_loader = make_loader(x_va, y_va, batch_size=cfg.batch_size, shuffle=False, device=device, num_workers=cfg.num_workers)
+    val_loader = make_loader(*distributed.shard(x_va, y_va), batch_size=cfg.batch_size, shuffle=False, device=device, num_workers=cfg.num_workers)
 
     def resize(x):
         return eval_resize(x, cfg.image_size)
@@ -295,10 +305,11 @@ def fit(run_cfg: RunConfig, train: tuple, val: tuple, *, device: str | torch.dev
     best: dict | None = None
     best_state: dict | None = None
     bad_epochs, start_epoch = 0, 1
-    key = config_hash(cfg, data_version)
+    key = config_hash(cfg, data_version, distributed.world_size())
     resume_path = Path(resume_path) if resume_path else None
-    if resume_path is not None and resume_path.is_file():
-        saved = torch.load(resume_path, map_location="cpu", weights_only=True)
+    # Under DDP rank 0 reads it and sends it to the others (their nodes need not have the file).
+    saved = distributed.load_from_main(resume_path) if resume_path is not None else None
+    if saved is not None:
         if saved.get("config_hash") == key:
             model.load_state_dict(saved["model"])
             optimizer.load_state_dict(saved["optimizer"])
@@ -309,8 +320,9 @@ def fit(run_cfg: RunConfig, train: tuple, val: tuple, *, device: str | torch.dev
             history, best = saved["history"], saved["best"]
             best_state = saved["model"] if saved.get("best_is_current") else saved["best_state"]
             bad_epochs, start_epoch = saved["bad_epochs"], saved["epoch"] + 1
-            print(f"[{cfg.model}] resuming from {resume_path} after epoch {saved['epoch']}")
-        else:
+            if distributed.is_main():
+                print(f"[{cfg.model}] resuming from {resume_path} after epoch {saved['epoch']}")
+        elif distributed.is_main():
             print(f"[{cfg.model}] ignoring {resume_path}: written for other parameters or data; starting afresh")
 
     tracker.log_params(cfg.as_params())
@@ -323,11 +335,14 @@ def fit(run_cfg: RunConfig, train: tuple, val: tuple, *, device: str | torch.dev
         if stopped_early:
             break
         es = epoch_seed(cfg.seed, epoch)
-        torch.manual_seed(es)  # dropout draws
-        gen = torch.Generator().manual_seed(es)
+        torch.manual_seed(distributed.rank_seed(es))  # dropout draws
+        gen = torch.Generator().manual_seed(distributed.rank_seed(es))
+        # Several ranks: this rank's slice of every global batch of batch_size images.
+        sampler = distributed.ShardedBatchSampler(n_tr, cfg.batch_size, seed=es) if distributed.active() else None
         # A trailing batch of one image would break BatchNorm in train mode: drop it.
-        train_loader = make_loader(x_tr, y_tr, batch_size=cfg.batch_size, shuffle=True, seed=es, device=device,
-                                   num_workers=cfg.num_workers, drop_last=n_tr % cfg.batch_size == 1)
+        train_loader = make_loader(x_tr, y_tr, batch_size=sampler.batch_size if sampler else cfg.batch_size,
+                                   shuffle=True, seed=es, device=device, num_workers=cfg.num_workers,
+                                   drop_last=n_tr % cfg.batch_size == 1, batch_sampler=sampler)
         lr = optimizer.param_groups[0]["lr"]
         t0 = time.perf_counter()
         try:
@@ -336,7 +351,10 @@ def fit(run_cfg: RunConfig, train: tuple, val: tuple, *, device: str | torch.dev
                                  progress=progress, desc=f"{cfg.model} {epoch}/{cfg.epochs}")
         except TrainingDivergedError as exc:  # before any evaluation or resume save of the broken weights
             raise TrainingDivergedError(f"[{cfg.model}] epoch {epoch}: {exc}", lr=exc.lr) from None
-        ev = evaluate_loader(step_model, loss_fn, val_loader, device, norm, resize=resize, amp_dtype=amp_dtype)
+        tr = distributed.reduce_train_stats(tr)
+        distributed.sync_buffers(model)
+        ev = distributed.gather_eval(evaluate_loader(eval_model, loss_fn, val_loader, device, norm, resize=resize,
+                                                     amp_dtype=amp_dtype))
         scheduler.step()
         row = {"epoch": epoch, "train_loss": tr["loss"], "train_acc": tr["acc"], "val_loss": ev["loss"],
                "val_acc": ev["acc"], "val_auc": ev["auc"], "lr": lr, "seconds": time.perf_counter() - t0,
@@ -353,7 +371,7 @@ def fit(run_cfg: RunConfig, train: tuple, val: tuple, *, device: str | torch.dev
             print(f"[{cfg.model}] epoch {epoch}/{cfg.epochs} train_loss {tr['loss']:.4f} val_loss {ev['loss']:.4f} "
                   f"val_auc {ev['auc']:.4f} ({row['seconds']:.1f} s, {tr['images_per_s']:.0f} img/s)")
         stopped_early = bad_epochs >= cfg.early_stopping_patience > 0
-        if resume_path is not None:
+        if resume_path is not None and distributed.is_main():
             current = state_dict_copy(model)
             # When this epoch is the best one, its weights are stored once (VGG16: 0.5 GB saved per epoch).
             best_is_current = best["best_epoch"] == epoch
@@ -369,7 +387,7 @@ def fit(run_cfg: RunConfig, train: tuple, val: tuple, *, device: str | torch.dev
     model.eval()
     # In full precision, as evaluate and predict run: the stored threshold must be chosen on the
     # same probabilities that the evaluate stage reports and the served model produces.
-    ev = evaluate_loader(model, loss_fn, val_loader, device, norm, resize=resize, amp_dtype=None)
+    ev = distributed.gather_eval(evaluate_loader(model, loss_fn, val_loader, device, norm, resize=resize, amp_dtype=None))
     threshold = choose_threshold(ev["labels"], ev["probs"], method=threshold_method, default=fixed_threshold)
     card = ModelCard(
         arch=model.arch, cache_size=int(np.shape(x_tr)[-1]), cache_resize=cache_resize, image_size=cfg.image_size,
@@ -377,7 +395,7 @@ def fit(run_cfg: RunConfig, train: tuple, val: tuple, *, device: str | torch.dev
         data_version=data_version, train_params=asdict(cfg), augment=asdict(cfg.augment_config()),
         best_epoch=int(best["best_epoch"]), val_auc=float(best["val_auc"]), val_loss=float(best["val_loss"]),
         val_acc=float(best["val_acc"]), epochs_run=len(history), stopped_early=bool(stopped_early))
-    if resume_path is not None and resume_path.is_file():
+    if resume_path is not None and resume_path.is_file() and distributed.is_main():
         resume_path.unlink()
     return FitResult(model=model, history=history, best=dict(best), threshold=threshold, card=card,
                      val_probs=ev["probs"], val_labels=ev["labels"])

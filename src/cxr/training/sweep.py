@@ -9,12 +9,21 @@ Run by ``src/sweep.py`` (stage ``sweep``). ``fit`` seeds and builds a new model 
 every call, so no configuration inherits weights from the previous one (the reference notebook's
 sweep did). Test metrics are computed for every configuration for the record and are marked
 ``used_for_selection = False``: selection sees validation numbers only.
+
+With several ``devices`` (``["cuda:0", "cuda:1", ...]``, or ``["cpu", "cpu"]`` to simulate two),
+the configurations are spread over one process per device (a spawn-context process pool, each
+worker pinned to its device); the rows come back in grid order and the selection, the table and
+the MLflow runs are the same as with one device.
 """
 
 from __future__ import annotations
 
 import itertools
+import mmap
+import multiprocessing
+import os
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -68,46 +77,138 @@ def grid(batch_sizes, lrs) -> list[tuple[int, float]]:
 def run_sweep(base: RunConfig, batch_sizes, lrs, train: tuple, val: tuple, test: tuple | None = None, *,
               select_metric: str = "val_auc", device=None, tracker: NullTracker | None = None,
               progress: bool = False, data_version: str = "", threshold_method: str = "youden",
-              fixed_threshold: float = 0.5, eval_batch_size: int = 64) -> SweepResult:
+              fixed_threshold: float = 0.5, eval_batch_size: int = 64, devices=None) -> SweepResult:
     """Train every (batch_size, lr) of the grid from a fresh initialisation; select on ``select_metric``.
 
     ``train``/``val``/``test`` are (uint8 images (N, S, S), labels). Each configuration gets its own
     nested MLflow run (when ``tracker`` has an active parent run) with its params, curves and test
     numbers; ``base`` supplies every other hyperparameter (epochs, image_size, seed, ...). The test
     numbers are at each run's threshold, chosen on validation as ``threshold_method`` says (the
-    evaluate stage's ``evaluate.threshold``/``fixed_threshold``).
+    evaluate stage's ``evaluate.threshold``/``fixed_threshold``). ``devices``: two or more spread
+    the grid over one worker process per device (``device`` is then unused).
     """
     if select_metric not in ("val_auc", "val_loss"):
         raise ValueError(f"select_metric: expected val_auc or val_loss, found {select_metric!r}")
     tracker = tracker or NullTracker()
+    opts = dict(data_version=data_version, threshold_method=threshold_method, fixed_threshold=fixed_threshold,
+                eval_batch_size=eval_batch_size)
+    configs = [base.replace(batch_size=bs, lr=lr) for bs, lr in grid(batch_sizes, lrs)]
+    devices = list(devices or [])
+    if len(devices) > 1:
+        results = _run_parallel(configs, devices, train, val, test, opts, progress)
+    else:
+        dev = devices[0] if devices else device
+        results = [_report(train_config(cfg, train, val, test, dev, **opts), progress) for cfg in configs]
     rows: list[dict] = []
     best: dict | None = None
-    for bs, lr in grid(batch_sizes, lrs):
-        cfg = base.replace(batch_size=bs, lr=lr)
-        tags = {"model": cfg.model, "stage": "sweep", "batch_size": bs, "lr": lr}
-        start = time.perf_counter()
-        with tracker.start_run(f"sweep {cfg.model} bs={bs} lr={lr:g}", tags=tags, nested=True):
-            result = fit(cfg, train, val, device=device, tracker=tracker, progress=progress, data_version=data_version,
-                         threshold_method=threshold_method, fixed_threshold=fixed_threshold)
-            row = {"batch_size": bs, "lr": lr, "val_auc": result.best["val_auc"], "val_loss": result.best["val_loss"],
-                   "val_acc": result.best["val_acc"], "best_epoch": result.best["best_epoch"],
-                   "threshold": result.threshold, "first_epoch_train_loss": result.history[0]["train_loss"]}
-            if test is not None and len(test[1]):
-                probs = predict_probabilities(result.model, test[0], mean=result.card.mean, std=result.card.std,
-                                image_size=cfg.image_size, device=device, batch_size=eval_batch_size)
-                m = binary_metrics(test[1], probs, result.threshold)  # the val-chosen threshold
-                row.update(test_roc_auc=m["roc_auc"], test_accuracy=m["accuracy"], test_balanced_accuracy=m["balanced_accuracy"],
-                           test_sensitivity=m["sensitivity"], test_specificity=m["specificity"])
-            row["seconds"] = time.perf_counter() - start
-            row["test_used_for_selection"] = False
+    for cfg, (row, history) in zip(configs, results):
+        # Logged once the configuration is done, from this process, whichever process trained it.
+        tags = {"model": cfg.model, "stage": "sweep", "batch_size": cfg.batch_size, "lr": cfg.lr,
+                "device": row["worker"]}
+        with tracker.start_run(f"sweep {cfg.model} bs={cfg.batch_size} lr={cfg.lr:g}", tags=tags, nested=True):
+            tracker.log_params(cfg.as_params())
+            for i, h in enumerate(history, start=1):
+                tracker.log_metrics({k: v for k, v in h.items() if k != "epoch"}, step=h.get("epoch", i))
             tracker.log_metrics({k: v for k, v in row.items() if k.startswith("test_") and k != "test_used_for_selection"})
             tracker.set_tags({"test_used_for_selection": "false"})
         rows.append(row)
         if is_better(row[select_metric], best and best[select_metric], select_metric):
             best = row
-        if progress:
-            print(f"[sweep] bs={bs} lr={lr:g}: val_auc {row['val_auc']:.4f} val_loss {row['val_loss']:.4f} "
-                  f"({row['seconds']:.0f} s)")
     for row in rows:
         row["selected"] = row is best
     return SweepResult(model=base.model, select_metric=select_metric, rows=rows, best=dict(best))
+
+
+def train_config(cfg: RunConfig, train: tuple, val: tuple, test: tuple | None, device, *, data_version: str,
+                 threshold_method: str, fixed_threshold: float, eval_batch_size: int) -> tuple[dict, list[dict]]:
+    """One configuration from a fresh initialisation: its table row (test numbers at the
+    validation-chosen threshold) and its per-epoch history."""
+    start = time.perf_counter()
+    result = fit(cfg, train, val, device=device, progress=False, data_version=data_version,
+                 threshold_method=threshold_method, fixed_threshold=fixed_threshold)
+    row = {"batch_size": cfg.batch_size, "lr": cfg.lr, "val_auc": result.best["val_auc"],
+           "val_loss": result.best["val_loss"], "val_acc": result.best["val_acc"],
+           "best_epoch": result.best["best_epoch"], "threshold": result.threshold,
+           "first_epoch_train_loss": result.history[0]["train_loss"]}
+    if test is not None and len(test[1]):
+        probs = predict_probabilities(result.model, test[0], mean=result.card.mean, std=result.card.std,
+                                      image_size=cfg.image_size, device=device, batch_size=eval_batch_size)
+        m = binary_metrics(test[1], probs, result.threshold)  # the val-chosen threshold
+        row.update(test_roc_auc=m["roc_auc"], test_accuracy=m["accuracy"],
+                   test_balanced_accuracy=m["balanced_accuracy"],
+                   test_sensitivity=m["sensitivity"], test_specificity=m["specificity"])
+    row["seconds"] = time.perf_counter() - start
+    row["test_used_for_selection"] = False
+    row["worker"] = f"{device or 'auto'} (pid {os.getpid()})"  # not a table column: the MLflow tag "device"
+    return row, result.history
+
+
+def _report(result: tuple[dict, list[dict]], progress: bool) -> tuple[dict, list[dict]]:
+    row = result[0]
+    if progress:
+        print(f"[sweep] bs={row['batch_size']} lr={row['lr']:g}: val_auc {row['val_auc']:.4f} "
+              f"val_loss {row['val_loss']:.4f} ({row['seconds']:.0f} s on {row['worker']})", flush=True)
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# One worker process per device
+# --------------------------------------------------------------------------------------------
+
+_WORKER: dict = {}
+
+
+def _portable(split):
+    """A split for a spawned worker: a memory-mapped array travels as its file, not its bytes."""
+    if split is None:
+        return None
+    images, labels = split
+    # Only a whole mapped file (np.load(mmap_mode="r")): a view's offset attribute is its file's, not its own.
+    if isinstance(images, np.memmap) and images.filename and isinstance(images.base, mmap.mmap):
+        images = ("memmap", images.filename, images.dtype.str, images.shape, images.offset)
+    return images, np.asarray(labels)
+
+
+def _restore(split):
+    if split is None:
+        return None
+    images, labels = split
+    if isinstance(images, tuple) and images and images[0] == "memmap":
+        _, filename, dtype, shape, offset = images
+        images = np.memmap(filename, dtype=np.dtype(dtype), mode="r", shape=tuple(shape), offset=offset)
+    return images, labels
+
+
+def _init_worker(device_queue, splits, threads: int) -> None:
+    import torch
+
+    device = torch.device(device_queue.get())
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    torch.set_num_threads(threads)
+    _WORKER.update(device=device, splits=[_restore(s) for s in splits])
+
+
+def _worker_task(cfg: RunConfig, opts: dict):
+    train, val, test = _WORKER["splits"]
+    return train_config(cfg, train, val, test, _WORKER["device"], **opts)
+
+
+def _run_parallel(configs, devices, train, val, test, opts, progress) -> list:
+    ctx = multiprocessing.get_context("spawn")  # CUDA cannot be used in a forked child
+    queue = ctx.Queue()
+    for d in devices:
+        queue.put(str(d))
+    cpu_workers = sum(1 for d in devices if str(d).startswith("cpu"))
+    threads = max(1, (os.cpu_count() or 1) // max(1, cpu_workers)) if cpu_workers else 1
+    splits = [_portable(train), _portable(val), _portable(test)]
+    if progress:
+        print(f"[sweep] {len(configs)} configurations over {len(devices)} processes: {', '.join(map(str, devices))}",
+              flush=True)
+    results: list = [None] * len(configs)
+    with ProcessPoolExecutor(max_workers=len(devices), mp_context=ctx, initializer=_init_worker,
+                             initargs=(queue, splits, threads)) as pool:
+        futures = {pool.submit(_worker_task, cfg, opts): i for i, cfg in enumerate(configs)}
+        for fut in as_completed(futures):
+            results[futures[fut]] = _report(fut.result(), progress)
+    return results
