@@ -25,11 +25,13 @@ from cxr.device import describe, resolve_device
 from cxr.stage import run_stage
 from cxr.tracking import make_tracker, run_tags
 from cxr.models import WeightsUnavailableError
+from cxr.plots import PNG_METADATA
 from cxr.reporting import write_metrics
 from cxr.training import fit, history_figure, resolve_run_config
 
-HISTORY_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_auc", "lr", "seconds",
-                   "train_images_per_s"]
+# DVC-tracked, so deterministic: no per-epoch seconds or images/s here (they are MLflow metrics,
+# step = epoch, and in the log); the same code, params, data and seed give the same bytes.
+HISTORY_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_auc", "lr"]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -84,8 +86,8 @@ def main(argv=None) -> int:
                      threshold_method=eval_cfg.threshold, fixed_threshold=eval_cfg.fixed_threshold)
         result.meta["cache_size"] = int(info["cache_size"])
         result.meta["cache_resize"] = info.get("resize", "stretch")  # how predict must resize new images
-        if tracker.run_id:  # evaluate logs into this run; compare registers from it
-            result.meta["mlflow_run_id"] = tracker.run_id
+        # No MLflow run id in the model card: it would change the model's DVC hash at every rerun.
+        # evaluate and compare find this run by its params and data version (find_training_run).
         checkpoint.save(args.out, result.model, result.meta)
 
         metrics = {k: _clean(v) for k, v in result.metrics().items()}
@@ -97,18 +99,20 @@ def main(argv=None) -> int:
                              best_epoch=result.best["best_epoch"])
         fig_dir = Path(args.figures)
         fig_dir.mkdir(parents=True, exist_ok=True)
-        fig.savefig(fig_dir / "curves.png", dpi=120)
+        fig.savefig(fig_dir / "curves.png", dpi=120, metadata=PNG_METADATA)  # git-tracked: same bytes every run
 
         # The kept epoch's validation metrics under best_* names, beside the per-epoch val_* curves.
         tracker.log_metrics({(f"best_{k}" if k.startswith("val_") else k): v for k, v in metrics.items()
                              if isinstance(v, (int, float))})
+        tracker.log_metrics(result.timings())  # timings: MLflow and the log only, never a DVC output
         tracker.log_figure(fig, "curves.png")
         tracker.log_artifact(Path(args.out) / checkpoint.META_FILE)
         tracker.log_artifact(args.history)
         if mlflow_cfg.log_model:
             tracker.log_model(result.model, name="model", image_size=run_cfg.image_size)
     print(f"[{args.model}] best epoch {result.best['best_epoch']}: val_auc {result.best['val_auc']:.4f} "
-          f"val_loss {result.best['val_loss']:.4f}; threshold {result.threshold:.3f}; checkpoint in {args.out}")
+          f"val_loss {result.best['val_loss']:.4f}; threshold {result.threshold:.3f}; checkpoint in {args.out} "
+          f"({result.timings().get('seconds_per_epoch', 0.0):.1f} s/epoch)")
     return 0
 
 

@@ -6,8 +6,12 @@
 
 Nothing is pickled: the JSON names the architecture (``arch``: registry name, image size, builder
 options), the input normalisation, class names, the validation-chosen decision threshold, the
-training parameters, data version, best epoch and its validation metrics, library versions and
-the git commit.
+training parameters, data version, best epoch and its validation metrics, and library versions.
+
+Both files are DVC outputs, so they hold nothing that changes between two runs of the same code,
+params, data and seed: no MLflow run id, git commit, host or timing (those are MLflow tags), and
+``model.pt`` is written through a file object, so its zip records are not named after the random
+temporary file (``torch.save(obj, path)`` names them after ``path``).
 """
 
 from __future__ import annotations
@@ -75,11 +79,16 @@ def save(model_dir: str | Path, model: nn.Module, meta: dict) -> Path:
     if not arch:
         raise ValueError("checkpoint meta needs 'arch' (name, image_size, options); build the model with cxr.models.build_model")
     full = {"format_version": FORMAT_VERSION, **meta, "arch": arch,
-            "library_versions": meta.get("library_versions") or library_versions(),
-            "git_commit": meta.get("git_commit", git_commit())}
-    _atomic_write(model_dir / WEIGHTS_FILE, lambda p: torch.save(clean_state_dict(model), p))
+            "library_versions": meta.get("library_versions") or library_versions()}
+    _atomic_write(model_dir / WEIGHTS_FILE, lambda p: _save_state(clean_state_dict(model), p))
     _atomic_write(model_dir / META_FILE, lambda p: Path(p).write_text(json.dumps(full, indent=2, default=_json_default) + "\n"))
     return model_dir
+
+
+def _save_state(state: dict, path: str) -> None:
+    # Through a file object: the archive's records are then named "archive/...", not after ``path``.
+    with open(path, "wb") as f:
+        torch.save(state, f)
 
 
 def _json_default(o):

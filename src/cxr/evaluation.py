@@ -211,9 +211,10 @@ def evaluation_figures(result: EvalResult, model: torch.nn.Module | None, meta: 
 def find_training_run(tracker, model_name: str, meta: dict) -> str | None:
     """Run id of the MLflow run that trained this checkpoint, or None.
 
-    Uses ``meta["mlflow_run_id"]`` when the train stage recorded it; otherwise the latest finished
-    run named ``model_name`` with tag model=<name> whose logged params equal the checkpoint's
-    ``train_params`` and whose data_version tag matches (sweep children have other names and tags).
+    The latest finished run named ``model_name`` with tag model=<name> whose logged params equal the
+    checkpoint's ``train_params`` and whose data_version tag matches (sweep children have other
+    names and tags). The model card holds no run id (it is a DVC output and must not change from
+    run to run); ``meta["mlflow_run_id"]``, written by older versions, is still honoured.
     """
     if not getattr(tracker, "active", False):
         return None

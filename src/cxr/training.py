@@ -33,7 +33,7 @@ from cxr import CLASSES
 from cxr.config import (AugmentConfig, ConfigError, Globals, TrainConfig, load_globals, load_model_override,
                         section)
 from cxr.data.augment import BatchAugment, Normalize, eval_resize
-from cxr.device import amp_settings, describe, resolve_device
+from cxr.device import amp_settings, resolve_device
 from cxr.engine import batches_on_device, evaluate, make_loader, stage_on_device, train_one_epoch
 from cxr.metrics import THRESHOLD_METHODS, choose_threshold
 from cxr.models import build_model, check_image_size, get_entry, input_spec, list_models
@@ -128,6 +128,7 @@ def resolve_run_config(params: dict, model: str) -> RunConfig:
 class FitResult:
     model: nn.Module  # best epoch's weights loaded, eval mode
     history: list[dict]  # one row per epoch: epoch, train_loss, train_acc, val_loss, val_acc, val_auc, lr, seconds, ...
+    # (seconds and train_images_per_s go to MLflow only: see src/train.py HISTORY_COLUMNS)
     best: dict  # best_epoch and its val_* metrics
     threshold: float  # chosen on the validation probabilities of the best model
     meta: dict  # for checkpoint.save
@@ -135,10 +136,17 @@ class FitResult:
     val_labels: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     def metrics(self) -> dict:
-        """Flat final validation metrics (the train stage's DVC metrics file)."""
+        """Flat final validation metrics (the train stage's DVC metrics file): a function of code,
+        params, data and seed only, so a rerun writes the same bytes (timings: :meth:`timings`)."""
         return {**self.best, "threshold": self.threshold, **threshold_metrics(self.val_labels, self.val_probs, self.threshold),
-                "epochs_run": len(self.history),
-                "seconds_per_epoch": float(np.mean([h["seconds"] for h in self.history])) if self.history else 0.0}
+                "epochs_run": len(self.history)}
+
+    def timings(self) -> dict:
+        """How long it took: for MLflow and the log, never for a DVC-tracked file (they differ every run)."""
+        if not self.history:
+            return {}
+        return {"seconds_per_epoch": float(np.mean([h["seconds"] for h in self.history])),
+                "train_images_per_s": float(np.mean([h["train_images_per_s"] for h in self.history]))}
 
 
 def threshold_metrics(labels, probs, threshold: float) -> dict:
@@ -391,7 +399,9 @@ def fit(run_cfg: RunConfig, train: tuple, val: tuple, *, device: str | torch.dev
         "resize": "bilinear, antialiased, to image_size x image_size", "classes": list(CLASSES),
         "positive_class": CLASSES[1], "threshold": threshold, "threshold_method": f"{threshold_method} on validation" if threshold_method == "youden" else threshold_method,
         "train_params": asdict(cfg), "data_version": data_version, **best,
-        "epochs_run": len(history), "stopped_early": bool(stopped_early), "device": describe(device),
+        "epochs_run": len(history), "stopped_early": bool(stopped_early),
+        # The device type only: the GPU's name is an MLflow tag (run_tags), like every fact about the host.
+        "device": device.type,
     }
     if resume_path is not None and resume_path.is_file():
         resume_path.unlink()
