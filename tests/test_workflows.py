@@ -155,6 +155,7 @@ def git_clone(repo: Path, dest: Path) -> Path:
     return dest
 
 
+@pytest.mark.timeout(2700)  # two whole pipelines when it runs first (the module's fixture, then the clone)
 def test_fresh_clone_repro_gives_the_committed_bytes(pipeline, tmp_path):
     # Same code, params, data and seed: the same models (dvc.lock hashes), metrics, plots, reports
     # and figures, so rerunning on a clone leaves git clean and a second run has nothing to do.
