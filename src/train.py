@@ -46,8 +46,9 @@ from cxr.runlock import ResumeLockedError, resume_lock
 from cxr.training.engine import TrainingDivergedError
 from cxr.training.fit import config_hash, fit, resolve_run_config
 
-HISTORY_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_auc", "lr", "seconds",
-                   "train_images_per_s"]
+# DVC-tracked, so deterministic: no per-epoch seconds or images/s here (they are MLflow metrics,
+# step = epoch, and in the log); the same code, params, data and seed give the same bytes.
+HISTORY_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_auc", "lr"]
 
 
 ERRORS = (ConfigError, CacheError, WeightsUnavailableError, ResumeLockedError, TrainingDivergedError, GpuClaimError)
@@ -155,13 +156,15 @@ def _fit_and_write(args, run_cfg, device, train, val, info, tracker, tags, mlflo
         # The kept epoch's validation metrics under best_* names, beside the per-epoch val_* curves.
         tracker.log_metrics({(f"best_{k}" if k.startswith("val_") else k): v for k, v in metrics.items()
                              if isinstance(v, (int, float))})
+        tracker.log_metrics(result.timings())  # timings: MLflow and the log only, never a DVC output
         tracker.log_figure(fig, "curves.png")
         tracker.log_artifact(Path(args.out) / checkpoint.META_FILE)
         tracker.log_artifact(args.history)
         if mlflow_cfg.log_model:
             tracker.log_model(result.model, name="model", image_size=run_cfg.image_size)
     print(f"[{args.model}] best epoch {result.best['best_epoch']}: val_auc {result.best['val_auc']:.4f} "
-          f"val_loss {result.best['val_loss']:.4f}; threshold {result.threshold:.3f}; checkpoint in {args.out}")
+          f"val_loss {result.best['val_loss']:.4f}; threshold {result.threshold:.3f}; checkpoint in {args.out} "
+          f"({result.timings().get('seconds_per_epoch', 0.0):.1f} s/epoch)")
     return 0
 
 

@@ -25,6 +25,7 @@ def test_round_trip_identical_predictions(tmp_path, name, options):
     loaded, meta2 = checkpoint.load(tmp_path / "m")
     assert meta2.arch == model.arch and meta2.threshold == 0.42
     assert "torch" in meta2.library_versions
+    assert not {"git_commit", "mlflow_run_id", "device"} & set(json.loads((tmp_path / "m" / "model.json").read_text()))
     # plain JSON, no pickles
     json.loads((tmp_path / "m" / "model.json").read_text())
     images = np.random.default_rng(0).integers(0, 256, (5, 40, 40)).astype(np.uint8)

@@ -5,6 +5,9 @@
 3. ``dvc plots diff`` between the baseline and that experiment holds both revisions' plots.
 4. Two queued experiments run with ``dvc queue start -j 2``; both MLflow runs land in the workspace store.
 5. An ``mlflow server`` on 127.0.0.1 returns the runs through its REST search API with the same keys.
+6. A fresh clone of the committed results (dvc.lock, no DVC cache, no remote): ``dvc repro`` rebuilds
+   the same bytes (``git status`` clean, the lock unchanged), and ``dvc exp run`` with or without a
+   stage target finishes and is listed in ``dvc exp show``.
 
     pytest tests/test_workflows.py -m slow
 """
@@ -155,6 +158,54 @@ def test_queued_experiments_land_in_workspace_store(experiment):
     assert {"q-3e-4", "q-2e-4"} <= tagged, tagged
     # Nothing was left behind in the temporary copies' own stores.
     assert not list((repo / ".dvc" / "tmp" / "exps").rglob("mlflow.db"))
+
+
+def git_clone(repo: Path, dest: Path) -> Path:
+    """A clone as users get one: git's files and the committed dvc.lock, no DVC cache (no remote)."""
+    run(["git", "clone", "-q", str(repo), str(dest)], dest.parent)
+    assert not (dest / ".dvc" / "cache").exists() and not (dest / "models").exists()
+    return dest
+
+
+@pytest.mark.timeout(2700)  # two whole pipelines when it runs first (the module's fixture, then the clone)
+def test_fresh_clone_repro_gives_the_committed_bytes(pipeline, tmp_path):
+    # Same code, params, data and seed: the same models (dvc.lock hashes), metrics, plots, reports
+    # and figures, so rerunning on a clone leaves git clean and a second run has nothing to do.
+    repo = pipeline["repo"]
+    clone = git_clone(repo, tmp_path / "clone")
+    first = run(["dvc", "repro"], clone, timeout=1800)
+    assert ran_stages(first.stdout) == set(STAGES)
+    status = run(["git", "status", "--porcelain"], clone).stdout
+    assert status == "", f"dvc repro on a fresh clone changed tracked files:\n{status}"
+    assert (clone / "dvc.lock").read_text() == run(["git", "show", "HEAD:dvc.lock"], clone).stdout
+    assert ran_stages(run(["dvc", "repro"], clone).stdout) == set()
+    assert run(["git", "status", "--porcelain"], clone).stdout == ""
+
+
+@pytest.fixture(scope="module")
+def fresh_clone(pipeline, tmp_path_factory):
+    return git_clone(pipeline["repo"], tmp_path_factory.mktemp("fresh") / "clone")
+
+
+def _exp_names(repo: Path) -> dict:
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], repo).stdout)
+    return {e.get("name"): e["revs"][0]["data"] for rev in shown for e in (rev.get("experiments") or [])}
+
+
+@pytest.mark.parametrize("name,args", [
+    ("clone-target", ["-S", "lr=1e-4", "evaluate@cnn"]),  # a target: its upstream reruns, sweep does not
+    ("clone-all", ["-S", "lr=1e-4", "-S", "batch_size=16"]),
+])
+def test_exp_run_on_a_fresh_clone_is_saved(fresh_clone, name, args):
+    # The lock names DVC-cached outputs this clone lacks; the experiment must still be saved and
+    # listed (it once failed at the end, resolving figures/sweep/heatmap.png through the cache).
+    out = run(["dvc", "exp", "run", "-n", name, *args], fresh_clone, timeout=1800)
+    assert "ERROR" not in out.stdout + out.stderr, out.stderr[-3000:]
+    exps = _exp_names(fresh_clone)
+    assert name in exps, sorted(exps)
+    params = exps[name]["params"]["params.yaml"]["data"]
+    assert float(params["lr"]) == pytest.approx(1e-4)
+    assert "val_auc" in exps[name]["metrics"]["metrics/train/cnn.json"]["data"]
 
 
 def _free_port() -> int:

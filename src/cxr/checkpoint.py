@@ -7,10 +7,14 @@
 Nothing is pickled. The card names the architecture (registry name, image size, builder options),
 the preprocessing (cache size and resize mode, input size, normalisation), the decision threshold
 and the method that chose it on validation, the data version, the training parameters, the kept
-epoch's validation metrics and the library versions. Nothing that changes from run to run (run
-ids, timings, git commit, host): those go to MLflow, so the same inputs give the same bytes. Train writes it
-once; evaluate, predict, serving, explain and compare read its fields. :func:`ModelCard.from_json`
-reads every format written so far: old keys are upgraded in :func:`_upgrade`, nowhere else.
+epoch's validation metrics and the library versions. Train writes it once; evaluate, predict,
+serving, explain and compare read its fields. :func:`ModelCard.from_json` reads every format
+written so far: old keys are upgraded in :func:`_upgrade`, nowhere else.
+
+Both files are DVC outputs, so they hold nothing that changes between two runs of the same code,
+params, data and seed: no MLflow run id, git commit, host or timing (those are MLflow tags), and
+``model.pt`` is written through a file object, so its zip records are not named after the random
+temporary file (``torch.save(obj, path)`` names them after ``path``).
 """
 
 from __future__ import annotations
@@ -159,9 +163,15 @@ def save(model_dir: str | Path, model: nn.Module, card: ModelCard) -> Path:
     """Write model_dir/model.pt and model_dir/model.json (the card, with provenance filled in)."""
     model_dir = Path(model_dir)
     card = dataclasses.replace(card, library_versions=card.library_versions or library_versions())
-    atomic_write(model_dir / WEIGHTS_FILE, lambda p: torch.save(state_dict_copy(model), p))
+    atomic_write(model_dir / WEIGHTS_FILE, lambda p: _save_state(state_dict_copy(model), p))
     atomic_write(model_dir / META_FILE, lambda p: Path(p).write_text(card.to_json()))
     return model_dir
+
+
+def _save_state(state: dict, path: str) -> None:
+    # Through a file object: the archive's records are then named "archive/...", not after ``path``.
+    with open(path, "wb") as f:
+        torch.save(state, f)
 
 
 def _json_default(o: Any):

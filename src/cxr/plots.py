@@ -33,11 +33,16 @@ OUTCOME_TITLES = {
 }
 
 
+# The figures are git-tracked DVC outputs (cache: false), so a PNG must be a function of its data
+# only: no "Software" text chunk (a matplotlib upgrade alone would change every file's bytes).
+PNG_METADATA = {"Software": None}
+
+
 def save_figure(fig: Figure, path: str | Path, dpi: int = DPI) -> Path:
     """Write ``fig`` as PNG (parents created) and close it, so long loops do not leak figures."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    fig.savefig(path, dpi=dpi, bbox_inches="tight", metadata=PNG_METADATA)
     plt.close(fig)
     return path
 

@@ -31,6 +31,31 @@ def test_loader_shuffle_is_seeded():
     assert torch.equal(order(1), order(1)) and not torch.equal(order(1), order(2))
 
 
+def test_loader_order_does_not_depend_on_how_often_it_is_iterated():
+    # A progress bar (tqdm.auto calls iter() on construction) or any extra iter() must not shift
+    # the shuffle, nor draw from the global RNG (dropout); CPU and CUDA loaders share one order.
+    from cxr.engine import _progress
+
+    x, _ = toy(16)
+    labels = np.arange(16)
+
+    def order(loader):
+        return torch.cat([yb for _, yb in loader])
+
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    loader = make_loader(x, labels, batch_size=4, shuffle=True, seed=7)
+    first = order(loader)
+    iter(loader)  # an iterator made and dropped
+    assert torch.equal(order(loader), first)
+    assert torch.equal(order(_progress(loader, True, "t")), first)
+    assert torch.equal(torch.get_rng_state(), before)
+    order(make_loader(x, labels, batch_size=4, shuffle=False))
+    assert torch.equal(torch.get_rng_state(), before)
+    gpu_path = DeviceBatches(x, labels, batch_size=4, shuffle=True, seed=7, device=torch.device("cpu"))
+    assert torch.equal(order(gpu_path), first)
+
+
 @pytest.mark.parametrize("resident", [False, True])
 @pytest.mark.parametrize("drop_last", [False, True])
 def test_device_batches(tmp_path, resident, drop_last):

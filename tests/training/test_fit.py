@@ -94,6 +94,24 @@ def test_fit_is_reproducible_and_starts_fresh_each_call(run_cfg):
         assert ha["val_loss"] == pytest.approx(hb["val_loss"], abs=1e-6)
 
 
+def test_progress_bars_do_not_change_the_model(run_cfg, tmp_path):
+    # tqdm used to iterate the CPU DataLoader once more than a bare loop, shifting the shuffle:
+    # the same params, data and seed gave another model with --no-progress (habit 16).
+    from cxr import checkpoint
+
+    with_bar = fit(run_cfg, TRAIN, VAL, progress=True)
+    without = fit(run_cfg, TRAIN, VAL, progress=False)
+    a, b = with_bar.model.state_dict(), without.model.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert with_bar.metrics() == without.metrics() and with_bar.threshold == without.threshold
+    # ... and the checkpoint, a DVC output, is the same bytes (no run id, commit, timing or temp name)
+    for name, result in (("bar", with_bar), ("plain", without)):
+        checkpoint.save(tmp_path / name, result.model, result.meta)
+    for f in (checkpoint.WEIGHTS_FILE, checkpoint.META_FILE):
+        assert (tmp_path / "bar" / f).read_bytes() == (tmp_path / "plain" / f).read_bytes(), f
+    assert "seconds_per_epoch" not in without.metrics() and without.timings()["seconds_per_epoch"] > 0
+
+
 def test_select_by_val_loss_and_steplr(run_cfg):
     cfg = run_cfg.replace(select_metric="val_loss", scheduler="steplr", step_size=1, gamma=0.1)
     result = fit(cfg, TRAIN, VAL, progress=False)

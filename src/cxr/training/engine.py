@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from cxr.data.augment import Normalize, eval_resize
 from cxr.device import resolve_device
@@ -63,6 +63,34 @@ def _identity_collate(batch):
     return batch
 
 
+def shuffled_order(n: int, seed: int) -> torch.Tensor:
+    """The training order of ``n`` images for ``seed``: a pure function of both, on every device.
+
+    Its own generator, created here: no other draw (a progress bar, a second iterator, dropout)
+    can shift it, and it draws nothing from the global RNG.
+    """
+    return torch.randperm(n, generator=torch.Generator().manual_seed(int(seed)))
+
+
+class SeededShuffle(Sampler):
+    """A shuffle sampler that gives the same order at every ``iter()`` (``shuffled_order(n, seed)``).
+
+    DataLoader's own ``shuffle=True`` draws the order and its workers' base seed from one generator
+    at each ``iter()``, so anything that makes one iterator more (tqdm.auto does, on construction)
+    shifts the order and changes the trained model. Here the order cannot depend on how often the
+    loader is iterated; a new epoch gets a new loader with a new seed (``training.epoch_seed``).
+    """
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed = int(n), int(seed)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        return iter(shuffled_order(self.n, self.seed).tolist())
+
+
 def batches_on_device(device: torch.device, num_workers: int) -> bool:
     """Whether :func:`make_loader` gives :class:`DeviceBatches` (which also index a tensor staged on
     the device by :func:`stage_on_device`) rather than a DataLoader (which cannot)."""
@@ -85,12 +113,16 @@ def make_loader(images, labels, *, batch_size: int, shuffle: bool, seed: int = 0
     if batches_on_device(device, num_workers):
         return DeviceBatches(images, labels, batch_size=batch_size, shuffle=shuffle, seed=seed, device=device,
                              drop_last=drop_last, batch_sampler=batch_sampler)
+    # A generator of its own, shuffle or not: creating an iterator then draws its (worker) base seed
+    # from it, never from the global RNG, whose dropout draws stay the same with or without a bar.
+    gen = torch.Generator().manual_seed(int(seed))
     if batch_sampler is not None:
         return DataLoader(ArrayDataset(images, labels), batch_sampler=batch_sampler, num_workers=num_workers,
-                          collate_fn=_identity_collate, pin_memory=device.type == "cuda", persistent_workers=False)
-    gen = torch.Generator().manual_seed(int(seed)) if shuffle else None
+                          generator=gen, collate_fn=_identity_collate, pin_memory=device.type == "cuda",
+                          persistent_workers=False)
+    sampler = SeededShuffle(len(images), seed) if shuffle else None
     return DataLoader(
-        ArrayDataset(images, labels), batch_size=batch_size, shuffle=shuffle, generator=gen,
+        ArrayDataset(images, labels), batch_size=batch_size, sampler=sampler, generator=gen,
         num_workers=num_workers, collate_fn=_identity_collate, drop_last=drop_last,
         pin_memory=device.type == "cuda", persistent_workers=False,
     )
@@ -170,7 +202,7 @@ class DeviceBatches:
         n = len(self.labels)
         if not self.shuffle:
             return torch.arange(n)
-        return torch.randperm(n, generator=torch.Generator().manual_seed(self.seed))
+        return shuffled_order(n, self.seed)  # the CPU DataLoader's order too
 
     def _from_host(self, idx: torch.Tensor, k: int) -> torch.Tensor:
         i = idx.numpy()
@@ -214,11 +246,15 @@ def _autocast(device: torch.device, amp_dtype: torch.dtype | None):
 
 
 def _progress(loader, enabled: bool, desc: str):
+    """``loader``, or one iterator of it inside a tqdm bar. The bar gets ``iter(loader)``, not the
+    loader: tqdm.auto's constructor calls ``iter()`` on what it wraps and iterates it again later,
+    and each DataLoader iterator draws from the loader's generator, so a wrapped loader would make
+    one iterator more than a bare one (the trained model then depended on ``--no-progress``)."""
     if not enabled:
         return loader
     from tqdm.auto import tqdm
 
-    return tqdm(loader, desc=desc, leave=False, unit="batch", dynamic_ncols=True)
+    return tqdm(iter(loader), total=len(loader), desc=desc, leave=False, unit="batch", dynamic_ncols=True)
 
 
 def _sync(device: torch.device) -> None:

@@ -133,6 +133,7 @@ def resolve_run_config(params: dict, model: str) -> RunConfig:
 class FitResult:
     model: nn.Module  # best epoch's weights loaded, eval mode
     history: list[dict]  # one row per epoch: epoch, train_loss, train_acc, val_loss, val_acc, val_auc, lr, seconds, ...
+    # (seconds and train_images_per_s go to MLflow only: see src/train.py HISTORY_COLUMNS)
     best: dict  # best_epoch and its val_* metrics
     threshold: float  # chosen on the validation probabilities of the best model
     card: ModelCard  # for checkpoint.save
@@ -140,10 +141,17 @@ class FitResult:
     val_labels: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     def metrics(self) -> dict:
-        """Flat final validation metrics (the train stage's DVC metrics file)."""
+        """Flat final validation metrics (the train stage's DVC metrics file): a function of code,
+        params, data and seed only, so a rerun writes the same bytes (timings: :meth:`timings`)."""
         return {**self.best, "threshold": self.threshold, **threshold_metrics(self.val_labels, self.val_probs, self.threshold),
-                "epochs_run": len(self.history),
-                "seconds_per_epoch": float(np.mean([h["seconds"] for h in self.history])) if self.history else 0.0}
+                "epochs_run": len(self.history)}
+
+    def timings(self) -> dict:
+        """How long it took: for MLflow and the log, never for a DVC-tracked file (they differ every run)."""
+        if not self.history:
+            return {}
+        return {"seconds_per_epoch": float(np.mean([h["seconds"] for h in self.history])),
+                "train_images_per_s": float(np.mean([h["train_images_per_s"] for h in self.history]))}
 
 
 def threshold_metrics(labels, probs, threshold: float) -> dict:
