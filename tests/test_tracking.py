@@ -64,6 +64,8 @@ def test_run_with_params_and_per_epoch_metrics(monkeypatch, tmp_path, run_cfg):
     hist = client.get_metric_history(run_id, "val_loss")
     assert sorted(m.step for m in hist) == [1, 2]
     assert [m.value for m in sorted(hist, key=lambda m: m.step)] == pytest.approx([h["val_loss"] for h in result.history])
+    # One name per thing: the param is lr, the per-epoch scheduled value scheduled_lr.
+    assert "lr" not in run.data.metrics and "scheduled_lr" in run.data.metrics
     models = client.search_logged_models([exp.experiment_id])
     assert any(m.source_run_id == run_id for m in models)
 

@@ -34,9 +34,9 @@ def test_loader_shuffle_is_seeded():
 def test_loader_order_does_not_depend_on_how_often_it_is_iterated():
     # A progress bar (tqdm.auto calls iter() on construction) or any extra iter() must not shift
     # the shuffle, nor draw from the global RNG (dropout); CPU and CUDA loaders share one order.
-    from cxr.engine import _progress
+    from cxr.training.engine import _progress
 
-    x, _ = toy(16)
+    x, _ = toy(16, 0, balanced=True)
     labels = np.arange(16)
 
     def order(loader):

@@ -106,7 +106,7 @@ def test_progress_bars_do_not_change_the_model(run_cfg, tmp_path):
     assert with_bar.metrics() == without.metrics() and with_bar.threshold == without.threshold
     # ... and the checkpoint, a DVC output, is the same bytes (no run id, commit, timing or temp name)
     for name, result in (("bar", with_bar), ("plain", without)):
-        checkpoint.save(tmp_path / name, result.model, result.meta)
+        checkpoint.save(tmp_path / name, result.model, result.card)
     for f in (checkpoint.WEIGHTS_FILE, checkpoint.META_FILE):
         assert (tmp_path / "bar" / f).read_bytes() == (tmp_path / "plain" / f).read_bytes(), f
     assert "seconds_per_epoch" not in without.metrics() and without.timings()["seconds_per_epoch"] > 0

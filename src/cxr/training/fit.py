@@ -410,4 +410,6 @@ def fit(run_cfg: RunConfig, train: tuple, val: tuple, *, device: str | torch.dev
 
 
 def _metric_row(row: dict) -> dict:
-    return {k: v for k, v in row.items() if k != "epoch"}
+    """An epoch's MLflow metrics (step = epoch). The scheduled learning rate is ``scheduled_lr``: ``lr``
+    is the run's param, and one name for two things makes MLflow's compare view ambiguous."""
+    return {("scheduled_lr" if k == "lr" else k): v for k, v in row.items() if k != "epoch"}

@@ -35,10 +35,12 @@ from cxr.metrics import is_better
 from cxr.training.fit import RunConfig, fit
 from cxr.tracking import NullTracker
 
+# plots/sweep.csv (DVC-tracked): deterministic columns only. Each row's wall time ("seconds") is
+# an MLflow metric of its nested run and is printed, but never written here.
 TABLE_COLUMNS = [
     "batch_size", "lr", "val_auc", "val_loss", "val_acc", "best_epoch", "threshold",
     "test_roc_auc", "test_accuracy", "test_balanced_accuracy", "test_sensitivity", "test_specificity",
-    "first_epoch_train_loss", "seconds", "selected", "test_used_for_selection",
+    "first_epoch_train_loss", "selected", "test_used_for_selection",
 ]
 
 
@@ -109,7 +111,8 @@ def run_sweep(base: RunConfig, batch_sizes, lrs, train: tuple, val: tuple, test:
             tracker.log_params(cfg.as_params())
             for i, h in enumerate(history, start=1):
                 tracker.log_metrics({k: v for k, v in h.items() if k != "epoch"}, step=h.get("epoch", i))
-            tracker.log_metrics({k: v for k, v in row.items() if k.startswith("test_") and k != "test_used_for_selection"})
+            tracker.log_metrics({k: v for k, v in row.items()
+                                 if (k.startswith("test_") and k != "test_used_for_selection") or k == "seconds"})
             tracker.set_tags({"test_used_for_selection": "false"})
         rows.append(row)
         if is_better(row[select_metric], best and best[select_metric], select_metric):
