@@ -27,6 +27,7 @@ from cxr.device import describe, resolve_device
 from cxr.stage import run_stage
 from cxr.tracking import make_tracker, run_tags
 from cxr.models import WeightsUnavailableError
+from cxr.models.weights import materialised_weights
 from cxr.files import write_metrics
 from cxr.plots import save_figure, training_curves_figure
 from cxr.training.fit import fit, resolve_run_config
@@ -44,6 +45,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--metrics", required=True, help="final validation metrics JSON")
     p.add_argument("--history", required=True, help="per-epoch history CSV")
     p.add_argument("--figures", required=True, help="folder for the curves PNG")
+    p.add_argument("--pretrained", default=None,
+                   help="the weights stage's output (models/pretrained): where pretrained weights are read from")
     p.add_argument("--resume", required=True, help="resume checkpoint, outside the DVC outputs (data/resume/<model>.pt)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:1 | mps")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
@@ -70,6 +73,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     params = load_params(args.params)
     run_cfg = resolve_run_config(params, args.model)
+    if run_cfg.pretrained and run_cfg.weights is None and args.pretrained:
+        run_cfg = run_cfg.replace(weights=materialised_weights(args.pretrained, args.model))
     mlflow_cfg: MlflowConfig = section(params, "mlflow", MlflowConfig)
     eval_cfg: EvaluateConfig = section(params, "evaluate", EvaluateConfig)  # the threshold saved with the model
     info = load_info(args.cache)

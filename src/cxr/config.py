@@ -274,6 +274,8 @@ class TrainConfig:
     num_workers: int = 0  # DataLoader workers
     compile: bool = False  # torch.compile the model
     amp: bool = True  # mixed precision on CUDA (bf16 where supported)
+    freeze_backbone_epochs: int = 0  # pretrained models: train only the new head for the first N epochs
+    backbone_lr_factor: float = 1.0  # pretrained models: backbone lr = lr * factor (the head gets lr)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def validate(self, where: str) -> None:
@@ -282,6 +284,8 @@ class TrainConfig:
         _check(self.class_weight in ("balanced", "none"), f"{where}.class_weight: expected balanced or none, found {self.class_weight!r}")
         _check(self.select_metric in ("val_auc", "val_loss"), f"{where}.select_metric: expected val_auc or val_loss, found {self.select_metric!r}")
         _check(self.num_workers >= 0, f"{where}.num_workers must be >= 0")
+        _check(self.freeze_backbone_epochs >= 0, f"{where}.freeze_backbone_epochs must be >= 0")
+        _check(self.backbone_lr_factor > 0, f"{where}.backbone_lr_factor must be > 0 (freeze with freeze_backbone_epochs)")
 
 
 @dataclass
