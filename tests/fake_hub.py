@@ -81,8 +81,10 @@ class FakeHub:
             etag = hashlib.sha256(data).hexdigest() if name in lfs else hashlib.sha1(data).hexdigest()
             self.headers[path] = {"ETag": f'"{etag}"', "X-Repo-Commit": revision}
 
-    def count(self, method: str = "GET") -> int:
-        return sum(1 for m, _ in self.requests if m == method)
+    def count(self, method: str = "GET", under: str = "/") -> int:
+        """Requests of ``method`` for paths containing ``under`` (huggingface_hub also asks the
+        endpoint for things that are not files, e.g. /api/agent-harnesses)."""
+        return sum(1 for m, p in self.requests if m == method and under in p)
 
     def __enter__(self):
         self._thread.start()
