@@ -28,9 +28,8 @@ test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # RECIPE=cpu|gpu forces a recipe (default: gpu when torch sees CUDA); REAL_ARGS='-S epochs=1' adds overrides.
-real:
+real: $(if $(DATA),$(STAMP))
 	@test -n "$(DATA)" || { $(PYTHON) src/real.py; exit 2; }
-	@$(MAKE) --no-print-directory $(STAMP)
 	$(BIN)/python src/real.py --data "$(DATA)" --recipe $(or $(RECIPE),auto) -- $(REAL_ARGS)
 
 bench: $(STAMP)
