@@ -6,7 +6,7 @@
         os.environ["CXR_TORCHVISION_BASE_URL"] = hub.url + "/models/"; os.environ["HF_ENDPOINT"] = hub.url
 
 Nothing leaves 127.0.0.1. ``hub.drop`` holds paths whose body is cut off halfway (the connection
-closes); ``hub.etag_override`` lies about a file's sha256; ``hub.requests`` logs (method, path).
+closes), ``hub.drop_once`` the same for the next request only; ``hub.etag_override`` lies about a file's sha256; ``hub.requests`` logs (method, path).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ class FakeHub:
         self.files: dict[str, bytes] = {}
         self.headers: dict[str, dict[str, str]] = {}
         self.drop: set[str] = set()
+        self.drop_once: set[str] = set()  # cut off the next GET of these paths only
         self.requests: list[tuple[str, str]] = []
         hub = self
 
@@ -54,7 +55,8 @@ class FakeHub:
                 self.end_headers()
                 if not body:
                     return
-                if path in hub.drop:  # half the body, then the connection goes away
+                if path in hub.drop or path in hub.drop_once:  # half the body, then the connection goes away
+                    hub.drop_once.discard(path)
                     self.wfile.write(data[start:start + (len(data) - start) // 2])
                     self.wfile.flush()
                     self.connection.shutdown(socket.SHUT_RDWR)

@@ -235,6 +235,18 @@ def test_vit_wrong_hash_is_refused(fake_hf, tmp_path):
     assert not (tmp_path / "out" / "vit" / "model.safetensors").exists()
 
 
+def test_vit_dropped_connection_resumes_and_is_verified(fake_hf, tmp_path):
+    hub, files = fake_hf
+    path = f"/{VIT_HUB_ID}/resolve/{VIT_REVISION}/model.safetensors"
+    hub.drop_once.add(path)  # huggingface_hub retries once with a Range request; the sha256 check still holds
+    t0 = time.monotonic()
+    rec = materialise("vit", tmp_path / "out", progress=False)
+    assert time.monotonic() - t0 < 10
+    assert (tmp_path / "out" / "vit" / "model.safetensors").read_bytes() == files["model.safetensors"]
+    assert rec["files"]["model.safetensors"] == hashlib.sha256(files["model.safetensors"]).hexdigest()
+    assert [m for m, p in hub.requests if p == path].count("GET") == 2
+
+
 def test_vit_offline_fails_fast_with_the_commands(fake_hf, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_ENDPOINT", closed_port_url())
     t0 = time.monotonic()
