@@ -61,7 +61,8 @@ class Tiny(nn.Module):
 def _tiny_bytes(seed=0) -> bytes:
     torch.manual_seed(seed)
     buf = io.BytesIO()
-    torch.save(Tiny().state_dict(), buf)
+    # The legacy (pre-zip) format, as vgg16-397923af.pth still is: it must load too.
+    torch.save(Tiny().state_dict(), buf, _use_new_zipfile_serialization=False)
     return buf.getvalue()
 
 
