@@ -55,8 +55,11 @@ def main(argv=None) -> int:
         if local is not None:
             if not Path(local).exists():
                 raise WeightsUnavailableError(f"models.{name}.weights: {local} does not exist")
-            digest = sha256_file(local) if Path(local).is_file() else None
-            records[name] = {"source": "local", "path": str(local), "files": {Path(local).name: digest}}
+            loc = Path(local)
+            files = [loc] if loc.is_file() else sorted(f for f in loc.rglob("*") if f.is_file())
+            # Their hashes go into the manifest, so dvc.lock changes when the local files do.
+            records[name] = {"source": "local", "path": str(local),
+                             "files": {(f.name if f == loc else str(f.relative_to(loc))): sha256_file(f) for f in files}}
             print(f"[weights] {name}: local weights {local}")
             continue
         t0 = time.monotonic()
@@ -70,8 +73,9 @@ def main(argv=None) -> int:
     if failures:
         raise WeightsUnavailableError("\n\n".join(failures))
     # Weights of models this run does not pretrain are not kept in the output (DVC's cache still has them).
-    for stale in sorted(p for p in out.iterdir() if p.is_dir() and p.name not in records) if out.is_dir() else []:
-        shutil.rmtree(stale)
+    stale = sorted(p for p in out.iterdir() if p.is_dir() and p.name not in records) if out.is_dir() else []
+    for path in stale:
+        shutil.rmtree(path)
     write_manifest(out, records)
     if not wanted:
         print("[weights] no model trains from pretrained weights (train.pretrained: false): nothing to fetch")

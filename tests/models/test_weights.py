@@ -291,6 +291,18 @@ def test_stage_writes_manifest_and_only_what_is_needed(tmp_path, repo_root, fake
     assert list(man["models"]) == ["vit"] and "how" not in man["models"]["vit"]
     assert man["models"]["vit"]["files"]["config.json"] == sha256_file(out / "vit" / "config.json")
 
+    # Local weights are used in place, their hashes recorded (so DVC notices when they change).
+    params["models"]["vit"] = {**params["models"]["vit"], "pretrained": None, "weights": str(out / "vit")}
+    params["models"]["cnn"]["weights"] = str(tmp_path / "nope.pth")
+    p.write_text(yaml.safe_dump(params))
+    with pytest.raises(WeightsUnavailableError, match="nope.pth does not exist"):
+        stage.main(["--params", str(p), "--out", str(tmp_path / "o2"), "--no-progress"])
+    params["models"]["cnn"]["weights"] = None
+    p.write_text(yaml.safe_dump(params))
+    assert stage.main(["--params", str(p), "--out", str(tmp_path / "o2"), "--no-progress"]) == 0
+    local = read_manifest(tmp_path / "o2")["models"]["vit"]
+    assert local["source"] == "local" and local["files"]["model.safetensors"] == man["models"]["vit"]["files"]["model.safetensors"]
+
 
 # --------------------------------------------------------------------------------------------
 # Fine-tuning: frozen backbone for the first epochs, a lower backbone lr
