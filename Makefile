@@ -1,6 +1,7 @@
 # Two commands on a fresh clone:
 #   make repro   # create .venv if missing, install, run the whole DVC pipeline (synthetic default)
 #   make test    # create .venv if missing, install, run the test suite
+#   make real DATA=<folder or archive>   # the real-data configuration (configs/real.yaml) via dvc exp run
 PYTHON ?= python3
 VENV := .venv
 BIN := $(abspath $(VENV))/bin
@@ -9,7 +10,7 @@ STAMP := $(VENV)/.installed
 export PATH := $(BIN):$(PATH)
 export VIRTUAL_ENV := $(abspath $(VENV))
 
-.PHONY: install repro test lint bench clean-venv
+.PHONY: install repro test lint bench real clean-venv
 
 install: $(STAMP)
 
@@ -34,6 +35,10 @@ test: $(STAMP)
 lint: $(STAMP)  # fix what ruff can: formatting, import order, old syntax
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+# RECIPE=cpu|gpu forces a recipe (default: gpu when torch sees CUDA); REAL_ARGS='-S epochs=1' adds overrides.
+real: $(if $(DATA),$(STAMP))
+	@test -n "$(DATA)" || { $(PYTHON) src/real.py; exit 2; }
+	$(BIN)/python src/real.py --data "$(DATA)" --recipe $(or $(RECIPE),auto) -- $(REAL_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py

@@ -39,9 +39,11 @@ from cxr.stage import run_stage
 from cxr.training.sweep import run_sweep
 from cxr.tracking import make_tracker
 from cxr.training.fit import resolve_run_config
+from cxr.models import WeightsUnavailableError
+from cxr.models.weights import materialised_weights
 
 
-ERRORS = (ConfigError, CacheError, TrainingDivergedError, GpuClaimError)  # see cxr.stage
+ERRORS = (ConfigError, CacheError, TrainingDivergedError, GpuClaimError, WeightsUnavailableError)  # see cxr.stage
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -50,6 +52,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--metrics", required=True, help="selected configuration JSON (DVC metrics)")
     p.add_argument("--table", required=True, help="one row per configuration CSV (DVC plot)")
     p.add_argument("--figures", required=True, help="folder for heatmap.png")
+    p.add_argument("--pretrained", default=None, help="the weights stage's output (models/pretrained)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
     p.add_argument("--no-progress", action="store_true")
     return p.parse_args(argv)
@@ -62,6 +65,8 @@ def main(argv=None) -> int:
     mlflow_cfg: MlflowConfig = section(params, "mlflow", MlflowConfig)
     eval_cfg: EvaluateConfig = section(params, "evaluate", EvaluateConfig)  # the threshold for the test columns
     base = resolve_run_config(params, cfg.model)
+    if base.pretrained and base.weights is None and args.pretrained:
+        base = base.replace(weights=materialised_weights(args.pretrained, cfg.model))
     base = base.replace(epochs=cfg.epochs, image_size=cfg.image_size or base.image_size)
     info = load_info(args.cache)
     train, val, test = (load_split(args.cache, s) for s in ("train", "val", "test"))

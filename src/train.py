@@ -40,6 +40,7 @@ from cxr.gpus import GpuClaimError, claim_gpus
 from cxr.tracking import NullTracker, make_tracker, run_name, run_tags
 from cxr.training import distributed
 from cxr.models import WeightsUnavailableError
+from cxr.models.weights import materialised_weights
 from cxr.files import write_metrics
 from cxr.plots import save_figure, training_curves_figure
 from cxr.runlock import ResumeLockedError, resume_lock
@@ -62,6 +63,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--metrics", required=True, help="final validation metrics JSON")
     p.add_argument("--history", required=True, help="per-epoch history CSV")
     p.add_argument("--figures", required=True, help="folder for the curves PNG")
+    p.add_argument("--pretrained", default=None,
+                   help="the weights stage's output (models/pretrained): where pretrained weights are read from")
     p.add_argument("--resume", required=True, help="resume checkpoint, outside the DVC outputs (data/resume/<model>.pt)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:1 | mps")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
@@ -89,6 +92,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     params = load_params(args.params)
     run_cfg = resolve_run_config(params, args.model)
+    if run_cfg.pretrained and run_cfg.weights is None and args.pretrained:
+        run_cfg = run_cfg.replace(weights=materialised_weights(args.pretrained, args.model))
     if distributed.under_launcher():  # a rank started by torchrun (ours or the user's, multi-node)
         device = distributed.local_device(args.device)
         with distributed.process_group(device):

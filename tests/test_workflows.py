@@ -29,7 +29,8 @@ from pipeline_repo import BIN, env, make_repo, run
 pytestmark = pytest.mark.slow
 
 MODELS = ["cnn", "resnet50", "vgg16", "vit"]
-STAGES = ["params", "fetch", "split", "preprocess", *(f"train@{m}" for m in MODELS), *(f"evaluate@{m}" for m in MODELS),
+STAGES = ["params", "fetch", "split", "preprocess", "weights", *(f"train@{m}" for m in MODELS),
+          *(f"evaluate@{m}" for m in MODELS),
           "sweep", "compare"]
 
 
@@ -98,7 +99,7 @@ def test_exp_run_reruns_only_dependent_stages(experiment):
     ran = ran_stages(out)
     assert {f"train@{m}" for m in MODELS} <= ran
     # Stages that do not read lr / batch_size are not rerun (the sweep has its own grid).
-    assert not ran & {"fetch", "split", "preprocess", "sweep"}, ran
+    assert not ran & {"fetch", "split", "preprocess", "weights", "sweep"}, ran
     shown = json.loads(run(["dvc", "exp", "show", "--json"], repo).stdout)
     exps = [e for rev in shown for e in (rev.get("experiments") or [])]
     names = {e.get("name") for e in exps}

@@ -338,6 +338,8 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model
     amp: bool = True  # mixed precision on CUDA (bf16 where supported)
     devices: Union[int, str] = 1  # 1 | N | auto (every visible GPU): N > 1 runs DDP under torchrun (gloo on CPU)
+    freeze_backbone_epochs: int = 0  # pretrained models: train only the new head for the first N epochs
+    backbone_lr_factor: float = 1.0  # pretrained models: backbone lr = lr * factor (the head gets lr)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def validate(self, where: str) -> None:
@@ -347,6 +349,8 @@ class TrainConfig:
         _check(self.select_metric in ("val_auc", "val_loss"), f"{where}.select_metric: expected val_auc or val_loss, found {self.select_metric!r}")
         _check(self.num_workers >= 0, f"{where}.num_workers must be >= 0")
         _check_devices(self.devices, f"{where}.devices")
+        _check(self.freeze_backbone_epochs >= 0, f"{where}.freeze_backbone_epochs must be >= 0")
+        _check(self.backbone_lr_factor > 0, f"{where}.backbone_lr_factor must be > 0 (freeze with freeze_backbone_epochs)")
 
 
 @dataclass

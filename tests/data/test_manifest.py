@@ -282,6 +282,28 @@ def test_duplicates_kept_once_and_removed_from_train_side(tmp_path):
     assert set(res.quarantine["reason"]) == {M.CONFLICTING} and len(res.quarantine) == 2
 
 
+def test_official_test_split_stays_whole(tmp_path):
+    # The published results are on all 624 official test images, repeats included: keep them, count them.
+    raw = make_tree(tmp_path / "raw", basic_spec())
+    n_test = sum(1 for p in (raw / "test").rglob("*.jpeg"))
+    twice = jpeg_bytes(600)
+    write(raw, "test/PNEUMONIA/person800_bacteria_1.jpeg", twice)
+    write(raw, "test/PNEUMONIA/person801_bacteria_2.jpeg", twice)  # repeated within test: both stay
+    write(raw, "train/PNEUMONIA/person802_virus_3.jpeg", twice)  # and in train: that copy goes
+    thrice = jpeg_bytes(601)
+    for i in range(3):
+        write(raw, f"test/NORMAL/IM-09{i}0-0001.jpeg", thrice)
+
+    res = M.build_manifest(raw, CFG, progress=False)
+    test = res.manifest[res.manifest["source_split"] == "test"]
+    assert len(test) == n_test + 5 and (test["split"] == "test").all()
+    assert res.metrics["images"]["test"]["total"] == n_test + 5
+    assert res.metrics["duplicates_within_test_kept"] == 1 + 2
+    assert res.metrics["duplicates_removed"] == 1 and res.metrics["duplicates_cross_split"] == 1
+    assert "person802_virus_3.jpeg" not in " ".join(res.manifest["path"])
+    assert "3 repeats within the official test kept" in M.summary_table(res.metrics)
+
+
 def test_missing_class_fails_clearly(tmp_path):
     spec = basic_spec(test=False)
     del spec["train/PNEUMONIA"], spec["val/PNEUMONIA"]

@@ -334,21 +334,27 @@ def assign_splits(images: pd.DataFrame, val_fraction: float, test_fraction: floa
 
 
 def drop_duplicates(manifest: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
-    """Keep one copy of each sha256: in the most held-out split (test > val > train), first path.
+    """Keep one copy of each sha256, in the most held-out split (test > val > train), first path;
+    but never drop an image of the official test split (its 624 images stay comparable with the
+    published results): repeats within it are kept and counted.
 
     Returns the kept rows (original order) and counts: ``removed`` (all copies dropped),
-    ``cross_split`` (of which a copy sat in a more held-out split: leakage avoided).
+    ``cross_split`` (of which a copy sat in a more held-out split: leakage avoided),
+    ``within_test_kept`` (official test images whose bytes repeat another official test image).
     """
     if manifest.empty:
-        return manifest, {"removed": 0, "cross_split": 0}
+        return manifest, {"removed": 0, "cross_split": 0, "within_test_kept": 0}
     prio = manifest["split"].map(_KEEP_PRIORITY)
     order = manifest.assign(_prio=prio).sort_values(["sha256", "_prio", "path"], kind="stable")
     first = ~order["sha256"].duplicated(keep="first")
-    kept_idx = order.index[first]
-    dropped = order[~first]
+    official_test = (order["source_split"] == "test") & (order["split"] == "test")
+    keep = first | official_test  # an official test copy sorts first, so the rest of its group goes
+    kept_idx = order.index[keep]
+    dropped = order[~keep]
     kept_split = order[first].set_index("sha256")["split"]
     cross = int((dropped["split"].values != dropped["sha256"].map(kept_split).values).sum())
-    return manifest.loc[manifest.index.isin(kept_idx)], {"removed": int(len(dropped)), "cross_split": cross}
+    return manifest.loc[manifest.index.isin(kept_idx)], {
+        "removed": int(len(dropped)), "cross_split": cross, "within_test_kept": int((official_test & ~first).sum())}
 
 
 def shared_patients(manifest: pd.DataFrame) -> int:
@@ -471,6 +477,7 @@ def split_metrics(manifest: pd.DataFrame, quarantine: pd.DataFrame, duplicates: 
         "shared_patients": shared_patients(manifest),
         "duplicates_removed": int(duplicates["removed"]),
         "duplicates_cross_split": int(duplicates["cross_split"]),
+        "duplicates_within_test_kept": int(duplicates.get("within_test_kept", 0)),
         "quarantined": int(len(quarantine)),
         "quarantine_reasons": {str(k): int(v) for k, v in reasons.items()},
         "files_scanned": int(scanned),
@@ -485,7 +492,8 @@ def summary_table(metrics: dict) -> str:
         lines.append(f"{s:<6} {c['NORMAL']:>7} {c['PNEUMONIA']:>9} {c['total']:>6} {metrics['patients'][s]:>8}")
     lines.append(
         f"shared patients: {metrics['shared_patients']}   duplicates removed: {metrics['duplicates_removed']} "
-        f"({metrics['duplicates_cross_split']} across splits)   quarantined: {metrics['quarantined']}"
+        f"({metrics['duplicates_cross_split']} across splits; "
+        f"{metrics.get('duplicates_within_test_kept', 0)} repeats within the official test kept)   quarantined: {metrics['quarantined']}"
     )
     return "\n".join(lines)
 

@@ -41,6 +41,7 @@ def _cnn_spec(weights: str | None) -> dict:
 
 
 @register_model("cnn", input_spec=_cnn_spec, channels_last=True, cam_layer=lambda m: last_conv(m.features),
+                head=lambda m: m.classifier,
                 description="reference custom CNN: 3 conv blocks (32/64/128) + FC 256-128-1")
 def _build_cnn(pretrained: bool, weights: str | None, image_size: int) -> nn.Module:
     model = ReferenceCNN()

@@ -40,6 +40,10 @@ class ModelEntry:
     cam_reshape: CamReshape | None = None  # transformer tokens -> feature map, for Grad-CAM
     min_image_size: int = 16  # smallest input side the architecture accepts
     requirements: tuple[str, ...] = field(default=())  # extra pip packages a served copy needs
+    # The published weights (weights.TorchvisionWeights / weights.HubSnapshot); None: none exist.
+    pretrained_source: object | None = None
+    # model -> the newly initialised head (trained at the full lr, never frozen); the rest is the backbone.
+    head: Callable[[nn.Module], nn.Module] | None = None
 
 
 MODELS: dict[str, ModelEntry] = {}
@@ -124,4 +128,5 @@ def weights_fixes(name: str) -> str:
     return (f"Fix: set `models.{name}.weights: /path/to/local/weights` in params.yaml (a torchvision state_dict "
             f"file, or a save_pretrained directory for vit), or train from scratch: "
             f"`dvc exp run -S train.pretrained=false` (all models) or `models.{name}.pretrained=false` "
-            f"(`{name}: {{pretrained: false}}` under models: in params.yaml).")
+            f"(`{name}: {{pretrained: false}}` under models: in params.yaml). The pipeline's `weights` stage "
+            f"downloads, verifies and caches them: `dvc repro weights`.")

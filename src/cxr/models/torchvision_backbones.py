@@ -14,12 +14,16 @@ import torch
 from torch import nn
 
 from cxr.models.registry import WeightsUnavailableError, classifier_head, last_conv, register_model, weights_fixes
-from cxr.models.weights import load_state_dict_file
+from cxr.models.weights import TorchvisionWeights, load_state_dict_file
+
+
+# The published weights, as torchvision names them (URL, sha256 prefix, transforms).
+_SOURCES = {"resnet50": TorchvisionWeights("ResNet50_Weights.IMAGENET1K_V2"),
+            "vgg16": TorchvisionWeights("VGG16_Weights.IMAGENET1K_V1")}
+
 
 def _torchvision_weights(name: str):
-    from torchvision.models import ResNet50_Weights, VGG16_Weights
-
-    return {"resnet50": ResNet50_Weights.IMAGENET1K_V2, "vgg16": VGG16_Weights.IMAGENET1K_V1}[name]
+    return _SOURCES[name].weights()
 
 
 def _torchvision_spec(name: str) -> Callable[[str | None], dict]:
@@ -49,7 +53,7 @@ def _torchvision_backbone(name: str, ctor, pretrained: bool, weights: str | None
 
 
 @register_model("resnet50", input_spec=_torchvision_spec("resnet50"), channels_last=True,
-                cam_layer=lambda m: m.layer4,
+                cam_layer=lambda m: m.layer4, pretrained_source=_SOURCES["resnet50"], head=lambda m: m.fc,
                 description="torchvision ResNet-50 (ImageNet IMAGENET1K_V2) + reference head")
 def _build_resnet50(pretrained: bool, weights: str | None, image_size: int) -> nn.Module:
     from torchvision.models import resnet50
@@ -60,7 +64,8 @@ def _build_resnet50(pretrained: bool, weights: str | None, image_size: int) -> n
 
 
 @register_model("vgg16", input_spec=_torchvision_spec("vgg16"), channels_last=True, min_image_size=32,
-                cam_layer=lambda m: last_conv(m.features),
+                cam_layer=lambda m: last_conv(m.features), pretrained_source=_SOURCES["vgg16"],
+                head=lambda m: m.classifier[6],
                 description="torchvision VGG16 (ImageNet IMAGENET1K_V1) + reference head")
 def _build_vgg16(pretrained: bool, weights: str | None, image_size: int) -> nn.Module:
     from torchvision.models import vgg16

@@ -7,7 +7,6 @@ registry entry names the last block's ``layernorm_before`` and reshapes its toke
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Callable
 
@@ -15,8 +14,11 @@ import torch
 from torch import nn
 
 from cxr.models.registry import WeightsUnavailableError, register_model, weights_fixes
+from cxr.models.weights import HubSnapshot, hf_cache_dir
 
 VIT_HUB_ID = "google/vit-base-patch16-224-in21k"
+# The pinned commit of VIT_HUB_ID that the `weights` stage fetches (same name, same bytes, for good).
+VIT_REVISION = "b4569560a39a0f1af58e3ddaf17facf20ab919b0"
 # Architecture fields of a ViTConfig that a checkpoint must record to be rebuilt without the hub.
 _VIT_ARCH_KEYS = (
     "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "patch_size",
@@ -37,14 +39,7 @@ class HFLogits(nn.Module):
 
 
 def _hf_cache_dir() -> str:
-    """The Hugging Face hub cache, read from the environment now (huggingface_hub reads it once, at import)."""
-    if os.environ.get("HF_HUB_CACHE"):
-        return os.environ["HF_HUB_CACHE"]
-    if os.environ.get("HF_HOME"):
-        return os.path.join(os.environ["HF_HOME"], "hub")
-    from huggingface_hub.constants import HF_HUB_CACHE
-
-    return str(HF_HUB_CACHE)
+    return hf_cache_dir()
 
 
 def _vit_spec(weights: str | None) -> dict:
@@ -100,7 +95,8 @@ def vit_token_grid(model: nn.Module, height: int, width: int) -> Callable[[torch
 
 
 @register_model("vit", input_spec=_vit_spec, channels_last=False, cam_layer=_cam_layer, cam_reshape=vit_token_grid,
-                requirements=("transformers",),
+                requirements=("transformers",), pretrained_source=HubSnapshot(VIT_HUB_ID, VIT_REVISION),
+                head=lambda m: _hf_vit(m).classifier,
                 description=f"Hugging Face ViTForImageClassification, ViT-B/16 ({VIT_HUB_ID})")
 def _build_vit(pretrained: bool, weights: str | None, image_size: int, config: dict | None = None) -> nn.Module:
     from transformers import ViTConfig, ViTForImageClassification

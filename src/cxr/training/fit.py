@@ -77,6 +77,8 @@ class RunConfig:
     aug_rotation_degrees: float
     aug_brightness: float
     aug_contrast: float
+    freeze_backbone_epochs: int = 0  # pretrained only: the head alone trains for these first epochs
+    backbone_lr_factor: float = 1.0  # pretrained only: backbone lr = lr * factor
 
     def augment_config(self) -> AugmentConfig:
         return AugmentConfig(
@@ -114,8 +116,8 @@ def resolve_run_config(params: dict, model: str) -> RunConfig:
     check_image_size(model, eff.image_size, f"models.{model}.image_size" if o.image_size is not None else "image_size")
     if o.pretrained is not None:
         pretrained = o.pretrained
-    else:
-        pretrained = True if o.weights else t.pretrained
+    else:  # the global switch reaches the models that have published weights (not the CNN)
+        pretrained = True if o.weights else (t.pretrained and get_entry(model).pretrained_source is not None)
     a = t.augment
     return RunConfig(
         model=model, lr=eff.lr, batch_size=eff.batch_size, epochs=eff.epochs, image_size=eff.image_size, seed=eff.seed,
@@ -126,6 +128,8 @@ def resolve_run_config(params: dict, model: str) -> RunConfig:
         aug_enabled=a.enabled, aug_affine_degrees=a.affine_degrees, aug_affine_translate=a.affine_translate,
         aug_crop_scale_min=float(a.crop_scale[0]), aug_crop_scale_max=float(a.crop_scale[1]), aug_hflip_p=a.hflip_p,
         aug_rotation_degrees=a.rotation_degrees, aug_brightness=a.brightness, aug_contrast=a.contrast,
+        freeze_backbone_epochs=t.freeze_backbone_epochs if pretrained else 0,
+        backbone_lr_factor=t.backbone_lr_factor if pretrained else 1.0,
     )
 
 
@@ -204,6 +208,29 @@ def make_optimizer(cfg: RunConfig, params) -> torch.optim.Optimizer:
         return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True, **extra)
     except (RuntimeError, TypeError, ValueError):
         return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **extra)
+
+
+def finetune_param_groups(cfg: RunConfig, model: nn.Module):
+    """The head first (its lr is the one logged), then the backbone at ``lr * backbone_lr_factor``;
+    plain ``model.parameters()`` when neither fine-tuning option is in use."""
+    if cfg.freeze_backbone_epochs == 0 and cfg.backbone_lr_factor == 1.0:
+        return model.parameters()
+    from cxr.models.weights import split_parameters
+
+    backbone, head = split_parameters(model, cfg.model)
+    return [{"params": head, "lr": cfg.lr}, {"params": backbone, "lr": cfg.lr * cfg.backbone_lr_factor}]
+
+
+def set_backbone_trainable(cfg: RunConfig, model: nn.Module, epoch: int) -> None:
+    """Epochs 1..freeze_backbone_epochs train the head only (the backbone gets no gradient, so AdamW
+    neither steps nor decays it); later epochs train everything."""
+    if cfg.freeze_backbone_epochs == 0:
+        return
+    from cxr.models.weights import split_parameters
+
+    backbone, _ = split_parameters(model, cfg.model)
+    for p in backbone:
+        p.requires_grad_(epoch > cfg.freeze_backbone_epochs)
 
 
 def make_scheduler(cfg: RunConfig, optimizer) -> torch.optim.lr_scheduler.LRScheduler:
@@ -295,7 +322,7 @@ def fit(run_cfg: RunConfig, train: tuple, val: tuple, *, device: str | torch.dev
     norm = Normalize(spec["mean"], spec["std"], channels_last=channels_last)
     augment = BatchAugment(cfg.augment_config(), cfg.image_size)
     loss_fn = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(pos_weight(y_tr, cfg.class_weight), device=device))
-    optimizer = make_optimizer(cfg, model.parameters())
+    optimizer = make_optimizer(cfg, finetune_param_groups(cfg, model))
     scheduler = make_scheduler(cfg, optimizer)
     amp_dtype, use_scaler = amp_settings(device, cfg.amp)
     scaler = torch.amp.GradScaler(device.type) if use_scaler else None
@@ -352,6 +379,7 @@ def fit(run_cfg: RunConfig, train: tuple, val: tuple, *, device: str | torch.dev
                                    shuffle=True, seed=es, device=device, num_workers=cfg.num_workers,
                                    drop_last=n_tr % cfg.batch_size == 1, batch_sampler=sampler)
         lr = optimizer.param_groups[0]["lr"]
+        set_backbone_trainable(cfg, model, epoch)
         t0 = time.perf_counter()
         try:
             tr = train_one_epoch(step_model, loss_fn, optimizer, train_loader, device,

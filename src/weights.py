@@ -1,0 +1,86 @@
+"""Stage weights: download, verify and keep the pretrained weights this run's params need.
+
+    python src/weights.py --params params.yaml --out models/pretrained
+
+(normally via ``dvc repro weights``; ``train@<model>`` and ``sweep`` depend on its output). Reads
+``train.pretrained`` and ``models.<name>.pretrained`` / ``.weights``. For every model that trains
+from its published weights, they are fetched into --out/<model>/ (torchvision's URL and sha256
+prefix; the ViT's Hugging Face repository at a pinned commit) unless already there, or in the torch
+hub / Hugging Face cache; ``models.<name>.weights`` (a local file) is used as it is. --out/manifest.json
+records the source and the sha256 of every file, so ``dvc repro`` tracks the weights, a rerun never
+downloads again and ``dvc push`` / ``dvc pull weights`` carries them to an offline machine. With
+pretrained false (the synthetic default) nothing is fetched and only the manifest is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import time
+from pathlib import Path
+
+from cxr.config import ConfigError, load_params
+from cxr.models import WeightsUnavailableError, get_entry, list_models
+from cxr.models.weights import materialise, read_manifest, sha256_file, write_manifest
+from cxr.stage import run_stage
+from cxr.training.fit import resolve_run_config
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--params", default="params.yaml")
+    p.add_argument("--out", required=True, help="folder of the materialised weights (a DVC output)")
+    p.add_argument("--no-progress", action="store_true", help="no download progress bars")
+    return p.parse_args(argv)
+
+
+def needed(params: dict) -> dict[str, str | None]:
+    """Models that train from pretrained weights -> their local weights path (None: the published ones)."""
+    out = {}
+    for name in list_models():
+        cfg = resolve_run_config(params, name)
+        if cfg.pretrained:
+            out[name] = cfg.weights
+    return out
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    params = load_params(args.params)
+    out = Path(args.out)
+    previous = read_manifest(out)["models"]
+    wanted = needed(params)
+    records, failures = {}, []
+    for name, local in wanted.items():
+        if local is not None:
+            if not Path(local).exists():
+                raise WeightsUnavailableError(f"models.{name}.weights: {local} does not exist")
+            loc = Path(local)
+            files = [loc] if loc.is_file() else sorted(f for f in loc.rglob("*") if f.is_file())
+            # Their hashes go into the manifest, so dvc.lock changes when the local files do.
+            records[name] = {"source": "local", "path": str(local),
+                             "files": {(f.name if f == loc else str(f.relative_to(loc))): sha256_file(f) for f in files}}
+            print(f"[weights] {name}: local weights {local}")
+            continue
+        t0 = time.monotonic()
+        try:
+            rec = materialise(name, out, progress=not args.no_progress, known=previous.get(name))
+        except WeightsUnavailableError as exc:  # try the others too: one run lists everything missing
+            failures.append(f"({time.monotonic() - t0:.1f} s) {exc}")
+            continue
+        print(f"[weights] {name}: {get_entry(name).pretrained_source.describe()} {rec.pop('how')} -> {out / name}")
+        records[name] = rec
+    if failures:
+        raise WeightsUnavailableError("\n\n".join(failures))
+    # Weights of models this run does not pretrain are not kept in the output (DVC's cache still has them).
+    stale = sorted(p for p in out.iterdir() if p.is_dir() and p.name not in records) if out.is_dir() else []
+    for path in stale:
+        shutil.rmtree(path)
+    write_manifest(out, records)
+    if not wanted:
+        print("[weights] no model trains from pretrained weights (train.pretrained: false): nothing to fetch")
+    return 0
+
+
+if __name__ == "__main__":
+    run_stage("weights", main, (ConfigError, WeightsUnavailableError))

@@ -1,0 +1,103 @@
+"""`make real`: the real-data configuration as one command (configs/real.yaml through dvc exp run).
+
+The end-to-end run uses a few hundred real images copied from ../shared/data into tmp_path (the
+official train split's and half the official test split's), the cpu recipe and tiny sizes.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import random
+import shutil
+import subprocess
+
+import pytest
+import yaml
+from pipeline_repo import BIN, env, make_repo, shipped_files
+
+
+def load_real(repo_root):
+    spec = importlib.util.spec_from_file_location("real_driver", repo_root / "src" / "real.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _keys(d: dict, prefix="") -> set[str]:
+    out = set()
+    for k, v in d.items():
+        out.add(prefix + k)
+        if isinstance(v, dict):
+            out |= _keys(v, prefix + k + ".")
+    return out
+
+
+def test_every_override_exists_in_params_and_recipes_differ(repo_root):
+    real = load_real(repo_root)
+    config = yaml.safe_load((repo_root / "configs/real.yaml").read_text())
+    known = _keys(yaml.safe_load((repo_root / "params.yaml").read_text()))
+    for recipe in ("gpu", "cpu"):
+        args = real.overrides(config, recipe, "/data/x.zip")
+        pairs = dict(a.split("=", 1) for a in args[1::2])
+        assert set(pairs) <= known, set(pairs) - known  # `dvc exp run -S` refuses keys params.yaml lacks
+        assert pairs["data.source"] == "path" and pairs["data.path"] == "/data/x.zip"
+    gpu = dict(a.split("=", 1) for a in real.overrides(config, "gpu", "/d")[1::2])
+    cpu = dict(a.split("=", 1) for a in real.overrides(config, "cpu", "/d")[1::2])
+    assert gpu["train.pretrained"] == "true" and gpu["image_size"] == "224" and gpu["preprocess.cache_size"] == "256"
+    assert cpu["train.pretrained"] == "false" and cpu["image_size"] == "128" and cpu["models.cnn.epochs"] == "15"
+
+
+def test_make_real_without_data_says_what_to_pass(repo_root):
+    p = subprocess.run(["make", "--no-print-directory", "real"], cwd=repo_root, capture_output=True, text=True,
+                       check=False, timeout=60, env={**os.environ, "DATA": ""})
+    assert p.returncode != 0
+    assert "make real DATA=/path/to/chest-xray-pneumonia.zip" in p.stderr + p.stdout
+
+
+def _copy_sample(shared, dest, n_train=50, n_test=20, seed=0):
+    rng = random.Random(seed)
+    for src_root, split, n in ((shared / "kermany224", "train", n_train),
+                               (shared / "kermany224-external-a", "test", n_test)):
+        for cls in ("NORMAL", "PNEUMONIA"):
+            files = sorted((src_root / split / cls).iterdir())
+            (dest / split / cls).mkdir(parents=True)
+            for f in rng.sample(files, n):
+                shutil.copyfile(f, dest / split / cls / f.name)  # copies: the shared folder stays untouched
+    # A repeat within the official test split, as the real one has six: it must be kept.
+    first = min((dest / "test" / "PNEUMONIA").iterdir())
+    shutil.copyfile(first, dest / "test" / "PNEUMONIA" / "person9999_bacteria_1.jpeg")
+
+
+TINY = ("-S epochs=1 -S batch_size=16 -S image_size=32 -S preprocess.cache_size=40 -S preprocess.workers=1 "
+        "-S models.cnn.epochs=1 -S models.resnet50.image_size=32 -S models.vgg16.image_size=32 "
+        "-S models.vit.image_size=32 -S sweep.batch_sizes=[16] -S sweep.lrs=[0.001] -S sweep.image_size=32 "
+        "-S evaluate.n_resamples=100 -S mlflow.log_model=false")
+
+
+@pytest.mark.slow
+def test_make_real_runs_end_to_end_on_real_images(tmp_path, shared_data):
+    data = tmp_path / "chest_xray"
+    _copy_sample(shared_data, data)
+    repo = make_repo(tmp_path / "repo", params={})
+    assert "configs/real.yaml" in shipped_files()
+    (repo / ".venv").symlink_to(BIN.parent)  # the venv running the tests; -o: never reinstall it
+    e = env()
+    e["PYTHONPATH"] = str(repo / "src")
+    p = subprocess.run(["make", "--no-print-directory", "-o", ".venv/.installed", "real", f"DATA={data}",
+                        "RECIPE=cpu", f"REAL_ARGS={TINY}"], cwd=repo, env=e, capture_output=True, text=True,
+                       check=False, timeout=1800)
+    out = p.stdout + p.stderr
+    assert p.returncode == 0, out[-6000:]
+    assert "[real] recipe cpu (configs/real.yaml)" in out and "-S image_size=128" in out
+    assert "wall time per stage" in out and "train@cnn" in out and "compare" in out
+    assert "reports/results.md" in out and "| Model |" in out
+
+    metrics = json.loads((repo / "metrics/data.json").read_text())
+    assert metrics["images"]["test"]["total"] == 2 * 20 + 1  # the official test split, whole
+    assert metrics["duplicates_within_test_kept"] == 1
+    assert json.loads((repo / "models/pretrained/manifest.json").read_text())["models"] == {}
+    shown = subprocess.run([str(BIN / "dvc"), "exp", "show", "--csv"], cwd=repo, env=e, capture_output=True,
+                           text=True, timeout=300, check=False)
+    assert "image_size" in shown.stdout and "128" in shown.stdout
