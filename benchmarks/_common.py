@@ -20,9 +20,13 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def add_data_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA,
-                        help="folder holding NORMAL/ and PNEUMONIA/ (or train/NORMAL, train/PNEUMONIA) of "
-                             f"full-resolution JPEGs (default: {DEFAULT_DATA})")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=DEFAULT_DATA,
+        help="folder holding NORMAL/ and PNEUMONIA/ (or train/NORMAL, train/PNEUMONIA) of "
+        f"full-resolution JPEGs (default: {DEFAULT_DATA})",
+    )
 
 
 def class_root(data: Path) -> Path:
@@ -31,15 +35,21 @@ def class_root(data: Path) -> Path:
     for cand in (data / "train", data):
         if all((cand / c).is_dir() for c in CLASS_DIRS):
             return cand
-    sys.exit(f"benchmark data not found: expected {data}/train/{{NORMAL,PNEUMONIA}} or {data}/{{NORMAL,PNEUMONIA}} "
-             f"(the full-resolution sample of ../shared/data, see its README). Pass --data FOLDER.")
+    sys.exit(
+        f"benchmark data not found: expected {data}/train/{{NORMAL,PNEUMONIA}} or {data}/{{NORMAL,PNEUMONIA}} "
+        f"(the full-resolution sample of ../shared/data, see its README). Pass --data FOLDER."
+    )
 
 
 def list_images(data: Path) -> tuple[Path, list[tuple[str, str]]]:
     """(class root, sorted [(path relative to the root, label)]) of every JPEG/PNG under the class folders."""
     root = class_root(data)
-    files = sorted((f"{c}/{p.name}", c) for c in CLASS_DIRS for p in (root / c).iterdir()
-                   if p.suffix.lower() in (".jpeg", ".jpg", ".png"))
+    files = sorted(
+        (f"{c}/{p.name}", c)
+        for c in CLASS_DIRS
+        for p in (root / c).iterdir()
+        if p.suffix.lower() in (".jpeg", ".jpg", ".png")
+    )
     if not files:
         sys.exit(f"no images under {root}/{{NORMAL,PNEUMONIA}}")
     return root, files
@@ -59,20 +69,32 @@ def manifest_for(files: list[tuple[str, str]]):
 
     from cxr.data.manifest import MANIFEST_COLUMNS
 
-    rows = [{"path": p, "label": lab, "patient_id": f"bench/{i}", "source_split": "train", "split": "train",
-             "sha256": "", "width": 0, "height": 0, "mode": "L"} for i, (p, lab) in enumerate(files)]
+    rows = [
+        {
+            "path": p,
+            "label": lab,
+            "patient_id": f"bench/{i}",
+            "source_split": "train",
+            "split": "train",
+            "sha256": "",
+            "width": 0,
+            "height": 0,
+            "mode": "L",
+        }
+        for i, (p, lab) in enumerate(files)
+    ]
     return pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
 
 
-def build_cached(root: Path, files: list[tuple[str, str]], out: Path, cache_size: int = 256,
-                 workers: int = 0) -> float:
+def build_cached(root: Path, files: list[tuple[str, str]], out: Path, cache_size: int = 256, workers: int = 0) -> float:
     """Build the project's cache of ``files`` in ``out``; returns the seconds it took."""
     from cxr.config import PreprocessConfig
     from cxr.data.cache import build_cache
 
     t0 = time.perf_counter()
-    build_cache(manifest_for(files), root, out, PreprocessConfig(cache_size=cache_size, workers=workers),
-                progress=False)
+    build_cache(
+        manifest_for(files), root, out, PreprocessConfig(cache_size=cache_size, workers=workers), progress=False
+    )
     return time.perf_counter() - t0
 
 

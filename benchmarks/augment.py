@@ -30,7 +30,9 @@ def main(argv=None) -> dict:
     from cxr.data.augment import BatchAugment, Normalize, reference_transforms
 
     cfg = AugmentConfig()
-    x = torch.randint(0, 256, (args.batch_size, 1, 256, 256), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    x = torch.randint(
+        0, 256, (args.batch_size, 1, 256, 256), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+    )
     per_image, norm = reference_transforms(cfg, 224), Normalize(IMAGENET_MEAN, IMAGENET_STD)
     cur = BatchAugment(cfg, 224)
     gen = torch.Generator().manual_seed(0)

@@ -131,8 +131,11 @@ def run_ours(name, device, images, labels, args, batch_size=None) -> float:
     bs = batch_size or args.batch_size
     aug = BatchAugment(AugmentConfig(), 224)
     gen = torch.Generator().manual_seed(0)
-    batches = Cycle(lambda e: make_loader(images, labels, batch_size=bs, shuffle=True, seed=e,
-                                          device=device, num_workers=0, drop_last=True))
+    batches = Cycle(
+        lambda e: make_loader(
+            images, labels, batch_size=bs, shuffle=True, seed=e, device=device, num_workers=0, drop_last=True
+        )
+    )
     return timed(name, device, batches, lambda x: aug(x, gen), _prep(name, device), args)
 
 
@@ -157,14 +160,27 @@ def run_reference(name, device, root, repeat, args) -> float:
     def make(epoch):
         dl = reference_loader(root, repeat, args.batch_size, args.workers, seed=epoch)
         # Same dataset and transforms, plus what a GPU loader needs: pinned memory, no ragged last batch.
-        loader = DataLoader(dl.dataset, batch_size=args.batch_size, shuffle=True, num_workers=args.workers,
-                            pin_memory=device.type == "cuda", drop_last=True, persistent_workers=False,
-                            generator=torch.Generator().manual_seed(epoch))
+        loader = DataLoader(
+            dl.dataset,
+            batch_size=args.batch_size,
+            shuffle=True,
+            num_workers=args.workers,
+            pin_memory=device.type == "cuda",
+            drop_last=True,
+            persistent_workers=False,
+            generator=torch.Generator().manual_seed(epoch),
+        )
         return ((x, y.float()) for x, y in loader)  # ImageFolder's int labels as the BCE targets
 
     channels_last = device.type == "cuda" and get_entry(name).channels_last
-    return timed(name, device, Cycle(make), _same,
-                 (lambda x: x.contiguous(memory_format=torch.channels_last)) if channels_last else _same, args)
+    return timed(
+        name,
+        device,
+        Cycle(make),
+        _same,
+        (lambda x: x.contiguous(memory_format=torch.channels_last)) if channels_last else _same,
+        args,
+    )
 
 
 def _same(x):
@@ -180,8 +196,10 @@ def best_batch(name, device, staged, labels, args) -> dict:
     rows = {}
     for bs in args.batch_sizes:
         try:
-            rows[bs] = {"ours": run_ours(name, device, staged, labels, args, bs),
-                        "step_only": run_step_only(name, device, staged, args, bs)}
+            rows[bs] = {
+                "ours": run_ours(name, device, staged, labels, args, bs),
+                "step_only": run_step_only(name, device, staged, args, bs),
+            }
         except RuntimeError as exc:
             if not _oom(exc):
                 raise
@@ -191,8 +209,11 @@ def best_batch(name, device, staged, labels, args) -> dict:
             if device.type == "cuda":
                 torch.cuda.empty_cache()
         r = rows[bs]
-        print(f"{name:<9} batch {bs:4d}: ours {r['ours']:8.1f}   model step alone {r['step_only']:8.1f}   "
-              f"(ours reaches {r['ours'] / r['step_only']:.0%})", flush=True)
+        print(
+            f"{name:<9} batch {bs:4d}: ours {r['ours']:8.1f}   model step alone {r['step_only']:8.1f}   "
+            f"(ours reaches {r['ours'] / r['step_only']:.0%})",
+            flush=True,
+        )
     bs = max(rows, key=lambda b: rows[b]["ours"])
     return {"batch_size": bs, **rows[bs], "by_batch": rows}
 
@@ -203,8 +224,14 @@ def _all_gpus_worker(rank, world, port, name, cache, bs, args, out):
     from cxr.training import distributed
     from cxr.training.engine import stage_on_device
 
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_WORLD_SIZE=str(world),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
     sys.path.insert(0, str(HERE))
     device = distributed.local_device(args.device)
     if device.type == "cuda":
@@ -226,8 +253,13 @@ def all_gpus(name, cache, bs, args) -> float:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     out = Path(cache).parent / f"all_gpus_{name}.txt"
-    mp.start_processes(_all_gpus_worker, args=(args.processes, port, name, str(cache), bs, args, str(out)),
-                       nprocs=args.processes, start_method="spawn", join=True)
+    mp.start_processes(
+        _all_gpus_worker,
+        args=(args.processes, port, name, str(cache), bs, args, str(out)),
+        nprocs=args.processes,
+        start_method="spawn",
+        join=True,
+    )
     return float(out.read_text())
 
 
@@ -237,17 +269,30 @@ def main(argv=None) -> dict | None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_data_arg(ap)
     ap.add_argument("--models", nargs="+", default=list_models())
-    ap.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
-                    help="DataLoader workers of the reference loader (default: min(8, cores)); ours needs none")
+    ap.add_argument(
+        "--workers",
+        type=int,
+        default=min(8, os.cpu_count() or 1),
+        help="DataLoader workers of the reference loader (default: min(8, cores)); ours needs none",
+    )
     ap.add_argument("--batch-size", type=int, default=32, help="the reference configuration's batch")
-    ap.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 64, 128, 256, 512],
-                    help="batch sizes tried for the best batch (ascending; stops at the first that does not fit)")
+    ap.add_argument(
+        "--batch-sizes",
+        type=int,
+        nargs="+",
+        default=[32, 64, 128, 256, 512],
+        help="batch sizes tried for the best batch (ascending; stops at the first that does not fit)",
+    )
     ap.add_argument("--batches", type=int, default=30, help="timed batches per side and model")
     ap.add_argument("--warmup", type=int, default=5, help="untimed batches first (cudnn autotune, allocator, compile)")
     ap.add_argument("--repeat", type=int, default=4, help="times the file list is repeated (default 4)")
     ap.add_argument("--compile", action="store_true", help="torch.compile every side's model (train.compile)")
-    ap.add_argument("--processes", type=int, default=None,
-                    help="processes of the all-GPU measurement (default: every visible GPU; 1 skips it)")
+    ap.add_argument(
+        "--processes",
+        type=int,
+        default=None,
+        help="processes of the all-GPU measurement (default: every visible GPU; 1 skips it)",
+    )
     ap.add_argument("--device", default="cuda", help="cuda (default); cpu only to smoke-test this script")
     args = ap.parse_args(argv)
 
@@ -263,8 +308,10 @@ def main(argv=None) -> dict | None:
         print(f"GPUs: {torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}; compile={args.compile}")
     root, files = list_images(args.data)
     items = repeated(files, args.repeat)
-    print(f"data: {root} ({len(files)} files x {args.repeat}); reference batch {args.batch_size}, workers "
-          f"{args.workers}, {args.batches} timed batches after {args.warmup}; batch sizes tried {args.batch_sizes}")
+    print(
+        f"data: {root} ({len(files)} files x {args.repeat}); reference batch {args.batch_size}, workers "
+        f"{args.workers}, {args.batches} timed batches after {args.warmup}; batch sizes tried {args.batch_sizes}"
+    )
 
     from cxr.data.cache import load_split
     from cxr.training.engine import stage_on_device
@@ -275,34 +322,49 @@ def main(argv=None) -> dict | None:
         build_cached(root, items, cache, cache_size=256)
         split = load_split(cache, "train")
         staged = stage_on_device(split.images, device)
-        print(f"cache staged on the GPU: {isinstance(staged, torch.Tensor)}; images/s (seconds per epoch of "
-              f"{TRAIN_IMAGES:,} images)", flush=True)
+        print(
+            f"cache staged on the GPU: {isinstance(staged, torch.Tensor)}; images/s (seconds per epoch of "
+            f"{TRAIN_IMAGES:,} images)",
+            flush=True,
+        )
         for name in args.models:
             ref = run_reference(name, device, root, args.repeat, args)
             ours = run_ours(name, device, staged, split.labels, args)
             streamed = run_ours(name, device, split.images, split.labels, args)
             ceiling = run_step_only(name, device, split.images, args)
-            print(f"{name:<9} batch {args.batch_size}: reference {ref:7.1f} ({TRAIN_IMAGES / ref:5.1f} s)   ours "
-                  f"{ours:7.1f} ({TRAIN_IMAGES / ours:5.1f} s)   ratio {ours / ref:5.1f}x   | ours streamed "
-                  f"{streamed:7.1f}   model step alone {ceiling:7.1f} (ours reaches {ours / ceiling:.0%})", flush=True)
+            print(
+                f"{name:<9} batch {args.batch_size}: reference {ref:7.1f} ({TRAIN_IMAGES / ref:5.1f} s)   ours "
+                f"{ours:7.1f} ({TRAIN_IMAGES / ours:5.1f} s)   ratio {ours / ref:5.1f}x   | ours streamed "
+                f"{streamed:7.1f}   model step alone {ceiling:7.1f} (ours reaches {ours / ceiling:.0%})",
+                flush=True,
+            )
             best = best_batch(name, device, staged, split.labels, args)
             r = {"reference": ref, "ours": ours, "streamed": streamed, "step_only": ceiling, "best": best}
-            print(f"{name:<9} best batch {best['batch_size']}: ours {best['ours']:8.1f} ({TRAIN_IMAGES / best['ours']:5.1f} s)"
-                  f" = {best['ours'] / ref:5.1f}x the reference at batch {args.batch_size}, "
-                  f"{best['ours'] / best['step_only']:.0%} of its model step", flush=True)
+            print(
+                f"{name:<9} best batch {best['batch_size']}: ours {best['ours']:8.1f} "
+                f"({TRAIN_IMAGES / best['ours']:5.1f} s)"
+                f" = {best['ours'] / ref:5.1f}x the reference at batch {args.batch_size}, "
+                f"{best['ours'] / best['step_only']:.0%} of its model step",
+                flush=True,
+            )
             if name == "resnet50" and device.type == "cuda":
-                print(f"resnet50  targets: >= 90 % of the model step: {best['ours'] / best['step_only']:.0%}  "
-                      f"{verdict(best['ours'] / best['step_only'], 0.9)};  >= 3,000 images/s: {best['ours']:.0f} "
-                      f"{verdict(best['ours'], 3000)}", flush=True)
+                print(
+                    f"resnet50  targets: >= 90 % of the model step: {best['ours'] / best['step_only']:.0%}  "
+                    f"{verdict(best['ours'] / best['step_only'], 0.9)};  >= 3,000 images/s: {best['ours']:.0f} "
+                    f"{verdict(best['ours'], 3000)}",
+                    flush=True,
+                )
             if args.processes > 1:
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
                 multi = all_gpus(name, cache, best["batch_size"], args)
                 r["all_gpus"] = multi
-                print(f"{name:<9} all {args.processes} processes at batch {best['batch_size']} each: {multi:8.1f} "
-                      f"({TRAIN_IMAGES / multi:5.1f} s) = {multi / best['ours']:.2f}x one "
-                      f"({multi / (args.processes * best['ours']):.0%} scaling), {multi / ref:5.1f}x the reference",
-                      flush=True)
+                print(
+                    f"{name:<9} all {args.processes} processes at batch {best['batch_size']} each: {multi:8.1f} "
+                    f"({TRAIN_IMAGES / multi:5.1f} s) = {multi / best['ours']:.2f}x one "
+                    f"({multi / (args.processes * best['ours']):.0%} scaling), {multi / ref:5.1f}x the reference",
+                    flush=True,
+                )
             results[name] = r
             if device.type == "cuda":
                 torch.cuda.empty_cache()

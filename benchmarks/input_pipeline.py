@@ -26,29 +26,42 @@ from pathlib import Path
 
 import torch
 
-from _common import IMAGENET_MEAN, IMAGENET_STD, add_data_arg, build_cached, list_images, print_header, repeated, verdict
+from _common import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    add_data_arg,
+    build_cached,
+    list_images,
+    print_header,
+    repeated,
+    verdict,
+)
 
 TARGET = 20.0
 
 
 def reference_loader(root: Path, repeat: int, batch_size: int, workers: int, seed: int):
     from torch.utils.data import ConcatDataset, DataLoader
-    from torchvision import datasets, transforms as T
+    from torchvision import datasets
+    from torchvision import transforms as T
 
-    tf = T.Compose([
-        T.Resize((224, 224)),
-        T.RandomResizedCrop(224, scale=(0.8, 1.0)),
-        T.RandomHorizontalFlip(),
-        T.RandomRotation(15),
-        T.RandomAffine(0, translate=(0.1, 0.1)),
-        T.ColorJitter(brightness=0.2, contrast=0.2),
-        T.ToTensor(),
-        T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-    ])
+    tf = T.Compose(
+        [
+            T.Resize((224, 224)),
+            T.RandomResizedCrop(224, scale=(0.8, 1.0)),
+            T.RandomHorizontalFlip(),
+            T.RandomRotation(15),
+            T.RandomAffine(0, translate=(0.1, 0.1)),
+            T.ColorJitter(brightness=0.2, contrast=0.2),
+            T.ToTensor(),
+            T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
     ds = datasets.ImageFolder(str(root), transform=tf)
     ds = ConcatDataset([ds] * repeat) if repeat > 1 else ds
-    return DataLoader(ds, batch_size=batch_size, shuffle=True, num_workers=workers,
-                      generator=torch.Generator().manual_seed(seed))
+    return DataLoader(
+        ds, batch_size=batch_size, shuffle=True, num_workers=workers, generator=torch.Generator().manual_seed(seed)
+    )
 
 
 def endless(make_loader_for_epoch):
@@ -77,8 +90,14 @@ class Ours:
     def loader(self, epoch: int):
         from cxr.training.engine import make_loader
 
-        return make_loader(self.images, self.labels, batch_size=self.batch_size, shuffle=True,
-                           seed=self.seed + epoch, num_workers=self.workers)
+        return make_loader(
+            self.images,
+            self.labels,
+            batch_size=self.batch_size,
+            shuffle=True,
+            seed=self.seed + epoch,
+            num_workers=self.workers,
+        )
 
     def step(self) -> int:
         """One batch through the whole input path; returns its size."""
@@ -121,16 +140,19 @@ def main(argv=None) -> dict:
     ap.add_argument("--workers", type=int, default=0, help="DataLoader workers, both sides (default 0)")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--repeat", type=int, default=2, help="times the file list is repeated (default 2)")
-    ap.add_argument("--ref-batches", type=int, default=0,
-                    help="reference batches timed (default: one pass over the repeated list)")
+    ap.add_argument(
+        "--ref-batches", type=int, default=0, help="reference batches timed (default: one pass over the repeated list)"
+    )
     ap.add_argument("--ours-per-ref", type=int, default=4, help="batches of ours after each reference batch")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
 
     root, files = list_images(args.data)
     items = repeated(files, args.repeat)
-    print_header(f"input_pipeline: training input, reference loader vs cached path "
-                 f"(224 px, batch {args.batch_size}, workers {args.workers})")
+    print_header(
+        f"input_pipeline: training input, reference loader vs cached path "
+        f"(224 px, batch {args.batch_size}, workers {args.workers})"
+    )
     print(f"data: {root} ({len(files)} files x {args.repeat} = {len(items)} images per epoch)")
 
     from cxr.data.cache import load_split
@@ -138,8 +160,10 @@ def main(argv=None) -> dict:
     ref_batches = args.ref_batches or -(-len(items) // args.batch_size)
     with tempfile.TemporaryDirectory(prefix="cxr-bench-") as tmp:
         build_s = build_cached(root, items, Path(tmp) / "cache", cache_size=256)
-        print(f"one-time cache build (preprocess stage, cache_size 256): {build_s:.1f} s "
-              f"({len(items) / build_s:.0f} images/s)")
+        print(
+            f"one-time cache build (preprocess stage, cache_size 256): {build_s:.1f} s "
+            f"({len(items) / build_s:.0f} images/s)"
+        )
         split = load_split(Path(tmp) / "cache", "train")
         ref = Reference(root, args.repeat, args.batch_size, args.workers, args.seed)
         ours = Ours(split.images, split.labels, args.batch_size, args.workers, args.seed)
@@ -170,8 +194,9 @@ def main(argv=None) -> dict:
     label = "BatchAugment"
     print(f"reference  ImageFolder + PIL transforms, full-res JPEG  {int(ref_n):6d} img  {ref_rate:8.1f} images/s")
     print(f"ours       cache 256 memmap + {label:<16} + Normalize {int(ours_n):6d} img  {ours_rate:8.1f} images/s")
-    print(f"ratio      ours / reference                                        {ratio:8.1f}x  "
-          f"({verdict(ratio, TARGET)})")
+    print(
+        f"ratio      ours / reference                                        {ratio:8.1f}x  ({verdict(ratio, TARGET)})"
+    )
     print(f"ours, where the time goes: {shares}")
     return {"reference_images_per_s": ref_rate, "ours_images_per_s": ours_rate, "ratio": ratio}
 

@@ -100,8 +100,8 @@ def child_train(cache: Path) -> None:
     from cxr.config import AugmentConfig
     from cxr.data.augment import BatchAugment, Normalize
     from cxr.data.cache import load_split
-    from cxr.training.engine import make_loader, train_one_epoch
     from cxr.models import build_model, input_spec
+    from cxr.training.engine import make_loader, train_one_epoch
 
     torch.manual_seed(0)
     split = load_split(cache, "train")  # read-only memmap
@@ -111,8 +111,9 @@ def child_train(cache: Path) -> None:
     loader = make_loader(split.images, split.labels, batch_size=32, shuffle=True, seed=0)
     aug, norm = BatchAugment(AugmentConfig(), 64), Normalize(spec["mean"], spec["std"])
     gen = torch.Generator().manual_seed(0)
-    stats = train_one_epoch(model, nn.BCEWithLogitsLoss(), opt, loader, torch.device("cpu"),
-                            augment=lambda x: aug(x, gen), prep=norm)
+    stats = train_one_epoch(
+        model, nn.BCEWithLogitsLoss(), opt, loader, torch.device("cpu"), augment=lambda x: aug(x, gen), prep=norm
+    )
     assert stats["images_per_s"] > 0
 
 
@@ -136,8 +137,10 @@ def main(argv=None) -> dict | None:
 
     root, files = list_images(args.data)
     interval = args.interval_ms / 1000
-    print_header(f"memory: peak non-file-backed memory (PSS anon + shmem), preprocess and one training epoch, "
-                 f"1x vs {args.factor}x data")
+    print_header(
+        f"memory: peak non-file-backed memory (PSS anon + shmem), preprocess and one training epoch, "
+        f"1x vs {args.factor}x data"
+    )
     results = {}
     with tempfile.TemporaryDirectory(prefix="cxr-bench-") as tmp:
         for mult in (1, args.factor):
@@ -146,12 +149,18 @@ def main(argv=None) -> dict | None:
             cache = Path(tmp) / f"cache{mult}"
             a, r, s = measure(["preprocess", str(root), str(repeat), str(cache), str(args.size)], interval)
             size_mb = (cache / "train_images.npy").stat().st_size / 2**20
-            print(f"  {mult}x preprocess  {n:5d} images ({size_mb:6.1f} MiB cache file): anon {a:7.1f} MiB, "
-                  f"rss {r:7.1f} MiB ({s:.1f} s)", flush=True)
+            print(
+                f"  {mult}x preprocess  {n:5d} images ({size_mb:6.1f} MiB cache file): anon {a:7.1f} MiB, "
+                f"rss {r:7.1f} MiB ({s:.1f} s)",
+                flush=True,
+            )
             results[("preprocess", mult)] = a
             a, r, s = measure(["train", str(cache)], interval)
-            print(f"  {mult}x train epoch {n:5d} images ({size_mb:6.1f} MiB cache file): anon {a:7.1f} MiB, "
-                  f"rss {r:7.1f} MiB ({s:.1f} s)", flush=True)
+            print(
+                f"  {mult}x train epoch {n:5d} images ({size_mb:6.1f} MiB cache file): anon {a:7.1f} MiB, "
+                f"rss {r:7.1f} MiB ({s:.1f} s)",
+                flush=True,
+            )
             results[("train", mult)] = a
 
     out = {}
@@ -159,8 +168,10 @@ def main(argv=None) -> dict | None:
         small, big = results[(case, 1)], results[(case, args.factor)]
         growth = big / small - 1
         out[case] = growth
-        print(f"{case:<11} peak anon 1x {small:7.1f} MiB, {args.factor}x {big:7.1f} MiB: {growth:+.1%}  "
-              f"({verdict(growth, TARGET, '<=')})")
+        print(
+            f"{case:<11} peak anon 1x {small:7.1f} MiB, {args.factor}x {big:7.1f} MiB: {growth:+.1%}  "
+            f"({verdict(growth, TARGET, '<=')})"
+        )
     return out
 
 

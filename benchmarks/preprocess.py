@@ -45,8 +45,10 @@ def main(argv=None) -> dict:
 
     root, files = list_images(args.data)
     items = repeated(files, args.repeat)
-    print_header(f"preprocess: build_cache vs plain Pillow loop ({args.size} px, "
-                 f"{args.workers or usable_cores()} worker processes vs 1)")
+    print_header(
+        f"preprocess: build_cache vs plain Pillow loop ({args.size} px, "
+        f"{args.workers or usable_cores()} worker processes vs 1)"
+    )
     print(f"data: {root} ({len(files)} files x {args.repeat} = {len(items)} images)")
 
     from cxr.data.cache import load_split
@@ -59,14 +61,20 @@ def main(argv=None) -> dict:
             plain = plain_loop(root, items, args.size)
             s = time.perf_counter() - t0
             plain_best = max(plain_best, len(items) / s)
-            print(f"  round {r + 1}: plain loop   {len(items)} images in {s:.2f} s = {len(items) / s:.1f} images/s",
-                  flush=True)
+            print(
+                f"  round {r + 1}: plain loop   {len(items)} images in {s:.2f} s = {len(items) / s:.1f} images/s",
+                flush=True,
+            )
             s = build_cached(root, items, Path(tmp) / f"cache{r}", cache_size=args.size, workers=args.workers)
             ours_best = max(ours_best, len(items) / s)
-            print(f"  round {r + 1}: build_cache  {len(items)} images in {s:.2f} s = {len(items) / s:.1f} images/s",
-                  flush=True)
+            print(
+                f"  round {r + 1}: build_cache  {len(items)} images in {s:.2f} s = {len(items) / s:.1f} images/s",
+                flush=True,
+            )
         cached = load_split(Path(tmp) / "cache0", "train").images
-        diff = np.abs(cached[: len(files)].astype(np.float32) - plain[: len(files)].astype(np.float32)).mean(axis=(1, 2))
+        diff = np.abs(cached[: len(files)].astype(np.float32) - plain[: len(files)].astype(np.float32)).mean(
+            axis=(1, 2)
+        )
         del cached
 
     ratio = ours_best / plain_best

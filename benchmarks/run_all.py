@@ -29,7 +29,9 @@ def main() -> int:
         cmd = [sys.executable, str(HERE / f"{name}.py")] + (["--data", args.data] if args.data else [])
         t0 = time.perf_counter()
         rc = subprocess.call(cmd, cwd=HERE.parent)
-        print(f"-- {name}: {'ok' if rc == 0 else f'FAILED (exit {rc})'} in {time.perf_counter() - t0:.0f} s\n", flush=True)
+        print(
+            f"-- {name}: {'ok' if rc == 0 else f'FAILED (exit {rc})'} in {time.perf_counter() - t0:.0f} s\n", flush=True
+        )
         if rc:
             failed.append(name)
     if failed:

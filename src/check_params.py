@@ -11,12 +11,20 @@ change reruns it (it takes about a second) and a wrong key fails the experiment 
 from __future__ import annotations
 
 import argparse
+
 from cxr import config as C
 from cxr.stage import run_stage
 
-SECTION_TYPES = {"data": C.DataConfig, "split": C.SplitConfig, "preprocess": C.PreprocessConfig,
-                 "train": C.TrainConfig, "mlflow": C.MlflowConfig, "evaluate": C.EvaluateConfig,
-                 "sweep": C.SweepConfig, "compare": C.CompareConfig}
+SECTION_TYPES = {
+    "data": C.DataConfig,
+    "split": C.SplitConfig,
+    "preprocess": C.PreprocessConfig,
+    "train": C.TrainConfig,
+    "mlflow": C.MlflowConfig,
+    "evaluate": C.EvaluateConfig,
+    "sweep": C.SweepConfig,
+    "compare": C.CompareConfig,
+}
 
 
 def check(params: dict) -> list[str]:
@@ -46,8 +54,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _read(path: str) -> dict:
     """params.yaml as a mapping, without load_params' top-level check (check() reports it with the rest)."""
-    import yaml
     from pathlib import Path
+
+    import yaml
 
     p = Path(path)
     if not p.is_file():

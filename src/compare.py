@@ -20,17 +20,24 @@ from pathlib import Path
 
 import pandas as pd
 
-from cxr.evaluation.compare import (bar_table, headline, results_csv, results_markdown, results_table, roc_curves,
-                         select_best)
 from cxr.config import CompareConfig, ConfigError, MlflowConfig, load_params, section
+from cxr.evaluation.compare import (
+    bar_table,
+    headline,
+    results_csv,
+    results_markdown,
+    results_table,
+    roc_curves,
+    select_best,
+)
 from cxr.evaluation.promotion import RegistryError, register_candidate
-from cxr.plots import metrics_bar_figure, roc_comparison_figure, save_figure
 from cxr.files import write_metrics
+from cxr.plots import metrics_bar_figure, roc_comparison_figure, save_figure
 from cxr.stage import run_stage
 from cxr.tracking import make_tracker, project_root, run_name
 
-
 ERRORS = (ConfigError, FileNotFoundError, RegistryError)  # user-actionable (see cxr.stage)
+
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -66,39 +73,53 @@ def main(argv=None) -> int:
         t = _read_json(Path(args.train_metrics) / f"{m}.json")
         e = _read_json(Path(args.eval_metrics) / f"{m}.json")
         if t is None or e is None:
-            warnings.warn(f"compare: skipping {m}: missing {'train' if t is None else 'eval'} metrics "
-                          f"(run `dvc repro evaluate@{m}`)", RuntimeWarning, stacklevel=1)
+            warnings.warn(
+                f"compare: skipping {m}: missing {'train' if t is None else 'eval'} metrics "
+                f"(run `dvc repro evaluate@{m}`)",
+                RuntimeWarning,
+                stacklevel=1,
+            )
             continue
         train_m[m], eval_m[m] = t, e
         roc_path = Path(args.roc) / m / "roc.csv"
         if roc_path.is_file():
             rocs[m] = pd.read_csv(roc_path)
     if not eval_m:
-        raise ConfigError(f"no model has both {args.train_metrics}/<m>.json and {args.eval_metrics}/<m>.json "
-                          f"for --models {args.models}; run `dvc repro evaluate` first")
+        raise ConfigError(
+            f"no model has both {args.train_metrics}/<m>.json and {args.eval_metrics}/<m>.json "
+            f"for --models {args.models}; run `dvc repro evaluate` first"
+        )
     sweep = _read_json(Path(args.sweep)) if args.sweep else None
     sweep_table = pd.read_csv(args.sweep_table) if args.sweep_table and Path(args.sweep_table).is_file() else None
 
     table = results_table(eval_m, train_m, cfg.select_metric)
     best = select_best(train_m, cfg.select_metric)
     Path(args.report).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.report).write_text(results_markdown(table, select_metric=cfg.select_metric, eval_metrics=eval_m,
-                                                  sweep_summary=sweep, sweep_table=sweep_table))
+    Path(args.report).write_text(
+        results_markdown(
+            table, select_metric=cfg.select_metric, eval_metrics=eval_m, sweep_summary=sweep, sweep_table=sweep_table
+        )
+    )
     Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
     results_csv(table).to_csv(args.csv, index=False, lineterminator="\n")
     write_metrics(args.headline, headline(eval_m, train_m))
 
     conf = next(iter(eval_m.values())).get("confidence", 0.95)
-    figs = {"metrics_bar": metrics_bar_figure(
-        bar_table(eval_m, cfg.bar_metrics), cfg.bar_metrics,
-        title=f"Test metrics at the validation-chosen thresholds, {conf:.0%} bootstrap CIs")}
+    figs = {
+        "metrics_bar": metrics_bar_figure(
+            bar_table(eval_m, cfg.bar_metrics),
+            cfg.bar_metrics,
+            title=f"Test metrics at the validation-chosen thresholds, {conf:.0%} bootstrap CIs",
+        )
+    }
     if rocs:
         figs["roc_all"] = roc_comparison_figure(roc_curves(rocs, eval_m))
 
     tracker = make_tracker(mlflow_cfg.experiment)
     value = float(train_m[best][cfg.select_metric])
-    with tracker.start_run(run_name("compare"), tags={"stage": "compare", "selected_model": best,
-                                                      "selected_on": cfg.select_metric}):
+    with tracker.start_run(
+        run_name("compare"), tags={"stage": "compare", "selected_model": best, "selected_on": cfg.select_metric}
+    ):
         # The models' own metrics live in their training runs; this run holds the comparison.
         tracker.log_metrics({f"selected_{cfg.select_metric}": value})
         for name, fig in figs.items():
@@ -108,11 +129,19 @@ def main(argv=None) -> int:
         outcome = None
         if cfg.register:
             outcome = register_candidate(
-                tracker, Path(args.checkpoints) / best, registered_name=mlflow_cfg.registered_model,
-                alias=mlflow_cfg.champion_alias, select_metric=cfg.select_metric, value=value, report=eval_m[best],
-                lock_path=project_root() / ".dvc" / "tmp" / "cxr-champion.lock", promote=cfg.promote)
-            tracker.set_tags({"registered_model": f"{outcome.name}/{outcome.version}",
-                              "promoted": str(outcome.promoted).lower()})
+                tracker,
+                Path(args.checkpoints) / best,
+                registered_name=mlflow_cfg.registered_model,
+                alias=mlflow_cfg.champion_alias,
+                select_metric=cfg.select_metric,
+                value=value,
+                report=eval_m[best],
+                lock_path=project_root() / ".dvc" / "tmp" / "cxr-champion.lock",
+                promote=cfg.promote,
+            )
+            tracker.set_tags(
+                {"registered_model": f"{outcome.name}/{outcome.version}", "promoted": str(outcome.promoted).lower()}
+            )
     for name, fig in figs.items():
         save_figure(fig, Path(args.figures) / f"{name}.png")
 

@@ -27,10 +27,10 @@ import pandas as pd
 from cxr import checkpoint
 from cxr.config import ConfigError, EvaluateConfig, MlflowConfig, load_params, section
 from cxr.data.cache import CacheError, load_split
-from cxr.gpus import GpuClaimError, hold_device
 from cxr.evaluation.evaluate import attach_run, evaluate_checkpoint, evaluation_figures, find_training_run
-from cxr.plots import save_figure
 from cxr.files import write_metrics
+from cxr.gpus import GpuClaimError, hold_device
+from cxr.plots import save_figure
 from cxr.stage import run_stage
 from cxr.tracking import make_tracker
 
@@ -38,6 +38,7 @@ PLOT_FILES = ("confusion", "roc", "pr", "calibration")
 
 
 ERRORS = (ConfigError, CacheError, FileNotFoundError, ValueError, GpuClaimError)  # see cxr.stage
+
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -65,8 +66,9 @@ def main(argv=None) -> int:
     if card.name != args.model:
         raise ConfigError(f"--checkpoint {args.checkpoint} holds model {card.name!r}, not --model {args.model!r}")
     val, test = load_split(args.cache, "val"), load_split(args.cache, "test")
-    result = evaluate_checkpoint(model, card, test=(test.images, test.labels, test.paths), cfg=cfg, device=device,
-                                 n_val=len(val))
+    result = evaluate_checkpoint(
+        model, card, test=(test.images, test.labels, test.paths), cfg=cfg, device=device, n_val=len(val)
+    )
 
     Path(args.predictions).parent.mkdir(parents=True, exist_ok=True)
     result.tables["predictions"].to_csv(args.predictions, index=False, lineterminator="\n")
@@ -77,8 +79,9 @@ def main(argv=None) -> int:
         result.tables[name].to_csv(plots_dir / f"{name}.csv", index=False, lineterminator="\n")
 
     history = pd.read_csv(args.history) if args.history and Path(args.history).is_file() else None
-    figs = evaluation_figures(result, model, card, test_images=test.images, val_images=val.images,
-                              history=history, cfg=cfg, device=device)
+    figs = evaluation_figures(
+        result, model, card, test_images=test.images, val_images=val.images, history=history, cfg=cfg, device=device
+    )
 
     tracker = make_tracker(mlflow_cfg.experiment)
     run_id = find_training_run(tracker, card)
@@ -93,10 +96,13 @@ def main(argv=None) -> int:
 
     at = result.report["at_val_threshold"]
     ci = at["accuracy"]
-    print(f"[{args.model}] test n={result.report['n']} threshold {result.threshold:.3f} ({card.threshold_method}, from the model card): "
-          f"accuracy {ci['value']:.3f} [{ci['ci_low']:.3f}, {ci['ci_high']:.3f}], "
-          f"sensitivity {at['sensitivity']['value']:.3f}, specificity {at['specificity']['value']:.3f}, "
-          f"AUC {at['roc_auc']['value']:.3f}")
+    print(
+        f"[{args.model}] test n={result.report['n']} threshold {result.threshold:.3f} "
+        f"({card.threshold_method}, from the model card): "
+        f"accuracy {ci['value']:.3f} [{ci['ci_low']:.3f}, {ci['ci_high']:.3f}], "
+        f"sensitivity {at['sensitivity']['value']:.3f}, specificity {at['specificity']['value']:.3f}, "
+        f"AUC {at['roc_auc']['value']:.3f}"
+    )
     return 0
 
 

@@ -16,8 +16,8 @@ from cxr.config import ConfigError, DataConfig, load_params, section
 from cxr.data.sources import SourceError, fetch
 from cxr.stage import run_stage
 
-
 ERRORS = (SourceError, ConfigError)  # user-actionable (see cxr.stage)
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

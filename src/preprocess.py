@@ -8,17 +8,16 @@
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 
+from cxr import SPLITS
 from cxr.config import ConfigError, PreprocessConfig, load_params, section
 from cxr.data.cache import build_cache
-from cxr import SPLITS
 from cxr.data.manifest import ManifestError
 from cxr.stage import run_stage
 
-
 ERRORS = (ConfigError, ManifestError, FileNotFoundError)  # user-actionable (see cxr.stage)
+
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -39,8 +38,10 @@ def main(argv: list[str] | None = None) -> int:
     for s in SPLITS:
         c = info["counts"][s]
         print(f"{s:<6} {c['total']:>6} images  ({c['NORMAL']} NORMAL, {c['PNEUMONIA']} PNEUMONIA)")
-    print(f"decoded {n} images to {size}x{size} ({info['resize']}) in {seconds:.1f} s "
-          f"({n / max(seconds, 1e-9):.0f} images/s) -> {args.out}, data_version {info['data_version']}")
+    print(
+        f"decoded {n} images to {size}x{size} ({info['resize']}) in {seconds:.1f} s "
+        f"({n / max(seconds, 1e-9):.0f} images/s) -> {args.out}, data_version {info['data_version']}"
+    )
     return 0
 
 

@@ -18,11 +18,13 @@ import sys
 import time
 from pathlib import Path
 
-USAGE = ("make real: pass the dataset, e.g.\n"
-         "  make real DATA=/path/to/chest-xray-pneumonia.zip   # the Kaggle archive (or .tar.gz)\n"
-         "  make real DATA=/path/to/chest_xray                 # an extracted folder (train/ test/ [val/], "
-         "NORMAL/ PNEUMONIA/ inside)\n"
-         "Optional: RECIPE=cpu|gpu (default: gpu when torch sees CUDA), REAL_ARGS='-S epochs=1' (extra overrides).")
+USAGE = (
+    "make real: pass the dataset, e.g.\n"
+    "  make real DATA=/path/to/chest-xray-pneumonia.zip   # the Kaggle archive (or .tar.gz)\n"
+    "  make real DATA=/path/to/chest_xray                 # an extracted folder (train/ test/ [val/], "
+    "NORMAL/ PNEUMONIA/ inside)\n"
+    "Optional: RECIPE=cpu|gpu (default: gpu when torch sees CUDA), REAL_ARGS='-S epochs=1' (extra overrides)."
+)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -111,12 +113,14 @@ def main(argv=None) -> int:
     if code != 0:
         print(f"[real] dvc exp run failed (exit code {code}); the output above says which stage and why.")
         return code
-    print("[real] results:\n"
-          "  reports/results.md        the results table (test split; chosen model in bold)\n"
-          "  metrics/eval/<model>.json test metrics with 95 % CIs; metrics/data.json: images per split, duplicates\n"
-          "  figures/eval/, figures/compare/   confusion matrices, ROC, gallery with Grad-CAM\n"
-          "  dvc exp show --only-changed       this experiment beside the others\n"
-          "  mlflow ui --backend-store-uri sqlite:///mlflow.db   every training run")
+    print(
+        "[real] results:\n"
+        "  reports/results.md        the results table (test split; chosen model in bold)\n"
+        "  metrics/eval/<model>.json test metrics with 95 % CIs; metrics/data.json: images per split, duplicates\n"
+        "  figures/eval/, figures/compare/   confusion matrices, ROC, gallery with Grad-CAM\n"
+        "  dvc exp show --only-changed       this experiment beside the others\n"
+        "  mlflow ui --backend-store-uri sqlite:///mlflow.db   every training run"
+    )
     report = Path("reports/results.md")
     if report.is_file():
         lines = report.read_text().splitlines()

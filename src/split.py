@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -18,8 +17,8 @@ from cxr.config import ConfigError, SplitConfig, load_params, section
 from cxr.data.manifest import ManifestError, build_manifest, summary_table, write_manifest, write_quarantine
 from cxr.stage import run_stage
 
-
 ERRORS = (ConfigError, ManifestError)  # user-actionable (see cxr.stage)
+
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

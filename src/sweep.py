@@ -30,20 +30,20 @@ from pathlib import Path
 from cxr.config import ConfigError, EvaluateConfig, MlflowConfig, SweepConfig, load_params, section
 from cxr.data.cache import CacheError, load_info, load_split
 from cxr.device import describe, resolve_device
-from cxr.gpus import GpuClaimError, claim_gpus
-from cxr.training import distributed
-from cxr.plots import save_figure, sweep_heatmap_figure
 from cxr.files import json_safe, write_metrics
-from cxr.training.engine import TrainingDivergedError
-from cxr.stage import run_stage
-from cxr.training.sweep import run_sweep
-from cxr.tracking import make_tracker
-from cxr.training.fit import resolve_run_config
+from cxr.gpus import GpuClaimError, claim_gpus
 from cxr.models import WeightsUnavailableError
 from cxr.models.weights import materialised_weights
-
+from cxr.plots import save_figure, sweep_heatmap_figure
+from cxr.stage import run_stage
+from cxr.tracking import make_tracker
+from cxr.training import distributed
+from cxr.training.engine import TrainingDivergedError
+from cxr.training.fit import resolve_run_config
+from cxr.training.sweep import run_sweep
 
 ERRORS = (ConfigError, CacheError, TrainingDivergedError, GpuClaimError, WeightsUnavailableError)  # see cxr.stage
+
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -72,8 +72,10 @@ def main(argv=None) -> int:
     train, val, test = (load_split(args.cache, s) for s in ("train", "val", "test"))
     device = resolve_device(args.device)
     n = len(cfg.batch_sizes) * len(cfg.lrs)
-    print(f"[sweep] {cfg.model}: {len(cfg.batch_sizes)} batch sizes x {len(cfg.lrs)} learning rates = {n} runs of "
-          f"{cfg.epochs} epoch(s) at {base.image_size} px; selection on {cfg.select_metric}")
+    print(
+        f"[sweep] {cfg.model}: {len(cfg.batch_sizes)} batch sizes x {len(cfg.lrs)} learning rates = {n} runs of "
+        f"{cfg.epochs} epoch(s) at {base.image_size} px; selection on {cfg.select_metric}"
+    )
     with contextlib.ExitStack() as stack:
         devices = sweep_devices(cfg.devices, args.device, device, n, stack)
         return run(args, cfg, base, info, train, val, test, mlflow_cfg, eval_cfg, devices)
@@ -95,32 +97,58 @@ def run(args, cfg, base, info, train, val, test, mlflow_cfg, eval_cfg, devices) 
         print(f"[sweep] on {describe(resolve_device(devices[0]))}")
 
     tracker = make_tracker(mlflow_cfg.experiment)
-    with tracker.start_run(f"sweep-{cfg.model}", tags={"stage": "sweep", "model": cfg.model,
-                                                        "data_version": info.get("data_version", "")}):
-        tracker.log_params({"model": cfg.model, "batch_sizes": cfg.batch_sizes, "lrs": cfg.lrs, "epochs": cfg.epochs,
-                            "image_size": base.image_size, "select_metric": cfg.select_metric})
-        result = run_sweep(base, cfg.batch_sizes, cfg.lrs, (train.images, train.labels), (val.images, val.labels),
-                           (test.images, test.labels), select_metric=cfg.select_metric, devices=devices,
-                           tracker=tracker, progress=not args.no_progress, data_version=info.get("data_version", ""),
-                           threshold_method=eval_cfg.threshold, fixed_threshold=eval_cfg.fixed_threshold,
-                           eval_batch_size=cfg.eval_batch_size)
+    with tracker.start_run(
+        f"sweep-{cfg.model}", tags={"stage": "sweep", "model": cfg.model, "data_version": info.get("data_version", "")}
+    ):
+        tracker.log_params(
+            {
+                "model": cfg.model,
+                "batch_sizes": cfg.batch_sizes,
+                "lrs": cfg.lrs,
+                "epochs": cfg.epochs,
+                "image_size": base.image_size,
+                "select_metric": cfg.select_metric,
+            }
+        )
+        result = run_sweep(
+            base,
+            cfg.batch_sizes,
+            cfg.lrs,
+            (train.images, train.labels),
+            (val.images, val.labels),
+            (test.images, test.labels),
+            select_metric=cfg.select_metric,
+            devices=devices,
+            tracker=tracker,
+            progress=not args.no_progress,
+            data_version=info.get("data_version", ""),
+            threshold_method=eval_cfg.threshold,
+            fixed_threshold=eval_cfg.fixed_threshold,
+            eval_batch_size=cfg.eval_batch_size,
+        )
         summary = json_safe(result.summary())
         write_metrics(args.metrics, summary)
         Path(args.table).parent.mkdir(parents=True, exist_ok=True)
         result.table().round(6).to_csv(args.table, index=False, lineterminator="\n")
 
         b = result.best
-        fig = sweep_heatmap_figure(cfg.batch_sizes, cfg.lrs, result.matrix(cfg.select_metric, cfg.batch_sizes, cfg.lrs),
-                                   metric=cfg.select_metric, selected=(b["batch_size"], b["lr"]),
-                                   title=f"Sweep {cfg.model}, {cfg.epochs} epoch(s): {cfg.select_metric} "
-                                         "(red box = selected on validation)")
+        fig = sweep_heatmap_figure(
+            cfg.batch_sizes,
+            cfg.lrs,
+            result.matrix(cfg.select_metric, cfg.batch_sizes, cfg.lrs),
+            metric=cfg.select_metric,
+            selected=(b["batch_size"], b["lr"]),
+            title=f"Sweep {cfg.model}, {cfg.epochs} epoch(s): {cfg.select_metric} (red box = selected on validation)",
+        )
         tracker.log_metrics({f"best_{cfg.select_metric}": b[cfg.select_metric]})
         tracker.set_tags({"best_batch_size": b["batch_size"], "best_lr": b["lr"]})
         tracker.log_figure(fig, "sweep/heatmap.png")
         save_figure(fig, Path(args.figures) / "heatmap.png")
         tracker.log_artifact(args.table, "sweep")
-    print(f"[sweep] selected batch_size={b['batch_size']} lr={b['lr']:g} ({cfg.select_metric} "
-          f"{b[cfg.select_metric]:.4f}); table in {args.table}")
+    print(
+        f"[sweep] selected batch_size={b['batch_size']} lr={b['lr']:g} ({cfg.select_metric} "
+        f"{b[cfg.select_metric]:.4f}); table in {args.table}"
+    )
     return 0
 
 

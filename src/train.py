@@ -25,25 +25,24 @@ import contextlib
 import csv
 import math
 import sys
-
-import pandas as pd
 from pathlib import Path
 
-from cxr import checkpoint
+import pandas as pd
 import torch
 
+from cxr import checkpoint
 from cxr.config import ConfigError, EvaluateConfig, MlflowConfig, TrainConfig, load_params, section
 from cxr.data.cache import CacheError, load_info, load_split
 from cxr.device import describe, resolve_device
-from cxr.stage import run_stage
+from cxr.files import write_metrics
 from cxr.gpus import GpuClaimError, claim_gpus
-from cxr.tracking import NullTracker, make_tracker, run_name, run_tags
-from cxr.training import distributed
 from cxr.models import WeightsUnavailableError
 from cxr.models.weights import materialised_weights
-from cxr.files import write_metrics
 from cxr.plots import save_figure, training_curves_figure
 from cxr.runlock import ResumeLockedError, resume_lock
+from cxr.stage import run_stage
+from cxr.tracking import NullTracker, make_tracker, run_name, run_tags
+from cxr.training import distributed
 from cxr.training.engine import TrainingDivergedError
 from cxr.training.fit import config_hash, fit, resolve_run_config
 
@@ -54,6 +53,7 @@ HISTORY_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "v
 
 ERRORS = (ConfigError, CacheError, WeightsUnavailableError, ResumeLockedError, TrainingDivergedError, GpuClaimError)
 
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--params", default="params.yaml")
@@ -63,9 +63,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--metrics", required=True, help="final validation metrics JSON")
     p.add_argument("--history", required=True, help="per-epoch history CSV")
     p.add_argument("--figures", required=True, help="folder for the curves PNG")
-    p.add_argument("--pretrained", default=None,
-                   help="the weights stage's output (models/pretrained): where pretrained weights are read from")
-    p.add_argument("--resume", required=True, help="resume checkpoint, outside the DVC outputs (data/resume/<model>.pt)")
+    p.add_argument(
+        "--pretrained",
+        default=None,
+        help="the weights stage's output (models/pretrained): where pretrained weights are read from",
+    )
+    p.add_argument(
+        "--resume", required=True, help="resume checkpoint, outside the DVC outputs (data/resume/<model>.pt)"
+    )
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:1 | mps")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
     return p.parse_args(argv)
@@ -101,9 +106,11 @@ def main(argv=None) -> int:
     t: TrainConfig = section(params, "train", TrainConfig)
     n = distributed.resolve_devices(t.devices, args.device)
     if n > 1 and run_cfg.batch_size % n:
-        raise ConfigError(f"batch_size {run_cfg.batch_size} of {args.model} is not a multiple of train.devices = {n}: "
-                          f"each process takes an equal share of every batch. Fix: a batch_size that {n} divides, "
-                          "or another train.devices.")
+        raise ConfigError(
+            f"batch_size {run_cfg.batch_size} of {args.model} is not a multiple of train.devices = {n}: "
+            f"each process takes an equal share of every batch. Fix: a batch_size that {n} divides, "
+            "or another train.devices."
+        )
     gpu = resolve_device(args.device).type == "cuda" and args.device in ("auto", "cuda")
     with claim_gpus(n if gpu else 0) as claim:
         if n > 1:
@@ -123,14 +130,20 @@ def train(args: argparse.Namespace, params: dict, run_cfg, device: torch.device)
     train, val = load_split(args.cache, "train"), load_split(args.cache, "val")
     world = distributed.world_size()
     if main_rank:
-        print(f"[{args.model}] {len(train)} train / {len(val)} val images at {info['cache_size']} px -> "
-              f"{run_cfg.image_size} px on {describe(device)}" + (f" x {world} processes (DDP)" if world > 1 else "")
-              + f"; pretrained={run_cfg.pretrained}")
+        print(
+            f"[{args.model}] {len(train)} train / {len(val)} val images at {info['cache_size']} px -> "
+            f"{run_cfg.image_size} px on {describe(device)}"
+            + (f" x {world} processes (DDP)" if world > 1 else "")
+            + f"; pretrained={run_cfg.pretrained}"
+        )
 
     tracker = make_tracker(mlflow_cfg.experiment) if main_rank else NullTracker()
     data_version = info.get("data_version", "")
-    tags = {**run_tags(args.model, data_version=data_version, device=describe(device)), "world_size": world,
-            "config_hash": config_hash(run_cfg, data_version)[:16]}
+    tags = {
+        **run_tags(args.model, data_version=data_version, device=describe(device)),
+        "world_size": world,
+        "config_hash": config_hash(run_cfg, data_version)[:16],
+    }
     # One trainer per resume state (rank 0 holds it): a rerun after `kill -9` of dvc must not race the orphan.
     with resume_lock(args.resume, args.model) if main_rank else contextlib.nullcontext():
         if main_rank and Path(args.resume).is_file():  # the lock is ours: that run is dead, and so is its MLflow run
@@ -142,10 +155,19 @@ def train(args: argparse.Namespace, params: dict, run_cfg, device: torch.device)
 
 def _fit_and_write(args, run_cfg, device, train, val, info, tracker, tags, mlflow_cfg, eval_cfg, main_rank) -> int:
     with tracker.start_run(run_name=run_name(args.model), tags=tags):
-        result = fit(run_cfg, (train.images, train.labels), (val.images, val.labels), device=device, tracker=tracker,
-                     resume_path=args.resume, data_version=info.get("data_version", ""), progress=not args.no_progress,
-                     threshold_method=eval_cfg.threshold, fixed_threshold=eval_cfg.fixed_threshold,
-                     cache_resize=info.get("resize", "stretch"))
+        result = fit(
+            run_cfg,
+            (train.images, train.labels),
+            (val.images, val.labels),
+            device=device,
+            tracker=tracker,
+            resume_path=args.resume,
+            data_version=info.get("data_version", ""),
+            progress=not args.no_progress,
+            threshold_method=eval_cfg.threshold,
+            fixed_threshold=eval_cfg.fixed_threshold,
+            cache_resize=info.get("resize", "stretch"),
+        )
         if not main_rank:
             return 0
         checkpoint.save(args.out, result.model, result.card)
@@ -154,22 +176,28 @@ def _fit_and_write(args, run_cfg, device, train, val, info, tracker, tags, mlflo
         write_metrics(args.metrics, metrics)
         write_history(Path(args.history), result.history)
 
-        fig = training_curves_figure(pd.DataFrame(result.history), best_epoch=result.best["best_epoch"],
-                                     title=f"{args.model}: training curves (kept epoch by {run_cfg.select_metric})")
+        fig = training_curves_figure(
+            pd.DataFrame(result.history),
+            best_epoch=result.best["best_epoch"],
+            title=f"{args.model}: training curves (kept epoch by {run_cfg.select_metric})",
+        )
         save_figure(fig, Path(args.figures) / "curves.png")
 
         # The kept epoch's validation metrics under best_* names, beside the per-epoch val_* curves.
-        tracker.log_metrics({(f"best_{k}" if k.startswith("val_") else k): v for k, v in metrics.items()
-                             if isinstance(v, (int, float))})
+        tracker.log_metrics(
+            {(f"best_{k}" if k.startswith("val_") else k): v for k, v in metrics.items() if isinstance(v, (int, float))}
+        )
         tracker.log_metrics(result.timings())  # timings: MLflow and the log only, never a DVC output
         tracker.log_figure(fig, "curves.png")
         tracker.log_artifact(Path(args.out) / checkpoint.META_FILE)
         tracker.log_artifact(args.history)
         if mlflow_cfg.log_model:
             tracker.log_model(result.model, name="model", image_size=run_cfg.image_size)
-    print(f"[{args.model}] best epoch {result.best['best_epoch']}: val_auc {result.best['val_auc']:.4f} "
-          f"val_loss {result.best['val_loss']:.4f}; threshold {result.threshold:.3f}; checkpoint in {args.out} "
-          f"({result.timings().get('seconds_per_epoch', 0.0):.1f} s/epoch)")
+    print(
+        f"[{args.model}] best epoch {result.best['best_epoch']}: val_auc {result.best['val_auc']:.4f} "
+        f"val_loss {result.best['val_loss']:.4f}; threshold {result.threshold:.3f}; checkpoint in {args.out} "
+        f"({result.timings().get('seconds_per_epoch', 0.0):.1f} s/epoch)"
+    )
     return 0
 
 

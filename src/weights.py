@@ -58,8 +58,11 @@ def main(argv=None) -> int:
             loc = Path(local)
             files = [loc] if loc.is_file() else sorted(f for f in loc.rglob("*") if f.is_file())
             # Their hashes go into the manifest, so dvc.lock changes when the local files do.
-            records[name] = {"source": "local", "path": str(local),
-                             "files": {(f.name if f == loc else str(f.relative_to(loc))): sha256_file(f) for f in files}}
+            records[name] = {
+                "source": "local",
+                "path": str(local),
+                "files": {(f.name if f == loc else str(f.relative_to(loc))): sha256_file(f) for f in files},
+            }
             print(f"[weights] {name}: local weights {local}")
             continue
         t0 = time.monotonic()

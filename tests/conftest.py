@@ -50,7 +50,8 @@ def shared_data() -> Path:
 
 @pytest.fixture(scope="session")
 def synthetic_raw(tmp_path_factory) -> Path:
-    """A small synthetic canonical tree raw/{train,val,test}/{NORMAL,PNEUMONIA}/ (session-wide, read-only by convention)."""
+    """A small synthetic canonical tree raw/{train,val,test}/{NORMAL,PNEUMONIA}/ (session-wide, read-only
+    by convention)."""
     from cxr.config import SyntheticConfig
     from cxr.data.synthetic import generate
 

@@ -27,8 +27,15 @@ def spawn(fn, world: int, *args) -> None:
 
 
 def _env(rank: int, world: int, port: int) -> None:
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+    os.environ.update(
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_WORLD_SIZE=str(world),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        OMP_NUM_THREADS="1",
+    )
     torch.set_num_threads(1)
 
 
@@ -36,8 +43,18 @@ class Interrupt(Exception):
     pass
 
 
-def fit_worker(rank: int, world: int, port: int, cfg, train, val, out: str, resume: str | None = None,
-               stop_after: int | None = None, device: str = "cpu") -> None:
+def fit_worker(
+    rank: int,
+    world: int,
+    port: int,
+    cfg,
+    train,
+    val,
+    out: str,
+    resume: str | None = None,
+    stop_after: int | None = None,
+    device: str = "cpu",
+) -> None:
     """``fit`` on every rank; rank 0 saves what it returned to ``out`` (or ``out``.interrupted).
     ``device``: cpu (gloo) or cuda (this rank's GPU, NCCL)."""
     from cxr.training import distributed
@@ -53,19 +70,37 @@ def fit_worker(rank: int, world: int, port: int, cfg, train, val, out: str, resu
     with distributed.process_group(device, timeout_s=120):
         assert distributed.world_size() == world and distributed.rank() == rank
         try:
-            r = fit(cfg, train, val, device=device, progress=False, resume_path=resume, data_version="v1",
-                    on_epoch_end=on_epoch_end)
+            r = fit(
+                cfg,
+                train,
+                val,
+                device=device,
+                progress=False,
+                resume_path=resume,
+                data_version="v1",
+                on_epoch_end=on_epoch_end,
+            )
         except Interrupt:
             if rank == 0:
                 Path(out + ".interrupted").touch()
             return
         # Every rank must end with the same weights and metrics; rank 0 checks the others'.
         parts = [None] * world
-        torch.distributed.all_gather_object(parts, (r.history, r.best, r.threshold,
-                                                    {k: v.detach().cpu().clone() for k, v in r.model.state_dict().items()}))
+        torch.distributed.all_gather_object(
+            parts,
+            (r.history, r.best, r.threshold, {k: v.detach().cpu().clone() for k, v in r.model.state_dict().items()}),
+        )
         if rank == 0:
-            torch.save({"history": r.history, "best": r.best, "threshold": r.threshold,
-                        "state": {k: v.cpu() for k, v in r.model.state_dict().items()}, "ranks": parts}, out)
+            torch.save(
+                {
+                    "history": r.history,
+                    "best": r.best,
+                    "threshold": r.threshold,
+                    "state": {k: v.cpu() for k, v in r.model.state_dict().items()},
+                    "ranks": parts,
+                },
+                out,
+            )
 
 
 def grad_worker(rank: int, world: int, port: int, out: str) -> None:
@@ -90,5 +125,10 @@ def grad_worker(rank: int, world: int, port: int, out: str) -> None:
         idx = list(sampler)[0]
         loss_fn(ddp(x[idx]).squeeze(1), y[idx]).backward()
         if rank == 0:
-            torch.save({"single": {n: p.grad for n, p in single.named_parameters()},
-                        "ddp": {n: p.grad for n, p in ddp_model.named_parameters()}}, out)
+            torch.save(
+                {
+                    "single": {n: p.grad for n, p in single.named_parameters()},
+                    "ddp": {n: p.grad for n, p in ddp_model.named_parameters()},
+                },
+                out,
+            )

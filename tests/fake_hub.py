@@ -6,7 +6,8 @@
         os.environ["CXR_TORCHVISION_BASE_URL"] = hub.url + "/models/"; os.environ["HF_ENDPOINT"] = hub.url
 
 Nothing leaves 127.0.0.1. ``hub.drop`` holds paths whose body is cut off halfway (the connection
-closes), ``hub.drop_once`` the same for the next request only; ``hub.etag_override`` lies about a file's sha256; ``hub.requests`` logs (method, path).
+closes), ``hub.drop_once`` the same for the next request only; ``hub.etag_override`` lies about a
+file's sha256; ``hub.requests`` logs (method, path).
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ class FakeHub:
                     return
                 if path in hub.drop or path in hub.drop_once:  # half the body, then the connection goes away
                     hub.drop_once.discard(path)
-                    self.wfile.write(data[start:start + (len(data) - start) // 2])
+                    self.wfile.write(data[start : start + (len(data) - start) // 2])
                     self.wfile.flush()
                     self.connection.shutdown(socket.SHUT_RDWR)
                     self.close_connection = True

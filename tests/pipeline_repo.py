@@ -39,10 +39,16 @@ def env() -> dict:
     for k in ("MLFLOW_TRACKING_URI", "DVC_ROOT", "DVC_EXP_NAME"):
         e.pop(k, None)
     e.update(
-        GIT_AUTHOR_NAME="cxr-test", GIT_AUTHOR_EMAIL="test@example.invalid",
-        GIT_COMMITTER_NAME="cxr-test", GIT_COMMITTER_EMAIL="test@example.invalid",
-        HF_HUB_OFFLINE="1", DVC_NO_ANALYTICS="1", PYTHONUNBUFFERED="1",
-        MPLBACKEND="Agg", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
+        GIT_AUTHOR_NAME="cxr-test",
+        GIT_AUTHOR_EMAIL="test@example.invalid",
+        GIT_COMMITTER_NAME="cxr-test",
+        GIT_COMMITTER_EMAIL="test@example.invalid",
+        HF_HUB_OFFLINE="1",
+        DVC_NO_ANALYTICS="1",
+        PYTHONUNBUFFERED="1",
+        MPLBACKEND="Agg",
+        OMP_NUM_THREADS="1",
+        TOKENIZERS_PARALLELISM="false",
     )
     return e
 
@@ -68,8 +74,11 @@ def deep_update(base: dict, extra: dict) -> dict:
 
 def shipped_files() -> list[str]:
     out = subprocess.run(
-        ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO_ROOT,
-        capture_output=True, text=True, check=True,
+        ["git", "ls-files", "-co", "--exclude-standard", "-z"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     return [f for f in out.split("\0") if f and (REPO_ROOT / f).is_file()]
 
@@ -103,11 +112,17 @@ def load_stage(name: str):
     return module
 
 
-def run_stage_script(name: str, *args: str, cwd=None) -> "subprocess.CompletedProcess":
+def run_stage_script(name: str, *args: str, cwd=None) -> subprocess.CompletedProcess:
     """``python src/<name>.py args...`` as DVC runs it: the real exit code and stderr."""
     import subprocess
     import sys
 
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "src")}
-    return subprocess.run([sys.executable, str(REPO_ROOT / "src" / f"{name}.py"), *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, str(REPO_ROOT / "src" / f"{name}.py"), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )

@@ -9,12 +9,19 @@ import pytest
 import torch
 
 from cxr import checkpoint
-from cxr.training.engine import predict_probabilities
 from cxr.models import build_model
+from cxr.training.engine import predict_probabilities
 from toydata import card_for
 
-TINY_VIT = {"config": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
-                       "intermediate_size": 64, "patch_size": 8}}
+TINY_VIT = {
+    "config": {
+        "hidden_size": 32,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "intermediate_size": 64,
+        "patch_size": 8,
+    }
+}
 
 
 @pytest.mark.parametrize("name,options", [("cnn", {}), ("vit", TINY_VIT)])
@@ -30,7 +37,9 @@ def test_round_trip_identical_predictions(tmp_path, name, options):
     json.loads((tmp_path / "m" / "model.json").read_text())
     images = np.random.default_rng(0).integers(0, 256, (5, 40, 40)).astype(np.uint8)
     kw = dict(mean=meta2.mean, std=meta2.std, image_size=meta2.image_size, device="cpu")
-    np.testing.assert_array_equal(predict_probabilities(model, images, **kw), predict_probabilities(loaded, images, **kw))
+    np.testing.assert_array_equal(
+        predict_probabilities(model, images, **kw), predict_probabilities(loaded, images, **kw)
+    )
 
 
 def test_weights_file_is_a_plain_state_dict(tmp_path):
@@ -46,14 +55,37 @@ def test_load_missing_checkpoint_says_how_to_make_one(tmp_path):
 
 
 V1_CARD = {  # a model.json as the first releases wrote it (format_version 1)
-    "format_version": 1, "arch": {"name": "cnn", "image_size": 16, "options": {}}, "model": "cnn", "image_size": 16,
-    "cache_size": 20, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "channels": 3,
-    "resize": "bilinear, antialiased, to image_size x image_size", "classes": ["NORMAL", "PNEUMONIA"],
-    "positive_class": "PNEUMONIA", "threshold": 0.42, "threshold_method": "youden on validation",
-    "train_params": {"model": "cnn", "lr": 0.001, "aug_enabled": True, "aug_crop_scale_min": 0.7,
-                     "aug_crop_scale_max": 1.0, "aug_brightness": 0.3},
-    "data_version": "dv1", "best_epoch": 2, "val_auc": 0.9, "val_loss": 0.4, "val_acc": 0.8, "epochs_run": 3,
-    "stopped_early": False, "device": "cpu", "mlflow_run_id": "abc", "git_commit": "123",
+    "format_version": 1,
+    "arch": {"name": "cnn", "image_size": 16, "options": {}},
+    "model": "cnn",
+    "image_size": 16,
+    "cache_size": 20,
+    "mean": [0.5, 0.5, 0.5],
+    "std": [0.5, 0.5, 0.5],
+    "channels": 3,
+    "resize": "bilinear, antialiased, to image_size x image_size",
+    "classes": ["NORMAL", "PNEUMONIA"],
+    "positive_class": "PNEUMONIA",
+    "threshold": 0.42,
+    "threshold_method": "youden on validation",
+    "train_params": {
+        "model": "cnn",
+        "lr": 0.001,
+        "aug_enabled": True,
+        "aug_crop_scale_min": 0.7,
+        "aug_crop_scale_max": 1.0,
+        "aug_brightness": 0.3,
+    },
+    "data_version": "dv1",
+    "best_epoch": 2,
+    "val_auc": 0.9,
+    "val_loss": 0.4,
+    "val_acc": 0.8,
+    "epochs_run": 3,
+    "stopped_early": False,
+    "device": "cpu",
+    "mlflow_run_id": "abc",
+    "git_commit": "123",
     "library_versions": {"torch": "2.0"},
 }
 

@@ -15,6 +15,7 @@ import subprocess
 
 import pytest
 import yaml
+
 from pipeline_repo import BIN, env, make_repo, shipped_files
 
 
@@ -50,16 +51,25 @@ def test_every_override_exists_in_params_and_recipes_differ(repo_root):
 
 
 def test_make_real_without_data_says_what_to_pass(repo_root):
-    p = subprocess.run(["make", "--no-print-directory", "real"], cwd=repo_root, capture_output=True, text=True,
-                       check=False, timeout=60, env={**os.environ, "DATA": ""})
+    p = subprocess.run(
+        ["make", "--no-print-directory", "real"],
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+        env={**os.environ, "DATA": ""},
+    )
     assert p.returncode != 0
     assert "make real DATA=/path/to/chest-xray-pneumonia.zip" in p.stderr + p.stdout
 
 
 def _copy_sample(shared, dest, n_train=50, n_test=20, seed=0):
     rng = random.Random(seed)
-    for src_root, split, n in ((shared / "kermany224", "train", n_train),
-                               (shared / "kermany224-external-a", "test", n_test)):
+    for src_root, split, n in (
+        (shared / "kermany224", "train", n_train),
+        (shared / "kermany224-external-a", "test", n_test),
+    ):
         for cls in ("NORMAL", "PNEUMONIA"):
             files = sorted((src_root / split / cls).iterdir())
             (dest / split / cls).mkdir(parents=True)
@@ -70,10 +80,12 @@ def _copy_sample(shared, dest, n_train=50, n_test=20, seed=0):
     shutil.copyfile(first, dest / "test" / "PNEUMONIA" / "person9999_bacteria_1.jpeg")
 
 
-TINY = ("-S epochs=1 -S batch_size=16 -S image_size=32 -S preprocess.cache_size=40 -S preprocess.workers=1 "
-        "-S models.cnn.epochs=1 -S models.resnet50.image_size=32 -S models.vgg16.image_size=32 "
-        "-S models.vit.image_size=32 -S sweep.batch_sizes=[16] -S sweep.lrs=[0.001] -S sweep.image_size=32 "
-        "-S evaluate.n_resamples=100 -S mlflow.log_model=false")
+TINY = (
+    "-S epochs=1 -S batch_size=16 -S image_size=32 -S preprocess.cache_size=40 -S preprocess.workers=1 "
+    "-S models.cnn.epochs=1 -S models.resnet50.image_size=32 -S models.vgg16.image_size=32 "
+    "-S models.vit.image_size=32 -S sweep.batch_sizes=[16] -S sweep.lrs=[0.001] -S sweep.image_size=32 "
+    "-S evaluate.n_resamples=100 -S mlflow.log_model=false"
+)
 
 
 @pytest.mark.slow
@@ -85,9 +97,24 @@ def test_make_real_runs_end_to_end_on_real_images(tmp_path, shared_data):
     (repo / ".venv").symlink_to(BIN.parent)  # the venv running the tests; -o: never reinstall it
     e = env()
     e["PYTHONPATH"] = str(repo / "src")
-    p = subprocess.run(["make", "--no-print-directory", "-o", ".venv/.installed", "real", f"DATA={data}",
-                        "RECIPE=cpu", f"REAL_ARGS={TINY}"], cwd=repo, env=e, capture_output=True, text=True,
-                       check=False, timeout=1800)
+    p = subprocess.run(
+        [
+            "make",
+            "--no-print-directory",
+            "-o",
+            ".venv/.installed",
+            "real",
+            f"DATA={data}",
+            "RECIPE=cpu",
+            f"REAL_ARGS={TINY}",
+        ],
+        cwd=repo,
+        env=e,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=1800,
+    )
     out = p.stdout + p.stderr
     assert p.returncode == 0, out[-6000:]
     assert "[real] recipe cpu (configs/real.yaml)" in out and "-S image_size=128" in out
@@ -98,6 +125,13 @@ def test_make_real_runs_end_to_end_on_real_images(tmp_path, shared_data):
     assert metrics["images"]["test"]["total"] == 2 * 20 + 1  # the official test split, whole
     assert metrics["duplicates_within_test_kept"] == 1
     assert json.loads((repo / "models/pretrained/manifest.json").read_text())["models"] == {}
-    shown = subprocess.run([str(BIN / "dvc"), "exp", "show", "--csv"], cwd=repo, env=e, capture_output=True,
-                           text=True, timeout=300, check=False)
+    shown = subprocess.run(
+        [str(BIN / "dvc"), "exp", "show", "--csv"],
+        cwd=repo,
+        env=e,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert "image_size" in shown.stdout and "128" in shown.stdout

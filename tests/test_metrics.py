@@ -165,4 +165,6 @@ def test_calibration_points_with_probabilities_on_bin_edges():
     assert list(cal["count"]) == [2, 1, 1]
     np.testing.assert_allclose(cal["mean_predicted"], [0.45, 0.5, 0.7])
     np.testing.assert_allclose(cal["fraction_positive"], [0.0, 1.0, 1.0])
-    assert M.expected_calibration_error([0, 1, 0, 1], [0.45, 0.5, 0.45, 0.7]) == pytest.approx((2 * 0.45 + 0.5 + 0.3) / 4)
+    assert M.expected_calibration_error([0, 1, 0, 1], [0.45, 0.5, 0.45, 0.7]) == pytest.approx(
+        (2 * 0.45 + 0.5 + 0.3) / 4
+    )

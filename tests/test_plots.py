@@ -53,8 +53,16 @@ def test_pr_and_calibration_figures():
 
 
 def test_training_curves_from_history_table():
-    h = pd.DataFrame({"epoch": [1, 2, 3], "train_loss": [0.7, 0.5, 0.4], "val_loss": [0.6, 0.55, 0.58],
-                      "train_acc": [0.6, 0.7, 0.8], "val_acc": [0.6, 0.7, 0.7], "val_auc": [0.7, 0.8, 0.79]})
+    h = pd.DataFrame(
+        {
+            "epoch": [1, 2, 3],
+            "train_loss": [0.7, 0.5, 0.4],
+            "val_loss": [0.6, 0.55, 0.58],
+            "train_acc": [0.6, 0.7, 0.8],
+            "val_acc": [0.6, 0.7, 0.7],
+            "val_auc": [0.7, 0.8, 0.79],
+        }
+    )
     fig = P.training_curves_figure(h, best_epoch=2)
     assert [ax.get_title() for ax in fig.axes] == ["Loss", "Accuracy", "Validation ROC-AUC"]
     loss_ax = fig.axes[0]
@@ -83,8 +91,10 @@ def test_augmentation_and_gallery_figures():
 
 
 def test_metrics_bar_with_ci_error_bars():
-    table = {"cnn": {"accuracy": (0.8, 0.75, 0.85), "roc_auc": (0.9, 0.88, 0.92)},
-             "vit": {"accuracy": (0.7, 0.6, 0.8), "roc_auc": (0.85, float("nan"), float("nan"))}}
+    table = {
+        "cnn": {"accuracy": (0.8, 0.75, 0.85), "roc_auc": (0.9, 0.88, 0.92)},
+        "vit": {"accuracy": (0.7, 0.6, 0.8), "roc_auc": (0.85, float("nan"), float("nan"))},
+    }
     ax = P.metrics_bar_figure(table).axes[0]
     heights = sorted(round(p.get_height(), 3) for p in ax.patches)
     assert heights == [0.7, 0.8, 0.85, 0.9]
@@ -117,8 +127,10 @@ def test_save_figure_writes_png_and_closes(tmp_path):
 
 
 def test_training_curves_from_fit_history_rows():
-    hist = [{"epoch": e, "train_loss": 1 / e, "val_loss": 1.1 / e, "train_acc": 0.5, "val_acc": 0.6, "val_auc": 0.7}
-            for e in (1, 2)]
+    hist = [
+        {"epoch": e, "train_loss": 1 / e, "val_loss": 1.1 / e, "train_acc": 0.5, "val_acc": 0.6, "val_auc": 0.7}
+        for e in (1, 2)
+    ]
     fig = P.training_curves_figure(pd.DataFrame(hist), title="cnn", best_epoch=2)
     titles = [ax.get_title() for ax in fig.axes]
     assert any("Loss" in t for t in titles) and any("AUC" in t for t in titles)

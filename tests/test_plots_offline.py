@@ -28,9 +28,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from pipeline_repo import BIN, REPO_ROOT, make_repo, run
 
 from cxr import offline_plots
+from pipeline_repo import BIN, REPO_ROOT, make_repo, run
 
 NODE_MODULES = REPO_ROOT / "node_modules"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".svg")
@@ -41,8 +41,11 @@ BROWSER_TIMEOUT_S = 120
 def chromium() -> str:
     path = shutil.which("chromium") or shutil.which("chromium-browser")
     if not path:
-        pytest.fail("Chromium not found (expected /usr/bin/chromium): install it with `make chromium` "
-                    "(as root: apt-get update && apt-get install -y chromium)", pytrace=False)
+        pytest.fail(
+            "Chromium not found (expected /usr/bin/chromium): install it with `make chromium` "
+            "(as root: apt-get update && apt-get install -y chromium)",
+            pytrace=False,
+        )
     return path
 
 
@@ -57,11 +60,19 @@ def render(page: Path, workdir: Path, screenshot: Path | None = None) -> str:
     """The DOM of ``page`` after Chromium has run its scripts, with no network at all."""
     profile = workdir / f"chromium-profile-{len(list(workdir.glob('chromium-profile-*')))}"
     cmd = [
-        chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        chromium(),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
         f"--user-data-dir={profile}",  # a fresh profile: nothing cached from an earlier, online load
         # No name resolves and every connection goes to a closed local port: a CDN fetch fails at once.
-        "--host-resolver-rules=MAP * ~NOTFOUND", "--proxy-server=http://127.0.0.1:9",
+        "--host-resolver-rules=MAP * ~NOTFOUND",
+        "--proxy-server=http://127.0.0.1:9",
         # Virtual time runs the page's timers and promises to completion, then Chromium acts.
         "--virtual-time-budget=15000",
     ]
@@ -69,8 +80,14 @@ def render(page: Path, workdir: Path, screenshot: Path | None = None) -> str:
         cmd += ["--hide-scrollbars", "--window-size=1000,5200", f"--screenshot={screenshot}"]
     else:
         cmd += ["--dump-dom"]
-    p = subprocess.run([*cmd, page.resolve().as_uri()], check=False, capture_output=True, text=True,
-                       timeout=BROWSER_TIMEOUT_S, cwd=workdir)
+    p = subprocess.run(
+        [*cmd, page.resolve().as_uri()],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=BROWSER_TIMEOUT_S,
+        cwd=workdir,
+    )
     assert p.returncode == 0, f"chromium failed on {page} (exit {p.returncode}):\n{p.stderr[-3000:]}"
     return p.stdout
 
@@ -78,8 +95,9 @@ def render(page: Path, workdir: Path, screenshot: Path | None = None) -> str:
 class PlotElements(HTMLParser):
     """Every element below each element whose id is in ``ids``: {id: [(tag, attrs), ...]}."""
 
-    VOID = frozenset({"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track",
-                      "wbr"})
+    VOID = frozenset(
+        {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
+    )
 
     def __init__(self, ids: set[str]):
         super().__init__(convert_charrefs=True)
@@ -115,12 +133,18 @@ def drawn(elements: list[tuple[str, dict]]) -> bool:
 
     Only class "marks" counts: Vega-Embed's action menu holds small SVG icons of its own.
     """
+
     def size(attrs, key):
         m = re.match(r"\d+", attrs.get(key) or "")
         return int(m.group()) if m else 0
 
-    return any(tag in ("canvas", "svg") and "marks" in (a.get("class") or "").split()
-               and size(a, "width") > 0 and size(a, "height") > 0 for tag, a in elements)
+    return any(
+        tag in ("canvas", "svg")
+        and "marks" in (a.get("class") or "").split()
+        and size(a, "width") > 0
+        and size(a, "height") > 0
+        for tag, a in elements
+    )
 
 
 def declared_plots(repo: Path) -> tuple[list[str], list[str]]:
@@ -217,7 +241,8 @@ def test_template_inlines_pinned_libraries_in_order():
     # The versions are package-lock.json's: what npm ci installed is what goes into the page.
     lock = json.loads((REPO_ROOT / "package-lock.json").read_text())["packages"]
     assert {lib.name: lib.version for lib in libraries} == {
-        n: lock[f"node_modules/{n}"]["version"] for n in ("vega", "vega-lite", "vega-embed")}
+        n: lock[f"node_modules/{n}"]["version"] for n in ("vega", "vega-lite", "vega-embed")
+    }
 
 
 def test_template_path_and_errors(tmp_path):

@@ -23,8 +23,9 @@ from cxr.data.augment import BatchAugment, Normalize, eval_resize
 from cxr.data.manifest import MANIFEST_COLUMNS
 from cxr.training.engine import make_loader
 
-ZERO = AugmentConfig(affine_degrees=0, affine_translate=0, crop_scale=(1.0, 1.0), hflip_p=0, rotation_degrees=0,
-                     brightness=0, contrast=0)
+ZERO = AugmentConfig(
+    affine_degrees=0, affine_translate=0, crop_scale=(1.0, 1.0), hflip_p=0, rotation_degrees=0, brightness=0, contrast=0
+)
 # Grey levels of 255 between two bilinear resizes whose antialiasing kernels differ (draft decode).
 # Grey levels of 255. JPEG draft mode downscales in the DCT domain, a bilinear resize differently:
 # measured mean |diff| 0.6 (worst image 2.1) at 256 px on the real full-resolution X-rays.
@@ -37,8 +38,20 @@ def full_decode(path, size: int) -> np.ndarray:
 
 
 def manifest(paths: list[str]) -> pd.DataFrame:
-    rows = [{"path": p, "label": "NORMAL" if i % 2 else "PNEUMONIA", "patient_id": f"t/{i}", "source_split": "train",
-             "split": "train", "sha256": "", "width": 0, "height": 0, "mode": "L"} for i, p in enumerate(paths)]
+    rows = [
+        {
+            "path": p,
+            "label": "NORMAL" if i % 2 else "PNEUMONIA",
+            "patient_id": f"t/{i}",
+            "source_split": "train",
+            "split": "train",
+            "sha256": "",
+            "width": 0,
+            "height": 0,
+            "mode": "L",
+        }
+        for i, p in enumerate(paths)
+    ]
     return pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
 
 
@@ -52,8 +65,9 @@ def test_cache_matches_full_decode_real_fullres(shared_data, tmp_path):
     root = shared_data / "kermany-fullres" / "train"
     paths = [f"{c}/{p.name}" for c in ("NORMAL", "PNEUMONIA") for p in sorted((root / c).glob("*.jpeg"))[:3]]
     assert len(paths) == 6
-    C.build_cache(manifest(paths), root, tmp_path / "cache", PreprocessConfig(cache_size=256), progress=False,
-                  workers=1)
+    C.build_cache(
+        manifest(paths), root, tmp_path / "cache", PreprocessConfig(cache_size=256), progress=False, workers=1
+    )
     split = C.load_split(tmp_path / "cache", "train")
     for i, p in enumerate(paths):
         assert_close_to_full_decode(split.images[i], full_decode(root / p, 256))
@@ -69,8 +83,9 @@ def test_cache_matches_full_decode_synthetic(tmp_path):
         name = f"img{k}.jpeg"
         Image.fromarray(np.clip(img, 0, 255).astype(np.uint8), "L").save(tmp_path / name, quality=90)
         paths.append(name)
-    C.build_cache(manifest(paths), tmp_path, tmp_path / "cache", PreprocessConfig(cache_size=128), progress=False,
-                  workers=1)
+    C.build_cache(
+        manifest(paths), tmp_path, tmp_path / "cache", PreprocessConfig(cache_size=128), progress=False, workers=1
+    )
     split = C.load_split(tmp_path / "cache", "train")
     for i, p in enumerate(paths):
         assert_close_to_full_decode(split.images[i], full_decode(tmp_path / p, 128))
@@ -133,8 +148,9 @@ def test_fast_affine_grid_and_normalize_match_torch():
 
     gen = torch.Generator().manual_seed(0)
     theta = BatchAugment(AugmentConfig(), 48).sample_matrices(6, gen)
-    torch.testing.assert_close(affine_grid(theta, 48), F.affine_grid(theta, [6, 1, 48, 48], align_corners=False),
-                               atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        affine_grid(theta, 48), F.affine_grid(theta, [6, 1, 48, 48], align_corners=False), atol=1e-5, rtol=0
+    )
     x01 = torch.rand(3, 1, 20, 20, generator=gen)
     m, s = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
     expected = (x01.expand(-1, 3, -1, -1) - torch.tensor(m).view(1, 3, 1, 1)) / torch.tensor(s).view(1, 3, 1, 1)

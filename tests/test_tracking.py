@@ -6,13 +6,11 @@ import inspect
 import socket
 import time
 
-import numpy as np
 import pytest
 
-from toydata import toy
-from cxr.config import load_params
 from cxr.tracking import MlflowTracker, NullTracker, artifact_location, make_tracker, run_tags, tracking_uri
 from cxr.training.fit import RunConfig, fit, resolve_run_config
+from toydata import toy
 
 
 @pytest.fixture
@@ -63,7 +61,9 @@ def test_run_with_params_and_per_epoch_metrics(monkeypatch, tmp_path, run_cfg):
     assert run.data.tags["model"] == "cnn" and "git_commit" in run.data.tags
     hist = client.get_metric_history(run_id, "val_loss")
     assert sorted(m.step for m in hist) == [1, 2]
-    assert [m.value for m in sorted(hist, key=lambda m: m.step)] == pytest.approx([h["val_loss"] for h in result.history])
+    assert [m.value for m in sorted(hist, key=lambda m: m.step)] == pytest.approx(
+        [h["val_loss"] for h in result.history]
+    )
     # One name per thing: the param is lr, the per-epoch scheduled value scheduled_lr.
     assert "lr" not in run.data.metrics and "scheduled_lr" in run.data.metrics
     models = client.search_logged_models([exp.experiment_id])
@@ -86,6 +86,7 @@ def test_unreachable_server_degrades_and_training_finishes(monkeypatch, run_cfg)
 def test_failure_mid_run_warns_once_and_disables(monkeypatch, tmp_path):
     tracker = MlflowTracker("cxr-test", uri=f"sqlite:///{tmp_path}/mlflow.db")
     with tracker.start_run("x"):
+
         def broken(*a, **k):
             raise ConnectionError("server went away")
 

@@ -9,9 +9,9 @@ import socket
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import yaml
+
 from toydata import toy, write_cache
 
 pytestmark = pytest.mark.slow
@@ -20,17 +20,36 @@ pytestmark = pytest.mark.slow
 @pytest.fixture
 def workdir(tmp_path, params):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    write_cache(tmp_path / "data" / "cache",
-                {s: toy(n, i, balanced=True) for i, (s, n) in enumerate((("train", 24), ("val", 10), ("test", 6)))})
+    write_cache(
+        tmp_path / "data" / "cache",
+        {s: toy(n, i, balanced=True) for i, (s, n) in enumerate((("train", 24), ("val", 10), ("test", 6)))},
+    )
     return tmp_path
 
 
 def run_stage(workdir, repo_root, env_extra):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "DVC_ROOT": str(workdir), **env_extra}
-    cmd = [sys.executable, str(repo_root / "src" / "train.py"), "--params", "params.yaml", "--model", "cnn",
-           "--cache", "data/cache", "--out", "models/cnn", "--metrics", "metrics/train/cnn.json",
-           "--history", "plots/history/cnn.csv", "--figures", "figures/train/cnn", "--resume", "data/resume/cnn.pt",
-           "--no-progress"]
+    cmd = [
+        sys.executable,
+        str(repo_root / "src" / "train.py"),
+        "--params",
+        "params.yaml",
+        "--model",
+        "cnn",
+        "--cache",
+        "data/cache",
+        "--out",
+        "models/cnn",
+        "--metrics",
+        "metrics/train/cnn.json",
+        "--history",
+        "plots/history/cnn.csv",
+        "--figures",
+        "figures/train/cnn",
+        "--resume",
+        "data/resume/cnn.pt",
+        "--no-progress",
+    ]
     return subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -104,10 +123,27 @@ def test_train_stage_saves_the_evaluate_threshold(workdir, repo_root):
 
 def _start(workdir, repo_root, db):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "DVC_ROOT": str(workdir), "MLFLOW_TRACKING_URI": db}
-    cmd = [sys.executable, str(repo_root / "src" / "train.py"), "--params", "params.yaml", "--model", "cnn",
-           "--cache", "data/cache", "--out", "models/cnn", "--metrics", "metrics/train/cnn.json",
-           "--history", "plots/history/cnn.csv", "--figures", "figures/train/cnn", "--resume", "data/resume/cnn.pt",
-           "--no-progress"]
+    cmd = [
+        sys.executable,
+        str(repo_root / "src" / "train.py"),
+        "--params",
+        "params.yaml",
+        "--model",
+        "cnn",
+        "--cache",
+        "data/cache",
+        "--out",
+        "models/cnn",
+        "--metrics",
+        "metrics/train/cnn.json",
+        "--history",
+        "plots/history/cnn.csv",
+        "--figures",
+        "figures/train/cnn",
+        "--resume",
+        "data/resume/cnn.pt",
+        "--no-progress",
+    ]
     return subprocess.Popen(cmd, cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 

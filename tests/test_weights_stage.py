@@ -13,11 +13,11 @@ import time
 
 import pytest
 import yaml
+
+from cxr.models.vit import VIT_HUB_ID, VIT_REVISION
 from fake_hub import FakeHub, closed_port_url
 from models.test_weights import tiny_vit_files
 from pipeline_repo import BIN, TINY_PARAMS, deep_update, env, make_repo
-
-from cxr.models.vit import VIT_HUB_ID, VIT_REVISION
 
 pytestmark = pytest.mark.slow
 
@@ -25,7 +25,9 @@ pytestmark = pytest.mark.slow
 def dvc(repo, *args, extra_env=None, check=True):
     e = env()
     e.update(extra_env or {})
-    p = subprocess.run([str(BIN / "dvc"), *args], cwd=repo, env=e, capture_output=True, text=True, timeout=900, check=False)
+    p = subprocess.run(
+        [str(BIN / "dvc"), *args], cwd=repo, env=e, capture_output=True, text=True, timeout=900, check=False
+    )
     if check and p.returncode != 0:
         raise AssertionError(f"dvc {' '.join(args)} failed ({p.returncode})\n{p.stdout[-4000:]}\n{p.stderr[-4000:]}")
     return p

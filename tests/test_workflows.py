@@ -29,9 +29,17 @@ from pipeline_repo import BIN, env, make_repo, run
 pytestmark = pytest.mark.slow
 
 MODELS = ["cnn", "resnet50", "vgg16", "vit"]
-STAGES = ["params", "fetch", "split", "preprocess", "weights", *(f"train@{m}" for m in MODELS),
-          *(f"evaluate@{m}" for m in MODELS),
-          "sweep", "compare"]
+STAGES = [
+    "params",
+    "fetch",
+    "split",
+    "preprocess",
+    "weights",
+    *(f"train@{m}" for m in MODELS),
+    *(f"evaluate@{m}" for m in MODELS),
+    "sweep",
+    "compare",
+]
 
 
 def mlflow_client(repo: Path):
@@ -65,15 +73,24 @@ def pipeline(tmp_path_factory):
 def test_repro_runs_every_stage_then_nothing(pipeline):
     repo = pipeline["repo"]
     assert ran_stages(pipeline["first"]) == set(STAGES)
-    for rel in ["data/manifest.csv", "data/cache/info.json", "metrics/data.json", "reports/results.md",
-                "reports/results.csv", "metrics/sweep.json", *(f"models/{m}/model.json" for m in MODELS),
-                *(f"metrics/eval/{m}.json" for m in MODELS), *(f"plots/eval/{m}/confusion.csv" for m in MODELS)]:
+    for rel in [
+        "data/manifest.csv",
+        "data/cache/info.json",
+        "metrics/data.json",
+        "reports/results.md",
+        "reports/results.csv",
+        "metrics/sweep.json",
+        *(f"models/{m}/model.json" for m in MODELS),
+        *(f"metrics/eval/{m}.json" for m in MODELS),
+        *(f"plots/eval/{m}/confusion.csv" for m in MODELS),
+    ]:
         assert (repo / rel).is_file(), f"{rel} missing after dvc repro"
     data = json.loads((repo / "metrics/data.json").read_text())
     assert data["shared_patients"] == 0
     # Every model is one MLflow run with the same param keys (MLflow's compare view lines them up).
-    train_runs = [r for r in experiment_runs(repo) if r.data.tags.get("model") in MODELS
-                  and r.data.tags.get("stage") == "train"]
+    train_runs = [
+        r for r in experiment_runs(repo) if r.data.tags.get("model") in MODELS and r.data.tags.get("stage") == "train"
+    ]
     assert sorted(r.data.tags["model"] for r in train_runs) == sorted(MODELS)
     commit = run(["git", "rev-parse", "--short=7", "HEAD"], repo).stdout.strip()
     assert sorted(r.info.run_name for r in train_runs) == sorted(f"{m} [{commit}]" for m in MODELS)
@@ -113,16 +130,25 @@ def test_exp_run_reruns_only_dependent_stages(experiment):
     assert list(metrics) == ["metrics/headline.json"], list(metrics)
     assert set(metrics["metrics/headline.json"]["data"]["val_auc"]) == set(MODELS)
     # As a user sees it in a 160-column terminal: the names, then every model's val and test ROC-AUC.
-    table = subprocess.run(["dvc", "exp", "show", "--no-pager", "--sort-by", "val_auc.cnn"], cwd=repo,
-                           env={**env(), "COLUMNS": "160"}, capture_output=True, text=True, timeout=300)
+    table = subprocess.run(
+        ["dvc", "exp", "show", "--no-pager", "--sort-by", "val_auc.cnn"],
+        cwd=repo,
+        env={**env(), "COLUMNS": "160"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert table.returncode == 0, table.stderr
     assert max(len(line) for line in table.stdout.splitlines()) <= 160
     assert "lr-bs" in table.stdout
     header = next(line for line in table.stdout.splitlines() if "Experiment" in line).split()
-    assert [f"val_auc.{m}" for m in MODELS] + [f"auc.{m}" for m in MODELS] == header[2:2 + 2 * len(MODELS)], header
+    assert [f"val_auc.{m}" for m in MODELS] + [f"auc.{m}" for m in MODELS] == header[2 : 2 + 2 * len(MODELS)], header
     # The experiment's own MLflow runs carry its name and the new values.
-    runs = [r for r in experiment_runs(repo) if r.data.tags.get("dvc_exp_name") == "lr-bs"
-            and r.data.tags.get("stage") == "train"]
+    runs = [
+        r
+        for r in experiment_runs(repo)
+        if r.data.tags.get("dvc_exp_name") == "lr-bs" and r.data.tags.get("stage") == "train"
+    ]
     assert sorted(r.info.run_name for r in runs) == sorted(f"{m} [lr-bs]" for m in MODELS)
     assert all(float(r.data.params["lr"]) == pytest.approx(1e-4) or r.data.tags["model"] == "vit" for r in runs)
     assert all(int(r.data.params["batch_size"]) == 16 for r in runs)
@@ -193,10 +219,13 @@ def _exp_names(repo: Path) -> dict:
     return {e.get("name"): e["revs"][0]["data"] for rev in shown for e in (rev.get("experiments") or [])}
 
 
-@pytest.mark.parametrize("name,args", [
-    ("clone-target", ["-S", "lr=1e-4", "evaluate@cnn"]),  # a target: its upstream reruns, sweep does not
-    ("clone-all", ["-S", "lr=1e-4", "-S", "batch_size=16"]),
-])
+@pytest.mark.parametrize(
+    "name,args",
+    [
+        ("clone-target", ["-S", "lr=1e-4", "evaluate@cnn"]),  # a target: its upstream reruns, sweep does not
+        ("clone-all", ["-S", "lr=1e-4", "-S", "batch_size=16"]),
+    ],
+)
 def test_exp_run_on_a_fresh_clone_is_saved(fresh_clone, name, args):
     # The lock names DVC-cached outputs this clone lacks; the experiment must still be saved and
     # listed (it once failed at the end, resolving figures/sweep/heatmap.png through the cache).
@@ -220,9 +249,22 @@ def test_mlflow_server_rest_search(pipeline, tmp_path):
     port = _free_port()
     log = (tmp_path / "server.log").open("w")
     proc = subprocess.Popen(
-        [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{repo / 'mlflow.db'}",
-         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        cwd=tmp_path, env=env(), stdout=log, stderr=subprocess.STDOUT,
+        [
+            str(BIN / "mlflow"),
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{repo / 'mlflow.db'}",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        cwd=tmp_path,
+        env=env(),
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -239,8 +281,9 @@ def test_mlflow_server_rest_search(pipeline, tmp_path):
             time.sleep(1)
 
         def post(path, body):
-            req = urllib.request.Request(f"{base}{path}", data=json.dumps(body).encode(),
-                                         headers={"Content-Type": "application/json"})
+            req = urllib.request.Request(
+                f"{base}{path}", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+            )
             with urllib.request.urlopen(req, timeout=30) as r:
                 return json.loads(r.read())
 
@@ -251,11 +294,13 @@ def test_mlflow_server_rest_search(pipeline, tmp_path):
         found = post("/api/2.0/mlflow/runs/search", {"experiment_ids": [exp_id], "max_results": 500})
         tags = [{t["key"]: t["value"] for t in r["data"].get("tags", [])} for r in found["runs"]]
         runs = [r for r, t in zip(found["runs"], tags) if t.get("stage") == "train" and not t.get("dvc_exp_name")]
-        assert sorted(t["model"] for t in tags if t.get("stage") == "train" and not t.get("dvc_exp_name")) \
-            == sorted(MODELS)
+        assert sorted(t["model"] for t in tags if t.get("stage") == "train" and not t.get("dvc_exp_name")) == sorted(
+            MODELS
+        )
         param_keys = {frozenset(p["key"] for p in r["data"]["params"]) for r in runs}
-        metric_keys = {frozenset(m["key"] for m in r["data"]["metrics"] if not m["key"].startswith("test_"))
-                       for r in runs}
+        metric_keys = {
+            frozenset(m["key"] for m in r["data"]["metrics"] if not m["key"].startswith("test_")) for r in runs
+        }
         assert len(param_keys) == 1, param_keys
         assert len(metric_keys) == 1, metric_keys
         assert {"train_loss", "val_loss", "val_auc"} <= set(next(iter(metric_keys)))

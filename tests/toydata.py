@@ -1,8 +1,8 @@
 """The one toy-data helper of the tests (not a test module): a learnable task, its cache on disk, a card.
 
-    x, y = toy(40, seed=0)                       # uint8 (40, 20, 20); class 1 carries a bright square
-    write_cache(tmp_path / "cache", {"train": toy(24, 0), "val": toy(10, 1), "test": toy(6, 2)})
-    card = card_for(model, threshold=0.3)        # a ModelCard with neutral defaults
+x, y = toy(40, seed=0)                       # uint8 (40, 20, 20); class 1 carries a bright square
+write_cache(tmp_path / "cache", {"train": toy(24, 0), "val": toy(10, 1), "test": toy(6, 2)})
+card = card_for(model, threshold=0.3)        # a ModelCard with neutral defaults
 """
 
 from __future__ import annotations
@@ -17,7 +17,9 @@ import pandas as pd
 from cxr import CLASSES
 
 
-def toy(n: int, seed: int, size: int = 20, positive: float = 0.7, balanced: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def toy(
+    n: int, seed: int, size: int = 20, positive: float = 0.7, balanced: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """(uint8 images (n, size, size), int64 labels); about ``positive`` of them class 1 (exactly half
     with ``balanced``, alternating), both classes present. Learnable in a few steps."""
     rng = np.random.default_rng(seed)
@@ -27,7 +29,7 @@ def toy(n: int, seed: int, size: int = 20, positive: float = 0.7, balanced: bool
         y = (rng.random(n) < positive).astype(np.int64)
         y[:2] = [0, 1]
     x = rng.integers(0, 80, (n, size, size)).astype(np.uint8)
-    x[y == 1, size // 5: size * 7 // 10, size * 3 // 10: size * 8 // 10] = 220
+    x[y == 1, size // 5 : size * 7 // 10, size * 3 // 10 : size * 8 // 10] = 220
     return x, y
 
 
@@ -39,12 +41,25 @@ def write_cache(root: Path, splits: dict, data_version: str = "test-dv") -> Path
         size = int(x.shape[-1])
         np.save(root / f"{s}_images.npy", x)
         np.save(root / f"{s}_labels.npy", y)
-        pd.DataFrame({"path": [f"{s}/{CLASSES[c]}/img{i}.jpeg" for i, c in enumerate(y)],
-                      "label": [CLASSES[c] for c in y], "patient_id": [f"p{i}" for i in range(len(y))]}
-                     ).to_csv(root / f"{s}.csv", index=False)
+        pd.DataFrame(
+            {
+                "path": [f"{s}/{CLASSES[c]}/img{i}.jpeg" for i, c in enumerate(y)],
+                "label": [CLASSES[c] for c in y],
+                "patient_id": [f"p{i}" for i in range(len(y))],
+            }
+        ).to_csv(root / f"{s}.csv", index=False)
         counts[s] = {"total": int(len(y))}
-    (root / "info.json").write_text(json.dumps({"cache_size": size, "resize": "stretch", "classes": list(CLASSES),
-                                                "counts": counts, "data_version": data_version}))
+    (root / "info.json").write_text(
+        json.dumps(
+            {
+                "cache_size": size,
+                "resize": "stretch",
+                "classes": list(CLASSES),
+                "counts": counts,
+                "data_version": data_version,
+            }
+        )
+    )
     return root
 
 
@@ -53,16 +68,38 @@ def card_for(model, **fields):
     from cxr.checkpoint import ModelCard
     from cxr.config import AugmentConfig
 
-    base = dict(arch=model.arch, cache_size=20, cache_resize="stretch", image_size=model.arch["image_size"],
-                mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), threshold=0.5, threshold_method="youden",
-                data_version="test", train_params={}, augment=asdict(AugmentConfig()), best_epoch=1, val_auc=0.5,
-                val_loss=0.7, val_acc=0.5, epochs_run=1, stopped_early=False)
+    base = dict(
+        arch=model.arch,
+        cache_size=20,
+        cache_resize="stretch",
+        image_size=model.arch["image_size"],
+        mean=(0.5, 0.5, 0.5),
+        std=(0.5, 0.5, 0.5),
+        threshold=0.5,
+        threshold_method="youden",
+        data_version="test",
+        train_params={},
+        augment=asdict(AugmentConfig()),
+        best_epoch=1,
+        val_auc=0.5,
+        val_loss=0.7,
+        val_acc=0.5,
+        epochs_run=1,
+        stopped_early=False,
+    )
     base.update(fields)
     return ModelCard(**base)
 
 
-def make_checkpoint(model_dir: Path, *, cache_size: int = 32, image_size: int = 24, resize: str | None = "stretch",
-                    threshold: float = 0.5, seed: int = 0) -> Path:
+def make_checkpoint(
+    model_dir: Path,
+    *,
+    cache_size: int = 32,
+    image_size: int = 24,
+    resize: str | None = "stretch",
+    threshold: float = 0.5,
+    seed: int = 0,
+) -> Path:
     """A tiny seeded `cnn` saved as the train stage saves it (random weights: no training needed)."""
     import torch
 
@@ -77,12 +114,22 @@ def make_checkpoint(model_dir: Path, *, cache_size: int = 32, image_size: int = 
     return checkpoint.save(model_dir, model, card)
 
 
-RAMP16 = (np.arange(24 * 20, dtype=np.uint16).reshape(24, 20) * 6 + 1000)  # 1000 .. 3874: 12-bit range
+RAMP16 = np.arange(24 * 20, dtype=np.uint16).reshape(24, 20) * 6 + 1000  # 1000 .. 3874: 12-bit range
 
 
-def write_dicom(path, arr: np.ndarray, *, photometric: str = "MONOCHROME2", bits_stored: int | None = None,
-                slope: float | None = None, intercept: float | None = None, window: tuple[float, float] | None = None,
-                voi_lut: tuple[int, int, list[int]] | None = None, preamble: bool = True, pixel_data: bool = True):
+def write_dicom(
+    path,
+    arr: np.ndarray,
+    *,
+    photometric: str = "MONOCHROME2",
+    bits_stored: int | None = None,
+    slope: float | None = None,
+    intercept: float | None = None,
+    window: tuple[float, float] | None = None,
+    voi_lut: tuple[int, int, list[int]] | None = None,
+    preamble: bool = True,
+    pixel_data: bool = True,
+):
     """A minimal single-frame DICOM (Digital X-Ray storage) written with pydicom."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid

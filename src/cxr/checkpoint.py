@@ -88,15 +88,20 @@ class ModelCard:
         return json.dumps(d, indent=2, default=_json_default) + "\n"
 
     @classmethod
-    def from_json(cls, text: str | dict, source: str = "model.json") -> "ModelCard":
+    def from_json(cls, text: str | dict, source: str = "model.json") -> ModelCard:
         raw = json.loads(text) if isinstance(text, str) else dict(text)
         data = _upgrade(raw, source)
         known = {f.name for f in dataclasses.fields(cls)}
-        missing = [f.name for f in dataclasses.fields(cls) if f.name not in data
-                   and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+        missing = [
+            f.name
+            for f in dataclasses.fields(cls)
+            if f.name not in data and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        ]
         if missing:
-            raise CheckpointError(f"{source} lacks {missing}: expected a model card written by the train stage "
-                                  f"(run `dvc repro train` to rewrite it)")
+            raise CheckpointError(
+                f"{source} lacks {missing}: expected a model card written by the train stage "
+                f"(run `dvc repro train` to rewrite it)"
+            )
         data = {k: v for k, v in data.items() if k in known}  # keys of newer formats are ignored, not fatal
         for k in ("mean", "std", "classes"):
             data[k] = tuple(data[k]) if k in data else None
@@ -112,24 +117,34 @@ def _upgrade(d: dict, source: str) -> dict:
     """Old formats -> the current field names. The one place that knows the history."""
     version = int(d.get("format_version", 1))
     if version > FORMAT_VERSION:
-        raise CheckpointError(f"{source} has format_version {version}, newer than this code reads "
-                              f"({FORMAT_VERSION}); update the cxr package")
+        raise CheckpointError(
+            f"{source} has format_version {version}, newer than this code reads "
+            f"({FORMAT_VERSION}); update the cxr package"
+        )
     if version == 1:
         d = dict(d)
         d.pop("git_commit", None)
         # v1 kept the cache's resize mode under several names; "resize" was prose in later v1 files.
-        mode = next((d[k] for k in ("cache_resize", "preprocess_resize", "resize") if d.get(k) in RESIZE_MODES),
-                    "stretch")
+        mode = next(
+            (d[k] for k in ("cache_resize", "preprocess_resize", "resize") if d.get(k) in RESIZE_MODES), "stretch"
+        )
         d["cache_resize"] = mode
         # v1 wrote "youden on validation"; the method is the first word.
         d["threshold_method"] = str(d.get("threshold_method", "youden")).split()[0]
         params = d.get("train_params") or {}
-        d.setdefault("augment", {
-            "enabled": params.get("aug_enabled", True), "affine_degrees": params.get("aug_affine_degrees", 15),
-            "affine_translate": params.get("aug_affine_translate", 0.1),
-            "crop_scale": [params.get("aug_crop_scale_min", 0.8), params.get("aug_crop_scale_max", 1.0)],
-            "hflip_p": params.get("aug_hflip_p", 0.5), "rotation_degrees": params.get("aug_rotation_degrees", 15),
-            "brightness": params.get("aug_brightness", 0.2), "contrast": params.get("aug_contrast", 0.2)})
+        d.setdefault(
+            "augment",
+            {
+                "enabled": params.get("aug_enabled", True),
+                "affine_degrees": params.get("aug_affine_degrees", 15),
+                "affine_translate": params.get("aug_affine_translate", 0.1),
+                "crop_scale": [params.get("aug_crop_scale_min", 0.8), params.get("aug_crop_scale_max", 1.0)],
+                "hflip_p": params.get("aug_hflip_p", 0.5),
+                "rotation_degrees": params.get("aug_rotation_degrees", 15),
+                "brightness": params.get("aug_brightness", 0.2),
+                "contrast": params.get("aug_contrast", 0.2),
+            },
+        )
         if "arch" not in d and d.get("model"):
             d["arch"] = {"name": d["model"], "image_size": d.get("image_size", 224), "options": {}}
         d.setdefault("epochs_run", 0)
@@ -187,8 +202,10 @@ def _json_default(o: Any):
 def load_card(model_dir: str | Path) -> ModelCard:
     path = Path(model_dir) / META_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"no model card at {path}; expected a folder written by cxr.checkpoint.save "
-                                f"(run `dvc repro train` to create models/<name>)")
+        raise FileNotFoundError(
+            f"no model card at {path}; expected a folder written by cxr.checkpoint.save "
+            f"(run `dvc repro train` to create models/<name>)"
+        )
     return ModelCard.from_json(path.read_text(), source=str(path))
 
 

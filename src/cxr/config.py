@@ -43,7 +43,8 @@ def check_top_level(data: dict, where: str = "params.yaml") -> None:
     if unknown:
         raise ConfigError(
             f"{where}: unknown top-level key(s) {unknown}; valid keys are {sorted(known)}. A misspelt knob "
-            f"would be ignored silently (the learning rate is `lr`): fix or remove it (dvc exp run -S lr=...)")
+            f"would be ignored silently (the learning rate is `lr`): fix or remove it (dvc exp run -S lr=...)"
+        )
 
 
 def load_params(path: str | Path = "params.yaml") -> dict:
@@ -137,9 +138,7 @@ def from_dict(cls, data: dict | None, where: str = ""):
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
-        raise ConfigError(
-            f"{where or cls.__name__}: unknown key(s) {unknown}; valid keys are {sorted(names)}"
-        )
+        raise ConfigError(f"{where or cls.__name__}: unknown key(s) {unknown}; valid keys are {sorted(names)}")
     kwargs = {}
     for f in dataclasses.fields(cls):
         key = f"{where}.{f.name}" if where else f.name
@@ -186,8 +185,10 @@ class SyntheticConfig:
     def validate(self, where: str) -> None:
         _check(self.patients >= 4, f"{where}.patients: need at least 4, found {self.patients}")
         _check(self.max_images_per_patient >= 1, f"{where}.max_images_per_patient must be >= 1")
-        _check(16 <= self.min_size <= self.max_size,
-               f"{where}: need 16 <= min_size <= max_size, found {self.min_size}, {self.max_size}")
+        _check(
+            16 <= self.min_size <= self.max_size,
+            f"{where}: need 16 <= min_size <= max_size, found {self.min_size}, {self.max_size}",
+        )
         _check(0 <= self.official_test_fraction < 1, f"{where}.official_test_fraction must be in [0, 1)")
 
 
@@ -203,8 +204,10 @@ class ArchiveLimits:
     max_ratio: float = 100.0  # uncompressed total / archive size (JPEGs barely compress: ~1)
 
     def validate(self, where: str) -> None:
-        _check(self.max_total_bytes > 0 and self.max_member_bytes > 0,
-               f"{where}: max_total_bytes and max_member_bytes must be positive")
+        _check(
+            self.max_total_bytes > 0 and self.max_member_bytes > 0,
+            f"{where}: max_total_bytes and max_member_bytes must be positive",
+        )
         _check(self.max_ratio >= 1, f"{where}.max_ratio must be >= 1, found {self.max_ratio}")
 
 
@@ -223,14 +226,17 @@ class DataConfig:
     min_rate: int = 1024  # url: bytes/s averaged over `timeout` seconds below which a download is abandoned
 
     def validate(self, where: str) -> None:
-        _check(self.source in SOURCES,
-               f"{where}.source: unknown source {self.source!r}; expected one of {list(SOURCES)}")
+        _check(
+            self.source in SOURCES, f"{where}.source: unknown source {self.source!r}; expected one of {list(SOURCES)}"
+        )
         if self.source == "path":
             _check(bool(self.path), f"{where}.path: source=path needs data.path (a folder or .zip/.tar.gz)")
         if self.source == "url":
             _check(bool(self.url), f"{where}.url: source=url needs data.url (an http(s) link to an archive)")
-        _check(self.timeout > 0 and math.isfinite(self.timeout),
-               f"{where}.timeout must be a positive number of seconds, found {self.timeout}")
+        _check(
+            self.timeout > 0 and math.isfinite(self.timeout),
+            f"{where}.timeout must be a positive number of seconds, found {self.timeout}",
+        )
         _check(self.min_rate >= 0, f"{where}.min_rate must be >= 0 (0 = no minimum), found {self.min_rate}")
 
 
@@ -318,8 +324,10 @@ class ModelOverride:
     weights: Optional[str] = None  # local torchvision state_dict file or save_pretrained directory
 
     def validate(self, where: str) -> None:
-        _check(self.lr is None or (math.isfinite(self.lr) and 0 < self.lr <= MAX_LR),
-               f"{where}.lr must be null or a finite number in (0, {MAX_LR}], found {self.lr}")
+        _check(
+            self.lr is None or (math.isfinite(self.lr) and 0 < self.lr <= MAX_LR),
+            f"{where}.lr must be null or a finite number in (0, {MAX_LR}], found {self.lr}",
+        )
 
 
 @dataclass
@@ -343,14 +351,28 @@ class TrainConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def validate(self, where: str) -> None:
-        _check(self.optimizer in ("adamw", "adam", "sgd"), f"{where}.optimizer: expected adamw, adam or sgd, found {self.optimizer!r}")
-        _check(self.scheduler in ("steplr", "cosine", "none"), f"{where}.scheduler: expected steplr, cosine or none, found {self.scheduler!r}")
-        _check(self.class_weight in ("balanced", "none"), f"{where}.class_weight: expected balanced or none, found {self.class_weight!r}")
-        _check(self.select_metric in ("val_auc", "val_loss"), f"{where}.select_metric: expected val_auc or val_loss, found {self.select_metric!r}")
+        _check(
+            self.optimizer in ("adamw", "adam", "sgd"),
+            f"{where}.optimizer: expected adamw, adam or sgd, found {self.optimizer!r}",
+        )
+        _check(
+            self.scheduler in ("steplr", "cosine", "none"),
+            f"{where}.scheduler: expected steplr, cosine or none, found {self.scheduler!r}",
+        )
+        _check(
+            self.class_weight in ("balanced", "none"),
+            f"{where}.class_weight: expected balanced or none, found {self.class_weight!r}",
+        )
+        _check(
+            self.select_metric in ("val_auc", "val_loss"),
+            f"{where}.select_metric: expected val_auc or val_loss, found {self.select_metric!r}",
+        )
         _check(self.num_workers >= 0, f"{where}.num_workers must be >= 0")
         _check_devices(self.devices, f"{where}.devices")
         _check(self.freeze_backbone_epochs >= 0, f"{where}.freeze_backbone_epochs must be >= 0")
-        _check(self.backbone_lr_factor > 0, f"{where}.backbone_lr_factor must be > 0 (freeze with freeze_backbone_epochs)")
+        _check(
+            self.backbone_lr_factor > 0, f"{where}.backbone_lr_factor must be > 0 (freeze with freeze_backbone_epochs)"
+        )
 
 
 @dataclass
@@ -375,8 +397,10 @@ class Globals:
     image_size: int = 64
 
     def validate(self, where: str) -> None:
-        _check(math.isfinite(self.lr) and 0 < self.lr <= MAX_LR,
-               f"lr must be a finite number in (0, {MAX_LR}], found {self.lr}; e.g. -S lr=1e-4")
+        _check(
+            math.isfinite(self.lr) and 0 < self.lr <= MAX_LR,
+            f"lr must be a finite number in (0, {MAX_LR}], found {self.lr}; e.g. -S lr=1e-4",
+        )
         _check(self.batch_size >= 1, f"batch_size must be >= 1, found {self.batch_size}")
         _check(self.epochs >= 1, f"epochs must be >= 1, found {self.epochs}")
         _check(self.image_size >= 16, f"image_size must be >= 16, found {self.image_size}")
@@ -408,15 +432,19 @@ class EvaluateConfig:
     augment_draws: int = 4  # augmented draws per row
 
     def validate(self, where: str) -> None:
-        _check(self.threshold in ("youden", "fixed"),
-               f"{where}.threshold: expected youden or fixed, found {self.threshold!r}")
+        _check(
+            self.threshold in ("youden", "fixed"),
+            f"{where}.threshold: expected youden or fixed, found {self.threshold!r}",
+        )
         _check(0 < self.fixed_threshold < 1, f"{where}.fixed_threshold must be in (0, 1), found {self.fixed_threshold}")
         _check(self.n_resamples >= 10, f"{where}.n_resamples must be >= 10, found {self.n_resamples}")
         _check(0 < self.confidence < 1, f"{where}.confidence must be in (0, 1), found {self.confidence}")
         _check(self.batch_size >= 1, f"{where}.batch_size must be >= 1")
         _check(self.gallery_per_outcome >= 1, f"{where}.gallery_per_outcome must be >= 1")
-        _check(self.augment_examples >= 1 and self.augment_draws >= 1,
-               f"{where}: augment_examples and augment_draws must be >= 1")
+        _check(
+            self.augment_examples >= 1 and self.augment_draws >= 1,
+            f"{where}: augment_examples and augment_draws must be >= 1",
+        )
 
 
 @dataclass
@@ -435,16 +463,24 @@ class SweepConfig:
     def validate(self, where: str) -> None:
         _check_devices(self.devices, f"{where}.devices")
         _check(self.eval_batch_size >= 1, f"{where}.eval_batch_size: expected >= 1, found {self.eval_batch_size}")
-        _check(len(self.batch_sizes) >= 1 and all(b >= 1 for b in self.batch_sizes),
-               f"{where}.batch_sizes: need a non-empty list of positive integers, found {self.batch_sizes}")
-        _check(len(self.lrs) >= 1 and all(math.isfinite(lr) and 0 < lr <= MAX_LR for lr in self.lrs),
-               f"{where}.lrs: need a non-empty list of finite numbers in (0, {MAX_LR}], found {self.lrs}")
-        _check(len(set(self.batch_sizes)) == len(self.batch_sizes) and len(set(self.lrs)) == len(self.lrs),
-               f"{where}: batch_sizes and lrs must not repeat values")
+        _check(
+            len(self.batch_sizes) >= 1 and all(b >= 1 for b in self.batch_sizes),
+            f"{where}.batch_sizes: need a non-empty list of positive integers, found {self.batch_sizes}",
+        )
+        _check(
+            len(self.lrs) >= 1 and all(math.isfinite(lr) and 0 < lr <= MAX_LR for lr in self.lrs),
+            f"{where}.lrs: need a non-empty list of finite numbers in (0, {MAX_LR}], found {self.lrs}",
+        )
+        _check(
+            len(set(self.batch_sizes)) == len(self.batch_sizes) and len(set(self.lrs)) == len(self.lrs),
+            f"{where}: batch_sizes and lrs must not repeat values",
+        )
         _check(self.epochs >= 1, f"{where}.epochs must be >= 1, found {self.epochs}")
         _check(self.image_size is None or self.image_size >= 16, f"{where}.image_size must be >= 16 or null")
-        _check(self.select_metric in ("val_auc", "val_loss"),
-               f"{where}.select_metric: expected val_auc or val_loss, found {self.select_metric!r}")
+        _check(
+            self.select_metric in ("val_auc", "val_loss"),
+            f"{where}.select_metric: expected val_auc or val_loss, found {self.select_metric!r}",
+        )
 
 
 @dataclass
@@ -454,13 +490,18 @@ class CompareConfig:
     select_metric: str = "val_auc"  # from metrics/train/<model>.json: val_auc (higher) | val_loss (lower)
     register: bool = True  # register the selected model under mlflow.registered_model (fails if MLflow is down)
     promote: str = "better"  # better: move the champion alias only to a better model on the same data | always
-    bar_metrics: list[str] = field(default_factory=lambda: [
-        "accuracy", "balanced_accuracy", "sensitivity", "specificity", "f1", "roc_auc"])
+    bar_metrics: list[str] = field(
+        default_factory=lambda: ["accuracy", "balanced_accuracy", "sensitivity", "specificity", "f1", "roc_auc"]
+    )
 
     def validate(self, where: str) -> None:
-        _check(self.select_metric in ("val_auc", "val_loss"),
-               f"{where}.select_metric: expected val_auc or val_loss, found {self.select_metric!r}")
-        _check(self.promote in ("better", "always"), f"{where}.promote: expected better or always, found {self.promote!r}")
+        _check(
+            self.select_metric in ("val_auc", "val_loss"),
+            f"{where}.select_metric: expected val_auc or val_loss, found {self.select_metric!r}",
+        )
+        _check(
+            self.promote in ("better", "always"), f"{where}.promote: expected better or always, found {self.promote!r}"
+        )
         from cxr.metrics import CI_METRICS  # local: config must not import the heavy stack at load time
 
         bad = [m for m in self.bar_metrics if m not in CI_METRICS]

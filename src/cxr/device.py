@@ -1,7 +1,7 @@
 """Device and mixed-precision choice: CUDA (bf16 autocast where supported, else fp16 + GradScaler), MPS, CPU.
 
-    device = resolve_device("auto")
-    amp_dtype, use_scaler = amp_settings(device, enabled=True)
+device = resolve_device("auto")
+amp_dtype, use_scaler = amp_settings(device, enabled=True)
 """
 
 from __future__ import annotations

@@ -67,7 +67,7 @@ class Claim:
             os.close(fd)  # closing the descriptor drops the flock
         self._fds.clear()
 
-    def __enter__(self) -> "Claim":
+    def __enter__(self) -> Claim:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -87,8 +87,16 @@ def _try_lock(path: Path) -> int | None:
     return fd
 
 
-def claim_gpus(count: int, *, at_least: int | None = None, gpus: list[str] | None = None, wait: bool = True,
-               poll_s: float = 1.0, timeout_s: float | None = None, say=print) -> Claim:
+def claim_gpus(
+    count: int,
+    *,
+    at_least: int | None = None,
+    gpus: list[str] | None = None,
+    wait: bool = True,
+    poll_s: float = 1.0,
+    timeout_s: float | None = None,
+    say=print,
+) -> Claim:
     """Claim up to ``count`` free GPUs (at least ``at_least``, default ``count``), waiting for them if needed.
 
     Nothing is claimed (an empty Claim) when claiming is off, no GPU is visible or ``count`` is 0.
@@ -99,8 +107,10 @@ def claim_gpus(count: int, *, at_least: int | None = None, gpus: list[str] | Non
         return Claim()
     need = count if at_least is None else max(1, min(at_least, count))
     if need > len(gpus):
-        raise GpuClaimError(f"{need} GPU(s) wanted, {len(gpus)} visible ({', '.join(gpus)}). Fix: ask for fewer "
-                           "(train.devices / sweep.devices), or make more visible (CUDA_VISIBLE_DEVICES).")
+        raise GpuClaimError(
+            f"{need} GPU(s) wanted, {len(gpus)} visible ({', '.join(gpus)}). Fix: ask for fewer "
+            "(train.devices / sweep.devices), or make more visible (CUDA_VISIBLE_DEVICES)."
+        )
     folder = claim_dir()
     folder.mkdir(parents=True, exist_ok=True)
     start, told = time.monotonic(), False

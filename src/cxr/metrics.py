@@ -11,9 +11,8 @@ the ROC reproduces that ROC point).
 
 from __future__ import annotations
 
-import warnings
-
 import math
+import warnings
 
 import numpy as np
 import scipy.stats
@@ -100,7 +99,9 @@ def _check_inputs(y, p) -> tuple[np.ndarray, np.ndarray]:
     if len(y) == 0:
         raise ValueError("no predictions to score (empty split?)")
     if not np.isin(y, (0, 1)).all():
-        raise ValueError(f"labels must be 0 (NORMAL) or 1 (PNEUMONIA), found values {sorted(set(np.unique(y).tolist()))}")
+        raise ValueError(
+            f"labels must be 0 (NORMAL) or 1 (PNEUMONIA), found values {sorted(set(np.unique(y).tolist()))}"
+        )
     if not np.isfinite(p).all() or p.min() < 0 or p.max() > 1:
         raise ValueError("probabilities must be finite and in [0, 1]; pass sigmoid(logits), not logits")
     return y.astype(int), p
@@ -197,8 +198,9 @@ def _resample_statistic(threshold: float):
         rows = p_all.shape[0]
         flat = _bin_index(p_all, ECE_BINS) + ECE_BINS * np.arange(rows)[:, None]
         sum_p = np.bincount(flat.ravel(), weights=p_all.ravel(), minlength=rows * ECE_BINS)
-        sum_y = np.bincount(flat.ravel(), weights=np.broadcast_to(y_all, p_all.shape).ravel(),
-                            minlength=rows * ECE_BINS)
+        sum_y = np.bincount(
+            flat.ravel(), weights=np.broadcast_to(y_all, p_all.shape).ravel(), minlength=rows * ECE_BINS
+        )
         ece = (np.abs(sum_y - sum_p).reshape(rows, ECE_BINS).sum(-1) / n).reshape(batch_shape)
 
         values = {
@@ -245,7 +247,9 @@ def bootstrap_ci(
     if len(p_neg) < 2 or len(p_pos) < 2:
         warnings.warn(
             f"bootstrap needs >= 2 images of each class, found {len(p_neg)} NORMAL and {len(p_pos)} "
-            "PNEUMONIA; confidence intervals are NaN", RuntimeWarning, stacklevel=2,
+            "PNEUMONIA; confidence intervals are NaN",
+            RuntimeWarning,
+            stacklevel=2,
         )
         return {k: (float("nan"), float("nan")) for k in CI_METRICS}
     with warnings.catch_warnings():

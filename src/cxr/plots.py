@@ -9,8 +9,8 @@ only where the caller says. The Agg backend is selected so figures render on hea
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import matplotlib
 
@@ -57,7 +57,9 @@ def _figure(w: float, h: float, nrows: int = 1, ncols: int = 1, **kw):
 # --------------------------------------------------------------------------------------------
 
 
-def confusion_matrix_figure(y_true, y_pred, class_names: Sequence[str] = CLASSES, title: str = "Confusion matrix") -> Figure:
+def confusion_matrix_figure(
+    y_true, y_pred, class_names: Sequence[str] = CLASSES, title: str = "Confusion matrix"
+) -> Figure:
     """Heatmap of counts; each cell also shows its share of the *actual* class (row percentage)."""
     y_true = np.asarray(y_true).astype(int)
     y_pred = np.asarray(y_pred).astype(int)
@@ -69,8 +71,20 @@ def confusion_matrix_figure(y_true, y_pred, class_names: Sequence[str] = CLASSES
     annot = np.array([[f"{cm[i, j]}\n{pct[i, j]:.1f}% of row" for j in range(k)] for i in range(k)])
     fig, axes = _figure(5.2, 4.4)
     ax = axes[0, 0]
-    sns.heatmap(pct, annot=annot, fmt="", cmap="Blues", vmin=0, vmax=100, cbar_kws={"label": "% of actual class"},
-                xticklabels=class_names, yticklabels=class_names, ax=ax, square=True, linewidths=0.5)
+    sns.heatmap(
+        pct,
+        annot=annot,
+        fmt="",
+        cmap="Blues",
+        vmin=0,
+        vmax=100,
+        cbar_kws={"label": "% of actual class"},
+        xticklabels=class_names,
+        yticklabels=class_names,
+        ax=ax,
+        square=True,
+        linewidths=0.5,
+    )
     ax.set_xlabel("Predicted")
     ax.set_ylabel("Actual")
     ax.set_title(f"{title} (n = {cm.sum()})")
@@ -95,8 +109,14 @@ def _roc_axes(ax, title: str) -> None:
     ax.legend(loc="lower right", fontsize=9)
 
 
-def roc_figure(fpr, tpr, auc: float | None = None, label: str = "model",
-               operating_point: tuple[float, float] | None = None, title: str = "ROC curve (test)") -> Figure:
+def roc_figure(
+    fpr,
+    tpr,
+    auc: float | None = None,
+    label: str = "model",
+    operating_point: tuple[float, float] | None = None,
+    title: str = "ROC curve (test)",
+) -> Figure:
     """One ROC curve with its AUC in the legend and the chance diagonal.
 
     ``operating_point`` = (fpr, tpr) at the chosen threshold, marked on the curve.
@@ -124,8 +144,14 @@ def roc_comparison_figure(curves: Mapping[str, tuple], title: str = "ROC curves 
     return fig
 
 
-def pr_figure(recall, precision, ap: float | None = None, prevalence: float | None = None,
-              label: str = "model", title: str = "Precision-recall curve (test)") -> Figure:
+def pr_figure(
+    recall,
+    precision,
+    ap: float | None = None,
+    prevalence: float | None = None,
+    label: str = "model",
+    title: str = "Precision-recall curve (test)",
+) -> Figure:
     """Precision-recall curve; ``prevalence`` (share of PNEUMONIA) is the no-skill line."""
     fig, axes = _figure(5.2, 5.2)
     ax = axes[0, 0]
@@ -143,14 +169,19 @@ def pr_figure(recall, precision, ap: float | None = None, prevalence: float | No
     return fig
 
 
-def calibration_figure(mean_predicted, fraction_positive, counts=None, ece: float | None = None,
-                       title: str = "Reliability diagram (test)") -> Figure:
+def calibration_figure(
+    mean_predicted, fraction_positive, counts=None, ece: float | None = None, title: str = "Reliability diagram (test)"
+) -> Figure:
     """Reliability diagram: observed PNEUMONIA share vs mean predicted probability per bin.
 
     With ``counts``, a lower panel shows how many images fall in each bin (sparse bins are noisy).
     """
-    fig, axes = _figure(5.2, 6.2 if counts is not None else 5.2, nrows=2 if counts is not None else 1,
-                        gridspec_kw={"height_ratios": [3, 1]} if counts is not None else None)
+    fig, axes = _figure(
+        5.2,
+        6.2 if counts is not None else 5.2,
+        nrows=2 if counts is not None else 1,
+        gridspec_kw={"height_ratios": [3, 1]} if counts is not None else None,
+    )
     ax = axes[0, 0]
     ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=1, label="Perfectly calibrated")
     label = "Model" if ece is None else f"Model (ECE = {ece:.3f})"
@@ -185,14 +216,19 @@ def training_curves_figure(history, best_epoch: int | None = None, title: str = 
     ``history``: a DataFrame or mapping of equal-length columns, with ``epoch`` and any of
     train_loss, val_loss, train_acc, val_acc, val_auc (missing ones are skipped).
     """
-    cols = {k: np.asarray(history[k], dtype=float) for k in history.keys()} if not hasattr(history, "columns") \
+    cols = (
+        {k: np.asarray(history[k], dtype=float) for k in history.keys()}
+        if not hasattr(history, "columns")
         else {k: history[k].to_numpy(dtype=float) for k in history.columns}
+    )
     if "epoch" not in cols or len(cols["epoch"]) == 0:
         raise ValueError(f"history needs an 'epoch' column and at least one row; found columns {sorted(cols)}")
     epoch = cols["epoch"]
-    panels = [("Loss", [("train_loss", "Train"), ("val_loss", "Validation")], "BCE loss"),
-              ("Accuracy", [("train_acc", "Train"), ("val_acc", "Validation")], "Accuracy"),
-              ("Validation ROC-AUC", [("val_auc", "Validation")], "ROC-AUC")]
+    panels = [
+        ("Loss", [("train_loss", "Train"), ("val_loss", "Validation")], "BCE loss"),
+        ("Accuracy", [("train_acc", "Train"), ("val_acc", "Validation")], "Accuracy"),
+        ("Validation ROC-AUC", [("val_auc", "Validation")], "ROC-AUC"),
+    ]
     fig, axes = _figure(13, 3.8, ncols=3)
     for ax, (name, series, ylabel) in zip(axes[0], panels):
         drawn = False
@@ -252,9 +288,16 @@ def outcome(label: int, predicted: int) -> str:
     return {(1, 1): "TP", (0, 0): "TN", (0, 1): "FP", (1, 0): "FN"}[(int(label), int(predicted))]
 
 
-def gallery_figure(images, labels, probabilities, predicted, overlays=None,
-                   class_names: Sequence[str] = CLASSES, title: str = "Good and bad classifications",
-                   threshold: float | None = None) -> Figure:
+def gallery_figure(
+    images,
+    labels,
+    probabilities,
+    predicted,
+    overlays=None,
+    class_names: Sequence[str] = CLASSES,
+    title: str = "Good and bad classifications",
+    threshold: float | None = None,
+) -> Figure:
     """Images grouped by outcome (one row each of TP, TN, FP, FN), each titled with P(pneumonia).
 
     ``images``: (N, H, W) uint8; ``overlays``: optional (N, H, W, 3) uint8 Grad-CAM overlays shown
@@ -296,8 +339,11 @@ def gallery_figure(images, labels, probabilities, predicted, overlays=None,
 # --------------------------------------------------------------------------------------------
 
 
-def metrics_bar_figure(table: Mapping[str, Mapping[str, tuple]], metrics: Sequence[str] | None = None,
-                       title: str = "Test metrics with 95% bootstrap CIs") -> Figure:
+def metrics_bar_figure(
+    table: Mapping[str, Mapping[str, tuple]],
+    metrics: Sequence[str] | None = None,
+    title: str = "Test metrics with 95% bootstrap CIs",
+) -> Figure:
     """Grouped bars: one group per metric, one bar per model, CI as error bars.
 
     ``table``: model -> metric -> (value, ci_low, ci_high); NaN bounds draw no error bar.
@@ -327,16 +373,33 @@ def metrics_bar_figure(table: Mapping[str, Mapping[str, tuple]], metrics: Sequen
     return fig
 
 
-def sweep_heatmap_figure(batch_sizes: Sequence[int], lrs: Sequence[float], values, metric: str = "val_auc",
-                         selected: tuple[int, float] | None = None, title: str | None = None) -> Figure:
+def sweep_heatmap_figure(
+    batch_sizes: Sequence[int],
+    lrs: Sequence[float],
+    values,
+    metric: str = "val_auc",
+    selected: tuple[int, float] | None = None,
+    title: str | None = None,
+) -> Figure:
     """Annotated heatmap of ``values[i, j]`` for batch_sizes[i] x lrs[j]; the selected cell is outlined."""
     values = np.asarray(values, dtype=float)
     if values.shape != (len(batch_sizes), len(lrs)):
-        raise ValueError(f"values must be (len(batch_sizes), len(lrs)) = ({len(batch_sizes)}, {len(lrs)}), found {values.shape}")
+        raise ValueError(
+            f"values must be (len(batch_sizes), len(lrs)) = ({len(batch_sizes)}, {len(lrs)}), found {values.shape}"
+        )
     fig, axes = _figure(1.6 * len(lrs) + 2.4, 1.0 * len(batch_sizes) + 1.8)
     ax = axes[0, 0]
-    sns.heatmap(values, annot=True, fmt=".3f", cmap="viridis", ax=ax, cbar_kws={"label": metric},
-                xticklabels=[f"{lr:g}" for lr in lrs], yticklabels=[str(b) for b in batch_sizes], linewidths=0.5)
+    sns.heatmap(
+        values,
+        annot=True,
+        fmt=".3f",
+        cmap="viridis",
+        ax=ax,
+        cbar_kws={"label": metric},
+        xticklabels=[f"{lr:g}" for lr in lrs],
+        yticklabels=[str(b) for b in batch_sizes],
+        linewidths=0.5,
+    )
     if selected is not None:
         i = list(batch_sizes).index(selected[0])
         j = [float(v) for v in lrs].index(float(selected[1]))
@@ -346,4 +409,3 @@ def sweep_heatmap_figure(batch_sizes: Sequence[int], lrs: Sequence[float], value
     ax.set_title(title or f"Sweep: {metric} (red box = selected on validation)")
     fig.tight_layout()
     return fig
-

@@ -20,8 +20,9 @@ import contextlib
 import os
 import subprocess
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 # Fail fast on an unreachable server: MLflow's defaults retry with backoff for minutes.
 _FAST_FAIL_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
@@ -33,7 +34,9 @@ def project_root(cwd: str | Path | None = None) -> Path:
         return Path(os.environ["DVC_ROOT"]).resolve()
     cwd = Path(cwd or os.getcwd())
     try:
-        out = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=cwd, capture_output=True, text=True, timeout=5)
+        out = subprocess.run(
+            ["git", "rev-parse", "--show-toplevel"], cwd=cwd, capture_output=True, text=True, timeout=5
+        )
         if out.returncode == 0 and out.stdout.strip():
             return Path(out.stdout.strip()).resolve()
     except (OSError, subprocess.SubprocessError):
@@ -72,8 +75,13 @@ def run_name(what: str) -> str:
 def run_tags(model: str, data_version: str = "", device: str = "") -> dict:
     """The tags every training run carries: git commit, DVC experiment name, data version, device, model."""
 
-    tags = {"model": model, "stage": "train", "data_version": data_version, "device": device,
-            "git_commit": git_commit(project_root()) or "unknown"}
+    tags = {
+        "model": model,
+        "stage": "train",
+        "data_version": data_version,
+        "device": device,
+        "git_commit": git_commit(project_root()) or "unknown",
+    }
     if os.environ.get("DVC_EXP_NAME"):
         tags["dvc_exp_name"] = os.environ["DVC_EXP_NAME"]
     return tags
@@ -121,7 +129,9 @@ class NullTracker:
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None: ...
 
-    def log_model(self, model, *, input_example=None, signature=None, name: str = "model", image_size: int | None = None) -> None: ...
+    def log_model(
+        self, model, *, input_example=None, signature=None, name: str = "model", image_size: int | None = None
+    ) -> None: ...
 
     def set_tags(self, tags: dict) -> None: ...
 
@@ -166,8 +176,12 @@ class MlflowTracker(NullTracker):
             return exp.experiment_id
 
     def _degrade(self, what: str, exc: Exception) -> None:
-        warnings.warn(f"MLflow tracking disabled after a failure in {what} ({exc.__class__.__name__}: {exc}); "
-                      f"training continues and DVC outputs are written as usual.", RuntimeWarning, stacklevel=3)
+        warnings.warn(
+            f"MLflow tracking disabled after a failure in {what} ({exc.__class__.__name__}: {exc}); "
+            f"training continues and DVC outputs are written as usual.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
         self.active = False
 
     def _safe(self, what: str, fn, *args, **kwargs) -> Any:
@@ -190,8 +204,12 @@ class MlflowTracker(NullTracker):
         if self.active:
             try:
                 mlflow.set_tracking_uri(self.uri)
-                run = mlflow.start_run(run_name=run_name, experiment_id=self.experiment_id,
-                                       tags={k: str(v) for k, v in (tags or {}).items()}, nested=nested)
+                run = mlflow.start_run(
+                    run_name=run_name,
+                    experiment_id=self.experiment_id,
+                    tags={k: str(v) for k, v in (tags or {}).items()},
+                    nested=nested,
+                )
             except Exception as exc:
                 self._degrade("start_run", exc)
         previous, self._run = self._run, run
@@ -217,6 +235,7 @@ class MlflowTracker(NullTracker):
 
     def end_stale_runs(self, tags: dict) -> int:
         """Mark RUNNING runs with these ``tags`` KILLED (a process killed with -9 could not); how many."""
+
         def end() -> int:
             where = " and ".join(f"tags.{k} = '{v}'" for k, v in tags.items())
             runs = self._client.search_runs([self.experiment_id], f"{where} and attributes.status = 'RUNNING'")
@@ -231,8 +250,9 @@ class MlflowTracker(NullTracker):
 
         # MlflowClient with an explicit run id: works in nested runs and never logs to the wrong run.
         if self.run_id:
-            self._safe("log_params", self._client.log_batch, self.run_id,
-                       params=[Param(k, str(v)) for k, v in params.items()])
+            self._safe(
+                "log_params", self._client.log_batch, self.run_id, params=[Param(k, str(v)) for k, v in params.items()]
+            )
 
     def log_metrics(self, metrics: dict, step: int | None = None) -> None:
         import math
@@ -243,15 +263,20 @@ class MlflowTracker(NullTracker):
         if not self.run_id:
             return
         now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, int(step or 0)) for k, v in metrics.items()
-                 if v is not None and not (isinstance(v, float) and math.isnan(v))]
+        items = [
+            Metric(k, float(v), now, int(step or 0))
+            for k, v in metrics.items()
+            if v is not None and not (isinstance(v, float) and math.isnan(v))
+        ]
         self._safe("log_metrics", self._client.log_batch, self.run_id, metrics=items)
 
     def set_tags(self, tags: dict) -> None:
         from mlflow.entities import RunTag
 
         if self.run_id:
-            self._safe("set_tags", self._client.log_batch, self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+            self._safe(
+                "set_tags", self._client.log_batch, self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()]
+            )
 
     def log_figure(self, fig, name: str) -> None:
         if self.run_id:
@@ -261,8 +286,9 @@ class MlflowTracker(NullTracker):
         if self.run_id:
             self._safe("log_artifact", self._client.log_artifact, self.run_id, str(path), artifact_path)
 
-    def log_model(self, model, *, input_example=None, signature=None, name: str = "model",
-                  image_size: int | None = None) -> None:
+    def log_model(
+        self, model, *, input_example=None, signature=None, name: str = "model", image_size: int | None = None
+    ) -> None:
         """``mlflow.pytorch.log_model`` with a float-tensor input signature (B, 3, H, W) -> (B, 1)."""
         if not self.run_id:
             return
@@ -277,8 +303,10 @@ class MlflowTracker(NullTracker):
 
         if signature is None:
             side = -1 if image_size is None else int(image_size)
-            signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 3, side, side), "image")]),
-                                       outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 1), "logit")]))
+            signature = ModelSignature(
+                inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 3, side, side), "image")]),
+                outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 1), "logit")]),
+            )
         model = getattr(model, "_orig_mod", model).to("cpu").eval()
         # Explicit requirements: MLflow's inference would reload the model in a subprocess (slow).
         import torchvision
@@ -306,8 +334,11 @@ class MlflowTracker(NullTracker):
                     raise ValueError("pt2 needs an input example")
                 mlflow.pytorch.log_model(model, serialization_format="pt2", **kwargs)
             except Exception as exc:
-                warnings.warn(f"MLflow pt2 export of the model failed ({exc.__class__.__name__}); logging it pickled instead",
-                              RuntimeWarning, stacklevel=2)
+                warnings.warn(
+                    f"MLflow pt2 export of the model failed ({exc.__class__.__name__}); logging it pickled instead",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
                 mlflow.pytorch.log_model(model, serialization_format="pickle", **kwargs)
 
 
@@ -332,8 +363,11 @@ def make_tracker(experiment: str, uri: str | None = None, enabled: bool = True) 
     try:
         return MlflowTracker(experiment, uri)
     except Exception as exc:
-        warnings.warn(f"MLflow tracking store {uri} is unreachable ({exc.__class__.__name__}: {str(exc)[:200]}); "
-                      f"continuing without MLflow. Metrics, plots and the model are still written for DVC. "
-                      f"Fix: start the server, or unset MLFLOW_TRACKING_URI to use the local sqlite store.",
-                      RuntimeWarning, stacklevel=2)
+        warnings.warn(
+            f"MLflow tracking store {uri} is unreachable ({exc.__class__.__name__}: {str(exc)[:200]}); "
+            f"continuing without MLflow. Metrics, plots and the model are still written for DVC. "
+            f"Fix: start the server, or unset MLFLOW_TRACKING_URI to use the local sqlite store.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
         return NullTracker()

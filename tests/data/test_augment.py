@@ -8,11 +8,19 @@ import pytest
 import torch
 
 from cxr.config import AugmentConfig
-from cxr.data.augment import (BatchAugment, Normalize, eval_resize, eval_transform, reference_transforms, resize01,
-                              to_model_input)
+from cxr.data.augment import (
+    BatchAugment,
+    Normalize,
+    eval_resize,
+    eval_transform,
+    reference_transforms,
+    resize01,
+    to_model_input,
+)
 
-ZERO = AugmentConfig(affine_degrees=0, affine_translate=0, crop_scale=(1.0, 1.0), hflip_p=0, rotation_degrees=0,
-                     brightness=0, contrast=0)
+ZERO = AugmentConfig(
+    affine_degrees=0, affine_translate=0, crop_scale=(1.0, 1.0), hflip_p=0, rotation_degrees=0, brightness=0, contrast=0
+)
 
 
 def gen(seed: int) -> torch.Generator:

@@ -1,6 +1,6 @@
 """Tests of cxr.data.cache and src/preprocess.py: decoding, the memory-mapped cache, its round trip.
 
-    .venv/bin/pytest tests/data/test_cache.py
+.venv/bin/pytest tests/data/test_cache.py
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ import pytest
 import yaml
 from PIL import Image, ImageFilter
 
-from pipeline_repo import run_stage_script
 from cxr.config import PreprocessConfig, SplitConfig
 from cxr.data import cache as C
 from cxr.data import manifest as M
+from pipeline_repo import run_stage_script
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -52,8 +52,11 @@ def make_raw(raw: Path, n_normal=6, n_pneu=9) -> Path:
         for k in range(2):
             size = (60 + 11 * p, 90 - 5 * k)
             mode = "RGB" if p % 3 == 0 else "L"  # the real archive stores some X-rays as RGB
-            save(radiograph(1000 + p * 10 + k, size, mode), raw / f"train/PNEUMONIA/person{p}_virus_{2 * p + k}.jpeg",
-                 quality=92)
+            save(
+                radiograph(1000 + p * 10 + k, size, mode),
+                raw / f"train/PNEUMONIA/person{p}_virus_{2 * p + k}.jpeg",
+                quality=92,
+            )
     # A 12-bit radiograph stored as 16-bit PNG: must not saturate to white.
     ramp = (np.linspace(0, 4095, 64 * 48).reshape(48, 64)).astype(np.uint16)
     save(Image.fromarray(ramp), raw / "train/NORMAL/IM-0900-0001.png")
@@ -168,8 +171,9 @@ def test_cached_images_are_read_only_memmaps(built):
 def test_dataframe_input_gives_same_cache_and_version(built, tmp_path):
     raw, manifest_path, out, info = built
     other = tmp_path / "cache2"
-    info2 = C.build_cache(M.read_manifest(manifest_path), raw, other, PreprocessConfig(cache_size=32, workers=1),
-                          progress=False)
+    info2 = C.build_cache(
+        M.read_manifest(manifest_path), raw, other, PreprocessConfig(cache_size=32, workers=1), progress=False
+    )
     assert info2 == info
     np.testing.assert_array_equal(np.load(other / "train_images.npy"), np.load(out / "train_images.npy"))
 
@@ -245,23 +249,44 @@ def test_preprocess_stage(built, tmp_path, capsys):
     params.write_text(yaml.safe_dump({"preprocess": {"cache_size": 20, "resize": "pad", "workers": 1}}))
     stage = runpy.run_path(str(REPO / "src" / "preprocess.py"), run_name="preprocess_stage")
     out = tmp_path / "stage_cache"
-    rc = stage["main"](["--params", str(params), "--raw", str(raw), "--manifest", str(manifest_path),
-                        "--out", str(out), "--no-progress"])
+    rc = stage["main"](
+        [
+            "--params",
+            str(params),
+            "--raw",
+            str(raw),
+            "--manifest",
+            str(manifest_path),
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     info = json.loads((out / "info.json").read_text())
     assert (info["cache_size"], info["resize"]) == (20, "pad")
     assert C.load_split(out, "train").images.shape[1:] == (20, 20)
     assert "images/s" in capsys.readouterr().out
-    proc = run_stage_script("preprocess", "--params", str(params), "--raw", str(raw),
-                            "--manifest", str(tmp_path / "none.csv"), "--out", str(out))
+    proc = run_stage_script(
+        "preprocess",
+        "--params",
+        str(params),
+        "--raw",
+        str(raw),
+        "--manifest",
+        str(tmp_path / "none.csv"),
+        "--out",
+        str(out),
+    )
     assert proc.returncode == 1 and "preprocess: error:" in proc.stderr and "dvc repro split" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
 def test_synthetic_tree_split_then_cache(synthetic_raw, tmp_path):
     res = M.build_manifest(synthetic_raw, SplitConfig(workers=1), progress=False)
-    info = C.build_cache(res.manifest, synthetic_raw, tmp_path / "cache", PreprocessConfig(cache_size=32, workers=1),
-                         progress=False)
+    info = C.build_cache(
+        res.manifest, synthetic_raw, tmp_path / "cache", PreprocessConfig(cache_size=32, workers=1), progress=False
+    )
     for s in M.SPLITS:
         assert info["counts"][s] == res.metrics["images"][s]
         cs = C.load_split(tmp_path / "cache", s)

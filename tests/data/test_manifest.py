@@ -1,6 +1,6 @@
 """Tests of cxr.data.manifest and src/split.py: patient ids, patient-level splits, quarantine, duplicates.
 
-    .venv/bin/pytest tests/data/test_manifest.py
+.venv/bin/pytest tests/data/test_manifest.py
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ import pytest
 import yaml
 from PIL import Image
 
-from pipeline_repo import run_stage_script
 from cxr.config import SplitConfig
 from cxr.data import manifest as M
 from cxr.data.pool import imap_progress
+from pipeline_repo import run_stage_script
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -83,19 +83,22 @@ CFG = SplitConfig(workers=1)  # in-process: the tiny trees of these tests need n
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name, expected", [
-    ("IM-0115-0001.jpeg", "IM-0115"),
-    ("IM-0629-0001-0002.jpeg", "IM-0629"),
-    ("NORMAL2-IM-0381-0001.jpeg", "NORMAL2-IM-0381"),
-    ("NORMAL2-IM-0587-0001-0001.jpeg", "NORMAL2-IM-0587"),
-    ("person1180_bacteria_3125.jpeg", "person1180"),
-    ("person12_virus_46.jpeg", "person12"),
-    ("person1_virus_6_1.jpeg", "person1"),
-    ("scan_0001.png", None),
-    ("IMG-0001.jpeg", None),
-    ("personA_virus_1.jpeg", None),
-    ("IM-.jpeg", None),
-])
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("IM-0115-0001.jpeg", "IM-0115"),
+        ("IM-0629-0001-0002.jpeg", "IM-0629"),
+        ("NORMAL2-IM-0381-0001.jpeg", "NORMAL2-IM-0381"),
+        ("NORMAL2-IM-0587-0001-0001.jpeg", "NORMAL2-IM-0587"),
+        ("person1180_bacteria_3125.jpeg", "person1180"),
+        ("person12_virus_46.jpeg", "person12"),
+        ("person1_virus_6_1.jpeg", "person1"),
+        ("scan_0001.png", None),
+        ("IMG-0001.jpeg", None),
+        ("personA_virus_1.jpeg", None),
+        ("IM-.jpeg", None),
+    ],
+)
 def test_parse_patient_id(name, expected):
     assert M.parse_patient_id(name) == expected
 
@@ -123,7 +126,7 @@ def image_table(n_normal=100, n_pneu=300, test_patients=0, val_images=0, seed=0)
     rows = []
     for label, n, prefix in (("NORMAL", n_normal, "IM-"), ("PNEUMONIA", n_pneu, "person")):
         for p in range(n):
-            for k in range(int(rng.integers(1, 4))):
+            for _ in range(int(rng.integers(1, 4))):
                 rows.append({"patient_id": f"train/{prefix}{label}{p}", "label": label, "source_split": "train"})
     for p in range(test_patients):
         label = "NORMAL" if p % 3 == 0 else "PNEUMONIA"
@@ -131,7 +134,6 @@ def image_table(n_normal=100, n_pneu=300, test_patients=0, val_images=0, seed=0)
     for p in range(val_images):
         rows.append({"patient_id": f"train/v{p}", "label": M.CLASSES[p % 2], "source_split": "val"})
     return pd.DataFrame(rows)
-
 
 
 def patient_splits(images: pd.DataFrame, split: pd.Series) -> pd.Series:
@@ -183,8 +185,13 @@ def test_official_val_merged_or_kept():
 
 
 def test_tiny_class_still_reaches_every_split_and_train():
-    images = pd.DataFrame({"patient_id": [f"train/p{i}" for i in range(3)] + [f"train/q{i}" for i in range(30)],
-                           "label": ["NORMAL"] * 3 + ["PNEUMONIA"] * 30, "source_split": "train"})
+    images = pd.DataFrame(
+        {
+            "patient_id": [f"train/p{i}" for i in range(3)] + [f"train/q{i}" for i in range(30)],
+            "label": ["NORMAL"] * 3 + ["PNEUMONIA"] * 30,
+            "source_split": "train",
+        }
+    )
     split = M.assign_splits(images, 0.1, 0.1, seed=0)
     assert sorted(split[:3]) == ["test", "train", "val"]
 
@@ -325,7 +332,9 @@ def test_empty_or_wrong_tree_fails_clearly(tmp_path):
     raw = tmp_path / "raw"
     (raw / "chest_xray" / "train").mkdir(parents=True)  # an archive unpacked one level too deep
     (raw / "train" / "NORMAL").mkdir(parents=True)
-    with pytest.raises(M.ManifestError, match=r"no image files.*expected .*\{NORMAL,PNEUMONIA\}.*chest_xray/ \[train\]"):
+    with pytest.raises(
+        M.ManifestError, match=r"no image files.*expected .*\{NORMAL,PNEUMONIA\}.*chest_xray/ \[train\]"
+    ):
         M.build_manifest(raw, CFG, progress=False)
 
 
@@ -347,7 +356,10 @@ def _die_on_13(i: int) -> int:
 
 @pytest.mark.timeout(120)
 def test_a_worker_that_dies_raises_instead_of_hanging():
-    assert list(imap_progress(_die_on_13, list(range(12)) * 8, workers=2, progress=False)) == [i * 2 for i in range(12)] * 8
+    assert (
+        list(imap_progress(_die_on_13, list(range(12)) * 8, workers=2, progress=False))
+        == [i * 2 for i in range(12)] * 8
+    )
     with pytest.raises(RuntimeError, match=r"process died .*out of memory.*disk filled up"):
         list(imap_progress(_die_on_13, list(range(80)), workers=2, desc="decode", progress=False))
 
@@ -359,9 +371,21 @@ def test_split_stage_writes_manifest_quarantine_and_metrics(tmp_path, capsys):
     params.write_text(yaml.safe_dump({"split": {"val_fraction": 0.25, "seed": 7, "workers": 1}}))
     out = tmp_path / "out"
     stage = runpy.run_path(str(REPO / "src" / "split.py"), run_name="split_stage")
-    rc = stage["main"](["--params", str(params), "--raw", str(raw), "--manifest", str(out / "manifest.csv"),
-                        "--quarantine", str(out / "quarantine.csv"), "--metrics", str(out / "metrics" / "data.json"),
-                        "--no-progress"])
+    rc = stage["main"](
+        [
+            "--params",
+            str(params),
+            "--raw",
+            str(raw),
+            "--manifest",
+            str(out / "manifest.csv"),
+            "--quarantine",
+            str(out / "quarantine.csv"),
+            "--metrics",
+            str(out / "metrics" / "data.json"),
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     df = M.read_manifest(out / "manifest.csv")
     q = pd.read_csv(out / "quarantine.csv")
@@ -369,9 +393,11 @@ def test_split_stage_writes_manifest_quarantine_and_metrics(tmp_path, capsys):
     assert q["path"].tolist() == ["train/NORMAL/IM-0900-0001.jpeg"]
     for s in M.SPLITS:
         part = df[df["split"] == s]
-        assert metrics["images"][s] == {"NORMAL": int((part["label"] == "NORMAL").sum()),
-                                        "PNEUMONIA": int((part["label"] == "PNEUMONIA").sum()),
-                                        "total": len(part)}
+        assert metrics["images"][s] == {
+            "NORMAL": int((part["label"] == "NORMAL").sum()),
+            "PNEUMONIA": int((part["label"] == "PNEUMONIA").sum()),
+            "total": len(part),
+        }
         assert metrics["patients"][s] == part["patient_id"].nunique()
     assert metrics["images"]["test"]["total"] == 4 and metrics["images"]["val"]["total"] > 0
     assert sum(metrics["images"][s]["total"] for s in M.SPLITS) == len(df) == 42
@@ -388,8 +414,20 @@ def test_shared_patients_is_computed_not_assumed():
 def test_split_stage_reports_error_without_traceback(tmp_path):
     params = tmp_path / "params.yaml"
     params.write_text("split: {}\n")
-    proc = run_stage_script("split", "--params", str(params), "--raw", str(tmp_path / "missing"), "--manifest", "m.csv",
-                            "--quarantine", "q.csv", "--metrics", "d.json", cwd=tmp_path)
+    proc = run_stage_script(
+        "split",
+        "--params",
+        str(params),
+        "--raw",
+        str(tmp_path / "missing"),
+        "--manifest",
+        "m.csv",
+        "--quarantine",
+        "q.csv",
+        "--metrics",
+        "d.json",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 1 and "split: error:" in proc.stderr and "dvc repro fetch" in proc.stderr
     assert "Traceback" not in proc.stderr
 

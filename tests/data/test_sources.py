@@ -22,9 +22,9 @@ import pytest
 import yaml
 from PIL import Image
 
-from pipeline_repo import run_stage_script
 from cxr.config import DataConfig, SyntheticConfig
 from cxr.data.sources import SourceError, download, download_target, extract_archive, fetch, find_layout
+from pipeline_repo import run_stage_script
 
 SIX = [(s, c) for s in ("train", "val", "test") for c in ("NORMAL", "PNEUMONIA")]
 
@@ -54,7 +54,7 @@ def make_messy_copy(root: Path) -> dict[tuple[str, str], int]:
     n = 0
     plan = {("TRAIN", "normal"): 3, ("TRAIN", "Pneumonia"): 5, ("test", "NORMAL"): 2, ("test", "pneumonia"): 2}
     for (split, label), k in plan.items():
-        for i in range(k):
+        for _ in range(k):
             name = f"IM-{n:04d}-0001.jpeg" if label.lower() == "normal" else f"person{n}_bacteria_{n}.jpeg"
             _put(top / split / label / name, _jpeg(n))
             n += 1
@@ -67,8 +67,14 @@ def make_messy_copy(root: Path) -> dict[tuple[str, str], int]:
     _put(top / "chest_xray" / "train" / "PNEUMONIA" / "person3_bacteria_3.jpeg", _jpeg(3))
     _put(root / "__MACOSX" / "chest_xray" / "TRAIN" / "normal" / "._IM-0000-0001.jpeg", b"mac")
     _put(root / ".DS_Store", b"junk")
-    return {("train", "NORMAL"): 3, ("train", "PNEUMONIA"): 6, ("val", "NORMAL"): 0,
-            ("val", "PNEUMONIA"): 0, ("test", "NORMAL"): 2, ("test", "PNEUMONIA"): 2}
+    return {
+        ("train", "NORMAL"): 3,
+        ("train", "PNEUMONIA"): 6,
+        ("val", "NORMAL"): 0,
+        ("val", "PNEUMONIA"): 0,
+        ("test", "NORMAL"): 2,
+        ("test", "PNEUMONIA"): 2,
+    }
 
 
 def _assert_no_junk(out: Path) -> None:
@@ -318,8 +324,9 @@ def zipped(tmp_path) -> tuple[bytes, dict]:
 def test_url_download_extract_and_sha256(tmp_path, serve, zipped):
     data, expected = zipped
     base, log = serve({"/files/chest_xray.zip": data})
-    cfg = DataConfig(source="url", url=f"{base}/files/chest_xray.zip", download_dir="dl",
-                     sha256=hashlib.sha256(data).hexdigest())
+    cfg = DataConfig(
+        source="url", url=f"{base}/files/chest_xray.zip", download_dir="dl", sha256=hashlib.sha256(data).hexdigest()
+    )
     report = fetch(cfg, tmp_path / "raw", base_dir=tmp_path, progress=False)
     assert _counts(tmp_path / "raw") == expected
     assert download_target(cfg.url, tmp_path / "dl", cfg.sha256).read_bytes() == data
@@ -428,6 +435,7 @@ def test_output_inside_the_source_folder_is_not_mistaken_for_the_dataset(tmp_pat
     for i in range(30):
         _put(tmp_path / "data" / "raw" / "train" / "NORMAL" / f"IM-{i:04d}-0009.jpeg", _jpeg(i))
         _put(tmp_path / "data" / "raw" / "train" / "PNEUMONIA" / f"person{i}_virus_9.jpeg", _jpeg(i))
-    fetch(DataConfig(source="path", path="data", link=False), tmp_path / "data" / "raw",
-          base_dir=tmp_path, progress=False)
+    fetch(
+        DataConfig(source="path", path="data", link=False), tmp_path / "data" / "raw", base_dir=tmp_path, progress=False
+    )
     assert _counts(tmp_path / "data" / "raw") == expected

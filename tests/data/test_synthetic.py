@@ -1,6 +1,6 @@
 """The synthetic generator: determinism, the real naming scheme, class ratio, sizes, splits.
 
-    .venv/bin/pytest tests/data/test_synthetic.py -q
+.venv/bin/pytest tests/data/test_synthetic.py -q
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cxr.config import SyntheticConfig
 from cxr import CLASSES, SPLITS
+from cxr.config import SyntheticConfig
 from cxr.data.synthetic import generate
 
 NORMAL_RE = re.compile(r"^(?P<pid>(NORMAL2-)?IM-\d{4})-(?P<k>\d{4})\.jpeg$")
@@ -65,7 +65,7 @@ def test_real_naming_scheme_and_images_per_patient(tree):
         m = (NORMAL_RE if label == "NORMAL" else PNEU_RE).match(f.name)
         assert m, f"{label} file with a non-real name: {f.name}"
         per_patient[(split, label, m["pid"])].append(f.name)
-    for (split, label, pid), names in per_patient.items():
+    for (_split, label, _pid), names in per_patient.items():
         assert 1 <= len(names) <= SMALL["max_images_per_patient"]
         if label == "NORMAL":  # IM-NNNN-0001, -0002, ... numbered from 1 without gaps
             assert sorted(int(NORMAL_RE.match(n)["k"]) for n in names) == list(range(1, len(names) + 1))

@@ -12,10 +12,7 @@ import yaml
 
 from cxr.evaluation import compare as C
 from cxr.metrics import CI_METRICS
-
 from pipeline_repo import load_stage
-
-
 
 
 def fake_eval(test_auc: float, acc: float, n: int = 624) -> dict:
@@ -23,14 +20,26 @@ def fake_eval(test_auc: float, acc: float, n: int = 624) -> dict:
     for k in CI_METRICS:
         v = test_auc if k == "roc_auc" else acc
         block[k] = {"value": v, "ci_low": v - 0.03, "ci_high": min(v + 0.03, 1.0)}
-    return {"model": "x", "threshold": 0.42, "threshold_method": "youden", "n": n, "n_normal": 234,
-            "n_pneumonia": 390, "confidence": 0.95, "n_resamples": 1000,
-            "at_val_threshold": block, "at_default_threshold": block}
+    return {
+        "model": "x",
+        "threshold": 0.42,
+        "threshold_method": "youden",
+        "n": n,
+        "n_normal": 234,
+        "n_pneumonia": 390,
+        "confidence": 0.95,
+        "n_resamples": 1000,
+        "at_val_threshold": block,
+        "at_default_threshold": block,
+    }
 
 
 # cnn is best on validation; vit is best on test. Selection must follow validation.
-TRAIN = {"cnn": {"val_auc": 0.95, "val_loss": 0.30}, "vit": {"val_auc": 0.90, "val_loss": 0.20},
-         "vgg16": {"val_auc": None, "val_loss": 0.9}}
+TRAIN = {
+    "cnn": {"val_auc": 0.95, "val_loss": 0.30},
+    "vit": {"val_auc": 0.90, "val_loss": 0.20},
+    "vgg16": {"val_auc": None, "val_loss": 0.9},
+}
 EVAL = {"cnn": fake_eval(0.80, 0.75), "vit": fake_eval(0.99, 0.93), "vgg16": fake_eval(0.50, 0.625)}
 
 
@@ -49,15 +58,31 @@ def test_results_table_ranked_by_validation_not_test():
     assert t["model"].tolist() == ["cnn", "vit", "vgg16"]  # by val AUC; NaN last
     assert t["selected"].tolist() == [True, False, False]
     assert t.loc[0, "roc_auc"] == 0.80 and t.loc[1, "roc_auc"] == 0.99
-    assert {"accuracy_ci_low", "accuracy_ci_high", "sensitivity", "specificity", "balanced_accuracy", "f1",
-            "threshold", "val_auc"} <= set(t.columns)
+    assert {
+        "accuracy_ci_low",
+        "accuracy_ci_high",
+        "sensitivity",
+        "specificity",
+        "balanced_accuracy",
+        "f1",
+        "threshold",
+        "val_auc",
+    } <= set(t.columns)
 
 
 def test_results_markdown_reads_like_a_results_section():
     t = C.results_table(EVAL, TRAIN)
-    sweep_table = pd.DataFrame({"batch_size": [16, 32], "lr": [1e-3, 1e-4], "val_auc": [0.9, 0.8],
-                                "val_loss": [0.3, 0.4], "test_roc_auc": [0.7, 0.95], "test_accuracy": [0.6, 0.9],
-                                "selected": [True, False]})
+    sweep_table = pd.DataFrame(
+        {
+            "batch_size": [16, 32],
+            "lr": [1e-3, 1e-4],
+            "val_auc": [0.9, 0.8],
+            "val_loss": [0.3, 0.4],
+            "test_roc_auc": [0.7, 0.95],
+            "test_accuracy": [0.6, 0.9],
+            "selected": [True, False],
+        }
+    )
     sweep = {"model": "resnet50", "select_metric": "val_auc", "best": {"batch_size": 16, "lr": 1e-3, "val_auc": 0.9}}
     md = C.results_markdown(t, eval_metrics=EVAL, sweep_summary=sweep, sweep_table=sweep_table)
     assert md.startswith("# Results")
@@ -83,11 +108,22 @@ def _write_inputs(root: Path, models=("cnn", "vit", "vgg16")) -> None:
         (root / f"metrics/train/{m}.json").write_text(json.dumps(TRAIN[m]))
         (root / f"metrics/eval/{m}.json").write_text(json.dumps(EVAL[m]))
         pd.DataFrame({"fpr": [0, 0.2, 1], "tpr": [0, 0.7, 1], "threshold": [1, 0.5, 0]}).to_csv(
-            root / f"plots/eval/{m}/roc.csv", index=False)
-    (root / "metrics/sweep.json").write_text(json.dumps({"model": "cnn", "select_metric": "val_auc",
-                                                         "best": {"batch_size": 8, "lr": 0.001, "val_auc": 0.9}}))
-    pd.DataFrame({"batch_size": [8], "lr": [0.001], "val_auc": [0.9], "val_loss": [0.3], "test_roc_auc": [0.8],
-                  "test_accuracy": [0.7], "selected": [True]}).to_csv(root / "plots/sweep.csv", index=False)
+            root / f"plots/eval/{m}/roc.csv", index=False
+        )
+    (root / "metrics/sweep.json").write_text(
+        json.dumps({"model": "cnn", "select_metric": "val_auc", "best": {"batch_size": 8, "lr": 0.001, "val_auc": 0.9}})
+    )
+    pd.DataFrame(
+        {
+            "batch_size": [8],
+            "lr": [0.001],
+            "val_auc": [0.9],
+            "val_loss": [0.3],
+            "test_roc_auc": [0.8],
+            "test_accuracy": [0.7],
+            "selected": [True],
+        }
+    ).to_csv(root / "plots/sweep.csv", index=False)
 
 
 def _stage():
@@ -95,12 +131,32 @@ def _stage():
 
 
 def _argv(root: Path, params: Path, models=("cnn", "vit", "vgg16")) -> list[str]:
-    return ["--params", str(params), "--models", *models, "--train-metrics", str(root / "metrics/train"),
-            "--eval-metrics", str(root / "metrics/eval"), "--roc", str(root / "plots/eval"),
-            "--sweep", str(root / "metrics/sweep.json"), "--sweep-table", str(root / "plots/sweep.csv"),
-            "--checkpoints", str(root / "models"), "--report", str(root / "reports/results.md"),
-            "--csv", str(root / "reports/results.csv"), "--figures", str(root / "figures/compare"),
-            "--headline", str(root / "metrics/headline.json")]
+    return [
+        "--params",
+        str(params),
+        "--models",
+        *models,
+        "--train-metrics",
+        str(root / "metrics/train"),
+        "--eval-metrics",
+        str(root / "metrics/eval"),
+        "--roc",
+        str(root / "plots/eval"),
+        "--sweep",
+        str(root / "metrics/sweep.json"),
+        "--sweep-table",
+        str(root / "plots/sweep.csv"),
+        "--checkpoints",
+        str(root / "models"),
+        "--report",
+        str(root / "reports/results.md"),
+        "--csv",
+        str(root / "reports/results.csv"),
+        "--figures",
+        str(root / "figures/compare"),
+        "--headline",
+        str(root / "metrics/headline.json"),
+    ]
 
 
 def test_compare_stage_without_mlflow(tmp_path, monkeypatch):
@@ -133,12 +189,15 @@ def test_registration_asked_for_and_impossible_fails_the_stage(tmp_path, monkeyp
         _stage().main(_argv(tmp_path, params))
 
 
-@pytest.mark.parametrize("champion,candidate,promoted,why", [
-    (None, {"data_version": "a", "value": 0.8}, True, "no champion"),
-    ({"data_version": "a", "value": 0.905}, {"data_version": "a", "value": 0.886}, False, "does not beat"),
-    ({"data_version": "a", "value": 0.886}, {"data_version": "a", "value": 0.905}, True, "beats"),
-    ({"data_version": "a", "value": 0.5}, {"data_version": "b", "value": 0.9}, False, "not comparable"),
-])
+@pytest.mark.parametrize(
+    "champion,candidate,promoted,why",
+    [
+        (None, {"data_version": "a", "value": 0.8}, True, "no champion"),
+        ({"data_version": "a", "value": 0.905}, {"data_version": "a", "value": 0.886}, False, "does not beat"),
+        ({"data_version": "a", "value": 0.886}, {"data_version": "a", "value": 0.905}, True, "beats"),
+        ({"data_version": "a", "value": 0.5}, {"data_version": "b", "value": 0.9}, False, "not comparable"),
+    ],
+)
 def test_champion_moves_only_to_a_better_model_on_the_same_data(champion, candidate, promoted, why):
     from cxr.evaluation.promotion import decide
 
@@ -175,9 +234,9 @@ def test_registers_the_validation_winner_from_its_training_run(tmp_path, monkeyp
                 tracker.log_model(model, name="model", image_size=16)
             run_ids[m] = tracker.run_id
 
-    from cxr.evaluation.evaluate import find_training_run
-
     import dataclasses
+
+    from cxr.evaluation.evaluate import find_training_run
 
     card = checkpoint.load_card(tmp_path / "models/cnn")
     assert find_training_run(tracker, card) == run_ids["cnn"]
@@ -217,8 +276,22 @@ def test_registers_the_validation_winner_from_its_training_run(tmp_path, monkeyp
     from cxr.serving import cli
 
     (tmp_path / "x.png").write_bytes(buf.getvalue())
-    assert cli.main(["predict", str(tmp_path / "x.png"), "--model", "models:/cxr-test@champion", "--format", "csv",
-                     "--no-progress", "--output", str(tmp_path / "pred.csv")]) == 0
+    assert (
+        cli.main(
+            [
+                "predict",
+                str(tmp_path / "x.png"),
+                "--model",
+                "models:/cxr-test@champion",
+                "--format",
+                "csv",
+                "--no-progress",
+                "--output",
+                str(tmp_path / "pred.csv"),
+            ]
+        )
+        == 0
+    )
     pred = pd.read_csv(tmp_path / "pred.csv")
     assert float(pred["probability"][0]) == pytest.approx(float(out["probability"][0]), abs=1e-6)
     assert compare_run.data.tags["selected_model"] == "cnn" and compare_run.data.tags["promoted"] == "true"

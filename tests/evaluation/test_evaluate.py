@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -12,13 +11,17 @@ import yaml
 
 from cxr import CLASSES, checkpoint
 from cxr.config import EvaluateConfig
-from cxr.evaluation.evaluate import (confusion_table, evaluate_checkpoint, evaluate_probabilities, evaluation_figures,
-                            gallery_indices, predictions_table)
+from cxr.evaluation.evaluate import (
+    confusion_table,
+    evaluate_checkpoint,
+    evaluate_probabilities,
+    evaluation_figures,
+    gallery_indices,
+    predictions_table,
+)
 from cxr.training.fit import fit, resolve_run_config
-
-from toydata import toy, write_cache
 from pipeline_repo import load_stage
-
+from toydata import toy, write_cache
 
 SIZE = 20
 
@@ -70,18 +73,35 @@ def test_threshold_is_the_cards_not_chosen_on_test():
 def test_evaluate_checkpoint_and_figures(trained):
     d = trained["data"]
     cfg = EvaluateConfig(n_resamples=50, gallery_per_outcome=2, augment_examples=2, augment_draws=3)
-    r = evaluate_checkpoint(trained["model"], trained["card"],
-                            test=(d["test"][0], d["test"][1], [f"x{i}" for i in range(30)]), cfg=cfg, device="cpu")
+    r = evaluate_checkpoint(
+        trained["model"],
+        trained["card"],
+        test=(d["test"][0], d["test"][1], [f"x{i}" for i in range(30)]),
+        cfg=cfg,
+        device="cpu",
+    )
     assert len(r.test_probs) == 30 and r.report["n"] == 30
     assert r.threshold == pytest.approx(r.report["at_val_threshold"]["threshold"])
     assert set(r.tables) == {"predictions", "confusion", "roc", "pr", "calibration"}
     assert len(r.tables["confusion"]) == 30
     flat = r.flat_metrics()
-    assert {"test_accuracy", "test_accuracy_ci_low", "test_roc_auc_ci_high", "test_at_0.5_sensitivity",
-            "test_threshold"} <= set(flat)
+    assert {
+        "test_accuracy",
+        "test_accuracy_ci_low",
+        "test_roc_auc_ci_high",
+        "test_at_0.5_sensitivity",
+        "test_threshold",
+    } <= set(flat)
     assert len(flat) <= 25 and "test_brier_ci_low" not in flat  # a short, meaningful list in the MLflow UI
-    figs = evaluation_figures(r, trained["model"], trained["card"], test_images=d["test"][0], val_images=d["val"][0],
-                              history=trained["history"], cfg=cfg)
+    figs = evaluation_figures(
+        r,
+        trained["model"],
+        trained["card"],
+        test_images=d["test"][0],
+        val_images=d["val"][0],
+        history=trained["history"],
+        cfg=cfg,
+    )
     assert {"confusion", "roc", "pr", "calibration", "training_curves", "augmentation", "gallery"} == set(figs)
     assert "Grad-CAM" in figs["gallery"]._suptitle.get_text()
     assert figs["augmentation"].axes[0].get_title() == "Original"
@@ -90,16 +110,35 @@ def test_evaluate_checkpoint_and_figures(trained):
 def test_evaluate_stage_writes_every_output(trained, tmp_path, monkeypatch):
     root = trained["root"]
     params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump({"evaluate": {"n_resamples": 40, "gallery_per_outcome": 2},
-                                      "mlflow": {"experiment": "t"}}))
+    params.write_text(
+        yaml.safe_dump({"evaluate": {"n_resamples": 40, "gallery_per_outcome": 2}, "mlflow": {"experiment": "t"}})
+    )
     # An unreachable tracking server: the stage must warn and carry on (no-op tracker).
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
     stage = load_stage("evaluate")
     out = tmp_path / "out"
-    argv = ["--params", str(params), "--model", "cnn", "--checkpoint", str(root / "models" / "cnn"),
-            "--cache", str(trained["cache"]), "--history", str(root / "history.csv"),
-            "--predictions", str(out / "eval/cnn/predictions.csv"), "--metrics", str(out / "metrics/eval/cnn.json"),
-            "--plots", str(out / "plots/eval/cnn"), "--figures", str(out / "figures/eval/cnn"), "--device", "cpu"]
+    argv = [
+        "--params",
+        str(params),
+        "--model",
+        "cnn",
+        "--checkpoint",
+        str(root / "models" / "cnn"),
+        "--cache",
+        str(trained["cache"]),
+        "--history",
+        str(root / "history.csv"),
+        "--predictions",
+        str(out / "eval/cnn/predictions.csv"),
+        "--metrics",
+        str(out / "metrics/eval/cnn.json"),
+        "--plots",
+        str(out / "plots/eval/cnn"),
+        "--figures",
+        str(out / "figures/eval/cnn"),
+        "--device",
+        "cpu",
+    ]
     with pytest.warns(RuntimeWarning, match="unreachable"):
         assert stage.main(argv) == 0
 
@@ -111,7 +150,11 @@ def test_evaluate_stage_writes_every_output(trained, tmp_path, monkeypatch):
     assert (conf["actual"] == pred["label"]).all() and (conf["predicted"] == pred["predicted"]).all()
     assert list(pd.read_csv(out / "plots/eval/cnn/roc.csv").columns) == ["fpr", "tpr", "threshold"]
     assert list(pd.read_csv(out / "plots/eval/cnn/pr.csv").columns) == ["recall", "precision", "threshold"]
-    assert list(pd.read_csv(out / "plots/eval/cnn/calibration.csv").columns) == ["mean_predicted", "fraction_positive", "count"]
+    assert list(pd.read_csv(out / "plots/eval/cnn/calibration.csv").columns) == [
+        "mean_predicted",
+        "fraction_positive",
+        "count",
+    ]
     m = json.loads((out / "metrics/eval/cnn.json").read_text())
     assert m["threshold"] == pytest.approx(trained["card"].threshold, abs=1e-6)  # the card's, chosen at training
     assert m["at_default_threshold"]["threshold"] == 0.5 and m["n_resamples"] == 40
@@ -119,4 +162,6 @@ def test_evaluate_stage_writes_every_output(trained, tmp_path, monkeypatch):
     assert acc["ci_low"] <= acc["value"] <= acc["ci_high"]
     assert acc["value"] == pytest.approx((pred["label"] == pred["predicted"]).mean())
     pngs = {p.name for p in (out / "figures/eval/cnn").glob("*.png")}
-    assert pngs == {f"{n}.png" for n in ("confusion", "roc", "pr", "calibration", "training_curves", "augmentation", "gallery")}
+    assert pngs == {
+        f"{n}.png" for n in ("confusion", "roc", "pr", "calibration", "training_curves", "augmentation", "gallery")
+    }

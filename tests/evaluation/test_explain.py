@@ -7,11 +7,17 @@ import pytest
 import torch
 
 from cxr.evaluation.explain import grad_cam, overlay, target_layer
-from cxr.models import get_entry
-from cxr.models import build_model, list_models
+from cxr.models import build_model, get_entry, list_models
 
-TINY_VIT = {"config": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
-                       "intermediate_size": 64, "patch_size": 8}}
+TINY_VIT = {
+    "config": {
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "intermediate_size": 64,
+        "patch_size": 8,
+    }
+}
 # Input sides at which the last feature map is at least 2x2 (a 1x1 map has no spatial information).
 SIZES = {"cnn": 32, "resnet50": 64, "vgg16": 64, "vit": 40}  # vit: 40 px != its config, so positions are interpolated
 
@@ -43,8 +49,12 @@ def test_grad_cam_shapes_and_range(model_and_name):
 def test_target_layers(model_and_name):
     model, name = model_and_name
     layer = target_layer(name, model)
-    expected = {"cnn": torch.nn.Conv2d, "vgg16": torch.nn.Conv2d, "resnet50": torch.nn.Sequential,
-                "vit": torch.nn.LayerNorm}[name]
+    expected = {
+        "cnn": torch.nn.Conv2d,
+        "vgg16": torch.nn.Conv2d,
+        "resnet50": torch.nn.Sequential,
+        "vit": torch.nn.LayerNorm,
+    }[name]
     assert isinstance(layer, expected)
     if name == "cnn":
         assert layer is [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)][-1]

@@ -37,10 +37,10 @@ def kaggle_tree(root: Path, n_normal: int = 4, n_pneu: int = 4, test: bool = Tru
     top = root / "chest_xray"
     seed = seed0
     for split in ("train", "test") if test else ("train",):
-        for i in range(n_normal):
+        for _ in range(n_normal):
             put(top / split / "NORMAL" / f"IM-{seed:04d}-0001.jpeg", xray_jpeg(seed))
             seed += 1
-        for i in range(n_pneu):
+        for _ in range(n_pneu):
             put(top / split / "PNEUMONIA" / f"person{seed}_bacteria_{seed}.jpeg", xray_jpeg(seed))
             seed += 1
     return top
@@ -108,4 +108,3 @@ def http_server():
     for server in servers:
         server.shutdown()
         server.server_close()
-

@@ -16,12 +16,11 @@ import tarfile
 import zipfile
 
 import pytest
+from hostile_kit import kaggle_tree, xray_jpeg
 
 from cxr.config import ArchiveLimits, DataConfig, SplitConfig
 from cxr.data import manifest as M
 from cxr.data.sources import SourceError, extract_archive, fetch
-
-from hostile_kit import kaggle_tree, xray_jpeg
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -15,11 +15,10 @@ import time
 import zipfile
 
 import pytest
+from hostile_kit import kaggle_tree
 
 from cxr.config import DataConfig
 from cxr.data.sources import SourceError, download, download_target, fetch
-
-from hostile_kit import kaggle_tree
 
 pytestmark = pytest.mark.timeout(60)
 

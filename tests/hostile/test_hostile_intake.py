@@ -15,13 +15,12 @@ import tracemalloc
 
 import numpy as np
 import pytest
+from hostile_kit import files_under, kaggle_tree, put, xray_jpeg
 from PIL import Image
 
 from cxr.config import DataConfig, Plausibility, SplitConfig
 from cxr.data import manifest as M
 from cxr.data.sources import SKIPPED_REPORT, SourceError, fetch
-
-from hostile_kit import files_under, kaggle_tree, put, xray_jpeg
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -171,8 +170,12 @@ def test_a_plausible_radiograph_passes_the_plausibility_checks():
 
 def test_the_synthetic_default_dataset_passes_every_plausibility_check(synthetic_raw):
     res = _split(synthetic_raw)
-    assert not set(res.quarantine["reason"]) & {"too_small", "extreme_aspect_ratio", "blank_or_constant",
-                                                 "noise_not_an_image"}
+    assert not set(res.quarantine["reason"]) & {
+        "too_small",
+        "extreme_aspect_ratio",
+        "blank_or_constant",
+        "noise_not_an_image",
+    }
 
 
 def test_a_file_in_a_split_folder_outside_the_class_folders_is_reported(tmp_path):

@@ -18,12 +18,11 @@ import time
 import pytest
 import yaml
 
-from pipeline_repo import run_stage_script
 from cxr.config import ConfigError, load_params
-from cxr.training.engine import TrainingDivergedError
 from cxr.runlock import ResumeLockedError, lock_path, resume_lock
+from cxr.training.engine import TrainingDivergedError
 from cxr.training.fit import fit, resolve_run_config
-
+from pipeline_repo import run_stage_script
 from toydata import toy
 
 pytestmark = pytest.mark.timeout(120)
@@ -37,6 +36,7 @@ def params_file(tmp_path, repo_root):
         path = tmp_path / "params.yaml"
         path.write_text(yaml.safe_dump(params))
         return path
+
     return write
 
 
@@ -78,11 +78,17 @@ def test_a_non_finite_loss_stops_training_at_once_naming_lr(repo_root):
 def test_a_second_trainer_refuses_while_the_first_holds_the_resume_state(tmp_path):
     resume = tmp_path / "data" / "resume" / "cnn.pt"
     holder = subprocess.Popen(
-        [sys.executable, "-c",
-         "import sys, time; sys.path.insert(0, sys.argv[2]); from cxr.runlock import resume_lock\n"
-         "with resume_lock(sys.argv[1], 'cnn'):\n    print('held', flush=True); time.sleep(60)",
-         str(resume), str(__import__("cxr").__path__[0].rsplit("/cxr", 1)[0])],
-        stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; sys.path.insert(0, sys.argv[2]); from cxr.runlock import resume_lock\n"
+            "with resume_lock(sys.argv[1], 'cnn'):\n    print('held', flush=True); time.sleep(60)",
+            str(resume),
+            str(__import__("cxr").__path__[0].rsplit("/cxr", 1)[0]),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(ResumeLockedError) as err:
@@ -101,12 +107,32 @@ def test_the_train_stage_refuses_while_another_trainer_holds_the_lock(tmp_path, 
 
     params = yaml.safe_load((repo_root / "params.yaml").read_text())
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    write_cache(tmp_path / "data" / "cache",
-                {s: toy(n, i, balanced=True) for i, (s, n) in enumerate((("train", 24), ("val", 10), ("test", 6)))})
+    write_cache(
+        tmp_path / "data" / "cache",
+        {s: toy(n, i, balanced=True) for i, (s, n) in enumerate((("train", 24), ("val", 10), ("test", 6)))},
+    )
     resume = tmp_path / "data" / "resume" / "cnn.pt"
-    cmd = [sys.executable, str(repo_root / "src" / "train.py"), "--params", "params.yaml", "--model", "cnn",
-           "--cache", "data/cache", "--out", "models/cnn", "--metrics", "m.json", "--history", "h.csv",
-           "--figures", "figs", "--resume", str(resume), "--no-progress"]
+    cmd = [
+        sys.executable,
+        str(repo_root / "src" / "train.py"),
+        "--params",
+        "params.yaml",
+        "--model",
+        "cnn",
+        "--cache",
+        "data/cache",
+        "--out",
+        "models/cnn",
+        "--metrics",
+        "m.json",
+        "--history",
+        "h.csv",
+        "--figures",
+        "figs",
+        "--resume",
+        str(resume),
+        "--no-progress",
+    ]
     env = {**__import__("os").environ, "MLFLOW_TRACKING_URI": (tmp_path / "mlruns").as_uri()}
     with resume_lock(resume, "cnn"):  # the orphaned trainer, still running
         proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=100, env=env)

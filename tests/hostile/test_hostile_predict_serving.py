@@ -22,19 +22,17 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
+from hostile_kit import xray_jpeg
 from PIL import Image
 
-from cxr.serving import cli
 from cxr.config import SplitConfig
 from cxr.data import manifest as M
 from cxr.data.limits import ImageLimits
+from cxr.serving import cli
 from cxr.serving.imageio import ImageReadError, default_max_pixels, load_image
 from cxr.serving.predict import Predictor, collect_inputs
 from cxr.serving.pyfunc import CxrImageModel
-
-from hostile_kit import xray_jpeg
 from toydata import RAMP16, make_checkpoint, write_dicom
-
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -55,8 +53,10 @@ def _window_zero_dicom(path: Path) -> Path:
 
 def _png_claiming(width: int, height: int) -> bytes:
     """A PNG whose header declares width x height pixels (a bomb's header), with almost no data."""
+
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
 
@@ -177,14 +177,17 @@ def test_webp_gif_and_jfif_in_a_folder_are_predicted_and_other_files_reported(tm
 # ---- plausibility: a warning column -----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("case,arr,code", [
-    ("black", np.zeros((64, 64), np.uint8), "blank_or_constant"),
-    ("white", np.full((64, 64), 255, np.uint8), "blank_or_constant"),
-    ("one_pixel", np.full((1, 1), 90, np.uint8), "too_small"),
-    ("one_by_20000", np.tile(np.arange(200, dtype=np.uint8), 100)[None, :], "too_small"),
-    ("strip", np.add.outer(np.arange(40), np.arange(2000) // 10).astype(np.uint8), "extreme_aspect_ratio"),
-    ("noise", np.random.default_rng(0).integers(0, 256, (128, 128), dtype=np.uint8), "noise_not_an_image"),
-])
+@pytest.mark.parametrize(
+    "case,arr,code",
+    [
+        ("black", np.zeros((64, 64), np.uint8), "blank_or_constant"),
+        ("white", np.full((64, 64), 255, np.uint8), "blank_or_constant"),
+        ("one_pixel", np.full((1, 1), 90, np.uint8), "too_small"),
+        ("one_by_20000", np.tile(np.arange(200, dtype=np.uint8), 100)[None, :], "too_small"),
+        ("strip", np.add.outer(np.arange(40), np.arange(2000) // 10).astype(np.uint8), "extreme_aspect_ratio"),
+        ("noise", np.random.default_rng(0).integers(0, 256, (128, 128), dtype=np.uint8), "noise_not_an_image"),
+    ],
+)
 def test_an_implausible_image_is_predicted_with_a_warning(predictor, case, arr, code):
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, format="PNG")

@@ -12,8 +12,15 @@ from cxr.models import WeightsUnavailableError, build_model, input_spec, list_mo
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 # A 1-layer ViT through the same builder path; the real ViT-B/16 has its own test below.
-TINY_VIT = {"config": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
-                       "intermediate_size": 64, "patch_size": 8}}
+TINY_VIT = {
+    "config": {
+        "hidden_size": 32,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "intermediate_size": 64,
+        "patch_size": 8,
+    }
+}
 
 
 def tiny_options(name: str) -> dict:
@@ -98,10 +105,13 @@ def test_vit_weights_from_save_pretrained_directory(tmp_path):
     torch.manual_seed(2)
     hf = ViTForImageClassification(ViTConfig(image_size=32, num_labels=2, **TINY_VIT["config"]))
     hf.save_pretrained(tmp_path / "vit")
-    ViTImageProcessor(image_mean=[0.4, 0.4, 0.4], image_std=[0.2, 0.2, 0.2], size={"height": 32, "width": 32}).save_pretrained(tmp_path / "vit")
+    ViTImageProcessor(
+        image_mean=[0.4, 0.4, 0.4], image_std=[0.2, 0.2, 0.2], size={"height": 32, "width": 32}
+    ).save_pretrained(tmp_path / "vit")
     model = build_model("vit", weights=tmp_path / "vit", image_size=48)
-    assert torch.equal(model.hf.vit.embeddings.patch_embeddings.projection.weight,
-                       hf.vit.embeddings.patch_embeddings.projection.weight)
+    assert torch.equal(
+        model.hf.vit.embeddings.patch_embeddings.projection.weight, hf.vit.embeddings.patch_embeddings.projection.weight
+    )
     assert model.hf.classifier.out_features == 1  # 2-label head replaced by one logit
     assert model(torch.randn(2, 3, 48, 48)).shape == (2, 1)
     # the rebuild record carries the directory's architecture, not ViT-B

@@ -16,7 +16,6 @@ import time
 
 import pytest
 import torch
-from fake_hub import Blackhole, FakeHub, closed_port_url
 from torch import nn
 
 from cxr.models import WeightsUnavailableError, build_model, get_entry, registry
@@ -32,6 +31,7 @@ from cxr.models.weights import (
     split_parameters,
     write_manifest,
 )
+from fake_hub import Blackhole, FakeHub, closed_port_url
 
 # --------------------------------------------------------------------------------------------
 # A tiny torchvision-style model and its fake published weights
@@ -79,9 +79,19 @@ def tiny_tv(monkeypatch, tmp_path):
             load_state_dict_file(m, "tinytv", weights, head_prefix="fc.")
         return m
 
-    monkeypatch.setitem(registry.MODELS, "tinytv", ModelEntry(
-        name="tinytv", builder=build, input_spec=lambda w: {"mean": [0.5] * 3, "std": [0.5] * 3, "image_size": 16},
-        cam_layer=lambda m: m.conv, channels_last=False, pretrained_source=src, head=lambda m: m.fc))
+    monkeypatch.setitem(
+        registry.MODELS,
+        "tinytv",
+        ModelEntry(
+            name="tinytv",
+            builder=build,
+            input_spec=lambda w: {"mean": [0.5] * 3, "std": [0.5] * 3, "image_size": 16},
+            cam_layer=lambda m: m.conv,
+            channels_last=False,
+            pretrained_source=src,
+            head=lambda m: m.fc,
+        ),
+    )
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # an empty torch hub cache
     with FakeHub() as hub:
         hub.files[f"/models/{filename}"] = data
@@ -190,8 +200,9 @@ def tiny_vit_files(tmp_path) -> dict[str, bytes]:
     from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
 
     torch.manual_seed(0)
-    cfg = ViTConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
-                    image_size=32, patch_size=8)
+    cfg = ViTConfig(
+        hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, image_size=32, patch_size=8
+    )
     d = tmp_path / "tiny-vit-src"
     ViTForImageClassification(cfg).save_pretrained(d)  # model.safetensors + config.json
     ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(d)
@@ -256,7 +267,10 @@ def test_vit_offline_fails_fast_with_the_commands(fake_hf, tmp_path, monkeypatch
     assert time.monotonic() - t0 < 10
     msg = str(exc.value)
     _assert_actionable(msg, "vit", str(tmp_path / "out" / "vit"))
-    assert f"hf download {VIT_HUB_ID} config.json preprocessor_config.json model.safetensors --revision {VIT_REVISION}" in msg
+    assert (
+        f"hf download {VIT_HUB_ID} config.json preprocessor_config.json model.safetensors --revision {VIT_REVISION}"
+        in msg
+    )
 
 
 def test_hf_offline_mode_fails_fast(fake_hf, tmp_path, monkeypatch):
@@ -301,7 +315,10 @@ def test_stage_writes_manifest_and_only_what_is_needed(tmp_path, repo_root, fake
     p.write_text(yaml.safe_dump(params))
     assert stage.main(["--params", str(p), "--out", str(tmp_path / "o2"), "--no-progress"]) == 0
     local = read_manifest(tmp_path / "o2")["models"]["vit"]
-    assert local["source"] == "local" and local["files"]["model.safetensors"] == man["models"]["vit"]["files"]["model.safetensors"]
+    assert (
+        local["source"] == "local"
+        and local["files"]["model.safetensors"] == man["models"]["vit"]["files"]["model.safetensors"]
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -332,10 +349,9 @@ def test_global_pretrained_skips_models_without_published_weights(repo_root):
 
 
 def test_frozen_backbone_does_not_move_then_does(repo_root, vit_dir, monkeypatch):
-    from toydata import toy
-
     from cxr.config import load_params
     from cxr.training import fit as F
+    from toydata import toy
 
     params = load_params(repo_root / "params.yaml")
     params.update(epochs=2, image_size=32, batch_size=8, lr=1e-2)
@@ -388,8 +404,22 @@ def test_backbone_lr_factor_makes_two_param_groups(repo_root, vit_dir):
 
 @pytest.mark.parametrize("name", ["cnn", "resnet50", "vgg16", "vit"])
 def test_every_model_names_its_head(name):
-    model = build_model(name, image_size=32, **({"config": {"hidden_size": 16, "num_hidden_layers": 1,
-                                                            "num_attention_heads": 2, "intermediate_size": 32,
-                                                            "patch_size": 8}} if name == "vit" else {}))
+    model = build_model(
+        name,
+        image_size=32,
+        **(
+            {
+                "config": {
+                    "hidden_size": 16,
+                    "num_hidden_layers": 1,
+                    "num_attention_heads": 2,
+                    "intermediate_size": 32,
+                    "patch_size": 8,
+                }
+            }
+            if name == "vit"
+            else {}
+        ),
+    )
     backbone, head = split_parameters(model, name)
     assert head and backbone and len(head) + len(backbone) == len(list(model.parameters()))

@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from cxr.data.cache import decode_image
-from toydata import RAMP16, write_dicom
 from cxr.serving.imageio import ImageReadError, is_dicom, load_image, read_gray8
+from toydata import RAMP16, write_dicom
 
 
 def _png_bytes(arr: np.ndarray) -> bytes:
@@ -47,11 +47,14 @@ def test_dicom_16bit_scales_to_full_range(tmp_path):
 
 
 def test_dicom_rescale_and_window(tmp_path):
-    stored = (np.arange(32 * 32, dtype=np.uint16).reshape(32, 32) * 4)  # 0 .. 4092
+    stored = np.arange(32 * 32, dtype=np.uint16).reshape(32, 32) * 4  # 0 .. 4092
     slope, intercept = 2.0, -1024.0  # modality values -1024 .. 7160
-    center, width = 2000.0, 4000.0   # window [0, 4000]: both ends clipped
-    gray = read_gray8(write_dicom(tmp_path / "w.dcm", stored, bits_stored=12, slope=slope, intercept=intercept,
-                                  window=(center, width)))
+    center, width = 2000.0, 4000.0  # window [0, 4000]: both ends clipped
+    gray = read_gray8(
+        write_dicom(
+            tmp_path / "w.dcm", stored, bits_stored=12, slope=slope, intercept=intercept, window=(center, width)
+        )
+    )
     hu = stored * slope + intercept
     # PS3.3 C.11.2.1.2.1 LINEAR window, mapped to 0..255.
     expected = np.clip(((hu - (center - 0.5)) / (width - 1) + 0.5), 0, 1) * 255
@@ -129,11 +132,14 @@ def test_png_rgba_transparent_is_black(tmp_path):
     assert (gray[:5] == 0).all() and (gray[5:] == 255).all()
 
 
-@pytest.mark.parametrize("data, reason", [
-    (b"", "empty"),
-    (b"hello, not an image" * 10, "not a recognised image format"),
-    (b"\x89PNG\r\n\x1a\n" + b"\0" * 40, "corrupt or truncated|not a recognised"),
-])
+@pytest.mark.parametrize(
+    "data, reason",
+    [
+        (b"", "empty"),
+        (b"hello, not an image" * 10, "not a recognised image format"),
+        (b"\x89PNG\r\n\x1a\n" + b"\0" * 40, "corrupt or truncated|not a recognised"),
+    ],
+)
 def test_unreadable_bytes_raise_with_a_reason(data, reason):
     with pytest.raises(ImageReadError, match=reason):
         load_image(data, 16)

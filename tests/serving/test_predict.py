@@ -12,19 +12,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from PIL import Image
 
 from cxr import checkpoint
-from cxr.serving import cli
 from cxr.config import PreprocessConfig
 from cxr.data.cache import build_cache, load_split
 from cxr.data.manifest import MANIFEST_COLUMNS
-from cxr.training.engine import predict_probabilities
-from cxr.models import build_model
+from cxr.serving import cli
 from cxr.serving.predict import ModelNotFoundError, Predictor, best_model_dir, collect_inputs
-from toydata import card_for
-
+from cxr.training.engine import predict_probabilities
 from toydata import RAMP16, make_checkpoint, write_dicom
 
 CACHE, SIZE = 32, 24
@@ -53,8 +49,15 @@ def images(tmp_path_factory) -> dict[str, Path]:
     Image.fromarray(rng.integers(0, 256, (40, 40), dtype=np.uint8)).save(files["png8"])
     Image.fromarray(RAMP16).save(files["png16"])
     Image.fromarray(rng.integers(0, 256, (30, 45, 4), dtype=np.uint8)).save(files["rgba"])
-    write_dicom(files["dcm"], RAMP16, photometric="MONOCHROME1", bits_stored=12, slope=1.0, intercept=0.0,
-                window=(2400.0, 2000.0))
+    write_dicom(
+        files["dcm"],
+        RAMP16,
+        photometric="MONOCHROME1",
+        bits_stored=12,
+        slope=1.0,
+        intercept=0.0,
+        window=(2400.0, 2000.0),
+    )
     write_dicom(files["dcm_noext"], RAMP16, bits_stored=12)
     (root / "notes.txt").write_text("not an image, not picked up from a folder")
     return files
@@ -99,19 +102,37 @@ def test_predict_uses_the_checkpoint_preprocessing(tmp_path, images):
 
 
 def _manifest(paths: list[str]) -> pd.DataFrame:
-    rows = [{"path": p, "label": "PNEUMONIA" if i % 2 else "NORMAL", "patient_id": f"train/p{i}", "source_split": "train",
-             "split": "test", "sha256": "0" * 64, "width": 0, "height": 0, "mode": "L"} for i, p in enumerate(paths)]
+    rows = [
+        {
+            "path": p,
+            "label": "PNEUMONIA" if i % 2 else "NORMAL",
+            "patient_id": f"train/p{i}",
+            "source_split": "train",
+            "split": "test",
+            "sha256": "0" * 64,
+            "width": 0,
+            "height": 0,
+            "mode": "L",
+        }
+        for i, p in enumerate(paths)
+    ]
     return pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
 
 
 def _agreement(model_dir: Path, raw: Path, rel_paths: list[str], tmp_path: Path, resize: str) -> None:
-    info = build_cache(_manifest(rel_paths), raw, tmp_path / f"cache-{resize}",
-                       PreprocessConfig(cache_size=CACHE, resize=resize, workers=1), progress=False)
+    info = build_cache(
+        _manifest(rel_paths),
+        raw,
+        tmp_path / f"cache-{resize}",
+        PreprocessConfig(cache_size=CACHE, resize=resize, workers=1),
+        progress=False,
+    )
     cached = load_split(tmp_path / f"cache-{resize}", "test")
     model, meta = checkpoint.load(model_dir)
     assert meta.cache_size == info["cache_size"]
-    want = predict_probabilities(model, cached.images, mean=meta.mean, std=meta.std, image_size=meta.image_size,
-                          device="cpu")
+    want = predict_probabilities(
+        model, cached.images, mean=meta.mean, std=meta.std, image_size=meta.image_size, device="cpu"
+    )
     pred = Predictor(model, meta)
     table = pred.predict_paths([raw / p for p in cached.paths], batch_size=3)
     assert table["error"].isna().all()
@@ -131,15 +152,18 @@ def test_agrees_with_evaluation_on_cached_images(tmp_path, images, resize):
 @pytest.mark.shared_data
 def test_agrees_with_evaluation_on_real_fullres_jpegs(tmp_path, shared_data):
     raw = shared_data / "kermany-fullres"
-    rel = [str(p.relative_to(raw)) for c in ("NORMAL", "PNEUMONIA") for p in sorted((raw / "train" / c).glob("*.jpeg"))[:2]]
+    rel = [
+        str(p.relative_to(raw)) for c in ("NORMAL", "PNEUMONIA") for p in sorted((raw / "train" / c).glob("*.jpeg"))[:2]
+    ]
     assert len(rel) == 4
     _agreement(make_checkpoint(tmp_path / "m"), raw, rel, tmp_path, "stretch")
 
 
 def test_globs_files_and_missing_inputs(images):
     root = images["jpeg"].parent
-    files, errors = collect_inputs([str(root / "**" / "*.png"), images["dcm"], images["dcm"], root / "nope.jpeg",
-                                    str(root / "*.gif")])
+    files, errors = collect_inputs(
+        [str(root / "**" / "*.png"), images["dcm"], images["dcm"], root / "nope.jpeg", str(root / "*.gif")]
+    )
     assert sorted(map(str, files)) == sorted(str(images[k]) for k in ("png8", "png16", "rgba", "dcm"))
     assert [e.source for e in errors] == [str(root / "nope.jpeg"), str(root / "*.gif")]
 
@@ -164,14 +188,27 @@ def test_cli_corrupt_file_among_good_ones(tmp_path, model_dir, images, capsys):
     assert "truncated" in bad.loc[str(folder / "broken.jpeg"), "error"]
     assert "empty" in bad.loc[str(folder / "empty.png"), "error"]
     good = table[table["error"].isna()]
-    assert len(good) == 3 and good["probability"].between(0, 1).all() and good["label"].isin(["NORMAL", "PNEUMONIA"]).all()
+    assert (
+        len(good) == 3 and good["probability"].between(0, 1).all() and good["label"].isin(["NORMAL", "PNEUMONIA"]).all()
+    )
     assert "broken.jpeg" in err and "empty.png" in err  # reported on stderr too
 
 
 def test_cli_formats_output_file_and_exit_code_zero(tmp_path, model_dir, images, capsys):
     out_file = tmp_path / "out" / "pred.jsonl"
-    rc = cli.main(["predict", str(images["jpeg"]), str(images["png16"]), "--model", str(model_dir), "--format", "jsonl",
-                   "--output", str(out_file)])
+    rc = cli.main(
+        [
+            "predict",
+            str(images["jpeg"]),
+            str(images["png16"]),
+            "--model",
+            str(model_dir),
+            "--format",
+            "jsonl",
+            "--output",
+            str(out_file),
+        ]
+    )
     assert rc == 0
     assert capsys.readouterr().out == ""
     recs = [json.loads(line) for line in out_file.read_text().splitlines()]
@@ -193,8 +230,19 @@ def test_cli_formats_output_file_and_exit_code_zero(tmp_path, model_dir, images,
 
 def test_cli_grad_cam_overlays(tmp_path, model_dir, images, capsys):
     cam = tmp_path / "cam"
-    rc = cli.main(["predict", str(images["jpeg"]), str(images["dcm"]), "--model", str(model_dir), "--cam", str(cam),
-                   "--format", "csv"])
+    rc = cli.main(
+        [
+            "predict",
+            str(images["jpeg"]),
+            str(images["dcm"]),
+            "--model",
+            str(model_dir),
+            "--cam",
+            str(cam),
+            "--format",
+            "csv",
+        ]
+    )
     assert rc == 0
     table = pd.read_csv(__import__("io").StringIO(capsys.readouterr().out))
     assert [Path(p).name for p in table["cam"]] == ["a_cam.png", "e_cam.png"]
@@ -212,7 +260,8 @@ def test_default_model_is_the_compare_selection(tmp_path, model_dir, images, cap
         best_model_dir()
     (tmp_path / "reports").mkdir()
     pd.DataFrame({"model": ["vit", "cnn"], "val_auc": [0.8, 0.9], "selected": [False, True]}).to_csv(
-        tmp_path / "reports" / "results.csv", index=False)
+        tmp_path / "reports" / "results.csv", index=False
+    )
     shutil.copytree(model_dir, tmp_path / "models" / "cnn")
     assert best_model_dir() == Path("models") / "cnn"
     assert cli.main(["predict", str(images["jpeg"]), "--format", "jsonl"]) == 0
@@ -223,8 +272,24 @@ def test_python_dash_m_cxr(tmp_path, model_dir, images):
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")}
-    proc = subprocess.run([sys.executable, "-m", "cxr", "predict", str(images["png8"]), str(bad), "--model",
-                           str(model_dir), "--format", "csv"], capture_output=True, text=True, env=env, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cxr",
+            "predict",
+            str(images["png8"]),
+            str(bad),
+            "--model",
+            str(model_dir),
+            "--format",
+            "csv",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert proc.returncode == 1, proc.stderr
     lines = proc.stdout.strip().splitlines()
     assert lines[0] == "file,probability,label,error,warning" and len(lines) == 3

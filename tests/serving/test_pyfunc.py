@@ -20,11 +20,10 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
+from test_predict import make_checkpoint
 
 from cxr.serving.predict import Predictor
 from cxr.serving.pyfunc import decode_payload, log_pyfunc_model
-
-from test_predict import make_checkpoint
 
 REGISTERED = "cxr-test-pneumonia"
 
@@ -120,21 +119,44 @@ def server(store):
     """`mlflow models serve` of the registered version, on a free port; always terminated."""
     port = _free_port()
     bin_dir = str(Path(sys.executable).parent)  # `mlflow models serve` execs `uvicorn` from PATH
-    env = {**os.environ, "MLFLOW_TRACKING_URI": store["uri"], "MLFLOW_REGISTRY_URI": store["uri"],
-           "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": store["uri"],
+        "MLFLOW_REGISTRY_URI": store["uri"],
+        "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
+    }
     mlflow_cli = Path(bin_dir) / "mlflow"
     log = open(store["root"] / "serve.log", "wb")
     proc = subprocess.Popen(
-        [str(mlflow_cli), "models", "serve", "-m", f"models:/{REGISTERED}/{store['info'].registered_model_version}",
-         "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        [
+            str(mlflow_cli),
+            "models",
+            "serve",
+            "-m",
+            f"models:/{REGISTERED}/{store['info'].registered_model_version}",
+            "--env-manager",
+            "local",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 90
         while True:
             if proc.poll() is not None:
-                pytest.fail(f"mlflow models serve exited with {proc.returncode}:\n"
-                            f"{(store['root'] / 'serve.log').read_text()[-3000:]}")
+                pytest.fail(
+                    f"mlflow models serve exited with {proc.returncode}:\n"
+                    f"{(store['root'] / 'serve.log').read_text()[-3000:]}"
+                )
             try:
                 with urllib.request.urlopen(base + "/ping", timeout=2) as r:
                     if r.status == 200:
@@ -162,7 +184,9 @@ def test_served_model_answers_like_predict(server, store, tmp_path):
     jpeg.write_bytes(_jpeg(7, (120, 100)))
     want = Predictor.from_dir(store["model_dir"]).predict_paths([jpeg])
 
-    status, body = _post(server + "/invocations", {"dataframe_split": {"columns": ["image"], "data": [[_b64(jpeg.read_bytes())]]}})
+    status, body = _post(
+        server + "/invocations", {"dataframe_split": {"columns": ["image"], "data": [[_b64(jpeg.read_bytes())]]}}
+    )
     assert status == 200, body
     (pred,) = body["predictions"]
     assert pred["error"] is None
@@ -170,8 +194,15 @@ def test_served_model_answers_like_predict(server, store, tmp_path):
     assert pred["label"] == want["label"].iloc[0]
 
     # Bad rows get a reason each, good rows in the same request are still answered.
-    status, body = _post(server + "/invocations", {"dataframe_split": {
-        "columns": ["image"], "data": [["not base64 !!"], [_b64(b"\xff\xd8\xff garbage")], [_b64(jpeg.read_bytes())]]}})
+    status, body = _post(
+        server + "/invocations",
+        {
+            "dataframe_split": {
+                "columns": ["image"],
+                "data": [["not base64 !!"], [_b64(b"\xff\xd8\xff garbage")], [_b64(jpeg.read_bytes())]],
+            }
+        },
+    )
     assert status == 200, body
     bad1, bad2, ok = body["predictions"]
     assert "not valid base64" in bad1["error"] and bad1["probability"] is None and bad1["label"] is None
@@ -182,5 +213,7 @@ def test_served_model_answers_like_predict(server, store, tmp_path):
     status, body = _post(server + "/invocations", {"dataframe_split": {"columns": ["picture"], "data": [["x"]]}})
     assert 400 <= status < 500 and "image" in json.dumps(body)
 
-    status, body = _post(server + "/invocations", {"dataframe_split": {"columns": ["image"], "data": [[_b64(jpeg.read_bytes())]]}})
+    status, body = _post(
+        server + "/invocations", {"dataframe_split": {"columns": ["image"], "data": [[_b64(jpeg.read_bytes())]]}}
+    )
     assert status == 200 and body["predictions"][0]["probability"] == pytest.approx(pred["probability"], abs=1e-6)

@@ -16,13 +16,11 @@ import numpy as np
 import pytest
 import torch
 
-from cxr.config import load_params
 from cxr.data.augment import Normalize, eval_resize
 from cxr.device import amp_settings
-from cxr.training.engine import evaluate_loader, make_loader, stage_on_device
 from cxr.models import build_model, input_spec, list_models
+from cxr.training.engine import evaluate_loader, make_loader, stage_on_device
 from cxr.training.fit import fit, resolve_run_config
-
 from toydata import toy
 
 pytestmark = pytest.mark.cuda
@@ -111,12 +109,24 @@ def test_gpu_bf16_eval_agrees_with_cpu_fp32(cuda):
     spec = input_spec("cnn")
     loss_fn = torch.nn.BCEWithLogitsLoss()
     cpu = torch.device("cpu")
-    ref = evaluate_loader(model, loss_fn, make_loader(*VAL, batch_size=16, shuffle=False), cpu,
-                   Normalize(spec["mean"], spec["std"]), resize=lambda x: eval_resize(x, 32))
+    ref = evaluate_loader(
+        model,
+        loss_fn,
+        make_loader(*VAL, batch_size=16, shuffle=False),
+        cpu,
+        Normalize(spec["mean"], spec["std"]),
+        resize=lambda x: eval_resize(x, 32),
+    )
     model = model.to(cuda).to(memory_format=torch.channels_last)
     amp_dtype, _ = amp_settings(cuda, True)
-    gpu = evaluate_loader(model, loss_fn, make_loader(*VAL, batch_size=16, shuffle=False, device=cuda), cuda,
-                   Normalize(spec["mean"], spec["std"], channels_last=True),
-                   resize=lambda x: eval_resize(x, 32), amp_dtype=amp_dtype)
+    gpu = evaluate_loader(
+        model,
+        loss_fn,
+        make_loader(*VAL, batch_size=16, shuffle=False, device=cuda),
+        cuda,
+        Normalize(spec["mean"], spec["std"], channels_last=True),
+        resize=lambda x: eval_resize(x, 32),
+        amp_dtype=amp_dtype,
+    )
     np.testing.assert_array_equal(gpu["labels"], ref["labels"])
     assert np.abs(gpu["probs"] - ref["probs"]).max() < 0.02  # bf16 autocast vs fp32

@@ -16,7 +16,6 @@ from cxr.config import load_params
 from cxr.training import distributed
 from cxr.training.distributed import ShardedBatchSampler, shard_bounds
 from cxr.training.fit import fit, resolve_run_config
-
 from ddp_workers import fit_worker, grad_worker, spawn
 from toydata import toy
 
@@ -59,7 +58,7 @@ def test_every_global_batch_is_split_in_equal_slices_across_ranks():
     for k in range(5):
         together = ranks[0][k] + ranks[1][k]
         assert len(ranks[0][k]) == len(ranks[1][k])
-        assert together == order[k * b: k * b + len(together)]  # the same global batch, in order
+        assert together == order[k * b : k * b + len(together)]  # the same global batch, in order
     seen = [i for r in ranks for batch in r for i in batch]
     assert len(seen) == len(set(seen)) == 36  # no image twice; one left out (a different one each seed)
     assert list(ShardedBatchSampler(n, b, seed=5, rank=0, world=world)) == ranks[0]  # a function of the seed

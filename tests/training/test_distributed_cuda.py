@@ -22,7 +22,6 @@ from cxr import gpus
 from cxr.config import load_params
 from cxr.training import sweep as S
 from cxr.training.fit import fit, resolve_run_config
-
 from ddp_workers import fit_worker, spawn
 from toydata import toy
 
@@ -115,8 +114,22 @@ def test_resnet50_throughput_targets(n_gpus, shared_data, repo_root):
     sys.path.insert(0, str(repo_root / "benchmarks"))
     import gpu_training
 
-    r = gpu_training.main(["--data", str(shared_data / "kermany-fullres"), "--models", "resnet50",
-                           "--batch-sizes", "64", "128", "256", "--batches", "20", "--processes", "1"])["resnet50"]
+    r = gpu_training.main(
+        [
+            "--data",
+            str(shared_data / "kermany-fullres"),
+            "--models",
+            "resnet50",
+            "--batch-sizes",
+            "64",
+            "128",
+            "256",
+            "--batches",
+            "20",
+            "--processes",
+            "1",
+        ]
+    )["resnet50"]
     best = r["best"]
     print(json.dumps({k: v for k, v in best.items() if k != "by_batch"}))
     assert best["ours"] >= 0.9 * best["step_only"]

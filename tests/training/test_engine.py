@@ -5,15 +5,22 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import pytest
 import torch
 
-from toydata import toy
 from cxr.config import AugmentConfig
 from cxr.data.augment import BatchAugment, Normalize, eval_resize
-import pytest
-
-from cxr.training.engine import ArrayDataset, DeviceBatches, evaluate_loader, make_loader, predict_probabilities, stage_on_device, train_one_epoch
 from cxr.models import build_model
+from cxr.training.engine import (
+    ArrayDataset,
+    DeviceBatches,
+    evaluate_loader,
+    make_loader,
+    predict_probabilities,
+    stage_on_device,
+    train_one_epoch,
+)
+from toydata import toy
 
 MEAN, STD = [0.5] * 3, [0.5] * 3
 
@@ -70,8 +77,9 @@ def test_device_batches(tmp_path, resident, drop_last):
         images = np.load(tmp_path / "x.npy", mmap_mode="r")
 
     def batches(shuffle, seed=3):
-        loader = DeviceBatches(images, labels, batch_size=5, shuffle=shuffle, seed=seed, device=torch.device("cpu"),
-                               drop_last=drop_last)
+        loader = DeviceBatches(
+            images, labels, batch_size=5, shuffle=shuffle, seed=seed, device=torch.device("cpu"), drop_last=drop_last
+        )
         out = list(loader)  # all kept: a reused host buffer must not change earlier batches
         assert len(out) == len(loader) == (4 if drop_last else 5)
         return out
@@ -136,8 +144,10 @@ def test_a_batch_sampler_chooses_the_rows_of_every_batch_on_both_loader_paths():
     x, _ = toy(20, 0, balanced=True)
     rows = np.arange(20)  # labels = row numbers
     sampler = ShardedBatchSampler(20, 8, seed=3, rank=1, world=2)  # slices of 4, 4 and 2 rows
-    loaders = [make_loader(x, rows, batch_size=4, shuffle=True, batch_sampler=sampler),
-               DeviceBatches(x, rows, batch_size=4, shuffle=True, device=torch.device("cpu"), batch_sampler=sampler)]
+    loaders = [
+        make_loader(x, rows, batch_size=4, shuffle=True, batch_sampler=sampler),
+        DeviceBatches(x, rows, batch_size=4, shuffle=True, device=torch.device("cpu"), batch_sampler=sampler),
+    ]
     for loader in loaders:
         got = [(xb, yb.long().tolist()) for xb, yb in loader]
         assert len(loader) == len(sampler) == 3 and [g[1] for g in got] == list(sampler)

@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from cxr.config import ConfigError, load_params
+from cxr.config import ConfigError
 from cxr.training.fit import RunConfig, fit, pos_weight, resolve_run_config
-
 from toydata import toy
 
 
@@ -122,8 +121,13 @@ def test_select_by_val_loss_and_steplr(run_cfg):
 def test_early_stopping(run_cfg):
     # one class in validation: AUC is NaN every epoch, so no epoch after the first ever improves
     val_one_class = (VAL[0], np.ones_like(VAL[1]))
-    result = fit(run_cfg.replace(epochs=6, early_stopping_patience=2), TRAIN, val_one_class, progress=False,
-                 threshold_method="fixed")
+    result = fit(
+        run_cfg.replace(epochs=6, early_stopping_patience=2),
+        TRAIN,
+        val_one_class,
+        progress=False,
+        threshold_method="fixed",
+    )
     assert len(result.history) == 3 and result.card.stopped_early
     assert result.best["best_epoch"] == 1 and math.isnan(result.best["val_auc"])
 
@@ -144,8 +148,15 @@ def test_resume_after_interruption_matches_uninterrupted_run(run_cfg, tmp_path, 
         fit(run_cfg, TRAIN, VAL, progress=False, resume_path=resume, data_version="v1", on_epoch_end=stop_after_first)
     assert resume.is_file()
     epochs_seen = []
-    resumed = fit(run_cfg, TRAIN, VAL, resume_path=resume, data_version="v1", progress=False,
-                  on_epoch_end=lambda row: epochs_seen.append(row["epoch"]))
+    resumed = fit(
+        run_cfg,
+        TRAIN,
+        VAL,
+        resume_path=resume,
+        data_version="v1",
+        progress=False,
+        on_epoch_end=lambda row: epochs_seen.append(row["epoch"]),
+    )
     assert epochs_seen == [2, 3]  # continued at epoch 2
     assert "resuming" in capsys.readouterr().out
     assert not resume.exists()  # removed once fit completes
@@ -166,8 +177,15 @@ def test_resume_file_from_other_params_is_ignored(run_cfg, tmp_path, capsys):
     with pytest.raises(Interrupt):
         fit(run_cfg, TRAIN, VAL, progress=False, resume_path=resume, data_version="v1", on_epoch_end=stop)
     seen = []
-    fit(run_cfg.replace(lr=1e-3), TRAIN, VAL, progress=False, resume_path=resume, data_version="v1",
-        on_epoch_end=lambda row: seen.append(row["epoch"]))
+    fit(
+        run_cfg.replace(lr=1e-3),
+        TRAIN,
+        VAL,
+        progress=False,
+        resume_path=resume,
+        data_version="v1",
+        on_epoch_end=lambda row: seen.append(row["epoch"]),
+    )
     assert seen == [1, 2, 3] and "ignoring" in capsys.readouterr().out
 
 

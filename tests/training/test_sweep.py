@@ -14,10 +14,8 @@ import yaml
 from cxr import CLASSES
 from cxr.training import sweep as S
 from cxr.training.fit import resolve_run_config
-
-from toydata import toy
 from pipeline_repo import load_stage
-
+from toydata import toy
 
 SIZE = 16
 
@@ -52,8 +50,21 @@ def test_tiny_grid_one_row_per_config_selected_on_validation(data, base):
 
 
 def test_test_columns_use_the_evaluate_threshold(data, base):
-    fixed = S.run_sweep(base, [8], [1e-3], data["train"], data["val"], data["test"], device="cpu",
-                        threshold_method="fixed", fixed_threshold=0.9).table().iloc[0]
+    fixed = (
+        S.run_sweep(
+            base,
+            [8],
+            [1e-3],
+            data["train"],
+            data["val"],
+            data["test"],
+            device="cpu",
+            threshold_method="fixed",
+            fixed_threshold=0.9,
+        )
+        .table()
+        .iloc[0]
+    )
     youden = S.run_sweep(base, [8], [1e-3], data["train"], data["val"], data["test"], device="cpu").table().iloc[0]
     assert fixed["threshold"] == 0.9 and youden["threshold"] != 0.9
     assert fixed["val_auc"] == pytest.approx(youden["val_auc"])  # same training, only the operating point moved
@@ -72,12 +83,17 @@ def test_every_config_starts_from_a_fresh_initialisation(data, base):
 
 def _fake_fit(val_scores: dict):
     """A stand-in for training.fit: val metrics per (batch_size, lr) from ``val_scores``; no training."""
+
     def fit(cfg, train, val, **kw):
         auc, loss = val_scores[(cfg.batch_size, cfg.lr)]
         return SimpleNamespace(
-            model=(cfg.batch_size, cfg.lr), threshold=0.5, history=[{"train_loss": 1.0}],
+            model=(cfg.batch_size, cfg.lr),
+            threshold=0.5,
+            history=[{"train_loss": 1.0}],
             best={"best_epoch": 1, "val_auc": auc, "val_loss": loss, "val_acc": 0.5},
-            card=SimpleNamespace(mean=(0.5,) * 3, std=(0.5,) * 3))
+            card=SimpleNamespace(mean=(0.5,) * 3, std=(0.5,) * 3),
+        )
+
     return fit
 
 
@@ -103,8 +119,13 @@ def _write_cache(root: Path, splits: dict) -> Path:
     for s, (x, y) in splits.items():
         np.save(root / f"{s}_images.npy", x)
         np.save(root / f"{s}_labels.npy", y)
-        pd.DataFrame({"path": [f"{s}/{i}.jpeg" for i in range(len(y))], "label": [CLASSES[c] for c in y],
-                      "patient_id": [str(i) for i in range(len(y))]}).to_csv(root / f"{s}.csv", index=False)
+        pd.DataFrame(
+            {
+                "path": [f"{s}/{i}.jpeg" for i in range(len(y))],
+                "label": [CLASSES[c] for c in y],
+                "patient_id": [str(i) for i in range(len(y))],
+            }
+        ).to_csv(root / f"{s}.csv", index=False)
     (root / "info.json").write_text(json.dumps({"cache_size": SIZE, "data_version": "v1"}))
     return root
 
@@ -112,17 +133,41 @@ def _write_cache(root: Path, splits: dict) -> Path:
 def test_sweep_stage_outputs_and_nested_mlflow_runs(data, tmp_path, monkeypatch):
     cache = _write_cache(tmp_path / "cache", data)
     params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump({
-        "seed": 0, "image_size": 64, "models": {"cnn": {}},
-        "sweep": {"model": "cnn", "batch_sizes": [8, 16], "lrs": ["1e-03"], "epochs": 1, "image_size": SIZE},
-        "mlflow": {"experiment": "sweep-test"}}))
+    params.write_text(
+        yaml.safe_dump(
+            {
+                "seed": 0,
+                "image_size": 64,
+                "models": {"cnn": {}},
+                "sweep": {"model": "cnn", "batch_sizes": [8, 16], "lrs": ["1e-03"], "epochs": 1, "image_size": SIZE},
+                "mlflow": {"experiment": "sweep-test"},
+            }
+        )
+    )
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))  # MLflow artifacts under tmp_path, not the repository
     stage = load_stage("sweep")
     out = tmp_path / "out"
-    assert stage.main(["--params", str(params), "--cache", str(cache), "--metrics", str(out / "metrics/sweep.json"),
-                       "--table", str(out / "plots/sweep.csv"), "--figures", str(out / "figures/sweep"),
-                       "--device", "cpu", "--no-progress"]) == 0
+    assert (
+        stage.main(
+            [
+                "--params",
+                str(params),
+                "--cache",
+                str(cache),
+                "--metrics",
+                str(out / "metrics/sweep.json"),
+                "--table",
+                str(out / "plots/sweep.csv"),
+                "--figures",
+                str(out / "figures/sweep"),
+                "--device",
+                "cpu",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     table = pd.read_csv(out / "plots/sweep.csv")
     assert len(table) == 2 and table["selected"].sum() == 1
     summary = json.loads((out / "metrics/sweep.json").read_text())
@@ -145,12 +190,24 @@ def test_sweep_stage_outputs_and_nested_mlflow_runs(data, tmp_path, monkeypatch)
 def test_summary_without_a_test_split_has_null_test_numbers():
     from cxr.training.sweep import SweepResult
 
-    row = {"batch_size": 8, "lr": 1e-3, "val_auc": 0.7, "val_loss": 0.5, "val_acc": 0.6, "best_epoch": 1,
-           "threshold": 0.5, "test_used_for_selection": False}
+    row = {
+        "batch_size": 8,
+        "lr": 1e-3,
+        "val_auc": 0.7,
+        "val_loss": 0.5,
+        "val_acc": 0.6,
+        "best_epoch": 1,
+        "threshold": 0.5,
+        "test_used_for_selection": False,
+    }
     summary = SweepResult(model="cnn", select_metric="val_auc", rows=[row], best=dict(row)).summary()
     assert summary["best"]["val_auc"] == 0.7
-    assert summary["best_test"] == {"test_roc_auc": None, "test_accuracy": None, "test_balanced_accuracy": None,
-                                    "used_for_selection": False}
+    assert summary["best_test"] == {
+        "test_roc_auc": None,
+        "test_accuracy": None,
+        "test_balanced_accuracy": None,
+        "used_for_selection": False,
+    }
 
 
 def test_two_simulated_devices_give_the_one_device_table(data, base, tmp_path):

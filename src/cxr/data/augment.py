@@ -16,7 +16,7 @@ mean, as torchvision's ``adjust_contrast`` does). ``benchmarks/`` compares it wi
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -101,7 +101,6 @@ class BatchAugment:
         mean = out.mean(dim=(1, 2, 3), keepdim=True)
         return out.mul_(contrast).add_((1 - contrast) * mean).clamp_(0, 1)
 
-
     def prescale(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 -> float (0..255), first shrunk with antialiasing when much larger than needed.
 
@@ -158,14 +157,16 @@ def reference_transforms(cfg: AugmentConfig, out_size: int) -> v2.Compose:
     if not cfg.enabled:
         return eval_transform(out_size)
     t = cfg.affine_translate
-    return v2.Compose([
-        v2.RandomResizedCrop(out_size, scale=tuple(cfg.crop_scale), antialias=True),
-        v2.RandomHorizontalFlip(cfg.hflip_p),
-        v2.RandomRotation(cfg.rotation_degrees),
-        v2.RandomAffine(degrees=cfg.affine_degrees, translate=(t, t)),
-        v2.ColorJitter(brightness=cfg.brightness, contrast=cfg.contrast),
-        v2.ToDtype(torch.float32, scale=True),
-    ])
+    return v2.Compose(
+        [
+            v2.RandomResizedCrop(out_size, scale=tuple(cfg.crop_scale), antialias=True),
+            v2.RandomHorizontalFlip(cfg.hflip_p),
+            v2.RandomRotation(cfg.rotation_degrees),
+            v2.RandomAffine(degrees=cfg.affine_degrees, translate=(t, t)),
+            v2.ColorJitter(brightness=cfg.brightness, contrast=cfg.contrast),
+            v2.ToDtype(torch.float32, scale=True),
+        ]
+    )
 
 
 def eval_transform(out_size: int) -> v2.Compose:
@@ -189,7 +190,8 @@ class Normalize:
     def __call__(self, x01: torch.Tensor) -> torch.Tensor:
         # One broadcasting addcmul, x * (1/std) + (-mean/std), writes the (B, 3, H, W) result directly.
         scale = torch.tensor([1 / s for s in self.std], dtype=x01.dtype, device=x01.device).view(1, -1, 1, 1)
-        shift = torch.tensor([-m / s for m, s in zip(self.mean, self.std)], dtype=x01.dtype,
-                             device=x01.device).view(1, -1, 1, 1)
+        shift = torch.tensor([-m / s for m, s in zip(self.mean, self.std)], dtype=x01.dtype, device=x01.device).view(
+            1, -1, 1, 1
+        )
         x = torch.addcmul(shift, x01, scale)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x

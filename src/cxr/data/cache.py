@@ -33,8 +33,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageOps
 
-from cxr.config import PreprocessConfig
 from cxr import CLASSES, SPLITS
+from cxr.config import PreprocessConfig
 from cxr.data.manifest import manifest_csv_bytes, read_manifest
 from cxr.data.pool import imap_progress
 
@@ -135,8 +135,11 @@ def _reserve_disk(path: Path) -> None:
             os.posix_fallocate(f.fileno(), 0, size)
         except OSError as exc:
             if exc.errno == errno.ENOSPC:
-                raise OSError(exc.errno, f"not enough disk space for the image cache: {path} needs "
-                                         f"{size / 2**20:.0f} MiB. Free some space, or lower preprocess.cache_size.") from None
+                raise OSError(
+                    exc.errno,
+                    f"not enough disk space for the image cache: {path} needs "
+                    f"{size / 2**20:.0f} MiB. Free some space, or lower preprocess.cache_size.",
+                ) from None
             if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
                 raise  # anything but "this filesystem cannot preallocate"
 
@@ -163,9 +166,14 @@ def _data_version(manifest, cfg: PreprocessConfig) -> str:
     return hashlib.sha256(data).hexdigest()[:12]
 
 
-def build_cache(manifest: pd.DataFrame | str | Path, raw_dir: str | Path, out_dir: str | Path,
-                cfg: PreprocessConfig, progress: bool = True,
-                workers: int | None = None) -> dict:
+def build_cache(
+    manifest: pd.DataFrame | str | Path,
+    raw_dir: str | Path,
+    out_dir: str | Path,
+    cfg: PreprocessConfig,
+    progress: bool = True,
+    workers: int | None = None,
+) -> dict:
     """Decode every manifest image once into ``out_dir`` (layout in the module docstring).
 
     ``manifest``: a DataFrame or the path of the manifest CSV (data_version hashes the file's
@@ -182,8 +190,10 @@ def build_cache(manifest: pd.DataFrame | str | Path, raw_dir: str | Path, out_di
     unknown = sorted(set(df["split"]) - set(SPLITS))
     bad_labels = sorted(set(df["label"]) - set(CLASSES))
     if unknown or bad_labels:
-        raise ValueError(f"manifest has split(s) {unknown} / label(s) {bad_labels} outside {list(SPLITS)} / "
-                         f"{list(CLASSES)}: rerun `dvc repro split`.")
+        raise ValueError(
+            f"manifest has split(s) {unknown} / label(s) {bad_labels} outside {list(SPLITS)} / "
+            f"{list(CLASSES)}: rerun `dvc repro split`."
+        )
 
     parts = {s: df[df["split"] == s] for s in SPLITS}
     for s, part in parts.items():
@@ -191,15 +201,17 @@ def build_cache(manifest: pd.DataFrame | str | Path, raw_dir: str | Path, out_di
         labels = part["label"].map({c: i for i, c in enumerate(CLASSES)}).to_numpy(dtype=np.int64)
         np.save(out / f"{s}_labels.npy", labels)
         # Allocated here, filled in place by the decoding workers.
-        np.lib.format.open_memmap(out / f"{s}_images.npy", mode="w+", dtype=np.uint8,
-                                  shape=(len(part), size, size)).flush()
+        np.lib.format.open_memmap(
+            out / f"{s}_images.npy", mode="w+", dtype=np.uint8, shape=(len(part), size, size)
+        ).flush()
         _reserve_disk(out / f"{s}_images.npy")
 
     # One pool over every split in order. Each worker writes its decoded images into the
     # memory-mapped files itself: the parent only counts, so memory does not grow with the
     # dataset and no core is spent shipping pixels between processes.
-    tasks = [(str(out / f"{s}_images.npy"), i, str(raw_dir / p))
-             for s in SPLITS for i, p in enumerate(parts[s]["path"])]
+    tasks = [
+        (str(out / f"{s}_images.npy"), i, str(raw_dir / p)) for s in SPLITS for i, p in enumerate(parts[s]["path"])
+    ]
     build = uuid.uuid4().hex
     fn = partial(_decode_into, build=build, size=size, resize=cfg.resize)
     n_workers = cfg.workers if workers is None else workers
@@ -213,10 +225,16 @@ def build_cache(manifest: pd.DataFrame | str | Path, raw_dir: str | Path, out_di
         with open(out / f"{s}_images.npy", "rb+") as f:
             os.fsync(f.fileno())
 
-    counts = {s: {**{c: int((parts[s]["label"] == c).sum()) for c in CLASSES}, "total": int(len(parts[s]))}
-              for s in SPLITS}
-    info = {"cache_size": size, "resize": cfg.resize, "classes": list(CLASSES), "counts": counts,
-            "data_version": version}
+    counts = {
+        s: {**{c: int((parts[s]["label"] == c).sum()) for c in CLASSES}, "total": int(len(parts[s]))} for s in SPLITS
+    }
+    info = {
+        "cache_size": size,
+        "resize": cfg.resize,
+        "classes": list(CLASSES),
+        "counts": counts,
+        "data_version": version,
+    }
     (out / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
     return info
 
@@ -258,7 +276,10 @@ def load_split(cache_dir: str | Path, split: str) -> CachedSplit:
     table = pd.read_csv(files[2], dtype=str, keep_default_na=False)
     size = info["cache_size"]
     if not (images.shape[1:] == (size, size) and len(images) == len(labels) == len(table)):
-        raise CacheError(f"image cache {d} is inconsistent for {split!r}: images {images.shape}, "
-                         f"{len(labels)} labels, {len(table)} rows, cache_size {size}. {_REBUILD}")
-    return CachedSplit(images, labels.astype(np.int64, copy=False), table["path"].tolist(),
-                       table["patient_id"].tolist())
+        raise CacheError(
+            f"image cache {d} is inconsistent for {split!r}: images {images.shape}, "
+            f"{len(labels)} labels, {len(table)} rows, cache_size {size}. {_REBUILD}"
+        )
+    return CachedSplit(
+        images, labels.astype(np.int64, copy=False), table["path"].tolist(), table["patient_id"].tolist()
+    )

@@ -44,19 +44,25 @@ class ArchiveBudget:
         self.limits = limits
         self.size = max(1, os.path.getsize(archive))
         self.total = 0
-        self._fix = ("; if the archive is genuine, raise the limit in params.yaml "
-                     "(dvc exp run -S data.archive.{key}=...), otherwise do not use it")
+        self._fix = (
+            "; if the archive is genuine, raise the limit in params.yaml "
+            "(dvc exp run -S data.archive.{key}=...), otherwise do not use it"
+        )
 
     def _fail(self, what: str, key: str) -> ArchiveLimitError:
-        return ArchiveLimitError(f"archive {self.archive} refused (a possible decompression bomb): {what}"
-                                 + self._fix.format(key=key))
+        return ArchiveLimitError(
+            f"archive {self.archive} refused (a possible decompression bomb): {what}" + self._fix.format(key=key)
+        )
 
     def admit(self, member: str, declared: int) -> None:
         """Refuse before writing when the declared size already breaks a limit."""
         lim = self.limits
         if declared > lim.max_member_bytes:
-            raise self._fail(f"member {member!r} would be {declared:,} bytes uncompressed > "
-                             f"data.archive.max_member_bytes = {lim.max_member_bytes:,}", "max_member_bytes")
+            raise self._fail(
+                f"member {member!r} would be {declared:,} bytes uncompressed > "
+                f"data.archive.max_member_bytes = {lim.max_member_bytes:,}",
+                "max_member_bytes",
+            )
         self._check_total(self.total + declared, member)
 
     def admit_total(self, declared_total: int) -> None:
@@ -67,18 +73,27 @@ class ArchiveBudget:
         """``n`` more bytes written (``member_so_far`` of this member); refuses once a limit is passed."""
         self.total += n
         if member_so_far > self.limits.max_member_bytes:
-            raise self._fail(f"member {member!r} exceeds data.archive.max_member_bytes = "
-                             f"{self.limits.max_member_bytes:,} while extracting", "max_member_bytes")
+            raise self._fail(
+                f"member {member!r} exceeds data.archive.max_member_bytes = "
+                f"{self.limits.max_member_bytes:,} while extracting",
+                "max_member_bytes",
+            )
         self._check_total(self.total, member)
 
     def _check_total(self, total: int, member: str) -> None:
         lim = self.limits
         if total > lim.max_total_bytes:
-            raise self._fail(f"more than data.archive.max_total_bytes = {lim.max_total_bytes:,} bytes uncompressed "
-                             f"(reached at member {member!r})", "max_total_bytes")
+            raise self._fail(
+                f"more than data.archive.max_total_bytes = {lim.max_total_bytes:,} bytes uncompressed "
+                f"(reached at member {member!r})",
+                "max_total_bytes",
+            )
         if total > lim.max_ratio * self.size:
-            raise self._fail(f"{total:,} bytes uncompressed from a {self.size:,}-byte archive (at member {member!r}) "
-                             f"exceeds data.archive.max_ratio = {lim.max_ratio:g} x its size", "max_ratio")
+            raise self._fail(
+                f"{total:,} bytes uncompressed from a {self.size:,}-byte archive (at member {member!r}) "
+                f"exceeds data.archive.max_ratio = {lim.max_ratio:g} x its size",
+                "max_ratio",
+            )
 
 
 @dataclass(frozen=True)
@@ -87,7 +102,7 @@ class ImageLimits:
     plausibility: Plausibility
 
     @classmethod
-    def from_split(cls, cfg: SplitConfig | None = None) -> "ImageLimits":
+    def from_split(cls, cfg: SplitConfig | None = None) -> ImageLimits:
         cfg = cfg or SplitConfig()
         return cls(int(cfg.max_pixels), cfg.plausibility)
 
@@ -107,19 +122,24 @@ class ImageLimits:
         if short < p.min_side:
             return TOO_SMALL, f"{width}x{height}: shorter side {short} px < split.plausibility.min_side = {p.min_side}"
         if long_ / max(1, short) > p.max_aspect:
-            return EXTREME_ASPECT, (f"{width}x{height}: aspect ratio {long_ / short:.1f} > "
-                                    f"split.plausibility.max_aspect = {p.max_aspect:g}")
+            return EXTREME_ASPECT, (
+                f"{width}x{height}: aspect ratio {long_ / short:.1f} > split.plausibility.max_aspect = {p.max_aspect:g}"
+            )
         if gray is None:
             return None
         g = _small(np.asarray(gray))
         lo, hi = np.percentile(g, [1, 99])
         if hi - lo < p.min_range:
-            return CONSTANT, (f"grey levels 1st-99th percentile {lo:.0f}..{hi:.0f}: range {hi - lo:.0f} < "
-                              f"split.plausibility.min_range = {p.min_range} (blank, black, white or constant)")
+            return CONSTANT, (
+                f"grey levels 1st-99th percentile {lo:.0f}..{hi:.0f}: range {hi - lo:.0f} < "
+                f"split.plausibility.min_range = {p.min_range} (blank, black, white or constant)"
+            )
         smooth = smoothness(g)
         if smooth < p.min_smoothness:
-            return NOISE, (f"neighbouring-pixel correlation {smooth:.2f} < split.plausibility.min_smoothness = "
-                           f"{p.min_smoothness:g}: random noise, not a radiograph")
+            return NOISE, (
+                f"neighbouring-pixel correlation {smooth:.2f} < split.plausibility.min_smoothness = "
+                f"{p.min_smoothness:g}: random noise, not a radiograph"
+            )
         return None
 
 

@@ -30,10 +30,11 @@ import io
 import os
 import re
 import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Optional
 
 import numpy as np
 import pandas as pd
@@ -208,7 +209,9 @@ def _check_stream(fp, digest: str, max_pixels: int, plausibility: Plausibility |
                 mode = img.mode
                 # Checked before any pixel is decoded: a bomb is a small file with a huge header.
                 if w * h > max_pixels:
-                    return FileCheck(digest, w, h, mode, TOO_LARGE, f"{w}x{h} = {w * h} pixels > split.max_pixels = {max_pixels}")
+                    return FileCheck(
+                        digest, w, h, mode, TOO_LARGE, f"{w}x{h} = {w * h} pixels > split.max_pixels = {max_pixels}"
+                    )
                 if img.format == "JPEG":
                     # DCT-domain 1/8 scale still reads every entropy-coded byte, so truncation and
                     # corruption are still detected, ~1.5x faster than a full-size decode.
@@ -259,9 +262,14 @@ def check_file(path: str | Path, max_pixels: int, plausibility: Plausibility | N
         return FileCheck(reason=UNREADABLE, detail=f"{type(exc).__name__}: {exc}")
 
 
-
-def check_files(raw_dir: str | Path, paths: Sequence[str], max_pixels: int, workers: int = 0,
-                progress: bool = True, plausibility: Plausibility | None = None) -> list[FileCheck]:
+def check_files(
+    raw_dir: str | Path,
+    paths: Sequence[str],
+    max_pixels: int,
+    workers: int = 0,
+    progress: bool = True,
+    plausibility: Plausibility | None = None,
+) -> list[FileCheck]:
     """:func:`check_file` for raw-relative ``paths``, in order, on every core."""
     full = [str(Path(raw_dir) / p) for p in paths]
     fn = partial(check_file, max_pixels=max_pixels, plausibility=plausibility)
@@ -294,8 +302,9 @@ def _draw_counts(n: int, val_fraction: float, test_fraction: float) -> tuple[int
     return n_val, n_test
 
 
-def assign_splits(images: pd.DataFrame, val_fraction: float, test_fraction: float, seed: int,
-                  merge_official_val: bool = True) -> pd.Series:
+def assign_splits(
+    images: pd.DataFrame, val_fraction: float, test_fraction: float, seed: int, merge_official_val: bool = True
+) -> pd.Series:
     """The split of every image (index-aligned Series), drawn per patient and stratified by label.
 
     ``images`` needs ``patient_id`` (keys), ``label`` and ``source_split``. The official test is
@@ -325,9 +334,9 @@ def assign_splits(images: pd.DataFrame, val_fraction: float, test_fraction: floa
         n_val, n_test = _draw_counts(len(patients), val_fraction, 0.0 if has_test else test_fraction)
         for p in patients[:n_test]:
             where[p] = "test"
-        for p in patients[n_test:n_test + n_val]:
+        for p in patients[n_test : n_test + n_val]:
             where[p] = "val"
-        for p in patients[n_test + n_val:]:
+        for p in patients[n_test + n_val :]:
             where[p] = "train"
     split[pool] = pool_images["patient_id"].map(where)
     return split
@@ -354,7 +363,10 @@ def drop_duplicates(manifest: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
     kept_split = order[first].set_index("sha256")["split"]
     cross = int((dropped["split"].values != dropped["sha256"].map(kept_split).values).sum())
     return manifest.loc[manifest.index.isin(kept_idx)], {
-        "removed": int(len(dropped)), "cross_split": cross, "within_test_kept": int((official_test & ~first).sum())}
+        "removed": int(len(dropped)),
+        "cross_split": cross,
+        "within_test_kept": int((official_test & ~first).sum()),
+    }
 
 
 def shared_patients(manifest: pd.DataFrame) -> int:
@@ -384,33 +396,48 @@ def build_manifest(raw_dir: str | Path, cfg: SplitConfig, progress: bool = True)
     """
     candidates = scan_tree(raw_dir)
     paths = [c[0] for c in candidates]
-    checks = check_files(raw_dir, paths, cfg.max_pixels, workers=cfg.workers, progress=progress,
-                         plausibility=cfg.plausibility)
+    checks = check_files(
+        raw_dir, paths, cfg.max_pixels, workers=cfg.workers, progress=progress, plausibility=cfg.plausibility
+    )
 
     rows, bad = [], read_skipped(raw_dir)  # what fetch did not import (links, special files) is reported too
     for (path, source_split, label), chk in zip(candidates, checks):
         if chk.reason is not None:
             bad.append({"path": path, "reason": chk.reason, "detail": chk.detail})
             continue
-        rows.append({
-            "path": path, "label": label, "patient_id": patient_key(path, cfg.merge_official_val),
-            "source_split": source_split, "split": "", "sha256": chk.sha256,
-            "width": chk.width, "height": chk.height, "mode": chk.mode,
-        })
+        rows.append(
+            {
+                "path": path,
+                "label": label,
+                "patient_id": patient_key(path, cfg.merge_official_val),
+                "source_split": source_split,
+                "split": "",
+                "sha256": chk.sha256,
+                "width": chk.width,
+                "height": chk.height,
+                "mode": chk.mode,
+            }
+        )
     manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
 
     # Identical bytes under both labels: no way to know which label is right, so use neither.
     n_labels = manifest.groupby("sha256")["label"].transform("nunique")
     conflicting = manifest[n_labels > 1]
     for path, sha in zip(conflicting["path"], conflicting["sha256"]):
-        bad.append({"path": path, "reason": CONFLICTING,
-                    "detail": f"identical bytes (sha256 {sha[:12]}) also filed under the other class"})
+        bad.append(
+            {
+                "path": path,
+                "reason": CONFLICTING,
+                "detail": f"identical bytes (sha256 {sha[:12]}) also filed under the other class",
+            }
+        )
     manifest = manifest[n_labels <= 1]
 
     _require_both_classes(manifest, raw_dir, cfg.merge_official_val, len(candidates), bad)
 
-    manifest = manifest.assign(split=assign_splits(manifest, cfg.val_fraction, cfg.test_fraction, cfg.seed,
-                                                   cfg.merge_official_val))
+    manifest = manifest.assign(
+        split=assign_splits(manifest, cfg.val_fraction, cfg.test_fraction, cfg.seed, cfg.merge_official_val)
+    )
     manifest, dup = drop_duplicates(manifest)
     _require_every_split(manifest, len(candidates), bad, cfg)
     manifest = manifest.sort_values("path", kind="stable").reset_index(drop=True)
@@ -428,7 +455,8 @@ def _require_both_classes(manifest: pd.DataFrame, raw_dir, merge_val: bool, scan
         raise ManifestError(
             f"no usable {' or '.join(missing)} training images in {where}: found {counts} usable "
             f"({scanned} files scanned, {len(bad)} quarantined); expected images of both classes in "
-            f"{raw_dir}/train/{{NORMAL,PNEUMONIA}}/. Check the fetched tree (`dvc repro fetch`) and the quarantine reasons."
+            f"{raw_dir}/train/{{NORMAL,PNEUMONIA}}/. Check the fetched tree (`dvc repro fetch`) "
+            "and the quarantine reasons."
         )
 
 
@@ -444,12 +472,10 @@ def read_skipped(raw_dir) -> list[dict]:
 def _require_every_split(manifest: pd.DataFrame, scanned: int, bad: list, cfg: SplitConfig) -> None:
     """Train, val and test each need images, val and test of both classes: an empty or one-class split
     passes here silently and breaks train (no validation AUC, no threshold) or evaluate later."""
-    counts = {s: {c: int(((manifest["split"] == s) & (manifest["label"] == c)).sum()) for c in CLASSES}
-              for s in SPLITS}
+    counts = {s: {c: int(((manifest["split"] == s) & (manifest["label"] == c)).sum()) for c in CLASSES} for s in SPLITS}
     # split.test_fraction: 0 with no official test/ asks for no test split: then none is required.
     wanted = [s for s in SPLITS if s != "test" or cfg.test_fraction > 0 or (manifest["source_split"] == "test").any()]
-    short = [s for s in wanted if sum(counts[s].values()) == 0
-             or (s != "train" and min(counts[s].values()) == 0)]
+    short = [s for s in wanted if sum(counts[s].values()) == 0 or (s != "train" and min(counts[s].values()) == 0)]
     if short:
         shown = "; ".join(f"{s}: {counts[s]['NORMAL']} NORMAL, {counts[s]['PNEUMONIA']} PNEUMONIA" for s in SPLITS)
         raise ManifestError(
@@ -457,7 +483,8 @@ def _require_every_split(manifest: pd.DataFrame, scanned: int, bad: list, cfg: S
             f"{' and '.join(short)} need{'s' if len(short) == 1 else ''} images of both classes (train at least one "
             f"image). Add images (at least 3 patients per class in train, or an official test/ with both "
             f"classes), or raise split.val_fraction / split.test_fraction (now {cfg.val_fraction} / "
-            f"{cfg.test_fraction})")
+            f"{cfg.test_fraction})"
+        )
 
 
 def split_metrics(manifest: pd.DataFrame, quarantine: pd.DataFrame, duplicates: dict, scanned: int) -> dict:
@@ -493,7 +520,8 @@ def summary_table(metrics: dict) -> str:
     lines.append(
         f"shared patients: {metrics['shared_patients']}   duplicates removed: {metrics['duplicates_removed']} "
         f"({metrics['duplicates_cross_split']} across splits; "
-        f"{metrics.get('duplicates_within_test_kept', 0)} repeats within the official test kept)   quarantined: {metrics['quarantined']}"
+        f"{metrics.get('duplicates_within_test_kept', 0)} repeats within the official test kept)   "
+        f"quarantined: {metrics['quarantined']}"
     )
     return "\n".join(lines)
 
@@ -522,7 +550,9 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
     df = pd.read_csv(path, dtype=str, keep_default_na=False)
     missing = [c for c in MANIFEST_COLUMNS if c not in df.columns]
     if missing:
-        raise ManifestError(f"{path}: missing column(s) {missing}; expected {MANIFEST_COLUMNS}. Rerun `dvc repro split`.")
+        raise ManifestError(
+            f"{path}: missing column(s) {missing}; expected {MANIFEST_COLUMNS}. Rerun `dvc repro split`."
+        )
     return df.astype({"width": int, "height": int})[MANIFEST_COLUMNS]
 
 

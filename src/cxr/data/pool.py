@@ -1,13 +1,13 @@
 """Process pools for the per-image work of split (verification) and preprocess (decoding).
 
-    for result in imap_progress(fn, items, workers=0, desc="decode"):   # in order, with a tqdm bar
-        ...
+for result in imap_progress(fn, items, workers=0, desc="decode"):   # in order, with a tqdm bar
+    ...
 """
 
 from __future__ import annotations
 
 import os
-from typing import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 
 def resolve_workers(workers: int) -> int:
@@ -46,8 +46,15 @@ def release_large_buffers() -> bool:
         return False
 
 
-def imap_progress(fn: Callable, items: Sequence, workers: int = 0, desc: str = "", progress: bool = True,
-                  min_parallel: int = 64, chunksize: int = 8) -> Iterator:
+def imap_progress(
+    fn: Callable,
+    items: Sequence,
+    workers: int = 0,
+    desc: str = "",
+    progress: bool = True,
+    min_parallel: int = 64,
+    chunksize: int = 8,
+) -> Iterator:
     """``fn`` over ``items`` in order, on a process pool with a tqdm bar; yields results as they come.
 
     Few items run in-process: starting a pool costs more than it saves. ``chunksize`` items travel
@@ -64,8 +71,11 @@ def imap_progress(fn: Callable, items: Sequence, workers: int = 0, desc: str = "
     n_workers = resolve_workers(workers)
     # concurrent.futures rather than multiprocessing.Pool: when a worker dies (killed for memory, or
     # SIGBUS on a memory-mapped write to a full disk) Pool waits forever; the executor raises.
-    pool = (ProcessPoolExecutor(n_workers, initializer=release_large_buffers)
-            if n_workers > 1 and len(items) >= min_parallel else None)
+    pool = (
+        ProcessPoolExecutor(n_workers, initializer=release_large_buffers)
+        if n_workers > 1 and len(items) >= min_parallel
+        else None
+    )
     bar = None
     try:
         if pool is None:
@@ -81,7 +91,8 @@ def imap_progress(fn: Callable, items: Sequence, workers: int = 0, desc: str = "
         raise RuntimeError(
             f"a {desc or 'worker'} process died before finishing its work ({exc}). The usual causes: the "
             f"machine ran out of memory (set fewer workers) or the disk filled up under a memory-mapped "
-            f"write (free some space).") from None
+            f"write (free some space)."
+        ) from None
     finally:
         if bar is not None:
             bar.close()

@@ -17,8 +17,9 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator, Optional
+from typing import BinaryIO, Optional
 
 LINK = "symbolic_link"
 SPECIAL = "not_a_regular_file"
@@ -56,8 +57,9 @@ def entry_problem(path: str | os.PathLike) -> Optional[tuple[str, str]]:
     return SPECIAL, f"{describe_mode(st.st_mode)}: only regular files are read"
 
 
-def walk_files(folder: str | os.PathLike, skip: Callable[[str], bool] = lambda name: False
-               ) -> Iterator[tuple[Path, Optional[tuple[str, str]]]]:
+def walk_files(
+    folder: str | os.PathLike, skip: Callable[[str], bool] = lambda name: False
+) -> Iterator[tuple[Path, Optional[tuple[str, str]]]]:
     """Every entry under ``folder`` (sorted, links never followed) as ``(path, problem)``.
 
     ``problem`` is None for a regular file, else ``(reason, detail)``: symbolic links (to files or

@@ -50,8 +50,15 @@ from cxr.data.limits import ArchiveBudget, ArchiveLimitError
 from cxr.data.safefs import walk_files
 
 # Folder names seen in real copies, lower-cased; "validation"/"valid" from re-packaged copies.
-_SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val",
-                  "validation": "val", "test": "test", "testing": "test"}
+_SPLIT_ALIASES = {
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "test": "test",
+    "testing": "test",
+}
 
 EXPECTED_LAYOUT = (
     "expected a folder holding train/ (any letter case) with NORMAL/ and PNEUMONIA/ subfolders, "
@@ -82,11 +89,12 @@ class FetchReport:
         rows = [head]
         for split in SPLITS:
             per = self.counts.get(split, {})
-            rows.append(f"{split:<7}" + "".join(f"{per.get(c, 0):>11}" for c in CLASSES)
-                        + f"{sum(per.values()):>9}")
-        rows.append(f"{'total':<7}" + "".join(
-            f"{sum(self.counts.get(s, {}).get(c, 0) for s in SPLITS):>11}" for c in CLASSES)
-            + f"{self.total:>9}")
+            rows.append(f"{split:<7}" + "".join(f"{per.get(c, 0):>11}" for c in CLASSES) + f"{sum(per.values()):>9}")
+        rows.append(
+            f"{'total':<7}"
+            + "".join(f"{sum(self.counts.get(s, {}).get(c, 0) for s in SPLITS):>11}" for c in CLASSES)
+            + f"{self.total:>9}"
+        )
         return "\n".join(rows)
 
 
@@ -117,8 +125,15 @@ def fetch(cfg: DataConfig, out_dir: Path, *, base_dir: Path = Path("."), progres
 
     if cfg.source == "url":
         download_dir = _anchor(cfg.download_dir, base_dir)
-        archive = download(cfg.url, download_dir, sha256=cfg.sha256, progress=progress, notes=notes,
-                           timeout=cfg.timeout, min_rate=cfg.min_rate)
+        archive = download(
+            cfg.url,
+            download_dir,
+            sha256=cfg.sha256,
+            progress=progress,
+            notes=notes,
+            timeout=cfg.timeout,
+            min_rate=cfg.min_rate,
+        )
         counts = _import_any(archive, out_dir, notes, link=False, progress=progress, limits=cfg.archive)
         return FetchReport("url", out_dir, counts, notes)
 
@@ -218,7 +233,8 @@ def _refuse_clash(folders: list[Path], what: str) -> None:
         names = " and ".join(f"{f}/" for f in folders)
         raise SourceError(
             f"found {names} side by side: both are {what}, and importing one would lose the other's images. "
-            f"Merge them into one folder (or remove the one you do not want), then run fetch again")
+            f"Merge them into one folder (or remove the one you do not want), then run fetch again"
+        )
 
 
 def _class_dirs(folder: Path) -> dict[str, Path]:
@@ -231,8 +247,9 @@ def _class_dirs(folder: Path) -> dict[str, Path]:
         except OSError:
             children = []
         for label in found:
-            _refuse_clash(sorted(c for c in children if c.name.lower() == label.lower()),
-                          f"the {label} class of {folder.name}/")
+            _refuse_clash(
+                sorted(c for c in children if c.name.lower() == label.lower()), f"the {label} class of {folder.name}/"
+            )
     return found
 
 
@@ -334,8 +351,15 @@ def _count_files(folder: Path) -> int:
     return sum(1 for _ in _iter_files(folder))
 
 
-def import_tree(layout: Layout, out_dir: Path, *, mode: str = "link", progress: bool = False,
-                skipped: list[dict] | None = None, notes: list[str] | None = None) -> dict[str, dict[str, int]]:
+def import_tree(
+    layout: Layout,
+    out_dir: Path,
+    *,
+    mode: str = "link",
+    progress: bool = False,
+    skipped: list[dict] | None = None,
+    notes: list[str] | None = None,
+) -> dict[str, dict[str, int]]:
     """Place every file of ``layout``'s class folders under ``out_dir/<split>/<CLASS>/``.
 
     ``mode``: ``link`` hardlinks (copying when the filesystems differ or linking is refused),
@@ -361,27 +385,34 @@ def import_tree(layout: Layout, out_dir: Path, *, mode: str = "link", progress: 
                 if problem is None:
                     jobs.append((split, label, f, rel))
                 else:
-                    skipped.append({"path": f"{split}/{label}/{rel.as_posix()}", "reason": problem[0],
-                                    "detail": problem[1]})
+                    skipped.append(
+                        {"path": f"{split}/{label}/{rel.as_posix()}", "reason": problem[0], "detail": problem[1]}
+                    )
     for split, per in layout.dirs.items():
         if layout.flat:
             break
         parent = next(iter(per.values())).parent  # the split folder: files here carry no label
         for f in sorted(parent.iterdir()):
             if not is_junk(f.name) and not f.is_dir():
-                skipped.append({"path": f"{split}/{_utf8_name(Path(f.name))[0].as_posix()}",
-                                "reason": "outside_class_folder",
-                                "detail": f"lies in {split}/ but not in NORMAL/ or PNEUMONIA/, so it has no label: "
-                                          f"move it into its class folder"})
+                skipped.append(
+                    {
+                        "path": f"{split}/{_utf8_name(Path(f.name))[0].as_posix()}",
+                        "reason": "outside_class_folder",
+                        "detail": f"lies in {split}/ but not in NORMAL/ or PNEUMONIA/, so it has no label: "
+                        f"move it into its class folder",
+                    }
+                )
     if renamed and notes is not None:
         notes.append(f"{renamed} file name(s) were not valid UTF-8: decoded as latin-1")
     if skipped:
         write_skipped(out_dir, skipped)
         if notes is not None:
             n = len(skipped)
-            notes.append(f"{n} entr{'y' if n == 1 else 'ies'} not imported (links, special files, "
-                         f"files outside the class folders), listed in "
-                         f"{out_dir / SKIPPED_REPORT} and in the split stage's quarantine report")
+            notes.append(
+                f"{n} entr{'y' if n == 1 else 'ies'} not imported (links, special files, "
+                f"files outside the class folders), listed in "
+                f"{out_dir / SKIPPED_REPORT} and in the split stage's quarantine report"
+            )
     counts = {split: {label: 0 for label in CLASSES} for split in SPLITS}
     can_link = mode == "link"
     for split, label, src, rel in tqdm(jobs, desc="importing", unit="img", disable=not progress, mininterval=1.0):
@@ -396,7 +427,14 @@ def import_tree(layout: Layout, out_dir: Path, *, mode: str = "link", progress: 
             except OSError as exc:
                 # Another filesystem, or hardlinks refused (protected_hardlinks, FAT, some
                 # network mounts): copy this and every later file.
-                if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EACCES, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP):
+                if exc.errno not in (
+                    errno.EXDEV,
+                    errno.EPERM,
+                    errno.EACCES,
+                    errno.EMLINK,
+                    errno.ENOTSUP,
+                    errno.EOPNOTSUPP,
+                ):
                     raise
                 can_link = False
                 shutil.copyfile(src, dst)
@@ -421,8 +459,9 @@ def write_skipped(out_dir: Path, rows: list[dict]) -> Path:
     return path
 
 
-def _import_any(src: Path, out_dir: Path, notes: list[str], *, link: bool, progress: bool,
-                limits: ArchiveLimits | None = None) -> dict[str, dict[str, int]]:
+def _import_any(
+    src: Path, out_dir: Path, notes: list[str], *, link: bool, progress: bool, limits: ArchiveLimits | None = None
+) -> dict[str, dict[str, int]]:
     """A folder or an archive -> the canonical tree."""
     # Clear the output before looking for the layout: when out_dir lies inside the source
     # folder (data.path: data, out: data/raw), last run's canonical tree must not be mistaken
@@ -498,11 +537,18 @@ class _EndAwareTarInfo(tarfile.TarInfo):
 def _damaged(archive: Path, what: str) -> SourceError:
     return SourceError(
         f"cannot read archive {archive}: {what}; it is probably truncated or corrupt: download it again "
-        f"(or delete it so the url source fetches it anew)")
+        f"(or delete it so the url source fetches it anew)"
+    )
 
 
-def extract_archive(archive: Path, dest: Path, *, progress: bool = False, limits: ArchiveLimits | None = None,
-                    notes: list[str] | None = None) -> None:
+def extract_archive(
+    archive: Path,
+    dest: Path,
+    *,
+    progress: bool = False,
+    limits: ArchiveLimits | None = None,
+    notes: list[str] | None = None,
+) -> None:
     """Extract a .zip or tar (any compression) into ``dest``, refusing unsafe members.
 
     Refused: absolute paths and ``..`` (zip-slip), symbolic and hard links, device files and
@@ -565,7 +611,8 @@ def _extract_zip(archive: Path, dest: Path, root: Path, budget: ArchiveBudget, p
             if info.flag_bits & 0x1:
                 raise SourceError(
                     f"member {info.filename!r} of {archive} is encrypted (password-protected); extract the "
-                    f"archive yourself with its password and point data.path at the folder")
+                    f"archive yourself with its password and point data.path at the folder"
+                )
             target.parent.mkdir(parents=True, exist_ok=True)
             try:
                 with zf.open(info) as src, open(target, "wb") as dst:
@@ -580,8 +627,9 @@ def _extract_zip(archive: Path, dest: Path, root: Path, budget: ArchiveBudget, p
                 raise _damaged(archive, f"member {info.filename!r}: {type(exc).__name__}: {exc}") from None
 
 
-def _extract_tar(archive: Path, dest: Path, budget: ArchiveBudget, progress: bool, tqdm,
-                 notes: list[str] | None) -> None:
+def _extract_tar(
+    archive: Path, dest: Path, budget: ArchiveBudget, progress: bool, tqdm, notes: list[str] | None
+) -> None:
     renamed = 0
     try:
         # Streaming mode: one pass over a compressed archive, members checked as they come.
@@ -614,8 +662,11 @@ def _extract_tar(archive: Path, dest: Path, budget: ArchiveBudget, progress: boo
     except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
         raise _damaged(archive, f"{type(exc).__name__}: {exc}") from None
     if not complete:
-        raise _damaged(archive, f"the tar ends after {budget.total:,} bytes of members without its end-of-archive "
-                                f"blocks, so members are missing (the file was cut short)")
+        raise _damaged(
+            archive,
+            f"the tar ends after {budget.total:,} bytes of members without its end-of-archive "
+            f"blocks, so members are missing (the file was cut short)",
+        )
     if renamed and notes is not None:
         notes.append(f"{renamed} archive member name(s) were not valid UTF-8: decoded as latin-1")
 
@@ -642,7 +693,7 @@ def download_target(url: str, dest_dir: Path, sha256: str | None = None) -> Path
     """Where ``url`` is kept: ``dest_dir/<key>/<file name>``, the key a hash of the URL (and the
     expected sha256 when given), so a changed ``data.url`` never reuses another URL's file."""
     expected = sha256.lower().strip() if sha256 else ""
-    key = hashlib.sha256(f"{url}\n{expected}".encode("utf-8")).hexdigest()[:16]
+    key = hashlib.sha256(f"{url}\n{expected}".encode()).hexdigest()[:16]
     return Path(dest_dir) / key / _filename_from_url(url)
 
 
@@ -681,8 +732,10 @@ def _read_body(resp, f, bar, *, chunk_size: int, timeout: float, min_rate: int, 
         if min_rate and last - window_start >= timeout:
             rate = window_bytes / (last - window_start)
             if rate < min_rate:
-                raise _SlowDownload(f"only {window_bytes} bytes in the last {last - window_start:.0f} s "
-                                    f"({rate:.0f} B/s < data.min_rate = {min_rate} B/s)")
+                raise _SlowDownload(
+                    f"only {window_bytes} bytes in the last {last - window_start:.0f} s "
+                    f"({rate:.0f} B/s < data.min_rate = {min_rate} B/s)"
+                )
             window_start, window_bytes = last, 0
 
 
@@ -690,9 +743,17 @@ class _SlowDownload(OSError):
     pass
 
 
-def download(url: str, dest_dir: Path, *, sha256: str | None = None, progress: bool = True,
-             notes: list[str] | None = None, chunk_size: int = 1 << 20, timeout: float = 60.0,
-             min_rate: int = 1024) -> Path:
+def download(
+    url: str,
+    dest_dir: Path,
+    *,
+    sha256: str | None = None,
+    progress: bool = True,
+    notes: list[str] | None = None,
+    chunk_size: int = 1 << 20,
+    timeout: float = 60.0,
+    min_rate: int = 1024,
+) -> Path:
     """Download ``url`` into ``dest_dir`` (resuming a ``.part`` file) and return the file.
 
     The file lives under a key of the URL (and ``sha256``): :func:`download_target`. A file already
@@ -705,7 +766,6 @@ def download(url: str, dest_dir: Path, *, sha256: str | None = None, progress: b
     """
     import requests
     import urllib3
-
     from tqdm import tqdm
 
     notes = [] if notes is None else notes
@@ -730,15 +790,26 @@ def download(url: str, dest_dir: Path, *, sha256: str | None = None, progress: b
                 # one (or longer, if the remote file changed). Start over to be sure.
                 resp.close()
                 part.unlink()
-                return download(url, dest_dir, sha256=sha256, progress=progress, notes=notes,
-                                chunk_size=chunk_size, timeout=timeout, min_rate=min_rate)
+                return download(
+                    url,
+                    dest_dir,
+                    sha256=sha256,
+                    progress=progress,
+                    notes=notes,
+                    chunk_size=chunk_size,
+                    timeout=timeout,
+                    min_rate=min_rate,
+                )
             if resp.status_code >= 400:
                 raise SourceError(
                     f"download of {url} failed: HTTP {resp.status_code} {resp.reason}; "
                     f"check data.url (is the link still valid, does it need a login?)"
                 )
-            resumed = offset > 0 and resp.status_code == 206 and \
-                resp.headers.get("Content-Range", "").startswith(f"bytes {offset}-")
+            resumed = (
+                offset > 0
+                and resp.status_code == 206
+                and resp.headers.get("Content-Range", "").startswith(f"bytes {offset}-")
+            )
             if offset and not resumed:
                 notes.append("server ignored the resume request: downloading from the start")
                 offset = 0
@@ -746,10 +817,19 @@ def download(url: str, dest_dir: Path, *, sha256: str | None = None, progress: b
                 notes.append(f"resumed download at byte {offset}")
             length = resp.headers.get("Content-Length")
             total = offset + int(length) if length and length.isdigit() else None
-            with open(part, "ab" if resumed else "wb") as f, tqdm(
-                total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
-                desc=final.name, disable=not progress, mininterval=1.0,
-            ) as bar:
+            with (
+                open(part, "ab" if resumed else "wb") as f,
+                tqdm(
+                    total=total,
+                    initial=offset,
+                    unit="B",
+                    unit_scale=True,
+                    unit_divisor=1024,
+                    desc=final.name,
+                    disable=not progress,
+                    mininterval=1.0,
+                ) as bar,
+            ):
                 _read_body(resp, f, bar, chunk_size=chunk_size, timeout=timeout, min_rate=min_rate)
     except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
         raise SourceError(
@@ -758,9 +838,7 @@ def download(url: str, dest_dir: Path, *, sha256: str | None = None, progress: b
         ) from None
     got = part.stat().st_size
     if total is not None and got != total:
-        raise SourceError(
-            f"download of {url} incomplete: {got} of {total} bytes; run the stage again to resume"
-        )
+        raise SourceError(f"download of {url} incomplete: {got} of {total} bytes; run the stage again to resume")
     if expected:
         actual = sha256_file(part)
         if actual != expected:
@@ -775,7 +853,8 @@ def download(url: str, dest_dir: Path, *, sha256: str | None = None, progress: b
         raise SourceError(
             f"download of {url} ended after {got} bytes without a Content-Length, and the file is {problem}: "
             f"the connection probably dropped. Run the stage again to resume from {part}, or set data.sha256 "
-            f"so the file can be verified")
+            f"so the file can be verified"
+        )
     os.replace(part, final)
     notes.append(f"downloaded {url} -> {final} ({got} bytes)")
     return final
@@ -816,8 +895,7 @@ def kaggle_download(dataset: str, output_dir: Path | None = None) -> Path:
         import kagglehub
     except ImportError:
         raise SourceError(
-            "data.source=kaggle needs the kagglehub package: pip install kagglehub "
-            "(or use data.source=path / url)"
+            "data.source=kaggle needs the kagglehub package: pip install kagglehub (or use data.source=path / url)"
         ) from None
     if not kaggle_credentials_available():
         raise SourceError(f"data.source=kaggle but no Kaggle credentials were found. {KAGGLE_HELP}")

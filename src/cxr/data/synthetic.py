@@ -35,7 +35,6 @@ from scipy import ndimage
 from cxr import CLASSES, SPLITS
 from cxr.config import SyntheticConfig
 
-
 # Shapes are drawn on a small grid and resized to the output size: rendering cost stays flat
 # however large min_size/max_size are, and the images only need detail at the training sizes.
 _RENDER_SIDE = 160
@@ -178,8 +177,9 @@ def _points_in_lungs(rng, n, lungs, lower_bias):
     return pts
 
 
-def render(rng: np.random.Generator, label: str, cfg: SyntheticConfig,
-           patient_seed: tuple[int, int] = (0, 0)) -> Image.Image:
+def render(
+    rng: np.random.Generator, label: str, cfg: SyntheticConfig, patient_seed: tuple[int, int] = (0, 0)
+) -> Image.Image:
     """One radiograph as an 8-bit grayscale image of a size drawn from ``[min_size, max_size]``.
 
     Anatomy comes from the patient's own stream (``patient_seed``), so a child's images look
@@ -229,8 +229,15 @@ def render(rng: np.random.Generator, label: str, cfg: SyntheticConfig,
     ribcage = _ellipse(u, v, 0, lung_cv, 0.8, lung_h * 1.1, edge=0.15)
 
     # --- heart over the left lung (image right), its size varies by child (a confounder)
-    heart = _ellipse(u, v, prng.uniform(0.1, 0.16), lung_cv + lung_h * 0.5,
-                     prng.uniform(0.28, 0.36), prng.uniform(0.26, 0.33), edge=0.3)
+    heart = _ellipse(
+        u,
+        v,
+        prng.uniform(0.1, 0.16),
+        lung_cv + lung_h * 0.5,
+        prng.uniform(0.28, 0.36),
+        prng.uniform(0.26, 0.33),
+        edge=0.3,
+    )
     mediastinum = _smoothstep((0.12 - au_abs) / 0.06)
     lung = lung * (1.0 - np.maximum(heart * 0.8, mediastinum))
 
@@ -281,8 +288,9 @@ def render(rng: np.random.Generator, label: str, cfg: SyntheticConfig,
         opacity *= np.clip(1.0 + 0.7 * patch / (patch.std() + 1e-6), 0.2, 1.8)
     elif rng.random() < 0.2:
         n = int(rng.integers(1, 3))
-        opacity = _blobs(u, v, _points_in_lungs(rng, n, lungs, 0.3),
-                         rng.uniform(0.03, 0.06, n), rng.uniform(0.08, 0.2, n))
+        opacity = _blobs(
+            u, v, _points_in_lungs(rng, n, lungs, 0.3), rng.uniform(0.03, 0.06, n), rng.uniform(0.08, 0.2, n)
+        )
 
     depth = prng.uniform(0.34, 0.44)  # how dark aerated lung is against soft tissue
     aerated = np.clip(1.0 - opacity, 0.15, 1.0)

@@ -12,19 +12,25 @@ model that goes to the MLflow Model Registry is the one with the best *validatio
 
 from __future__ import annotations
 
-import contextlib
-
 import math
-import warnings
 
 import pandas as pd
 
 from cxr.metrics import is_better
 
 REPORT_METRICS = ("accuracy", "sensitivity", "specificity", "balanced_accuracy", "roc_auc", "f1")
-TITLES = {"accuracy": "Accuracy", "sensitivity": "Sensitivity", "specificity": "Specificity",
-          "balanced_accuracy": "Balanced accuracy", "roc_auc": "ROC-AUC", "f1": "F1", "precision": "Precision",
-          "pr_auc": "PR-AUC", "brier": "Brier", "ece": "ECE"}
+TITLES = {
+    "accuracy": "Accuracy",
+    "sensitivity": "Sensitivity",
+    "specificity": "Specificity",
+    "balanced_accuracy": "Balanced accuracy",
+    "roc_auc": "ROC-AUC",
+    "f1": "F1",
+    "precision": "Precision",
+    "pr_auc": "PR-AUC",
+    "brier": "Brier",
+    "ece": "ECE",
+}
 
 
 def _num(v) -> float:
@@ -47,8 +53,12 @@ def select_best(train_metrics: dict[str, dict], metric: str = "val_auc") -> str:
     return best[1]  # ties: the first in the order given
 
 
-def results_table(eval_metrics: dict[str, dict], train_metrics: dict[str, dict], select_metric: str = "val_auc",
-                  metrics=REPORT_METRICS) -> pd.DataFrame:
+def results_table(
+    eval_metrics: dict[str, dict],
+    train_metrics: dict[str, dict],
+    select_metric: str = "val_auc",
+    metrics=REPORT_METRICS,
+) -> pd.DataFrame:
     """One row per evaluated model, ordered by the validation metric (best first).
 
     Columns: model, val_auc, val_loss, threshold, n_test, then <metric>, <metric>_ci_low,
@@ -56,14 +66,22 @@ def results_table(eval_metrics: dict[str, dict], train_metrics: dict[str, dict],
     """
     if not eval_metrics:
         raise ValueError("no evaluation metrics found (metrics/eval/<model>.json); run `dvc repro evaluate` first")
-    best = select_best({m: train_metrics[m] for m in eval_metrics if m in train_metrics}, select_metric) \
-        if any(m in train_metrics for m in eval_metrics) else None
+    best = (
+        select_best({m: train_metrics[m] for m in eval_metrics if m in train_metrics}, select_metric)
+        if any(m in train_metrics for m in eval_metrics)
+        else None
+    )
     rows = []
     for name, rep in eval_metrics.items():
         tm = train_metrics.get(name, {})
         at = rep["at_val_threshold"]
-        row = {"model": name, "val_auc": _num(tm.get("val_auc")), "val_loss": _num(tm.get("val_loss")),
-               "threshold": _num(rep.get("threshold", at.get("threshold"))), "n_test": rep.get("n")}
+        row = {
+            "model": name,
+            "val_auc": _num(tm.get("val_auc")),
+            "val_loss": _num(tm.get("val_loss")),
+            "threshold": _num(rep.get("threshold", at.get("threshold"))),
+            "n_test": rep.get("n"),
+        }
         for k in metrics:
             row[k] = _num(at[k]["value"])
             row[f"{k}_ci_low"] = _num(at[k]["ci_low"])
@@ -72,11 +90,19 @@ def results_table(eval_metrics: dict[str, dict], train_metrics: dict[str, dict],
         rows.append(row)
     table = pd.DataFrame(rows)
     ascending = select_metric == "val_loss"
-    return table.sort_values(select_metric, ascending=ascending, na_position="last", kind="stable").reset_index(drop=True)
+    return table.sort_values(select_metric, ascending=ascending, na_position="last", kind="stable").reset_index(
+        drop=True
+    )
 
 
-HEADLINE = (("val_auc", None), ("auc", "roc_auc"), ("acc", "accuracy"), ("sens", "sensitivity"),
-            ("spec", "specificity"), ("thr", "threshold"))
+HEADLINE = (
+    ("val_auc", None),
+    ("auc", "roc_auc"),
+    ("acc", "accuracy"),
+    ("sens", "sensitivity"),
+    ("spec", "specificity"),
+    ("thr", "threshold"),
+)
 
 
 def headline(eval_metrics: dict[str, dict], train_metrics: dict[str, dict]) -> dict:
@@ -103,9 +129,17 @@ def headline(eval_metrics: dict[str, dict], train_metrics: dict[str, dict]) -> d
 
 def bar_table(eval_metrics: dict[str, dict], metrics) -> dict[str, dict[str, tuple]]:
     """model -> metric -> (value, ci_low, ci_high) for ``plots.metrics_bar_figure``."""
-    return {name: {k: (_num(rep["at_val_threshold"][k]["value"]), _num(rep["at_val_threshold"][k]["ci_low"]),
-                       _num(rep["at_val_threshold"][k]["ci_high"])) for k in metrics}
-            for name, rep in eval_metrics.items()}
+    return {
+        name: {
+            k: (
+                _num(rep["at_val_threshold"][k]["value"]),
+                _num(rep["at_val_threshold"][k]["ci_low"]),
+                _num(rep["at_val_threshold"][k]["ci_high"]),
+            )
+            for k in metrics
+        }
+        for name, rep in eval_metrics.items()
+    }
 
 
 def roc_curves(roc_tables: dict[str, pd.DataFrame], eval_metrics: dict[str, dict]) -> dict[str, tuple]:
@@ -137,8 +171,11 @@ def markdown_table(df: pd.DataFrame) -> str:
 
 def sweep_markdown(sweep_table: pd.DataFrame, select_metric: str) -> str:
     df = sweep_table.copy()
-    show = [c for c in ("batch_size", "lr", "val_auc", "val_loss", "best_epoch", "test_roc_auc", "test_accuracy", "selected")
-            if c in df.columns]
+    show = [
+        c
+        for c in ("batch_size", "lr", "val_auc", "val_loss", "best_epoch", "test_roc_auc", "test_accuracy", "selected")
+        if c in df.columns
+    ]
     df = df[show]
     for c in ("val_auc", "val_loss", "test_roc_auc", "test_accuracy"):
         if c in df.columns:
@@ -150,8 +187,14 @@ def sweep_markdown(sweep_table: pd.DataFrame, select_metric: str) -> str:
     return markdown_table(df)
 
 
-def results_markdown(table: pd.DataFrame, *, select_metric: str = "val_auc", eval_metrics: dict | None = None,
-                     sweep_summary: dict | None = None, sweep_table: pd.DataFrame | None = None) -> str:
+def results_markdown(
+    table: pd.DataFrame,
+    *,
+    select_metric: str = "val_auc",
+    eval_metrics: dict | None = None,
+    sweep_summary: dict | None = None,
+    sweep_table: pd.DataFrame | None = None,
+) -> str:
     """reports/results.md: a Results section in the style of a paper."""
     any_rep = next(iter((eval_metrics or {}).values()), {})
     n, n_pos = any_rep.get("n"), any_rep.get("n_pneumonia")
@@ -159,47 +202,76 @@ def results_markdown(table: pd.DataFrame, *, select_metric: str = "val_auc", eva
     n_res = any_rep.get("n_resamples")
     lines = ["# Results", ""]
     if n:
-        lines += [f"Test set: {n} images ({any_rep.get('n_normal')} NORMAL, {n_pos} PNEUMONIA). Answering PNEUMONIA "
-                  f"for every image would score {100 * n_pos / n:.1f} % accuracy, 100 % sensitivity and 0 % "
-                  "specificity, so sensitivity, specificity, balanced accuracy and ROC-AUC are reported with accuracy.", ""]
+        lines += [
+            f"Test set: {n} images ({any_rep.get('n_normal')} NORMAL, {n_pos} PNEUMONIA). Answering PNEUMONIA "
+            f"for every image would score {100 * n_pos / n:.1f} % accuracy, 100 % sensitivity and 0 % "
+            "specificity, so sensitivity, specificity, balanced accuracy and ROC-AUC are reported with accuracy.",
+            "",
+        ]
     sel = table[table["selected"]]
     metric_name = "validation ROC-AUC" if select_metric == "val_auc" else "validation loss"
-    lines += [f"**Table 1.** Test-set performance of each model at its decision threshold (Youden's J or fixed, "
-              f"chosen on the validation split). Values in % (ROC-AUC as a fraction) with {int(conf * 100)} % "
-              f"stratified bootstrap confidence intervals{f' ({n_res} resamples)' if n_res else ''}. Models are "
-              f"ordered by {metric_name}; the test split played no part in training, checkpoint choice, threshold "
-              "or model selection.", ""]
-    t = pd.DataFrame({
-        "Model": [f"**{m}**" if s else m for m, s in zip(table["model"], table["selected"])],
-        "Val AUC": table["val_auc"].map(lambda v: "n/a" if math.isnan(v) else f"{v:.3f}"),
-        "Threshold": table["threshold"].map(lambda v: f"{v:.3f}"),
-        **{TITLES[k]: [_with_ci(r, k, percent=k != "roc_auc") for _, r in table.iterrows()]
-           for k in REPORT_METRICS if k in table.columns},
-    })
+    lines += [
+        f"**Table 1.** Test-set performance of each model at its decision threshold (Youden's J or fixed, "
+        f"chosen on the validation split). Values in % (ROC-AUC as a fraction) with {int(conf * 100)} % "
+        f"stratified bootstrap confidence intervals{f' ({n_res} resamples)' if n_res else ''}. Models are "
+        f"ordered by {metric_name}; the test split played no part in training, checkpoint choice, threshold "
+        "or model selection.",
+        "",
+    ]
+    t = pd.DataFrame(
+        {
+            "Model": [f"**{m}**" if s else m for m, s in zip(table["model"], table["selected"])],
+            "Val AUC": table["val_auc"].map(lambda v: "n/a" if math.isnan(v) else f"{v:.3f}"),
+            "Threshold": table["threshold"].map(lambda v: f"{v:.3f}"),
+            **{
+                TITLES[k]: [_with_ci(r, k, percent=k != "roc_auc") for _, r in table.iterrows()]
+                for k in REPORT_METRICS
+                if k in table.columns
+            },
+        }
+    )
     lines += [markdown_table(t), ""]
     if len(sel):
         r = sel.iloc[0]
-        lines += [f"The model selected on {metric_name} is **{r['model']}** (validation ROC-AUC "
-                  f"{r['val_auc']:.3f}). On the test set it reaches accuracy {_with_ci(r, 'accuracy', True)} %, "
-                  f"sensitivity {_with_ci(r, 'sensitivity', True)} %, specificity {_with_ci(r, 'specificity', True)} % "
-                  f"and ROC-AUC {_with_ci(r, 'roc_auc', False)}.", ""]
+        lines += [
+            f"The model selected on {metric_name} is **{r['model']}** (validation ROC-AUC "
+            f"{r['val_auc']:.3f}). On the test set it reaches accuracy {_with_ci(r, 'accuracy', True)} %, "
+            f"sensitivity {_with_ci(r, 'sensitivity', True)} %, specificity {_with_ci(r, 'specificity', True)} % "
+            f"and ROC-AUC {_with_ci(r, 'roc_auc', False)}.",
+            "",
+        ]
         best_test = table.loc[table["roc_auc"].idxmax(), "model"] if table["roc_auc"].notna().any() else None
         if best_test is not None and best_test != r["model"]:
-            lines += [f"The highest *test* ROC-AUC belongs to {best_test}; choosing it for that reason would report "
-                      "an optimistically biased number, so the selection stays with the validation winner.", ""]
+            lines += [
+                f"The highest *test* ROC-AUC belongs to {best_test}; choosing it for that reason would report "
+                "an optimistically biased number, so the selection stays with the validation winner.",
+                "",
+            ]
     if sweep_table is not None and len(sweep_table):
         s = sweep_summary or {}
         b = s.get("best", {})
-        lines += ["## Batch size x learning rate sweep", "",
-                  f"**Table 2.** {s.get('model', 'model')}: every configuration trained from a fresh initialisation; "
-                  f"selection on {s.get('select_metric', 'val_auc')}. Test columns are reported for the record and "
-                  "were **not used for selection**.", "", sweep_markdown(sweep_table, s.get("select_metric", "val_auc")), ""]
+        lines += [
+            "## Batch size x learning rate sweep",
+            "",
+            f"**Table 2.** {s.get('model', 'model')}: every configuration trained from a fresh initialisation; "
+            f"selection on {s.get('select_metric', 'val_auc')}. Test columns are reported for the record and "
+            "were **not used for selection**.",
+            "",
+            sweep_markdown(sweep_table, s.get("select_metric", "val_auc")),
+            "",
+        ]
         if b:
-            lines += [f"Selected: batch size {b.get('batch_size')}, learning rate {float(b.get('lr')):g} "
-                      f"(validation ROC-AUC {_num(b.get('val_auc')):.3f}).", ""]
-    lines += ["Reference (official 624-image test set): Kermany et al. 2018, InceptionV3 transfer, accuracy 92.8 %, "
-              "sensitivity 93.2 %, specificity 90.1 %, AUC 0.968 (checkpoint chosen on test); MedMNIST v2 "
-              "ResNet-50 (224 px) accuracy 88.4 %, AUC 0.962 (selection on validation).", ""]
+            lines += [
+                f"Selected: batch size {b.get('batch_size')}, learning rate {float(b.get('lr')):g} "
+                f"(validation ROC-AUC {_num(b.get('val_auc')):.3f}).",
+                "",
+            ]
+    lines += [
+        "Reference (official 624-image test set): Kermany et al. 2018, InceptionV3 transfer, accuracy 92.8 %, "
+        "sensitivity 93.2 %, specificity 90.1 %, AUC 0.968 (checkpoint chosen on test); MedMNIST v2 "
+        "ResNet-50 (224 px) accuracy 88.4 %, AUC 0.962 (selection on validation).",
+        "",
+    ]
     return "\n".join(lines)
 
 

@@ -20,13 +20,12 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 
-from cxr import CLASSES
-from cxr import plots
+from cxr import CLASSES, plots
+from cxr.checkpoint import ModelCard
 from cxr.config import EvaluateConfig
 from cxr.data.augment import BatchAugment, Normalize, eval_resize
-from cxr.training.engine import predict_probabilities
-from cxr.checkpoint import ModelCard
 from cxr.metrics import calibration_points, evaluate_predictions, pr_points, roc_points
+from cxr.training.engine import predict_probabilities
 
 HEADLINE_CI = ("roc_auc", "accuracy", "sensitivity", "specificity", "balanced_accuracy")
 
@@ -70,8 +69,14 @@ def predictions_table(paths, labels, probs, threshold: float) -> pd.DataFrame:
     probs = np.asarray(probs, dtype=float)
     if not len(paths) == len(labels) == len(probs):
         raise ValueError(f"{len(paths)} paths, {len(labels)} labels and {len(probs)} probabilities: lengths differ")
-    return pd.DataFrame({"path": list(paths), "label": class_names(labels), "probability": probs.round(6),
-                         "predicted": class_names(probs >= threshold)})
+    return pd.DataFrame(
+        {
+            "path": list(paths),
+            "label": class_names(labels),
+            "probability": probs.round(6),
+            "predicted": class_names(probs >= threshold),
+        }
+    )
 
 
 def confusion_table(labels, predicted) -> pd.DataFrame:
@@ -80,36 +85,85 @@ def confusion_table(labels, predicted) -> pd.DataFrame:
 
 
 def curve_tables(y, p) -> dict[str, pd.DataFrame]:
-    """roc (fpr, tpr, threshold), pr (recall, precision, threshold), calibration (mean_predicted, fraction_positive, count)."""
-    return {"roc": pd.DataFrame(roc_points(y, p)).round(6), "pr": pd.DataFrame(pr_points(y, p)).round(6),
-            "calibration": pd.DataFrame(calibration_points(y, p)).round(6)}
+    """roc (fpr, tpr, threshold), pr (recall, precision, threshold),
+    calibration (mean_predicted, fraction_positive, count)."""
+    return {
+        "roc": pd.DataFrame(roc_points(y, p)).round(6),
+        "pr": pd.DataFrame(pr_points(y, p)).round(6),
+        "calibration": pd.DataFrame(calibration_points(y, p)).round(6),
+    }
 
 
-def evaluate_probabilities(model_name: str, threshold: float, threshold_method: str, test_labels, test_probs,
-                           test_paths, cfg: EvaluateConfig, n_val: int = 0) -> EvalResult:
+def evaluate_probabilities(
+    model_name: str,
+    threshold: float,
+    threshold_method: str,
+    test_labels,
+    test_probs,
+    test_paths,
+    cfg: EvaluateConfig,
+    n_val: int = 0,
+) -> EvalResult:
     """Score test probabilities at ``threshold`` (the card's, chosen on validation) and at 0.5. Pure."""
     test_labels = np.asarray(test_labels).astype(int)
     if len(test_labels) == 0:
         raise ValueError("the test split is empty: nothing to evaluate (check the split stage's test_fraction)")
-    report = evaluate_predictions(test_labels, test_probs, threshold, default_threshold=0.5,
-                                  n_resamples=cfg.n_resamples, seed=cfg.seed, confidence=cfg.confidence)
-    report = {"model": model_name, "threshold": threshold, "threshold_method": threshold_method,
-              "n_val": int(n_val), **report}
+    report = evaluate_predictions(
+        test_labels,
+        test_probs,
+        threshold,
+        default_threshold=0.5,
+        n_resamples=cfg.n_resamples,
+        seed=cfg.seed,
+        confidence=cfg.confidence,
+    )
+    report = {
+        "model": model_name,
+        "threshold": threshold,
+        "threshold_method": threshold_method,
+        "n_val": int(n_val),
+        **report,
+    }
     predicted = (np.asarray(test_probs) >= threshold).astype(int)
-    tables = {"predictions": predictions_table(test_paths, test_labels, test_probs, threshold),
-              "confusion": confusion_table(test_labels, predicted), **curve_tables(test_labels, test_probs)}
-    return EvalResult(model=model_name, threshold=threshold, threshold_method=threshold_method, report=report,
-                      test_labels=test_labels, test_probs=np.asarray(test_probs, dtype=float), tables=tables)
+    tables = {
+        "predictions": predictions_table(test_paths, test_labels, test_probs, threshold),
+        "confusion": confusion_table(test_labels, predicted),
+        **curve_tables(test_labels, test_probs),
+    }
+    return EvalResult(
+        model=model_name,
+        threshold=threshold,
+        threshold_method=threshold_method,
+        report=report,
+        test_labels=test_labels,
+        test_probs=np.asarray(test_probs, dtype=float),
+        tables=tables,
+    )
 
 
-def evaluate_checkpoint(model: torch.nn.Module, card: ModelCard, *, test: tuple, cfg: EvaluateConfig,
-                        device: str | torch.device | None = None, n_val: int = 0) -> EvalResult:
+def evaluate_checkpoint(
+    model: torch.nn.Module,
+    card: ModelCard,
+    *,
+    test: tuple,
+    cfg: EvaluateConfig,
+    device: str | torch.device | None = None,
+    n_val: int = 0,
+) -> EvalResult:
     """Predict ``test`` = (images, labels, paths) once, with the card's transform, and score it."""
     test_images, test_labels, test_paths = test
-    test_probs = predict_probabilities(model, test_images, mean=card.mean, std=card.std, image_size=card.image_size,
-                                       device=device, batch_size=cfg.batch_size)
-    return evaluate_probabilities(card.name, card.threshold, card.threshold_method, test_labels, test_probs,
-                                  test_paths, cfg, n_val=n_val)
+    test_probs = predict_probabilities(
+        model,
+        test_images,
+        mean=card.mean,
+        std=card.std,
+        image_size=card.image_size,
+        device=device,
+        batch_size=cfg.batch_size,
+    )
+    return evaluate_probabilities(
+        card.name, card.threshold, card.threshold_method, test_labels, test_probs, test_paths, cfg, n_val=n_val
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -123,10 +177,12 @@ def gallery_indices(labels, probs, threshold: float, per_outcome: int) -> np.nda
     probs = np.asarray(probs, dtype=float)
     pred = probs >= threshold
     chosen = []
-    for mask, key in ((labels.astype(bool) & pred, -probs),      # TP: highest P(pneumonia) first
-                      (~labels.astype(bool) & ~pred, probs),     # TN: lowest first
-                      (~labels.astype(bool) & pred, -probs),     # FP: confidently wrong first
-                      (labels.astype(bool) & ~pred, probs)):     # FN: confidently wrong first
+    for mask, key in (
+        (labels.astype(bool) & pred, -probs),  # TP: highest P(pneumonia) first
+        (~labels.astype(bool) & ~pred, probs),  # TN: lowest first
+        (~labels.astype(bool) & pred, -probs),  # FP: confidently wrong first
+        (labels.astype(bool) & ~pred, probs),
+    ):  # FN: confidently wrong first
         idx = np.flatnonzero(mask)
         chosen.extend(idx[np.argsort(key[idx], kind="stable")][:per_outcome].tolist())
     return np.asarray(chosen, dtype=int)
@@ -147,36 +203,66 @@ def augmentation_examples(images_uint8, card: ModelCard, draws: int, seed: int) 
     return out.reshape(len(images_uint8), draws, *out.shape[-2:]).numpy()
 
 
-def evaluation_figures(result: EvalResult, model: torch.nn.Module | None, card: ModelCard, *, test_images,
-                       val_images=None, history: pd.DataFrame | None = None, cfg: EvaluateConfig | None = None,
-                       device: str | torch.device = "cpu") -> dict[str, Figure]:
+def evaluation_figures(
+    result: EvalResult,
+    model: torch.nn.Module | None,
+    card: ModelCard,
+    *,
+    test_images,
+    val_images=None,
+    history: pd.DataFrame | None = None,
+    cfg: EvaluateConfig | None = None,
+    device: str | torch.device = "cpu",
+) -> dict[str, Figure]:
     """name -> Figure: confusion, roc, pr, calibration, and where inputs allow training_curves,
     augmentation (needs ``val_images``) and gallery (Grad-CAM overlays when ``model`` is given and cfg.gradcam)."""
     cfg = cfg or EvaluateConfig()
     name = result.model
     y, p = result.test_labels, result.test_probs
     at = result.report["at_val_threshold"]
-    figs = {"confusion": plots.confusion_matrix_figure(
-        y, result.test_predicted, title=f"{name}: test confusion matrix at threshold {result.threshold:.3f}")}
+    figs = {
+        "confusion": plots.confusion_matrix_figure(
+            y, result.test_predicted, title=f"{name}: test confusion matrix at threshold {result.threshold:.3f}"
+        )
+    }
     roc = result.tables["roc"]
     figs["roc"] = plots.roc_figure(
-        roc["fpr"], roc["tpr"], at["roc_auc"]["value"], label=name,
-        operating_point=(1 - at["specificity"]["value"], at["sensitivity"]["value"]), title=f"{name}: ROC curve (test)")
+        roc["fpr"],
+        roc["tpr"],
+        at["roc_auc"]["value"],
+        label=name,
+        operating_point=(1 - at["specificity"]["value"], at["sensitivity"]["value"]),
+        title=f"{name}: ROC curve (test)",
+    )
     pr = result.tables["pr"]
-    figs["pr"] = plots.pr_figure(pr["recall"], pr["precision"], at["pr_auc"]["value"], prevalence=float(np.mean(y)),
-                                 label=name, title=f"{name}: precision-recall curve (test)")
+    figs["pr"] = plots.pr_figure(
+        pr["recall"],
+        pr["precision"],
+        at["pr_auc"]["value"],
+        prevalence=float(np.mean(y)),
+        label=name,
+        title=f"{name}: precision-recall curve (test)",
+    )
     cal = result.tables["calibration"]
-    figs["calibration"] = plots.calibration_figure(cal["mean_predicted"], cal["fraction_positive"], cal["count"],
-                                                   ece=at["ece"]["value"], title=f"{name}: reliability diagram (test)")
+    figs["calibration"] = plots.calibration_figure(
+        cal["mean_predicted"],
+        cal["fraction_positive"],
+        cal["count"],
+        ece=at["ece"]["value"],
+        title=f"{name}: reliability diagram (test)",
+    )
     if history is not None and len(history):
-        figs["training_curves"] = plots.training_curves_figure(history, best_epoch=card.best_epoch,
-                                                               title=f"{name}: training curves")
+        figs["training_curves"] = plots.training_curves_figure(
+            history, best_epoch=card.best_epoch, title=f"{name}: training curves"
+        )
     if val_images is not None and len(val_images):
         n = min(cfg.augment_examples, len(val_images))
         originals = np.asarray(val_images[:n])
         figs["augmentation"] = plots.augmentation_figure(
-            originals, augmentation_examples(originals, card, cfg.augment_draws, cfg.seed),
-            title=f"{name}: original vs augmented (training transforms, validation images)")
+            originals,
+            augmentation_examples(originals, card, cfg.augment_draws, cfg.seed),
+            title=f"{name}: original vs augmented (training transforms, validation images)",
+        )
     idx = gallery_indices(y, p, result.threshold, cfg.gallery_per_outcome)
     if len(idx):
         images = np.asarray(test_images[np.sort(idx)])[np.argsort(np.argsort(idx))]  # sorted read from a memmap
@@ -186,9 +272,15 @@ def evaluation_figures(result: EvalResult, model: torch.nn.Module | None, card: 
 
             heat = grad_cam(model, name, model_inputs(images, card, device))
             overlays = np.stack([overlay(img, h) for img, h in zip(images, heat)])
-        figs["gallery"] = plots.gallery_figure(images, y[idx], p[idx], result.test_predicted[idx], overlays,
-                                               title=f"{name}: good and bad classifications (test)",
-                                               threshold=result.threshold)
+        figs["gallery"] = plots.gallery_figure(
+            images,
+            y[idx],
+            p[idx],
+            result.test_predicted[idx],
+            overlays,
+            title=f"{name}: good and bad classifications (test)",
+            threshold=result.threshold,
+        )
     return figs
 
 
@@ -212,10 +304,15 @@ def find_training_run(tracker, card: ModelCard) -> str | None:
         runs = client.search_runs(
             [tracker.experiment_id],
             filter_string=f"tags.model = '{card.name}' and tags.stage = 'train' and attributes.status = 'FINISHED'",
-            order_by=["attributes.start_time DESC"], max_results=200)
+            order_by=["attributes.start_time DESC"],
+            max_results=200,
+        )
     except Exception as exc:  # an outage or a deleted run: log into a new run instead
-        warnings.warn(f"could not look up the MLflow training run of {card.name!r} ({exc.__class__.__name__}: {exc})",
-                      RuntimeWarning, stacklevel=2)
+        warnings.warn(
+            f"could not look up the MLflow training run of {card.name!r} ({exc.__class__.__name__}: {exc})",
+            RuntimeWarning,
+            stacklevel=2,
+        )
         return None
     want = {k: "" if v is None else str(v) for k, v in card.train_params.items()}
     for run in runs:
@@ -244,8 +341,11 @@ def attach_run(tracker, run_id: str | None, run_name: str, tags: dict | None = N
         try:
             run = MlflowClient(tracking_uri=tracker.uri).get_run(run_id)
         except Exception as exc:
-            warnings.warn(f"MLflow run {run_id} unavailable ({exc.__class__.__name__}); logging to a new run {run_name!r}",
-                          RuntimeWarning, stacklevel=3)
+            warnings.warn(
+                f"MLflow run {run_id} unavailable ({exc.__class__.__name__}); logging to a new run {run_name!r}",
+                RuntimeWarning,
+                stacklevel=3,
+            )
             with tracker.start_run(run_name, tags=tags) as new_run:
                 yield new_run
             return

@@ -60,7 +60,7 @@ def grad_cam(
     out = []
     with GradCAM(model=model, target_layers=[layer], reshape_transform=reshape) as cam:
         for start in range(0, len(x), batch_size):
-            batch = x[start:start + batch_size].to(device)
+            batch = x[start : start + batch_size].to(device)
             if target == "pneumonia":
                 targets = [BinaryClassifierOutputTarget(1)] * len(batch)
             else:

@@ -61,8 +61,10 @@ def decide(candidate: dict, champion: dict | None, metric: str, promote: str = "
     if promote == "always":
         return True, "compare.promote=always"
     if champion["data_version"] != candidate["data_version"]:
-        return False, (f"the champion was trained on data version {champion['data_version']}, this model on "
-                       f"{candidate['data_version']}: not comparable (-S compare.promote=always replaces it)")
+        return False, (
+            f"the champion was trained on data version {champion['data_version']}, this model on "
+            f"{candidate['data_version']}: not comparable (-S compare.promote=always replaces it)"
+        )
     new, old = candidate["value"], champion["value"]
     if is_better(new, old, metric):
         return True, f"{metric} {new:.4f} beats the champion's {old:.4f}"
@@ -77,18 +79,33 @@ def _champion(client, name: str, alias: str, metric: str) -> dict | None:
     except MlflowException:
         return None  # no such model or alias yet
     value = mv.tags.get(metric)
-    return {"version": mv.version, "data_version": mv.tags.get("data_version", ""),
-            "value": float(value) if value not in (None, "") else math.nan}
+    return {
+        "version": mv.version,
+        "data_version": mv.tags.get("data_version", ""),
+        "value": float(value) if value not in (None, "") else math.nan,
+    }
 
 
-def register_candidate(tracker, checkpoint_dir: str | Path, *, registered_name: str, alias: str, select_metric: str,
-                       value: float, report: dict, lock_path: Path, promote: str = "better") -> Outcome:
+def register_candidate(
+    tracker,
+    checkpoint_dir: str | Path,
+    *,
+    registered_name: str,
+    alias: str,
+    select_metric: str,
+    value: float,
+    report: dict,
+    lock_path: Path,
+    promote: str = "better",
+) -> Outcome:
     """Register the pyfunc model of ``checkpoint_dir`` and move ``alias`` if :func:`decide` says so.
     ``value``: its validation ``select_metric``; ``report``: its evaluate metrics (for the description)."""
     if not getattr(tracker, "active", False):
-        raise RegistryError(f"compare.register is true but the MLflow tracking store is unreachable "
-                            f"({getattr(tracker, 'uri', 'no tracking URI')}); start it, or run with "
-                            f"-S compare.register=false")
+        raise RegistryError(
+            f"compare.register is true but the MLflow tracking store is unreachable "
+            f"({getattr(tracker, 'uri', 'no tracking URI')}); start it, or run with "
+            f"-S compare.register=false"
+        )
     import mlflow
     from mlflow import MlflowClient
 
@@ -105,12 +122,18 @@ def register_candidate(tracker, checkpoint_dir: str | Path, *, registered_name: 
     try:
         with mlflow.start_run(run_id=source_run, nested=mlflow.active_run() is not None):
             uri = log_pyfunc_model(checkpoint_dir, name="registered").model_uri
-        tags = {"model": card.name, "data_version": card.data_version, select_metric: f"{value:.6f}",
-                "threshold": f"{card.threshold:.6f}", "training_run_id": training_run_id or ""}
+        tags = {
+            "model": card.name,
+            "data_version": card.data_version,
+            select_metric: f"{value:.6f}",
+            "threshold": f"{card.threshold:.6f}",
+            "training_run_id": training_run_id or "",
+        }
         with exclusive(lock_path):
             champion = _champion(client, registered_name, alias, select_metric)
-            promoted, why = decide({"data_version": card.data_version, "value": value}, champion, select_metric,
-                                   promote)
+            promoted, why = decide(
+                {"data_version": card.data_version, "value": value}, champion, select_metric, promote
+            )
             mv = mlflow.register_model(uri, registered_name, tags=tags)
             client.update_model_version(registered_name, mv.version, description=description)
             if promoted:
@@ -118,8 +141,10 @@ def register_candidate(tracker, checkpoint_dir: str | Path, *, registered_name: 
         if training_run_id:
             client.set_tag(training_run_id, "registered_model", f"{registered_name}/{mv.version}")
     except Exception as exc:
-        raise RegistryError(f"could not register {card.name!r} as {registered_name!r} in MLflow at {tracker.uri} "
-                            f"({exc.__class__.__name__}: {exc}); fix the store, or -S compare.register=false") from exc
+        raise RegistryError(
+            f"could not register {card.name!r} as {registered_name!r} in MLflow at {tracker.uri} "
+            f"({exc.__class__.__name__}: {exc}); fix the store, or -S compare.register=false"
+        ) from exc
     where = f"{registered_name} version {mv.version}"
     if promoted:
         message = f"registered {card.name} as {where} and moved @{alias} to it: {why}"
@@ -137,10 +162,13 @@ def describe(card: ModelCard, report: dict, select_metric: str, value: float) ->
         return f"{f(m['value'])} ({f(m['ci_low'])}-{f(m['ci_high'])}){' %' if pct else ''}"
 
     p = card.train_params
-    params = ", ".join(f"{k}={p[k]}" for k in ("lr", "batch_size", "epochs", "image_size", "pretrained", "seed")
-                       if k in p)
-    return (f"{card.name} on data version {card.data_version}. Selected on validation {select_metric} {value:.4f} "
-            f"(epoch {card.best_epoch}); threshold {card.threshold:.4f} ({card.threshold_method}, on validation).\n"
-            f"Test ({report.get('n', '?')} images, {report.get('confidence', 0.95):.0%} bootstrap CIs): "
-            f"ROC-AUC {ci('roc_auc', False)}, accuracy {ci('accuracy')}, sensitivity {ci('sensitivity')}, "
-            f"specificity {ci('specificity')}, balanced accuracy {ci('balanced_accuracy')}.\nParameters: {params}.")
+    params = ", ".join(
+        f"{k}={p[k]}" for k in ("lr", "batch_size", "epochs", "image_size", "pretrained", "seed") if k in p
+    )
+    return (
+        f"{card.name} on data version {card.data_version}. Selected on validation {select_metric} {value:.4f} "
+        f"(epoch {card.best_epoch}); threshold {card.threshold:.4f} ({card.threshold_method}, on validation).\n"
+        f"Test ({report.get('n', '?')} images, {report.get('confidence', 0.95):.0%} bootstrap CIs): "
+        f"ROC-AUC {ci('roc_auc', False)}, accuracy {ci('accuracy')}, sensitivity {ci('sensitivity')}, "
+        f"specificity {ci('specificity')}, balanced accuracy {ci('balanced_accuracy')}.\nParameters: {params}."
+    )

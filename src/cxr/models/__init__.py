@@ -11,8 +11,24 @@ the ways out, never a silent random initialisation.
 """
 
 from cxr.models import cnn, torchvision_backbones, vit  # noqa: F401  (each registers its models)
-from cxr.models.registry import (ModelEntry, WeightsUnavailableError, build_model, check_image_size, get_entry,
-                                 input_spec, list_models, rebuild)
+from cxr.models.registry import (
+    ModelEntry,
+    WeightsUnavailableError,
+    build_model,
+    check_image_size,
+    get_entry,
+    input_spec,
+    list_models,
+    rebuild,
+)
 
-__all__ = ["ModelEntry", "WeightsUnavailableError", "build_model", "check_image_size", "get_entry", "input_spec",
-           "list_models", "rebuild"]
+__all__ = [
+    "ModelEntry",
+    "WeightsUnavailableError",
+    "build_model",
+    "check_image_size",
+    "get_entry",
+    "input_spec",
+    "list_models",
+    "rebuild",
+]

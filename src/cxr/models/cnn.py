@@ -25,8 +25,12 @@ class ReferenceCNN(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(CNN_POOL_GRID)
         self.classifier = nn.Sequential(
             nn.Flatten(),
-            nn.Linear(128 * CNN_POOL_GRID**2, 256), nn.ReLU(inplace=True), nn.Dropout(dropout),
-            nn.Linear(256, 128), nn.ReLU(inplace=True), nn.Dropout(dropout),
+            nn.Linear(128 * CNN_POOL_GRID**2, 256),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Linear(256, 128),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
             nn.Linear(128, 1),
         )
 
@@ -40,15 +44,21 @@ def _cnn_spec(weights: str | None) -> dict:
     return {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "image_size": 224}
 
 
-@register_model("cnn", input_spec=_cnn_spec, channels_last=True, cam_layer=lambda m: last_conv(m.features),
-                head=lambda m: m.classifier,
-                description="reference custom CNN: 3 conv blocks (32/64/128) + FC 256-128-1")
+@register_model(
+    "cnn",
+    input_spec=_cnn_spec,
+    channels_last=True,
+    cam_layer=lambda m: last_conv(m.features),
+    head=lambda m: m.classifier,
+    description="reference custom CNN: 3 conv blocks (32/64/128) + FC 256-128-1",
+)
 def _build_cnn(pretrained: bool, weights: str | None, image_size: int) -> nn.Module:
     model = ReferenceCNN()
     if pretrained:
         if weights is None:
             raise WeightsUnavailableError(
-                "model 'cnn' has no published pretrained weights, and models.cnn.weights is not set. " + weights_fixes("cnn"))
+                "model 'cnn' has no published pretrained weights, and models.cnn.weights is not set. "
+                + weights_fixes("cnn")
+            )
         load_state_dict_file(model, "cnn", weights, head_prefix="")
     return model
-

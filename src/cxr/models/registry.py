@@ -13,8 +13,8 @@ package asks the entry; it never tests a model's name.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from torch import nn
 
@@ -72,8 +72,9 @@ def get_entry(name: str) -> ModelEntry:
         raise ValueError(f"unknown model {name!r}; valid names are {list_models()}") from None
 
 
-def build_model(name: str, *, pretrained: bool = False, weights: str | os.PathLike | None = None,
-                image_size: int = 224, **options) -> nn.Module:
+def build_model(
+    name: str, *, pretrained: bool = False, weights: str | os.PathLike | None = None, image_size: int = 224, **options
+) -> nn.Module:
     """Build model ``name``; ``weights`` (a local file or directory) implies pretrained weights.
 
     ``options`` are builder-specific (``vit``: ``config={...}`` ViTConfig overrides, used by the
@@ -82,9 +83,12 @@ def build_model(name: str, *, pretrained: bool = False, weights: str | os.PathLi
     """
     entry = get_entry(name)
     check_image_size(name, image_size)
-    model = entry.builder(pretrained=pretrained or weights is not None,
-                          weights=None if weights is None else str(weights),
-                          image_size=int(image_size), **options)
+    model = entry.builder(
+        pretrained=pretrained or weights is not None,
+        weights=None if weights is None else str(weights),
+        image_size=int(image_size),
+        **options,
+    )
     # Builders may fill in options (e.g. the ViT's resolved config) so checkpoints are self-contained.
     arch_options = getattr(model, "arch_options", {})
     model.arch = {"name": name, "image_size": int(image_size), "options": arch_options}
@@ -95,8 +99,10 @@ def check_image_size(name: str, image_size: int, where: str = "image_size") -> N
     """Fail early, with the fix, instead of deep inside torch ("input size too small")."""
     low = get_entry(name).min_image_size
     if int(image_size) < low:
-        raise ConfigError(f"{where}: {name} needs images of at least {low} px (its pooling stages halve the "
-                          f"side {low.bit_length() - 1} times), found {image_size}; raise it, e.g. -S {where}={low}")
+        raise ConfigError(
+            f"{where}: {name} needs images of at least {low} px (its pooling stages halve the "
+            f"side {low.bit_length() - 1} times), found {image_size}; raise it, e.g. -S {where}={low}"
+        )
 
 
 def rebuild(arch: dict) -> nn.Module:
@@ -125,8 +131,10 @@ def classifier_head(in_features: int) -> nn.Sequential:
 def weights_fixes(name: str) -> str:
     # `dvc exp run -S` refuses keys that params.yaml does not have yet, hence "in params.yaml" for the
     # per-model keys; train.pretrained always exists.
-    return (f"Fix: set `models.{name}.weights: /path/to/local/weights` in params.yaml (a torchvision state_dict "
-            f"file, or a save_pretrained directory for vit), or train from scratch: "
-            f"`dvc exp run -S train.pretrained=false` (all models) or `models.{name}.pretrained=false` "
-            f"(`{name}: {{pretrained: false}}` under models: in params.yaml). The pipeline's `weights` stage "
-            f"downloads, verifies and caches them: `dvc repro weights`.")
+    return (
+        f"Fix: set `models.{name}.weights: /path/to/local/weights` in params.yaml (a torchvision state_dict "
+        f"file, or a save_pretrained directory for vit), or train from scratch: "
+        f"`dvc exp run -S train.pretrained=false` (all models) or `models.{name}.pretrained=false` "
+        f"(`{name}: {{pretrained: false}}` under models: in params.yaml). The pipeline's `weights` stage "
+        f"downloads, verifies and caches them: `dvc repro weights`."
+    )

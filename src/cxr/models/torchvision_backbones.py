@@ -7,8 +7,8 @@ Normalisation and native size come from the torchvision weight enum's ``transfor
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
@@ -16,10 +16,11 @@ from torch import nn
 from cxr.models.registry import WeightsUnavailableError, classifier_head, last_conv, register_model, weights_fixes
 from cxr.models.weights import TorchvisionWeights, load_state_dict_file
 
-
 # The published weights, as torchvision names them (URL, sha256 prefix, transforms).
-_SOURCES = {"resnet50": TorchvisionWeights("ResNet50_Weights.IMAGENET1K_V2"),
-            "vgg16": TorchvisionWeights("VGG16_Weights.IMAGENET1K_V1")}
+_SOURCES = {
+    "resnet50": TorchvisionWeights("ResNet50_Weights.IMAGENET1K_V2"),
+    "vgg16": TorchvisionWeights("VGG16_Weights.IMAGENET1K_V1"),
+}
 
 
 def _torchvision_weights(name: str):
@@ -47,14 +48,21 @@ def _torchvision_backbone(name: str, ctor, pretrained: bool, weights: str | None
         if weights is None and not path.is_file():
             raise WeightsUnavailableError(
                 f"pretrained ImageNet weights for model '{name}' are not in the torch hub cache: looked for {path} "
-                f"(TORCH_HOME={os.environ.get('TORCH_HOME', '<unset>')}); nothing is downloaded. " + weights_fixes(name))
+                f"(TORCH_HOME={os.environ.get('TORCH_HOME', '<unset>')}); nothing is downloaded. " + weights_fixes(name)
+            )
         load_state_dict_file(model, name, path, head_prefix)
     return model
 
 
-@register_model("resnet50", input_spec=_torchvision_spec("resnet50"), channels_last=True,
-                cam_layer=lambda m: m.layer4, pretrained_source=_SOURCES["resnet50"], head=lambda m: m.fc,
-                description="torchvision ResNet-50 (ImageNet IMAGENET1K_V2) + reference head")
+@register_model(
+    "resnet50",
+    input_spec=_torchvision_spec("resnet50"),
+    channels_last=True,
+    cam_layer=lambda m: m.layer4,
+    pretrained_source=_SOURCES["resnet50"],
+    head=lambda m: m.fc,
+    description="torchvision ResNet-50 (ImageNet IMAGENET1K_V2) + reference head",
+)
 def _build_resnet50(pretrained: bool, weights: str | None, image_size: int) -> nn.Module:
     from torchvision.models import resnet50
 
@@ -63,10 +71,16 @@ def _build_resnet50(pretrained: bool, weights: str | None, image_size: int) -> n
     return model
 
 
-@register_model("vgg16", input_spec=_torchvision_spec("vgg16"), channels_last=True, min_image_size=32,
-                cam_layer=lambda m: last_conv(m.features), pretrained_source=_SOURCES["vgg16"],
-                head=lambda m: m.classifier[6],
-                description="torchvision VGG16 (ImageNet IMAGENET1K_V1) + reference head")
+@register_model(
+    "vgg16",
+    input_spec=_torchvision_spec("vgg16"),
+    channels_last=True,
+    min_image_size=32,
+    cam_layer=lambda m: last_conv(m.features),
+    pretrained_source=_SOURCES["vgg16"],
+    head=lambda m: m.classifier[6],
+    description="torchvision VGG16 (ImageNet IMAGENET1K_V1) + reference head",
+)
 def _build_vgg16(pretrained: bool, weights: str | None, image_size: int) -> nn.Module:
     from torchvision.models import vgg16
 
@@ -74,5 +88,3 @@ def _build_vgg16(pretrained: bool, weights: str | None, image_size: int) -> nn.M
     # The 1000-way ImageNet layer is replaced; VGG's adaptive avgpool makes any size >= 32 px work.
     model.classifier[6] = classifier_head(model.classifier[6].in_features)
     return model
-
-

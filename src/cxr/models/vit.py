@@ -7,8 +7,8 @@ registry entry names the last block's ``layernorm_before`` and reshapes its toke
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
@@ -21,8 +21,16 @@ VIT_HUB_ID = "google/vit-base-patch16-224-in21k"
 VIT_REVISION = "b4569560a39a0f1af58e3ddaf17facf20ab919b0"
 # Architecture fields of a ViTConfig that a checkpoint must record to be rebuilt without the hub.
 _VIT_ARCH_KEYS = (
-    "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "patch_size",
-    "image_size", "num_channels", "qkv_bias", "layer_norm_eps", "hidden_act",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "patch_size",
+    "image_size",
+    "num_channels",
+    "qkv_bias",
+    "layer_norm_eps",
+    "hidden_act",
 )
 
 
@@ -54,8 +62,11 @@ def _vit_spec(weights: str | None) -> dict:
         except Exception:
             proc = None  # not cached: the in21k processor's values are the ViTImageProcessor defaults
     proc = proc or ViTImageProcessor()
-    return {"mean": [float(v) for v in proc.image_mean], "std": [float(v) for v in proc.image_std],
-            "image_size": int(proc.size["height"])}
+    return {
+        "mean": [float(v) for v in proc.image_mean],
+        "std": [float(v) for v in proc.image_std],
+        "image_size": int(proc.size["height"]),
+    }
 
 
 def _hf_vit(model: nn.Module) -> nn.Module:
@@ -85,19 +96,27 @@ def vit_token_grid(model: nn.Module, height: int, width: int) -> Callable[[torch
     def reshape(tokens: torch.Tensor) -> torch.Tensor:
         b, t, d = tokens.shape
         if t - 1 != gh * gw:
-            raise ValueError(f"ViT token count {t} does not match a {gh}x{gw} patch grid + CLS "
-                             f"for a {height}x{width} input with patch size {patch}")
+            raise ValueError(
+                f"ViT token count {t} does not match a {gh}x{gw} patch grid + CLS "
+                f"for a {height}x{width} input with patch size {patch}"
+            )
         grid = tokens[:, 1:, :].reshape(b, gh, gw, d)  # drop CLS; patches are row-major
         return grid.permute(0, 3, 1, 2)
 
     return reshape
 
 
-
-@register_model("vit", input_spec=_vit_spec, channels_last=False, cam_layer=_cam_layer, cam_reshape=vit_token_grid,
-                requirements=("transformers",), pretrained_source=HubSnapshot(VIT_HUB_ID, VIT_REVISION),
-                head=lambda m: _hf_vit(m).classifier,
-                description=f"Hugging Face ViTForImageClassification, ViT-B/16 ({VIT_HUB_ID})")
+@register_model(
+    "vit",
+    input_spec=_vit_spec,
+    channels_last=False,
+    cam_layer=_cam_layer,
+    cam_reshape=vit_token_grid,
+    requirements=("transformers",),
+    pretrained_source=HubSnapshot(VIT_HUB_ID, VIT_REVISION),
+    head=lambda m: _hf_vit(m).classifier,
+    description=f"Hugging Face ViTForImageClassification, ViT-B/16 ({VIT_HUB_ID})",
+)
 def _build_vit(pretrained: bool, weights: str | None, image_size: int, config: dict | None = None) -> nn.Module:
     from transformers import ViTConfig, ViTForImageClassification
 
@@ -106,20 +125,29 @@ def _build_vit(pretrained: bool, weights: str | None, image_size: int, config: d
         if weights is not None and not Path(weights).is_dir():
             raise WeightsUnavailableError(
                 f"pretrained weights for model 'vit' not found: looked for a save_pretrained directory at {weights}. "
-                + weights_fixes("vit"))
+                + weights_fixes("vit")
+            )
         try:
             # A fresh 1-logit classifier replaces whatever head the checkpoint has (in21k has none).
             hf = ViTForImageClassification.from_pretrained(
-                source, num_labels=1, ignore_mismatched_sizes=True, local_files_only=True, cache_dir=_hf_cache_dir())
+                source, num_labels=1, ignore_mismatched_sizes=True, local_files_only=True, cache_dir=_hf_cache_dir()
+            )
         except (OSError, ValueError) as exc:
             where = weights if weights is not None else f"{VIT_HUB_ID} in the Hugging Face cache {_hf_cache_dir()}"
             raise WeightsUnavailableError(
-                f"pretrained weights for model 'vit' could not be loaded offline: looked for {where} ({exc.__class__.__name__}). "
-                + weights_fixes("vit")) from exc
+                f"pretrained weights for model 'vit' could not be loaded offline: looked for {where} "
+                f"({exc.__class__.__name__}). " + weights_fixes("vit")
+            ) from exc
     else:
         # ViT-B/16 (the in21k checkpoint's architecture), randomly initialised at the run's image size.
-        cfg = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
-               "intermediate_size": 3072, "patch_size": 16, "image_size": image_size}
+        cfg = {
+            "hidden_size": 768,
+            "num_hidden_layers": 12,
+            "num_attention_heads": 12,
+            "intermediate_size": 3072,
+            "patch_size": 16,
+            "image_size": image_size,
+        }
         cfg.update(config or {})
         hf = ViTForImageClassification(ViTConfig(num_labels=1, **cfg))
     model = HFLogits(hf)

@@ -94,7 +94,7 @@ class TorchvisionWeights:
         base = os.environ.get("CXR_TORCHVISION_BASE_URL")
         official = self.official_url
         if base and official.startswith(TORCHVISION_BASE_URL):
-            return base.rstrip("/") + "/" + official[len(TORCHVISION_BASE_URL):]
+            return base.rstrip("/") + "/" + official[len(TORCHVISION_BASE_URL) :]
         return official
 
     @property
@@ -111,10 +111,14 @@ class TorchvisionWeights:
 
     def fetch_commands(self, dest: Path) -> list[str]:
         hub = Path(torch.hub.get_dir()) / "checkpoints" / self.filename
-        return [(f"python -c \"import torchvision; torchvision.models.{self.enum}.get_state_dict(progress=True)\"  "
-                 f"# saves {hub} (TORCH_HOME decides where)"),
-                f"or: curl -L -o {self.filename} {self.official_url}",
-                f"then copy {self.filename} to {dest / self.filename} here (or to {hub})"]
+        return [
+            (
+                f'python -c "import torchvision; torchvision.models.{self.enum}.get_state_dict(progress=True)"  '
+                f"# saves {hub} (TORCH_HOME decides where)"
+            ),
+            f"or: curl -L -o {self.filename} {self.official_url}",
+            f"then copy {self.filename} to {dest / self.filename} here (or to {hub})",
+        ]
 
 
 @dataclass(frozen=True)
@@ -129,9 +133,13 @@ class HubSnapshot:
         return f"Hugging Face {self.repo_id}@{self.revision[:12]}"
 
     def fetch_commands(self, dest: Path) -> list[str]:
-        return [(f"hf download {self.repo_id} {' '.join(self.files)} --revision {self.revision} "
-                 f"--local-dir {self.repo_id.split('/')[-1]}  # or huggingface-cli download, same arguments"),
-                f"then copy that folder to {dest} here (its files directly inside it)"]
+        return [
+            (
+                f"hf download {self.repo_id} {' '.join(self.files)} --revision {self.revision} "
+                f"--local-dir {self.repo_id.split('/')[-1]}  # or huggingface-cli download, same arguments"
+            ),
+            f"then copy that folder to {dest} here (its files directly inside it)",
+        ]
 
 
 # --------------------------------------------------------------------------------------------
@@ -139,15 +147,19 @@ class HubSnapshot:
 # --------------------------------------------------------------------------------------------
 
 
-def _unavailable(name: str, source, dest: Path, tried: list[str], cause: BaseException | None) -> WeightsUnavailableError:
+def _unavailable(
+    name: str, source, dest: Path, tried: list[str], cause: BaseException | None
+) -> WeightsUnavailableError:
     lines = [f"pretrained weights for model '{name}' ({source.describe()}) could not be fetched; tried:"]
     lines += [f"  - {t}" for t in tried]
     if cause is not None:
         lines.append(f"  failed with {type(cause).__name__}: {cause}")
     lines.append("On a machine with internet access, fetch them:")
     lines += [f"  {c}" for c in source.fetch_commands(dest)]
-    lines.append("or `dvc repro weights && dvc push` there and `dvc pull weights` here (a DVC remote carries them). "
-                 + weights_fixes(name))
+    lines.append(
+        "or `dvc repro weights && dvc push` there and `dvc pull weights` here (a DVC remote carries them). "
+        + weights_fixes(name)
+    )
     return WeightsUnavailableError("\n".join(lines))
 
 
@@ -193,8 +205,14 @@ def _fetch_torchvision(name: str, src: TorchvisionWeights, dest: Path, progress:
             how = f"downloaded from {url}"
     if how != "present":  # a file already recorded was checked when it arrived
         _check_state_dict(name, target)
-    return {"source": "torchvision", "weights": src.enum, "url": src.official_url, "path": src.filename,
-            "files": {src.filename: sha256_file(target)}, "how": how}
+    return {
+        "source": "torchvision",
+        "weights": src.enum,
+        "url": src.official_url,
+        "path": src.filename,
+        "files": {src.filename: sha256_file(target)},
+        "how": how,
+    }
 
 
 def _check_state_dict(name: str, path: Path) -> None:
@@ -203,25 +221,37 @@ def _check_state_dict(name: str, path: Path) -> None:
         torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         path.unlink(missing_ok=True)
-        raise WeightsUnavailableError(f"weights for model '{name}' at {path} are not a loadable state_dict "
-                                      f"({type(exc).__name__}: {exc}); removed, fetch them again") from exc
+        raise WeightsUnavailableError(
+            f"weights for model '{name}' at {path} are not a loadable state_dict "
+            f"({type(exc).__name__}: {exc}); removed, fetch them again"
+        ) from exc
 
 
 def _snapshot_record(src: HubSnapshot, dest: Path) -> dict:
-    return {"source": "huggingface", "repo_id": src.repo_id, "revision": src.revision, "path": ".",
-            "files": {f: sha256_file(dest / f) for f in src.files}}
+    return {
+        "source": "huggingface",
+        "repo_id": src.repo_id,
+        "revision": src.revision,
+        "path": ".",
+        "files": {f: sha256_file(dest / f) for f in src.files},
+    }
 
 
 def _fetch_snapshot(name: str, src: HubSnapshot, dest: Path, progress: bool, known: dict | None) -> dict:
     # Present and recorded with the same hashes (a rerun): no network at all.
-    if (known and known.get("revision") == src.revision and all((dest / f).is_file() for f in src.files)
-            and all(sha256_file(dest / f) == known["files"].get(f) for f in src.files)):
+    if (
+        known
+        and known.get("revision") == src.revision
+        and all((dest / f).is_file() for f in src.files)
+        and all(sha256_file(dest / f) == known["files"].get(f) for f in src.files)
+    ):
         return {**_snapshot_record(src, dest), "how": "present"}
     from huggingface_hub import try_to_load_from_cache
 
     tried = [f"{dest}: {'incomplete or unrecorded' if dest.exists() else 'absent'}"]
-    cached = [try_to_load_from_cache(src.repo_id, f, revision=src.revision, cache_dir=hf_cache_dir())
-              for f in src.files]
+    cached = [
+        try_to_load_from_cache(src.repo_id, f, revision=src.revision, cache_dir=hf_cache_dir()) for f in src.files
+    ]
     if all(isinstance(c, str) for c in cached):
         for f, c in zip(src.files, cached):
             _copy(c, dest / f)
@@ -251,16 +281,21 @@ def _download_snapshot(src: HubSnapshot, dest: Path, endpoint: str, progress: bo
         for f in src.files:
             url = hf_hub_url(src.repo_id, f, revision=src.revision, endpoint=endpoint)
             meta = get_hf_file_metadata(url, timeout=timeout_s(), endpoint=endpoint)
-            path = hf_hub_download(src.repo_id, f, revision=src.revision, local_dir=tmp, endpoint=endpoint,
-                                   etag_timeout=timeout_s())
+            path = hf_hub_download(
+                src.repo_id, f, revision=src.revision, local_dir=tmp, endpoint=endpoint, etag_timeout=timeout_s()
+            )
             etag = (meta.etag or "").strip('"')
             if re.fullmatch(r"[0-9a-f]{64}", etag):  # LFS files: the ETag is the sha256 of the content
                 got = sha256_file(path)
                 if got != etag:
-                    raise WeightsUnavailableError(f"{f}: sha256 {got} does not match the {etag} the Hub reports; "
-                                                  "the download is corrupt (nothing was kept)")
+                    raise WeightsUnavailableError(
+                        f"{f}: sha256 {got} does not match the {etag} the Hub reports; "
+                        "the download is corrupt (nothing was kept)"
+                    )
             if meta.commit_hash and meta.commit_hash != src.revision:
-                raise WeightsUnavailableError(f"{f}: the Hub served commit {meta.commit_hash}, not the pinned {src.revision}")
+                raise WeightsUnavailableError(
+                    f"{f}: the Hub served commit {meta.commit_hash}, not the pinned {src.revision}"
+                )
         dest.mkdir(parents=True, exist_ok=True)
         for f in src.files:
             os.replace(Path(tmp) / f, dest / f)
@@ -311,7 +346,8 @@ def materialised_weights(out_dir: str | Path, name: str) -> str:
         raise WeightsUnavailableError(
             f"pretrained weights for model '{name}' are not in {Path(out_dir) / MANIFEST}: the `weights` stage did "
             f"not materialise them for these params. Run `dvc repro weights` (or "
-            f"`python src/weights.py --params params.yaml --out {out_dir}`). " + weights_fixes(name))
+            f"`python src/weights.py --params params.yaml --out {out_dir}`). " + weights_fixes(name)
+        )
     if rec.get("source") == "local":
         return rec["path"]
     return str(Path(out_dir) / name / rec["path"])
@@ -331,13 +367,15 @@ def load_state_dict_file(model: nn.Module, name: str, path: str | Path, head_pre
     path = Path(path)
     if not path.is_file():
         raise WeightsUnavailableError(
-            f"pretrained weights for model '{name}' not found: looked for the file {path}. " + weights_fixes(name))
+            f"pretrained weights for model '{name}' not found: looked for the file {path}. " + weights_fixes(name)
+        )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt file, or a pickled whole model (refused by weights_only)
         raise WeightsUnavailableError(
             f"could not read weights for model '{name}' from {path}: {exc}. Expected a state_dict saved with "
-            f"torch.save(model.state_dict(), path). " + weights_fixes(name)) from exc
+            f"torch.save(model.state_dict(), path). " + weights_fixes(name)
+        ) from exc
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if head_prefix:
@@ -350,7 +388,8 @@ def load_state_dict_file(model: nn.Module, name: str, path: str | Path, head_pre
         raise WeightsUnavailableError(
             f"weights in {path} do not fit model '{name}': {len(missing)} missing keys (e.g. {missing[:3]}), "
             f"{len(unexpected)} unexpected keys (e.g. {unexpected[:3]}), {len(wrong_shape)} of another shape "
-            f"(e.g. {wrong_shape[:3]}). Expected a torchvision-layout {name} state_dict. " + weights_fixes(name))
+            f"(e.g. {wrong_shape[:3]}). Expected a torchvision-layout {name} state_dict. " + weights_fixes(name)
+        )
     model.load_state_dict(state, strict=False)  # strict=False only for the dropped head keys
 
 

@@ -24,17 +24,28 @@ EXIT_OK, EXIT_INPUT_ERRORS, EXIT_USAGE = 0, 1, 2
 
 
 def _predict_parser(sub) -> None:
-    p = sub.add_parser("predict", help="P(pneumonia) for image files, folders or globs",
-                       description="Predict NORMAL/PNEUMONIA for JPEG, PNG, BMP, TIFF and DICOM images with a trained "
-                                   "checkpoint, preprocessed exactly as its training data was.")
+    p = sub.add_parser(
+        "predict",
+        help="P(pneumonia) for image files, folders or globs",
+        description="Predict NORMAL/PNEUMONIA for JPEG, PNG, BMP, TIFF and DICOM images with a trained "
+        "checkpoint, preprocessed exactly as its training data was.",
+    )
     p.add_argument("inputs", nargs="+", help="image files, folders (searched recursively) or glob patterns")
-    p.add_argument("--model", "-m", default=None,
-                   help="checkpoint folder (model.pt + model.json), or a registered model such as "
-                        "models:/cxr-pneumonia@champion; default: the model selected by the compare stage in "
-                        "reports/results.csv")
-    p.add_argument("--results", default="reports/results.csv", help="compare stage table used when --model is not given")
+    p.add_argument(
+        "--model",
+        "-m",
+        default=None,
+        help="checkpoint folder (model.pt + model.json), or a registered model such as "
+        "models:/cxr-pneumonia@champion; default: the model selected by the compare stage in "
+        "reports/results.csv",
+    )
+    p.add_argument(
+        "--results", default="reports/results.csv", help="compare stage table used when --model is not given"
+    )
     p.add_argument("--models-dir", default="models", help="folder of <model>/ checkpoints used with --results")
-    p.add_argument("--format", "-f", choices=("table", "csv", "jsonl"), default="table", help="output format (default: table)")
+    p.add_argument(
+        "--format", "-f", choices=("table", "csv", "jsonl"), default="table", help="output format (default: table)"
+    )
     p.add_argument("--output", "-o", default=None, help="write the output to this file instead of stdout")
     p.add_argument("--cam", default=None, metavar="DIR", help="also write Grad-CAM overlays (PNG) into DIR")
     p.add_argument("--batch-size", type=int, default=32, help="images decoded and predicted at a time (default 32)")
@@ -54,8 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
 def format_table(df) -> str:
     """A plain aligned text table (no extra dependency)."""
     shown = df.copy()
-    shown["probability"] = shown["probability"].map(lambda v: "" if v is None or (isinstance(v, float) and math.isnan(v))
-                                                    else f"{v:.4f}")
+    shown["probability"] = shown["probability"].map(
+        lambda v: "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
+    )
     shown = shown.fillna("").astype(str)
     for col in ("error", "warning"):  # shown only when some row has one
         if col in shown.columns and not shown[col].str.len().any():
@@ -89,8 +101,13 @@ def render(df, fmt: str) -> str:
 
 
 def cmd_predict(args) -> int:
-    from cxr.serving.predict import (REGISTRY_SCHEMES, ModelNotFoundError, Predictor, best_model_dir,
-                                     registered_model_dir)
+    from cxr.serving.predict import (
+        REGISTRY_SCHEMES,
+        ModelNotFoundError,
+        Predictor,
+        best_model_dir,
+        registered_model_dir,
+    )
 
     if args.batch_size < 1:
         print(f"cxr predict: --batch-size must be >= 1, found {args.batch_size}", file=sys.stderr)
@@ -104,14 +121,22 @@ def cmd_predict(args) -> int:
     except (ModelNotFoundError, FileNotFoundError, ValueError, KeyError, RuntimeError) as exc:
         print(f"cxr predict: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    print(f"[cxr predict] model {model_dir} ({predictor.arch_name}, cache {predictor.cache_size} px "
-          f"{predictor.resize}, input {predictor.image_size} px, threshold {predictor.threshold:.4f})", file=sys.stderr)
+    print(
+        f"[cxr predict] model {model_dir} ({predictor.arch_name}, cache {predictor.cache_size} px "
+        f"{predictor.resize}, input {predictor.image_size} px, threshold {predictor.threshold:.4f})",
+        file=sys.stderr,
+    )
 
     def report(name: str, reason: str) -> None:
         print(f"cxr predict: cannot read {name}: {reason}", file=sys.stderr)
 
-    table = predictor.predict_paths(args.inputs, batch_size=args.batch_size, progress=not args.no_progress and sys.stderr.isatty(),
-                                    cam_dir=args.cam, on_error=report)
+    table = predictor.predict_paths(
+        args.inputs,
+        batch_size=args.batch_size,
+        progress=not args.no_progress and sys.stderr.isatty(),
+        cam_dir=args.cam,
+        on_error=report,
+    )
     text = render(table, args.format)
     if args.output:
         out = Path(args.output)

@@ -69,7 +69,7 @@ def is_dicom(source: Source) -> bool:
     if not isinstance(source, (bytes, bytearray, memoryview)) and Path(source).suffix.lower() in DICOM_EXTENSIONS:
         return True
     try:
-        return _head(source)[_DICM_OFFSET:_DICM_OFFSET + 4] == b"DICM"
+        return _head(source)[_DICM_OFFSET : _DICM_OFFSET + 4] == b"DICM"
     except OSError:
         return False
 
@@ -120,8 +120,8 @@ def default_max_pixels() -> int:
 
 
 def _pixel_limit_error(name: str, width: int, height: int, frames: int, max_pixels: int | None) -> None:
-    from cxr.data.limits import ImageLimits
     from cxr.config import SplitConfig
+    from cxr.data.limits import ImageLimits
 
     limit = default_max_pixels() if max_pixels is None else int(max_pixels)
     why = ImageLimits(limit, SplitConfig().plausibility).check_pixels(width, height, frames)
@@ -141,8 +141,13 @@ def _dicom_gray8(source: Source, name: str, max_pixels: int | None = None) -> np
     try:
         # Rows x Columns x frames against the shared pixel limit, before a byte is decoded: a 2 MB
         # RLE-compressed file can declare 65535 x 65535 pixels.
-        _pixel_limit_error(name, int(ds.get("Columns", 0) or 0), int(ds.get("Rows", 0) or 0),
-                           int(ds.get("NumberOfFrames", 1) or 1), max_pixels)
+        _pixel_limit_error(
+            name,
+            int(ds.get("Columns", 0) or 0),
+            int(ds.get("Rows", 0) or 0),
+            int(ds.get("NumberOfFrames", 1) or 1),
+            max_pixels,
+        )
     except (TypeError, ValueError) as exc:
         raise ImageReadError(name, f"DICOM header has unusable Rows/Columns/NumberOfFrames ({exc})") from exc
     try:
@@ -150,8 +155,11 @@ def _dicom_gray8(source: Source, name: str, max_pixels: int | None = None) -> np
     except ImageReadError:
         raise
     except Exception as exc:  # an inconsistent header (Window Width 0, bad LUT, odd bit depths): this file only
-        raise ImageReadError(name, f"invalid DICOM pixel settings ({type(exc).__name__}: {exc}); the file's "
-                                   "header is inconsistent, fix it at the source") from exc
+        raise ImageReadError(
+            name,
+            f"invalid DICOM pixel settings ({type(exc).__name__}: {exc}); the file's "
+            "header is inconsistent, fix it at the source",
+        ) from exc
 
 
 def _dicom_pixels(ds, name: str) -> np.ndarray:
@@ -162,8 +170,11 @@ def _dicom_pixels(ds, name: str) -> np.ndarray:
         width = ds.WindowWidth
         width = width[0] if isinstance(width, MultiValue) else width
         if float(width) < 1:  # the window the file asks for cannot be applied (PS3.3 C.11.2.1.2)
-            raise ImageReadError(name, f"DICOM Window Width (0028,1051) is {width}: it must be >= 1, so the "
-                                       "image's window cannot be applied; fix the file's header")
+            raise ImageReadError(
+                name,
+                f"DICOM Window Width (0028,1051) is {width}: it must be >= 1, so the "
+                "image's window cannot be applied; fix the file's header",
+            )
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         raise ImageReadError(name, "DICOM file has no pixel data (a structured report or presentation state?)")
     frames = int(ds.get("NumberOfFrames", 1) or 1)
@@ -174,8 +185,11 @@ def _dicom_pixels(ds, name: str) -> np.ndarray:
     except Exception as exc:  # unsupported/compressed transfer syntax without a decoder plugin, truncated data
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         syntax = f"{syntax.name} ({syntax})" if syntax is not None else "unknown transfer syntax"
-        raise ImageReadError(name, f"cannot decode DICOM pixel data, {syntax}: {type(exc).__name__}: {exc}. "
-                                   "Compressed DICOM needs a pydicom decoder plugin (pylibjpeg or gdcm)") from exc
+        raise ImageReadError(
+            name,
+            f"cannot decode DICOM pixel data, {syntax}: {type(exc).__name__}: {exc}. "
+            "Compressed DICOM needs a pydicom decoder plugin (pylibjpeg or gdcm)",
+        ) from exc
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     if arr.ndim == 3 and arr.shape[-1] in (3, 4):
         # Colour secondary capture: pydicom has converted YBR to RGB already; ITU-R 601 luma, as Pillow's convert('L').
@@ -272,8 +286,9 @@ def read_gray8(source: Source, max_pixels: int | None = None) -> np.ndarray:
 
     Images above ``max_pixels`` (default: ``split.max_pixels``'s default) are refused before decoding.
     """
-    from cxr.data.cache import to_gray8
     from PIL import ImageOps
+
+    from cxr.data.cache import to_gray8
 
     name = describe_source(source)
     _check_source(source, name)
@@ -298,8 +313,9 @@ def load_image(source: Source, size: int, resize: str = "stretch", max_pixels: i
     return load_image_sized(source, size, resize, max_pixels)[0]
 
 
-def load_image_sized(source: Source, size: int, resize: str = "stretch",
-                     max_pixels: int | None = None) -> tuple[np.ndarray, tuple[int, int]]:
+def load_image_sized(
+    source: Source, size: int, resize: str = "stretch", max_pixels: int | None = None
+) -> tuple[np.ndarray, tuple[int, int]]:
     """:func:`load_image` and the original (width, height), for the plausibility checks."""
     if resize not in RESIZE_MODES:
         raise ValueError(f"resize: expected one of {list(RESIZE_MODES)}, found {resize!r}")

@@ -19,24 +19,30 @@ from __future__ import annotations
 import glob
 import math
 import os
-import warnings
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 
-from cxr import CLASSES
 from cxr import checkpoint
 from cxr.checkpoint import ModelCard
 from cxr.data import is_junk
-from cxr.device import resolve_device
 from cxr.data.limits import ImageLimits
-from cxr.serving.imageio import (DICOM_EXTENSIONS, IMAGE_EXTENSIONS, ImageReadError, Source, describe_source, is_dicom,
-                                 load_image, load_image_sized)
+from cxr.device import resolve_device
+from cxr.serving.imageio import (
+    DICOM_EXTENSIONS,
+    IMAGE_EXTENSIONS,
+    ImageReadError,
+    Source,
+    describe_source,
+    is_dicom,
+    load_image,
+    load_image_sized,
+)
 from cxr.training.engine import predict_probabilities
 
 # probability = P(PNEUMONIA); warning: why the input may not be a chest radiograph (it is still predicted).
@@ -72,8 +78,10 @@ def registered_model_dir(uri: str, dest: str | Path | None = None) -> Path:
         mlflow.set_tracking_uri(store)
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dest)))
     except Exception as exc:
-        raise ModelNotFoundError(f"cannot fetch {uri} from the MLflow store {store} ({exc.__class__.__name__}: "
-                                 f"{exc}); run `dvc repro compare` to register one, or set MLFLOW_TRACKING_URI") from None
+        raise ModelNotFoundError(
+            f"cannot fetch {uri} from the MLflow store {store} ({exc.__class__.__name__}: "
+            f"{exc}); run `dvc repro compare` to register one, or set MLFLOW_TRACKING_URI"
+        ) from None
     found = sorted(p.parent for p in local.rglob(checkpoint.META_FILE))
     if not found:
         raise ModelNotFoundError(f"{uri} holds no {checkpoint.META_FILE}: not a model registered by this pipeline")
@@ -81,22 +89,29 @@ def registered_model_dir(uri: str, dest: str | Path | None = None) -> Path:
 
 
 def best_model_dir(results_csv: str | Path = DEFAULT_RESULTS_CSV, models_dir: str | Path = DEFAULT_MODELS_DIR) -> Path:
-    """``models/<best>``: the model the compare stage selected on validation (``selected`` row of reports/results.csv)."""
+    """``models/<best>``: the model the compare stage selected on validation (the ``selected`` row of
+    reports/results.csv)."""
     results_csv, models_dir = Path(results_csv), Path(models_dir)
-    fix = ("run `dvc repro` (the compare stage picks the best model on validation), "
-           "or pass --model models/<name> (a folder with model.pt and model.json)")
+    fix = (
+        "run `dvc repro` (the compare stage picks the best model on validation), "
+        "or pass --model models/<name> (a folder with model.pt and model.json)"
+    )
     if not results_csv.is_file():
         raise ModelNotFoundError(f"no --model given and no model comparison found at {results_csv}: {fix}")
     table = pd.read_csv(results_csv)
     if "model" not in table.columns or "selected" not in table.columns:
-        raise ModelNotFoundError(f"{results_csv} has no 'model'/'selected' columns (found {list(table.columns)}): {fix}")
+        raise ModelNotFoundError(
+            f"{results_csv} has no 'model'/'selected' columns (found {list(table.columns)}): {fix}"
+        )
     chosen = table.loc[table["selected"].astype(str).str.lower() == "true", "model"].tolist()
     if len(chosen) != 1:
         raise ModelNotFoundError(f"{results_csv} marks {len(chosen)} models as selected, expected 1: {fix}")
     model_dir = models_dir / str(chosen[0])
     if not (model_dir / checkpoint.META_FILE).is_file():
-        raise ModelNotFoundError(f"{results_csv} selects {chosen[0]!r} but {model_dir}/{checkpoint.META_FILE} is "
-                                 f"missing (run `dvc pull` or `dvc repro train@{chosen[0]}`), or pass --model")
+        raise ModelNotFoundError(
+            f"{results_csv} selects {chosen[0]!r} but {model_dir}/{checkpoint.META_FILE} is "
+            f"missing (run `dvc pull` or `dvc repro train@{chosen[0]}`), or pass --model"
+        )
     return model_dir
 
 
@@ -122,8 +137,11 @@ def _wanted(path: Path) -> bool:
     return suffix == "" and path.is_file() and is_dicom(path)
 
 
-_NOT_AN_IMAGE = ("not an image file type cxr predict reads ({kind}); skipped. It reads "
-                 + ", ".join(IMAGE_EXTENSIONS) + " and extension-less DICOM; name the file explicitly to try anyway")
+_NOT_AN_IMAGE = (
+    "not an image file type cxr predict reads ({kind}); skipped. It reads "
+    + ", ".join(IMAGE_EXTENSIONS)
+    + " and extension-less DICOM; name the file explicitly to try anyway"
+)
 
 
 def _scan_folder(folder: Path, skipped: list[InputError] | None = None) -> list[Path]:
@@ -220,7 +238,7 @@ class Predictor:
         self.model = self.model.to(self.device).eval()
 
     @classmethod
-    def from_dir(cls, model_dir: str | Path, device: str | torch.device | None = None) -> "Predictor":
+    def from_dir(cls, model_dir: str | Path, device: str | torch.device | None = None) -> Predictor:
         dev = resolve_device(device)
         model, card = checkpoint.load(model_dir, device=dev)
         return cls(model, card, dev)
@@ -244,8 +262,15 @@ class Predictor:
             images = images[None]
         if len(images) == 0:
             return np.zeros(0)
-        return predict_probabilities(self.model, images, mean=self.mean, std=self.std, image_size=self.image_size,
-                              device=self.device, batch_size=batch_size)
+        return predict_probabilities(
+            self.model,
+            images,
+            mean=self.mean,
+            std=self.std,
+            image_size=self.image_size,
+            device=self.device,
+            batch_size=batch_size,
+        )
 
     def label(self, probability: float) -> str:
         """The class at the checkpoint's validation-chosen threshold (PNEUMONIA when p >= threshold)."""
@@ -260,9 +285,16 @@ class Predictor:
 
     # ---- many inputs ---------------------------------------------------------------------
 
-    def predict_sources(self, sources: Sequence[Source], names: Sequence[str] | None = None, *,
-                        batch_size: int = 32, progress: bool = False, cam_dir: str | Path | None = None,
-                        on_error=None) -> pd.DataFrame:
+    def predict_sources(
+        self,
+        sources: Sequence[Source],
+        names: Sequence[str] | None = None,
+        *,
+        batch_size: int = 32,
+        progress: bool = False,
+        cam_dir: str | Path | None = None,
+        on_error=None,
+    ) -> pd.DataFrame:
         """One row per source (file, probability, label, error [, cam]); unreadable sources get an error.
 
         Decoding and inference go ``batch_size`` inputs at a time, so memory stays flat on big
@@ -292,8 +324,11 @@ class Predictor:
                         pixels.append(px)
                         good.append(row)
                     except Exception as exc:  # one bad input never takes down the rest of the batch
-                        reason = exc.reason if isinstance(exc, ImageReadError) else \
-                            f"cannot read this input ({type(exc).__name__}: {exc})"
+                        reason = (
+                            exc.reason
+                            if isinstance(exc, ImageReadError)
+                            else f"cannot read this input ({type(exc).__name__}: {exc})"
+                        )
                         row["error"] = reason
                         if on_error is not None:
                             on_error(names[i], reason)
@@ -316,18 +351,31 @@ class Predictor:
         cols = list(COLUMNS) + (["cam"] if cam_writer is not None else [])
         return pd.DataFrame(rows, columns=cols)
 
-    def predict_paths(self, inputs: Iterable[str | os.PathLike], *, batch_size: int = 32, progress: bool = False,
-                      cam_dir: str | Path | None = None, on_error=None) -> pd.DataFrame:
+    def predict_paths(
+        self,
+        inputs: Iterable[str | os.PathLike],
+        *,
+        batch_size: int = 32,
+        progress: bool = False,
+        cam_dir: str | Path | None = None,
+        on_error=None,
+    ) -> pd.DataFrame:
         """Expand files/folders/globs (:func:`collect_inputs`) and predict each; bad inputs become error rows."""
         files, input_errors = collect_inputs(inputs)
-        table = self.predict_sources([str(f) for f in files], batch_size=batch_size, progress=progress,
-                                     cam_dir=cam_dir, on_error=on_error)
+        table = self.predict_sources(
+            [str(f) for f in files], batch_size=batch_size, progress=progress, cam_dir=cam_dir, on_error=on_error
+        )
         if input_errors:
             for e in input_errors:
                 if on_error is not None:
                     on_error(e.source, e.reason)
-            extra = pd.DataFrame([{"file": e.source, "probability": math.nan, "label": None, "error": e.reason,
-                                   "warning": None} for e in input_errors], columns=table.columns)
+            extra = pd.DataFrame(
+                [
+                    {"file": e.source, "probability": math.nan, "label": None, "error": e.reason, "warning": None}
+                    for e in input_errors
+                ],
+                columns=table.columns,
+            )
             table = pd.concat([table, extra], ignore_index=True) if len(table) else extra
         return table
 
@@ -365,5 +413,13 @@ class _CamWriter:
         return paths
 
 
-__all__ = ["COLUMNS", "DICOM_EXTENSIONS", "IMAGE_EXTENSIONS", "InputError", "ModelNotFoundError", "Predictor",
-           "best_model_dir", "collect_inputs"]
+__all__ = [
+    "COLUMNS",
+    "DICOM_EXTENSIONS",
+    "IMAGE_EXTENSIONS",
+    "InputError",
+    "ModelNotFoundError",
+    "Predictor",
+    "best_model_dir",
+    "collect_inputs",
+]

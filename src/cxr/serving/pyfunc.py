@@ -49,7 +49,9 @@ def decode_payload(value) -> bytes:
         try:
             data = base64.b64decode(text, validate=True)
         except (binascii.Error, ValueError):
-            raise ValueError("the 'image' value is not valid base64 (expected base64-encoded JPEG, PNG or DICOM bytes)") from None
+            raise ValueError(
+                "the 'image' value is not valid base64 (expected base64-encoded JPEG, PNG or DICOM bytes)"
+            ) from None
     elif value is None or (isinstance(value, float) and math.isnan(value)):
         raise ValueError("the 'image' value is empty (null)")
     else:
@@ -65,7 +67,9 @@ def _image_values(model_input) -> list:
             return list(model_input[IMAGE_COLUMN])
         if model_input.shape[1] == 1:
             return list(model_input.iloc[:, 0])
-        raise ValueError(f"expected a DataFrame with a column {IMAGE_COLUMN!r}, found columns {list(model_input.columns)}")
+        raise ValueError(
+            f"expected a DataFrame with a column {IMAGE_COLUMN!r}, found columns {list(model_input.columns)}"
+        )
     if isinstance(model_input, pd.Series):
         return list(model_input)
     if isinstance(model_input, dict) and IMAGE_COLUMN in model_input:
@@ -104,8 +108,10 @@ class CxrImageModel(mlflow.pyfunc.PythonModel):
             return self._predict_values(values)
         except Exception as exc:
             _log.exception("cxr model: prediction failed")
-            raise MlflowException(f"the model could not answer this request ({type(exc).__name__}); "
-                                  "see the server log", error_code=BAD_REQUEST) from None
+            raise MlflowException(
+                f"the model could not answer this request ({type(exc).__name__}); see the server log",
+                error_code=BAD_REQUEST,
+            ) from None
 
     def _predict_values(self, values: list) -> pd.DataFrame:
         decoded, names = [], []
@@ -120,9 +126,15 @@ class CxrImageModel(mlflow.pyfunc.PythonModel):
                 names.append(f"row {i}")
         ok = [i for i in range(len(values)) if i not in errors]
         table = self.predictor.predict_sources([decoded[i] for i in ok], [names[i] for i in ok], batch_size=32)
-        out = pd.DataFrame({"probability": [None] * len(values), "label": [None] * len(values),
-                            "error": [errors.get(i) for i in range(len(values))],
-                            "warning": [None] * len(values)}, dtype=object)
+        out = pd.DataFrame(
+            {
+                "probability": [None] * len(values),
+                "label": [None] * len(values),
+                "error": [errors.get(i) for i in range(len(values))],
+                "warning": [None] * len(values),
+            },
+            dtype=object,
+        )
         for i, (_, row) in zip(ok, table.iterrows()):
             if isinstance(row["error"], str):
                 out.at[i, "error"] = row["error"]
@@ -149,8 +161,14 @@ def signature():
     return ModelSignature(
         inputs=Schema([ColSpec("string", IMAGE_COLUMN)]),
         # Null in a row that could not be read (probability, label) or that was (error).
-        outputs=Schema([ColSpec("double", "probability", required=False), ColSpec("string", "label", required=False),
-                        ColSpec("string", "error", required=False), ColSpec("string", "warning", required=False)]),
+        outputs=Schema(
+            [
+                ColSpec("double", "probability", required=False),
+                ColSpec("string", "label", required=False),
+                ColSpec("string", "error", required=False),
+                ColSpec("string", "warning", required=False),
+            ]
+        ),
     )
 
 
@@ -179,8 +197,7 @@ mlflow.models.set_model(CxrImageModel())
 '''
 
 
-def log_pyfunc_model(model_dir: str | Path, name: str = "model", registered_model_name: str | None = None,
-                     **kwargs):
+def log_pyfunc_model(model_dir: str | Path, name: str = "model", registered_model_name: str | None = None, **kwargs):
     """Log checkpoint folder ``model_dir`` as a pyfunc model (artifact ``checkpoint``); returns MLflow's ModelInfo.
 
     Logs into the active run if there is one. ``registered_model_name`` also registers it in the
@@ -205,10 +222,14 @@ def log_pyfunc_model(model_dir: str | Path, name: str = "model", registered_mode
         for f in (checkpoint.WEIGHTS_FILE, checkpoint.META_FILE):
             shutil.copy2(model_dir / f, ckpt / f)
         args = dict(
-            name=name, python_model=str(entry), artifacts={CHECKPOINT_ARTIFACT: str(ckpt)},
-            code_paths=[str(code)], signature=signature(),
+            name=name,
+            python_model=str(entry),
+            artifacts={CHECKPOINT_ARTIFACT: str(ckpt)},
+            code_paths=[str(code)],
+            signature=signature(),
             input_example=pd.DataFrame({IMAGE_COLUMN: [_example_image_b64(card.cache_size)]}),
-            pip_requirements=pip_requirements(card), registered_model_name=registered_model_name,
+            pip_requirements=pip_requirements(card),
+            registered_model_name=registered_model_name,
             metadata={"cxr_model": card.name, "threshold": card.threshold, "data_version": card.data_version},
         )
         args.update(kwargs)

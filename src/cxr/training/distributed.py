@@ -31,8 +31,8 @@ import contextlib
 import os
 import subprocess
 import sys
+from collections.abc import Iterator, Sequence
 from datetime import timedelta
-from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -96,8 +96,15 @@ def launch_command(nproc: int, script: str, argv: Sequence[str]) -> list[str]:
     ``--standalone`` rendezvouses on a free local port, so several launches on one machine (queued
     experiments) do not collide.
     """
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={int(nproc)}",
-            str(script), *argv]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={int(nproc)}",
+        str(script),
+        *argv,
+    ]
 
 
 def launch(nproc: int, script: str, argv: Sequence[str], env: dict | None = None) -> int:
@@ -192,28 +199,41 @@ class ShardedBatchSampler:
     batches of ``global_batch``; rank r takes the r-th of ``world`` equal slices of each.
     """
 
-    def __init__(self, n: int, global_batch: int, *, seed: int, rank: int | None = None, world: int | None = None,
-                 shuffle: bool = True):
+    def __init__(
+        self,
+        n: int,
+        global_batch: int,
+        *,
+        seed: int,
+        rank: int | None = None,
+        world: int | None = None,
+        shuffle: bool = True,
+    ):
         self.world = world_size() if world is None else int(world)
         self.rank = _rank() if rank is None else int(rank)
         if global_batch % self.world:
-            raise ValueError(f"batch_size {global_batch} is not a multiple of the {self.world} devices: every device "
-                             f"takes an equal share of each batch. Fix: -S batch_size={_multiple(global_batch, self.world)} "
-                             f"(or another multiple of {self.world}), or fewer devices.")
+            raise ValueError(
+                f"batch_size {global_batch} is not a multiple of the {self.world} devices: every device "
+                f"takes an equal share of each batch. Fix: -S batch_size={_multiple(global_batch, self.world)} "
+                f"(or another multiple of {self.world}), or fewer devices."
+            )
         self.n, self.global_batch, self.seed, self.shuffle = int(n), int(global_batch), int(seed), shuffle
         self.batch_size = self.global_batch // self.world  # per rank
         self._batches = self._plan()
 
     def _plan(self) -> list[list[int]]:
-        order = (torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed)) if self.shuffle
-                 else torch.arange(self.n)).tolist()
+        order = (
+            torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed))
+            if self.shuffle
+            else torch.arange(self.n)
+        ).tolist()
         out = []
         for a in range(0, self.n, self.global_batch):
-            chunk = order[a: a + self.global_batch]
+            chunk = order[a : a + self.global_batch]
             per = len(chunk) // self.world
             if per < min(2, self.batch_size):  # a trailing batch too small to split
                 continue
-            out.append(chunk[self.rank * per: (self.rank + 1) * per])
+            out.append(chunk[self.rank * per : (self.rank + 1) * per])
         return out
 
     def __iter__(self):
@@ -265,8 +285,14 @@ def reduce_train_stats(tr: dict) -> dict:
     dist.all_reduce(secs, op=dist.ReduceOp.MAX)
     loss_sum, correct, seen = t.tolist()
     seconds = float(secs.item())
-    return {**tr, "loss": loss_sum / seen, "acc": correct / seen, "images": int(seen), "seconds": seconds,
-            "images_per_s": seen / seconds}
+    return {
+        **tr,
+        "loss": loss_sum / seen,
+        "acc": correct / seen,
+        "images": int(seen),
+        "seconds": seconds,
+        "images_per_s": seen / seconds,
+    }
 
 
 def sync_buffers(model: torch.nn.Module) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -38,7 +38,9 @@ class ArrayDataset(Dataset):
         if labels is not None and len(labels) != len(images):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
         self.images = images
-        self.labels = np.zeros(len(images), dtype=np.float32) if labels is None else np.asarray(labels, dtype=np.float32)
+        self.labels = (
+            np.zeros(len(images), dtype=np.float32) if labels is None else np.asarray(labels, dtype=np.float32)
+        )
 
     def __len__(self) -> int:
         return len(self.images)
@@ -97,8 +99,18 @@ def batches_on_device(device: torch.device, num_workers: int) -> bool:
     return device.type == "cuda" and num_workers == 0
 
 
-def make_loader(images, labels, *, batch_size: int, shuffle: bool, seed: int = 0, device: torch.device | None = None,
-                num_workers: int = 0, drop_last: bool = False, batch_sampler=None):
+def make_loader(
+    images,
+    labels,
+    *,
+    batch_size: int,
+    shuffle: bool,
+    seed: int = 0,
+    device: torch.device | None = None,
+    num_workers: int = 0,
+    drop_last: bool = False,
+    batch_sampler=None,
+):
     """Batches of uint8 (B, 1, S, S) images and float labels; with shuffle, the order is drawn from a
     generator seeded with ``seed``. ``batch_sampler`` (a re-iterable of index lists with ``len``, e.g.
     ``distributed.ShardedBatchSampler``), when given, says which rows make each batch instead; then
@@ -111,20 +123,40 @@ def make_loader(images, labels, *, batch_size: int, shuffle: bool, seed: int = 0
     """
     device = device or torch.device("cpu")
     if batches_on_device(device, num_workers):
-        return DeviceBatches(images, labels, batch_size=batch_size, shuffle=shuffle, seed=seed, device=device,
-                             drop_last=drop_last, batch_sampler=batch_sampler)
+        return DeviceBatches(
+            images,
+            labels,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            seed=seed,
+            device=device,
+            drop_last=drop_last,
+            batch_sampler=batch_sampler,
+        )
     # A generator of its own, shuffle or not: creating an iterator then draws its (worker) base seed
     # from it, never from the global RNG, whose dropout draws stay the same with or without a bar.
     gen = torch.Generator().manual_seed(int(seed))
     if batch_sampler is not None:
-        return DataLoader(ArrayDataset(images, labels), batch_sampler=batch_sampler, num_workers=num_workers,
-                          generator=gen, collate_fn=_identity_collate, pin_memory=device.type == "cuda",
-                          persistent_workers=False)
+        return DataLoader(
+            ArrayDataset(images, labels),
+            batch_sampler=batch_sampler,
+            num_workers=num_workers,
+            generator=gen,
+            collate_fn=_identity_collate,
+            pin_memory=device.type == "cuda",
+            persistent_workers=False,
+        )
     sampler = SeededShuffle(len(images), seed) if shuffle else None
     return DataLoader(
-        ArrayDataset(images, labels), batch_size=batch_size, sampler=sampler, generator=gen,
-        num_workers=num_workers, collate_fn=_identity_collate, drop_last=drop_last,
-        pin_memory=device.type == "cuda", persistent_workers=False,
+        ArrayDataset(images, labels),
+        batch_size=batch_size,
+        sampler=sampler,
+        generator=gen,
+        num_workers=num_workers,
+        collate_fn=_identity_collate,
+        drop_last=drop_last,
+        pin_memory=device.type == "cuda",
+        persistent_workers=False,
     )
 
 
@@ -168,8 +200,18 @@ class DeviceBatches:
 
     _RING = 3
 
-    def __init__(self, images, labels, *, batch_size: int, shuffle: bool, seed: int = 0,
-                 device: torch.device, drop_last: bool = False, batch_sampler=None):
+    def __init__(
+        self,
+        images,
+        labels,
+        *,
+        batch_size: int,
+        shuffle: bool,
+        seed: int = 0,
+        device: torch.device,
+        drop_last: bool = False,
+        batch_sampler=None,
+    ):
         if images.ndim != 3:
             raise ValueError(f"expected images of shape (N, S, S), found {tuple(images.shape)}")
         if images.dtype not in (np.uint8, torch.uint8):
@@ -230,7 +272,7 @@ class DeviceBatches:
             return (torch.as_tensor(b, dtype=torch.long) for b in self.batch_sampler)
         order = self._order()
         stop = len(self) * self.batch_size
-        return (order[a: a + self.batch_size] for a in range(0, stop, self.batch_size))
+        return (order[a : a + self.batch_size] for a in range(0, stop, self.batch_size))
 
     def __iter__(self):
         for k, idx in enumerate(self._batches()):
@@ -270,10 +312,20 @@ class TrainingDivergedError(RuntimeError):
         self.lr = lr
 
 
-def train_one_epoch(model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer, loader, device: torch.device,
-                    *, augment: Callable[[Tensor], Tensor], prep: Callable[[Tensor], Tensor],
-                    amp_dtype: torch.dtype | None = None, scaler: torch.amp.GradScaler | None = None,
-                    progress: bool = False, desc: str = "train") -> dict:
+def train_one_epoch(
+    model: nn.Module,
+    loss_fn: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loader,
+    device: torch.device,
+    *,
+    augment: Callable[[Tensor], Tensor],
+    prep: Callable[[Tensor], Tensor],
+    amp_dtype: torch.dtype | None = None,
+    scaler: torch.amp.GradScaler | None = None,
+    progress: bool = False,
+    desc: str = "train",
+) -> dict:
     """One pass over ``loader``: returns mean loss, accuracy at 0.5, images/s and seconds."""
     model.train()
     non_blocking = device.type == "cuda"
@@ -304,7 +356,9 @@ def train_one_epoch(model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim
             raise TrainingDivergedError(
                 f"the training loss became {value} at batch {seen // max(1, n) + 1} (lr {lr:g}): the weights "
                 f"have diverged, so training stops here instead of evaluating garbage. Lower the learning rate "
-                f"(e.g. dvc exp run -S lr={min(1e-3, lr / 100):g}) or check the input data", lr=lr)
+                f"(e.g. dvc exp run -S lr={min(1e-3, lr / 100):g}) or check the input data",
+                lr=lr,
+            )
         total_loss += value * n
         correct += int(((logits.detach() >= 0).float() == yb).sum().item())  # p >= 0.5, as in metrics
         seen += n
@@ -313,9 +367,16 @@ def train_one_epoch(model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim
     _sync(device)
     seconds = time.perf_counter() - start
     if seen == 0:
-        raise ValueError("the training loader yielded no batches (empty training split, or drop_last with too few images)")
-    return {"loss": total_loss / seen, "acc": correct / seen, "images_per_s": seen / seconds, "seconds": seconds,
-            "images": seen}
+        raise ValueError(
+            "the training loader yielded no batches (empty training split, or drop_last with too few images)"
+        )
+    return {
+        "loss": total_loss / seen,
+        "acc": correct / seen,
+        "images_per_s": seen / seconds,
+        "seconds": seconds,
+        "images": seen,
+    }
 
 
 @torch.no_grad()
@@ -336,11 +397,21 @@ def _forward_probs(model, loader, device, to_input, amp_dtype, loss_fn=None, pro
     return p, y, total_loss
 
 
-def evaluate_loader(model: nn.Module, loss_fn: nn.Module, loader, device: torch.device, prep: Callable[[Tensor], Tensor],
-             *, resize: Callable[[Tensor], Tensor], amp_dtype: torch.dtype | None = None, progress: bool = False) -> dict:
+def evaluate_loader(
+    model: nn.Module,
+    loss_fn: nn.Module,
+    loader,
+    device: torch.device,
+    prep: Callable[[Tensor], Tensor],
+    *,
+    resize: Callable[[Tensor], Tensor],
+    amp_dtype: torch.dtype | None = None,
+    progress: bool = False,
+) -> dict:
     """Loss, accuracy at 0.5, ROC-AUC (NaN with one class present), and the raw probabilities and labels."""
-    probs, labels, total_loss = _forward_probs(model, loader, device, lambda x: prep(resize(x)), amp_dtype,
-                                               loss_fn=loss_fn, progress=progress, desc="val")
+    probs, labels, total_loss = _forward_probs(
+        model, loader, device, lambda x: prep(resize(x)), amp_dtype, loss_fn=loss_fn, progress=progress, desc="val"
+    )
     return summarize_eval(probs, labels, total_loss)
 
 
@@ -350,12 +421,27 @@ def summarize_eval(probs: np.ndarray, labels: np.ndarray, loss_sum: float) -> di
     if n == 0:
         raise ValueError("the evaluation loader yielded no images (empty validation split?)")
     auc = float(roc_auc_score(labels, probs)) if len(np.unique(labels)) == 2 else float("nan")
-    return {"loss": loss_sum / n, "acc": float(((probs >= 0.5) == labels).mean()), "auc": auc,
-            "probs": probs, "labels": labels}
+    return {
+        "loss": loss_sum / n,
+        "acc": float(((probs >= 0.5) == labels).mean()),
+        "auc": auc,
+        "probs": probs,
+        "labels": labels,
+    }
 
 
-def predict_probabilities(model: nn.Module, images, *, mean, std, image_size: int, device: str | torch.device | None = None,
-            batch_size: int = 64, amp_dtype: torch.dtype | None = None, progress: bool = False) -> np.ndarray:
+def predict_probabilities(
+    model: nn.Module,
+    images,
+    *,
+    mean,
+    std,
+    image_size: int,
+    device: str | torch.device | None = None,
+    batch_size: int = 64,
+    amp_dtype: torch.dtype | None = None,
+    progress: bool = False,
+) -> np.ndarray:
     """P(pneumonia) for uint8 images (N, S, S) (numpy, memmap or tensor), with the evaluation transform."""
     device = resolve_device(device)
     if isinstance(images, torch.Tensor):
@@ -365,6 +451,7 @@ def predict_probabilities(model: nn.Module, images, *, mean, std, image_size: in
     model = model.to(device)
     loader = make_loader(images, None, batch_size=batch_size, shuffle=False, device=device)
     norm = Normalize(mean, std)
-    probs, _, _ = _forward_probs(model, loader, device, lambda x: norm(eval_resize(x, image_size)), amp_dtype,
-                                 progress=progress, desc="predict")
+    probs, _, _ = _forward_probs(
+        model, loader, device, lambda x: norm(eval_resize(x, image_size)), amp_dtype, progress=progress, desc="predict"
+    )
     return probs

@@ -14,15 +14,15 @@ never reach this module.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
-import math
-import os
 import random
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 import torch
@@ -30,23 +30,37 @@ from sklearn.metrics import confusion_matrix
 from torch import nn
 
 from cxr.checkpoint import ModelCard, state_dict_copy
-from cxr.config import (AugmentConfig, ConfigError, Globals, TrainConfig, check_top_level, load_globals,
-                        load_model_override, section)
+from cxr.config import (
+    AugmentConfig,
+    ConfigError,
+    Globals,
+    TrainConfig,
+    check_top_level,
+    load_globals,
+    load_model_override,
+    section,
+)
 from cxr.data.augment import BatchAugment, Normalize, eval_resize
-from cxr.device import amp_settings, describe, resolve_device
-from cxr.training import distributed
+from cxr.device import amp_settings, resolve_device
 from cxr.files import atomic_write
 from cxr.metrics import THRESHOLD_METHODS, choose_threshold, is_better
-from cxr.training.engine import (TrainingDivergedError, batches_on_device, evaluate_loader, make_loader,
-                                 stage_on_device, train_one_epoch)
 from cxr.models import build_model, check_image_size, get_entry, input_spec, list_models
 from cxr.tracking import NullTracker
-
+from cxr.training import distributed
+from cxr.training.engine import (
+    TrainingDivergedError,
+    batches_on_device,
+    evaluate_loader,
+    make_loader,
+    stage_on_device,
+    train_one_epoch,
+)
 
 
 @dataclass
 class RunConfig:
-    """The effective hyperparameters of one training run: the same keys for every model (MLflow compare lines them up)."""
+    """The effective hyperparameters of one training run: the same keys for every model (MLflow compare
+    lines them up)."""
 
     model: str
     lr: float
@@ -82,15 +96,21 @@ class RunConfig:
 
     def augment_config(self) -> AugmentConfig:
         return AugmentConfig(
-            enabled=self.aug_enabled, affine_degrees=self.aug_affine_degrees, affine_translate=self.aug_affine_translate,
-            crop_scale=(self.aug_crop_scale_min, self.aug_crop_scale_max), hflip_p=self.aug_hflip_p,
-            rotation_degrees=self.aug_rotation_degrees, brightness=self.aug_brightness, contrast=self.aug_contrast)
+            enabled=self.aug_enabled,
+            affine_degrees=self.aug_affine_degrees,
+            affine_translate=self.aug_affine_translate,
+            crop_scale=(self.aug_crop_scale_min, self.aug_crop_scale_max),
+            hflip_p=self.aug_hflip_p,
+            rotation_degrees=self.aug_rotation_degrees,
+            brightness=self.aug_brightness,
+            contrast=self.aug_contrast,
+        )
 
     def as_params(self) -> dict:
         """Flat str/number dict for MLflow params (None -> '')."""
         return {k: ("" if v is None else v) for k, v in asdict(self).items()}
 
-    def replace(self, **changes) -> "RunConfig":
+    def replace(self, **changes) -> RunConfig:
         return dataclasses.replace(self, **changes)
 
 
@@ -108,10 +128,13 @@ def resolve_run_config(params: dict, model: str) -> RunConfig:
     g = load_globals(params)
     t: TrainConfig = section(params, "train", TrainConfig)
     o = load_model_override(params, model)
-    eff = Globals(seed=g.seed, lr=o.lr if o.lr is not None else g.lr,
-                  batch_size=o.batch_size if o.batch_size is not None else g.batch_size,
-                  epochs=o.epochs if o.epochs is not None else g.epochs,
-                  image_size=o.image_size if o.image_size is not None else g.image_size)
+    eff = Globals(
+        seed=g.seed,
+        lr=o.lr if o.lr is not None else g.lr,
+        batch_size=o.batch_size if o.batch_size is not None else g.batch_size,
+        epochs=o.epochs if o.epochs is not None else g.epochs,
+        image_size=o.image_size if o.image_size is not None else g.image_size,
+    )
     eff.validate(f"models.{model}")
     check_image_size(model, eff.image_size, f"models.{model}.image_size" if o.image_size is not None else "image_size")
     if o.pretrained is not None:
@@ -120,14 +143,35 @@ def resolve_run_config(params: dict, model: str) -> RunConfig:
         pretrained = True if o.weights else (t.pretrained and get_entry(model).pretrained_source is not None)
     a = t.augment
     return RunConfig(
-        model=model, lr=eff.lr, batch_size=eff.batch_size, epochs=eff.epochs, image_size=eff.image_size, seed=eff.seed,
-        pretrained=pretrained, weights=(o.weights or None) if pretrained else None,
-        optimizer=t.optimizer, momentum=t.momentum, weight_decay=t.weight_decay, scheduler=t.scheduler, step_size=t.step_size, gamma=t.gamma,
-        class_weight=t.class_weight, select_metric=t.select_metric, early_stopping_patience=t.early_stopping_patience,
-        num_workers=t.num_workers, compile=t.compile, amp=t.amp,
-        aug_enabled=a.enabled, aug_affine_degrees=a.affine_degrees, aug_affine_translate=a.affine_translate,
-        aug_crop_scale_min=float(a.crop_scale[0]), aug_crop_scale_max=float(a.crop_scale[1]), aug_hflip_p=a.hflip_p,
-        aug_rotation_degrees=a.rotation_degrees, aug_brightness=a.brightness, aug_contrast=a.contrast,
+        model=model,
+        lr=eff.lr,
+        batch_size=eff.batch_size,
+        epochs=eff.epochs,
+        image_size=eff.image_size,
+        seed=eff.seed,
+        pretrained=pretrained,
+        weights=(o.weights or None) if pretrained else None,
+        optimizer=t.optimizer,
+        momentum=t.momentum,
+        weight_decay=t.weight_decay,
+        scheduler=t.scheduler,
+        step_size=t.step_size,
+        gamma=t.gamma,
+        class_weight=t.class_weight,
+        select_metric=t.select_metric,
+        early_stopping_patience=t.early_stopping_patience,
+        num_workers=t.num_workers,
+        compile=t.compile,
+        amp=t.amp,
+        aug_enabled=a.enabled,
+        aug_affine_degrees=a.affine_degrees,
+        aug_affine_translate=a.affine_translate,
+        aug_crop_scale_min=float(a.crop_scale[0]),
+        aug_crop_scale_max=float(a.crop_scale[1]),
+        aug_hflip_p=a.hflip_p,
+        aug_rotation_degrees=a.rotation_degrees,
+        aug_brightness=a.brightness,
+        aug_contrast=a.contrast,
         freeze_backbone_epochs=t.freeze_backbone_epochs if pretrained else 0,
         backbone_lr_factor=t.backbone_lr_factor if pretrained else 1.0,
     )
@@ -147,15 +191,21 @@ class FitResult:
     def metrics(self) -> dict:
         """Flat final validation metrics (the train stage's DVC metrics file): a function of code,
         params, data and seed only, so a rerun writes the same bytes (timings: :meth:`timings`)."""
-        return {**self.best, "threshold": self.threshold, **threshold_metrics(self.val_labels, self.val_probs, self.threshold),
-                "epochs_run": len(self.history)}
+        return {
+            **self.best,
+            "threshold": self.threshold,
+            **threshold_metrics(self.val_labels, self.val_probs, self.threshold),
+            "epochs_run": len(self.history),
+        }
 
     def timings(self) -> dict:
         """How long it took: for MLflow and the log, never for a DVC-tracked file (they differ every run)."""
         if not self.history:
             return {}
-        return {"seconds_per_epoch": float(np.mean([h["seconds"] for h in self.history])),
-                "train_images_per_s": float(np.mean([h["train_images_per_s"] for h in self.history]))}
+        return {
+            "seconds_per_epoch": float(np.mean([h["seconds"] for h in self.history])),
+            "train_images_per_s": float(np.mean([h["train_images_per_s"] for h in self.history])),
+        }
 
 
 def threshold_metrics(labels, probs, threshold: float) -> dict:
@@ -164,8 +214,12 @@ def threshold_metrics(labels, probs, threshold: float) -> dict:
     tn, fp, fn, tp = confusion_matrix(labels, pred, labels=[0, 1]).ravel()
     sens = tp / (tp + fn) if tp + fn else float("nan")
     spec = tn / (tn + fp) if tn + fp else float("nan")
-    return {"val_sensitivity": float(sens), "val_specificity": float(spec),
-            "val_balanced_accuracy": float((sens + spec) / 2), "val_acc_at_threshold": float((pred == labels).mean())}
+    return {
+        "val_sensitivity": float(sens),
+        "val_specificity": float(spec),
+        "val_balanced_accuracy": float((sens + spec) / 2),
+        "val_acc_at_threshold": float((pred == labels).mean()),
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -199,8 +253,11 @@ def make_optimizer(cfg: RunConfig, params) -> torch.optim.Optimizer:
     """The fused kernels matter on CPU: the default per-parameter loop spends ~3 s per AdamW step on
     VGG16's 134 M parameters on 2 cores, the fused one ~0.1 s. Devices without them fall back."""
     params = list(params)
-    classes = {"adamw": (torch.optim.AdamW, {}), "adam": (torch.optim.Adam, {}),
-               "sgd": (torch.optim.SGD, {"momentum": cfg.momentum})}
+    classes = {
+        "adamw": (torch.optim.AdamW, {}),
+        "adam": (torch.optim.Adam, {}),
+        "sgd": (torch.optim.SGD, {"momentum": cfg.momentum}),
+    }
     if cfg.optimizer not in classes:
         raise ValueError(f"unknown optimizer {cfg.optimizer!r}; expected adamw, adam or sgd")
     cls, extra = classes[cfg.optimizer]
@@ -245,16 +302,23 @@ def make_scheduler(cfg: RunConfig, optimizer) -> torch.optim.lr_scheduler.LRSche
 
 def config_hash(cfg: RunConfig, data_version: str, world_size: int = 1) -> str:
     # The world size shapes every batch, so a resume file is exact only for the same one.
-    payload = {"run": asdict(cfg), "data_version": data_version, **({"world_size": world_size} if world_size > 1 else {})}
+    payload = {
+        "run": asdict(cfg),
+        "data_version": data_version,
+        **({"world_size": world_size} if world_size > 1 else {}),
+    }
     payload = json.dumps(payload, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
 def _rng_state() -> dict:
     np_state = np.random.get_state()
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
-             # numpy's state holds an ndarray, which weights_only loading refuses: store a list
-             "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])]}
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        # numpy's state holds an ndarray, which weights_only loading refuses: store a list
+        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -278,10 +342,21 @@ def _tuplify(x):
 # --------------------------------------------------------------------------------------------
 
 
-def fit(run_cfg: RunConfig, train: tuple, val: tuple, *, device: str | torch.device | None = None,
-        tracker: NullTracker | None = None, resume_path: str | Path | None = None, data_version: str = "",
-        progress: bool = True, on_epoch_end: Callable[[dict], None] | None = None,
-        threshold_method: str = "youden", fixed_threshold: float = 0.5, cache_resize: str = "stretch") -> FitResult:
+def fit(
+    run_cfg: RunConfig,
+    train: tuple,
+    val: tuple,
+    *,
+    device: str | torch.device | None = None,
+    tracker: NullTracker | None = None,
+    resume_path: str | Path | None = None,
+    data_version: str = "",
+    progress: bool = True,
+    on_epoch_end: Callable[[dict], None] | None = None,
+    threshold_method: str = "youden",
+    fixed_threshold: float = 0.5,
+    cache_resize: str = "stretch",
+) -> FitResult:
     """Train ``run_cfg.model`` from a fresh initialisation on ``train`` = (uint8 images (N, S, S), labels),
     keep the best epoch on ``val`` by ``select_metric``, choose the threshold on ``val``.
 
@@ -310,8 +385,10 @@ def fit(run_cfg: RunConfig, train: tuple, val: tuple, *, device: str | torch.dev
     (x_tr, y_tr), (x_va, y_va) = train, val
     y_tr, y_va = np.asarray(y_tr, dtype=np.int64), np.asarray(y_va, dtype=np.int64)
     if threshold_method == "youden" and len(np.unique(y_va)) < 2:  # before training, not after it
-        raise ValueError(f"validation split has only class(es) {sorted(set(y_va.tolist()))}: Youden's threshold "
-                         "needs both. Fix: a larger split.val_fraction, or `-S evaluate.threshold=fixed`.")
+        raise ValueError(
+            f"validation split has only class(es) {sorted(set(y_va.tolist()))}: Youden's threshold "
+            "needs both. Fix: a larger split.val_fraction, or `-S evaluate.threshold=fixed`."
+        )
 
     seed_everything(cfg.seed)
     spec = input_spec(cfg.model, cfg.weights)
@@ -331,7 +408,13 @@ def fit(run_cfg: RunConfig, train: tuple, val: tuple, *, device: str | torch.dev
     if batches_on_device(device, cfg.num_workers):
         # Splits that fit go to the GPU once (uint8); batches are then indexed there, no host traffic.
         x_tr, x_va = stage_on_device(x_tr, device), stage_on_device(x_va, device)
-    val_loader = make_loader(*distributed.shard(x_va, y_va), batch_size=cfg.batch_size, shuffle=False, device=device, num_workers=cfg.num_workers)
+    val_loader = make_loader(
+        *distributed.shard(x_va, y_va),
+        batch_size=cfg.batch_size,
+        shuffle=False,
+        device=device,
+        num_workers=cfg.num_workers,
+    )
 
     def resize(x):
         return eval_resize(x, cfg.image_size)
@@ -375,26 +458,53 @@ def fit(run_cfg: RunConfig, train: tuple, val: tuple, *, device: str | torch.dev
         # Several ranks: this rank's slice of every global batch of batch_size images.
         sampler = distributed.ShardedBatchSampler(n_tr, cfg.batch_size, seed=es) if distributed.active() else None
         # A trailing batch of one image would break BatchNorm in train mode: drop it.
-        train_loader = make_loader(x_tr, y_tr, batch_size=sampler.batch_size if sampler else cfg.batch_size,
-                                   shuffle=True, seed=es, device=device, num_workers=cfg.num_workers,
-                                   drop_last=n_tr % cfg.batch_size == 1, batch_sampler=sampler)
+        train_loader = make_loader(
+            x_tr,
+            y_tr,
+            batch_size=sampler.batch_size if sampler else cfg.batch_size,
+            shuffle=True,
+            seed=es,
+            device=device,
+            num_workers=cfg.num_workers,
+            drop_last=n_tr % cfg.batch_size == 1,
+            batch_sampler=sampler,
+        )
         lr = optimizer.param_groups[0]["lr"]
         set_backbone_trainable(cfg, model, epoch)
         t0 = time.perf_counter()
         try:
-            tr = train_one_epoch(step_model, loss_fn, optimizer, train_loader, device,
-                                 augment=lambda x: augment(x, gen), prep=norm, amp_dtype=amp_dtype, scaler=scaler,
-                                 progress=progress, desc=f"{cfg.model} {epoch}/{cfg.epochs}")
+            tr = train_one_epoch(
+                step_model,
+                loss_fn,
+                optimizer,
+                train_loader,
+                device,
+                augment=functools.partial(augment, generator=gen),
+                prep=norm,
+                amp_dtype=amp_dtype,
+                scaler=scaler,
+                progress=progress,
+                desc=f"{cfg.model} {epoch}/{cfg.epochs}",
+            )
         except TrainingDivergedError as exc:  # before any evaluation or resume save of the broken weights
             raise TrainingDivergedError(f"[{cfg.model}] epoch {epoch}: {exc}", lr=exc.lr) from None
         tr = distributed.reduce_train_stats(tr)
         distributed.sync_buffers(model)
-        ev = distributed.gather_eval(evaluate_loader(eval_model, loss_fn, val_loader, device, norm, resize=resize,
-                                                     amp_dtype=amp_dtype))
+        ev = distributed.gather_eval(
+            evaluate_loader(eval_model, loss_fn, val_loader, device, norm, resize=resize, amp_dtype=amp_dtype)
+        )
         scheduler.step()
-        row = {"epoch": epoch, "train_loss": tr["loss"], "train_acc": tr["acc"], "val_loss": ev["loss"],
-               "val_acc": ev["acc"], "val_auc": ev["auc"], "lr": lr, "seconds": time.perf_counter() - t0,
-               "train_images_per_s": tr["images_per_s"]}
+        row = {
+            "epoch": epoch,
+            "train_loss": tr["loss"],
+            "train_acc": tr["acc"],
+            "val_loss": ev["loss"],
+            "val_acc": ev["acc"],
+            "val_auc": ev["auc"],
+            "lr": lr,
+            "seconds": time.perf_counter() - t0,
+            "train_images_per_s": tr["images_per_s"],
+        }
         history.append(row)
         tracker.log_metrics(_metric_row(row), step=epoch)
         if is_better(row[cfg.select_metric], best and best[cfg.select_metric], cfg.select_metric):
@@ -404,18 +514,30 @@ def fit(run_cfg: RunConfig, train: tuple, val: tuple, *, device: str | torch.dev
         else:
             bad_epochs += 1
         if progress:
-            print(f"[{cfg.model}] epoch {epoch}/{cfg.epochs} train_loss {tr['loss']:.4f} val_loss {ev['loss']:.4f} "
-                  f"val_auc {ev['auc']:.4f} ({row['seconds']:.1f} s, {tr['images_per_s']:.0f} img/s)")
+            print(
+                f"[{cfg.model}] epoch {epoch}/{cfg.epochs} train_loss {tr['loss']:.4f} val_loss {ev['loss']:.4f} "
+                f"val_auc {ev['auc']:.4f} ({row['seconds']:.1f} s, {tr['images_per_s']:.0f} img/s)"
+            )
         stopped_early = bad_epochs >= cfg.early_stopping_patience > 0
         if resume_path is not None and distributed.is_main():
             current = state_dict_copy(model)
             # When this epoch is the best one, its weights are stored once (VGG16: 0.5 GB saved per epoch).
             best_is_current = best["best_epoch"] == epoch
-            atomic_write(resume_path, lambda tmp: torch.save({
-                "config_hash": key, "epoch": epoch, "model": current, "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler is not None else None,
-                "rng": _rng_state(), "history": history, "best": best, "best_is_current": best_is_current,
-                "best_state": None if best_is_current else best_state, "bad_epochs": bad_epochs}, tmp))
+            state = {
+                "config_hash": key,
+                "epoch": epoch,
+                "model": current,
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict() if scaler is not None else None,
+                "rng": _rng_state(),
+                "history": history,
+                "best": best,
+                "best_is_current": best_is_current,
+                "best_state": None if best_is_current else best_state,
+                "bad_epochs": bad_epochs,
+            }
+            atomic_write(resume_path, functools.partial(torch.save, state))
         if on_epoch_end is not None:
             on_epoch_end(row)
 
@@ -423,18 +545,40 @@ def fit(run_cfg: RunConfig, train: tuple, val: tuple, *, device: str | torch.dev
     model.eval()
     # In full precision, as evaluate and predict run: the stored threshold must be chosen on the
     # same probabilities that the evaluate stage reports and the served model produces.
-    ev = distributed.gather_eval(evaluate_loader(model, loss_fn, val_loader, device, norm, resize=resize, amp_dtype=None))
+    ev = distributed.gather_eval(
+        evaluate_loader(model, loss_fn, val_loader, device, norm, resize=resize, amp_dtype=None)
+    )
     threshold = choose_threshold(ev["labels"], ev["probs"], method=threshold_method, default=fixed_threshold)
     card = ModelCard(
-        arch=model.arch, cache_size=int(np.shape(x_tr)[-1]), cache_resize=cache_resize, image_size=cfg.image_size,
-        mean=tuple(spec["mean"]), std=tuple(spec["std"]), threshold=float(threshold), threshold_method=threshold_method,
-        data_version=data_version, train_params=asdict(cfg), augment=asdict(cfg.augment_config()),
-        best_epoch=int(best["best_epoch"]), val_auc=float(best["val_auc"]), val_loss=float(best["val_loss"]),
-        val_acc=float(best["val_acc"]), epochs_run=len(history), stopped_early=bool(stopped_early))
+        arch=model.arch,
+        cache_size=int(np.shape(x_tr)[-1]),
+        cache_resize=cache_resize,
+        image_size=cfg.image_size,
+        mean=tuple(spec["mean"]),
+        std=tuple(spec["std"]),
+        threshold=float(threshold),
+        threshold_method=threshold_method,
+        data_version=data_version,
+        train_params=asdict(cfg),
+        augment=asdict(cfg.augment_config()),
+        best_epoch=int(best["best_epoch"]),
+        val_auc=float(best["val_auc"]),
+        val_loss=float(best["val_loss"]),
+        val_acc=float(best["val_acc"]),
+        epochs_run=len(history),
+        stopped_early=bool(stopped_early),
+    )
     if resume_path is not None and resume_path.is_file() and distributed.is_main():
         resume_path.unlink()
-    return FitResult(model=model, history=history, best=dict(best), threshold=threshold, card=card,
-                     val_probs=ev["probs"], val_labels=ev["labels"])
+    return FitResult(
+        model=model,
+        history=history,
+        best=dict(best),
+        threshold=threshold,
+        card=card,
+        val_probs=ev["probs"],
+        val_labels=ev["labels"],
+    )
 
 
 def _metric_row(row: dict) -> dict:

@@ -29,18 +29,29 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from cxr.training.engine import predict_probabilities
-from cxr.metrics import binary_metrics
-from cxr.metrics import is_better
-from cxr.training.fit import RunConfig, fit
+from cxr.metrics import binary_metrics, is_better
 from cxr.tracking import NullTracker
+from cxr.training.engine import predict_probabilities
+from cxr.training.fit import RunConfig, fit
 
 # plots/sweep.csv (DVC-tracked): deterministic columns only. Each row's wall time ("seconds") is
 # an MLflow metric of its nested run and is printed, but never written here.
 TABLE_COLUMNS = [
-    "batch_size", "lr", "val_auc", "val_loss", "val_acc", "best_epoch", "threshold",
-    "test_roc_auc", "test_accuracy", "test_balanced_accuracy", "test_sensitivity", "test_specificity",
-    "first_epoch_train_loss", "selected", "test_used_for_selection",
+    "batch_size",
+    "lr",
+    "val_auc",
+    "val_loss",
+    "val_acc",
+    "best_epoch",
+    "threshold",
+    "test_roc_auc",
+    "test_accuracy",
+    "test_balanced_accuracy",
+    "test_sensitivity",
+    "test_specificity",
+    "first_epoch_train_loss",
+    "selected",
+    "test_used_for_selection",
 ]
 
 
@@ -63,12 +74,24 @@ class SweepResult:
         """metrics/sweep.json: the selected configuration, its validation metric, and its (unused) test numbers."""
         b = self.best
         return {
-            "model": self.model, "select_metric": self.select_metric, "n_configs": len(self.rows),
-            "best": {"batch_size": b["batch_size"], "lr": b["lr"], "val_auc": b["val_auc"], "val_loss": b["val_loss"],
-                     "best_epoch": b["best_epoch"], "threshold": b["threshold"]},
+            "model": self.model,
+            "select_metric": self.select_metric,
+            "n_configs": len(self.rows),
+            "best": {
+                "batch_size": b["batch_size"],
+                "lr": b["lr"],
+                "val_auc": b["val_auc"],
+                "val_loss": b["val_loss"],
+                "best_epoch": b["best_epoch"],
+                "threshold": b["threshold"],
+            },
             # No test split (split.test_fraction: 0 and none shipped): null test numbers, not a crash.
-            "best_test": {"test_roc_auc": b.get("test_roc_auc"), "test_accuracy": b.get("test_accuracy"),
-                          "test_balanced_accuracy": b.get("test_balanced_accuracy"), "used_for_selection": False},
+            "best_test": {
+                "test_roc_auc": b.get("test_roc_auc"),
+                "test_accuracy": b.get("test_accuracy"),
+                "test_balanced_accuracy": b.get("test_balanced_accuracy"),
+                "used_for_selection": False,
+            },
         }
 
 
@@ -76,10 +99,24 @@ def grid(batch_sizes, lrs) -> list[tuple[int, float]]:
     return [(int(b), float(lr)) for b, lr in itertools.product(batch_sizes, lrs)]
 
 
-def run_sweep(base: RunConfig, batch_sizes, lrs, train: tuple, val: tuple, test: tuple | None = None, *,
-              select_metric: str = "val_auc", device=None, tracker: NullTracker | None = None,
-              progress: bool = False, data_version: str = "", threshold_method: str = "youden",
-              fixed_threshold: float = 0.5, eval_batch_size: int = 64, devices=None) -> SweepResult:
+def run_sweep(
+    base: RunConfig,
+    batch_sizes,
+    lrs,
+    train: tuple,
+    val: tuple,
+    test: tuple | None = None,
+    *,
+    select_metric: str = "val_auc",
+    device=None,
+    tracker: NullTracker | None = None,
+    progress: bool = False,
+    data_version: str = "",
+    threshold_method: str = "youden",
+    fixed_threshold: float = 0.5,
+    eval_batch_size: int = 64,
+    devices=None,
+) -> SweepResult:
     """Train every (batch_size, lr) of the grid from a fresh initialisation; select on ``select_metric``.
 
     ``train``/``val``/``test`` are (uint8 images (N, S, S), labels). Each configuration gets its own
@@ -92,8 +129,12 @@ def run_sweep(base: RunConfig, batch_sizes, lrs, train: tuple, val: tuple, test:
     if select_metric not in ("val_auc", "val_loss"):
         raise ValueError(f"select_metric: expected val_auc or val_loss, found {select_metric!r}")
     tracker = tracker or NullTracker()
-    opts = dict(data_version=data_version, threshold_method=threshold_method, fixed_threshold=fixed_threshold,
-                eval_batch_size=eval_batch_size)
+    opts = dict(
+        data_version=data_version,
+        threshold_method=threshold_method,
+        fixed_threshold=fixed_threshold,
+        eval_batch_size=eval_batch_size,
+    )
     configs = [base.replace(batch_size=bs, lr=lr) for bs, lr in grid(batch_sizes, lrs)]
     devices = list(devices or [])
     if len(devices) > 1:
@@ -105,14 +146,24 @@ def run_sweep(base: RunConfig, batch_sizes, lrs, train: tuple, val: tuple, test:
     best: dict | None = None
     for cfg, (row, history) in zip(configs, results):
         # Logged once the configuration is done, from this process, whichever process trained it.
-        tags = {"model": cfg.model, "stage": "sweep", "batch_size": cfg.batch_size, "lr": cfg.lr,
-                "device": row["worker"]}
+        tags = {
+            "model": cfg.model,
+            "stage": "sweep",
+            "batch_size": cfg.batch_size,
+            "lr": cfg.lr,
+            "device": row["worker"],
+        }
         with tracker.start_run(f"sweep {cfg.model} bs={cfg.batch_size} lr={cfg.lr:g}", tags=tags, nested=True):
             tracker.log_params(cfg.as_params())
             for i, h in enumerate(history, start=1):
                 tracker.log_metrics({k: v for k, v in h.items() if k != "epoch"}, step=h.get("epoch", i))
-            tracker.log_metrics({k: v for k, v in row.items()
-                                 if (k.startswith("test_") and k != "test_used_for_selection") or k == "seconds"})
+            tracker.log_metrics(
+                {
+                    k: v
+                    for k, v in row.items()
+                    if (k.startswith("test_") and k != "test_used_for_selection") or k == "seconds"
+                }
+            )
             tracker.set_tags({"test_used_for_selection": "false"})
         rows.append(row)
         if is_better(row[select_metric], best and best[select_metric], select_metric):
@@ -122,24 +173,59 @@ def run_sweep(base: RunConfig, batch_sizes, lrs, train: tuple, val: tuple, test:
     return SweepResult(model=base.model, select_metric=select_metric, rows=rows, best=dict(best))
 
 
-def train_config(cfg: RunConfig, train: tuple, val: tuple, test: tuple | None, device, *, data_version: str,
-                 threshold_method: str, fixed_threshold: float, eval_batch_size: int) -> tuple[dict, list[dict]]:
+def train_config(
+    cfg: RunConfig,
+    train: tuple,
+    val: tuple,
+    test: tuple | None,
+    device,
+    *,
+    data_version: str,
+    threshold_method: str,
+    fixed_threshold: float,
+    eval_batch_size: int,
+) -> tuple[dict, list[dict]]:
     """One configuration from a fresh initialisation: its table row (test numbers at the
     validation-chosen threshold) and its per-epoch history."""
     start = time.perf_counter()
-    result = fit(cfg, train, val, device=device, progress=False, data_version=data_version,
-                 threshold_method=threshold_method, fixed_threshold=fixed_threshold)
-    row = {"batch_size": cfg.batch_size, "lr": cfg.lr, "val_auc": result.best["val_auc"],
-           "val_loss": result.best["val_loss"], "val_acc": result.best["val_acc"],
-           "best_epoch": result.best["best_epoch"], "threshold": result.threshold,
-           "first_epoch_train_loss": result.history[0]["train_loss"]}
+    result = fit(
+        cfg,
+        train,
+        val,
+        device=device,
+        progress=False,
+        data_version=data_version,
+        threshold_method=threshold_method,
+        fixed_threshold=fixed_threshold,
+    )
+    row = {
+        "batch_size": cfg.batch_size,
+        "lr": cfg.lr,
+        "val_auc": result.best["val_auc"],
+        "val_loss": result.best["val_loss"],
+        "val_acc": result.best["val_acc"],
+        "best_epoch": result.best["best_epoch"],
+        "threshold": result.threshold,
+        "first_epoch_train_loss": result.history[0]["train_loss"],
+    }
     if test is not None and len(test[1]):
-        probs = predict_probabilities(result.model, test[0], mean=result.card.mean, std=result.card.std,
-                                      image_size=cfg.image_size, device=device, batch_size=eval_batch_size)
+        probs = predict_probabilities(
+            result.model,
+            test[0],
+            mean=result.card.mean,
+            std=result.card.std,
+            image_size=cfg.image_size,
+            device=device,
+            batch_size=eval_batch_size,
+        )
         m = binary_metrics(test[1], probs, result.threshold)  # the val-chosen threshold
-        row.update(test_roc_auc=m["roc_auc"], test_accuracy=m["accuracy"],
-                   test_balanced_accuracy=m["balanced_accuracy"],
-                   test_sensitivity=m["sensitivity"], test_specificity=m["specificity"])
+        row.update(
+            test_roc_auc=m["roc_auc"],
+            test_accuracy=m["accuracy"],
+            test_balanced_accuracy=m["balanced_accuracy"],
+            test_sensitivity=m["sensitivity"],
+            test_specificity=m["specificity"],
+        )
     row["seconds"] = time.perf_counter() - start
     row["test_used_for_selection"] = False
     row["worker"] = f"{device or 'auto'} (pid {os.getpid()})"  # not a table column: the MLflow tag "device"
@@ -149,8 +235,11 @@ def train_config(cfg: RunConfig, train: tuple, val: tuple, test: tuple | None, d
 def _report(result: tuple[dict, list[dict]], progress: bool) -> tuple[dict, list[dict]]:
     row = result[0]
     if progress:
-        print(f"[sweep] bs={row['batch_size']} lr={row['lr']:g}: val_auc {row['val_auc']:.4f} "
-              f"val_loss {row['val_loss']:.4f} ({row['seconds']:.0f} s on {row['worker']})", flush=True)
+        print(
+            f"[sweep] bs={row['batch_size']} lr={row['lr']:g}: val_auc {row['val_auc']:.4f} "
+            f"val_loss {row['val_loss']:.4f} ({row['seconds']:.0f} s on {row['worker']})",
+            flush=True,
+        )
     return result
 
 
@@ -206,11 +295,14 @@ def _run_parallel(configs, devices, train, val, test, opts, progress) -> list:
     threads = max(1, (os.cpu_count() or 1) // max(1, cpu_workers)) if cpu_workers else 1
     splits = [_portable(train), _portable(val), _portable(test)]
     if progress:
-        print(f"[sweep] {len(configs)} configurations over {len(devices)} processes: {', '.join(map(str, devices))}",
-              flush=True)
+        print(
+            f"[sweep] {len(configs)} configurations over {len(devices)} processes: {', '.join(map(str, devices))}",
+            flush=True,
+        )
     results: list = [None] * len(configs)
-    with ProcessPoolExecutor(max_workers=len(devices), mp_context=ctx, initializer=_init_worker,
-                             initargs=(queue, splits, threads)) as pool:
+    with ProcessPoolExecutor(
+        max_workers=len(devices), mp_context=ctx, initializer=_init_worker, initargs=(queue, splits, threads)
+    ) as pool:
         futures = {pool.submit(_worker_task, cfg, opts): i for i, cfg in enumerate(configs)}
         for fut in as_completed(futures):
             results[futures[fut]] = _report(fut.result(), progress)
