@@ -201,7 +201,9 @@ def test_fresh_clone_repro_gives_the_committed_bytes(pipeline, tmp_path):
     repo = pipeline["repo"]
     clone = git_clone(repo, tmp_path / "clone")
     first = run(["dvc", "repro"], clone, timeout=1800)
-    assert ran_stages(first.stdout) == set(STAGES)
+    # Every stage with a DVC-cached output reruns; sweep and compare, whose outputs are all in git
+    # and whose deps come back with the same hashes, are skipped by DVC as unchanged.
+    assert set(STAGES) - {"sweep", "compare"} <= ran_stages(first.stdout)
     status = run(["git", "status", "--porcelain"], clone).stdout
     assert status == "", f"dvc repro on a fresh clone changed tracked files:\n{status}"
     assert (clone / "dvc.lock").read_text() == run(["git", "show", "HEAD:dvc.lock"], clone).stdout
