@@ -126,3 +126,23 @@ def run_stage_script(name: str, *args: str, cwd=None) -> subprocess.CompletedPro
         text=True,
         timeout=300,
     )
+
+
+def train_stage_cmd(model: str = "cnn", **paths: str) -> list[str]:
+    """``python src/train.py ...`` with the train stage's arguments, relative to a work folder; ``paths``
+    override one (``metrics="m.json"``)."""
+    args = {
+        "params": "params.yaml",
+        "model": model,
+        "cache": "data/cache",
+        "out": f"models/{model}",
+        "metrics": f"metrics/train/{model}.json",
+        "history": f"plots/history/{model}.csv",
+        "figures": f"figures/train/{model}",
+        "resume": f"data/resume/{model}.pt",
+        **paths,
+    }
+    cmd = [sys.executable, str(REPO_ROOT / "src" / "train.py")]
+    for k, v in args.items():
+        cmd += [f"--{k}", v]
+    return [*cmd, "--no-progress"]

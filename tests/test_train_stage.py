@@ -7,11 +7,11 @@ import json
 import os
 import socket
 import subprocess
-import sys
 
 import pytest
 import yaml
 
+from pipeline_repo import train_stage_cmd
 from toydata import toy, write_cache
 
 pytestmark = pytest.mark.slow
@@ -29,27 +29,7 @@ def workdir(tmp_path, params):
 
 def run_stage(workdir, repo_root, env_extra):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "DVC_ROOT": str(workdir), **env_extra}
-    cmd = [
-        sys.executable,
-        str(repo_root / "src" / "train.py"),
-        "--params",
-        "params.yaml",
-        "--model",
-        "cnn",
-        "--cache",
-        "data/cache",
-        "--out",
-        "models/cnn",
-        "--metrics",
-        "metrics/train/cnn.json",
-        "--history",
-        "plots/history/cnn.csv",
-        "--figures",
-        "figures/train/cnn",
-        "--resume",
-        "data/resume/cnn.pt",
-        "--no-progress",
-    ]
+    cmd = train_stage_cmd()
     return subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -123,27 +103,7 @@ def test_train_stage_saves_the_evaluate_threshold(workdir, repo_root):
 
 def _start(workdir, repo_root, db):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "DVC_ROOT": str(workdir), "MLFLOW_TRACKING_URI": db}
-    cmd = [
-        sys.executable,
-        str(repo_root / "src" / "train.py"),
-        "--params",
-        "params.yaml",
-        "--model",
-        "cnn",
-        "--cache",
-        "data/cache",
-        "--out",
-        "models/cnn",
-        "--metrics",
-        "metrics/train/cnn.json",
-        "--history",
-        "plots/history/cnn.csv",
-        "--figures",
-        "figures/train/cnn",
-        "--resume",
-        "data/resume/cnn.pt",
-        "--no-progress",
-    ]
+    cmd = train_stage_cmd()
     return subprocess.Popen(cmd, cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 

@@ -22,7 +22,7 @@ from cxr.config import ConfigError, load_params
 from cxr.runlock import ResumeLockedError, lock_path, resume_lock
 from cxr.training.engine import TrainingDivergedError
 from cxr.training.fit import fit, resolve_run_config
-from pipeline_repo import run_stage_script
+from pipeline_repo import run_stage_script, train_stage_cmd
 from toydata import toy
 
 pytestmark = pytest.mark.timeout(120)
@@ -112,41 +112,12 @@ def test_the_train_stage_refuses_while_another_trainer_holds_the_lock(tmp_path, 
         {s: toy(n, i, balanced=True) for i, (s, n) in enumerate((("train", 24), ("val", 10), ("test", 6)))},
     )
     resume = tmp_path / "data" / "resume" / "cnn.pt"
-    cmd = [
-        sys.executable,
-        str(repo_root / "src" / "train.py"),
-        "--params",
-        "params.yaml",
-        "--model",
-        "cnn",
-        "--cache",
-        "data/cache",
-        "--out",
-        "models/cnn",
-        "--metrics",
-        "m.json",
-        "--history",
-        "h.csv",
-        "--figures",
-        "figs",
-        "--resume",
-        str(resume),
-        "--no-progress",
-    ]
+    cmd = train_stage_cmd(metrics="m.json", history="h.csv", figures="figs")
     env = {**__import__("os").environ, "MLFLOW_TRACKING_URI": (tmp_path / "mlruns").as_uri()}
     with resume_lock(resume, "cnn"):  # the orphaned trainer, still running
         proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=100, env=env)
     assert proc.returncode == 1 and "another trainer" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "models" / "cnn").exists()
-
-
-def _check_params_stage(repo_root):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("check_params_stage", repo_root / "src" / "check_params.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_the_params_stage_fails_an_experiment_that_adds_an_unknown_key(params_file, repo_root, capsys):
