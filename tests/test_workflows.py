@@ -185,6 +185,14 @@ def test_queued_experiments_land_in_workspace_store(experiment):
     assert status.count("Success") >= 2, status
     tagged = {r.data.tags.get("dvc_exp_name") for r in experiment_runs(repo) if r.data.tags.get("stage") == "train"}
     assert {"q-3e-4", "q-2e-4"} <= tagged, tagged
+    # Two workers finished together: each registered its pick as a candidate, and @champion (moved under
+    # the repository's lock) is the best on validation of every version trained on the same data.
+    client = mlflow_client(repo)
+    versions = client.search_model_versions("name = 'cxr-pneumonia'")
+    champion = client.get_model_version_by_alias("cxr-pneumonia", "champion")
+    assert len(versions) >= 3, [v.version for v in versions]
+    same_data = [float(v.tags["val_auc"]) for v in versions if v.tags["data_version"] == champion.tags["data_version"]]
+    assert float(champion.tags["val_auc"]) == max(same_data), (champion.version, same_data)
     # Nothing was left behind in the temporary copies' own stores.
     assert not list((repo / ".dvc" / "tmp" / "exps").rglob("mlflow.db"))
 
