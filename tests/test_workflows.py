@@ -92,7 +92,7 @@ def test_repro_runs_every_stage_then_nothing(pipeline):
         r for r in experiment_runs(repo) if r.data.tags.get("model") in MODELS and r.data.tags.get("stage") == "train"
     ]
     assert sorted(r.data.tags["model"] for r in train_runs) == sorted(MODELS)
-    commit = run(["git", "rev-parse", "--short=7", "HEAD"], repo).stdout.strip()
+    commit = run(["git", "rev-parse", "--short=7", "HEAD~1"], repo).stdout.strip()  # trained before "baseline results"
     assert sorted(r.info.run_name for r in train_runs) == sorted(f"{m} [{commit}]" for m in MODELS)
     keys = {frozenset(r.data.params) for r in train_runs}
     assert len(keys) == 1 and {"lr", "batch_size", "epochs", "image_size", "model"} <= set(next(iter(keys)))
