@@ -83,6 +83,14 @@ def shipped_files() -> list[str]:
     return [f for f in out.split("\0") if f and (REPO_ROOT / f).is_file()]
 
 
+def install_plots_template(dest: Path) -> None:
+    """The offline plots page `make install` writes (git-ignored, so a copy or clone lacks it)."""
+    page = REPO_ROOT / ".dvc" / "offline_plots.html"
+    if not page.is_file():
+        raise AssertionError(f"{page} is missing: run `make install` (npm ci + python -m cxr.offline_plots)")
+    shutil.copy2(page, dest / ".dvc" / page.name)
+
+
 def make_repo(dest: Path, params: dict | None = None) -> Path:
     """Copy the project into ``dest`` as a fresh git repo whose params.yaml has ``params`` merged in."""
     dest.mkdir(parents=True, exist_ok=True)
@@ -93,6 +101,7 @@ def make_repo(dest: Path, params: dict | None = None) -> Path:
     # Outputs produced in the working tree must not leak into the copy as stale results.
     for rel in ("dvc.lock",):
         (dest / rel).unlink(missing_ok=True)
+    install_plots_template(dest)
     p = yaml.safe_load((dest / "params.yaml").read_text())
     deep_update(p, TINY_PARAMS if params is None else params)
     (dest / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))

@@ -126,12 +126,17 @@ def test_make_real_runs_end_to_end_on_real_images(tmp_path, shared_data):
     assert metrics["duplicates_within_test_kept"] == 1
     assert json.loads((repo / "models/pretrained/manifest.json").read_text())["models"] == {}
     shown = subprocess.run(
-        [str(BIN / "dvc"), "exp", "show", "--csv"],
+        [str(BIN / "dvc"), "exp", "show", "--json"],
         cwd=repo,
         env=e,
         capture_output=True,
         text=True,
         timeout=300,
-        check=False,
+        check=True,
     )
-    assert "image_size" in shown.stdout and "128" in shown.stdout
+    exps = [x for rev in json.loads(shown.stdout) for x in (rev.get("experiments") or [])]
+    assert exps, "make real left no experiment in dvc exp show"
+    params = exps[0]["revs"][0]["data"]["params"]["params.yaml"]["data"]
+    # the cpu recipe's values that TINY does not override, and TINY's own on top
+    assert params["sweep"]["model"] == "cnn" and params["models"]["resnet50"]["epochs"] == 1
+    assert params["image_size"] == 32 and params["train"]["pretrained"] is False

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline_repo import BIN, env, make_repo, run
+from pipeline_repo import BIN, env, install_plots_template, make_repo, run
 
 pytestmark = pytest.mark.slow
 
@@ -200,6 +200,7 @@ def test_queued_experiments_land_in_workspace_store(experiment):
 def git_clone(repo: Path, dest: Path) -> Path:
     """A clone as users get one: git's files and the committed dvc.lock, no DVC cache (no remote)."""
     run(["git", "clone", "-q", str(repo), str(dest)], dest.parent)
+    install_plots_template(dest)  # what `make install` does in a clone
     assert not (dest / ".dvc" / "cache").exists() and not (dest / "models").exists()
     return dest
 
@@ -213,7 +214,8 @@ def test_fresh_clone_repro_gives_the_committed_bytes(pipeline, tmp_path):
     first = run(["dvc", "repro"], clone, timeout=1800)
     # Every stage with a DVC-cached output reruns; sweep and compare, whose outputs are all in git
     # and whose deps come back with the same hashes, are skipped by DVC as unchanged.
-    assert set(STAGES) - {"sweep", "compare"} <= ran_stages(first.stdout)
+    # (the params stage has no outputs: DVC skips it too)
+    assert set(STAGES) - {"sweep", "compare", "params"} <= ran_stages(first.stdout)
     status = run(["git", "status", "--porcelain"], clone).stdout
     assert status == "", f"dvc repro on a fresh clone changed tracked files:\n{status}"
     assert (clone / "dvc.lock").read_text() == run(["git", "show", "HEAD:dvc.lock"], clone).stdout
@@ -247,7 +249,7 @@ def test_exp_run_on_a_fresh_clone_is_saved(fresh_clone, name, args):
     assert name in exps, sorted(exps)
     params = exps[name]["params"]["params.yaml"]["data"]
     assert float(params["lr"]) == pytest.approx(1e-4)
-    assert "val_auc" in exps[name]["metrics"]["metrics/train/cnn.json"]["data"]
+    assert "cnn" in exps[name]["metrics"]["metrics/headline.json"]["data"]["val_auc"]
 
 
 def _free_port() -> int:
@@ -343,5 +345,5 @@ def test_exp_run_with_two_devices_on_cpu(tmp_path):
     assert "ddp2" in text and "val_auc" in text
     metrics = json.loads((repo / "metrics/train/cnn.json").read_text())
     assert 0 <= metrics["val_auc"] <= 1 and metrics["epochs_run"] >= 1
-    runs = [r for r in experiment_runs(repo) if r.info.run_name == "cnn"]
+    runs = [r for r in experiment_runs(repo) if r.data.tags.get("stage") == "train" and r.data.tags["model"] == "cnn"]
     assert len(runs) == 1 and runs[0].data.tags["world_size"] == "2"  # one MLflow run, from rank 0
