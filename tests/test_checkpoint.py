@@ -11,17 +11,7 @@ import torch
 from cxr import checkpoint
 from cxr.models import build_model
 from cxr.training.engine import predict_probabilities
-from toydata import card_for
-
-TINY_VIT = {
-    "config": {
-        "hidden_size": 32,
-        "num_hidden_layers": 1,
-        "num_attention_heads": 2,
-        "intermediate_size": 64,
-        "patch_size": 8,
-    }
-}
+from toydata import TINY_VIT, card_for
 
 
 @pytest.mark.parametrize("name,options", [("cnn", {}), ("vit", TINY_VIT)])

@@ -16,6 +16,17 @@ import pandas as pd
 
 from cxr import CLASSES
 
+# A 1-layer ViT through the real builder path (build_model("vit", image_size=32, **TINY_VIT)).
+TINY_VIT = {
+    "config": {
+        "hidden_size": 32,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "intermediate_size": 64,
+        "patch_size": 8,
+    }
+}
+
 
 def toy(
     n: int, seed: int, size: int = 20, positive: float = 0.7, balanced: bool = False

@@ -8,16 +8,8 @@ import torch
 
 from cxr.evaluation.explain import grad_cam, overlay, target_layer
 from cxr.models import build_model, get_entry, list_models
+from toydata import TINY_VIT
 
-TINY_VIT = {
-    "config": {
-        "hidden_size": 32,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 2,
-        "intermediate_size": 64,
-        "patch_size": 8,
-    }
-}
 # Input sides at which the last feature map is at least 2x2 (a 1x1 map has no spatial information).
 SIZES = {"cnn": 32, "resnet50": 64, "vgg16": 64, "vit": 40}  # vit: 40 px != its config, so positions are interpolated
 

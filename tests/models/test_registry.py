@@ -8,19 +8,9 @@ import pytest
 import torch
 
 from cxr.models import WeightsUnavailableError, build_model, input_spec, list_models, rebuild
+from toydata import TINY_VIT
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-# A 1-layer ViT through the same builder path; the real ViT-B/16 has its own test below.
-TINY_VIT = {
-    "config": {
-        "hidden_size": 32,
-        "num_hidden_layers": 1,
-        "num_attention_heads": 2,
-        "intermediate_size": 64,
-        "patch_size": 8,
-    }
-}
 
 
 def tiny_options(name: str) -> dict:
