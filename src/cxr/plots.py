@@ -156,22 +156,21 @@ def shift_roc_figure(panels: Mapping[str, tuple], title: str = "Internal test vs
     n = len(panels)
     ncols = min(n, 2)
     nrows = -(-n // ncols)
-    fig, axes = _figure(5.6 * ncols, 5.6 * nrows)
+    fig, axes = _figure(5.2 * ncols, 5.4 * nrows, nrows, ncols)
     for ax in axes.flat[n:]:
         ax.set_visible(False)
     for ax, (model, (threshold, curves)) in zip(axes.flat, panels.items()):
         for k, (label, (fpr, tpr, auc, (op_fpr, op_tpr))) in enumerate(curves.items()):
             color = f"C{k}"
             _draw_roc(ax, fpr, tpr, label, auc, color=color)
-            ax.scatter([op_fpr], [op_tpr], s=70, color=color, edgecolor="black", zorder=3)
-            ax.annotate(
-                f"sens {op_tpr:.0%}\nspec {1 - op_fpr:.0%}",
-                (op_fpr, op_tpr),
-                xytext=(12, -28 - 26 * k),
-                textcoords="offset points",
-                fontsize=8,
+            ax.scatter(
+                [op_fpr],
+                [op_tpr],
+                s=70,
                 color=color,
-                arrowprops={"arrowstyle": "-", "color": color, "lw": 0.8},
+                edgecolor="black",
+                zorder=3,
+                label=f"  at the threshold: sensitivity {op_tpr:.0%}, specificity {1 - op_fpr:.0%}",
             )
         _roc_axes(ax, f"{model}: threshold {threshold:.3f} (chosen on validation)")
     fig.suptitle(title)
