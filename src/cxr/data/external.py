@@ -35,15 +35,7 @@ import torch.nn.functional as F
 from cxr import CLASSES
 from cxr.config import SYNTHETIC_SET, DataConfig, ExternalConfig, PreprocessConfig, SplitConfig, SyntheticConfig
 from cxr.data.cache import build_cache, load_info, load_split
-from cxr.data.manifest import (
-    MANIFEST_COLUMNS,
-    QUARANTINE_COLUMNS,
-    check_files,
-    patient_key,
-    read_manifest,
-    read_skipped,
-    scan_tree,
-)
+from cxr.data.manifest import QUARANTINE_COLUMNS, read_manifest, scan_tree, verify_tree
 from cxr.data.sources import Layout, class_dirs, import_external, import_tree, resolve_path
 
 INDEX_FILE = "index.json"
@@ -101,28 +93,8 @@ def take_in(name: str, spec: str, raw: Path, cfg: ExternalConfig, data: DataConf
 def verify(name: str, raw: Path, split: SplitConfig, progress: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The set's manifest (split ``test``) and quarantine, with split's checks."""
     candidates = scan_tree(raw)
-    checks = check_files(
-        raw, [c[0] for c in candidates], split.max_pixels, split.workers, progress, plausibility=split.plausibility
-    )
-    rows, bad = [], read_skipped(raw)
-    for (path, _, label), chk in zip(candidates, checks):
-        if chk.reason is not None:
-            bad.append({"path": path, "reason": chk.reason, "detail": chk.detail})
-            continue
-        rows.append(
-            {
-                "path": path,
-                "label": label,
-                "patient_id": patient_key(path),
-                "source_split": "test",
-                "split": "test",
-                "sha256": chk.sha256,
-                "width": chk.width,
-                "height": chk.height,
-                "mode": chk.mode,
-            }
-        )
-    manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
+    manifest, bad = verify_tree(raw, candidates, split, progress)
+    manifest = manifest.assign(split="test")
     quarantine = pd.DataFrame(bad, columns=QUARANTINE_COLUMNS).sort_values("path", kind="stable")
     counts = {c: int((manifest["label"] == c).sum()) for c in CLASSES}
     if min(counts.values()) == 0:
