@@ -98,3 +98,36 @@ def test_failure_mid_run_warns_once_and_disables(monkeypatch, tmp_path):
     import mlflow
 
     assert mlflow.active_run() is None  # not left open to capture the next run in this process
+
+
+def test_sigterm_during_a_store_write_lands_after_it_and_the_run_ends_killed(monkeypatch, tmp_path):
+    """`dvc queue kill` (SIGTERM) arriving while MLflow writes: the write completes, then the run ends KILLED
+    (raised inside the store's transaction, it once left the run RUNNING)."""
+    import os
+    import signal
+
+    from mlflow import MlflowClient
+
+    from cxr.tracking import StageInterrupted
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    tracker = MlflowTracker("sig", uri)
+    real_log_batch = tracker._client.log_batch
+
+    def log_batch_interrupted(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)  # mid-call, as a kill during the epoch's metrics
+        time.sleep(0.05)  # an unmasked signal would raise here, inside the write
+        return real_log_batch(*args, **kwargs)
+
+    monkeypatch.setattr(tracker._client, "log_batch", log_batch_interrupted)
+    with pytest.raises(StageInterrupted, match="SIGTERM"):
+        with tracker.start_run("cnn", tags={"stage": "train"}):
+            run_id = tracker.run_id
+            tracker.log_metrics({"val_auc": 0.75}, step=1)
+            pytest.fail("the interruption must arrive right after the write, before the next statement")
+    run = MlflowClient(tracking_uri=uri).get_run(run_id)
+    assert run.info.status == "KILLED"
+    assert run.data.metrics == {"val_auc": 0.75}  # the interrupted write was completed, not lost
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL or callable(signal.getsignal(signal.SIGTERM))

@@ -91,6 +91,29 @@ class StageInterrupted(BaseException):
     """SIGTERM or SIGHUP arrived (``dvc queue kill``, a closed terminal): the run ends as KILLED."""
 
 
+# While MLflow writes to its store, an arriving SIGTERM/SIGHUP is held here and raised right after the
+# write: raised inside a store transaction (the per-epoch metrics, written just after the resume file)
+# it left the sqlite store locked and the run RUNNING. A flag, not a signal mask: the kernel hands a
+# process-directed signal to any thread not masking it, and MLflow and torch start threads.
+_writing = 0
+_held: list[str] = []
+
+
+@contextlib.contextmanager
+def _deferred_signals() -> Iterator[None]:
+    """Hold SIGTERM/SIGHUP (as StageInterrupted) until the store write inside this block is done."""
+    global _writing
+    _writing += 1
+    try:
+        yield
+    finally:
+        _writing -= 1
+        if _writing == 0 and _held:
+            name = _held[0]
+            _held.clear()
+            raise StageInterrupted(name)
+
+
 @contextlib.contextmanager
 def _signals_end_the_run() -> Iterator[None]:
     """In the main thread, turn SIGTERM/SIGHUP into StageInterrupted so the run is ended, not left RUNNING."""
@@ -102,7 +125,11 @@ def _signals_end_the_run() -> Iterator[None]:
         return
 
     def handler(signum, frame):
-        raise StageInterrupted(signal.Signals(signum).name)
+        name = signal.Signals(signum).name
+        if _writing:
+            _held.append(name)  # raised when the store write ends (_deferred_signals)
+            return
+        raise StageInterrupted(name)
 
     previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP)}
     try:
@@ -188,7 +215,8 @@ class MlflowTracker(NullTracker):
         if not self.active:
             return None
         try:
-            return fn(*args, **kwargs)
+            with _deferred_signals():
+                return fn(*args, **kwargs)
         except Exception as exc:  # a tracking outage must never cost the training
             self._degrade(what, exc)
             return None
@@ -229,7 +257,8 @@ class MlflowTracker(NullTracker):
                 # Ended even after a failure disabled this tracker: a run left active in the process
                 # would capture the next one (a sweep's next configuration, the next stage in-process).
                 try:
-                    mlflow.end_run(status=status if self.active else "FAILED")
+                    with _deferred_signals():
+                        mlflow.end_run(status=status if self.active else "FAILED")
                 except Exception:  # the store is gone; nothing more to tell it
                     pass
 
