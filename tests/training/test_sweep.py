@@ -212,7 +212,7 @@ def test_summary_without_a_test_split_has_null_test_numbers():
 
 def test_two_simulated_devices_give_the_one_device_table(data, base, tmp_path):
     """The grid over 2 worker processes ("cpu", "cpu": what 2 GPUs get, minus CUDA): the same rows in
-    grid order, the same selection, each configuration trained once, in 2 distinct processes."""
+    grid order, the same selection, each configuration trained once, in the worker processes."""
     import os
 
     cache = _write_cache(tmp_path / "cache", data)
@@ -228,5 +228,7 @@ def test_two_simulated_devices_give_the_one_device_table(data, base, tmp_path):
     cols = ["val_auc", "val_loss", "val_acc", "best_epoch", "threshold", "test_roc_auc", "first_epoch_train_loss"]
     pd.testing.assert_frame_equal(t2[cols], t1[cols], atol=1e-5, rtol=0)  # thread counts differ: float noise only
     assert t2["selected"].tolist() == t1["selected"].tolist()
+    # Every configuration ran in a worker process, not here. Which of the 2 takes which is the pool's
+    # scheduling: on a loaded machine the first one up may take all four (it did once in CI).
     workers = {r["worker"] for r in two.rows}
-    assert len(workers) == 2 and str(os.getpid()) not in " ".join(workers)
+    assert 1 <= len(workers) <= 2 and str(os.getpid()) not in " ".join(workers), workers
