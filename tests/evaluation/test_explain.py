@@ -11,7 +11,13 @@ from cxr.models import build_model, get_entry, list_models
 from toydata import TINY_VIT
 
 # Input sides at which the last feature map is at least 2x2 (a 1x1 map has no spatial information).
-SIZES = {"cnn": 32, "resnet50": 64, "vgg16": 64, "vit": 40}  # vit: 40 px != its config, so positions are interpolated
+SIZES = {
+    "cnn": 32,
+    "resnet50": 64,
+    "resnet_small": 64,
+    "vgg16": 64,
+    "vit": 40,
+}  # vit: 40 px != its config, so positions are interpolated
 
 
 @pytest.fixture(scope="module", params=list_models())
