@@ -66,6 +66,24 @@ RECIPES = {
     "p96-rs": ("resnet_small", P96),
     "p96-rs-int": ("resnet_small", {**P96, **INTENSITY}),
     "p96-rs-crop": ("resnet_small", {**P96, "train.augment.crop_scale": [0.5, 1.0]}),
+    # set A's misread normals look hazy, like the train pneumonias: blur so sharpness is no shortcut
+    "p96-rs-blur": (
+        "resnet_small",
+        {**P96, "train.augment.blur_p": 0.5, "train.augment.blur_sigma": 2.0, "train.augment.contrast": 0.4},
+    ),
+    "p96-rs-blur8": ("resnet_small", {**P96, "train.augment.blur_p": 0.8, "train.augment.blur_sigma": 2.5}),
+    "p96-rs-blursharp": (
+        "resnet_small",
+        {
+            **P96,
+            "train.augment.blur_p": 0.5,
+            "train.augment.blur_sigma": 2.0,
+            "train.augment.sharpen_p": 0.5,
+            "train.augment.sharpen_amount": 1.5,
+            "train.augment.contrast": 0.4,
+        },
+    ),
+    "p64-rs": ("resnet_small", {**P96, "preprocess.cache_size": 72, "image_size": 64}),
     # full-budget candidates
     "rs128-cos15": (
         "resnet_small",

@@ -291,6 +291,7 @@ class PreprocessConfig:
 
 
 MAX_BLUR_SIGMA = 8.0  # output pixels; the blur kernel spans 3 sigma either side
+MAX_SHARPEN = 5.0  # unsharp-mask gain; more only amplifies noise
 
 
 @dataclass
@@ -310,6 +311,8 @@ class AugmentConfig:
     gamma: tuple[float, float] = (1.0, 1.0)  # x ** gamma, gamma log-uniform in [low, high]
     blur_p: float = 0.0  # probability of a Gaussian blur
     blur_sigma: float = 1.0  # blurred images: sigma uniform in (0, blur_sigma], output pixels
+    sharpen_p: float = 0.0  # probability of an unsharp mask, x + a * (x - blur(x)) with a blur of sigma 1 pixel
+    sharpen_amount: float = 1.0  # sharpened images: a uniform in [0, sharpen_amount]
     noise_std: float = 0.0  # additive Gaussian noise, std uniform in [0, noise_std] (intensities in [0, 1])
 
     def validate(self, where: str) -> None:
@@ -324,6 +327,11 @@ class AugmentConfig:
         _check(
             0 < self.blur_sigma <= MAX_BLUR_SIGMA,
             f"{where}.blur_sigma must be in (0, {MAX_BLUR_SIGMA}] output pixels, found {self.blur_sigma}",
+        )
+        _check(0 <= self.sharpen_p <= 1, f"{where}.sharpen_p must be in [0, 1], found {self.sharpen_p}")
+        _check(
+            0 < self.sharpen_amount <= MAX_SHARPEN,
+            f"{where}.sharpen_amount must be in (0, {MAX_SHARPEN}], found {self.sharpen_amount}",
         )
         _check(0 <= self.noise_std <= 1, f"{where}.noise_std must be in [0, 1], found {self.noise_std}")
 

@@ -154,6 +154,14 @@ def test_blur_probability_zero_sigma_leaves_images(batch):
     assert 0 < sum(untouched) < 6  # some images blurred, some not
 
 
+def test_sharpen_adds_detail_per_image(batch):
+    plain = resize01(batch, 24)
+    out = BatchAugment(dataclasses.replace(ZERO, sharpen_p=1.0, sharpen_amount=2.0), 24)(batch, gen(0))
+    roughness = (out[..., 1:] - out[..., :-1]).abs().mean(dim=(1, 2, 3))
+    assert (roughness >= (plain[..., 1:] - plain[..., :-1]).abs().mean() - 1e-6).all()
+    assert roughness.max() - roughness.min() > 1e-3  # amounts differ per image
+
+
 def test_noise_is_seeded_per_image_and_zero_mean(batch):
     aug = BatchAugment(dataclasses.replace(ZERO, noise_std=0.1), 24)
     out = aug(batch, gen(0))
@@ -177,6 +185,8 @@ def test_intensity_knobs_off_keep_the_reference_draws(batch):
         ({"gamma": (1.5, 1.0)}, "gamma"),
         ({"blur_p": 1.5}, "blur_p"),
         ({"blur_sigma": 0.0}, "blur_sigma"),
+        ({"sharpen_p": -0.1}, "sharpen_p"),
+        ({"sharpen_amount": 0.0}, "sharpen_amount"),
         ({"noise_std": -0.1}, "noise_std"),
     ],
 )

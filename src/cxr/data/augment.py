@@ -10,7 +10,7 @@ the chain into one 2x3 matrix per image and applies the whole batch with a singl
 ``grid_sample`` that also resizes to ``out_size``: one interpolation instead of four, on any device.
 Brightness and contrast jitter follow as a per-image multiply-add (contrast around each image's
 mean, as torchvision's ``adjust_contrast`` does), then the optional intensity augmentations beyond
-the reference (gamma, Gaussian blur, Gaussian noise; off by default), also drawn per image.
+the reference (gamma, Gaussian blur, sharpening, Gaussian noise; off by default), drawn per image.
 ``benchmarks/`` compares it with :func:`reference_transforms`, the same table as torchvision v2
 transforms applied one image at a time.
 """
@@ -105,7 +105,7 @@ class BatchAugment:
         return self.intensity(out, generator)
 
     def intensity(self, x01: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Gamma, then Gaussian blur, then Gaussian noise, each drawn per image, on (B, 1, S, S) in [0, 1].
+        """Gamma, Gaussian blur, sharpening, Gaussian noise, in that order, each drawn per image, on (B, 1, S, S).
 
         Each is drawn only when its knob is on, after the reference draws: with the defaults the
         random stream, and so every output, is exactly the reference table's.
@@ -119,6 +119,11 @@ class BatchAugment:
             blurred = torch.rand(n, generator=generator) < cfg.blur_p
             sigma = torch.where(blurred, cfg.blur_sigma * (1 - torch.rand(n, generator=generator)), 0.0)
             x01 = gaussian_blur(x01, sigma.to(dev))
+        if cfg.sharpen_p > 0:  # unsharp mask: x + amount * (x - blur(x)), blur sigma 1 pixel
+            sharpened = torch.rand(n, generator=generator) < cfg.sharpen_p
+            amount = torch.where(sharpened, cfg.sharpen_amount * torch.rand(n, generator=generator), 0.0)
+            detail = x01 - gaussian_blur(x01, torch.ones(n, device=dev))
+            x01 = x01.add_(detail.mul_(amount.to(dev).view(n, 1, 1, 1))).clamp_(0, 1)
         if cfg.noise_std > 0:
             std = cfg.noise_std * torch.rand(n, generator=generator)
             noise = torch.randn(x01.shape, generator=generator).mul_(std.view(n, 1, 1, 1))

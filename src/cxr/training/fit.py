@@ -95,6 +95,8 @@ class RunConfig:
     aug_gamma_max: float = 1.0
     aug_blur_p: float = 0.0
     aug_blur_sigma: float = 1.0
+    aug_sharpen_p: float = 0.0
+    aug_sharpen_amount: float = 1.0
     aug_noise_std: float = 0.0
     freeze_backbone_epochs: int = 0  # pretrained only: the head alone trains for these first epochs
     backbone_lr_factor: float = 1.0  # pretrained only: backbone lr = lr * factor
@@ -112,6 +114,8 @@ class RunConfig:
             gamma=(self.aug_gamma_min, self.aug_gamma_max),
             blur_p=self.aug_blur_p,
             blur_sigma=self.aug_blur_sigma,
+            sharpen_p=self.aug_sharpen_p,
+            sharpen_amount=self.aug_sharpen_amount,
             noise_std=self.aug_noise_std,
         )
 
@@ -185,6 +189,8 @@ def resolve_run_config(params: dict, model: str) -> RunConfig:
         aug_gamma_max=float(a.gamma[1]),
         aug_blur_p=a.blur_p,
         aug_blur_sigma=a.blur_sigma,
+        aug_sharpen_p=a.sharpen_p,
+        aug_sharpen_amount=a.sharpen_amount,
         aug_noise_std=a.noise_std,
         freeze_backbone_epochs=t.freeze_backbone_epochs if pretrained else 0,
         backbone_lr_factor=t.backbone_lr_factor if pretrained else 1.0,
