@@ -55,6 +55,15 @@ INTENSITY = {
     "train.augment.blur_sigma": 1.0,
     "train.augment.noise_std": 0.03,
 }
+# sharpness differs by class in train (NORMAL originals ~1700x1400 px, PNEUMONIA ~1200x800): blur the sharp and
+# sharpen the soft, so that sharpness tells nothing
+BLUR_SHARPEN = {
+    "train.augment.blur_p": 0.5,
+    "train.augment.blur_sigma": 2.0,
+    "train.augment.sharpen_p": 0.5,
+    "train.augment.sharpen_amount": 1.5,
+    "train.augment.contrast": 0.4,
+}
 
 # name -> (model trained, -S style overrides on params.yaml). "cpu" is whatever configs/real.yaml says.
 RECIPES = {
@@ -72,19 +81,17 @@ RECIPES = {
         {**P96, "train.augment.blur_p": 0.5, "train.augment.blur_sigma": 2.0, "train.augment.contrast": 0.4},
     ),
     "p96-rs-blur8": ("resnet_small", {**P96, "train.augment.blur_p": 0.8, "train.augment.blur_sigma": 2.5}),
-    "p96-rs-blursharp": (
-        "resnet_small",
-        {
-            **P96,
-            "train.augment.blur_p": 0.5,
-            "train.augment.blur_sigma": 2.0,
-            "train.augment.sharpen_p": 0.5,
-            "train.augment.sharpen_amount": 1.5,
-            "train.augment.contrast": 0.4,
-        },
-    ),
+    "p96-rs-blursharp": ("resnet_small", {**P96, **BLUR_SHARPEN}),
     "p64-rs": ("resnet_small", {**P96, "preprocess.cache_size": 72, "image_size": 64}),
     # full-budget candidates
+    "rs96-cos20": (
+        "resnet_small",
+        {"preprocess.cache_size": 112, "image_size": 96, "epochs": 20, "train.scheduler": "cosine"},
+    ),
+    "rs96-cos20-bs": (
+        "resnet_small",
+        {"preprocess.cache_size": 112, "image_size": 96, "epochs": 20, "train.scheduler": "cosine", **BLUR_SHARPEN},
+    ),
     "rs128-cos15": (
         "resnet_small",
         {"preprocess.cache_size": 144, "image_size": 128, "epochs": 15, "train.scheduler": "cosine"},
