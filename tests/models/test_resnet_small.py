@@ -24,7 +24,7 @@ def test_size_and_registry_facts():
     n = sum(p.numel() for p in model.parameters())
     assert 1_000_000 < n < 1_500_000
     entry = get_entry("resnet_small")
-    assert entry.pretrained_source is None and entry.cam_layer(model) is model.features[-1].conv2[0]
+    assert entry.pretrained_source is None and entry.cam_layer(model) is model.features[-1]
     assert entry.head(model) is model.classifier
 
 

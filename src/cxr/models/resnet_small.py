@@ -66,7 +66,7 @@ def _resnet_small_spec(weights: str | None) -> dict:
     "resnet_small",
     input_spec=_resnet_small_spec,
     channels_last=True,
-    cam_layer=lambda m: m.features[-1].conv2[0],
+    cam_layer=lambda m: m.features[-1],  # the last block's output (after the residual add), as resnet50's layer4
     head=lambda m: m.classifier,
     min_image_size=32,  # the stem and three strided stages halve the side four times
     description="small ResNet from scratch: strided stem + 4 basic blocks (32/64/128/256) with batch norm, GAP",
