@@ -83,7 +83,8 @@ RECIPES = {
     "p96-rs-blur8": ("resnet_small", {**P96, "train.augment.blur_p": 0.8, "train.augment.blur_sigma": 2.5}),
     "p96-rs-blursharp": ("resnet_small", {**P96, **BLUR_SHARPEN}),
     "p64-rs": ("resnet_small", {**P96, "preprocess.cache_size": 72, "image_size": 64}),
-    # full-budget candidates
+    # full-budget candidates; rs96-cos20 trains the very model of `cpu` (same RunConfig), which differs only
+    # in its threshold rule (midpoint instead of youden)
     "rs96-cos20": (
         "resnet_small",
         {"preprocess.cache_size": 112, "image_size": 96, "epochs": 20, "train.scheduler": "cosine"},
