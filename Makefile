@@ -1,7 +1,7 @@
 # Two commands on a fresh clone:
 #   make repro   # create .venv if missing, install, run the whole DVC pipeline (synthetic default)
 #   make test    # create .venv if missing, install, run the test suite
-#   make real DATA=<folder or archive>   # the real-data configuration (configs/real.yaml) via dvc exp run
+#   make real DATA=<folder or archive> [EXTERNAL=<folder>]   # the real-data configuration (configs/real.yaml)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(abspath $(VENV))/bin
@@ -35,10 +35,12 @@ test: $(STAMP)
 lint: $(STAMP)  # fix what ruff can: formatting, import order, old syntax
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
-# RECIPE=cpu|gpu forces a recipe (default: gpu when torch sees CUDA); REAL_ARGS='-S epochs=1' adds overrides.
+# EXTERNAL='[name=]folder ...' external validation sets; RECIPE=cpu|gpu forces a recipe (default: gpu when
+# torch sees CUDA); REAL_ARGS='-S epochs=1' adds overrides.
 real: $(if $(DATA),$(STAMP))
 	@test -n "$(DATA)" || { $(PYTHON) src/real.py; exit 2; }
-	$(BIN)/python src/real.py --data "$(DATA)" --recipe $(or $(RECIPE),auto) -- $(REAL_ARGS)
+	$(BIN)/python src/real.py --data "$(DATA)" --recipe $(or $(RECIPE),auto) \
+	  $(foreach e,$(EXTERNAL),--external "$(e)") -- $(REAL_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py

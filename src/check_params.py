@@ -19,6 +19,7 @@ SECTION_TYPES = {
     "data": C.DataConfig,
     "split": C.SplitConfig,
     "preprocess": C.PreprocessConfig,
+    "external": C.ExternalConfig,
     "train": C.TrainConfig,
     "mlflow": C.MlflowConfig,
     "evaluate": C.EvaluateConfig,

@@ -29,10 +29,11 @@ from cxr.evaluation.compare import (
     results_table,
     roc_curves,
     select_best,
+    shift_panels,
 )
 from cxr.evaluation.promotion import RegistryError, register_candidate
 from cxr.files import write_metrics
-from cxr.plots import metrics_bar_figure, roc_comparison_figure, save_figure
+from cxr.plots import metrics_bar_figure, roc_comparison_figure, save_figure, shift_roc_figure
 from cxr.stage import run_stage
 from cxr.tracking import make_tracker, project_root, run_name
 
@@ -45,14 +46,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--models", nargs="+", required=True)
     p.add_argument("--train-metrics", default="metrics/train", help="folder of <model>.json (validation)")
     p.add_argument("--eval-metrics", default="metrics/eval", help="folder of <model>.json (test, with CIs)")
-    p.add_argument("--roc", default="plots/eval", help="folder of <model>/roc.csv")
+    p.add_argument("--roc", default="plots/eval", help="folder of <model>/roc.csv and <model>/roc_external.csv")
     p.add_argument("--sweep", default=None, help="metrics/sweep.json (optional)")
     p.add_argument("--sweep-table", default=None, help="plots/sweep.csv (optional)")
     p.add_argument("--checkpoints", default="models", help="folder of <model>/ checkpoints (for the registry)")
     p.add_argument("--report", required=True, help="markdown Results section")
     p.add_argument("--csv", required=True, help="results table CSV")
     p.add_argument("--headline", required=True, help="headline metrics JSON (the DVC metric)")
-    p.add_argument("--figures", required=True, help="folder for metrics_bar.png and roc_all.png")
+    p.add_argument("--figures", required=True, help="folder for metrics_bar.png, roc_all.png and roc_external.png")
     return p.parse_args(argv)
 
 
@@ -68,7 +69,7 @@ def main(argv=None) -> int:
     cfg: CompareConfig = section(params, "compare", CompareConfig)
     mlflow_cfg: MlflowConfig = section(params, "mlflow", MlflowConfig)
 
-    train_m, eval_m, rocs = {}, {}, {}
+    train_m, eval_m, rocs, ext_rocs = {}, {}, {}, {}
     for m in args.models:
         t = _read_json(Path(args.train_metrics) / f"{m}.json")
         e = _read_json(Path(args.eval_metrics) / f"{m}.json")
@@ -84,6 +85,9 @@ def main(argv=None) -> int:
         roc_path = Path(args.roc) / m / "roc.csv"
         if roc_path.is_file():
             rocs[m] = pd.read_csv(roc_path)
+        ext_path = Path(args.roc) / m / "roc_external.csv"
+        if ext_path.is_file():
+            ext_rocs[m] = pd.read_csv(ext_path)
     if not eval_m:
         raise ConfigError(
             f"no model has both {args.train_metrics}/<m>.json and {args.eval_metrics}/<m>.json "
@@ -114,6 +118,12 @@ def main(argv=None) -> int:
     }
     if rocs:
         figs["roc_all"] = roc_comparison_figure(roc_curves(rocs, eval_m))
+        figs["roc_external"] = shift_roc_figure(
+            shift_panels(rocs, ext_rocs, eval_m),
+            title="Internal test vs external sets, at each model's validation-chosen threshold"
+            if ext_rocs and any(len(t) for t in ext_rocs.values())
+            else "Internal test (no external set configured: external.sets)",
+        )
 
     tracker = make_tracker(mlflow_cfg.experiment)
     value = float(train_m[best][cfg.select_metric])

@@ -13,6 +13,11 @@ The decision threshold is the model card's (chosen at training on validation as
   --plots        confusion.csv (actual, predicted), roc.csv, pr.csv, calibration.csv (DVC plots)
   --figures      confusion, roc, pr, calibration, training_curves, augmentation, gallery PNGs
 
+and, for every external set of ``--external`` (stage external), the same metrics under ``external.<set>``
+in --metrics, its rows (with a ``set`` column) in --external-predictions and its ROC in
+--plots/roc_external.csv, at the same threshold: the sets are scored, never chosen on; the figure
+roc_external.png draws the internal and external curves with the threshold's operating point on each.
+
 and logs the test metrics and figures into the model's training run in MLflow (a new run if that
 one cannot be found; nothing, with a warning, if MLflow is unreachable).
 """
@@ -26,7 +31,8 @@ import pandas as pd
 
 from cxr import checkpoint
 from cxr.config import ConfigError, EvaluateConfig, MlflowConfig, load_params, section
-from cxr.data.cache import CacheError, load_split
+from cxr.data.cache import CacheError, load_info, load_split
+from cxr.data.external import load_index
 from cxr.evaluation.evaluate import attach_run, evaluate_checkpoint, evaluation_figures, find_training_run
 from cxr.files import write_metrics
 from cxr.gpus import GpuClaimError, hold_device
@@ -51,6 +57,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--metrics", required=True, help="test metrics JSON, with CIs (git-tracked details)")
     p.add_argument("--plots", required=True, help="folder for the DVC plot CSVs")
     p.add_argument("--figures", required=True, help="folder for the PNG figures")
+    p.add_argument("--external", default=None, help="the external stage's folder (index.json and one cache per set)")
+    p.add_argument("--external-predictions", default=None, help="per-image predictions on the external sets (CSV)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
     return p.parse_args(argv)
 
@@ -70,17 +78,28 @@ def main(argv=None) -> int:
         model, card, test=(test.images, test.labels, test.paths), cfg=cfg, device=device, n_val=len(val)
     )
 
+    external = evaluate_external_sets(args, model, card, cfg, device)
+
     Path(args.predictions).parent.mkdir(parents=True, exist_ok=True)
     result.tables["predictions"].to_csv(args.predictions, index=False, lineterminator="\n")
-    write_metrics(args.metrics, result.report)
+    write_metrics(args.metrics, {**result.report, "external": {n: r.report for n, r in external.items()}})
     plots_dir = Path(args.plots)
     plots_dir.mkdir(parents=True, exist_ok=True)
     for name in PLOT_FILES:
         result.tables[name].to_csv(plots_dir / f"{name}.csv", index=False, lineterminator="\n")
+    write_external_tables(args, external)
 
     history = pd.read_csv(args.history) if args.history and Path(args.history).is_file() else None
     figs = evaluation_figures(
-        result, model, card, test_images=test.images, val_images=val.images, history=history, cfg=cfg, device=device
+        result,
+        model,
+        card,
+        test_images=test.images,
+        val_images=val.images,
+        history=history,
+        cfg=cfg,
+        device=device,
+        external=external,
     )
 
     tracker = make_tracker(mlflow_cfg.experiment)
@@ -89,6 +108,8 @@ def main(argv=None) -> int:
         print(f"[{args.model}] training run not found in MLflow; logging the evaluation to a new run")
     with attach_run(tracker, run_id, f"{args.model}-evaluate", tags={"model": args.model, "evaluated": "true"}):
         tracker.log_metrics(result.flat_metrics())
+        for set_name, r in external.items():
+            tracker.log_metrics(r.flat_metrics(prefix=f"{set_name}_"))
         for name, fig in figs.items():
             tracker.log_figure(fig, f"eval/{name}.png")
             save_figure(fig, Path(args.figures) / f"{name}.png")  # closes the figure: log it first
@@ -103,7 +124,49 @@ def main(argv=None) -> int:
         f"sensitivity {at['sensitivity']['value']:.3f}, specificity {at['specificity']['value']:.3f}, "
         f"AUC {at['roc_auc']['value']:.3f}"
     )
+    for set_name, r in external.items():
+        at = r.report["at_val_threshold"]
+        print(
+            f"[{args.model}] external {set_name} n={r.report['n']} at the same threshold: "
+            f"accuracy {at['accuracy']['value']:.3f}, balanced accuracy {at['balanced_accuracy']['value']:.3f}, "
+            f"sensitivity {at['sensitivity']['value']:.3f}, specificity {at['specificity']['value']:.3f}, "
+            f"AUC {at['roc_auc']['value']:.3f} [{at['roc_auc']['ci_low']:.3f}, {at['roc_auc']['ci_high']:.3f}]"
+        )
     return 0
+
+
+def evaluate_external_sets(args, model, card: checkpoint.ModelCard, cfg: EvaluateConfig, device) -> dict:
+    """set name -> EvalResult for every set of the external stage's index, at the card's threshold."""
+    if not args.external:
+        return {}
+    out = {}
+    for name in load_index(args.external):
+        folder = Path(args.external) / name
+        size = load_info(folder)["cache_size"]
+        if size != card.cache_size:
+            raise CacheError(
+                f"external set {name!r} was decoded at {size} px, the model at {card.cache_size} px: "
+                "run `dvc repro external` (it decodes the sets as the run's cache)"
+            )
+        s = load_split(folder, "test")
+        out[name] = evaluate_checkpoint(model, card, test=(s.images, s.labels, s.paths), cfg=cfg, device=device)
+    return out
+
+
+def write_external_tables(args, external: dict) -> None:
+    """The external predictions (one CSV, a ``set`` column) and roc_external.csv next to the DVC plot files."""
+
+    def stacked(table: str) -> pd.DataFrame:
+        parts = [r.tables[table].assign(set=n) for n, r in external.items()]
+        return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["set"])
+
+    if args.external_predictions:
+        Path(args.external_predictions).parent.mkdir(parents=True, exist_ok=True)
+        stacked("predictions").to_csv(args.external_predictions, index=False, lineterminator="\n")
+    roc = stacked("roc")
+    roc[["set", *[c for c in roc.columns if c != "set"]]].to_csv(
+        Path(args.plots) / "roc_external.csv", index=False, lineterminator="\n"
+    )
 
 
 if __name__ == "__main__":

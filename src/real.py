@@ -23,7 +23,9 @@ USAGE = (
     "  make real DATA=/path/to/chest-xray-pneumonia.zip   # the Kaggle archive (or .tar.gz)\n"
     "  make real DATA=/path/to/chest_xray                 # an extracted folder (train/ test/ [val/], "
     "NORMAL/ PNEUMONIA/ inside)\n"
-    "Optional: RECIPE=cpu|gpu (default: gpu when torch sees CUDA), REAL_ARGS='-S epochs=1' (extra overrides)."
+    "Optional: EXTERNAL='[name=]folder ...' (external validation sets, e.g. "
+    "EXTERNAL=../shared/data/kermany224-external-a), RECIPE=cpu|gpu (default: gpu when torch sees CUDA), "
+    "REAL_ARGS='-S epochs=1' (extra overrides)."
 )
 
 
@@ -32,6 +34,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--data", default="", help="dataset folder or archive (Kaggle / Mendeley layout)")
     p.add_argument("--config", default="configs/real.yaml")
     p.add_argument("--recipe", default="auto", choices=["auto", "gpu", "cpu"])
+    p.add_argument(
+        "--external",
+        action="append",
+        default=[],
+        metavar="[NAME=]PATH",
+        help="an external validation set (folder or archive with NORMAL/ and PNEUMONIA/), repeatable; "
+        "replaces params.yaml's external.sets; NAME defaults to the folder's name",
+    )
     p.add_argument("--dry-run", action="store_true", help="print the dvc command and exit")
     p.add_argument("extra", nargs="*", help="more dvc exp run arguments (after --), e.g. -S epochs=1")
     return p.parse_args(argv)
@@ -68,6 +78,23 @@ def overrides(config: dict, recipe: str, data: str) -> list[str]:
     return args
 
 
+def external_overrides(specs: list[str], current: dict) -> list[str]:
+    """``-S`` arguments replacing ``external.sets`` (``current``: params.yaml's) by ``specs`` ([NAME=]PATH)."""
+    if not specs:
+        return []
+    args = []
+    for name in current:
+        args += ["-S", f"~external.sets.{name}"]
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep:
+            path = spec
+            name = re.sub(r"[^a-z0-9_]+", "_", Path(spec).name.split(".")[0].lower()).strip("_")
+            name = name if name[:1].isalpha() else f"set_{name}"
+        args += ["-S", f"++external.sets.{name}={Path(path).expanduser().resolve()}"]
+    return args
+
+
 def run_timed(cmd: list[str]) -> tuple[int, list[tuple[str, float]]]:
     """Run ``cmd``, echoing its output; return its exit code and (stage, seconds) per stage it ran."""
     stages: list[tuple[str, float]] = []
@@ -99,7 +126,9 @@ def main(argv=None) -> int:
 
     config = yaml.safe_load(Path(args.config).read_text())
     recipe = choose_recipe(args.recipe)
-    cmd = ["dvc", "exp", "run", *overrides(config, recipe, args.data), *args.extra]
+    current = (yaml.safe_load(Path("params.yaml").read_text()).get("external") or {}).get("sets") or {}
+    ext = external_overrides(args.external, current)
+    cmd = ["dvc", "exp", "run", *overrides(config, recipe, args.data), *ext, *args.extra]
     print(f"[real] recipe {recipe} ({args.config}); running:\n  {' '.join(cmd)}", flush=True)
     if args.dry_run:
         return 0
@@ -115,7 +144,7 @@ def main(argv=None) -> int:
         return code
     print(
         "[real] results:\n"
-        "  reports/results.md        the results table (test split; chosen model in bold)\n"
+        "  reports/results.md        the results tables (test split, external sets; chosen model in bold)\n"
         "  metrics/eval/<model>.json test metrics with 95 % CIs; metrics/data.json: images per split, duplicates\n"
         "  figures/eval/, figures/compare/   confusion matrices, ROC, gallery with Grad-CAM\n"
         "  dvc exp show --only-changed       this experiment beside the others\n"
@@ -123,12 +152,19 @@ def main(argv=None) -> int:
     )
     report = Path("reports/results.md")
     if report.is_file():
-        lines = report.read_text().splitlines()
-        start = next((i for i, ln in enumerate(lines) if ln.startswith("|")), None)
-        if start is not None:  # the first table: the models on the test split
-            end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")), len(lines))
-            print("\n" + "\n".join(lines[start:end]))
+        print("\n" + "\n".join(result_tables(report.read_text())))
     return 0
+
+
+def result_tables(markdown: str) -> list[str]:
+    """The report's tables before the sweep: the internal test, then each external set (with its heading)."""
+    out = []
+    for line in markdown.split("## Batch size")[0].splitlines():
+        if line.startswith("## External validation"):
+            out += ["", line]
+        elif line.startswith("|"):
+            out.append(line)
+    return out
 
 
 if __name__ == "__main__":

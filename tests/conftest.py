@@ -16,6 +16,23 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("CXR_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
 
 
+MLFLOW_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+
+
+@pytest.fixture(autouse=True)
+def mlflow_environment_restored():
+    """mlflow.set_tracking_uri / set_registry_uri export MLFLOW_*_URI for subprocesses. Whatever a test (or
+    the code it runs in-process) set there is undone after it, so no later test's pipeline writes into
+    that test's store (a leaked registry URI once sent the workflow tests' registrations elsewhere)."""
+    before = {k: os.environ.get(k) for k in MLFLOW_ENV}
+    yield
+    for k, v in before.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO_ROOT

@@ -36,7 +36,8 @@ TINY_PARAMS = {
 def env() -> dict:
     e = dict(os.environ)
     e["PATH"] = f"{BIN}{os.pathsep}{e.get('PATH', '')}"
-    for k in ("MLFLOW_TRACKING_URI", "DVC_ROOT", "DVC_EXP_NAME"):
+    # The pipeline's own store (mlflow.db in the repo): nothing of the test process's MLflow settings.
+    for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "DVC_ROOT", "DVC_EXP_NAME"):
         e.pop(k, None)
     e.update(
         GIT_AUTHOR_NAME="cxr-test",

@@ -6,12 +6,14 @@ official train split's and half the official test split's), the cpu recipe and t
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
 import random
 import shutil
 import subprocess
+from collections import Counter
 
 import pytest
 import yaml
@@ -76,6 +78,20 @@ def _copy_sample(shared, dest, n_train=50, n_test=20, seed=0):
             (dest / split / cls).mkdir(parents=True)
             for f in rng.sample(files, n):
                 shutil.copyfile(f, dest / split / cls / f.name)  # copies: the shared folder stays untouched
+    # An external set: other images of the official test half (none of those copied above, and none of the
+    # 8 that repeat another's bytes: its twin may be in the copy, and the external stage would refuse it).
+    taken = {f.name for f in (dest / "test").rglob("*.jpeg")}
+    half = shared / "kermany224-external-a"
+    digests = Counter(hashlib.sha256(f.read_bytes()).hexdigest() for f in half.rglob("*.jpeg"))
+    for cls in ("NORMAL", "PNEUMONIA"):
+        files = [
+            f
+            for f in sorted((half / "test" / cls).iterdir())
+            if f.name not in taken and digests[hashlib.sha256(f.read_bytes()).hexdigest()] == 1
+        ]
+        (dest.parent / "ext_a" / cls).mkdir(parents=True)
+        for f in rng.sample(files, 12):
+            shutil.copyfile(f, dest.parent / "ext_a" / cls / f.name)
     # A repeat within the official test split, as the real one has six: it must be kept.
     first = min((dest / "test" / "PNEUMONIA").iterdir())
     shutil.copyfile(first, dest / "test" / "PNEUMONIA" / "person9999_bacteria_1.jpeg")
@@ -106,6 +122,7 @@ def test_make_real_runs_end_to_end_on_real_images(tmp_path, shared_data):
             ".venv/.installed",
             "real",
             f"DATA={data}",
+            f"EXTERNAL=set_a={tmp_path / 'ext_a'}",
             "RECIPE=cpu",
             f"REAL_ARGS={TINY}",
         ],
@@ -121,6 +138,12 @@ def test_make_real_runs_end_to_end_on_real_images(tmp_path, shared_data):
     assert "[real] recipe cpu (configs/real.yaml)" in out and "-S image_size=96" in out
     assert "wall time per stage" in out and "train@cnn" in out and "compare" in out
     assert "reports/results.md" in out and "| Model |" in out
+    assert "-S ~external.sets.synthetic_shift -S ++external.sets.set_a=" in out  # replaces the default set
+    assert "## External validation: set_a" in out and "| ROC-AUC set_a |" in out
+    ext = json.loads((repo / "metrics/external.json").read_text())
+    assert list(ext) == ["set_a"] and ext["set_a"]["images"] == {"NORMAL": 12, "PNEUMONIA": 12, "total": 24}
+    head = json.loads((repo / "metrics/headline.json").read_text())
+    assert set(head["ext"]["set_a"]["auc"]) == {"cnn", "resnet50", "vgg16", "vit"}
 
     metrics = json.loads((repo / "metrics/data.json").read_text())
     assert metrics["images"]["test"]["total"] == 2 * 20 + 1  # the official test split, whole
@@ -141,3 +164,15 @@ def test_make_real_runs_end_to_end_on_real_images(tmp_path, shared_data):
     # the cpu recipe's values that TINY does not override, and TINY's own on top
     assert params["sweep"]["model"] == "cnn" and params["models"]["resnet50"]["epochs"] == 1
     assert params["image_size"] == 32 and params["train"]["pretrained"] is False
+
+
+def test_external_sets_replace_the_default_ones(repo_root):
+    real = load_real(repo_root)
+    args = real.external_overrides(["/data/kermany224-external-a", "b=/x/y.zip"], {"synthetic_shift": "synthetic"})
+    assert args[1::2] == [
+        "~external.sets.synthetic_shift",
+        "++external.sets.kermany224_external_a=/data/kermany224-external-a",
+        "++external.sets.b=/x/y.zip",
+    ]
+    assert real.external_overrides([], {"synthetic_shift": "synthetic"}) == []
+    assert real.external_overrides(["/d/2024-set"], {})[1].startswith("++external.sets.set_2024_set=")

@@ -34,6 +34,7 @@ STAGES = [
     "fetch",
     "split",
     "preprocess",
+    "external",
     "weights",
     *(f"train@{m}" for m in MODELS),
     *(f"evaluate@{m}" for m in MODELS),
@@ -116,7 +117,7 @@ def test_exp_run_reruns_only_dependent_stages(experiment):
     ran = ran_stages(out)
     assert {f"train@{m}" for m in MODELS} <= ran
     # Stages that do not read lr / batch_size are not rerun (the sweep has its own grid).
-    assert not ran & {"fetch", "split", "preprocess", "weights", "sweep"}, ran
+    assert not ran & {"fetch", "split", "preprocess", "external", "weights", "sweep"}, ran
     shown = json.loads(run(["dvc", "exp", "show", "--json"], repo).stdout)
     exps = [e for rev in shown for e in (rev.get("experiments") or [])]
     names = {e.get("name") for e in exps}

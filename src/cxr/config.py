@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -33,7 +34,7 @@ class ConfigError(ValueError):
 
 
 # Every top-level key params.yaml may hold: the global knobs (Globals) and the sections.
-SECTIONS = ("data", "split", "preprocess", "train", "models", "mlflow", "evaluate", "sweep", "compare")
+SECTIONS = ("data", "split", "preprocess", "external", "train", "models", "mlflow", "evaluate", "sweep", "compare")
 
 
 def check_top_level(data: dict, where: str = "params.yaml") -> None:
@@ -288,6 +289,45 @@ class PreprocessConfig:
         _check(16 <= self.cache_size <= 1024, f"{where}.cache_size must be in [16, 1024], found {self.cache_size}")
         _check(self.resize in ("stretch", "pad"), f"{where}.resize: expected 'stretch' or 'pad', found {self.resize!r}")
         _check(self.workers >= 0, f"{where}.workers must be >= 0")
+
+
+EXTERNAL_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")  # a column name in dvc exp show and the results table
+SYNTHETIC_SET = "synthetic"  # an external set given as this draws a synthetic cohort (external.synthetic)
+
+
+@dataclass
+class ExternalSynthetic:
+    """``external.synthetic``: what a set given as ``synthetic`` draws: another cohort of data.synthetic's generator."""
+
+    patients: int = 60
+    pneumonia_ratio: float = 1.67  # PNEUMONIA : NORMAL, the official test split's balance (train: 2.9)
+    seed: int = 1  # another seed than data.synthetic's: other children
+
+    def validate(self, where: str) -> None:
+        _check(self.patients >= 4, f"{where}.patients: need at least 4, found {self.patients}")
+        _check(self.pneumonia_ratio > 0, f"{where}.pneumonia_ratio must be > 0, found {self.pneumonia_ratio}")
+
+
+@dataclass
+class ExternalConfig:
+    """``external``: named external validation sets, evaluated for every model and never used for a choice."""
+
+    sets: dict[str, str] = field(default_factory=dict)  # name -> folder or .zip/.tar.gz, or "synthetic"
+    synthetic: ExternalSynthetic = field(default_factory=ExternalSynthetic)
+    link: bool = True  # folders: hardlink the images into data/external when on one filesystem (else copy)
+    # An external image whose 32x32 thumbnail correlates this much with one of the run's images is the
+    # same picture (re-encoded or resized): refused. Kermany test vs train: at most 0.976; copies: 0.9998.
+    max_similarity: float = 0.995
+
+    def validate(self, where: str) -> None:
+        for name, spec in self.sets.items():
+            _check(
+                bool(EXTERNAL_NAME.match(name)),
+                f"{where}.sets: name {name!r} must be lower-case letters, digits and _ (a letter first, at most "
+                "40 characters): it becomes a column name. E.g. kermany_a",
+            )
+            _check(bool(spec), f"{where}.sets.{name}: give a folder or .zip/.tar.gz, or {SYNTHETIC_SET!r}")
+        _check(0 < self.max_similarity <= 1, f"{where}.max_similarity must be in (0, 1], found {self.max_similarity}")
 
 
 MAX_BLUR_SIGMA = 8.0  # output pixels; the blur kernel spans 3 sigma either side

@@ -144,6 +144,40 @@ def roc_comparison_figure(curves: Mapping[str, tuple], title: str = "ROC curves 
     return fig
 
 
+def shift_roc_figure(panels: Mapping[str, tuple], title: str = "Internal test vs external sets") -> Figure:
+    """One panel per model: its ROC on the internal test and on each external set, with the operating point
+    of its (validation-chosen) threshold on each curve: how far a result moves under a change of data.
+
+    ``panels``: model -> (threshold, {curve label -> (fpr, tpr, auc, (op_fpr, op_tpr))}); the first curve
+    is the internal test.
+    """
+    if not panels:
+        raise ValueError("no models to draw")
+    n = len(panels)
+    ncols = min(n, 2)
+    nrows = -(-n // ncols)
+    fig, axes = _figure(5.2 * ncols, 5.4 * nrows, nrows, ncols)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    for ax, (model, (threshold, curves)) in zip(axes.flat, panels.items()):
+        for k, (label, (fpr, tpr, auc, (op_fpr, op_tpr))) in enumerate(curves.items()):
+            color = f"C{k}"
+            _draw_roc(ax, fpr, tpr, label, auc, color=color)
+            ax.scatter(
+                [op_fpr],
+                [op_tpr],
+                s=70,
+                color=color,
+                edgecolor="black",
+                zorder=3,
+                label=f"  at the threshold: sensitivity {op_tpr:.0%}, specificity {1 - op_fpr:.0%}",
+            )
+        _roc_axes(ax, f"{model}: threshold {threshold:.3f} (chosen on validation)")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
 def pr_figure(
     recall,
     precision,

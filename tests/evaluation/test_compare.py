@@ -170,7 +170,7 @@ def test_compare_stage_without_mlflow(tmp_path, monkeypatch):
     assert csv["model"].tolist() == ["cnn", "vit", "vgg16"] and csv["selected"].tolist() == [True, False, False]
     assert "# Results" in (tmp_path / "reports/results.md").read_text()
     head = json.loads((tmp_path / "metrics/headline.json").read_text())
-    assert list(head) == ["val_auc", "auc", "acc", "sens", "spec", "thr"]  # the order `dvc exp show` lists
+    assert list(head) == ["val_auc", "auc", "acc", "bacc", "sens", "spec", "thr"]  # the order `dvc exp show` lists
     assert head["val_auc"] == {"cnn": 0.95, "vit": 0.9, "vgg16": None} and head["auc"]["vit"] == 0.99
     assert head["thr"]["cnn"] == 0.42 and head["acc"]["cnn"] == 0.75
     for name in ("metrics_bar.png", "roc_all.png"):
@@ -306,3 +306,39 @@ def test_registers_the_validation_winner_from_its_training_run(tmp_path, monkeyp
     versions = client.search_model_versions("name = 'cxr-test'")
     assert len(versions) == 2
     assert client.get_model_version_by_alias("cxr-test", "champion").version == v.version
+
+
+def test_external_sets_get_a_table_with_the_gap_a_headline_column_and_a_figure(tmp_path, monkeypatch):
+    _write_inputs(tmp_path)
+    for m, ext_auc in (("cnn", 0.70), ("vit", 0.95), ("vgg16", 0.52)):
+        rep = json.loads((tmp_path / f"metrics/eval/{m}.json").read_text())
+        rep["external"] = {"kermany_a": {**fake_eval(ext_auc, 0.66, n=324), "n_normal": 114, "n_pneumonia": 210}}
+        (tmp_path / f"metrics/eval/{m}.json").write_text(json.dumps(rep))
+        pd.DataFrame({"set": "kermany_a", "fpr": [0, 0.4, 1], "tpr": [0, 0.6, 1], "threshold": [1, 0.5, 0]}).to_csv(
+            tmp_path / f"plots/eval/{m}/roc_external.csv", index=False
+        )
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"compare": {"register": False}, "mlflow": {"experiment": "t"}}))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    with pytest.warns(RuntimeWarning, match="unreachable"):
+        assert _stage().main(_argv(tmp_path, params)) == 0
+    head = json.loads((tmp_path / "metrics/headline.json").read_text())
+    assert head["ext"]["kermany_a"]["auc"] == {"cnn": 0.7, "vit": 0.95, "vgg16": 0.52}
+    assert head["ext"]["kermany_a"]["acc"]["cnn"] == 0.66
+    md = (tmp_path / "reports/results.md").read_text()
+    assert "## External validation: kermany_a" in md and "324 images (114 NORMAL, 210 PNEUMONIA)" in md
+    # cnn: internal 0.800, external 0.700 (0.670-0.730), gap -0.100; the sweep table is renumbered after it.
+    assert "| **cnn** | 0.420 | 0.800 | 0.700 (0.670–0.730) | -0.100 |" in md
+    assert "**Table 3.** " in md
+    csv = pd.read_csv(tmp_path / "reports/results.csv")
+    assert csv.loc[csv["model"] == "vit", "kermany_a_roc_auc"].item() == 0.95
+    png = tmp_path / "figures/compare/roc_external.png"
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    panels = C.shift_panels(
+        {"cnn": pd.read_csv(tmp_path / "plots/eval/cnn/roc.csv")},
+        {"cnn": pd.read_csv(tmp_path / "plots/eval/cnn/roc_external.csv")},
+        {"cnn": json.loads((tmp_path / "metrics/eval/cnn.json").read_text())},
+    )
+    threshold, curves = panels["cnn"]
+    assert threshold == 0.42 and list(curves) == ["internal test (n=624)", "kermany_a (n=324)"]
+    assert curves["kermany_a (n=324)"][3] == pytest.approx((1 - 0.66, 0.66))  # the operating point: (1 - spec, sens)

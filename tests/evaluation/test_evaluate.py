@@ -165,3 +165,44 @@ def test_evaluate_stage_writes_every_output(trained, tmp_path, monkeypatch):
     assert pngs == {
         f"{n}.png" for n in ("confusion", "roc", "pr", "calibration", "training_curves", "augmentation", "gallery")
     }
+
+
+def test_external_sets_are_scored_at_the_cards_threshold(trained, tmp_path, monkeypatch):
+    root = trained["root"]
+    params = tmp_path / "params.yaml"
+    params.write_text(
+        yaml.safe_dump({"evaluate": {"n_resamples": 40, "gradcam": False}, "mlflow": {"experiment": "t"}})
+    )
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    ext = tmp_path / "external"
+    write_cache(ext / "shifted", {"test": toy(26, 7)})
+    (ext / "index.json").write_text(json.dumps({"shifted": {"total": 26}}))
+    out = tmp_path / "out"
+
+    def argv(external):
+        return [
+            *("--params", str(params), "--model", "cnn", "--checkpoint", str(root / "models" / "cnn")),
+            *("--cache", str(trained["cache"]), "--predictions", str(out / "pred.csv")),
+            *("--metrics", str(out / "m.json"), "--plots", str(out / "plots"), "--figures", str(out / "fig")),
+            *("--external", str(external), "--external-predictions", str(out / "external.csv"), "--device", "cpu"),
+        ]
+
+    stage = load_stage("evaluate")
+    with pytest.warns(RuntimeWarning, match="unreachable"):
+        assert stage.main(argv(ext)) == 0
+    m = json.loads((out / "m.json").read_text())
+    e = m["external"]["shifted"]
+    assert e["n"] == 26 and e["threshold"] == m["threshold"] == pytest.approx(trained["card"].threshold, abs=1e-6)
+    pred = pd.read_csv(out / "external.csv")
+    assert len(pred) == 26 and set(pred["set"]) == {"shifted"}
+    expected = (pred["probability"] >= m["threshold"]).map({True: "PNEUMONIA", False: "NORMAL"})
+    assert (pred["predicted"] == expected).all()
+    assert e["at_val_threshold"]["accuracy"]["value"] == pytest.approx((pred["label"] == pred["predicted"]).mean())
+    roc = pd.read_csv(out / "plots" / "roc_external.csv")
+    assert list(roc.columns) == ["set", "fpr", "tpr", "threshold"] and set(roc["set"]) == {"shifted"}
+    assert (out / "fig" / "roc_external.png").read_bytes()[:4] == b"\x89PNG"
+
+    # A set decoded at another size than the model's cache: refused, with the fix.
+    write_cache(ext / "shifted", {"test": toy(26, 7, size=24)})
+    with pytest.raises(FileNotFoundError, match=r"decoded at 24 px, the model at 20 px: run `dvc repro external`"):
+        stage.main(argv(ext))

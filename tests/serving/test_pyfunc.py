@@ -40,17 +40,25 @@ def _b64(data: bytes) -> str:
 
 @contextlib.contextmanager
 def using_store(uri: str):
-    """Point MLflow's tracking and registry at ``uri`` for a while (explicit URIs beat MLFLOW_TRACKING_URI)."""
+    """Point MLflow's tracking and registry at ``uri`` for a while (explicit URIs beat MLFLOW_TRACKING_URI).
+
+    mlflow.set_*_uri also export MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI for subprocesses: both are put
+    back exactly as they were (a leaked registry URI once sent later tests' pipelines to this store)."""
     import mlflow
 
-    old_tracking, old_registry = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     try:
         yield
     finally:
-        mlflow.set_tracking_uri(old_tracking)
-        mlflow.set_registry_uri(old_registry)
+        mlflow.set_tracking_uri(None)  # not set: resolved from the environment again
+        mlflow.set_registry_uri(None)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 @pytest.fixture(scope="module")

@@ -381,25 +381,14 @@ def shared_patients(manifest: pd.DataFrame) -> int:
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass
-class SplitResult:
-    manifest: pd.DataFrame  # MANIFEST_COLUMNS, one row per usable image, sorted by path
-    quarantine: pd.DataFrame  # QUARANTINE_COLUMNS
-    metrics: dict = field(default_factory=dict)  # metrics/data.json
-
-
-def build_manifest(raw_dir: str | Path, cfg: SplitConfig, progress: bool = True) -> SplitResult:
-    """Scan, verify, split and deduplicate ``raw_dir`` with the ``split`` section's settings.
-
-    Raises ManifestError when there is nothing to split or a class has no usable training image;
-    bad files never raise, they are quarantined.
-    """
-    candidates = scan_tree(raw_dir)
-    paths = [c[0] for c in candidates]
+def verify_tree(
+    raw_dir: str | Path, candidates: list[tuple[str, str, str]], cfg: SplitConfig, progress: bool = True
+) -> tuple[pd.DataFrame, list[dict]]:
+    """Verify :func:`scan_tree`'s candidates: the usable images (MANIFEST_COLUMNS, ``split`` not yet drawn) and
+    the quarantine rows (unusable files, what fetch did not import, identical bytes under both labels)."""
     checks = check_files(
-        raw_dir, paths, cfg.max_pixels, workers=cfg.workers, progress=progress, plausibility=cfg.plausibility
+        raw_dir, [c[0] for c in candidates], cfg.max_pixels, cfg.workers, progress, plausibility=cfg.plausibility
     )
-
     rows, bad = [], read_skipped(raw_dir)  # what fetch did not import (links, special files) is reported too
     for (path, source_split, label), chk in zip(candidates, checks):
         if chk.reason is not None:
@@ -431,8 +420,24 @@ def build_manifest(raw_dir: str | Path, cfg: SplitConfig, progress: bool = True)
                 "detail": f"identical bytes (sha256 {sha[:12]}) also filed under the other class",
             }
         )
-    manifest = manifest[n_labels <= 1]
+    return manifest[n_labels <= 1], bad
 
+
+@dataclass
+class SplitResult:
+    manifest: pd.DataFrame  # MANIFEST_COLUMNS, one row per usable image, sorted by path
+    quarantine: pd.DataFrame  # QUARANTINE_COLUMNS
+    metrics: dict = field(default_factory=dict)  # metrics/data.json
+
+
+def build_manifest(raw_dir: str | Path, cfg: SplitConfig, progress: bool = True) -> SplitResult:
+    """Scan, verify, split and deduplicate ``raw_dir`` with the ``split`` section's settings.
+
+    Raises ManifestError when there is nothing to split or a class has no usable training image;
+    bad files never raise, they are quarantined.
+    """
+    candidates = scan_tree(raw_dir)
+    manifest, bad = verify_tree(raw_dir, candidates, cfg, progress)
     _require_both_classes(manifest, raw_dir, cfg.merge_official_val, len(candidates), bad)
 
     manifest = manifest.assign(

@@ -237,7 +237,7 @@ def _refuse_clash(folders: list[Path], what: str) -> None:
         )
 
 
-def _class_dirs(folder: Path) -> dict[str, Path]:
+def class_dirs(folder: Path) -> dict[str, Path]:
     """The class folders ``folder`` holds, any letter case: ``{NORMAL: dir, PNEUMONIA: dir}``."""
     sub = _subdirs(folder)
     found = {label: sub[label.lower()] for label in CLASSES if label.lower() in sub}
@@ -278,7 +278,7 @@ def find_layout(root: Path) -> Layout:
         holders: dict[str, list[Path]] = {}
         for name, folder in sub.items():
             split = _SPLIT_ALIASES.get(name)
-            if split and (classes := _class_dirs(folder)):
+            if split and (classes := class_dirs(folder)):
                 holders.setdefault(split, []).append(folder)
                 splits.setdefault(split, classes)
         for split, folders in holders.items():
@@ -287,7 +287,7 @@ def find_layout(root: Path) -> Layout:
         # whose train/ has NORMAL but no PNEUMONIA); val/ and test/ may hold one class only.
         if len(splits.get("train", {})) == len(CLASSES):
             candidates.append(Layout(here, splits))
-        elif here.name.lower() not in _SPLIT_ALIASES and len(classes := _class_dirs(here)) == len(CLASSES):
+        elif here.name.lower() not in _SPLIT_ALIASES and len(classes := class_dirs(here)) == len(CLASSES):
             flats.append(Layout(here, {"train": classes}, flat=True))
     pool = candidates or flats
     if not pool:
@@ -304,6 +304,31 @@ def find_layout(root: Path) -> Layout:
     chosen = pool[best]
     chosen.others = [layout.root for i, layout in enumerate(pool) if i != best]
     return chosen
+
+
+def find_class_layout(root: Path) -> Layout:
+    """The one folder under ``root`` (at any depth, ``root`` included) holding NORMAL/ and PNEUMONIA/: an
+    external set, whose images all go to ``test``. Several such folders are refused: which is the set?"""
+    root = Path(root)
+    found: list[Layout] = []
+    for dirpath, dirnames, _ in os.walk(root):  # links are not followed
+        dirnames[:] = sorted(d for d in dirnames if not is_junk(d))
+        here = Path(dirpath)
+        if len(classes := class_dirs(here)) == len(CLASSES):
+            found.append(Layout(here, {"test": classes}))
+            dirnames[:] = [d for d in dirnames if d.lower() not in {c.lower() for c in CLASSES}]
+    if not found:
+        raise SourceError(
+            f"no NORMAL/ and PNEUMONIA/ folders found under {root}; found: {_describe(root)}. An external set "
+            "is a folder (or .zip/.tar.gz) holding both class folders, at any depth"
+        )
+    if len(found) > 1:
+        where = ", ".join((f.root.relative_to(root).as_posix() or ".") + "/" for f in found)
+        raise SourceError(
+            f"{root} holds NORMAL/ and PNEUMONIA/ in {len(found)} places ({where}): an external set is one of "
+            "them. Point it at that folder (one named set per folder)"
+        )
+    return found[0]
 
 
 def _describe(root: Path, limit: int = 12) -> str:
@@ -459,16 +484,31 @@ def write_skipped(out_dir: Path, rows: list[dict]) -> Path:
     return path
 
 
-def _import_any(
+def import_external(
     src: Path, out_dir: Path, notes: list[str], *, link: bool, progress: bool, limits: ArchiveLimits | None = None
 ) -> dict[str, dict[str, int]]:
-    """A folder or an archive -> the canonical tree."""
+    """An external set (a folder or archive with NORMAL/ and PNEUMONIA/) -> ``out_dir/test/<CLASS>/``, with
+    fetch's guarantees: no link followed, no special file opened, archive limits enforced."""
+    return _import_any(src, out_dir, notes, link=link, progress=progress, limits=limits, find=find_class_layout)
+
+
+def _import_any(
+    src: Path,
+    out_dir: Path,
+    notes: list[str],
+    *,
+    link: bool,
+    progress: bool,
+    limits: ArchiveLimits | None = None,
+    find=find_layout,
+) -> dict[str, dict[str, int]]:
+    """A folder or an archive -> the canonical tree (``find``: the layout to look for)."""
     # Clear the output before looking for the layout: when out_dir lies inside the source
     # folder (data.path: data, out: data/raw), last run's canonical tree must not be mistaken
     # for the dataset.
     _reset(out_dir)
     if src.is_dir():
-        layout = find_layout(src)
+        layout = find(src)
         _note_layout(layout, src, notes)
         return import_tree(layout, out_dir, mode="link" if link else "copy", progress=progress, notes=notes)
     if not src.is_file():
@@ -478,7 +518,7 @@ def _import_any(
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-extract-", dir=out_dir.parent))
     try:
         extract_archive(src, staging, progress=progress, limits=limits, notes=notes)
-        layout = find_layout(staging)
+        layout = find(staging)
         _note_layout(layout, staging, notes)
         return import_tree(layout, out_dir, mode="move", progress=progress, notes=notes)
     finally:
@@ -489,6 +529,8 @@ def _note_layout(layout: Layout, root: Path, notes: list[str]) -> None:
     where = layout.root.relative_to(root).as_posix() if layout.root != root else "."
     if layout.flat:
         notes.append(f"flat NORMAL/PNEUMONIA folders at {where}: all images go to train/")
+    elif "train" not in layout.dirs:
+        notes.append(f"class folders at {where}: every image is external test data")
     else:
         notes.append(f"dataset folder: {where}")
         if layout.others:

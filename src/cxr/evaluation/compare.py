@@ -62,7 +62,8 @@ def results_table(
     """One row per evaluated model, ordered by the validation metric (best first).
 
     Columns: model, val_auc, val_loss, threshold, n_test, then <metric>, <metric>_ci_low,
-    <metric>_ci_high for each metric (test, at the validation-chosen threshold), and selected.
+    <metric>_ci_high for each metric (test, at the validation-chosen threshold), <set>_<metric> (and its
+    CI) for each external set and EXTERNAL_METRICS, at the same threshold, and selected.
     """
     if not eval_metrics:
         raise ValueError("no evaluation metrics found (metrics/eval/<model>.json); run `dvc repro evaluate` first")
@@ -86,6 +87,11 @@ def results_table(
             row[k] = _num(at[k]["value"])
             row[f"{k}_ci_low"] = _num(at[k]["ci_low"])
             row[f"{k}_ci_high"] = _num(at[k]["ci_high"])
+        for set_name, ext in rep.get("external", {}).items():
+            for k in EXTERNAL_METRICS:
+                v = ext["at_val_threshold"][k]
+                row[f"{set_name}_{k}"] = _num(v["value"])
+                row[f"{set_name}_{k}_ci_low"], row[f"{set_name}_{k}_ci_high"] = _num(v["ci_low"]), _num(v["ci_high"])
         row["selected"] = name == best
         rows.append(row)
     table = pd.DataFrame(rows)
@@ -99,10 +105,21 @@ HEADLINE = (
     ("val_auc", None),
     ("auc", "roc_auc"),
     ("acc", "accuracy"),
+    ("bacc", "balanced_accuracy"),
     ("sens", "sensitivity"),
     ("spec", "specificity"),
     ("thr", "threshold"),
 )
+EXTERNAL_METRICS = ("roc_auc", "accuracy", "balanced_accuracy", "sensitivity", "specificity")
+EXTERNAL_HEADLINE = (("auc", "roc_auc"), ("acc", "accuracy"), ("bacc", "balanced_accuracy"))
+
+
+def external_names(eval_metrics: dict[str, dict]) -> list[str]:
+    """The external sets the models were scored on, in the order they first appear."""
+    names: dict[str, None] = {}
+    for rep in eval_metrics.values():
+        names.update(dict.fromkeys(rep.get("external", {})))
+    return list(names)
 
 
 def headline(eval_metrics: dict[str, dict], train_metrics: dict[str, dict]) -> dict:
@@ -111,7 +128,8 @@ def headline(eval_metrics: dict[str, dict], train_metrics: dict[str, dict]) -> d
     Grouped by metric, so `dvc exp show` lists every model's validation and test ROC-AUC first and they
     fit a 160-column terminal beside the experiment names; every column name is unique
     (``--sort-by val_auc.cnn``). ``auc``, ``acc``, ``sens``, ``spec`` are test values at ``thr``, the
-    threshold chosen on validation; CIs and the rest are in metrics/eval/<model>.json.
+    threshold chosen on validation; CIs and the rest are in metrics/eval/<model>.json. ``ext.<set>`` holds
+    the same model's auc, acc and bacc on each external set, at the same threshold.
     """
     out: dict[str, dict] = {key: {} for key, _ in HEADLINE}
     for model, rep in eval_metrics.items():
@@ -124,7 +142,38 @@ def headline(eval_metrics: dict[str, dict], train_metrics: dict[str, dict]) -> d
             else:
                 v = _num(at[source]["value"])
             out[key][model] = None if math.isnan(v) else round(v, 4)
+    sets = external_names(eval_metrics)
+    if sets:
+        out["ext"] = {name: {key: {} for key, _ in EXTERNAL_HEADLINE} for name in sets}
+        for model, rep in eval_metrics.items():
+            for name, ext in rep.get("external", {}).items():
+                for key, source in EXTERNAL_HEADLINE:
+                    v = _num(ext["at_val_threshold"][source]["value"])
+                    out["ext"][name][key][model] = None if math.isnan(v) else round(v, 4)
     return out
+
+
+def shift_panels(
+    rocs: dict[str, pd.DataFrame], external_rocs: dict[str, pd.DataFrame], eval_metrics: dict[str, dict]
+) -> dict[str, tuple]:
+    """model -> panel of ``plots.shift_roc_figure``: the internal test's ROC, then each external set's,
+    with the operating point of the model's threshold on each (from metrics/eval/<model>.json)."""
+
+    def curve(df: pd.DataFrame, rep: dict) -> tuple:
+        at = rep["at_val_threshold"]
+        point = (1 - at["specificity"]["value"], at["sensitivity"]["value"])
+        return df["fpr"].to_numpy(), df["tpr"].to_numpy(), at["roc_auc"]["value"], point
+
+    panels = {}
+    for name, roc in rocs.items():
+        rep = eval_metrics[name]
+        curves = {f"internal test (n={rep['n']})": curve(roc, rep)}
+        ext_roc = external_rocs.get(name)
+        for set_name, ext in rep.get("external", {}).items():
+            if ext_roc is not None and (ext_roc["set"] == set_name).any():
+                curves[f"{set_name} (n={ext['n']})"] = curve(ext_roc[ext_roc["set"] == set_name], ext)
+        panels[name] = (_num(rep.get("threshold")), curves)
+    return panels
 
 
 def bar_table(eval_metrics: dict[str, dict], metrics) -> dict[str, dict[str, tuple]]:
@@ -247,15 +296,18 @@ def results_markdown(
                 "an optimistically biased number, so the selection stays with the validation winner.",
                 "",
             ]
+    sets = external_names(eval_metrics or {})
+    for k, name in enumerate(sets):
+        lines += external_markdown(table, name, eval_metrics, table_number=2 + k)
     if sweep_table is not None and len(sweep_table):
         s = sweep_summary or {}
         b = s.get("best", {})
         lines += [
             "## Batch size x learning rate sweep",
             "",
-            f"**Table 2.** {s.get('model', 'model')}: every configuration trained from a fresh initialisation; "
-            f"selection on {s.get('select_metric', 'val_auc')}. Test columns are reported for the record and "
-            "were **not used for selection**.",
+            f"**Table {2 + len(sets)}.** {s.get('model', 'model')}: every configuration trained from a fresh "
+            f"initialisation; selection on {s.get('select_metric', 'val_auc')}. Test columns are reported for the "
+            "record and were **not used for selection**.",
             "",
             sweep_markdown(sweep_table, s.get("select_metric", "val_auc")),
             "",
@@ -273,6 +325,40 @@ def results_markdown(
         "",
     ]
     return "\n".join(lines)
+
+
+def external_markdown(table: pd.DataFrame, name: str, eval_metrics: dict, table_number: int) -> list[str]:
+    """The internal test beside external set ``name`` at the same threshold, with the gap in ROC-AUC."""
+    if f"{name}_roc_auc" not in table.columns:
+        return []
+    rep = next(r["external"][name] for r in eval_metrics.values() if name in r.get("external", {}))
+    t = pd.DataFrame(
+        {
+            "Model": [f"**{m}**" if s else m for m, s in zip(table["model"], table["selected"])],
+            "Threshold": table["threshold"].map(lambda v: f"{v:.3f}"),
+            "ROC-AUC internal": table["roc_auc"].map(lambda v: "n/a" if math.isnan(v) else f"{v:.3f}"),
+            f"ROC-AUC {name}": [_with_ci(r, f"{name}_roc_auc", False) for _, r in table.iterrows()],
+            "Gap": (table[f"{name}_roc_auc"] - table["roc_auc"]).map(lambda v: "n/a" if math.isnan(v) else f"{v:+.3f}"),
+            "Accuracy internal": table["accuracy"].map(_pct),
+            f"Accuracy {name}": [_with_ci(r, f"{name}_accuracy", True) for _, r in table.iterrows()],
+            "Bal. acc. internal": table["balanced_accuracy"].map(_pct),
+            f"Bal. acc. {name}": [_with_ci(r, f"{name}_balanced_accuracy", True) for _, r in table.iterrows()],
+            f"Sensitivity {name}": [_with_ci(r, f"{name}_sensitivity", True) for _, r in table.iterrows()],
+            f"Specificity {name}": [_with_ci(r, f"{name}_specificity", True) for _, r in table.iterrows()],
+        }
+    )
+    return [
+        f"## External validation: {name}",
+        "",
+        f"**Table {table_number}.** {name}: {rep['n']} images ({rep.get('n_normal')} NORMAL, "
+        f"{rep.get('n_pneumonia')} PNEUMONIA), decoded like the run's own data and never used for any choice: each "
+        "model at the threshold it chose on validation, beside its internal test result. Gap: external minus "
+        "internal ROC-AUC. Values in % (ROC-AUC as a fraction) with bootstrap CIs. Figure: "
+        "figures/compare/roc_external.png (both ROC curves, the threshold's operating point on each).",
+        "",
+        markdown_table(t),
+        "",
+    ]
 
 
 def results_csv(table: pd.DataFrame) -> pd.DataFrame:

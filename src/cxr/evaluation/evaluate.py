@@ -166,6 +166,22 @@ def evaluate_checkpoint(
     )
 
 
+def operating_point(result: EvalResult) -> tuple[float, float]:
+    """(false positive rate, true positive rate) at the result's threshold."""
+    at = result.report["at_val_threshold"]
+    return 1 - at["specificity"]["value"], at["sensitivity"]["value"]
+
+
+def shift_panel(internal: EvalResult, external: dict[str, EvalResult]) -> tuple:
+    """One panel of :func:`cxr.plots.shift_roc_figure`: the internal test's curve first, then each set's."""
+    curves = {}
+    for label, r in (("internal test", internal), *external.items()):
+        roc = r.tables["roc"]
+        auc = r.report["at_val_threshold"]["roc_auc"]["value"]
+        curves[f"{label} (n={r.report['n']})"] = (roc["fpr"], roc["tpr"], auc, operating_point(r))
+    return internal.threshold, curves
+
+
 # --------------------------------------------------------------------------------------------
 # Figures
 # --------------------------------------------------------------------------------------------
@@ -213,9 +229,11 @@ def evaluation_figures(
     history: pd.DataFrame | None = None,
     cfg: EvaluateConfig | None = None,
     device: str | torch.device = "cpu",
+    external: dict[str, EvalResult] | None = None,
 ) -> dict[str, Figure]:
-    """name -> Figure: confusion, roc, pr, calibration, and where inputs allow training_curves,
-    augmentation (needs ``val_images``) and gallery (Grad-CAM overlays when ``model`` is given and cfg.gradcam)."""
+    """name -> Figure: confusion, roc, pr, calibration, and where inputs allow roc_external (the internal and
+    each ``external`` set's ROC), training_curves, augmentation (needs ``val_images``) and gallery (Grad-CAM
+    overlays when ``model`` is given and cfg.gradcam)."""
     cfg = cfg or EvaluateConfig()
     name = result.model
     y, p = result.test_labels, result.test_probs
@@ -231,9 +249,11 @@ def evaluation_figures(
         roc["tpr"],
         at["roc_auc"]["value"],
         label=name,
-        operating_point=(1 - at["specificity"]["value"], at["sensitivity"]["value"]),
+        operating_point=operating_point(result),
         title=f"{name}: ROC curve (test)",
     )
+    if external:
+        figs["roc_external"] = plots.shift_roc_figure({name: shift_panel(result, external)})
     pr = result.tables["pr"]
     figs["pr"] = plots.pr_figure(
         pr["recall"],
