@@ -89,6 +89,10 @@ RECIPES = {
         "resnet_small",
         {"preprocess.cache_size": 112, "image_size": 96, "epochs": 20, "train.scheduler": "cosine"},
     ),
+    "rs96-cos20-seed7": (  # the same recipe, another seed: how much of a difference is noise (not yet measured)
+        "resnet_small",
+        {"preprocess.cache_size": 112, "image_size": 96, "epochs": 20, "train.scheduler": "cosine", "seed": 7},
+    ),
     "rs96-cos20-bs": (
         "resnet_small",
         {"preprocess.cache_size": 112, "image_size": 96, "epochs": 20, "train.scheduler": "cosine", **BLUR_SHARPEN},
