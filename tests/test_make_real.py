@@ -49,7 +49,8 @@ def test_every_override_exists_in_params_and_recipes_differ(repo_root):
     gpu = dict(a.split("=", 1) for a in real.overrides(config, "gpu", "/d")[1::2])
     cpu = dict(a.split("=", 1) for a in real.overrides(config, "cpu", "/d")[1::2])
     assert gpu["train.pretrained"] == "true" and gpu["image_size"] == "224" and gpu["preprocess.cache_size"] == "256"
-    assert cpu["train.pretrained"] == "false" and cpu["image_size"] == "128" and cpu["models.cnn.epochs"] == "15"
+    assert cpu["train.pretrained"] == "false" and cpu["image_size"] == "96" and cpu["models.cnn.epochs"] == "15"
+    assert cpu["models.resnet_small.epochs"] == "20" and cpu["evaluate.threshold"] == "midpoint"
 
 
 def test_make_real_without_data_says_what_to_pass(repo_root):
@@ -134,7 +135,7 @@ def test_make_real_runs_end_to_end_on_real_images(tmp_path, shared_data):
     )
     out = p.stdout + p.stderr
     assert p.returncode == 0, out[-6000:]
-    assert "[real] recipe cpu (configs/real.yaml)" in out and "-S image_size=128" in out
+    assert "[real] recipe cpu (configs/real.yaml)" in out and "-S image_size=96" in out
     assert "wall time per stage" in out and "train@cnn" in out and "compare" in out
     assert "reports/results.md" in out and "| Model |" in out
     assert "-S ~external.sets.synthetic_shift -S ++external.sets.set_a=" in out  # replaces the default set

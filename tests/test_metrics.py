@@ -75,6 +75,22 @@ def test_choose_threshold_youden_and_fixed():
         M.choose_threshold(y, p, "otsu")
 
 
+def test_choose_threshold_midpoint_between_class_medians():
+    y = np.array([0, 0, 0, 1, 1, 1])
+    p = np.array([0.1, 0.2, 0.3, 0.35, 0.8, 0.9])
+    logit = np.log(p / (1 - p))
+    expected = 1 / (1 + np.exp(-(np.median(logit[:3]) + np.median(logit[3:])) / 2))
+    t = M.choose_threshold(y, p, "midpoint")
+    assert t == pytest.approx(expected) and 0.35 < t < 0.8  # a margin above Youden's edge at 0.35
+    # prevalence-free: ten times the positives with the same distribution, the same threshold
+    assert M.choose_threshold(np.r_[y[:3], np.repeat(y[3:], 10)], np.r_[p[:3], np.repeat(p[3:], 10)], "midpoint") == (
+        pytest.approx(t)
+    )
+    # outliers do not move it (medians), and saturated probabilities stay finite
+    assert M.choose_threshold(y, np.array([0.1, 0.2, 1.0, 0.0, 0.8, 0.9]), "midpoint") == pytest.approx(t)
+    assert M.choose_threshold(np.array([1, 1]), np.array([0.2, 0.9]), "midpoint", default=0.4) == 0.4
+
+
 def test_vectorised_statistic_equals_sklearn_point_estimates():
     y, p = _scores(40, 70, seed=3)
     for t in (0.3, 0.5, 0.71):

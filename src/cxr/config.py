@@ -330,6 +330,10 @@ class ExternalConfig:
         _check(0 < self.max_similarity <= 1, f"{where}.max_similarity must be in (0, 1], found {self.max_similarity}")
 
 
+MAX_BLUR_SIGMA = 8.0  # output pixels; the blur kernel spans 3 sigma either side
+MAX_SHARPEN = 5.0  # unsharp-mask gain; more only amplifies noise
+
+
 @dataclass
 class AugmentConfig:
     """The reference notebook's augmentation table; every transform is drawn per image."""
@@ -343,6 +347,13 @@ class AugmentConfig:
     brightness: float = 0.2  # ColorJitter brightness
     contrast: float = 0.2  # ColorJitter contrast
     # ColorJitter saturation and hue do nothing to a grayscale X-ray, so they are not knobs here.
+    # Intensity augmentations beyond the reference (defaults: off), for another scanner's exposure:
+    gamma: tuple[float, float] = (1.0, 1.0)  # x ** gamma, gamma log-uniform in [low, high]
+    blur_p: float = 0.0  # probability of a Gaussian blur
+    blur_sigma: float = 1.0  # blurred images: sigma uniform in (0, blur_sigma], output pixels
+    sharpen_p: float = 0.0  # probability of an unsharp mask, x + a * (x - blur(x)) with a blur of sigma 1 pixel
+    sharpen_amount: float = 1.0  # sharpened images: a uniform in [0, sharpen_amount]
+    noise_std: float = 0.0  # additive Gaussian noise, std uniform in [0, noise_std] (intensities in [0, 1])
 
     def validate(self, where: str) -> None:
         lo, hi = self.crop_scale
@@ -350,6 +361,19 @@ class AugmentConfig:
         _check(0 <= self.hflip_p <= 1, f"{where}.hflip_p must be in [0, 1]")
         _check(0 <= self.affine_translate < 1, f"{where}.affine_translate must be in [0, 1)")
         _check(self.brightness >= 0 and self.contrast >= 0, f"{where}: brightness and contrast must be >= 0")
+        g_lo, g_hi = self.gamma
+        _check(0 < g_lo <= g_hi, f"{where}.gamma: need 0 < low <= high (1 = unchanged), found {self.gamma}")
+        _check(0 <= self.blur_p <= 1, f"{where}.blur_p must be in [0, 1], found {self.blur_p}")
+        _check(
+            0 < self.blur_sigma <= MAX_BLUR_SIGMA,
+            f"{where}.blur_sigma must be in (0, {MAX_BLUR_SIGMA}] output pixels, found {self.blur_sigma}",
+        )
+        _check(0 <= self.sharpen_p <= 1, f"{where}.sharpen_p must be in [0, 1], found {self.sharpen_p}")
+        _check(
+            0 < self.sharpen_amount <= MAX_SHARPEN,
+            f"{where}.sharpen_amount must be in (0, {MAX_SHARPEN}], found {self.sharpen_amount}",
+        )
+        _check(0 <= self.noise_std <= 1, f"{where}.noise_std must be in [0, 1], found {self.noise_std}")
 
 
 @dataclass
@@ -460,7 +484,7 @@ def load_model_override(params: dict, model: str) -> ModelOverride:
 class EvaluateConfig:
     """``evaluate``: the test split, touched once, with bootstrap confidence intervals."""
 
-    threshold: str = "youden"  # youden (chosen on validation) | fixed
+    threshold: str = "youden"  # youden | midpoint (both chosen on validation) | fixed
     fixed_threshold: float = 0.5  # threshold=fixed: this value; also the second reported operating point
     n_resamples: int = 1000  # bootstrap resamples for the confidence intervals
     confidence: float = 0.95
@@ -472,9 +496,11 @@ class EvaluateConfig:
     augment_draws: int = 4  # augmented draws per row
 
     def validate(self, where: str) -> None:
+        from cxr.metrics import THRESHOLD_METHODS  # here: cxr.metrics imports scipy and scikit-learn
+
         _check(
-            self.threshold in ("youden", "fixed"),
-            f"{where}.threshold: expected youden or fixed, found {self.threshold!r}",
+            self.threshold in THRESHOLD_METHODS,
+            f"{where}.threshold: expected one of {list(THRESHOLD_METHODS)}, found {self.threshold!r}",
         )
         _check(0 < self.fixed_threshold < 1, f"{where}.fixed_threshold must be in (0, 1), found {self.fixed_threshold}")
         _check(self.n_resamples >= 10, f"{where}.n_resamples must be >= 10, found {self.n_resamples}")

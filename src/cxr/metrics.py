@@ -30,7 +30,7 @@ from sklearn.metrics import (
     roc_curve,
 )
 
-THRESHOLD_METHODS = ("youden", "fixed")
+THRESHOLD_METHODS = ("youden", "fixed", "midpoint")
 
 # Metrics that get a confidence interval, in a fixed order (the bootstrap statistic returns this order).
 CI_METRICS = (
@@ -72,7 +72,12 @@ def choose_threshold(y_true, y_prob, method: str = "youden", default: float = 0.
     """Decision threshold from *validation* predictions.
 
     ``youden`` maximises Youden's J = sensitivity + specificity - 1 on the ROC curve; ``fixed``
-    returns ``default``. With a single class present no ROC exists, so ``default`` is returned.
+    returns ``default``; ``midpoint`` is halfway, in logit space, between the median NORMAL and the
+    median PNEUMONIA validation logit. Youden's point sits at the edge of the validation NORMALs
+    (on a well-separated split, just above their tail), so normals that score a little higher
+    elsewhere are all called PNEUMONIA; the midpoint leaves a margin to both classes. Both use
+    class-conditional statistics only, so neither depends on the validation prevalence. With a
+    single class present, ``default`` is returned.
     """
     if method not in THRESHOLD_METHODS:
         raise ValueError(f"unknown threshold method {method!r}; expected one of {list(THRESHOLD_METHODS)}")
@@ -80,6 +85,10 @@ def choose_threshold(y_true, y_prob, method: str = "youden", default: float = 0.
     y_prob = np.asarray(y_prob, dtype=float)
     if method == "fixed" or len(np.unique(y_true)) < 2:
         return float(default)
+    if method == "midpoint":
+        logits = np.log(np.clip(y_prob, 1e-7, 1 - 1e-7)) - np.log1p(-np.clip(y_prob, 1e-7, 1 - 1e-7))
+        mid = (np.median(logits[y_true == 0]) + np.median(logits[y_true == 1])) / 2
+        return float(1 / (1 + np.exp(-mid)))
     fpr, tpr, thr = roc_curve(y_true, y_prob)
     j = tpr - fpr
     best = int(np.argmax(j[1:])) + 1  # thr[0] is +inf (nothing predicted positive)

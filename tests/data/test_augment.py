@@ -7,12 +7,13 @@ import dataclasses
 import pytest
 import torch
 
-from cxr.config import AugmentConfig
+from cxr.config import AugmentConfig, ConfigError
 from cxr.data.augment import (
     BatchAugment,
     Normalize,
     eval_resize,
     eval_transform,
+    gaussian_blur,
     reference_transforms,
     resize01,
     to_model_input,
@@ -123,3 +124,72 @@ def test_to_model_input_repeats_and_normalises():
     torch.testing.assert_close(out[:, 1], (x01[:, 0] - 0.456) / 0.224)
     cl = Normalize(mean, std, channels_last=True)(x01)
     assert cl.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_gamma_is_a_power_per_image(batch):
+    plain = resize01(batch, 24)
+    fixed = BatchAugment(dataclasses.replace(ZERO, gamma=(2.0, 2.0)), 24)(batch, gen(0))
+    torch.testing.assert_close(fixed, plain.clamp(min=1e-6) ** 2, atol=1e-5, rtol=0)
+    drawn = BatchAugment(dataclasses.replace(ZERO, gamma=(0.5, 2.0)), 24)(batch, gen(0))
+    means = drawn.mean(dim=(1, 2, 3))
+    assert means.max() - means.min() > 0.02  # each identical input got its own gamma
+    floor = plain.clamp(min=1e-6)  # as the augmentation clamps before the power
+    assert ((drawn >= floor**2 - 1e-5) & (drawn <= floor.sqrt() + 1e-5)).all()  # gamma within [0.5, 2]
+
+
+def test_blur_smooths_each_image_by_its_own_sigma(batch):
+    plain = resize01(batch, 24)
+    out = BatchAugment(dataclasses.replace(ZERO, blur_p=1.0, blur_sigma=2.0), 24)(batch, gen(0))
+    roughness = (out[..., 1:] - out[..., :-1]).abs().mean(dim=(1, 2, 3))
+    assert (roughness < (plain[..., 1:] - plain[..., :-1]).abs().mean()).all()
+    assert roughness.max() - roughness.min() > 1e-3  # sigmas differ per image
+    torch.testing.assert_close(out.mean(dim=(1, 2, 3)), plain.mean(dim=(1, 2, 3)).expand(6), atol=0.02, rtol=0)
+
+
+def test_blur_probability_zero_sigma_leaves_images(batch):
+    plain = resize01(batch, 24)
+    torch.testing.assert_close(gaussian_blur(plain, torch.zeros(6)), plain, atol=1e-6, rtol=0)
+    out = BatchAugment(dataclasses.replace(ZERO, blur_p=0.5, blur_sigma=2.0), 24)(batch, gen(0))
+    untouched = [(o - plain[0]).abs().max().item() < 1e-6 for o in out]
+    assert 0 < sum(untouched) < 6  # some images blurred, some not
+
+
+def test_sharpen_adds_detail_per_image(batch):
+    plain = resize01(batch, 24)
+    out = BatchAugment(dataclasses.replace(ZERO, sharpen_p=1.0, sharpen_amount=2.0), 24)(batch, gen(0))
+    roughness = (out[..., 1:] - out[..., :-1]).abs().mean(dim=(1, 2, 3))
+    assert (roughness >= (plain[..., 1:] - plain[..., :-1]).abs().mean() - 1e-6).all()
+    assert roughness.max() - roughness.min() > 1e-3  # amounts differ per image
+
+
+def test_noise_is_seeded_per_image_and_zero_mean(batch):
+    aug = BatchAugment(dataclasses.replace(ZERO, noise_std=0.1), 24)
+    out = aug(batch, gen(0))
+    assert torch.equal(out, aug(batch, gen(0))) and not torch.equal(out, aug(batch, gen(1)))
+    resid = (out - resize01(batch, 24)).flatten(1)
+    assert resid.std(dim=1).max() - resid.std(dim=1).min() > 0.01  # std drawn per image
+    assert resid.mean().abs() < 0.02
+
+
+def test_intensity_knobs_off_keep_the_reference_draws(batch):
+    # the intensity draws come after the reference ones: enabling them changes nothing geometric
+    ref = BatchAugment(AugmentConfig(), 16)(batch, gen(0))
+    gamma = BatchAugment(dataclasses.replace(AugmentConfig(), gamma=(2.0, 2.0)), 16)(batch, gen(0))
+    torch.testing.assert_close(gamma, ref.clamp(min=1e-6) ** 2, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"gamma": (0.0, 1.0)}, "gamma"),
+        ({"gamma": (1.5, 1.0)}, "gamma"),
+        ({"blur_p": 1.5}, "blur_p"),
+        ({"blur_sigma": 0.0}, "blur_sigma"),
+        ({"sharpen_p": -0.1}, "sharpen_p"),
+        ({"sharpen_amount": 0.0}, "sharpen_amount"),
+        ({"noise_std": -0.1}, "noise_std"),
+    ],
+)
+def test_intensity_knobs_are_validated(changes, message):
+    with pytest.raises(ConfigError, match=message):
+        dataclasses.replace(AugmentConfig(), **changes).validate("train.augment")

@@ -8,10 +8,17 @@ import torch
 
 from cxr.evaluation.explain import grad_cam, overlay, target_layer
 from cxr.models import build_model, get_entry, list_models
+from cxr.models.resnet_small import BasicBlock
 from toydata import TINY_VIT
 
 # Input sides at which the last feature map is at least 2x2 (a 1x1 map has no spatial information).
-SIZES = {"cnn": 32, "resnet50": 64, "vgg16": 64, "vit": 40}  # vit: 40 px != its config, so positions are interpolated
+SIZES = {
+    "cnn": 32,
+    "resnet50": 64,
+    "resnet_small": 64,
+    "vgg16": 64,
+    "vit": 40,
+}  # vit: 40 px != its config, so positions are interpolated
 
 
 @pytest.fixture(scope="module", params=list_models())
@@ -45,6 +52,7 @@ def test_target_layers(model_and_name):
         "cnn": torch.nn.Conv2d,
         "vgg16": torch.nn.Conv2d,
         "resnet50": torch.nn.Sequential,
+        "resnet_small": BasicBlock,
         "vit": torch.nn.LayerNorm,
     }[name]
     assert isinstance(layer, expected)

@@ -17,8 +17,8 @@ def tiny_options(name: str) -> dict:
     return TINY_VIT if name == "vit" else {}
 
 
-def test_registry_lists_the_four_models():
-    assert list_models() == ["cnn", "resnet50", "vgg16", "vit"]
+def test_registry_lists_the_models():
+    assert list_models() == ["cnn", "resnet50", "resnet_small", "vgg16", "vit"]
 
 
 def test_unknown_model_lists_valid_names():

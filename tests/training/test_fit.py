@@ -78,6 +78,31 @@ def test_fit_threshold_method(run_cfg):
     assert youden.card.threshold_method == "youden"
     fixed = fit(run_cfg, TRAIN, VAL, progress=False, threshold_method="fixed", fixed_threshold=0.3)
     assert fixed.threshold == 0.3 and fixed.card.threshold == 0.3 and fixed.card.threshold_method == "fixed"
+    mid = fit(run_cfg, TRAIN, VAL, progress=False, threshold_method="midpoint")
+    assert mid.threshold == choose_threshold(mid.val_labels, mid.val_probs, method="midpoint")
+    assert mid.card.threshold == mid.threshold and mid.card.threshold_method == "midpoint"
+
+
+def test_midpoint_needs_both_classes_in_validation(run_cfg):
+    with pytest.raises(ValueError, match="midpoint threshold needs both"):
+        fit(run_cfg, TRAIN, (VAL[0][:5], np.ones(5, dtype=np.int64)), progress=False, threshold_method="midpoint")
+
+
+def test_intensity_augmentations_reach_the_run_config(params):
+    params.setdefault("train", {})["augment"] = {
+        "gamma": [0.7, 1.4],
+        "blur_p": 0.5,
+        "blur_sigma": 2.0,
+        "sharpen_p": 0.3,
+        "sharpen_amount": 1.5,
+        "noise_std": 0.02,
+    }
+    aug = resolve_run_config(params, "cnn").augment_config()
+    assert aug.gamma == (0.7, 1.4) and aug.blur_p == 0.5 and aug.blur_sigma == 2.0
+    assert aug.sharpen_p == 0.3 and aug.sharpen_amount == 1.5 and aug.noise_std == 0.02
+    params["train"]["augment"]["blur_p"] = 2
+    with pytest.raises(ConfigError, match="blur_p"):
+        resolve_run_config(params, "cnn")
 
 
 def test_youden_needs_both_classes_in_validation(run_cfg):

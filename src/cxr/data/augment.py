@@ -9,8 +9,10 @@ translation) is a chain of affine maps. :class:`BatchAugment` draws every parame
 the chain into one 2x3 matrix per image and applies the whole batch with a single ``affine_grid`` +
 ``grid_sample`` that also resizes to ``out_size``: one interpolation instead of four, on any device.
 Brightness and contrast jitter follow as a per-image multiply-add (contrast around each image's
-mean, as torchvision's ``adjust_contrast`` does). ``benchmarks/`` compares it with
-:func:`reference_transforms`, the same table as torchvision v2 transforms applied one image at a time.
+mean, as torchvision's ``adjust_contrast`` does), then the optional intensity augmentations beyond
+the reference (gamma, Gaussian blur, sharpening, Gaussian noise; off by default), drawn per image.
+``benchmarks/`` compares it with :func:`reference_transforms`, the same table as torchvision v2
+transforms applied one image at a time.
 """
 
 from __future__ import annotations
@@ -99,7 +101,34 @@ class BatchAugment:
         out = F.grid_sample(self.prescale(x), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         out.mul_(brightness / 255.0).clamp_(0, 1)  # the uint8 -> [0, 1] scaling folded into brightness
         mean = out.mean(dim=(1, 2, 3), keepdim=True)
-        return out.mul_(contrast).add_((1 - contrast) * mean).clamp_(0, 1)
+        out = out.mul_(contrast).add_((1 - contrast) * mean).clamp_(0, 1)
+        return self.intensity(out, generator)
+
+    def intensity(self, x01: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Gamma, Gaussian blur, sharpening, Gaussian noise, in that order, each drawn per image, on (B, 1, S, S).
+
+        Each is drawn only when its knob is on, after the reference draws: with the defaults the
+        random stream, and so every output, is exactly the reference table's.
+        """
+        cfg, n, dev = self.cfg, x01.shape[0], x01.device
+        g_lo, g_hi = cfg.gamma
+        if (g_lo, g_hi) != (1.0, 1.0):
+            log_g = math.log(g_lo) + (math.log(g_hi) - math.log(g_lo)) * torch.rand(n, generator=generator)
+            x01 = x01.clamp_(min=1e-6).pow_(log_g.exp().to(dev).view(n, 1, 1, 1))
+        if cfg.blur_p > 0:
+            blurred = torch.rand(n, generator=generator) < cfg.blur_p
+            sigma = torch.where(blurred, cfg.blur_sigma * (1 - torch.rand(n, generator=generator)), 0.0)
+            x01 = gaussian_blur(x01, sigma.to(dev))
+        if cfg.sharpen_p > 0:  # unsharp mask: x + amount * (x - blur(x)), blur sigma 1 pixel
+            sharpened = torch.rand(n, generator=generator) < cfg.sharpen_p
+            amount = torch.where(sharpened, cfg.sharpen_amount * torch.rand(n, generator=generator), 0.0)
+            detail = x01 - gaussian_blur(x01, torch.ones(n, device=dev))
+            x01 = x01.add_(detail.mul_(amount.to(dev).view(n, 1, 1, 1))).clamp_(0, 1)
+        if cfg.noise_std > 0:
+            std = cfg.noise_std * torch.rand(n, generator=generator)
+            noise = torch.randn(x01.shape, generator=generator).mul_(std.view(n, 1, 1, 1))
+            x01 = x01.add_(noise.to(dev))
+        return x01.clamp_(0, 1)
 
     def prescale(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 -> float (0..255), first shrunk with antialiasing when much larger than needed.
@@ -115,6 +144,24 @@ class BatchAugment:
         if x.shape[-1] > 1.25 * need or x.shape[-2] > 1.25 * need:
             x = F.interpolate(x, size=(need, need), mode="bilinear", align_corners=False, antialias=True)
         return x
+
+
+def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Per-image separable Gaussian blur of (B, 1, H, W) with ``sigma`` (B,) in pixels; 0 leaves an image as is.
+
+    One grouped convolution per axis (each image its own group and kernel), reflect-padded so the
+    borders keep their brightness.
+    """
+    n = x.shape[0]
+    radius = max(1, math.ceil(3 * float(sigma.max())))
+    d = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+    s = sigma.to(x.dtype).clamp(min=1e-3).view(n, 1)
+    k = torch.exp(-0.5 * (d.view(1, -1) / s) ** 2)
+    k = (k / k.sum(dim=1, keepdim=True)).view(n, 1, 1, -1)  # sigma -> 0: a delta, the image unchanged
+    y = x.view(1, n, *x.shape[-2:])
+    y = F.conv2d(F.pad(y, (radius, radius, 0, 0), mode="reflect"), k, groups=n)
+    y = F.conv2d(F.pad(y, (0, 0, radius, radius), mode="reflect"), k.transpose(2, 3), groups=n)
+    return y.view_as(x)
 
 
 def affine_grid(theta: torch.Tensor, size: int) -> torch.Tensor:

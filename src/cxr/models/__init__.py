@@ -1,4 +1,4 @@
-"""The models: a registry of builders (``cnn``, ``resnet50``, ``vgg16``, ``vit``), each mapping
+"""The models: a registry of builders (``cnn``, ``resnet_small``, ``resnet50``, ``vgg16``, ``vit``), each mapping
 (B, 3, H, W) floats to (B, 1) logits, and every per-model fact in its entry.
 
     from cxr.models import build_model, get_entry, list_models
@@ -10,7 +10,7 @@ given as ``models.<name>.weights``. A missing file raises :class:`WeightsUnavail
 the ways out, never a silent random initialisation.
 """
 
-from cxr.models import cnn, torchvision_backbones, vit  # noqa: F401  (each registers its models)
+from cxr.models import cnn, resnet_small, torchvision_backbones, vit  # noqa: F401  (each registers its models)
 from cxr.models.registry import (
     ModelEntry,
     WeightsUnavailableError,

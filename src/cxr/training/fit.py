@@ -91,6 +91,13 @@ class RunConfig:
     aug_rotation_degrees: float
     aug_brightness: float
     aug_contrast: float
+    aug_gamma_min: float = 1.0
+    aug_gamma_max: float = 1.0
+    aug_blur_p: float = 0.0
+    aug_blur_sigma: float = 1.0
+    aug_sharpen_p: float = 0.0
+    aug_sharpen_amount: float = 1.0
+    aug_noise_std: float = 0.0
     freeze_backbone_epochs: int = 0  # pretrained only: the head alone trains for these first epochs
     backbone_lr_factor: float = 1.0  # pretrained only: backbone lr = lr * factor
 
@@ -104,6 +111,12 @@ class RunConfig:
             rotation_degrees=self.aug_rotation_degrees,
             brightness=self.aug_brightness,
             contrast=self.aug_contrast,
+            gamma=(self.aug_gamma_min, self.aug_gamma_max),
+            blur_p=self.aug_blur_p,
+            blur_sigma=self.aug_blur_sigma,
+            sharpen_p=self.aug_sharpen_p,
+            sharpen_amount=self.aug_sharpen_amount,
+            noise_std=self.aug_noise_std,
         )
 
     def as_params(self) -> dict:
@@ -172,6 +185,13 @@ def resolve_run_config(params: dict, model: str) -> RunConfig:
         aug_rotation_degrees=a.rotation_degrees,
         aug_brightness=a.brightness,
         aug_contrast=a.contrast,
+        aug_gamma_min=float(a.gamma[0]),
+        aug_gamma_max=float(a.gamma[1]),
+        aug_blur_p=a.blur_p,
+        aug_blur_sigma=a.blur_sigma,
+        aug_sharpen_p=a.sharpen_p,
+        aug_sharpen_amount=a.sharpen_amount,
+        aug_noise_std=a.noise_std,
         freeze_backbone_epochs=t.freeze_backbone_epochs if pretrained else 0,
         backbone_lr_factor=t.backbone_lr_factor if pretrained else 1.0,
     )
@@ -384,9 +404,9 @@ def fit(
     progress = progress and distributed.is_main()
     (x_tr, y_tr), (x_va, y_va) = train, val
     y_tr, y_va = np.asarray(y_tr, dtype=np.int64), np.asarray(y_va, dtype=np.int64)
-    if threshold_method == "youden" and len(np.unique(y_va)) < 2:  # before training, not after it
+    if threshold_method != "fixed" and len(np.unique(y_va)) < 2:  # before training, not after it
         raise ValueError(
-            f"validation split has only class(es) {sorted(set(y_va.tolist()))}: Youden's threshold "
+            f"validation split has only class(es) {sorted(set(y_va.tolist()))}: the {threshold_method} threshold "
             "needs both. Fix: a larger split.val_fraction, or `-S evaluate.threshold=fixed`."
         )
 
