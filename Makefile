@@ -48,7 +48,9 @@ bench: $(STAMP)
 clean-venv:
 	rm -rf $(VENV)
 
-# Headless Chromium for tests/test_plots_offline.py (Debian; needs root). .ci/run calls it.
-.PHONY: chromium
-chromium:
-	test -x /usr/bin/chromium || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; }
+# The Debian packages the tests drive (needs root; .ci/run calls it): headless Chromium for
+# tests/test_plots_offline.py, and less, the pager `dvc exp show` opens in a terminal (tests/test_workflows.py).
+.PHONY: system-packages
+system-packages:
+	test -x /usr/bin/chromium -a -x /usr/bin/less || \
+	  { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium less; }

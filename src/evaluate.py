@@ -6,7 +6,7 @@
 
 (normally via ``dvc repro evaluate@cnn``). Reads ``evaluate`` and ``mlflow`` from params.yaml.
 The decision threshold is the model card's (chosen at training on validation as
-``evaluate.threshold`` says: youden | fixed); the test split is predicted once. Writes:
+``evaluate.threshold`` says: youden | midpoint | fixed); the test split is predicted once. Writes:
 
   --predictions  path, label, probability, predicted (one row per test image)
   --metrics      metrics at the validation threshold and at 0.5, each with its bootstrap CI
@@ -49,7 +49,7 @@ ERRORS = (ConfigError, CacheError, FileNotFoundError, ValueError, GpuClaimError)
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--params", default="params.yaml")
-    p.add_argument("--model", required=True, help="registry name (cnn, resnet50, vgg16, vit)")
+    p.add_argument("--model", required=True, help="registry name (cnn, resnet_small, resnet50, vgg16, vit)")
     p.add_argument("--checkpoint", required=True, help="train stage output folder (model.pt + model.json)")
     p.add_argument("--cache", default="data/cache", help="preprocess stage output")
     p.add_argument("--history", default=None, help="train stage history CSV (for the training-curves figure)")

@@ -57,7 +57,7 @@ ERRORS = (ConfigError, CacheError, WeightsUnavailableError, ResumeLockedError, T
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--params", default="params.yaml")
-    p.add_argument("--model", required=True, help="registry name (cnn, resnet50, vgg16, vit)")
+    p.add_argument("--model", required=True, help="registry name (cnn, resnet_small, resnet50, vgg16, vit)")
     p.add_argument("--cache", default="data/cache", help="preprocess stage output")
     p.add_argument("--out", required=True, help="checkpoint folder")
     p.add_argument("--metrics", required=True, help="final validation metrics JSON")

@@ -99,9 +99,9 @@ def _copy_sample(shared, dest, n_train=50, n_test=20, seed=0):
 
 TINY = (
     "-S epochs=1 -S batch_size=16 -S image_size=32 -S preprocess.cache_size=40 -S preprocess.workers=1 "
-    "-S models.cnn.epochs=1 -S models.resnet50.image_size=32 -S models.vgg16.image_size=32 "
-    "-S models.vit.image_size=32 -S sweep.batch_sizes=[16] -S sweep.lrs=[0.001] -S sweep.image_size=32 "
-    "-S evaluate.n_resamples=100 -S mlflow.log_model=false"
+    "-S models.cnn.epochs=1 -S models.resnet_small.epochs=1 -S models.resnet50.image_size=32 "
+    "-S models.vgg16.image_size=32 -S models.vit.image_size=32 -S sweep.batch_sizes=[16] "
+    "-S sweep.lrs=[0.001] -S sweep.image_size=32 -S evaluate.n_resamples=100 -S mlflow.log_model=false"
 )
 
 
@@ -143,7 +143,7 @@ def test_make_real_runs_end_to_end_on_real_images(tmp_path, shared_data):
     ext = json.loads((repo / "metrics/external.json").read_text())
     assert list(ext) == ["set_a"] and ext["set_a"]["images"] == {"NORMAL": 12, "PNEUMONIA": 12, "total": 24}
     head = json.loads((repo / "metrics/headline.json").read_text())
-    assert set(head["ext"]["set_a"]["auc"]) == {"cnn", "resnet50", "vgg16", "vit"}
+    assert set(head["ext"]["set_a"]["auc"]) == {"cnn", "resnet_small", "resnet50", "vgg16", "vit"}
 
     metrics = json.loads((repo / "metrics/data.json").read_text())
     assert metrics["images"]["test"]["total"] == 2 * 20 + 1  # the official test split, whole

@@ -12,7 +12,7 @@ template is what makes the difference.
     pytest tests/test_plots_offline.py           # about 3 min on 2 cores: the browser checks are slow-marked
     CXR_PLOTS_SCREENSHOT=/tmp/plots.png pytest tests/test_plots_offline.py   # also a PNG of the diff page
 
-Chromium and the npm packages are prerequisites, installed by ``make chromium`` and
+Chromium and the npm packages are prerequisites, installed by ``make system-packages`` and
 ``make install``; when either is missing the tests fail (not skip) and say so.
 """
 
@@ -42,7 +42,7 @@ def chromium() -> str:
     path = shutil.which("chromium") or shutil.which("chromium-browser")
     if not path:
         pytest.fail(
-            "Chromium not found (expected /usr/bin/chromium): install it with `make chromium` "
+            "Chromium not found (expected /usr/bin/chromium): install it with `make system-packages` "
             "(as root: apt-get update && apt-get install -y chromium)",
             pytrace=False,
         )

@@ -28,7 +28,7 @@ from pipeline_repo import BIN, env, install_plots_template, make_repo, run
 
 pytestmark = pytest.mark.slow
 
-MODELS = ["cnn", "resnet50", "vgg16", "vit"]
+MODELS = ["cnn", "resnet_small", "resnet50", "vgg16", "vit"]
 STAGES = [
     "params",
     "fetch",
@@ -130,9 +130,19 @@ def test_exp_run_reruns_only_dependent_stages(experiment):
     # One small headline file is the only DVC metric (details are git-tracked outs, out of the way).
     assert list(metrics) == ["metrics/headline.json"], list(metrics)
     assert set(metrics["metrics/headline.json"]["data"]["val_auc"]) == set(MODELS)
-    # As a user compares experiments in a 160-column terminal (the README's command): the names, then
-    # the headline metrics first. Plain `dvc exp show` lists every declared param (over a hundred
-    # columns), which rich cannot fit: --only-changed keeps what differs.
+    # Plain `dvc exp show` in a 160-column terminal: DVC pages the whole table through `less -S`, whose
+    # first screen must hold the experiment names and, first, the headline metrics.
+    screen = terminal_screen(["dvc", "exp", "show"], repo, columns=160)
+    assert max(len(line) for line in screen) <= 160, screen
+    header = next((line for line in screen if "Experiment" in line), None)
+    assert header is not None, screen
+    assert header.split()[:3] == ["Experiment", "Created", "val_auc.cnn"], header
+    assert "val_auc.resnet_small" in header and "auc.cnn" in header.split(), header
+    rows = {line.split()[0]: line for line in screen if line.split() and line.split()[0] in ("workspace", "main")}
+    assert set(rows) == {"workspace", "main"}, screen
+    assert any("[lr-bs]" in line for line in screen), screen
+    # Without the pager (--no-pager, or a pipe with COLUMNS=160) DVC must squeeze every column into the
+    # width; hundreds of params squash even the names, so the README's compact view is --only-changed.
     table = subprocess.run(
         ["dvc", "exp", "show", "--no-pager", "--only-changed", "--sort-by", "val_auc.cnn"],
         cwd=repo,
@@ -251,6 +261,56 @@ def test_exp_run_on_a_fresh_clone_is_saved(fresh_clone, name, args):
     params = exps[name]["params"]["params.yaml"]["data"]
     assert float(params["lr"]) == pytest.approx(1e-4)
     assert "cnn" in exps[name]["metrics"]["metrics/headline.json"]["data"]["val_auc"]
+
+
+ANSI = re.compile(r"\x1b(\[[0-9;?]*[ -/]*[@-~]|[()][0-9A-B]|[=>78])")
+
+
+def terminal_screen(cmd: list[str], cwd: Path, columns: int = 160, rows: int = 40, timeout: float = 300) -> list[str]:
+    """What ``cmd`` shows in a ``columns`` x ``rows`` terminal (a pseudo-terminal, TERM=xterm, DVC's default
+    pager), as plain lines; a pager still open once the output settles is answered with ``q``."""
+    import fcntl
+    import os
+    import pty
+    import select
+    import struct
+    import termios
+
+    e = env()
+    for k in ("DVC_PAGER", "PAGER", "LESS", "COLUMNS", "LINES"):
+        e.pop(k, None)
+    e["TERM"] = "xterm"
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: size its terminal before anything queries it, then become cmd
+        fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
+        os.chdir(cwd)
+        os.execvpe(cmd[0], cmd, e)
+    out, deadline, quiet = b"", time.monotonic() + timeout, 0
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([fd], [], [], 0.5)
+            if not ready:
+                quiet += 1
+                if quiet >= 4 and out:  # 2 s without output: a pager waiting for a key
+                    os.write(fd, b"q")
+                    quiet = 0
+                continue
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            out, quiet = out + chunk, 0
+        else:
+            raise AssertionError(f"{' '.join(cmd)} still running after {timeout} s:\n{out[-3000:]!r}")
+    finally:
+        _, status = os.waitpid(pid, 0)
+        os.close(fd)
+    assert os.waitstatus_to_exitcode(status) == 0, out[-3000:]
+    text = ANSI.sub("", out.decode("utf-8", "replace")).replace("\r", "")
+    # less marks a chopped line with '>' in the last column, and ends with its (END) prompt.
+    return [line.rstrip() for line in text.split("\n") if line.strip() and "(END)" not in line]
 
 
 def _free_port() -> int:

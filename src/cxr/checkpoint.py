@@ -76,8 +76,9 @@ class ModelCard:
     def augment_config(self) -> AugmentConfig:
         known = {f.name for f in dataclasses.fields(AugmentConfig)}
         values = {k: v for k, v in self.augment.items() if k in known}
-        if "crop_scale" in values:
-            values["crop_scale"] = tuple(values["crop_scale"])
+        for pair in ("crop_scale", "gamma"):  # JSON gives lists; the config holds (low, high)
+            if pair in values:
+                values[pair] = tuple(values[pair])
         return AugmentConfig(**values)
 
     def label(self, probability: float) -> str:

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from cxr.config import ConfigError
+from cxr.models import list_models
 from cxr.training.fit import RunConfig, fit, pos_weight, resolve_run_config
 from toydata import toy
 
@@ -30,7 +31,7 @@ TRAIN, VAL = toy(26, 0), toy(12, 1)
 def test_same_keys_for_every_model_and_overrides(params):
     params["models"] = {"vit": {"lr": "1e-05", "epochs": 5}, "resnet50": {"weights": "w.pth"}}
     params["image_size"] = 32  # VGG16 needs 32 px
-    cfgs = {m: resolve_run_config(params, m) for m in ("cnn", "resnet50", "vgg16", "vit")}
+    cfgs = {m: resolve_run_config(params, m) for m in list_models()}
     assert len({tuple(c.as_params()) for c in cfgs.values()}) == 1  # identical key sets, same order
     assert cfgs["vit"].lr == 1e-5 and cfgs["vit"].epochs == 5  # '1e-05' as `dvc exp run -S` writes it
     assert cfgs["cnn"].lr == 3e-3 and cfgs["cnn"].epochs == 3
