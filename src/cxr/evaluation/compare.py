@@ -261,7 +261,8 @@ def results_markdown(
     metric_name = "validation ROC-AUC" if select_metric == "val_auc" else "validation loss"
     lines += [
         f"**Table 1.** Test-set performance of each model at its decision threshold (`evaluate.threshold`: "
-        f"Youden's J, the midpoint or fixed, chosen on the validation split). Values in % (ROC-AUC as a fraction) with {int(conf * 100)} % "
+        f"Youden's J, the midpoint or fixed, chosen on the validation split). Values in % (ROC-AUC as a "
+        f"fraction) with {int(conf * 100)} % "
         f"stratified bootstrap confidence intervals{f' ({n_res} resamples)' if n_res else ''}. Models are "
         f"ordered by {metric_name}; the test split played no part in training, checkpoint choice, threshold "
         "or model selection.",

@@ -76,8 +76,12 @@ def _champion(client, name: str, alias: str, metric: str) -> dict | None:
 
     try:
         mv = client.get_model_version_by_alias(name, alias)
-    except MlflowException:
-        return None  # no such model or alias yet
+    except MlflowException as exc:
+        # No such model (RESOURCE_DOES_NOT_EXIST) or alias (INVALID_PARAMETER_VALUE) yet. Anything else (a
+        # timeout, the store failing) is no answer: taking it for "no champion" would promote a worse model.
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return None
+        raise
     value = mv.tags.get(metric)
     return {
         "version": mv.version,
