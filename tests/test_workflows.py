@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import subprocess
 import time
 import urllib.request
@@ -24,7 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline_repo import BIN, env, install_plots_template, make_repo, run
+from pipeline_repo import env, install_plots_template, make_repo, run
+from servers import mlflow_process
 
 pytestmark = pytest.mark.slow
 
@@ -313,47 +313,10 @@ def terminal_screen(cmd: list[str], cwd: Path, columns: int = 160, rows: int = 4
     return [line.rstrip() for line in text.split("\n") if line.strip() and "(END)" not in line]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_mlflow_server_rest_search(pipeline, tmp_path):
     repo = pipeline["repo"]
-    port = _free_port()
-    log = (tmp_path / "server.log").open("w")
-    proc = subprocess.Popen(
-        [
-            str(BIN / "mlflow"),
-            "server",
-            "--backend-store-uri",
-            f"sqlite:///{repo / 'mlflow.db'}",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-        ],
-        cwd=tmp_path,
-        env=env(),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{base}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            assert proc.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "mlflow server did not answer /health in 120 s"
-            time.sleep(1)
+    args = ["server", "--backend-store-uri", f"sqlite:///{repo / 'mlflow.db'}"]
+    with mlflow_process(args, cwd=tmp_path, env=env(), log=tmp_path / "server.log") as base:
 
         def post(path, body):
             req = urllib.request.Request(
@@ -386,13 +349,6 @@ def test_mlflow_server_rest_search(pipeline, tmp_path):
         ) as r:
             hist = json.loads(r.read())["metrics"]
         assert [m["step"] for m in hist] == list(range(1, len(hist) + 1))
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 def test_exp_run_with_two_devices_on_cpu(tmp_path):

@@ -19,16 +19,14 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from pipeline_repo import BIN
+from servers import mlflow_process
 
 pytestmark = pytest.mark.slow
 
@@ -103,12 +101,6 @@ Path(args["result"]).write_text(
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _wait(cond, what: str, procs=(), timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while not cond():
@@ -127,50 +119,12 @@ def _tail(p) -> str:
 def server(tmp_path_factory):
     """``mlflow server`` with a sqlite store and proxied artifacts (clients upload through it): its URL."""
     root = tmp_path_factory.mktemp("mlflow-server")
-    port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    log = (root / "server.log").open("w")
-    proc = subprocess.Popen(
-        [
-            str(BIN / "mlflow"),
-            "server",
-            "--backend-store-uri",
-            f"sqlite:///{root / 'mlflow.db'}",
-            "--artifacts-destination",
-            str(root / "artifacts"),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-        ],
-        cwd=root,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    log.close()  # the server has its own copy
-    proc.log_path = root / "server.log"
-    base = f"http://127.0.0.1:{port}"
-
-    def healthy() -> bool:
-        try:
-            with urllib.request.urlopen(f"{base}/health", timeout=2) as r:
-                return r.status == 200
-        except OSError:
-            return False
-
-    try:
-        _wait(healthy, "mlflow server /health", [proc])
+    args = ["server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}"]
+    with mlflow_process(
+        [*args, "--artifacts-destination", str(root / "artifacts")], cwd=root, env=env, log=root / "server.log"
+    ) as base:
         yield base
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def _report() -> dict:

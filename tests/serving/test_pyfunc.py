@@ -7,11 +7,7 @@ import contextlib
 import io
 import json
 import os
-import signal
-import socket
-import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -24,6 +20,7 @@ from test_predict import make_checkpoint
 
 from cxr.serving.predict import Predictor
 from cxr.serving.pyfunc import decode_payload, log_pyfunc_model
+from servers import mlflow_process
 
 REGISTERED = "cxr-test-pneumonia"
 
@@ -107,12 +104,6 @@ def test_logged_model_predicts_in_process(store):
     assert float(raw["probability"].iloc[0]) == pytest.approx(float(out["probability"].iloc[0]), abs=1e-6)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _post(url: str, payload: dict, timeout: float = 60) -> tuple[int, dict]:
     req = urllib.request.Request(url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"})
     try:
@@ -125,7 +116,6 @@ def _post(url: str, payload: dict, timeout: float = 60) -> tuple[int, dict]:
 @pytest.fixture(scope="module")
 def server(store):
     """`mlflow models serve` of the registered version, on a free port; always terminated."""
-    port = _free_port()
     bin_dir = str(Path(sys.executable).parent)  # `mlflow models serve` execs `uvicorn` from PATH
     env = {
         **os.environ,
@@ -133,57 +123,10 @@ def server(store):
         "MLFLOW_REGISTRY_URI": store["uri"],
         "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
     }
-    mlflow_cli = Path(bin_dir) / "mlflow"
-    log = open(store["root"] / "serve.log", "wb")
-    proc = subprocess.Popen(
-        [
-            str(mlflow_cli),
-            "models",
-            "serve",
-            "-m",
-            f"models:/{REGISTERED}/{store['info'].registered_model_version}",
-            "--env-manager",
-            "local",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-        ],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(
-                    f"mlflow models serve exited with {proc.returncode}:\n"
-                    f"{(store['root'] / 'serve.log').read_text()[-3000:]}"
-                )
-            try:
-                with urllib.request.urlopen(base + "/ping", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except (urllib.error.URLError, ConnectionError, OSError):
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"no /ping answer within 90 s:\n{(store['root'] / 'serve.log').read_text()[-3000:]}")
-            time.sleep(0.5)
+    model = f"models:/{REGISTERED}/{store['info'].registered_model_version}"
+    args = ["models", "serve", "-m", model, "--env-manager", "local"]
+    with mlflow_process(args, cwd=store["root"], env=env, log=store["root"] / "serve.log", ready="/ping") as base:
         yield base
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)  # the server's own process group (gunicorn/uvicorn workers)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        log.close()
 
 
 @pytest.mark.slow

@@ -1,0 +1,68 @@
+"""Real MLflow servers on 127.0.0.1 for the tests: ``mlflow server`` and ``mlflow models serve``.
+
+with mlflow_process(["server", "--backend-store-uri", uri], cwd=root, env=env, log=root / "server.log") as url:
+    urllib.request.urlopen(f"{url}/health")
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+from pipeline_repo import BIN
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def answers(url: str) -> bool:
+    """Whether GET ``url`` answers 200."""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def mlflow_process(
+    args: list[str], *, cwd: Path, env: dict, log: Path, ready: str = "/health", timeout: float = 120
+) -> Iterator[str]:
+    """``mlflow <args> --host 127.0.0.1 --port <free> --workers 1`` in its own process group: its base URL
+    once GET ``ready`` answers 200. Always ended, with its gunicorn/uvicorn workers (the whole group)."""
+    port = free_port()
+    with open(log, "wb") as out:  # the server keeps its own copy of the descriptor
+        proc = subprocess.Popen(
+            [str(BIN / "mlflow"), *args, "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+            cwd=cwd,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while not answers(base + ready):
+            assert proc.poll() is None, f"mlflow {args[0]} exited with {proc.returncode}:\n{log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"mlflow {args[0]}: no {ready} answer in {timeout:.0f} s"
+            time.sleep(0.5)
+        yield base
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
