@@ -162,7 +162,7 @@ def test_make_real_runs_end_to_end_on_real_images(tmp_path, shared_data):
     assert exps, "make real left no experiment in dvc exp show"
     params = exps[0]["revs"][0]["data"]["params"]["params.yaml"]["data"]
     # the cpu recipe's values that TINY does not override, and TINY's own on top
-    assert params["sweep"]["model"] == "cnn" and params["models"]["resnet50"]["epochs"] == 1
+    assert params["sweep"]["model"] == "resnet_small" and params["models"]["resnet50"]["epochs"] == 1
     assert params["image_size"] == 32 and params["train"]["pretrained"] is False
 
 
