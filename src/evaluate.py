@@ -36,6 +36,7 @@ from cxr.data.external import load_index
 from cxr.evaluation.evaluate import attach_run, evaluate_checkpoint, evaluation_figures, find_training_run
 from cxr.files import write_metrics
 from cxr.gpus import GpuClaimError, hold_device
+from cxr.models import list_models
 from cxr.plots import save_figure
 from cxr.stage import run_stage
 from cxr.tracking import make_tracker
@@ -49,7 +50,7 @@ ERRORS = (ConfigError, CacheError, FileNotFoundError, ValueError, GpuClaimError)
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--params", default="params.yaml")
-    p.add_argument("--model", required=True, help="registry name (cnn, resnet_small, resnet50, vgg16, vit)")
+    p.add_argument("--model", required=True, help=f"registry name ({', '.join(list_models())})")
     p.add_argument("--checkpoint", required=True, help="train stage output folder (model.pt + model.json)")
     p.add_argument("--cache", default="data/cache", help="preprocess stage output")
     p.add_argument("--history", default=None, help="train stage history CSV (for the training-curves figure)")

@@ -36,7 +36,7 @@ from cxr.data.cache import CacheError, load_info, load_split
 from cxr.device import describe, resolve_device
 from cxr.files import write_metrics
 from cxr.gpus import GpuClaimError, claim_gpus
-from cxr.models import WeightsUnavailableError
+from cxr.models import WeightsUnavailableError, list_models
 from cxr.models.weights import materialised_weights
 from cxr.plots import save_figure, training_curves_figure
 from cxr.runlock import ResumeLockedError, resume_lock
@@ -57,7 +57,7 @@ ERRORS = (ConfigError, CacheError, WeightsUnavailableError, ResumeLockedError, T
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--params", default="params.yaml")
-    p.add_argument("--model", required=True, help="registry name (cnn, resnet_small, resnet50, vgg16, vit)")
+    p.add_argument("--model", required=True, help=f"registry name ({', '.join(list_models())})")
     p.add_argument("--cache", default="data/cache", help="preprocess stage output")
     p.add_argument("--out", required=True, help="checkpoint folder")
     p.add_argument("--metrics", required=True, help="final validation metrics JSON")

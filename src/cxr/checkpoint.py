@@ -76,9 +76,9 @@ class ModelCard:
     def augment_config(self) -> AugmentConfig:
         known = {f.name for f in dataclasses.fields(AugmentConfig)}
         values = {k: v for k, v in self.augment.items() if k in known}
-        for pair in ("crop_scale", "gamma"):  # JSON gives lists; the config holds (low, high)
-            if pair in values:
-                values[pair] = tuple(values[pair])
+        for f in dataclasses.fields(AugmentConfig):  # JSON gives lists where the config holds (low, high)
+            if isinstance(f.default, tuple) and f.name in values:
+                values[f.name] = tuple(values[f.name])
         return AugmentConfig(**values)
 
     def label(self, probability: float) -> str:

@@ -96,21 +96,20 @@ class StageInterrupted(BaseException):
 # it left the sqlite store locked and the run RUNNING. A flag, not a signal mask: the kernel hands a
 # process-directed signal to any thread not masking it, and MLflow and torch start threads.
 _writing = 0
-_held: list[str] = []
+_held: str | None = None  # the first signal that arrived during the write
 
 
 @contextlib.contextmanager
 def _deferred_signals() -> Iterator[None]:
     """Hold SIGTERM/SIGHUP (as StageInterrupted) until the store write inside this block is done."""
-    global _writing
+    global _writing, _held
     _writing += 1
     try:
         yield
     finally:
         _writing -= 1
         if _writing == 0 and _held:
-            name = _held[0]
-            _held.clear()
+            name, _held = _held, None
             raise StageInterrupted(name)
 
 
@@ -125,9 +124,10 @@ def _signals_end_the_run() -> Iterator[None]:
         return
 
     def handler(signum, frame):
+        global _held
         name = signal.Signals(signum).name
         if _writing:
-            _held.append(name)  # raised when the store write ends (_deferred_signals)
+            _held = _held or name  # raised when the store write ends (_deferred_signals)
             return
         raise StageInterrupted(name)
 
