@@ -1,11 +1,12 @@
 """Stage compare: the Results section, comparison figures, and the best model (on validation) in the Model Registry.
 
-    python src/compare.py --params params.yaml --models cnn resnet50 vgg16 vit \
+    python src/compare.py --params params.yaml \
         --train-metrics metrics/train --eval-metrics metrics/eval --roc plots/eval \
         --sweep metrics/sweep.json --sweep-table plots/sweep.csv --checkpoints models \
         --report reports/results.md --csv reports/results.csv --figures figures/compare
 
-(normally via ``dvc repro compare``). Reads ``compare`` and ``mlflow`` from params.yaml. Tables and
+(normally via ``dvc repro compare``). Reads ``models`` (the model list), ``compare`` and ``mlflow`` from
+params.yaml. Tables and
 figures come from the metrics files only; the checkpoint folders are read just to find (or, if
 need be, log) the selected model for ``mlflow.registered_model``. A model whose files are missing
 is skipped with a warning; MLflow being unreachable costs only the registry entry.
@@ -43,7 +44,9 @@ ERRORS = (ConfigError, FileNotFoundError, RegistryError)  # user-actionable (see
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--params", default="params.yaml")
-    p.add_argument("--models", nargs="+", required=True)
+    p.add_argument(
+        "--models", nargs="+", default=None, help="models to compare (default: the keys of params.yaml's models:)"
+    )
     p.add_argument("--train-metrics", default="metrics/train", help="folder of <model>.json (validation)")
     p.add_argument("--eval-metrics", default="metrics/eval", help="folder of <model>.json (test, with CIs)")
     p.add_argument("--roc", default="plots/eval", help="folder of <model>/roc.csv and <model>/roc_external.csv")
@@ -70,7 +73,8 @@ def main(argv=None) -> int:
     mlflow_cfg: MlflowConfig = section(params, "mlflow", MlflowConfig)
 
     train_m, eval_m, rocs, ext_rocs = {}, {}, {}, {}
-    for m in args.models:
+    models = args.models or list(params.get("models") or {})
+    for m in models:
         t = _read_json(Path(args.train_metrics) / f"{m}.json")
         e = _read_json(Path(args.eval_metrics) / f"{m}.json")
         if t is None or e is None:
@@ -91,7 +95,7 @@ def main(argv=None) -> int:
     if not eval_m:
         raise ConfigError(
             f"no model has both {args.train_metrics}/<m>.json and {args.eval_metrics}/<m>.json "
-            f"for --models {args.models}; run `dvc repro evaluate` first"
+            f"for models {models}; run `dvc repro evaluate` first"
         )
     sweep = _read_json(Path(args.sweep)) if args.sweep else None
     sweep_table = pd.read_csv(args.sweep_table) if args.sweep_table and Path(args.sweep_table).is_file() else None

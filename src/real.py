@@ -79,12 +79,18 @@ def overrides(config: dict, recipe: str, data: str) -> list[str]:
 
 
 def external_overrides(specs: list[str], current: dict) -> list[str]:
-    """``-S`` arguments replacing ``external.sets`` (``current``: params.yaml's) by ``specs`` ([NAME=]PATH)."""
-    if not specs:
-        return []
+    """``-S`` arguments replacing ``external.sets`` (``current``: params.yaml's) by ``specs`` ([NAME=]PATH).
+
+    Without ``specs`` the folder and archive sets stay, and the synthetic ones go: a model trained on
+    real radiographs scored on drawings would read as an external failure (the external stage refuses
+    that pairing too).
+    """
+    from cxr.config import SYNTHETIC_SET  # here: the usage message needs no installed package
+
     args = []
-    for name in current:
-        args += ["-S", f"~external.sets.{name}"]
+    for name, spec in current.items():
+        if specs or str(spec).strip().lower() == SYNTHETIC_SET:
+            args += ["-S", f"~external.sets.{name}"]
     for spec in specs:
         name, sep, path = spec.partition("=")
         if not sep:

@@ -132,10 +132,11 @@ def run(args, cfg, base, info, train, val, test, mlflow_cfg, eval_cfg, devices) 
         result.table().round(6).to_csv(args.table, index=False, lineterminator="\n")
 
         b = result.best
+        lrs = sorted(cfg.lrs)  # an ordered axis, whatever order the grid was written in
         fig = sweep_heatmap_figure(
             cfg.batch_sizes,
-            cfg.lrs,
-            result.matrix(cfg.select_metric, cfg.batch_sizes, cfg.lrs),
+            lrs,
+            result.matrix(cfg.select_metric, cfg.batch_sizes, lrs),
             metric=cfg.select_metric,
             selected=(b["batch_size"], b["lr"]),
             title=f"Sweep {cfg.model}, {cfg.epochs} epoch(s): {cfg.select_metric} (red box = selected on validation)",

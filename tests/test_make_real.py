@@ -114,31 +114,30 @@ def test_make_real_runs_end_to_end_on_real_images(tmp_path, shared_data):
     (repo / ".venv").symlink_to(BIN.parent)  # the venv running the tests; -o: never reinstall it
     e = env()
     e["PYTHONPATH"] = str(repo / "src")
-    p = subprocess.run(
-        [
-            "make",
-            "--no-print-directory",
-            "-o",
-            ".venv/.installed",
-            "real",
-            f"DATA={data}",
-            f"EXTERNAL=set_a={tmp_path / 'ext_a'}",
-            "RECIPE=cpu",
-            f"REAL_ARGS={TINY}",
-        ],
-        cwd=repo,
-        env=e,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=1800,
-    )
-    out = p.stdout + p.stderr
-    assert p.returncode == 0, out[-6000:]
+
+    def make_real(*extra):
+        cmd = ["make", "--no-print-directory", "-o", ".venv/.installed", "real", f"DATA={data}", *extra]
+        cmd += ["RECIPE=cpu", f"REAL_ARGS={TINY}"]
+        p = subprocess.run(cmd, cwd=repo, env=e, capture_output=True, text=True, check=False, timeout=1800)
+        out = p.stdout + p.stderr
+        assert p.returncode == 0, out[-6000:]
+        return out
+
+    # Without EXTERNAL: params.yaml's synthetic set is dropped, so no real-data model is scored on drawings.
+    out = make_real()
+    assert "-S ~external.sets.synthetic_shift" in out
+    assert json.loads((repo / "metrics/external.json").read_text()) == {}
+    assert "synthetic" not in (repo / "reports/results.md").read_text()
+    assert "ext" not in json.loads((repo / "metrics/headline.json").read_text())
+    for m in ("cnn", "resnet_small", "resnet50", "vgg16", "vit"):  # what roc_external.png draws
+        assert "synthetic" not in (repo / f"plots/eval/{m}/roc_external.csv").read_text()
+
+    # With EXTERNAL (the training stages come back from DVC's run cache).
+    out = make_real(f"EXTERNAL=set_a={tmp_path / 'ext_a'}")
     assert "[real] recipe cpu (configs/real.yaml)" in out and "-S image_size=96" in out
     assert "wall time per stage" in out and "train@cnn" in out and "compare" in out
     assert "reports/results.md" in out and "| Model |" in out
-    assert "-S ~external.sets.synthetic_shift -S ++external.sets.set_a=" in out  # replaces the default set
+    assert "-S ++external.sets.set_a=" in out and "synthetic" not in (repo / "reports/results.md").read_text()
     assert "## External validation: set_a" in out and "| ROC-AUC set_a |" in out
     ext = json.loads((repo / "metrics/external.json").read_text())
     assert list(ext) == ["set_a"] and ext["set_a"]["images"] == {"NORMAL": 12, "PNEUMONIA": 12, "total": 24}
@@ -174,5 +173,8 @@ def test_external_sets_replace_the_default_ones(repo_root):
         "++external.sets.kermany224_external_a=/data/kermany224-external-a",
         "++external.sets.b=/x/y.zip",
     ]
-    assert real.external_overrides([], {"synthetic_shift": "synthetic"}) == []
+    # Without EXTERNAL a real-data run keeps folder sets and drops synthetic ones (issue: real models
+    # were scored on drawings and read as an external failure).
+    assert real.external_overrides([], {"synthetic_shift": "synthetic"}) == ["-S", "~external.sets.synthetic_shift"]
+    assert real.external_overrides([], {"a": "/data/a", "s": "Synthetic"}) == ["-S", "~external.sets.s"]
     assert real.external_overrides(["/d/2024-set"], {})[1].startswith("++external.sets.set_2024_set=")

@@ -184,3 +184,20 @@ def test_calibration_points_with_probabilities_on_bin_edges():
     assert M.expected_calibration_error([0, 1, 0, 1], [0.45, 0.5, 0.45, 0.7]) == pytest.approx(
         (2 * 0.45 + 0.5 + 0.3) / 4
     )
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_average_precision_rows_equals_sklearn_row_by_row(ties):
+    """The bootstrap's vectorised AP is sklearn's definition, ties included (resampled duplicates are ties)."""
+    from sklearn.metrics import average_precision_score
+
+    from cxr.metrics import average_precision_rows
+
+    rng = np.random.default_rng(7)
+    for _ in range(100):
+        n = int(rng.integers(2, 60))
+        y = rng.integers(0, 2, n)
+        y[0] = 1
+        p = rng.choice(rng.random(int(rng.integers(1, 6))), size=(4, n)) if ties else rng.random((4, n))
+        expected = [average_precision_score(y, row) for row in p]
+        np.testing.assert_allclose(average_precision_rows(p, y), expected, rtol=0, atol=1e-12)

@@ -434,6 +434,8 @@ def sweep_heatmap_figure(
         yticklabels=[str(b) for b in batch_sizes],
         linewidths=0.5,
     )
+    for i, j in zip(*np.nonzero(np.isnan(values))):  # diverged (or missing) configurations: no colour, a word
+        ax.text(j + 0.5, i + 0.5, "diverged", ha="center", va="center", color="0.3", fontsize=9)
     if selected is not None:
         i = list(batch_sizes).index(selected[0])
         j = [float(v) for v in lrs].index(float(selected[1]))

@@ -74,6 +74,20 @@ def test_no_sets_writes_an_empty_index(synthetic_run, tmp_path):
     assert json.loads((tmp_path / "ext" / INDEX_FILE).read_text()) == {}
 
 
+def test_a_synthetic_set_is_refused_for_a_real_data_run(synthetic_run, tmp_path):
+    """Models of real radiographs are never scored on drawings: one line naming the set and the fix."""
+    from cxr.config import ConfigError
+
+    _, manifest, cache = synthetic_run
+    cfg = ExternalConfig(sets={"synthetic_shift": "synthetic", "other": "synthetic"})
+    with pytest.raises(ConfigError) as exc:
+        build_all(cfg, DataConfig(source="path", path="/data/x"), SPLIT, manifest, cache, tmp_path / "x", progress=False)
+    msg = str(exc.value)
+    assert "synthetic_shift, other are synthetic" in msg and "data.source: path" in msg
+    assert "-S '~external.sets.synthetic_shift' -S '~external.sets.other'" in msg and "\n" not in msg
+    assert not (tmp_path / "x").exists()  # refused before anything is written
+
+
 def _copy_as_jpeg(src: Path, dst: Path, scale: float, quality: int) -> None:
     with Image.open(src) as im:
         im = im.convert("L")

@@ -97,6 +97,33 @@ def _fake_fit(val_scores: dict):
     return fit
 
 
+def test_diverged_configurations_are_reported_as_such_and_never_selected(monkeypatch, base):
+    """A nine-digit validation loss (weights saturated at lr 0.01) and a NaN loss are rows marked
+    diverged, not numbers, whatever their AUC; the heatmap matrix leaves them empty."""
+    from cxr.evaluation.compare import sweep_markdown
+    from cxr.training.engine import TrainingDivergedError
+
+    scores = {(8, 1e-3): (0.80, 0.3), (8, 1e-2): (0.95, 421430592.0), (16, 1e-3): (0.70, 0.35)}
+
+    def fit(cfg, train, val, **kw):
+        if (cfg.batch_size, cfg.lr) == (16, 1e-2):
+            raise TrainingDivergedError("the training loss became nan", lr=cfg.lr)
+        return _fake_fit(scores)(cfg, train, val, **kw)
+
+    monkeypatch.setattr(S, "fit", fit)
+    x, y = np.zeros((4, SIZE, SIZE), np.uint8), np.array([0, 0, 1, 1])
+    res = S.run_sweep(base, [8, 16], [1e-3, 1e-2], (x, y), (x, y))
+    t = res.table().set_index(["batch_size", "lr"])
+    assert t["diverged"].tolist() == [False, True, False, True]
+    assert res.best["batch_size"] == 8 and res.best["lr"] == 1e-3  # 0.95 diverged: not selected
+    m = res.matrix("val_auc", [8, 16], [1e-3, 1e-2])
+    assert m[0, 0] == 0.80 and np.isnan(m[0, 1]) and np.isnan(m[1, 1])
+    md = sweep_markdown(res.table(), "val_auc")
+    assert md.count("| diverged |") == 2 and "421430592" not in md
+    with pytest.raises(TrainingDivergedError, match="every configuration of the cnn sweep diverged"):
+        S.run_sweep(base, [16], [1e-2], (x, y), (x, y))
+
+
 def test_selection_ignores_test_metrics(monkeypatch, base):
     # bs=8 wins on validation; bs=16 would win on test. The sweep must pick bs=8.
     monkeypatch.setattr(S, "fit", _fake_fit({(8, 1e-3): (0.90, 0.3), (16, 1e-3): (0.80, 0.2)}))

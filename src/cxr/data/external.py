@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from cxr import CLASSES
-from cxr.config import SYNTHETIC_SET, DataConfig, ExternalConfig, PreprocessConfig, SplitConfig, SyntheticConfig
+from cxr.config import SYNTHETIC_SET, ConfigError, DataConfig, ExternalConfig, PreprocessConfig, SplitConfig, SyntheticConfig
 from cxr.data.cache import build_cache, load_info, load_split
 from cxr.data.manifest import QUARANTINE_COLUMNS, read_manifest, scan_tree, verify_tree
 from cxr.data.sources import Layout, class_dirs, import_external, import_tree, resolve_path
@@ -231,6 +231,7 @@ def build_all(
     progress: bool = True,
 ) -> dict:
     """Every set of ``cfg.sets`` into ``out_dir`` (replaced); returns metrics/external.json's content."""
+    check_same_kind(cfg, data)
     info = load_info(cache_dir)
     preprocess = PreprocessConfig(cache_size=info["cache_size"], resize=info["resize"])
     if out_dir.exists():
@@ -246,6 +247,19 @@ def build_all(
         index[name] = {**metrics[name]["images"], "data_version": load_info(out_dir / name)["data_version"]}
     (out_dir / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
     return metrics
+
+
+def check_same_kind(cfg: ExternalConfig, data: DataConfig) -> None:
+    """A synthetic cohort is an external set only for models trained on synthetic data: real
+    radiographs' models scored on drawings read as an external failure that is none."""
+    drawn = [name for name, spec in cfg.sets.items() if spec == SYNTHETIC_SET]
+    if drawn and data.source != SYNTHETIC_SET:
+        raise ConfigError(
+            f"external.sets: {', '.join(drawn)} {'is' if len(drawn) == 1 else 'are'} synthetic, but the run trains on "
+            f"data.source: {data.source}: a model of real radiographs would be scored on drawings. Remove "
+            + " ".join(f"-S '~external.sets.{n}'" for n in drawn)
+            + " (make real does), or give real external folders (make real EXTERNAL=...)"
+        )
 
 
 def load_index(out_dir: str | Path) -> dict:

@@ -225,10 +225,13 @@ def sweep_markdown(sweep_table: pd.DataFrame, select_metric: str) -> str:
         for c in ("batch_size", "lr", "val_auc", "val_loss", "best_epoch", "test_roc_auc", "test_accuracy", "selected")
         if c in df.columns
     ]
+    gone = df["diverged"].astype(str).str.lower().eq("true") if "diverged" in df.columns else pd.Series(False, df.index)
     df = df[show]
     for c in ("val_auc", "val_loss", "test_roc_auc", "test_accuracy"):
         if c in df.columns:
             df[c] = df[c].map(lambda v: "n/a" if pd.isna(v) else f"{v:.3f}")
+    if "val_loss" in df.columns:  # a loss in the millions says less than the word
+        df.loc[gone, "val_loss"] = "diverged"
     if "lr" in df.columns:
         df["lr"] = df["lr"].map(lambda v: f"{float(v):g}")
     if "selected" in df.columns:

@@ -380,8 +380,8 @@ def fit(
     """Train ``run_cfg.model`` from a fresh initialisation on ``train`` = (uint8 images (N, S, S), labels),
     keep the best epoch on ``val`` by ``select_metric``, choose the threshold on ``val``.
 
-    With ``resume_path``, a resume checkpoint is written after every epoch and removed at the end; a
-    matching one (same RunConfig and data_version) found at start continues from the next epoch.
+    With ``resume_path``, a resume checkpoint is written after every epoch but the last and removed at
+    the end; a matching one (same RunConfig and data_version) found at start continues from the next epoch.
     ``on_epoch_end(row)`` runs after that save (an exception there leaves a resumable state).
     ``threshold_method``/``fixed_threshold``: how the decision threshold saved with the model is
     chosen (the evaluate stage's ``evaluate.threshold``/``fixed_threshold``, so the operating point
@@ -539,7 +539,10 @@ def fit(
                 f"val_auc {ev['auc']:.4f} ({row['seconds']:.1f} s, {tr['images_per_s']:.0f} img/s)"
             )
         stopped_early = bad_epochs >= cfg.early_stopping_patience > 0
-        if resume_path is not None and distributed.is_main():
+        # After the last epoch a resume state would save nothing worth its cost (VGG16 with its AdamW
+        # moments: 1.6 GB): a run interrupted from here on redoes the last epoch, to the same weights.
+        last_epoch = epoch == cfg.epochs or stopped_early
+        if resume_path is not None and distributed.is_main() and not last_epoch:
             current = state_dict_copy(model)
             # When this epoch is the best one, its weights are stored once (VGG16: 0.5 GB saved per epoch).
             best_is_current = best["best_epoch"] == epoch

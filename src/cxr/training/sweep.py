@@ -19,6 +19,7 @@ the MLflow runs are the same as with one device.
 from __future__ import annotations
 
 import itertools
+import math
 import mmap
 import multiprocessing
 import os
@@ -31,8 +32,13 @@ import pandas as pd
 
 from cxr.metrics import binary_metrics, is_better
 from cxr.tracking import NullTracker
-from cxr.training.engine import predict_probabilities
+from cxr.training.engine import TrainingDivergedError, predict_probabilities
 from cxr.training.fit import RunConfig, fit
+
+# A configuration whose kept epoch has a validation loss above this (ten times the loss of answering
+# 0.5 for every image, ln 2) or a non-finite one has diverged: its weights saturate to a constant
+# output (val_auc 0.5, loss in the millions at lr 0.01). It is reported as diverged, never selected.
+DIVERGED_VAL_LOSS = 10 * math.log(2)
 
 # plots/sweep.csv (DVC-tracked): deterministic columns only. Each row's wall time ("seconds") is
 # an MLflow metric of its nested run and is printed, but never written here.
@@ -50,6 +56,7 @@ TABLE_COLUMNS = [
     "test_sensitivity",
     "test_specificity",
     "first_epoch_train_loss",
+    "diverged",
     "selected",
     "test_used_for_selection",
 ]
@@ -67,7 +74,7 @@ class SweepResult:
 
     def matrix(self, column: str, batch_sizes, lrs) -> np.ndarray:
         """(len(batch_sizes), len(lrs)) values of ``column`` for the heatmap."""
-        lookup = {(r["batch_size"], float(r["lr"])): r[column] for r in self.rows}
+        lookup = {(r["batch_size"], float(r["lr"])): (np.nan if r["diverged"] else r[column]) for r in self.rows}
         return np.array([[lookup.get((b, float(lr)), np.nan) for lr in lrs] for b in batch_sizes], dtype=float)
 
     def summary(self) -> dict:
@@ -166,8 +173,13 @@ def run_sweep(
             )
             tracker.set_tags({"test_used_for_selection": "false"})
         rows.append(row)
-        if is_better(row[select_metric], best and best[select_metric], select_metric):
+        if not row["diverged"] and is_better(row[select_metric], best and best[select_metric], select_metric):
             best = row
+    if best is None:
+        raise TrainingDivergedError(
+            f"every configuration of the {base.model} sweep diverged (learning rates {sorted(set(map(float, lrs)))}): "
+            "nothing to select. Fix: smaller values in sweep.lrs, e.g. -S 'sweep.lrs=[0.001,0.0001]'"
+        )
     for row in rows:
         row["selected"] = row is best
     return SweepResult(model=base.model, select_metric=select_metric, rows=rows, best=dict(best))
@@ -188,16 +200,23 @@ def train_config(
     """One configuration from a fresh initialisation: its table row (test numbers at the
     validation-chosen threshold) and its per-epoch history."""
     start = time.perf_counter()
-    result = fit(
-        cfg,
-        train,
-        val,
-        device=device,
-        progress=False,
-        data_version=data_version,
-        threshold_method=threshold_method,
-        fixed_threshold=fixed_threshold,
-    )
+    try:
+        result = fit(
+            cfg,
+            train,
+            val,
+            device=device,
+            progress=False,
+            data_version=data_version,
+            threshold_method=threshold_method,
+            fixed_threshold=fixed_threshold,
+        )
+    except TrainingDivergedError:  # the loss became NaN/inf: a row that says so, not a failed sweep
+        nan = float("nan")
+        row = {"batch_size": cfg.batch_size, "lr": cfg.lr, "best_epoch": 0, "diverged": True}
+        row.update({k: nan for k in TABLE_COLUMNS if k not in row and k not in ("selected", "test_used_for_selection")})
+        row.update(seconds=time.perf_counter() - start, test_used_for_selection=False, worker=_worker_name(device))
+        return row, []
     row = {
         "batch_size": cfg.batch_size,
         "lr": cfg.lr,
@@ -207,6 +226,7 @@ def train_config(
         "best_epoch": result.best["best_epoch"],
         "threshold": result.threshold,
         "first_epoch_train_loss": result.history[0]["train_loss"],
+        "diverged": diverged(result.best["val_loss"]),
     }
     if test is not None and len(test[1]):
         probs = predict_probabilities(
@@ -228,16 +248,28 @@ def train_config(
         )
     row["seconds"] = time.perf_counter() - start
     row["test_used_for_selection"] = False
-    row["worker"] = f"{device or 'auto'} (pid {os.getpid()})"  # not a table column: the MLflow tag "device"
+    row["worker"] = _worker_name(device)  # not a table column: the MLflow tag "device"
     return row, result.history
+
+
+def diverged(val_loss: float) -> bool:
+    return not math.isfinite(val_loss) or val_loss > DIVERGED_VAL_LOSS
+
+
+def _worker_name(device) -> str:
+    return f"{device or 'auto'} (pid {os.getpid()})"
 
 
 def _report(result: tuple[dict, list[dict]], progress: bool) -> tuple[dict, list[dict]]:
     row = result[0]
     if progress:
+        outcome = (
+            "diverged (loss far above chance: lower the learning rate)"
+            if row["diverged"]
+            else f"val_auc {row['val_auc']:.4f} val_loss {row['val_loss']:.4f}"
+        )
         print(
-            f"[sweep] bs={row['batch_size']} lr={row['lr']:g}: val_auc {row['val_auc']:.4f} "
-            f"val_loss {row['val_loss']:.4f} ({row['seconds']:.0f} s on {row['worker']})",
+            f"[sweep] bs={row['batch_size']} lr={row['lr']:g}: {outcome} ({row['seconds']:.0f} s on {row['worker']})",
             flush=True,
         )
     return result
