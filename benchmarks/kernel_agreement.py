@@ -9,8 +9,9 @@ trained on another machine differs in its last bits, and a weakly learnt task am
 trains every model of params.yaml exactly as `train@<model>` does (same params, same cache, same
 seed) four times, each in its own process: as is (this CPU's fastest kernels, all cores), with
 ``ATEN_CPU_CAPABILITY=avx2`` (a CPU without AVX-512), with ``ATEN_CPU_CAPABILITY=default`` (no
-vectorisation at all), and with one thread. It prints per model the kept epoch's validation ROC-AUC and the test ROC-AUC under each
-variant, the model each variant selects, and the largest difference from the first variant.
+vectorisation at all), and with one thread. It prints per model the kept epoch's validation
+ROC-AUC and the test ROC-AUC under each variant, the model each variant selects, and the largest
+difference from the first variant.
 """
 
 from __future__ import annotations
@@ -97,15 +98,23 @@ def main() -> int:
         results[name] = json.loads(done.stdout.strip().splitlines()[-1])
 
     names = list(results)
-    print("\nvariant: " + "; ".join(f"{n} = {results[n]['capability']}, {results[n]['threads']} thread(s)" for n in names))
-    header = f"{'model':<14}" + "".join(f"{'val ' + n:>34}" for n in names) + "".join(f"{'test ' + n:>34}" for n in names)
+    print(
+        "\nvariant: " + "; ".join(f"{n} = {results[n]['capability']}, {results[n]['threads']} thread(s)" for n in names)
+    )
+    header = (
+        f"{'model':<14}" + "".join(f"{'val ' + n:>34}" for n in names) + "".join(f"{'test ' + n:>34}" for n in names)
+    )
     print(header)
     worst = {"val_auc": 0.0, "test_auc": 0.0}
     for m in models:
         rows = [results[n]["models"][m] for n in names]
         for key in worst:
             worst[key] = max(worst[key], max(abs(r[key] - rows[0][key]) for r in rows))
-        print(f"{m:<14}" + "".join(f"{r['val_auc']:>34.4f}" for r in rows) + "".join(f"{r['test_auc']:>34.4f}" for r in rows))
+        print(
+            f"{m:<14}"
+            + "".join(f"{r['val_auc']:>34.4f}" for r in rows)
+            + "".join(f"{r['test_auc']:>34.4f}" for r in rows)
+        )
     selected = {n: max(models, key=lambda m: results[n]["models"][m]["val_auc"]) for n in names}
     print("selected on validation: " + ", ".join(f"{n}: {s}" for n, s in selected.items()))
     print(

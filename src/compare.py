@@ -136,8 +136,8 @@ def main(argv=None) -> int:
     ):
         # The models' own metrics live in their training runs; this run holds the comparison.
         tracker.log_metrics({f"selected_{cfg.select_metric}": value})
-        for name, fig in figs.items():
-            tracker.log_figure(fig, f"compare/{name}.png")
+        for name, fig in figs.items():  # the PNGs as written: MLflow's log_figure would render them again
+            tracker.log_artifact(save_figure(fig, Path(args.figures) / f"{name}.png"), "compare")
         tracker.log_artifact(args.report, "compare")
         tracker.log_artifact(args.csv, "compare")
         outcome = None
@@ -156,9 +156,6 @@ def main(argv=None) -> int:
             tracker.set_tags(
                 {"registered_model": f"{outcome.name}/{outcome.version}", "promoted": str(outcome.promoted).lower()}
             )
-    for name, fig in figs.items():
-        save_figure(fig, Path(args.figures) / f"{name}.png")
-
     print(f"[compare] {len(eval_m)} model(s); selected on {cfg.select_metric}: {best}. Report: {args.report}")
     if outcome:
         print(f"[compare] {outcome.message}")

@@ -111,9 +111,8 @@ def main(argv=None) -> int:
         tracker.log_metrics(result.flat_metrics())
         for set_name, r in external.items():
             tracker.log_metrics(r.flat_metrics(prefix=f"{set_name}_"))
-        for name, fig in figs.items():
-            tracker.log_figure(fig, f"eval/{name}.png")
-            save_figure(fig, Path(args.figures) / f"{name}.png")  # closes the figure: log it first
+        for name, fig in figs.items():  # the PNG as written: MLflow's log_figure would render it again
+            tracker.log_artifact(save_figure(fig, Path(args.figures) / f"{name}.png"), "eval")
         tracker.log_artifact(args.metrics, "eval")
 
     at = result.report["at_val_threshold"]

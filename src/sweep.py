@@ -143,8 +143,7 @@ def run(args, cfg, base, info, train, val, test, mlflow_cfg, eval_cfg, devices) 
         )
         tracker.log_metrics({f"best_{cfg.select_metric}": b[cfg.select_metric]})
         tracker.set_tags({"best_batch_size": b["batch_size"], "best_lr": b["lr"]})
-        tracker.log_figure(fig, "sweep/heatmap.png")
-        save_figure(fig, Path(args.figures) / "heatmap.png")
+        tracker.log_artifact(save_figure(fig, Path(args.figures) / "heatmap.png"), "sweep")
         tracker.log_artifact(args.table, "sweep")
     print(
         f"[sweep] selected batch_size={b['batch_size']} lr={b['lr']:g} ({cfg.select_metric} "

@@ -181,14 +181,14 @@ def _fit_and_write(args, run_cfg, device, train, val, info, tracker, tags, mlflo
             best_epoch=result.best["best_epoch"],
             title=f"{args.model}: training curves (kept epoch by {run_cfg.select_metric})",
         )
-        save_figure(fig, Path(args.figures) / "curves.png")
+        curves = save_figure(fig, Path(args.figures) / "curves.png")
 
         # The kept epoch's validation metrics under best_* names, beside the per-epoch val_* curves.
         tracker.log_metrics(
             {(f"best_{k}" if k.startswith("val_") else k): v for k, v in metrics.items() if isinstance(v, (int, float))}
         )
         tracker.log_metrics(result.timings())  # timings: MLflow and the log only, never a DVC output
-        tracker.log_figure(fig, "curves.png")
+        tracker.log_artifact(curves)  # the PNG as written: MLflow's log_figure would render it again
         tracker.log_artifact(Path(args.out) / checkpoint.META_FILE)
         tracker.log_artifact(args.history)
         if mlflow_cfg.log_model:

@@ -120,7 +120,7 @@ def test_one_model_list_drives_train_evaluate_compare_and_plots():
     assert "--models" not in dvc_yaml["stages"]["compare"]["cmd"], "compare reads the list from params.yaml"
     # Top-level multi-model plots cannot loop in DVC: every model must be named in each of them.
     for plot in dvc_yaml["plots"]:
-        (plot_id, props), = plot.items() if isinstance(plot, dict) else [(plot, None)]
+        ((plot_id, props),) = plot.items() if isinstance(plot, dict) else [(plot, None)]
         if isinstance(props, dict) and isinstance(props.get("y"), dict):
             named = {m for m in models for f in props["y"] if f"/{m}." in f or f"/{m}/" in f}
             assert named == set(models), f"plot {plot_id!r} names {sorted(named)}, expected all of {models}"

@@ -33,7 +33,8 @@ def test_sync_replaces_a_stale_block_and_fails_on_a_missing_table():
     tables = _tables()
     results = (
         "# Results\n\n**Table 1.** caption\n\n| Model | AUC |\n|---|---|\n| **a** | 0.9 |\n| b | 0.8 |\n\n"
-        "The model selected on validation ROC-AUC is **a**.\n\n**Table 2.** ext\n\n| Model | x |\n|---|---|\n| a | 1 |\n"
+        "The model selected on validation ROC-AUC is **a**.\n\n"
+        "**Table 2.** ext\n\n| Model | x |\n|---|---|\n| a | 1 |\n"
     )
     stale = "intro\n<!-- results.md: Table 1 -->\n| old |\n<!-- /results.md -->\nend\n"
     new = tables.sync(stale, results)

@@ -19,9 +19,8 @@ temporary file (``torch.save(obj, path)`` names them after ``path``).
 
 from __future__ import annotations
 
-import importlib.metadata
-
 import dataclasses
+import importlib.metadata
 import json
 from dataclasses import dataclass, field
 from pathlib import Path

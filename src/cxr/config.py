@@ -386,6 +386,8 @@ class ModelOverride:
     image_size: Optional[int] = None
     pretrained: Optional[bool] = None
     weights: Optional[str] = None  # local torchvision state_dict file or save_pretrained directory
+    # Keyword arguments of the model's builder (the registry lists them), e.g. vgg16 {batch_norm: true}
+    options: dict[str, Any] = field(default_factory=dict)
 
     def validate(self, where: str) -> None:
         _check(

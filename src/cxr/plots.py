@@ -18,7 +18,6 @@ matplotlib.use("Agg")  # headless: CI, DVC stages, remote GPUs
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import seaborn as sns  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from cxr import CLASSES  # noqa: E402
@@ -71,6 +70,8 @@ def confusion_matrix_figure(
     annot = np.array([[f"{cm[i, j]}\n{pct[i, j]:.1f}% of row" for j in range(k)] for i in range(k)])
     fig, axes = _figure(5.2, 4.4)
     ax = axes[0, 0]
+    import seaborn as sns  # here: 1 s to import, for two figures
+
     sns.heatmap(
         pct,
         annot=annot,
@@ -423,6 +424,8 @@ def sweep_heatmap_figure(
         )
     fig, axes = _figure(1.6 * len(lrs) + 2.4, 1.0 * len(batch_sizes) + 1.8)
     ax = axes[0, 0]
+    import seaborn as sns  # here: 1 s to import, for two figures
+
     sns.heatmap(
         values,
         annot=True,

@@ -152,8 +152,6 @@ class NullTracker:
 
     def log_metrics(self, metrics: dict, step: int | None = None) -> None: ...
 
-    def log_figure(self, fig, name: str) -> None: ...
-
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None: ...
 
     def log_model(
@@ -306,10 +304,6 @@ class MlflowTracker(NullTracker):
             self._safe(
                 "set_tags", self._client.log_batch, self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()]
             )
-
-    def log_figure(self, fig, name: str) -> None:
-        if self.run_id:
-            self._safe("log_figure", self._client.log_figure, self.run_id, fig, name)
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         if self.run_id:

@@ -81,7 +81,9 @@ def test_a_synthetic_set_is_refused_for_a_real_data_run(synthetic_run, tmp_path)
     _, manifest, cache = synthetic_run
     cfg = ExternalConfig(sets={"synthetic_shift": "synthetic", "other": "synthetic"})
     with pytest.raises(ConfigError) as exc:
-        build_all(cfg, DataConfig(source="path", path="/data/x"), SPLIT, manifest, cache, tmp_path / "x", progress=False)
+        build_all(
+            cfg, DataConfig(source="path", path="/data/x"), SPLIT, manifest, cache, tmp_path / "x", progress=False
+        )
     msg = str(exc.value)
     assert "synthetic_shift, other are synthetic" in msg and "data.source: path" in msg
     assert "-S '~external.sets.synthetic_shift' -S '~external.sets.other'" in msg and "\n" not in msg

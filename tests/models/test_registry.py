@@ -133,3 +133,27 @@ def test_pretrained_without_cache_fails_with_both_fixes(name, empty_caches):
 def test_missing_weights_path_names_it(tmp_path):
     with pytest.raises(WeightsUnavailableError, match="nope.pth"):
         build_model("resnet50", weights=tmp_path / "nope.pth")
+
+
+def test_builder_options_are_checked_and_recorded_for_the_rebuild():
+    """models.<name>.options reach the builder; a checkpoint's arch rebuilds the same network."""
+    from torch import nn
+
+    from cxr.config import ConfigError
+    from cxr.models import builder_options, check_options
+
+    assert builder_options("vgg16") == ["batch_norm"] and builder_options("cnn") == []
+    with pytest.raises(ConfigError, match=r"vgg16 has no option\(s\) \['bn'\]; its builder takes \['batch_norm'\]"):
+        check_options("vgg16", {"bn": True}, "models.vgg16.options")
+    bn = build_model("vgg16", image_size=32, batch_norm=True)
+    assert bn.arch["options"] == {"batch_norm": True}
+    assert any(isinstance(m, nn.BatchNorm2d) for m in bn.features)
+    again = rebuild(bn.arch)
+    assert [type(m) for m in again.modules()] == [type(m) for m in bn.modules()]
+    plain = build_model("vgg16", image_size=32)
+    assert plain.arch["options"] == {} and not any(isinstance(m, nn.BatchNorm2d) for m in plain.features)
+
+
+def test_vgg16_batch_norm_refuses_pretrained_weights_it_cannot_load():
+    with pytest.raises(WeightsUnavailableError, match="models.vgg16.pretrained=false"):
+        build_model("vgg16", pretrained=True, image_size=32, batch_norm=True)

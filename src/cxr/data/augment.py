@@ -19,12 +19,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
-from torchvision.transforms import v2
 
 from cxr.config import AugmentConfig
+
+if TYPE_CHECKING:  # torchvision (1.6 s to import) only for the per-image references below
+    from torchvision.transforms import v2
 
 
 class BatchAugment:
@@ -204,6 +207,8 @@ def reference_transforms(cfg: AugmentConfig, out_size: int) -> v2.Compose:
     if not cfg.enabled:
         return eval_transform(out_size)
     t = cfg.affine_translate
+    from torchvision.transforms import v2
+
     return v2.Compose(
         [
             v2.RandomResizedCrop(out_size, scale=tuple(cfg.crop_scale), antialias=True),
@@ -218,6 +223,8 @@ def reference_transforms(cfg: AugmentConfig, out_size: int) -> v2.Compose:
 
 def eval_transform(out_size: int) -> v2.Compose:
     """Deterministic resize only, for one uint8 (1, H, W) tensor -> float [0, 1]."""
+    from torchvision.transforms import v2
+
     return v2.Compose([v2.Resize((out_size, out_size), antialias=True), v2.ToDtype(torch.float32, scale=True)])
 
 

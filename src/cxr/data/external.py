@@ -33,7 +33,15 @@ import torch
 import torch.nn.functional as F
 
 from cxr import CLASSES
-from cxr.config import SYNTHETIC_SET, ConfigError, DataConfig, ExternalConfig, PreprocessConfig, SplitConfig, SyntheticConfig
+from cxr.config import (
+    SYNTHETIC_SET,
+    ConfigError,
+    DataConfig,
+    ExternalConfig,
+    PreprocessConfig,
+    SplitConfig,
+    SyntheticConfig,
+)
 from cxr.data.cache import build_cache, load_info, load_split
 from cxr.data.manifest import QUARANTINE_COLUMNS, read_manifest, scan_tree, verify_tree
 from cxr.data.sources import Layout, class_dirs, import_external, import_tree, resolve_path

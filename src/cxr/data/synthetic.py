@@ -262,7 +262,7 @@ def render(
         pattern = np.random.default_rng([*patient_seed, 7])
         # From moderate to severe: strong enough that every model of the demo (64 px, a few epochs
         # from scratch) learns it; fainter lesions made the from-scratch ResNet50, VGG16 and ViT guess.
-        severity = pattern.uniform(0.9, 1.3)
+        severity = pattern.uniform(1.1, 1.5)
         if pattern.random() < _VIRUS_SHARE:
             n = int(pattern.integers(6, 18))
             centers = _points_in_lungs(pattern, n, lungs, lower_bias=0.2)
@@ -284,7 +284,7 @@ def render(
         # lung" that is often the only sign at low resolution.
         side_weight = pattern.uniform(0.2, 1.0, 2)
         haze = np.where(u < 0, side_weight[0], side_weight[1]) * _smoothstep((v - lung_cv + lung_h) / (2 * lung_h))
-        opacity += haze * pattern.uniform(0.4, 0.7) * severity
+        opacity += haze * pattern.uniform(0.5, 0.8) * severity
         # Patchy rather than smooth: modulate by a coarse noise field.
         patch = ndimage.gaussian_filter(rng.normal(0, 1, (rh, rw)).astype(np.float32), sigma=2.0)
         opacity *= np.clip(1.0 + 0.7 * patch / (patch.std() + 1e-6), 0.2, 1.8)

@@ -12,6 +12,7 @@ package asks the entry; it never tests a model's name.
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -93,6 +94,22 @@ def build_model(
     arch_options = getattr(model, "arch_options", {})
     model.arch = {"name": name, "image_size": int(image_size), "options": arch_options}
     return model
+
+
+def builder_options(name: str) -> list[str]:
+    """The keyword arguments ``models.<name>.options`` may set: the builder's own, beyond the common three."""
+    params = inspect.signature(get_entry(name).builder).parameters
+    return [p for p in params if p not in ("pretrained", "weights", "image_size")]
+
+
+def check_options(name: str, options: dict, where: str) -> dict:
+    unknown = sorted(set(options) - set(builder_options(name)))
+    if unknown:
+        raise ConfigError(
+            f"{where}: {name} has no option(s) {unknown}; its builder takes {builder_options(name) or 'none'}. "
+            f"Fix: remove them, e.g. -S '~{where}.{unknown[0]}'"
+        )
+    return dict(options)
 
 
 def check_image_size(name: str, image_size: int, where: str = "image_size") -> None:

@@ -81,10 +81,21 @@ def _build_resnet50(pretrained: bool, weights: str | None, image_size: int) -> n
     head=lambda m: m.classifier[6],
     description="torchvision VGG16 (ImageNet IMAGENET1K_V1) + reference head",
 )
-def _build_vgg16(pretrained: bool, weights: str | None, image_size: int) -> nn.Module:
-    from torchvision.models import vgg16
+def _build_vgg16(pretrained: bool, weights: str | None, image_size: int, batch_norm: bool = False) -> nn.Module:
+    """``batch_norm``: torchvision's ``vgg16_bn`` (the same configuration with batch norm after every
+    convolution), which learns from random weights in a few epochs where plain VGG16 needs a low lr
+    and many; the default run uses it. Its ImageNet weights are not wired here: from scratch only."""
+    from torchvision.models import vgg16, vgg16_bn
 
-    model = _torchvision_backbone("vgg16", vgg16, pretrained, weights, "classifier.6.")
+    if batch_norm and pretrained:
+        raise WeightsUnavailableError(
+            "vgg16 with options.batch_norm: true trains from random weights only (its ImageNet weights, "
+            "VGG16_BN_Weights, are not wired into the weights stage). Fix: -S models.vgg16.pretrained=false, "
+            "or -S models.vgg16.options.batch_norm=false for the pretrained plain VGG16"
+        )
+    model = _torchvision_backbone("vgg16", vgg16_bn if batch_norm else vgg16, pretrained, weights, "classifier.6.")
     # The 1000-way ImageNet layer is replaced; VGG's adaptive avgpool makes any size >= 32 px work.
     model.classifier[6] = classifier_head(model.classifier[6].in_features)
+    if batch_norm:  # recorded in the model card's arch, so that a checkpoint rebuilds the same network
+        model.arch_options = {"batch_norm": True}
     return model

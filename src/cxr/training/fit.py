@@ -44,7 +44,7 @@ from cxr.data.augment import BatchAugment, Normalize, eval_resize
 from cxr.device import amp_settings, resolve_device
 from cxr.files import atomic_write
 from cxr.metrics import THRESHOLD_METHODS, choose_threshold, is_better
-from cxr.models import build_model, check_image_size, get_entry, input_spec, list_models
+from cxr.models import build_model, check_image_size, check_options, get_entry, input_spec, list_models
 from cxr.tracking import NullTracker
 from cxr.training import distributed
 from cxr.training.engine import (
@@ -100,6 +100,7 @@ class RunConfig:
     aug_noise_std: float = 0.0
     freeze_backbone_epochs: int = 0  # pretrained only: the head alone trains for these first epochs
     backbone_lr_factor: float = 1.0  # pretrained only: backbone lr = lr * factor
+    options: dict = field(default_factory=dict)  # the builder's keyword arguments (models.<name>.options)
 
     def augment_config(self) -> AugmentConfig:
         return AugmentConfig(
@@ -120,8 +121,10 @@ class RunConfig:
         )
 
     def as_params(self) -> dict:
-        """Flat str/number dict for MLflow params (None -> '')."""
-        return {k: ("" if v is None else v) for k, v in asdict(self).items()}
+        """Flat str/number dict for MLflow params (None -> '', a mapping -> its JSON)."""
+        flat = {k: ("" if v is None else v) for k, v in asdict(self).items()}
+        flat["options"] = json.dumps(self.options, sort_keys=True)
+        return flat
 
     def replace(self, **changes) -> RunConfig:
         return dataclasses.replace(self, **changes)
@@ -194,6 +197,7 @@ def resolve_run_config(params: dict, model: str) -> RunConfig:
         aug_noise_std=a.noise_std,
         freeze_backbone_epochs=t.freeze_backbone_epochs if pretrained else 0,
         backbone_lr_factor=t.backbone_lr_factor if pretrained else 1.0,
+        options=check_options(model, o.options, f"models.{model}.options"),
     )
 
 
@@ -412,7 +416,9 @@ def fit(
 
     seed_everything(cfg.seed)
     spec = input_spec(cfg.model, cfg.weights)
-    model = build_model(cfg.model, pretrained=cfg.pretrained, weights=cfg.weights, image_size=cfg.image_size).to(device)
+    model = build_model(
+        cfg.model, pretrained=cfg.pretrained, weights=cfg.weights, image_size=cfg.image_size, **cfg.options
+    ).to(device)
     channels_last = device.type == "cuda" and get_entry(cfg.model).channels_last
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
