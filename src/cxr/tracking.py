@@ -17,6 +17,7 @@ A tracking server that cannot be reached costs nothing but a warning: the tracke
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import subprocess
 import warnings
@@ -85,6 +86,16 @@ def run_tags(model: str, data_version: str = "", device: str = "") -> dict:
     if os.environ.get("DVC_EXP_NAME"):
         tags["dvc_exp_name"] = os.environ["DVC_EXP_NAME"]
     return tags
+
+
+def param_value(value: Any) -> Any:
+    """A run parameter as it is logged to MLflow, and compared with a model card's: None -> '', a
+    mapping (models.<name>.options) -> its JSON; numbers and strings as they are."""
+    if value is None:
+        return ""
+    if isinstance(value, dict):
+        return json.dumps(value, sort_keys=True)
+    return value
 
 
 class StageInterrupted(BaseException):

@@ -342,3 +342,31 @@ def test_external_sets_get_a_table_with_the_gap_a_headline_column_and_a_figure(t
     threshold, curves = panels["cnn"]
     assert threshold == 0.42 and list(curves) == ["internal test (n=624)", "kermany_a (n=324)"]
     assert curves["kermany_a (n=324)"][3] == pytest.approx((1 - 0.66, 0.66))  # the operating point: (1 - spec, sens)
+
+
+def test_a_checkpoint_with_builder_options_finds_its_training_run(tmp_path):
+    """models.<name>.options is logged as JSON; the card's dict must compare equal to it (evaluate
+    logged vgg16_bn's test metrics into a new run before)."""
+    import dataclasses
+
+    from cxr import checkpoint
+    from cxr.evaluation.evaluate import find_training_run
+    from cxr.models import build_model
+    from cxr.tracking import MlflowTracker
+    from cxr.training.fit import resolve_run_config
+    from toydata import card_for
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = MlflowTracker("opts", uri)
+    cfg = resolve_run_config({"image_size": 32, "models": {"vgg16": {"options": {"batch_norm": True}}}}, "vgg16")
+    assert cfg.as_params()["options"] == '{"batch_norm": true}'
+    model = build_model("cnn", image_size=16)
+    card = card_for(model, std=(0.25,) * 3, train_params=dataclasses.asdict(cfg), data_version="v1")
+    checkpoint.save(tmp_path / "models" / "vgg16", model, card)
+    # the card is named after the architecture saved (a small cnn stands in for VGG16's weights)
+    with tracker.start_run("vgg16", tags={"model": "cnn", "stage": "train", "data_version": "v1"}):
+        tracker.log_params(cfg.as_params())
+        run_id = tracker.run_id
+    card = checkpoint.load_card(tmp_path / "models" / "vgg16")
+    assert card.train_params["options"] == {"batch_norm": True}
+    assert find_training_run(tracker, card) == run_id

@@ -334,7 +334,9 @@ def find_training_run(tracker, card: ModelCard) -> str | None:
             stacklevel=2,
         )
         return None
-    want = {k: "" if v is None else str(v) for k, v in card.train_params.items()}
+    from cxr.tracking import param_value
+
+    want = {k: str(param_value(v)) for k, v in card.train_params.items()}
     for run in runs:
         if run.data.tags.get("data_version", card.data_version) != card.data_version:
             continue

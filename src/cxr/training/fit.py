@@ -45,7 +45,7 @@ from cxr.device import amp_settings, resolve_device
 from cxr.files import atomic_write
 from cxr.metrics import THRESHOLD_METHODS, choose_threshold, is_better
 from cxr.models import build_model, check_image_size, check_options, get_entry, input_spec, list_models
-from cxr.tracking import NullTracker
+from cxr.tracking import NullTracker, param_value
 from cxr.training import distributed
 from cxr.training.engine import (
     TrainingDivergedError,
@@ -122,9 +122,7 @@ class RunConfig:
 
     def as_params(self) -> dict:
         """Flat str/number dict for MLflow params (None -> '', a mapping -> its JSON)."""
-        flat = {k: ("" if v is None else v) for k, v in asdict(self).items()}
-        flat["options"] = json.dumps(self.options, sort_keys=True)
-        return flat
+        return {k: param_value(v) for k, v in asdict(self).items()}
 
     def replace(self, **changes) -> RunConfig:
         return dataclasses.replace(self, **changes)
