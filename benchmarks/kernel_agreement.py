@@ -62,6 +62,7 @@ def worker(params_path: str, cache: str, models: list[str], threads: int | None)
         )
         out["models"][name] = {
             "val_auc": float(result.best["val_auc"]),
+            "val_loss": float(result.best["val_loss"]),
             "test_auc": float(roc_auc_score(test.labels, probs)),
             "threshold": float(result.threshold),
         }
@@ -83,6 +84,7 @@ def main() -> int:
         print(f"kernel_agreement: no cache at {args.cache}; run `dvc repro preprocess` first", file=sys.stderr)
         return 2
     from cxr.config import load_params
+    from cxr.evaluation.compare import select_best
 
     models = args.models or list(load_params(args.params)["models"])
     if args.worker:
@@ -115,7 +117,14 @@ def main() -> int:
             + "".join(f"{r['val_auc']:>34.4f}" for r in rows)
             + "".join(f"{r['test_auc']:>34.4f}" for r in rows)
         )
-    selected = {n: max(models, key=lambda m: results[n]["models"][m]["val_auc"]) for n in names}
+    # As compare selects: on metrics/train/*.json, whose values are rounded to 6 decimals.
+    selected = {
+        n: select_best(
+            {m: {k: round(results[n]["models"][m][k], 6) for k in ("val_auc", "val_loss")} for m in models},
+            load_params(args.params)["train"]["select_metric"],
+        )
+        for n in names
+    }
     print("selected on validation: " + ", ".join(f"{n}: {s}" for n, s in selected.items()))
     print(
         f"largest difference from '{names[0]}': validation ROC-AUC {worst['val_auc']:.4f}, "

@@ -125,7 +125,7 @@ def train(args: argparse.Namespace, params: dict, run_cfg, device: torch.device)
     """One process's part of the stage; every output and the MLflow run come from rank 0 only."""
     main_rank = distributed.is_main()
     mlflow_cfg: MlflowConfig = section(params, "mlflow", MlflowConfig)
-    eval_cfg: EvaluateConfig = section(params, "evaluate", EvaluateConfig)  # the threshold saved with the model
+    eval_cfg: EvaluateConfig = section(params, "evaluate", EvaluateConfig)
     info = load_info(args.cache)
     train, val = load_split(args.cache, "train"), load_split(args.cache, "val")
     world = distributed.world_size()
@@ -150,10 +150,15 @@ def train(args: argparse.Namespace, params: dict, run_cfg, device: torch.device)
             ended = tracker.end_stale_runs({k: tags[k] for k in ("model", "stage", "config_hash")})
             if ended:
                 print(f"[{args.model}] marked {ended} interrupted MLflow run(s) of this configuration KILLED")
-        return _fit_and_write(args, run_cfg, device, train, val, info, tracker, tags, mlflow_cfg, eval_cfg, main_rank)
+        fit_opts = {  # the threshold saved with the model is chosen as evaluate reports it
+            "threshold_method": eval_cfg.threshold,
+            "fixed_threshold": eval_cfg.fixed_threshold,
+            "resume_every": section(params, "train", TrainConfig).resume_every,
+        }
+        return _fit_and_write(args, run_cfg, device, train, val, info, tracker, tags, mlflow_cfg, fit_opts, main_rank)
 
 
-def _fit_and_write(args, run_cfg, device, train, val, info, tracker, tags, mlflow_cfg, eval_cfg, main_rank) -> int:
+def _fit_and_write(args, run_cfg, device, train, val, info, tracker, tags, mlflow_cfg, fit_opts, main_rank) -> int:
     with tracker.start_run(run_name=run_name(args.model), tags=tags):
         result = fit(
             run_cfg,
@@ -164,9 +169,8 @@ def _fit_and_write(args, run_cfg, device, train, val, info, tracker, tags, mlflo
             resume_path=args.resume,
             data_version=info.get("data_version", ""),
             progress=not args.no_progress,
-            threshold_method=eval_cfg.threshold,
-            fixed_threshold=eval_cfg.fixed_threshold,
             cache_resize=info.get("resize", "stretch"),
+            **fit_opts,
         )
         if not main_rank:
             return 0

@@ -201,3 +201,16 @@ def test_average_precision_rows_equals_sklearn_row_by_row(ties):
         p = rng.choice(rng.random(int(rng.integers(1, 6))), size=(4, n)) if ties else rng.random((4, n))
         expected = [average_precision_score(y, row) for row in p]
         np.testing.assert_allclose(average_precision_rows(p, y), expected, rtol=0, atol=1e-12)
+
+
+def test_row_is_better_breaks_exact_ties_on_the_other_metric():
+    from cxr.metrics import row_is_better
+
+    a, b = {"val_auc": 1.0, "val_loss": 0.2}, {"val_auc": 1.0, "val_loss": 0.1}
+    assert row_is_better(b, a, "val_auc") and not row_is_better(a, b, "val_auc")
+    assert not row_is_better(a, dict(a), "val_auc")  # a full tie keeps the incumbent
+    assert row_is_better({"val_auc": 0.9, "val_loss": 9.0}, {"val_auc": 0.8, "val_loss": 0.1}, "val_auc")
+    assert row_is_better({"val_auc": 0.9, "val_loss": 0.1}, {"val_auc": 0.5, "val_loss": 0.1}, "val_loss")
+    assert row_is_better(a, None, "val_auc")
+    nan = float("nan")
+    assert not row_is_better({"val_auc": nan, "val_loss": 0.0}, {"val_auc": nan, "val_loss": 1.0}, "val_auc")

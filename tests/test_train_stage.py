@@ -131,6 +131,7 @@ def test_killed_runs_do_not_stay_running(workdir, repo_root):
 
     params = yaml.safe_load((workdir / "params.yaml").read_text())
     params["epochs"] = 200  # long enough to be interrupted after its first epoch
+    params["train"]["resume_every"] = 0  # a resume state after every epoch
     (workdir / "params.yaml").write_text(yaml.safe_dump(params))
     db = f"sqlite:///{workdir}/mlflow.db"
     resume = workdir / "data/resume/cnn.pt"

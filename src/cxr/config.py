@@ -384,6 +384,7 @@ class ModelOverride:
     batch_size: Optional[int] = None
     epochs: Optional[int] = None
     image_size: Optional[int] = None
+    scheduler: Optional[str] = None  # steplr | cosine | none
     pretrained: Optional[bool] = None
     weights: Optional[str] = None  # local torchvision state_dict file or save_pretrained directory
     # Keyword arguments of the model's builder (the registry lists them), e.g. vgg16 {batch_norm: true}
@@ -393,6 +394,10 @@ class ModelOverride:
         _check(
             self.lr is None or (math.isfinite(self.lr) and 0 < self.lr <= MAX_LR),
             f"{where}.lr must be null or a finite number in (0, {MAX_LR}], found {self.lr}",
+        )
+        _check(
+            self.scheduler in (None, *SCHEDULERS),
+            f"{where}.scheduler: expected null, steplr, cosine or none, found {self.scheduler!r}",
         )
 
 
@@ -414,6 +419,7 @@ class TrainConfig:
     devices: Union[int, str] = 1  # 1 | N | auto (every visible GPU): N > 1 runs DDP under torchrun (gloo on CPU)
     freeze_backbone_epochs: int = 0  # pretrained models: train only the new head for the first N epochs
     backbone_lr_factor: float = 1.0  # pretrained models: backbone lr = lr * factor (the head gets lr)
+    resume_every: float = 60.0  # seconds of training between resume states; 0 = after every epoch
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def validate(self, where: str) -> None:
@@ -422,7 +428,7 @@ class TrainConfig:
             f"{where}.optimizer: expected adamw, adam or sgd, found {self.optimizer!r}",
         )
         _check(
-            self.scheduler in ("steplr", "cosine", "none"),
+            self.scheduler in SCHEDULERS,
             f"{where}.scheduler: expected steplr, cosine or none, found {self.scheduler!r}",
         )
         _check(
@@ -437,6 +443,10 @@ class TrainConfig:
         _check_devices(self.devices, f"{where}.devices")
         _check(self.freeze_backbone_epochs >= 0, f"{where}.freeze_backbone_epochs must be >= 0")
         _check(
+            math.isfinite(self.resume_every) and self.resume_every >= 0,
+            f"{where}.resume_every must be a number of seconds >= 0 (0: after every epoch), found {self.resume_every}",
+        )
+        _check(
             self.backbone_lr_factor > 0, f"{where}.backbone_lr_factor must be > 0 (freeze with freeze_backbone_epochs)"
         )
 
@@ -450,6 +460,7 @@ class MlflowConfig:
 
 
 MAX_LR = 10.0  # no optimiser here trains at a larger step; a typo such as 1e6 is refused before training
+SCHEDULERS = ("steplr", "cosine", "none")  # train.scheduler, models.<name>.scheduler
 
 
 @dataclass

@@ -68,6 +68,16 @@ def is_better(new: float, old: float | None, metric: str) -> bool:
     return new > old if SELECT_METRICS[metric] == "higher" else new < old
 
 
+def row_is_better(new: dict, old: dict | None, metric: str) -> bool:
+    """``is_better`` on two rows of validation metrics (an epoch, a configuration, a model); an exact tie
+    on ``metric`` goes to the other selection metric. A small validation split saturates its ROC-AUC
+    (1.000 from some epoch on): the lower loss then picks the epoch instead of whichever tied first."""
+    if old is None or float(new[metric]) != float(old[metric]):
+        return is_better(new[metric], None if old is None else old[metric], metric)
+    other = next(m for m in SELECT_METRICS if m != metric)
+    return other in new and other in old and is_better(new[other], old[other], other)
+
+
 def choose_threshold(y_true, y_prob, method: str = "youden", default: float = 0.5) -> float:
     """Decision threshold from *validation* predictions.
 

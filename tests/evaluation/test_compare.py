@@ -53,6 +53,15 @@ def test_select_best_uses_validation_and_never_nan():
         C.select_best({})
 
 
+def test_select_best_breaks_a_validation_auc_tie_on_loss():
+    tied = {"a": {"val_auc": 1.0, "val_loss": 0.20}, "b": {"val_auc": 1.0, "val_loss": 0.05}}
+    assert C.select_best(tied, "val_auc") == "b"  # not the first of the tie
+    assert C.select_best({**tied, "c": {"val_auc": 0.99, "val_loss": 0.01}}, "val_auc") == "b"
+    loss_tied = {"a": {"val_auc": 0.7, "val_loss": 0.1}, "b": {"val_auc": 0.9, "val_loss": 0.1}}
+    assert C.select_best(loss_tied, "val_loss") == "b"
+    assert C.select_best({"a": {"val_auc": 1.0}, "b": {"val_auc": 1.0}}) == "a"  # no loss to break it
+
+
 def test_results_table_ranked_by_validation_not_test():
     t = C.results_table(EVAL, TRAIN)
     assert t["model"].tolist() == ["cnn", "vit", "vgg16"]  # by val AUC; NaN last

@@ -110,6 +110,18 @@ def test_vit_weights_from_save_pretrained_directory(tmp_path):
     assert spec == {"mean": [0.4, 0.4, 0.4], "std": [0.2, 0.2, 0.2], "image_size": 32}
 
 
+def test_vit_spec_defaults_are_the_image_processors(tmp_path):
+    from transformers import ViTImageProcessor
+
+    proc = ViTImageProcessor()
+    (tmp_path / "bare").mkdir()  # a weights folder without preprocessor_config.json
+    assert input_spec("vit", tmp_path / "bare") == {
+        "mean": list(proc.image_mean),
+        "std": list(proc.image_std),
+        "image_size": proc.size["height"],
+    }
+
+
 @pytest.fixture
 def empty_caches(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))

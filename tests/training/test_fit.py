@@ -29,12 +29,13 @@ TRAIN, VAL = toy(26, 0), toy(12, 1)
 
 
 def test_same_keys_for_every_model_and_overrides(params):
-    params["models"] = {"vit": {"lr": "1e-05", "epochs": 5}, "resnet50": {"weights": "w.pth"}}
+    params["models"] = {"vit": {"lr": "1e-05", "epochs": 5, "scheduler": "cosine"}, "resnet50": {"weights": "w.pth"}}
     params["image_size"] = 32  # VGG16 needs 32 px
     cfgs = {m: resolve_run_config(params, m) for m in list_models()}
     assert len({tuple(c.as_params()) for c in cfgs.values()}) == 1  # identical key sets, same order
     assert cfgs["vit"].lr == 1e-5 and cfgs["vit"].epochs == 5  # '1e-05' as `dvc exp run -S` writes it
     assert cfgs["cnn"].lr == 3e-3 and cfgs["cnn"].epochs == 3
+    assert cfgs["vit"].scheduler == "cosine" and cfgs["cnn"].scheduler == params["train"].get("scheduler", "steplr")
     assert cfgs["resnet50"].pretrained and cfgs["resnet50"].weights == "w.pth"  # weights imply pretrained
     assert not cfgs["vgg16"].pretrained and cfgs["vgg16"].weights is None
     params["models"]["resnet50"]["pretrained"] = False
@@ -48,6 +49,11 @@ def test_bad_values_fail_with_the_key(params):
     params["models"] = {"cnn": {"batch_size": 0}}
     with pytest.raises(ConfigError, match="batch_size"):
         resolve_run_config(params, "cnn")
+    params["models"] = {"cnn": {"scheduler": "cosin"}}
+    with pytest.raises(
+        ConfigError, match=r"models\.cnn\.scheduler: expected null, steplr, cosine or none, found 'cosin'"
+    ):
+        resolve_run_config(params, "cnn")
 
 
 def test_pos_weight_balanced():
@@ -59,7 +65,8 @@ def test_fit_history_best_threshold_meta(run_cfg):
     result = fit(run_cfg, TRAIN, VAL, progress=False)
     assert [h["epoch"] for h in result.history] == [1, 2, 3]
     assert {"train_loss", "train_acc", "val_loss", "val_acc", "val_auc", "lr", "seconds"} <= set(result.history[0])
-    best = max(result.history, key=lambda h: h["val_auc"])  # first maximum wins ties
+    # Highest val AUC; a tie goes to the lower val loss, then to the earlier epoch.
+    best = min(result.history, key=lambda h: (-h["val_auc"], h["val_loss"], h["epoch"]))
     assert result.best["best_epoch"] == best["epoch"] and result.best["val_auc"] == best["val_auc"]
     assert 0.0 <= result.threshold <= 1.0
     m = result.card
@@ -192,6 +199,25 @@ def test_resume_after_interruption_matches_uninterrupted_run(run_cfg, tmp_path, 
     assert resumed.best == pytest.approx(uninterrupted.best)
     for (k, v), v2 in zip(uninterrupted.model.state_dict().items(), resumed.model.state_dict().values()):
         torch.testing.assert_close(v, v2, atol=1e-6, rtol=0, msg=k)
+
+
+def test_resume_states_are_written_every_resume_every_seconds(run_cfg, tmp_path, monkeypatch):
+    import cxr.training.fit as fit_module
+
+    clock = iter(range(0, 10_000, 10))  # every reading of the clock is 10 s later
+    monkeypatch.setattr(fit_module.time, "perf_counter", lambda: float(next(clock)))
+    resume, saved = tmp_path / "cnn.pt", []
+
+    def note(row):
+        saved.append((row["epoch"], resume.is_file()))
+        resume.unlink(missing_ok=True)
+
+    fit(run_cfg.replace(epochs=4), TRAIN, VAL, progress=False, resume_path=resume, on_epoch_end=note, resume_every=25)
+    # An epoch reads the clock at least three times (30 s > 25 s): a state after each, never after the last.
+    assert [e for e, written in saved if written] == [1, 2, 3]
+    saved.clear()
+    fit(run_cfg.replace(epochs=4), TRAIN, VAL, progress=False, resume_path=resume, on_epoch_end=note, resume_every=1e9)
+    assert saved == [(1, False), (2, False), (3, False), (4, False)]
 
 
 def test_resume_file_from_other_params_is_ignored(run_cfg, tmp_path, capsys):

@@ -16,7 +16,7 @@ import math
 
 import pandas as pd
 
-from cxr.metrics import is_better
+from cxr.metrics import SELECT_METRICS, row_is_better
 
 REPORT_METRICS = ("accuracy", "sensitivity", "specificity", "balanced_accuracy", "roc_auc", "f1")
 TITLES = {
@@ -38,19 +38,20 @@ def _num(v) -> float:
 
 
 def select_best(train_metrics: dict[str, dict], metric: str = "val_auc") -> str:
-    """The model with the best validation ``metric`` (val_auc: highest; val_loss: lowest); NaN never wins."""
+    """The model with the best validation ``metric`` (val_auc: highest; val_loss: lowest; a tie: the other
+    one); NaN never wins."""
     if not train_metrics:
         raise ValueError("no training metrics found (metrics/train/<model>.json); run `dvc repro train` first")
     best = None
     for name, m in train_metrics.items():
         if metric not in m:
             raise ValueError(f"metrics/train/{name}.json has no {metric!r} (keys: {sorted(m)})")
-        v = _num(m[metric])
-        if not math.isnan(v) and is_better(v, best and best[0], metric):
-            best = (v, name)
+        row = {k: _num(m.get(k)) for k in SELECT_METRICS}
+        if not math.isnan(row[metric]) and row_is_better(row, best and best[0], metric):
+            best = (row, name)
     if best is None:
         raise ValueError(f"every model's {metric} is missing or NaN: cannot select one on validation")
-    return best[1]  # ties: the first in the order given
+    return best[1]  # a tie on both metrics: the first in the order given
 
 
 def results_table(

@@ -1,12 +1,13 @@
 """``vit``: Hugging Face ``ViTForImageClassification`` (ViT-B/16, ``google/vit-base-patch16-224-in21k``).
 
 The forward of :class:`HFLogits` returns the (B, 1) logits tensor, like every other model here.
-Normalisation and native size come from the checkpoint's ``ViTImageProcessor``. For Grad-CAM, the
+Normalisation and native size come from the checkpoint's ``preprocessor_config.json``. For Grad-CAM, the
 registry entry names the last block's ``layernorm_before`` and reshapes its tokens to a patch grid.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -50,23 +51,32 @@ def _hf_cache_dir() -> str:
     return hf_cache_dir()
 
 
-def _vit_spec(weights: str | None) -> dict:
-    from transformers import ViTImageProcessor
+# ViTImageProcessor's defaults (IMAGENET_STANDARD_MEAN/STD, 224 px): the in21k checkpoint's values,
+# used when no preprocessor_config.json is at hand (tests/models/test_registry.py checks them).
+_VIT_PROCESSOR_DEFAULTS = {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "image_size": 224}
 
-    proc = None
-    if weights is not None and (Path(weights) / "preprocessor_config.json").is_file():
-        proc = ViTImageProcessor.from_pretrained(weights, local_files_only=True)
-    elif weights is None:
-        try:
-            proc = ViTImageProcessor.from_pretrained(VIT_HUB_ID, local_files_only=True, cache_dir=_hf_cache_dir())
-        except Exception:
-            proc = None  # not cached: the in21k processor's values are the ViTImageProcessor defaults
-    proc = proc or ViTImageProcessor()
-    return {
-        "mean": [float(v) for v in proc.image_mean],
-        "std": [float(v) for v in proc.image_std],
-        "image_size": int(proc.size["height"]),
-    }
+
+def _vit_spec(weights: str | None) -> dict:
+    """Normalisation and native size from the checkpoint's ``preprocessor_config.json`` (a
+    save_pretrained folder, else the hub cache's copy of VIT_HUB_ID), read as JSON: importing
+    ``ViTImageProcessor`` costs every ViT stage seconds (it pulls in torchvision)."""
+    if weights is not None:
+        config = Path(weights) / "preprocessor_config.json"
+    else:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(VIT_HUB_ID, "preprocessor_config.json", cache_dir=_hf_cache_dir())
+        config = Path(cached) if isinstance(cached, str) else None
+    spec = dict(_VIT_PROCESSOR_DEFAULTS)
+    if config is not None and config.is_file():
+        proc = json.loads(config.read_text())
+        size = proc.get("size", spec["image_size"])
+        spec = {
+            "mean": [float(v) for v in proc.get("image_mean", spec["mean"])],
+            "std": [float(v) for v in proc.get("image_std", spec["std"])],
+            "image_size": int(size["height"] if isinstance(size, dict) else size),
+        }
+    return spec
 
 
 def _hf_vit(model: nn.Module) -> nn.Module:

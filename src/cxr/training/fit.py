@@ -43,7 +43,7 @@ from cxr.config import (
 from cxr.data.augment import BatchAugment, Normalize, eval_resize
 from cxr.device import amp_settings, resolve_device
 from cxr.files import atomic_write
-from cxr.metrics import THRESHOLD_METHODS, choose_threshold, is_better
+from cxr.metrics import THRESHOLD_METHODS, choose_threshold, row_is_better
 from cxr.models import build_model, check_image_size, check_options, get_entry, input_spec, list_models
 from cxr.tracking import NullTracker, param_value
 from cxr.training import distributed
@@ -168,7 +168,7 @@ def resolve_run_config(params: dict, model: str) -> RunConfig:
         optimizer=t.optimizer,
         momentum=t.momentum,
         weight_decay=t.weight_decay,
-        scheduler=t.scheduler,
+        scheduler=o.scheduler or t.scheduler,
         step_size=t.step_size,
         gamma=t.gamma,
         class_weight=t.class_weight,
@@ -378,12 +378,15 @@ def fit(
     threshold_method: str = "youden",
     fixed_threshold: float = 0.5,
     cache_resize: str = "stretch",
+    resume_every: float = 0.0,
 ) -> FitResult:
     """Train ``run_cfg.model`` from a fresh initialisation on ``train`` = (uint8 images (N, S, S), labels),
     keep the best epoch on ``val`` by ``select_metric``, choose the threshold on ``val``.
 
-    With ``resume_path``, a resume checkpoint is written after every epoch but the last and removed at
-    the end; a matching one (same RunConfig and data_version) found at start continues from the next epoch.
+    With ``resume_path``, a resume checkpoint is written after an epoch (never the last) once
+    ``resume_every`` seconds of training have passed since the previous one (0: after every epoch;
+    VGG16's state with its AdamW moments is 1.6 GB, seconds to write) and removed at the end; a
+    matching one (same RunConfig and data_version) found at start continues from the next epoch.
     ``on_epoch_end(row)`` runs after that save (an exception there leaves a resumable state).
     ``threshold_method``/``fixed_threshold``: how the decision threshold saved with the model is
     chosen (the evaluate stage's ``evaluate.threshold``/``fixed_threshold``, so the operating point
@@ -473,6 +476,7 @@ def fit(
     stopped_early = bad_epochs >= cfg.early_stopping_patience > 0
 
     n_tr = len(y_tr)
+    last_save = time.perf_counter()
     for epoch in range(start_epoch, cfg.epochs + 1):
         if stopped_early:
             break
@@ -531,7 +535,7 @@ def fit(
         }
         history.append(row)
         tracker.log_metrics(_metric_row(row), step=epoch)
-        if is_better(row[cfg.select_metric], best and best[cfg.select_metric], cfg.select_metric):
+        if row_is_better(row, best, cfg.select_metric):
             best = {"best_epoch": epoch, "val_auc": ev["auc"], "val_loss": ev["loss"], "val_acc": ev["acc"]}
             best_state = state_dict_copy(model)
             bad_epochs = 0
@@ -546,7 +550,8 @@ def fit(
         # After the last epoch a resume state would save nothing worth its cost (VGG16 with its AdamW
         # moments: 1.6 GB): a run interrupted from here on redoes the last epoch, to the same weights.
         last_epoch = epoch == cfg.epochs or stopped_early
-        if resume_path is not None and distributed.is_main() and not last_epoch:
+        due = time.perf_counter() - last_save >= resume_every
+        if resume_path is not None and distributed.is_main() and not last_epoch and due:
             current = state_dict_copy(model)
             # When this epoch is the best one, its weights are stored once (VGG16: 0.5 GB saved per epoch).
             best_is_current = best["best_epoch"] == epoch
@@ -565,6 +570,7 @@ def fit(
                 "bad_epochs": bad_epochs,
             }
             atomic_write(resume_path, functools.partial(torch.save, state))
+            last_save = time.perf_counter()
         if on_epoch_end is not None:
             on_epoch_end(row)
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from cxr.metrics import binary_metrics, is_better
+from cxr.metrics import binary_metrics, row_is_better
 from cxr.tracking import NullTracker
 from cxr.training.engine import TrainingDivergedError, predict_probabilities
 from cxr.training.fit import RunConfig, fit
@@ -173,7 +173,7 @@ def run_sweep(
             )
             tracker.set_tags({"test_used_for_selection": "false"})
         rows.append(row)
-        if not row["diverged"] and is_better(row[select_metric], best and best[select_metric], select_metric):
+        if not row["diverged"] and row_is_better(row, best, select_metric):
             best = row
     if best is None:
         raise TrainingDivergedError(
