@@ -23,6 +23,8 @@ from typing import Any, Optional, Union
 
 import yaml
 
+from cxr.metric_names import CI_METRICS, SELECT_METRICS, THRESHOLD_METHODS
+
 
 class ConfigError(ValueError):
     """A params.yaml value is missing, unknown or of the wrong type."""
@@ -436,8 +438,8 @@ class TrainConfig:
             f"{where}.class_weight: expected balanced or none, found {self.class_weight!r}",
         )
         _check(
-            self.select_metric in ("val_auc", "val_loss"),
-            f"{where}.select_metric: expected val_auc or val_loss, found {self.select_metric!r}",
+            self.select_metric in SELECT_METRICS,
+            f"{where}.select_metric: expected {' or '.join(SELECT_METRICS)}, found {self.select_metric!r}",
         )
         _check(self.num_workers >= 0, f"{where}.num_workers must be >= 0")
         _check_devices(self.devices, f"{where}.devices")
@@ -509,8 +511,6 @@ class EvaluateConfig:
     augment_draws: int = 4  # augmented draws per row
 
     def validate(self, where: str) -> None:
-        from cxr.metrics import THRESHOLD_METHODS  # here: cxr.metrics imports scipy and scikit-learn
-
         _check(
             self.threshold in THRESHOLD_METHODS,
             f"{where}.threshold: expected one of {list(THRESHOLD_METHODS)}, found {self.threshold!r}",
@@ -557,8 +557,8 @@ class SweepConfig:
         _check(self.epochs >= 1, f"{where}.epochs must be >= 1, found {self.epochs}")
         _check(self.image_size is None or self.image_size >= 16, f"{where}.image_size must be >= 16 or null")
         _check(
-            self.select_metric in ("val_auc", "val_loss"),
-            f"{where}.select_metric: expected val_auc or val_loss, found {self.select_metric!r}",
+            self.select_metric in SELECT_METRICS,
+            f"{where}.select_metric: expected {' or '.join(SELECT_METRICS)}, found {self.select_metric!r}",
         )
 
 
@@ -575,13 +575,11 @@ class CompareConfig:
 
     def validate(self, where: str) -> None:
         _check(
-            self.select_metric in ("val_auc", "val_loss"),
-            f"{where}.select_metric: expected val_auc or val_loss, found {self.select_metric!r}",
+            self.select_metric in SELECT_METRICS,
+            f"{where}.select_metric: expected {' or '.join(SELECT_METRICS)}, found {self.select_metric!r}",
         )
         _check(
             self.promote in ("better", "always"), f"{where}.promote: expected better or always, found {self.promote!r}"
         )
-        from cxr.metrics import CI_METRICS  # local: config must not import the heavy stack at load time
-
         bad = [m for m in self.bar_metrics if m not in CI_METRICS]
         _check(not bad, f"{where}.bar_metrics: unknown metric(s) {bad}; choose from {list(CI_METRICS)}")

@@ -30,27 +30,10 @@ from sklearn.metrics import (
     roc_curve,
 )
 
-THRESHOLD_METHODS = ("youden", "fixed", "midpoint")
+from cxr.metric_names import CI_METRICS, SELECT_METRICS, THRESHOLD_METHODS  # defined there; used and re-exported here
 
-# Metrics that get a confidence interval, in a fixed order (the bootstrap statistic returns this order).
-CI_METRICS = (
-    "accuracy",
-    "balanced_accuracy",
-    "sensitivity",
-    "specificity",
-    "precision",
-    "f1",
-    "roc_auc",
-    "pr_auc",
-    "brier",
-    "ece",
-)
 COUNT_KEYS = ("tp", "fp", "tn", "fn")
 ECE_BINS = 10
-
-
-# Validation metrics a model or configuration is selected by, and which way is better.
-SELECT_METRICS = {"val_auc": "higher", "val_loss": "lower"}
 
 
 def is_better(new: float, old: float | None, metric: str) -> bool:
