@@ -44,7 +44,7 @@ def real_recipe(name: str) -> dict:
     return {**real["common"], **real[name]}
 
 
-# Every recipe tried for issue 14 stays here, so each figure of the report can be rerun.
+# Every recipe tried for the cpu recipe stays here, so each figure of benchmarks/README.md can be rerun.
 BASELINE = {"preprocess.cache_size": 144, "image_size": 128, "batch_size": 32, "models.cnn.epochs": 15}
 P96 = {"preprocess.cache_size": 112, "image_size": 96, "batch_size": 32, "epochs": 10, "models.cnn.epochs": 10}
 INTENSITY = {
@@ -67,7 +67,7 @@ BLUR_SHARPEN = {
 
 # name -> (model trained, -S style overrides on params.yaml). "cpu" is whatever configs/real.yaml says.
 RECIPES = {
-    "baseline": ("cnn", BASELINE),  # the cpu recipe before issue 14
+    "baseline": ("cnn", BASELINE),  # the cpu recipe before the search
     "cpu": ("resnet_small", real_recipe("cpu")),
     # short proxies (96 px, 10 epochs) ranking the ideas
     "p96-cnn": ("cnn", P96),

@@ -22,7 +22,7 @@ all GPUs: ours at the best batch per GPU in one process per visible GPU (``--pro
     NCCL through ``cxr.training.distributed`` (the path of ``train.devices``), images of all GPUs per
     second, and the scaling efficiency against N x one GPU.
 
-``--compile`` adds ``torch.compile`` (the ``train.compile`` knob) to every side. Targets (issue 15,
+``--compile`` adds ``torch.compile`` (the ``train.compile`` knob) to every side. Targets (on
 one H200): ResNet50 at the best batch >= 90 % of its model-step ceiling and >= 3,000 images/s.
 ``--device cpu --processes 2`` runs the whole script on CPU (gloo) as a smoke test of its logic.
 

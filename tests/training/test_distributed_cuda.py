@@ -1,4 +1,4 @@
-"""The GPU side of issue 15: DDP over NCCL, the sweep over GPUs, the GPU claim on real devices, and
+"""The GPU side of training: DDP over NCCL, the sweep over GPUs, the GPU claim on real devices, and
 the ResNet50 throughput targets. Deselected by default (``-m "not cuda"``); on a GPU machine::
 
     .venv/bin/python -m pytest -m cuda tests/training/test_distributed_cuda.py
@@ -110,7 +110,7 @@ def test_train_stage_devices_auto_uses_every_gpu(n_gpus, tmp_path, repo_root, mo
 
 @pytest.mark.shared_data
 def test_resnet50_throughput_targets(n_gpus, shared_data, repo_root):
-    """Issue 15: at the best batch, >= 90 % of the model-step ceiling and >= 3,000 images/s on one H200."""
+    """At the best batch, >= 90 % of the model-step ceiling and >= 3,000 images/s on one H200."""
     sys.path.insert(0, str(repo_root / "benchmarks"))
     import gpu_training
 

@@ -128,7 +128,7 @@ def test_fit_is_reproducible_and_starts_fresh_each_call(run_cfg):
 
 def test_progress_bars_do_not_change_the_model(run_cfg, tmp_path):
     # tqdm used to iterate the CPU DataLoader once more than a bare loop, shifting the shuffle:
-    # the same params, data and seed gave another model with --no-progress (habit 16).
+    # the same params, data and seed gave another model with --no-progress (tracked outputs must not).
     from cxr import checkpoint
 
     with_bar = fit(run_cfg, TRAIN, VAL, progress=True)
