@@ -288,7 +288,7 @@ def evaluation_figures(
         images = np.asarray(test_images[np.sort(idx)])[np.argsort(np.argsort(idx))]  # sorted read from a memmap
         overlays = None
         if model is not None and cfg.gradcam:
-            from cxr.evaluation.explain import grad_cam, overlay
+            from cxr.explain import grad_cam, overlay
 
             heat = grad_cam(model, name, model_inputs(images, card, device))
             overlays = np.stack([overlay(img, h) for img, h in zip(images, heat)])

@@ -381,7 +381,7 @@ class Predictor:
 
 
 class _CamWriter:
-    """Grad-CAM overlays (cxr.evaluation.explain) at cache size, one PNG per image, names made unique."""
+    """Grad-CAM overlays (cxr.explain) at cache size, one PNG per image, names made unique."""
 
     def __init__(self, predictor: Predictor, cam_dir: str | Path):
         self.p = predictor
@@ -401,7 +401,7 @@ class _CamWriter:
     def write(self, images: np.ndarray, names: Sequence[str]) -> list[Path]:
         from PIL import Image
 
-        from cxr.evaluation.explain import grad_cam, overlay
+        from cxr.explain import grad_cam, overlay
 
         heat = grad_cam(self.p.model, self.p.arch_name, self.p.model_inputs(images))
         self.p.model.eval()

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from cxr.evaluation.explain import grad_cam, overlay, target_layer
+from cxr.explain import grad_cam, overlay, target_layer
 from cxr.models import build_model, get_entry, list_models
 from cxr.models.resnet_small import BasicBlock
 from toydata import TINY_VIT
