@@ -20,8 +20,9 @@ import time
 from pathlib import Path
 
 from cxr.config import ConfigError, load_params
+from cxr.files import sha256_file
 from cxr.models import WeightsUnavailableError, get_entry, list_models
-from cxr.models.weights import materialise, read_manifest, sha256_file, write_manifest
+from cxr.models.weights import materialise, read_manifest, write_manifest
 from cxr.stage import run_stage
 from cxr.training.fit import resolve_run_config
 

@@ -1,5 +1,5 @@
 """Writing files the pipeline tracks: atomically (a crash never leaves half a file), and DVC
-metrics files as valid JSON whatever the numbers (NaN, numpy scalars).
+metrics files as valid JSON whatever the numbers (NaN, numpy scalars); the sha256 of a file.
 
     atomic_write("models/cnn/model.pt", lambda tmp: torch.save(state, tmp))
     write_metrics("metrics/eval/cnn.json", report)
@@ -7,6 +7,7 @@ metrics files as valid JSON whatever the numbers (NaN, numpy scalars).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -15,6 +16,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes, read in chunks (archives and weights are GBs)."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def atomic_write(path: str | Path, write: Callable[[str], object]) -> Path:

@@ -18,6 +18,7 @@ import pytest
 import torch
 from torch import nn
 
+from cxr.files import sha256_file
 from cxr.models import WeightsUnavailableError, build_model, get_entry, registry
 from cxr.models.registry import ModelEntry
 from cxr.models.vit import VIT_HUB_ID, VIT_REVISION
@@ -27,7 +28,6 @@ from cxr.models.weights import (
     materialise,
     materialised_weights,
     read_manifest,
-    sha256_file,
     split_parameters,
     write_manifest,
 )

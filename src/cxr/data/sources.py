@@ -48,6 +48,7 @@ from cxr.config import ArchiveLimits, DataConfig
 from cxr.data import is_junk
 from cxr.data.limits import ArchiveBudget, ArchiveLimitError
 from cxr.data.safefs import walk_files
+from cxr.files import sha256_file
 
 # Folder names seen in real copies, lower-cased; "validation"/"valid" from re-packaged copies.
 _SPLIT_ALIASES = {
@@ -716,14 +717,6 @@ def _extract_tar(
 # --------------------------------------------------------------------------------------------
 # Download
 # --------------------------------------------------------------------------------------------
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _filename_from_url(url: str) -> str:

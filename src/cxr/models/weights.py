@@ -25,7 +25,6 @@ Test hooks (the tests serve fake weights on 127.0.0.1): ``CXR_TORCHVISION_BASE_U
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -38,6 +37,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from cxr.files import sha256_file
 from cxr.models.registry import WeightsUnavailableError, get_entry, weights_fixes
 
 TORCHVISION_BASE_URL = "https://download.pytorch.org/models/"
@@ -59,14 +59,6 @@ def hf_cache_dir() -> str:
     from huggingface_hub.constants import HF_HUB_CACHE
 
     return str(HF_HUB_CACHE)
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------------------------
