@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.metadata
+import itertools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -212,7 +213,14 @@ def load_card(model_dir: str | Path) -> ModelCard:
 def load(model_dir: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelCard]:
     """Rebuild the architecture (random init, no downloads) and load the weights with ``weights_only=True``."""
     card = load_card(model_dir)
-    model = rebuild(card.arch)
     state = torch.load(Path(model_dir) / WEIGHTS_FILE, map_location="cpu", weights_only=True)
-    model.load_state_dict(state)
+    # Built on the meta device, the weights then assigned: a random initialisation the saved weights
+    # replace anyway costs VGG16 (138 M weights) 2.5 s and the ViT 3 s of every evaluate stage.
+    with torch.device("meta"):
+        model = rebuild(card.arch)
+    model.load_state_dict(state, assign=True)
+    if any(t.is_meta for t in itertools.chain(model.parameters(), model.buffers())):
+        # A buffer the state dict does not hold (non-persistent): only a real build makes it.
+        model = rebuild(card.arch)
+        model.load_state_dict(state)
     return model.to(device).eval(), card
