@@ -55,16 +55,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _read(path: str) -> dict:
     """params.yaml as a mapping, without load_params' top-level check (check() reports it with the rest)."""
-    from pathlib import Path
-
-    import yaml
-
-    p = Path(path)
-    if not p.is_file():
-        raise C.ConfigError(f"params file not found: {p} (run from the repository root, or pass --params)")
-    data = yaml.safe_load(p.read_text()) or {}
+    data = C.read_yaml(path) or {}
     if not isinstance(data, dict):
-        raise C.ConfigError(f"{p}: expected a mapping at the top level, found {type(data).__name__}")
+        raise C.ConfigError(f"{path}: expected a mapping at the top level, found {type(data).__name__}")
     return data
 
 

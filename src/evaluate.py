@@ -34,7 +34,7 @@ from cxr.config import ConfigError, EvaluateConfig, MlflowConfig, load_params, s
 from cxr.data.cache import CacheError, load_info, load_split
 from cxr.data.external import load_index
 from cxr.evaluation.evaluate import attach_run, evaluate_checkpoint, evaluation_figures, find_training_run
-from cxr.files import write_metrics
+from cxr.files import write_csv, write_metrics
 from cxr.gpus import GpuClaimError, hold_device
 from cxr.models import list_models
 from cxr.plots import save_figure
@@ -82,7 +82,7 @@ def main(argv=None) -> int:
     external = evaluate_external_sets(args, model, card, cfg, device)
 
     Path(args.predictions).parent.mkdir(parents=True, exist_ok=True)
-    result.tables["predictions"].to_csv(args.predictions, index=False, lineterminator="\n")
+    write_csv(result.tables["predictions"], args.predictions)
     write_metrics(args.metrics, {**result.report, "external": {n: r.report for n, r in external.items()}})
     plots_dir = Path(args.plots)
     plots_dir.mkdir(parents=True, exist_ok=True)
@@ -162,7 +162,7 @@ def write_external_tables(args, external: dict) -> None:
 
     if args.external_predictions:
         Path(args.external_predictions).parent.mkdir(parents=True, exist_ok=True)
-        stacked("predictions").to_csv(args.external_predictions, index=False, lineterminator="\n")
+        write_csv(stacked("predictions"), args.external_predictions)
     roc = stacked("roc")
     roc[["set", *[c for c in roc.columns if c != "set"]]].to_csv(
         Path(args.plots) / "roc_external.csv", index=False, lineterminator="\n"

@@ -128,11 +128,15 @@ def main(argv=None) -> int:
     if not Path(args.data).expanduser().exists():
         print(f"make real: DATA={args.data} does not exist.\n{USAGE}", file=sys.stderr)
         return 2
-    import yaml  # here, so that the usage message needs no third-party package
+    from cxr.config import ConfigError, read_yaml  # here, so that the usage message needs no third-party package
 
-    config = yaml.safe_load(Path(args.config).read_text())
+    try:
+        config = read_yaml(args.config)
+        current = ((read_yaml("params.yaml") or {}).get("external") or {}).get("sets") or {}
+    except ConfigError as exc:
+        print(f"make real: error: {exc}", file=sys.stderr)
+        return 2
     recipe = choose_recipe(args.recipe)
-    current = (yaml.safe_load(Path("params.yaml").read_text()).get("external") or {}).get("sets") or {}
     ext = external_overrides(args.external, current)
     cmd = ["dvc", "exp", "run", *overrides(config, recipe, args.data), *ext, *args.extra]
     print(f"[real] recipe {recipe} ({args.config}); running:\n  {' '.join(cmd)}", flush=True)

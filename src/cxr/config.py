@@ -50,12 +50,51 @@ def check_top_level(data: dict, where: str = "params.yaml") -> None:
         )
 
 
-def load_params(path: str | Path = "params.yaml") -> dict:
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping: PyYAML keeps the last one without a
+    word (`lr: 0.1` ... `lr: 0.001` trains with 0.001), where DVC refuses the file."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.setdefault(key, key_node.start_mark.line + 1)
+            except TypeError:  # an unhashable key: construct_mapping reports it
+                continue
+            if first != key_node.start_mark.line + 1:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice in one mapping (first on line {first})", key_node.start_mark
+                )
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(path: str | Path) -> Any:
+    """A YAML file (params.yaml, a configs/ recipe) as Python data; bad YAML is a ConfigError naming the line."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"params file not found: {path} (run from the repository root, or pass --params)")
-    with path.open() as f:
-        data = yaml.safe_load(f) or {}
+    try:
+        return yaml.load(path.read_text(encoding="utf-8"), Loader=_StrictLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path} line {mark.line + 1}, column {mark.column + 1}" if mark else str(path)
+        problem = getattr(exc, "problem", None) or str(exc)
+        hint = (
+            "Fix: YAML indents with spaces only; replace the tabs"
+            if "\\t" in problem or "tab" in problem
+            else "Fix: keep one of them"
+            if "appears twice" in problem
+            else "Fix: correct the YAML there (an unclosed quote or bracket, a missing colon, bad indentation)"
+        )
+        raise ConfigError(f"{where}: not valid YAML: {' '.join(problem.split())}. {hint}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8") from None
+
+
+def load_params(path: str | Path = "params.yaml") -> dict:
+    path = Path(path)
+    data = read_yaml(path) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, found {type(data).__name__}")
     check_top_level(data, str(path))

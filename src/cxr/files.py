@@ -1,12 +1,15 @@
-"""Writing files the pipeline tracks: atomically (a crash never leaves half a file), and DVC
-metrics files as valid JSON whatever the numbers (NaN, numpy scalars); the sha256 of a file.
+"""Writing files the pipeline tracks: atomically (a crash never leaves half a file), DVC metrics
+files as valid JSON whatever the numbers (NaN, numpy scalars), CSVs that any legal file name
+survives; the sha256 of a file.
 
     atomic_write("models/cnn/model.pt", lambda tmp: torch.save(state, tmp))
     write_metrics("metrics/eval/cnn.json", report)
+    write_csv(table, "data/manifest.csv")
 """
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import math
@@ -16,6 +19,21 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+
+
+def csv_quoting(cells) -> int:
+    """How a CSV holding ``cells`` must quote: as the csv module does by default, unless a text cell
+    holds a carriage return, which that leaves bare with ``lineterminator="\\n"`` (a file named
+    ``IM-1\\r.jpeg`` then reads back as two rows): then every text field is quoted. Files without one
+    keep their bytes, so DVC outputs do not change."""
+    return csv.QUOTE_NONNUMERIC if any(isinstance(c, str) and "\r" in c for c in cells) else csv.QUOTE_MINIMAL
+
+
+def write_csv(table, path: str | Path | None = None, **kwargs) -> str | None:
+    """``table`` (a DataFrame) as CSV, ``\\n`` line ends, no index, quoted so every cell round-trips through
+    ``pandas.read_csv``; to ``path``, or returned as text without one."""
+    text_cells = table.select_dtypes(exclude="number").to_numpy().ravel()
+    return table.to_csv(path, index=False, lineterminator="\n", quoting=csv_quoting(text_cells), **kwargs)
 
 
 def sha256_file(path: str | Path) -> str:

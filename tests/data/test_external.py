@@ -19,8 +19,9 @@ from PIL import Image
 from cxr.config import DataConfig, ExternalConfig, PreprocessConfig, SplitConfig, SyntheticConfig
 from cxr.data.cache import build_cache, load_split
 from cxr.data.external import INDEX_FILE, OVERLAP_FILE, ExternalError, build_all, load_index
+from cxr.data.layout import find_class_layout
 from cxr.data.manifest import build_manifest, parse_patient_id, write_manifest
-from cxr.data.sources import SourceError, find_class_layout
+from cxr.data.sources import SourceError
 from cxr.data.synthetic import generate
 from pipeline_repo import run_stage_script
 

@@ -23,7 +23,10 @@ import yaml
 from PIL import Image
 
 from cxr.config import DataConfig, SyntheticConfig
-from cxr.data.sources import SourceError, download, download_target, extract_archive, fetch, find_layout
+from cxr.data.archives import extract_archive
+from cxr.data.download import download, download_target
+from cxr.data.layout import find_layout
+from cxr.data.sources import SourceError, fetch
 from pipeline_repo import run_stage_script
 
 SIX = [(s, c) for s in ("train", "val", "test") for c in ("NORMAL", "PNEUMONIA")]

@@ -18,7 +18,8 @@ import pytest
 from hostile_kit import kaggle_tree
 
 from cxr.config import DataConfig
-from cxr.data.sources import SourceError, download, download_target, fetch
+from cxr.data.download import download, download_target
+from cxr.data.sources import SourceError, fetch
 
 pytestmark = pytest.mark.timeout(60)
 

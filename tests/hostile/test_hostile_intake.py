@@ -19,8 +19,9 @@ from hostile_kit import files_under, kaggle_tree, put, xray_jpeg
 from PIL import Image
 
 from cxr.config import DataConfig, Plausibility, SplitConfig
+from cxr.data import SKIPPED_REPORT
 from cxr.data import manifest as M
-from cxr.data.sources import SKIPPED_REPORT, SourceError, fetch
+from cxr.data.sources import SourceError, fetch
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -37,6 +37,7 @@ from cxr import CLASSES, SPLITS
 from cxr.config import PreprocessConfig
 from cxr.data.manifest import manifest_csv_bytes, read_manifest
 from cxr.data.pool import imap_progress
+from cxr.files import write_csv
 
 RESIZE_MODES = ("stretch", "pad")
 INFO_FILE = "info.json"
@@ -135,10 +136,9 @@ def _reserve_disk(path: Path) -> None:
             os.posix_fallocate(f.fileno(), 0, size)
         except OSError as exc:
             if exc.errno == errno.ENOSPC:
-                raise OSError(
-                    exc.errno,
+                raise CacheError(
                     f"not enough disk space for the image cache: {path} needs "
-                    f"{size / 2**20:.0f} MiB. Free some space, or lower preprocess.cache_size.",
+                    f"{size / 2**20:.0f} MiB. Free some space, or lower preprocess.cache_size."
                 ) from None
             if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
                 raise  # anything but "this filesystem cannot preallocate"
@@ -197,7 +197,7 @@ def build_cache(
 
     parts = {s: df[df["split"] == s] for s in SPLITS}
     for s, part in parts.items():
-        part[["path", "label", "patient_id"]].to_csv(out / f"{s}.csv", index=False, lineterminator="\n")
+        write_csv(part[["path", "label", "patient_id"]], out / f"{s}.csv")
         labels = part["label"].map({c: i for i, c in enumerate(CLASSES)}).to_numpy(dtype=np.int64)
         np.save(out / f"{s}_labels.npy", labels)
         # Allocated here, filled in place by the decoding workers.

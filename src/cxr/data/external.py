@@ -43,8 +43,11 @@ from cxr.config import (
     SyntheticConfig,
 )
 from cxr.data.cache import build_cache, load_info, load_split
+from cxr.data.intake import import_external, import_tree
+from cxr.data.layout import Layout, class_dirs
 from cxr.data.manifest import QUARANTINE_COLUMNS, read_manifest, scan_tree, verify_tree
-from cxr.data.sources import Layout, class_dirs, import_external, import_tree, resolve_path
+from cxr.data.sources import resolve_path
+from cxr.files import write_csv
 
 INDEX_FILE = "index.json"
 OVERLAP_FILE = "overlap.csv"
@@ -202,12 +205,12 @@ def build_set(
     raw = out / "raw"
     notes = take_in(name, spec, raw, cfg, data, base_dir, progress)
     manifest, quarantine = verify(name, raw, split, progress)
-    quarantine.to_csv(out / "quarantine.csv", index=False, lineterminator="\n")
+    write_csv(quarantine, out / "quarantine.csv")
     info = build_cache(manifest, raw, out, preprocess, progress=progress)
     ext_thumbs = thumbnails(load_split(out, "test").images)
     overlap, closest = find_overlap(manifest, ext_thumbs, run[0], run[1], cfg.max_similarity)
     if len(overlap):
-        overlap.to_csv(out / OVERLAP_FILE, index=False, lineterminator="\n")
+        write_csv(overlap, out / OVERLAP_FILE)
         (out / "info.json").unlink()  # not a usable cache
         raise refusal(name, overlap, out / OVERLAP_FILE)
     notes.append(f"{info['counts']['test']['total']} images decoded at {preprocess.cache_size} px")

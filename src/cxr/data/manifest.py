@@ -42,11 +42,11 @@ from PIL import Image, ImageFile, UnidentifiedImageError
 
 from cxr import CLASSES, SPLITS
 from cxr.config import Plausibility, SplitConfig
-from cxr.data import is_junk
+from cxr.data import SKIPPED_REPORT, is_junk
 from cxr.data.limits import ImageLimits
 from cxr.data.pool import imap_progress
-from cxr.data.safefs import entry_problem, open_regular, sha256_stream
-from cxr.data.sources import SKIPPED_REPORT
+from cxr.data.safefs import UNREADABLE, entry_problem, open_regular, sha256_stream
+from cxr.files import write_csv
 
 MANIFEST_COLUMNS = ["path", "label", "patient_id", "source_split", "split", "sha256", "width", "height", "mode"]
 QUARANTINE_COLUMNS = ["path", "reason", "detail"]
@@ -56,7 +56,6 @@ EMPTY = "empty_file"
 NOT_IMAGE = "not_an_image"
 TRUNCATED = "truncated_or_corrupt"
 TOO_LARGE = "too_many_pixels"
-UNREADABLE = "unreadable"
 CONFLICTING = "conflicting_labels"
 
 
@@ -118,7 +117,7 @@ def scan_tree(raw_dir: str | Path) -> list[tuple[str, str, str]]:
     """Every candidate file under ``raw/{train,val,test}/{NORMAL,PNEUMONIA}`` as (path, source_split, label).
 
     Paths are raw-relative posix strings, sorted. Only operating-system junk (``.DS_Store``, ``._*``,
-    ``__MACOSX``: :func:`cxr.data.sources.is_junk`, the rule fetch applies) is skipped; any other
+    ``__MACOSX``: :func:`cxr.data.is_junk`, the rule fetch applies) is skipped; any other
     file, hidden or not, is verified and then used or quarantined.
     Raises ManifestError when the raw folder is missing or holds no candidate file.
     """
@@ -538,7 +537,7 @@ def summary_table(metrics: dict) -> str:
 
 def manifest_csv_bytes(manifest: pd.DataFrame) -> bytes:
     """The exact bytes :func:`write_manifest` writes (the cache's data_version hashes them)."""
-    return manifest[MANIFEST_COLUMNS].to_csv(index=False, lineterminator="\n").encode("utf-8")
+    return write_csv(manifest[MANIFEST_COLUMNS]).encode("utf-8")
 
 
 def write_manifest(manifest: pd.DataFrame, path: str | Path) -> None:
@@ -564,4 +563,4 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
 def write_quarantine(quarantine: pd.DataFrame, path: str | Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    quarantine[QUARANTINE_COLUMNS].to_csv(path, index=False, lineterminator="\n")
+    write_csv(quarantine[QUARANTINE_COLUMNS], path)

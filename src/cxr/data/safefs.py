@@ -23,6 +23,7 @@ from typing import BinaryIO, Optional
 
 LINK = "symbolic_link"
 SPECIAL = "not_a_regular_file"
+UNREADABLE = "unreadable"
 
 
 def describe_mode(mode: int) -> str:
@@ -54,7 +55,7 @@ def entry_problem(path: str | os.PathLike) -> Optional[tuple[str, str]]:
         except OSError:
             target = "?"
         return LINK, f"symbolic link to {target!r}: links are not followed (copy the file itself into the source)"
-    return SPECIAL, f"{describe_mode(st.st_mode)}: only regular files are read"
+    return SPECIAL, f"{describe_mode(st.st_mode)}: not a regular file, so it is not read"
 
 
 def walk_files(
@@ -63,10 +64,15 @@ def walk_files(
     """Every entry under ``folder`` (sorted, links never followed) as ``(path, problem)``.
 
     ``problem`` is None for a regular file, else ``(reason, detail)``: symbolic links (to files or
-    folders) and FIFOs, sockets, devices. Names for which ``skip(name)`` is true are left out
-    (operating-system junk), folders included.
+    folders), FIFOs, sockets, devices, and folders that cannot be listed (no read or search
+    permission: whatever they hold is unknown, so the folder itself is reported). Names for which
+    ``skip(name)`` is true are left out (operating-system junk), folders included.
     """
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
+    unlisted: list[OSError] = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False, onerror=unlisted.append):
+        while unlisted:
+            exc = unlisted.pop(0)
+            yield Path(exc.filename), (UNREADABLE, _cannot_list(exc))
         here = Path(dirpath)
         kept = []
         for d in sorted(dirnames):
@@ -80,6 +86,15 @@ def walk_files(
         for name in sorted(filenames):
             if not skip(name):
                 yield here / name, entry_problem(here / name)
+    for exc in unlisted:
+        yield Path(exc.filename), (UNREADABLE, _cannot_list(exc))
+
+
+def _cannot_list(exc: OSError) -> str:
+    return (
+        f"folder cannot be listed ({type(exc).__name__}: {exc.strerror}): whatever it holds was not read. "
+        f"Give this user read and search permission on it (chmod u+rx), or move its images out"
+    )
 
 
 def open_regular(path: str | os.PathLike) -> BinaryIO:
@@ -116,3 +131,17 @@ def sha256_stream(f: BinaryIO, chunk: int = 1 << 20) -> tuple[str, int]:
         h.update(block)
         n += len(block)
     return h.hexdigest(), n
+
+
+def utf8_name(rel: Path) -> tuple[Path, bool]:
+    """``rel`` with parts that are not valid UTF-8 (surrogate-escaped bytes) decoded as latin-1, and
+    whether it changed: such names cannot be written to the manifest CSV."""
+    parts, changed = [], False
+    for part in rel.parts:
+        try:
+            part.encode("utf-8")
+        except UnicodeEncodeError:
+            part = part.encode("utf-8", "surrogateescape").decode("latin-1")
+            changed = True
+        parts.append(part)
+    return Path(*parts), changed

@@ -84,11 +84,26 @@ def format_table(df) -> str:
     return "\n".join(out) + "\n"
 
 
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")  # what a spreadsheet may run as a formula (OWASP)
+
+
+def spreadsheet_safe(df):
+    """``df`` with every text cell that a spreadsheet would run as a formula (a file named ``=HYPERLINK(...)``)
+    prefixed with ``'``, as OWASP's CSV-injection advice says; the JSONL output keeps the raw names."""
+    out = df.copy()
+    for col in out.columns:
+        if out[col].dtype == object or str(out[col].dtype).startswith("str"):
+            out[col] = out[col].map(lambda v: "'" + v if isinstance(v, str) and v.startswith(FORMULA_PREFIXES) else v)
+    return out
+
+
 def render(df, fmt: str) -> str:
     if fmt == "table":
         return format_table(df)
     if fmt == "csv":
-        return df.to_csv(index=False, lineterminator="\n", float_format="%.6f")
+        from cxr.files import write_csv
+
+        return write_csv(spreadsheet_safe(df), float_format="%.6f")
     if fmt == "jsonl":
         import json
 

@@ -46,6 +46,7 @@ class ImageReadError(ValueError):
     """An input could not be turned into pixels; ``source`` names it, ``reason`` says why."""
 
     def __init__(self, source: str, reason: str):
+        reason = " ".join(reason.split())  # one line: decoders (pydicom) raise multi-line messages
         super().__init__(f"{source}: {reason}")
         self.source = source
         self.reason = reason

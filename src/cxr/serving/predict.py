@@ -32,6 +32,7 @@ from cxr import checkpoint
 from cxr.checkpoint import ModelCard
 from cxr.data import is_junk
 from cxr.data.limits import ImageLimits
+from cxr.data.safefs import walk_files
 from cxr.device import resolve_device
 from cxr.serving.imageio import (
     DICOM_EXTENSIONS,
@@ -145,22 +146,29 @@ _NOT_AN_IMAGE = (
 
 
 def _scan_folder(folder: Path, skipped: list[InputError] | None = None) -> list[Path]:
-    """Image files under ``folder``; every other file (not OS junk) goes to ``skipped`` with the reason."""
-    found = []
-    for root, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not is_junk(d) and not d.startswith("."))
-        for f in sorted(files):
-            if is_junk(f):
-                continue
-            p = Path(root) / f
-            if not p.is_file():
-                if skipped is not None:
-                    skipped.append(InputError(str(p), "not a regular file (FIFO, socket or device); skipped"))
-            elif _wanted(p):
-                found.append(p)
-            elif skipped is not None:
-                kind = f"extension {p.suffix.lower()}" if p.suffix else "no extension, not DICOM"
-                skipped.append(InputError(str(p), _NOT_AN_IMAGE.format(kind=kind)))
+    """Image files under ``folder``; every other entry (not OS junk) goes to ``skipped`` with the reason.
+
+    Like fetch, the scan never follows a symbolic link and never opens a FIFO, socket or device; a
+    folder it cannot list and a hidden folder (``.name``, not scanned) are reported too.
+    """
+    skipped = [] if skipped is None else skipped
+    found, hidden = [], set()
+    for path, problem in walk_files(folder, skip=is_junk):
+        parts = path.relative_to(folder).parts
+        dot = next((i for i, part in enumerate(parts[:-1]) if part.startswith(".")), None)
+        if dot is not None:
+            hidden.add(folder.joinpath(*parts[: dot + 1]))
+        elif problem is not None:
+            skipped.append(InputError(str(path), f"{problem[1]}; skipped"))
+        elif _wanted(path):
+            found.append(path)
+        else:
+            kind = f"extension {path.suffix.lower()}" if path.suffix else "no extension, not DICOM"
+            skipped.append(InputError(str(path), _NOT_AN_IMAGE.format(kind=kind)))
+    for h in sorted(hidden):
+        skipped.append(
+            InputError(str(h), f"hidden folder: not scanned; name it (cxr predict {h}) to include its images")
+        )
     return found
 
 
