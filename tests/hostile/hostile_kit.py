@@ -1,11 +1,17 @@
 """The hostile-input catalogue's shared builders: plausible images, source trees, a local HTTP server.
 
-Every input is generated in tmp_path; HTTP cases talk to a server started here on 127.0.0.1.
+Every input is generated in tmp_path; HTTP cases talk to a server started here on 127.0.0.1; the
+permission cases run the intake as user nobody (:func:`run_unprivileged`).
 """
 
 from __future__ import annotations
 
 import io
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -108,3 +114,25 @@ def http_server():
     for server in servers:
         server.shutdown()
         server.server_close()
+
+
+NOBODY = 65534  # the unprivileged user the permission cases run the intake as
+
+
+def unprivileged_dir() -> Path:
+    """A fresh folder under /tmp that user nobody can enter and write (pytest's tmp_path is root-only)."""
+    path = Path(tempfile.mkdtemp(prefix="cxr-hostile-", dir="/tmp"))
+    os.chmod(path, 0o777)
+    return path
+
+
+def run_unprivileged(code: str) -> subprocess.CompletedProcess:
+    """``code`` in a Python subprocess as user nobody, with src/ on its path: permission bits mean nothing
+    to root, so a folder without x bit is only unreadable to another user. Skips, saying why, where this
+    process cannot switch user (it is not root, or setpriv is missing)."""
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip(f"running the intake as another user needs root and setpriv (uid {os.geteuid()})")
+    src = Path(__file__).resolve().parents[2] / "src"
+    cmd = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", sys.executable, "-c", code]
+    env = {**os.environ, "PYTHONPATH": str(src), "HOME": "/tmp"}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env, cwd="/tmp")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import gzip
 import io
 import tarfile
+import warnings
 import zipfile
 
 import pytest
@@ -176,3 +177,85 @@ def test_a_complete_tar_still_imports_everything(tmp_path):
     archive.write_bytes(gzip.compress(_tar_bytes(_dataset_members(4))))
     report = _fetch(archive, tmp_path / "raw")
     assert report.counts["train"] == {"NORMAL": 4, "PNEUMONIA": 4}
+
+
+# ---- round two: duplicate members, separators, names the filesystem refuses -----------------------
+
+
+def _zip(path, members: list[tuple[str, bytes]]):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # zipfile warns about the duplicate name: that is the case
+        with zipfile.ZipFile(path, "w") as zf:
+            for name, data in members:
+                zf.writestr(zipfile.ZipInfo(name), data)
+    return path
+
+
+def _duplicate_rows(out):
+    return [r for r in M.read_skipped(out) if r["reason"] == "duplicate_member"]
+
+
+@pytest.mark.parametrize("kind", ["zip", "tar.gz"])
+def test_a_duplicate_member_name_is_kept_once_and_the_other_reported(tmp_path, kind):
+    members = _dataset_members(9)  # 18 images
+    dup = members[0][0]
+    members.append((dup, xray_jpeg(999)))  # the same path again, other bytes
+    archive = tmp_path / f"data.{kind}"
+    if kind == "zip":
+        _zip(archive, members)
+    else:
+        archive.write_bytes(gzip.compress(_tar_bytes(members)))
+    out = tmp_path / "raw"
+    report = _fetch(archive, out)
+    assert report.total == 18  # the first kept (the second used to overwrite it: 17 of 18 landed)
+    assert (out / "train" / "NORMAL" / "IM-0000-0001.jpeg").read_bytes() == members[0][1]
+    rows = _duplicate_rows(out)
+    assert [r["path"] for r in rows] == ["train/NORMAL/IM-0000-0001.jpeg"] and "first, kept" in rows[0]["detail"]
+    q = M.build_manifest(out, SplitConfig(workers=1), progress=False).quarantine
+    assert "duplicate_member" in set(q["reason"])  # counted in split's quarantine report
+
+
+def test_backslash_and_slash_spellings_of_one_member_are_one_path_in_zip_and_tar(tmp_path):
+    members = _dataset_members(4)
+    win = [(n.replace("/", "\\"), d) for n, d in members]  # as Windows tools write member names
+    for kind in ("zip", "tar"):
+        archive = tmp_path / f"win.{kind}"
+        if kind == "zip":
+            _zip(archive, win)
+        else:
+            archive.write_bytes(_tar_bytes(win))
+        out = tmp_path / f"raw-{kind}"
+        assert _fetch(archive, out).total == 8  # tar used to keep one file named 'chest_xray\\train\\...'
+    trees = [
+        sorted(p.relative_to(tmp_path / f"raw-{k}").as_posix() for p in (tmp_path / f"raw-{k}").rglob("*.jpeg"))
+        for k in ("zip", "tar")
+    ]
+    assert trees[0] == trees[1] and "train/NORMAL/IM-0000-0001.jpeg" in trees[0]
+    mixed = tmp_path / "mixed.zip"
+    _zip(mixed, [*members, (members[1][0].replace("/", "\\"), xray_jpeg(555))])
+    _fetch(mixed, tmp_path / "raw-mixed")
+    assert [r["path"] for r in _duplicate_rows(tmp_path / "raw-mixed")] == ["train/PNEUMONIA/person100_virus_0.jpeg"]
+
+
+def test_a_file_and_a_folder_of_one_name_in_a_zip_is_one_line_naming_the_archive(tmp_path):
+    base = "chest_xray/train/NORMAL/sub"
+    archive = _zip(tmp_path / "clash.zip", [*_dataset_members(2), (base, b"x"), (f"{base}/IM-0050-0001.jpeg", b"y")])
+    with pytest.raises(SourceError) as err:  # used to: FileExistsError with a traceback
+        _fetch(archive, tmp_path / "raw")
+    msg = str(err.value)
+    assert str(archive) in msg and "a file and a folder of the same name" in msg and "\n" not in msg
+
+
+def test_a_member_name_longer_than_the_filesystem_allows_is_one_line(tmp_path):
+    long = "IM-0001-" + "x" * 300 + ".jpeg"
+    archive = _zip(tmp_path / "long.zip", [*_dataset_members(2), (f"chest_xray/train/NORMAL/{long}", xray_jpeg(5))])
+    with pytest.raises(SourceError) as err:  # used to: OSError [Errno 36] File name too long
+        _fetch(archive, tmp_path / "raw")
+    assert "313 bytes long" in str(err.value) and "allows 255" in str(err.value) and str(archive) in str(err.value)
+
+
+def test_an_archive_without_a_dataset_is_named_not_its_deleted_extraction_folder(tmp_path):
+    archive = _zip(tmp_path / "photos.zip", [("holiday/beach.jpeg", xray_jpeg(1))])
+    with pytest.raises(SourceError) as err:
+        _fetch(archive, tmp_path / "raw")
+    assert str(archive) in str(err.value) and ".raw-extract-" not in str(err.value)

@@ -9,19 +9,28 @@ files quarantined (test_bad_files_are_quarantined_with_reasons), the messy Kaggl
 
 from __future__ import annotations
 
+import errno
 import io
 import os
+import shutil
+import subprocess
 import tracemalloc
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
-from hostile_kit import files_under, kaggle_tree, put, xray_jpeg
+from hostile_kit import files_under, kaggle_tree, put, run_unprivileged, unprivileged_dir, xray_jpeg
 from PIL import Image
 
-from cxr.config import DataConfig, Plausibility, SplitConfig
+from cxr.config import DataConfig, Plausibility, PreprocessConfig, SplitConfig
 from cxr.data import SKIPPED_REPORT
 from cxr.data import manifest as M
+from cxr.data.cache import build_cache
+from cxr.data.intake import write_skipped
 from cxr.data.sources import SourceError, fetch
+from cxr.stage import run_stage
+from pipeline_repo import load_stage, run_stage_script
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -195,3 +204,126 @@ def test_a_linked_dataset_folder_is_not_followed_and_the_message_says_so(tmp_pat
     with pytest.raises(SourceError) as err:
         _fetch(tmp_path / "src", tmp_path / "raw")
     assert "symbolic link: not followed" in str(err.value) and "point data.path at its target" in str(err.value)
+
+
+# ---- round two: names that break CSVs, folders that nearly match, what cannot be read -------------
+
+
+def test_a_carriage_return_in_a_file_name_survives_fetch_split_and_preprocess(tmp_path):
+    top = kaggle_tree(tmp_path / "src", n_normal=6, n_pneu=6)
+    name = "IM-0914-0001\rcr.jpeg"
+    put(top / "train" / "NORMAL" / name, xray_jpeg(914))
+    out = tmp_path / "raw"
+    _fetch(top.parent, out)
+    res = _split(out)
+    M.write_manifest(res.manifest, tmp_path / "manifest.csv")
+    back = M.read_manifest(tmp_path / "manifest.csv")  # used to die: int('') in column width
+    assert f"train/NORMAL/{name}" in set(back["path"]) and len(back) == len(res.manifest)
+    info = build_cache(tmp_path / "manifest.csv", out, tmp_path / "cache", PreprocessConfig(cache_size=32, workers=1))
+    assert sum(info["counts"][s]["total"] for s in info["counts"]) == len(back)
+
+
+NASTY_NAMES = ["a\rb.jpeg", "a\nb.jpeg", "a,b.jpeg", 'a"b.jpeg', "=HYPERLINK(1).jpeg", "+1.jpeg", "-1.jpeg", "@x.jpeg"]
+
+
+def test_every_legal_file_name_round_trips_through_the_csvs(tmp_path):
+    paths = [f"train/NORMAL/{n}" for n in NASTY_NAMES]
+    manifest = pd.DataFrame(
+        {c: ["x"] * len(paths) for c in M.MANIFEST_COLUMNS} | {"path": paths, "width": 64, "height": 48}
+    )
+    M.write_manifest(manifest, tmp_path / "manifest.csv")
+    assert list(M.read_manifest(tmp_path / "manifest.csv")["path"]) == paths
+    rows = [{"path": p, "reason": "symbolic_link", "detail": "d"} for p in paths]
+    write_skipped(tmp_path, rows)
+    assert sorted(r["path"] for r in M.read_skipped(tmp_path)) == sorted(paths)
+    M.write_quarantine(pd.DataFrame(rows), tmp_path / "quarantine.csv")
+    assert sorted(pd.read_csv(tmp_path / "quarantine.csv", dtype=str)["path"]) == sorted(paths)
+
+
+@pytest.mark.parametrize("folder", ["Normal ", "PNEUMONİA", "NORMAL_batch2"])
+def test_images_in_a_folder_that_is_not_exactly_a_class_folder_are_reported(tmp_path, folder):
+    top = kaggle_tree(tmp_path / "src")
+    for i in range(3):
+        put(top / "train" / folder / f"IM-{900 + i:04d}-0001.jpeg", xray_jpeg(900 + i))
+    put(top / "train" / folder / "deeper" / "IM-0990-0001.jpeg", xray_jpeg(990))
+    out = tmp_path / "raw"
+    report = _fetch(top.parent, out)
+    q = _split(out).quarantine
+    lost = q[q["path"].str.startswith(f"train/{folder}/")]
+    assert len(lost) == 4 and set(lost["reason"]) == {"outside_class_folder"}  # used to vanish: 6 of 24
+    assert f"train/{folder}/" in lost["detail"].iloc[0] and "rename the folder" in lost["detail"].iloc[0]
+    assert report.total + len(lost) == len(files_under(top))
+    assert any("4 outside_class_folder" in n for n in report.notes)
+
+
+def test_a_data_path_of_the_filesystem_root_is_refused_in_one_line(tmp_path):
+    with pytest.raises(SourceError) as err:  # used to walk into /proc: PermissionError on /proc/1/cwd
+        _fetch("/", tmp_path / "raw")
+    assert "root of the filesystem" in str(err.value) and "Point data.path at the dataset" in str(err.value)
+    params = tmp_path / "params.yaml"
+    params.write_text("data:\n  source: path\n  path: /proc\n")
+    proc = run_stage_script("fetch", "--params", str(params), "--out", str(tmp_path / "raw"))
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("fetch: error: data.path /proc is a system folder")
+
+
+def _fetch_as_nobody(src: Path, out: Path) -> subprocess.CompletedProcess:
+    code = (
+        "from pathlib import Path\nfrom cxr.config import DataConfig\nfrom cxr.data.sources import fetch\n"
+        f"r = fetch(DataConfig(source='path', path={str(src)!r}, link=False), Path({str(out)!r}), progress=False)\n"
+        "print(r.total)\n"
+    )
+    return run_unprivileged(code)
+
+
+def test_a_folder_the_user_cannot_enter_is_reported_not_skipped(tmp_path):
+    base = unprivileged_dir()
+    try:
+        top = kaggle_tree(base / "src", n_normal=6, n_pneu=6)
+        locked = top / "train" / "NORMAL" / "batch3"
+        for i in range(3):
+            put(locked / f"IM-{700 + i:04d}-0001.jpeg", xray_jpeg(700 + i))
+        locked.chmod(0o000)
+        proc = _fetch_as_nobody(top.parent, base / "raw")
+        assert proc.returncode == 0, proc.stderr
+        assert int(proc.stdout.split()[-1]) == 24  # the 3 locked images are not counted as imported ...
+        rows = {r["path"]: r for r in M.read_skipped(base / "raw")}
+        row = rows["train/NORMAL/batch3"]  # ... and not lost without a word: the folder is reported
+        assert row["reason"] == "unreadable" and "cannot be listed" in row["detail"] and "chmod" in row["detail"]
+    finally:
+        (base / "src" / "chest_xray" / "train" / "NORMAL" / "batch3").chmod(0o755)
+        shutil.rmtree(base)
+
+
+def test_a_file_the_user_cannot_read_is_reported_not_a_traceback(tmp_path):
+    base = unprivileged_dir()
+    try:
+        top = kaggle_tree(base / "src")
+        secret = put(top / "train" / "PNEUMONIA" / "person777_virus_1.jpeg", xray_jpeg(777))
+        secret.chmod(0o000)
+        proc = _fetch_as_nobody(top.parent, base / "raw")
+        assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr  # used to: PermissionError
+        row = {r["path"]: r for r in M.read_skipped(base / "raw")}["train/PNEUMONIA/person777_virus_1.jpeg"]
+        assert row["reason"] == "unreadable" and "chmod u+r" in row["detail"]
+    finally:
+        shutil.rmtree(base)
+
+
+def test_a_full_disk_in_preprocess_is_one_line_not_a_traceback(tmp_path, monkeypatch, capsys):
+    top = kaggle_tree(tmp_path / "src", n_normal=6, n_pneu=6)
+    raw = tmp_path / "raw"
+    _fetch(top.parent, raw)
+    M.write_manifest(_split(raw).manifest, tmp_path / "manifest.csv")
+
+    def no_space(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", no_space, raising=False)
+    argv = ["--params", str(tmp_path / "none.yaml"), "--raw", str(raw), "--manifest", str(tmp_path / "manifest.csv")]
+    (tmp_path / "none.yaml").write_text("preprocess:\n  workers: 1\n  cache_size: 32\n")
+    stage = load_stage("preprocess")
+    with pytest.raises(SystemExit) as end:  # used to: an uncaught OSError with a traceback
+        run_stage(
+            "preprocess", lambda: stage.main([*argv, "--out", str(tmp_path / "cache"), "--no-progress"]), stage.ERRORS
+        )
+    assert str(end.value.code).startswith("preprocess: error: not enough disk space for the image cache")

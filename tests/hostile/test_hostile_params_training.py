@@ -11,6 +11,7 @@ test_train_stage_with_unreachable_mlflow_server).
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
@@ -138,3 +139,22 @@ def test_the_params_stage_reports_every_bad_key_at_once(params_file, repo_root, 
     assert proc.returncode == 1
     err = proc.stderr
     assert "learning_rate" in err and "lr must be a finite number" in err and "max_pixel" in err
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("seed: 42\ntrain:\n\tpretrained: false\n", "line 3, column 1: not valid YAML: found character '\\t'"),
+        ("seed: 42\nlr: 0.1\nbatch_size: 8\nlr: 0.001\n", "line 4, column 1: not valid YAML: key 'lr' appears twice"),
+    ],
+    ids=["tab_indentation", "duplicate_key"],
+)
+def test_a_params_file_dvc_would_refuse_is_one_line_from_a_stage_script(tmp_path, text, expected):
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=re.escape(expected)):  # a duplicate key used to win silently
+        load_params(path)
+    proc = run_stage_script("fetch", "--params", str(path), "--out", str(tmp_path / "raw"))
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr  # used to: yaml.scanner.ScannerError
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"fetch: error: {path} ") and expected in last and "Fix:" in last

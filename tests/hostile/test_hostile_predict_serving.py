@@ -198,3 +198,56 @@ def test_an_implausible_image_is_predicted_with_a_warning(predictor, case, arr, 
 
 def test_a_plausible_image_gets_no_warning(predictor):
     assert predictor.predict_sources([xray_jpeg(9, size=(200, 160))])["warning"].isna().all()
+
+
+# ---- round two: names that break a CSV or a spreadsheet, what a folder scan must not pass over ------
+
+
+def test_cxr_predict_csv_keeps_one_row_per_image_and_neutralises_formulas(tmp_path, model_dir, capsys, monkeypatch):
+    names = ["IM-0914-0001\rcr.jpeg", "=HYPERLINK(1).jpeg", "@SUM(1).jpeg", "+1.jpeg", "-2.jpeg", "a,b.jpeg"]
+    for i, name in enumerate(names):
+        (tmp_path / name).write_bytes(xray_jpeg(i))
+    monkeypatch.chdir(tmp_path)  # `cxr predict .` in the folder: the cells are the bare file names
+    args = ["predict", ".", "--model", str(model_dir), "--no-progress", "--format"]
+    assert cli.main([*args, "csv"]) == 0
+    table = pd.read_csv(io.StringIO(capsys.readouterr().out))
+    assert len(table) == len(names) and table["probability"].notna().all()  # \r used to split a row in two
+    # A cell starting with = + - @ is text in a spreadsheet, not a formula (OWASP): prefixed with '.
+    expected = {("'" + n if n[0] in "=+-@" else n) for n in names}
+    assert set(table["file"]) == expected
+    assert cli.main([*args, "jsonl"]) == 0
+    raw = {json.loads(line)["file"] for line in capsys.readouterr().out.splitlines()}
+    assert raw == set(names)  # JSONL keeps the names as they are
+
+
+def test_a_hidden_sub_folder_and_a_link_in_a_scanned_folder_are_rows_with_their_reason(tmp_path):
+    scan = tmp_path / "scan"
+    (scan / ".sub").mkdir(parents=True)
+    (scan / "IM-0001-0001.jpeg").write_bytes(xray_jpeg(1))
+    (scan / ".sub" / "IM-0002-0001.jpeg").write_bytes(xray_jpeg(2))  # used to be skipped without a row
+    outside = tmp_path / "elsewhere.jpeg"
+    outside.write_bytes(xray_jpeg(3))
+    (scan / "link.jpeg").symlink_to(outside)  # used to be followed (fetch never follows one)
+    files, errors = collect_inputs([scan])
+    assert files == [scan / "IM-0001-0001.jpeg"]
+    reasons = {Path(e.source).name: e.reason for e in errors}
+    assert "hidden folder: not scanned" in reasons[".sub"] and "cxr predict" in reasons[".sub"]
+    assert "symbolic link" in reasons["link.jpeg"] and "not followed" in reasons["link.jpeg"]
+
+
+def test_an_undecodable_compressed_dicom_is_a_one_line_error_in_the_table(tmp_path, model_dir, capsys):
+    import pydicom
+    from pydicom.encaps import encapsulate
+
+    path = write_dicom(tmp_path / "jpegls.dcm", RAMP16, bits_stored=12)
+    ds = pydicom.dcmread(path)
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.80"  # JPEG-LS lossless: no decoder installed
+    ds.PixelData = encapsulate([b"\xff\xd8\xff\xf7" + b"not really jpeg-ls" * 4])
+    ds["PixelData"].VR = "OB"
+    ds.save_as(path, enforce_file_format=True)
+    good = tmp_path / "IM-0001-0001.jpeg"
+    good.write_bytes(xray_jpeg(1))
+    rc = cli.main(["predict", str(good), str(path), "--model", str(model_dir), "--no-progress"])
+    out = capsys.readouterr().out.splitlines()
+    assert rc == 1 and len(out) == 4  # header, rule, two rows: pydicom's multi-line message used to add lines
+    assert "JPEG-LS" in out[3] and "decoder plugin" in out[3]

@@ -138,7 +138,7 @@ def _reserve_disk(path: Path) -> None:
             if exc.errno == errno.ENOSPC:
                 raise CacheError(
                     f"not enough disk space for the image cache: {path} needs "
-                    f"{size / 2**20:.0f} MiB. Free some space, or lower preprocess.cache_size."
+                    f"{size / 2**20:.1f} MiB. Free some space, or lower preprocess.cache_size."
                 ) from None
             if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
                 raise  # anything but "this filesystem cannot preallocate"
