@@ -204,7 +204,8 @@ def test_full_disk_fails_before_decoding_with_the_size(built, tmp_path, monkeypa
     monkeypatch.setattr(os, "posix_fallocate", no_space, raising=False)
     raw, manifest_path, _, _ = built
     out = tmp_path / "cache_full"
-    with pytest.raises(OSError, match=r"not enough disk space for the image cache: .*train_images.npy needs [\d.]+ MiB"):
+    expected = r"not enough disk space for the image cache: .*train_images.npy needs [\d.]+ MiB"
+    with pytest.raises(OSError, match=expected):
         C.build_cache(manifest_path, raw, out, PreprocessConfig(cache_size=32, workers=1), progress=False)
     assert not (out / "info.json").exists()
 

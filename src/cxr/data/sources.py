@@ -25,8 +25,9 @@ what is usable and reports what it quarantines. Only operating-system junk is dr
 Symbolic links are never followed and FIFOs, sockets and devices never opened; they, files and
 folders that cannot be read, whatever lies in a split folder outside its class folders (a folder
 only nearly named NORMAL counts as outside) and duplicate archive members are listed in
-``<out>/skipped.csv``, which split adds to its quarantine report: no image is dropped without a word. Two folders meaning one thing (``train/NORMAL`` and
-``train/normal``, ``val/`` and ``validation/``) stop the import with both names. Archives are
+``<out>/skipped.csv``, which split adds to its quarantine report: no image is dropped without a
+word. Two folders meaning one thing (``train/NORMAL`` and ``train/normal``, ``val/`` and
+``validation/``) stop the import with both names. Archives are
 extracted safely: a member that would land outside the target, a link, a device file, an
 encrypted or damaged member, a cut tar, or more bytes than ``data.archive`` allows (a
 decompression bomb) stops the extraction with an error naming it.
