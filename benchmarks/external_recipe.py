@@ -31,7 +31,8 @@ from cxr.data.manifest import build_manifest, write_manifest
 from cxr.data.sources import fetch
 from cxr.metrics import binary_metrics, bootstrap_ci
 from cxr.training.engine import predict_probabilities
-from cxr.training.fit import fit, resolve_run_config
+from cxr.training.fit import fit
+from cxr.training.run_config import resolve_run_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_TRAIN = REPO_ROOT.parent / "shared" / "data" / "kermany224"

@@ -39,7 +39,8 @@ def worker(params_path: str, cache: str, models: list[str], threads: int | None)
     from cxr.config import load_params
     from cxr.data.cache import load_split
     from cxr.training.engine import predict_probabilities
-    from cxr.training.fit import fit, resolve_run_config
+    from cxr.training.fit import fit
+    from cxr.training.run_config import resolve_run_config
 
     if threads:
         torch.set_num_threads(threads)

@@ -39,7 +39,7 @@ from cxr.stage import run_stage
 from cxr.tracking import make_tracker
 from cxr.training import distributed
 from cxr.training.engine import TrainingDivergedError
-from cxr.training.fit import resolve_run_config
+from cxr.training.run_config import resolve_run_config
 from cxr.training.sweep import run_sweep
 
 ERRORS = (ConfigError, CacheError, TrainingDivergedError, GpuClaimError, WeightsUnavailableError)  # see cxr.stage

@@ -44,7 +44,9 @@ from cxr.stage import run_stage
 from cxr.tracking import NullTracker, make_tracker, run_name, run_tags
 from cxr.training import distributed
 from cxr.training.engine import TrainingDivergedError
-from cxr.training.fit import config_hash, fit, resolve_run_config
+from cxr.training.fit import fit
+from cxr.training.resume import config_hash
+from cxr.training.run_config import resolve_run_config
 
 # DVC-tracked, so deterministic: no per-epoch seconds or images/s here (they are MLflow metrics,
 # step = epoch, and in the log); the same code, params, data and seed give the same bytes.

@@ -24,7 +24,7 @@ from cxr.files import sha256_file
 from cxr.models import WeightsUnavailableError, get_entry, list_models
 from cxr.models.weights import materialise, read_manifest, write_manifest
 from cxr.stage import run_stage
-from cxr.training.fit import resolve_run_config
+from cxr.training.run_config import resolve_run_config
 
 
 def parse_args(argv=None) -> argparse.Namespace:

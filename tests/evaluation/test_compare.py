@@ -223,7 +223,7 @@ def test_registers_the_validation_winner_from_its_training_run(tmp_path, monkeyp
     from cxr import checkpoint
     from cxr.models import build_model
     from cxr.tracking import MlflowTracker
-    from cxr.training.fit import resolve_run_config
+    from cxr.training.run_config import resolve_run_config
     from toydata import card_for
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -362,7 +362,7 @@ def test_a_checkpoint_with_builder_options_finds_its_training_run(tmp_path):
     from cxr.evaluation.evaluate import find_training_run
     from cxr.models import build_model
     from cxr.tracking import MlflowTracker
-    from cxr.training.fit import resolve_run_config
+    from cxr.training.run_config import resolve_run_config
     from toydata import card_for
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

@@ -19,7 +19,8 @@ from cxr.evaluation.evaluate import (
     gallery_indices,
     predictions_table,
 )
-from cxr.training.fit import fit, resolve_run_config
+from cxr.training.fit import fit
+from cxr.training.run_config import resolve_run_config
 from pipeline_repo import load_stage
 from toydata import toy, write_cache
 

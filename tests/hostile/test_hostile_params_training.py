@@ -22,7 +22,8 @@ import yaml
 from cxr.config import ConfigError, load_params
 from cxr.runlock import ResumeLockedError, lock_path, resume_lock
 from cxr.training.engine import TrainingDivergedError
-from cxr.training.fit import fit, resolve_run_config
+from cxr.training.fit import fit
+from cxr.training.run_config import resolve_run_config
 from pipeline_repo import run_stage_script, train_stage_cmd
 from toydata import toy
 

@@ -337,7 +337,7 @@ def vit_dir(tmp_path):
 
 def test_global_pretrained_skips_models_without_published_weights(repo_root):
     from cxr.config import load_params
-    from cxr.training.fit import resolve_run_config
+    from cxr.training.run_config import resolve_run_config
 
     params = load_params(repo_root / "params.yaml")
     params["train"]["pretrained"] = True
@@ -380,11 +380,8 @@ def test_frozen_backbone_does_not_move_then_does(repo_root, vit_dir, monkeypatch
 
 def test_backbone_lr_factor_makes_two_param_groups(repo_root, vit_dir):
     from cxr.config import load_params
-    from cxr.training.fit import (
-        finetune_param_groups,
-        make_optimizer,
-        resolve_run_config,
-    )
+    from cxr.training.fit import finetune_param_groups, make_optimizer
+    from cxr.training.run_config import resolve_run_config
 
     params = load_params(repo_root / "params.yaml")
     params.update(image_size=32, lr=1e-3)

@@ -15,7 +15,8 @@ import torch
 from cxr.config import load_params
 from cxr.training import distributed
 from cxr.training.distributed import ShardedBatchSampler, shard_bounds
-from cxr.training.fit import fit, resolve_run_config
+from cxr.training.fit import fit
+from cxr.training.run_config import resolve_run_config
 from ddp_workers import fit_worker, grad_worker, spawn
 from toydata import toy
 
@@ -158,7 +159,7 @@ def test_ddp_resumes_exactly(ddp_run, run_cfg, tmp_path):
 
 
 def test_a_resume_file_is_exact_only_for_the_world_size_that_wrote_it(run_cfg):
-    from cxr.training.fit import config_hash
+    from cxr.training.resume import config_hash
 
     # one process keeps the hash it always had (its resume files stay valid); two processes get another
     assert config_hash(run_cfg, "v1", 2) != config_hash(run_cfg, "v1") == config_hash(run_cfg, "v1", 1)

@@ -21,7 +21,8 @@ import yaml
 from cxr import gpus
 from cxr.config import load_params
 from cxr.training import sweep as S
-from cxr.training.fit import fit, resolve_run_config
+from cxr.training.fit import fit
+from cxr.training.run_config import resolve_run_config
 from ddp_workers import fit_worker, spawn
 from toydata import toy
 

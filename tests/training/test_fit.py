@@ -10,7 +10,8 @@ import torch
 
 from cxr.config import ConfigError
 from cxr.models import list_models
-from cxr.training.fit import RunConfig, fit, pos_weight, resolve_run_config
+from cxr.training.fit import fit, pos_weight
+from cxr.training.run_config import RunConfig, resolve_run_config
 from toydata import toy
 
 

@@ -13,7 +13,7 @@ import yaml
 
 from cxr import CLASSES
 from cxr.training import sweep as S
-from cxr.training.fit import resolve_run_config
+from cxr.training.run_config import resolve_run_config
 from pipeline_repo import load_stage
 from toydata import toy
 

@@ -33,7 +33,8 @@ import pandas as pd
 from cxr.metrics import binary_metrics, row_is_better
 from cxr.tracking import NullTracker
 from cxr.training.engine import TrainingDivergedError, predict_probabilities
-from cxr.training.fit import RunConfig, fit
+from cxr.training.fit import fit
+from cxr.training.run_config import RunConfig
 
 # A configuration whose kept epoch has a validation loss above this (ten times the loss of answering
 # 0.5 for every image, ln 2) or a non-finite one has diverged: its weights saturate to a constant
