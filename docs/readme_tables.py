@@ -1,9 +1,10 @@
-"""The README's default-run tables, copied from reports/results.md so that they cannot go stale.
+"""The default-run tables of README.md and docs/results.md, copied from reports/results.md so that they
+cannot go stale.
 
-    .venv/bin/python docs/readme_tables.py           # rewrite the README's marked tables (after `make repro`)
+    .venv/bin/python docs/readme_tables.py           # rewrite the marked tables (after `make repro`)
     .venv/bin/python docs/readme_tables.py --check   # exit 1 if they differ (tests/test_readme.py runs this check)
 
-A block in the README between ``<!-- results.md: Table N -->`` and ``<!-- /results.md -->`` holds
+A block in those pages between ``<!-- results.md: Table N -->`` and ``<!-- /results.md -->`` holds
 Table N of ``reports/results.md`` (the markdown table that follows its ``**Table N.**`` caption),
 the selected-model sentence after Table 1 included.
 """
@@ -16,6 +17,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+PAGES = (ROOT / "README.md", ROOT / "docs" / "results.md")  # the pages holding marked blocks
 BLOCK = re.compile(r"(<!-- results\.md: Table (\d+) -->\n)(.*?)(<!-- /results\.md -->)", re.S)
 
 
@@ -41,15 +43,18 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--check", action="store_true", help="only compare; exit 1 when the README is stale")
     args = ap.parse_args(argv)
-    readme_path = ROOT / "README.md"
-    readme = readme_path.read_text()
-    new = sync(readme, (ROOT / "reports" / "results.md").read_text())
-    if args.check:
-        if new != readme:
-            print("README.md's default-run tables differ from reports/results.md: run docs/readme_tables.py")
-            return 1
-        return 0
-    readme_path.write_text(new)
+    results = (ROOT / "reports" / "results.md").read_text()
+    stale = []
+    for path in PAGES:
+        text = path.read_text()
+        new = sync(text, results)
+        if new != text:
+            stale.append(path.relative_to(ROOT).as_posix())
+            if not args.check:
+                path.write_text(new)
+    if args.check and stale:
+        print(f"{', '.join(stale)}: default-run tables differ from reports/results.md: run docs/readme_tables.py")
+        return 1
     return 0
 
 

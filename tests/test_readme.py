@@ -1,8 +1,10 @@
-"""The README's default-run tables are reports/results.md's, for every model of the pipeline."""
+"""The README and docs/: default-run tables that are reports/results.md's, for every model of the pipeline;
+a README a newcomer can read through (at most 250 lines); links that resolve."""
 
 from __future__ import annotations
 
 import importlib.util
+import re
 from pathlib import Path
 
 import yaml
@@ -22,7 +24,9 @@ def test_readme_tables_are_the_committed_report():
     readme = (ROOT / "README.md").read_text()
     results = (ROOT / "reports" / "results.md").read_text()
     assert tables.BLOCK.search(readme), "README.md has no <!-- results.md: Table N --> block"
-    assert tables.sync(readme, results) == readme, "README.md is stale: run .venv/bin/python docs/readme_tables.py"
+    for page in tables.PAGES:
+        text = page.read_text()
+        assert tables.sync(text, results) == text, f"{page.name} is stale: run .venv/bin/python docs/readme_tables.py"
     models = list(yaml.safe_load((ROOT / "params.yaml").read_text())["models"])
     table1 = tables.report_table(results, 1)
     for m in models:
@@ -47,3 +51,29 @@ def test_sync_replaces_a_stale_block_and_fails_on_a_missing_table():
         assert "Table 3" in str(exc)
     else:
         raise AssertionError("a missing table must be an error")
+
+
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+def _anchors(page: Path) -> set[str]:
+    """GitHub's heading anchors: lower case, punctuation dropped, spaces to hyphens."""
+    heads = re.findall(r"^#+ (.+)$", page.read_text(), re.M)
+    return {re.sub(r"[^\w\- ]", "", h.lower()).replace(" ", "-") for h in heads}
+
+
+def test_the_readme_is_short_and_every_link_of_the_docs_resolves():
+    assert len((ROOT / "README.md").read_text().splitlines()) <= 250
+    pages = [ROOT / "README.md", ROOT / "CONTRIBUTING.md", *sorted((ROOT / "docs").glob("*.md"))]
+    broken = []
+    for page in pages:
+        for target in LINK.findall(page.read_text()):
+            if target.startswith(("http://", "https://", "mailto:")):
+                continue
+            path, _, anchor = target.partition("#")
+            dest = (page.parent / path).resolve() if path else page
+            if not dest.exists() or (anchor and dest.suffix == ".md" and anchor not in _anchors(dest)):
+                broken.append(f"{page.relative_to(ROOT)}: {target}")
+    assert not broken, broken
+    linked = set(LINK.findall((ROOT / "README.md").read_text()))
+    assert all(f"docs/{p.name}" in linked for p in (ROOT / "docs").glob("*.md")), "a docs page the README omits"
