@@ -4,7 +4,7 @@
         device = torch.device("cuda", claim.ordinals[0])
         subprocess.run(cmd, env=claim.env)  # children see only the claimed GPUs (CUDA_VISIBLE_DEVICES)
 
-A claim is an exclusive ``fcntl.flock`` on ``<claim dir>/gpu-<id>.lock``. The kernel drops a flock
+A claim is an exclusive lock (:mod:`cxr.locks`) on ``<claim dir>/gpu-<id>.lock``. The kernel drops it
 when the last file descriptor holding it closes, so a worker that crashes, is killed (even with
 SIGKILL) or finishes releases its GPUs: no stale claim to clean up. Children started with the
 claim (torchrun's ranks) inherit the descriptor and keep the GPU claimed while they live.
@@ -18,12 +18,13 @@ when it is set (indices or UUIDs), else ``0 .. torch.cuda.device_count() - 1``.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from cxr.locks import try_lock
 
 ENV_DIR, ENV_SWITCH = "CXR_GPU_CLAIM_DIR", "CXR_GPU_CLAIM"
 
@@ -74,19 +75,6 @@ class Claim:
         self.release()
 
 
-def _try_lock(path: Path) -> int | None:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return None
-    os.set_inheritable(fd, True)  # torchrun's ranks keep the claim while they run
-    os.ftruncate(fd, 0)
-    os.write(fd, f"{os.getpid()}\n".encode())  # who holds it, for a curious reader; the lock is the flock
-    return fd
-
-
 def claim_gpus(
     count: int,
     *,
@@ -119,7 +107,7 @@ def claim_gpus(
         for ordinal, gid in enumerate(gpus):
             if len(held) == count:
                 break
-            fd = _try_lock(folder / f"gpu-{gid.replace('/', '_')}.lock")
+            fd = try_lock(folder / f"gpu-{gid.replace('/', '_')}.lock", inheritable=True)  # torchrun's ranks keep it
             if fd is not None:
                 held.append((ordinal, gid, fd))
         if len(held) >= need:

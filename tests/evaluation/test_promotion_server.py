@@ -56,13 +56,13 @@ from cxr.evaluation import promotion as P
 from cxr.tracking import make_tracker
 
 times = {}
-original_exclusive, original_decide = P.exclusive, P.decide
+original_locked, original_decide = P.locked, P.decide
 
 
 @contextlib.contextmanager
-def exclusive(lock_path):
+def locked(lock_path):
     mark("waiting")
-    with original_exclusive(lock_path):
+    with original_locked(lock_path):
         times["t_in"] = time.monotonic()
         mark("inside")
         yield
@@ -80,7 +80,7 @@ def decide(*a, **k):
     return out
 
 
-P.exclusive, P.decide = exclusive, decide
+P.locked, P.decide = locked, decide
 tracker = make_tracker(args["experiment"], os.environ["MLFLOW_TRACKING_URI"])
 assert tracker.active, "the worker cannot reach the server"
 mark("ready")
@@ -206,9 +206,9 @@ def _race(tmp_path: Path, server: str, name: str, values: list[float], *, shared
         if shared_lock:
             from mlflow import MlflowClient
 
-            from cxr.evaluation.promotion import exclusive
+            from cxr.locks import locked
 
-            with exclusive(lock):
+            with locked(lock):
                 (sync / "go").touch()
                 _wait(lambda: len(list(sync.glob("waiting-*"))) == n, "workers at the lock", procs)
                 time.sleep(1.0)

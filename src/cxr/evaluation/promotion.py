@@ -15,13 +15,12 @@ source is the pyfunc model logged into the *training* run, so the run page shows
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from cxr.checkpoint import ModelCard
+from cxr.locks import locked
 from cxr.metrics import is_better
 
 PROMOTE_RULES = ("better", "always")
@@ -38,18 +37,6 @@ class Outcome:
     promoted: bool
     message: str  # what happened, in one sentence, for the stage log
     source: str
-
-
-@contextlib.contextmanager
-def exclusive(lock_path: Path):
-    """An exclusive ``flock`` on ``lock_path``: released by the OS if the holder dies."""
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def decide(candidate: dict, champion: dict | None, metric: str, promote: str = "better") -> tuple[bool, str]:
@@ -133,7 +120,7 @@ def register_candidate(
             "threshold": f"{card.threshold:.6f}",
             "training_run_id": training_run_id or "",
         }
-        with exclusive(lock_path):
+        with locked(lock_path):
             champion = _champion(client, registered_name, alias, select_metric)
             promoted, why = decide(
                 {"data_version": card.data_version, "value": value}, champion, select_metric, promote
