@@ -15,10 +15,10 @@ export VIRTUAL_ENV := $(abspath $(VENV))
 install: $(STAMP)
 
 # npm ci + cxr.offline_plots: Vega inlined into .dvc/config's plots.html_template (offline dvc plots).
-$(STAMP): requirements.txt pyproject.toml package.json package-lock.json
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml package.json package-lock.json
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -r requirements.txt
+	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
 	$(BIN)/python -m pip install --quiet --no-deps -e .
 	npm ci --no-audit --no-fund --ignore-scripts --loglevel=error && $(BIN)/python -m cxr.offline_plots
 	touch $(STAMP)
@@ -26,7 +26,7 @@ $(STAMP): requirements.txt pyproject.toml package.json package-lock.json
 repro: $(STAMP)
 	$(BIN)/dvc repro
 
-# ruff (format and lint, pinned in requirements.txt) before pytest: CI runs exactly this.
+# ruff (format and lint, pinned in requirements-dev.txt) before pytest: CI runs exactly this.
 test: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
