@@ -26,10 +26,12 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml package.json pack
 repro: $(STAMP)
 	$(BIN)/dvc repro
 
-# ruff (format and lint, pinned in requirements-dev.txt) before pytest: CI runs exactly this.
+# ruff (format and lint) and mypy (pyproject [tool.mypy]), pinned in requirements-dev.txt, before pytest:
+# CI runs exactly this.
 test: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)  # fix what ruff can: formatting, import order, old syntax

@@ -49,7 +49,7 @@ class CheckpointError(ValueError):
 class ModelCard:
     """Everything needed to rebuild, use and describe a trained model. Frozen: written once, by train."""
 
-    arch: dict  # {"name", "image_size", "options"}: cxr.models.rebuild(arch)
+    arch: dict[str, Any]  # {"name", "image_size", "options"}: cxr.models.rebuild(arch)
     cache_size: int  # side of the cached uint8 images it was trained on
     cache_resize: str  # how the cache kept the aspect ratio: stretch | pad (predict must do the same)
     image_size: int  # model input side
@@ -58,8 +58,8 @@ class ModelCard:
     threshold: float  # P(pneumonia) >= threshold -> PNEUMONIA
     threshold_method: str  # youden | fixed: how the threshold was chosen on validation
     data_version: str
-    train_params: dict  # the RunConfig of the run, flat (MLflow's params)
-    augment: dict  # the AugmentConfig it trained with
+    train_params: dict[str, Any]  # the RunConfig of the run, flat (MLflow's params)
+    augment: dict[str, Any]  # the AugmentConfig it trained with
     best_epoch: int
     val_auc: float
     val_loss: float
@@ -67,13 +67,13 @@ class ModelCard:
     epochs_run: int
     stopped_early: bool
     classes: tuple[str, ...] = CLASSES
-    library_versions: dict = field(default_factory=dict)
+    library_versions: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 
     @property
     def name(self) -> str:
         """The registry name of the architecture (cnn, resnet50, ...)."""
-        return self.arch["name"]
+        return str(self.arch["name"])
 
     def augment_config(self) -> AugmentConfig:
         known = {f.name for f in dataclasses.fields(AugmentConfig)}
@@ -91,7 +91,7 @@ class ModelCard:
         return json.dumps(d, indent=2, default=_json_default) + "\n"
 
     @classmethod
-    def from_json(cls, text: str | dict, source: str = "model.json") -> ModelCard:
+    def from_json(cls, text: str | dict[str, Any], source: str = "model.json") -> ModelCard:
         raw = json.loads(text) if isinstance(text, str) else dict(text)
         data = _upgrade(raw, source)
         known = {f.name for f in dataclasses.fields(cls)}
@@ -116,7 +116,7 @@ class ModelCard:
             raise CheckpointError(f"{source} is not a model card: {exc}") from exc
 
 
-def _upgrade(d: dict, source: str) -> dict:
+def _upgrade(d: dict[str, Any], source: str) -> dict[str, Any]:
     """Old formats -> the current field names. The one place that knows the history."""
     version = int(d.get("format_version", 1))
     if version > FORMAT_VERSION:
@@ -156,7 +156,7 @@ def _upgrade(d: dict, source: str) -> dict:
     return d
 
 
-def library_versions() -> dict:
+def library_versions() -> dict[str, Any]:
     import numpy
     import torchvision
 
@@ -168,7 +168,7 @@ def library_versions() -> dict:
     return versions
 
 
-def state_dict_copy(model: nn.Module) -> dict:
+def state_dict_copy(model: nn.Module) -> dict[str, Any]:
     """A CPU copy of the state_dict (never a view of the live weights), without the ``_orig_mod.``
     prefix torch.compile adds, so it loads into a plain model."""
     model = getattr(model, "_orig_mod", model)
@@ -184,13 +184,13 @@ def save(model_dir: str | Path, model: nn.Module, card: ModelCard) -> Path:
     return model_dir
 
 
-def _save_state(state: dict, path: str) -> None:
+def _save_state(state: dict[str, Any], path: str) -> None:
     # Through a file object: the archive's records are then named "archive/...", not after ``path``.
     with open(path, "wb") as f:
         torch.save(state, f)
 
 
-def _json_default(o: Any):
+def _json_default(o: Any) -> Any:
     if hasattr(o, "item"):
         return o.item()
     if isinstance(o, (set, tuple)):

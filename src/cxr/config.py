@@ -19,11 +19,13 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Optional, TypeVar, Union
 
 import yaml
 
 from cxr.metric_names import CI_METRICS, SELECT_METRICS, THRESHOLD_METHODS
+
+T = TypeVar("T")
 
 
 class ConfigError(ValueError):
@@ -39,7 +41,7 @@ class ConfigError(ValueError):
 SECTIONS = ("data", "split", "preprocess", "external", "train", "models", "mlflow", "evaluate", "sweep", "compare")
 
 
-def check_top_level(data: dict, where: str = "params.yaml") -> None:
+def check_top_level(data: dict[str, Any], where: str = "params.yaml") -> None:
     """Refuse unknown top-level keys, as sections refuse theirs (``-S +learning_rate=0.1`` would be ignored)."""
     known = set(SECTIONS) | {f.name for f in dataclasses.fields(Globals)}
     unknown = sorted(str(k) for k in data if k not in known)
@@ -54,8 +56,8 @@ class _StrictLoader(yaml.SafeLoader):
     """SafeLoader that refuses a key given twice in one mapping: PyYAML keeps the last one without a
     word (`lr: 0.1` ... `lr: 0.001` trains with 0.001), where DVC refuses the file."""
 
-    def construct_mapping(self, node, deep=False):
-        seen: dict = {}
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[str, Any] = {}
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=True)
             try:
@@ -92,7 +94,7 @@ def read_yaml(path: str | Path) -> Any:
         raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8") from None
 
 
-def load_params(path: str | Path = "params.yaml") -> dict:
+def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
     path = Path(path)
     data = read_yaml(path) or {}
     if not isinstance(data, dict):
@@ -118,7 +120,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             except ConfigError as exc:
                 errors.append(str(exc))
         raise ConfigError(errors[0] if errors else f"{where}: invalid value {value!r}")
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if value is None:
             value = {}
         return from_dict(tp, value, where)
@@ -171,18 +173,18 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
-def from_dict(cls, data: dict | None, where: str = ""):
+def from_dict(cls: type[T], data: dict[str, Any] | None, where: str = "") -> T:
     """Build dataclass ``cls`` from ``data``, converting types and rejecting unknown keys."""
     data = {} if data is None else data
     if not isinstance(data, dict):
         raise ConfigError(f"{where or cls.__name__}: expected a mapping, found {data!r}")
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(data) - names)
     if unknown:
         raise ConfigError(f"{where or cls.__name__}: unknown key(s) {unknown}; valid keys are {sorted(names)}")
-    kwargs = {}
-    for f in dataclasses.fields(cls):
+    kwargs: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]  # cls is a dataclass (T is unbounded)
         key = f"{where}.{f.name}" if where else f.name
         if f.name in data:
             kwargs[f.name] = _coerce(data[f.name], hints[f.name], key)
@@ -193,12 +195,12 @@ def from_dict(cls, data: dict | None, where: str = ""):
     return obj
 
 
-def section(params: dict, name: str, cls):
+def section(params: dict[str, Any], name: str, cls: type[T]) -> T:
     """The dataclass for top-level section ``name`` of ``params``."""
     return from_dict(cls, params.get(name) or {}, name)
 
 
-def _check_devices(devices, where: str) -> None:
+def _check_devices(devices: object, where: str) -> None:
     ok = (isinstance(devices, int) and devices >= 1) or (isinstance(devices, str) and devices.lower() == "auto")
     _check(ok, f"{where}: expected a positive integer or auto, found {devices!r}")
 
@@ -524,12 +526,12 @@ class Globals:
         _check(self.image_size >= 16, f"image_size must be >= 16, found {self.image_size}")
 
 
-def load_globals(params: dict) -> Globals:
+def load_globals(params: dict[str, Any]) -> Globals:
     keys = {f.name for f in dataclasses.fields(Globals)}
     return from_dict(Globals, {k: params[k] for k in keys if k in params}, "")
 
 
-def load_model_override(params: dict, model: str) -> ModelOverride:
+def load_model_override(params: dict[str, Any], model: str) -> ModelOverride:
     """``models.<name>`` of params.yaml: that model's overrides of the top-level knobs."""
     return from_dict(ModelOverride, (params.get("models") or {}).get(model) or {}, f"models.{model}")
 

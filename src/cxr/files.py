@@ -4,7 +4,7 @@ survives; the sha256 of a file.
 
     atomic_write("models/cnn/model.pt", lambda tmp: torch.save(state, tmp))
     write_metrics("metrics/eval/cnn.json", report)
-    write_csv(table, "data/manifest.csv")
+    write_csv(table, "data/manifest.csv")    # csv_text(table): the same as text
 """
 
 from __future__ import annotations
@@ -17,11 +17,12 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 
-def csv_quoting(cells) -> int:
+def csv_quoting(cells: Any) -> int:
     """How a CSV holding ``cells`` must quote: as the csv module does by default, unless a text cell
     holds a carriage return, which that leaves bare with ``lineterminator="\\n"`` (a file named
     ``IM-1\\r.jpeg`` then reads back as two rows): then every text field is quoted. Files without one
@@ -29,11 +30,16 @@ def csv_quoting(cells) -> int:
     return csv.QUOTE_NONNUMERIC if any(isinstance(c, str) and "\r" in c for c in cells) else csv.QUOTE_MINIMAL
 
 
-def write_csv(table, path: str | Path | None = None, **kwargs) -> str | None:
-    """``table`` (a DataFrame) as CSV, ``\\n`` line ends, no index, quoted so every cell round-trips through
-    ``pandas.read_csv``; to ``path``, or returned as text without one."""
+def csv_text(table: Any, **kwargs: Any) -> str:
+    """``table`` (a DataFrame) as CSV text: ``\\n`` line ends, no index, quoted so that every cell round-trips
+    through ``pandas.read_csv`` (:func:`csv_quoting`)."""
     text_cells = table.select_dtypes(exclude="number").to_numpy().ravel()
-    return table.to_csv(path, index=False, lineterminator="\n", quoting=csv_quoting(text_cells), **kwargs)
+    return str(table.to_csv(index=False, lineterminator="\n", quoting=csv_quoting(text_cells), **kwargs))
+
+
+def write_csv(table: Any, path: str | Path, **kwargs: Any) -> None:
+    """:func:`csv_text` of ``table``, written to ``path``."""
+    Path(path).write_text(csv_text(table, **kwargs), encoding="utf-8")
 
 
 def sha256_file(path: str | Path) -> str:

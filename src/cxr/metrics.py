@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from typing import Any
 
 import numpy as np
 import scipy.stats
@@ -310,7 +311,7 @@ def evaluate_predictions(
          "at_default_threshold": {...same, at 0.5...}}
     """
     y, p = _check_inputs(y, p)
-    out = {
+    out: dict[str, Any] = {
         "n": int(len(y)),
         "n_normal": int((y == 0).sum()),
         "n_pneumonia": int((y == 1).sum()),

@@ -348,9 +348,9 @@ class MlflowTracker(NullTracker):
         reqs = [f"torch=={torch.__version__.split('+')[0]}", f"torchvision=={torchvision.__version__.split('+')[0]}"]
         from importlib.metadata import version
 
-        from cxr.models import get_entry
+        from cxr.models import get_entry, model_arch
 
-        reqs += [f"{pkg}=={version(pkg)}" for pkg in get_entry(model.arch["name"]).requirements]
+        reqs += [f"{pkg}=={version(pkg)}" for pkg in get_entry(model_arch(model)["name"]).requirements]
         if input_example is None and image_size is not None:
             input_example = np.zeros((2, 3, int(image_size), int(image_size)), dtype=np.float32)
         mlflow.set_tracking_uri(self.uri)

@@ -351,13 +351,14 @@ def test_global_pretrained_skips_models_without_published_weights(repo_root):
 def test_frozen_backbone_does_not_move_then_does(repo_root, vit_dir, monkeypatch):
     from cxr.config import load_params
     from cxr.training import fit as F
+    from cxr.training.run_config import resolve_run_config
     from toydata import toy
 
     params = load_params(repo_root / "params.yaml")
     params.update(epochs=2, image_size=32, batch_size=8, lr=1e-2)
     params["models"]["vit"] = {"weights": str(vit_dir)}
     params["train"].update(freeze_backbone_epochs=1, backbone_lr_factor=0.5)
-    cfg = F.resolve_run_config(params, "vit")
+    cfg = resolve_run_config(params, "vit")
     assert cfg.pretrained and cfg.freeze_backbone_epochs == 1 and cfg.backbone_lr_factor == 0.5
 
     built = {}

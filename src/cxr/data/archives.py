@@ -47,9 +47,14 @@ class _EndAwareTarInfo(tarfile.TarInfo):
     def fromtarfile(cls, tf):
         try:
             return super().fromtarfile(tf)
-        except tarfile.EOFHeaderError:
-            tf.cxr_end_marker = True
+        except tarfile.EOFHeaderError:  # type: ignore[attr-defined]  # public at runtime, not in typeshed
+            if isinstance(tf, _EndAwareTarFile):
+                tf.end_marker = True
             raise
+
+
+class _EndAwareTarFile(tarfile.TarFile):
+    end_marker = False  # set by _EndAwareTarInfo when iteration meets the end-of-archive block
 
 
 NAME_MAX = 255  # bytes in one file or folder name (Linux, macOS, Windows)
@@ -208,8 +213,7 @@ def _extract_tar(
     duplicates = []
     try:
         # Streaming mode: one pass over a compressed archive, members checked as they come.
-        with tarfile.open(archive, "r|*", tarinfo=_EndAwareTarInfo, errors="surrogateescape") as tf:
-            tf.cxr_end_marker = False
+        with _EndAwareTarFile.open(archive, "r|*", tarinfo=_EndAwareTarInfo, errors="surrogateescape") as tf:
             for member in tqdm(tf, desc="extracting", unit="file", disable=not progress, mininterval=1.0):
                 fixed, changed = utf8_name(Path(member.name))
                 renamed += changed
@@ -238,7 +242,7 @@ def _extract_tar(
                     if exc.errno is None:  # gzip.BadGzipFile and the like: the stream, not the disk
                         raise
                     raise _unwritable(archive, member.name, exc) from None
-            complete = tf.cxr_end_marker
+            complete = tf.end_marker
     except tarfile.FilterError as exc:
         raise _refuse(archive, exc.tarinfo.name, str(exc)) from None
     except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
@@ -260,11 +264,10 @@ def archive_problem(path: Path) -> str | None:
     if zipfile.is_zipfile(path):  # the end-of-central-directory record sits at the very end
         return None
     try:
-        with tarfile.open(path, "r:*", tarinfo=_EndAwareTarInfo) as tf:
-            tf.cxr_end_marker = False
+        with _EndAwareTarFile.open(path, "r:*", tarinfo=_EndAwareTarInfo) as tf:
             for _ in tf:
                 pass
-            if not tf.cxr_end_marker:
+            if not tf.end_marker:
                 return "a tar without its end-of-archive blocks"
     except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
         return f"not a complete zip or tar archive ({type(exc).__name__}: {exc})"

@@ -122,7 +122,7 @@ def _decode_for_cache(path: str, size: int, resize: str) -> np.ndarray:
 
 # Memmaps this process has opened for writing, by (build id, file): each decoding worker opens the
 # cache files once and writes its images in place, so no pixels travel between processes.
-_OPEN_FOR_WRITE: dict[tuple[str, str], np.ndarray] = {}
+_OPEN_FOR_WRITE: dict[tuple[str, str], np.memmap] = {}
 
 
 def _reserve_disk(path: Path) -> None:

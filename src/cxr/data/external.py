@@ -140,8 +140,8 @@ def find_overlap(
     if len(run_thumbs) == 0 or len(ext_thumbs) == 0:
         return pd.DataFrame(columns=OVERLAP_COLUMNS), float("nan")
     sim = ext_thumbs @ run_thumbs.T
-    best, where = sim.max(dim=1)
-    best, where = best.numpy().astype(float), where.numpy()
+    best_t, where_t = sim.max(dim=1)
+    best, where = best_t.numpy().astype(float), where_t.numpy()
     by_sha = dict(zip(run["sha256"], zip(run["split"], run["path"])))
     rows = []
     for i, (path, pid, sha) in enumerate(zip(external["path"], external["patient_id"], external["sha256"])):

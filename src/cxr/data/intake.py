@@ -172,7 +172,7 @@ def write_skipped(out_dir: Path, rows: list[dict]) -> Path:
     path = Path(out_dir) / SKIPPED_REPORT
     with path.open("w", newline="", encoding="utf-8") as f:
         cells = [v for r in rows for v in r.values()]
-        w = csv.DictWriter(f, fieldnames=SKIPPED_COLUMNS, lineterminator="\n", quoting=csv_quoting(cells))
+        w = csv.DictWriter(f, fieldnames=SKIPPED_COLUMNS, lineterminator="\n", quoting=csv_quoting(cells))  # type: ignore[arg-type]  # a csv.QUOTE_* constant
         w.writeheader()
         w.writerows(sorted(rows, key=lambda r: r["path"]))
     return path

@@ -46,7 +46,7 @@ from cxr.data import SKIPPED_REPORT, is_junk
 from cxr.data.limits import ImageLimits
 from cxr.data.pool import imap_progress
 from cxr.data.safefs import UNREADABLE, entry_problem, open_regular, sha256_stream
-from cxr.files import write_csv
+from cxr.files import csv_text, write_csv
 
 MANIFEST_COLUMNS = ["path", "label", "patient_id", "source_split", "split", "sha256", "width", "height", "mode"]
 QUARANTINE_COLUMNS = ["path", "reason", "detail"]
@@ -537,7 +537,7 @@ def summary_table(metrics: dict) -> str:
 
 def manifest_csv_bytes(manifest: pd.DataFrame) -> bytes:
     """The exact bytes :func:`write_manifest` writes (the cache's data_version hashes them)."""
-    return write_csv(manifest[MANIFEST_COLUMNS]).encode("utf-8")
+    return csv_text(manifest[MANIFEST_COLUMNS]).encode("utf-8")
 
 
 def write_manifest(manifest: pd.DataFrame, path: str | Path) -> None:

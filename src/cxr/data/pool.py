@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 
 def resolve_workers(workers: int) -> int:
@@ -79,7 +80,7 @@ def imap_progress(
     bar = None
     try:
         if pool is None:
-            results = map(fn, items)
+            results: Iterator[Any] = map(fn, items)
         else:
             results = pool.map(fn, items, chunksize=max(1, chunksize))
         # Created after map() has forked the workers: tqdm's monitor thread must not exist at a fork.

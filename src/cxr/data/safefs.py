@@ -41,7 +41,7 @@ def describe_mode(mode: int) -> str:
     return "special file"
 
 
-def entry_problem(path: str | os.PathLike) -> Optional[tuple[str, str]]:
+def entry_problem(path: str | os.PathLike[str]) -> Optional[tuple[str, str]]:
     """``(reason, detail)`` when ``path`` is not a regular file that may be read, else None (links not followed)."""
     try:
         st = os.lstat(path)
@@ -59,7 +59,7 @@ def entry_problem(path: str | os.PathLike) -> Optional[tuple[str, str]]:
 
 
 def walk_files(
-    folder: str | os.PathLike, skip: Callable[[str], bool] = lambda name: False
+    folder: str | os.PathLike[str], skip: Callable[[str], bool] = lambda name: False
 ) -> Iterator[tuple[Path, Optional[tuple[str, str]]]]:
     """Every entry under ``folder`` (sorted, links never followed) as ``(path, problem)``.
 
@@ -97,7 +97,7 @@ def _cannot_list(exc: OSError) -> str:
     )
 
 
-def open_regular(path: str | os.PathLike) -> BinaryIO:
+def open_regular(path: str | os.PathLike[str]) -> BinaryIO:
     """Open ``path`` for reading only if it is a regular file: no link followed, no FIFO waited on.
 
     ``O_NOFOLLOW`` refuses a final symbolic link, ``O_NONBLOCK`` keeps a FIFO from blocking the

@@ -102,7 +102,7 @@ def fetch(cfg: DataConfig, out_dir: Path, *, base_dir: Path = Path("."), progres
     if cfg.source == "url":
         download_dir = _anchor(cfg.download_dir, base_dir)
         archive = download(
-            cfg.url,
+            cfg.url or "",  # empty: download() says data.url must be an http(s) link
             download_dir,
             sha256=cfg.sha256,
             progress=progress,

@@ -269,7 +269,7 @@ def render(
             sigmas = pattern.uniform(0.04, 0.09, n)
             amps = pattern.uniform(0.3, 0.6, n) * severity
         else:
-            centers, sigmas, amps = [], [], []
+            centers, sigmas, amps = [], [], []  # type: ignore[assignment]  # lists here, arrays above
             for c in _points_in_lungs(pattern, int(pattern.integers(1, 4)), lungs, lower_bias=0.5):
                 k = int(pattern.integers(3, 8))
                 spread = pattern.uniform(0.05, 0.12)
@@ -303,8 +303,8 @@ def render(
     img += spine * (0.05 + 0.03 * np.cos((v + rng.uniform(0, 1)) * 2 * np.pi * 9))
     rib0 = lung_cv - lung_h * 1.05
     gap = lung_h * 2 / prng.uniform(8.5, 10.0)
-    k = np.arange(10, dtype=np.float32)[:, None, None]
-    arch = rib0 + k * gap - 0.35 * au_abs[None] + 0.7 * au_abs[None] ** 2
+    rib = np.arange(10, dtype=np.float32)[:, None, None]
+    arch = rib0 + rib * gap - 0.35 * au_abs[None] + 0.7 * au_abs[None] ** 2
     ribs = np.exp(-(((v[None] - arch) / (gap * 0.2)) ** 2)).sum(0)
     ribs *= ribcage * _smoothstep((au_abs - 0.06) / 0.06)
     img += ribs * (0.3 + 0.7 * lung) * prng.uniform(0.06, 0.1)
@@ -316,7 +316,7 @@ def render(
     img = np.clip(img, 0, 1) ** rng.uniform(0.8, 1.25)
 
     small = Image.fromarray(np.clip(img * 255, 0, 255).astype(np.uint8), mode="L")
-    out = np.asarray(small.resize((width, height), Image.BICUBIC), dtype=np.float32)
+    out = np.asarray(small.resize((width, height), Image.Resampling.BICUBIC), dtype=np.float32)
     out += rng.normal(0, rng.uniform(2.0, 7.0), out.shape)  # quantum noise at full resolution
     picture = Image.fromarray(np.clip(out, 0, 255).astype(np.uint8), mode="L")
 

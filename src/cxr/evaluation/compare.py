@@ -13,6 +13,7 @@ model that goes to the MLflow Model Registry is the one with the best *validatio
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pandas as pd
 
@@ -249,12 +250,12 @@ def results_markdown(
     sweep_table: pd.DataFrame | None = None,
 ) -> str:
     """reports/results.md: a Results section in the style of a paper."""
-    any_rep = next(iter((eval_metrics or {}).values()), {})
+    any_rep: dict[str, Any] = next(iter((eval_metrics or {}).values()), {})
     n, n_pos = any_rep.get("n"), any_rep.get("n_pneumonia")
     conf = any_rep.get("confidence", 0.95)
     n_res = any_rep.get("n_resamples")
     lines = ["# Results", ""]
-    if n:
+    if n and n_pos is not None:
         lines += [
             f"Test set: {n} images ({any_rep.get('n_normal')} NORMAL, {n_pos} PNEUMONIA). Answering PNEUMONIA "
             f"for every image would score {100 * n_pos / n:.1f} % accuracy, 100 % sensitivity and 0 % "
@@ -303,7 +304,7 @@ def results_markdown(
             ]
     sets = external_names(eval_metrics or {})
     for k, name in enumerate(sets):
-        lines += external_markdown(table, name, eval_metrics, table_number=2 + k)
+        lines += external_markdown(table, name, eval_metrics or {}, table_number=2 + k)
     if sweep_table is not None and len(sweep_table):
         s = sweep_summary or {}
         b = s.get("best", {})

@@ -361,7 +361,7 @@ def attach_run(tracker, run_id: str | None, run_name: str, tags: dict | None = N
         from mlflow import MlflowClient
 
         try:
-            run = MlflowClient(tracking_uri=tracker.uri).get_run(run_id)
+            run = MlflowClient(tracking_uri=tracker.uri).get_run(str(run_id))
         except Exception as exc:
             warnings.warn(
                 f"MLflow run {run_id} unavailable ({exc.__class__.__name__}); logging to a new run {run_name!r}",

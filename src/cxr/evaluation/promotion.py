@@ -140,7 +140,8 @@ def register_candidate(
     if promoted:
         message = f"registered {card.name} as {where} and moved @{alias} to it: {why}"
     else:
-        message = f"registered {card.name} as {where}; @{alias} stays at version {champion['version']}: {why}"
+        kept = (champion or {}).get("version")
+        message = f"registered {card.name} as {where}; @{alias} stays at version {kept}: {why}"
     return Outcome(name=registered_name, version=str(mv.version), promoted=promoted, message=message, source=uri)
 
 

@@ -21,6 +21,7 @@ from cxr.models.registry import (
     get_entry,
     input_spec,
     list_models,
+    model_arch,
     rebuild,
 )
 
@@ -34,5 +35,6 @@ __all__ = [
     "get_entry",
     "input_spec",
     "list_models",
+    "model_arch",
     "rebuild",
 ]

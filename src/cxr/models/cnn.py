@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -35,10 +37,11 @@ class ReferenceCNN(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.pool(self.features(x)))
+        logits: torch.Tensor = self.classifier(self.pool(self.features(x)))
+        return logits
 
 
-def _cnn_spec(weights: str | None) -> dict:
+def _cnn_spec(weights: str | None) -> dict[str, Any]:
     # No pretrained weights exist for it; [0, 1] is mapped to [-1, 1] (the same convention as the
     # in21k ViT) so the first layer sees zero-centred inputs.
     return {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "image_size": 224}

@@ -16,6 +16,7 @@ import inspect
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from torch import nn
 
@@ -27,14 +28,15 @@ class WeightsUnavailableError(RuntimeError):
 
 
 # (model, input height, input width) -> a function of the target layer's output giving (B, C, h, w)
-CamReshape = Callable[[nn.Module, int, int], Callable]
+CamReshape = Callable[[nn.Module, int, int], Callable[..., Any]]
+Builder = Callable[..., nn.Module]  # builder(pretrained, weights, image_size, **options) -> nn.Module
 
 
 @dataclass(frozen=True)
 class ModelEntry:
     name: str
     builder: Callable[..., nn.Module]  # builder(pretrained, weights, image_size, **options) -> nn.Module
-    input_spec: Callable[[str | None], dict]  # weights path or None -> {"mean", "std", "image_size"}
+    input_spec: Callable[[str | None], dict[str, Any]]  # weights path or None -> {"mean", "std", "image_size"}
     cam_layer: Callable[[nn.Module], nn.Module]  # the layer Grad-CAM combines
     channels_last: bool  # convolutional: channels_last memory format helps on CUDA
     description: str = ""
@@ -50,10 +52,10 @@ class ModelEntry:
 MODELS: dict[str, ModelEntry] = {}
 
 
-def register_model(name: str, **facts):
+def register_model(name: str, **facts: Any) -> Callable[[Builder], Builder]:
     """Decorator: ``@register_model("cnn", input_spec=..., cam_layer=..., channels_last=True)`` on a builder."""
 
-    def deco(builder):
+    def deco(builder: Builder) -> Builder:
         if name in MODELS:
             raise ValueError(f"model {name!r} is registered twice")
         MODELS[name] = ModelEntry(name=name, builder=builder, **facts)
@@ -74,7 +76,12 @@ def get_entry(name: str) -> ModelEntry:
 
 
 def build_model(
-    name: str, *, pretrained: bool = False, weights: str | os.PathLike | None = None, image_size: int = 224, **options
+    name: str,
+    *,
+    pretrained: bool = False,
+    weights: str | os.PathLike[str] | None = None,
+    image_size: int = 224,
+    **options: Any,
 ) -> nn.Module:
     """Build model ``name``; ``weights`` (a local file or directory) implies pretrained weights.
 
@@ -92,8 +99,15 @@ def build_model(
     )
     # Builders may fill in options (e.g. the ViT's resolved config) so checkpoints are self-contained.
     arch_options = getattr(model, "arch_options", {})
-    model.arch = {"name": name, "image_size": int(image_size), "options": arch_options}
+    # nn.Module types its attributes as tensors or modules; a plain record is what this one is.
+    model.arch = {"name": name, "image_size": int(image_size), "options": arch_options}  # type: ignore[assignment]
     return model
+
+
+def model_arch(model: nn.Module) -> dict[str, Any]:
+    """The ``arch`` record :func:`build_model` attached to ``model`` (what a checkpoint rebuilds it from)."""
+    arch: dict[str, Any] = model.__dict__["arch"]
+    return arch
 
 
 def builder_options(name: str) -> list[str]:
@@ -102,7 +116,7 @@ def builder_options(name: str) -> list[str]:
     return [p for p in params if p not in ("pretrained", "weights", "image_size")]
 
 
-def check_options(name: str, options: dict, where: str) -> dict:
+def check_options(name: str, options: dict[str, Any], where: str) -> dict[str, Any]:
     unknown = sorted(set(options) - set(builder_options(name)))
     if unknown:
         raise ConfigError(
@@ -122,12 +136,12 @@ def check_image_size(name: str, image_size: int, where: str = "image_size") -> N
         )
 
 
-def rebuild(arch: dict) -> nn.Module:
+def rebuild(arch: dict[str, Any]) -> nn.Module:
     """The architecture recorded in ``model.arch`` (a checkpoint's JSON), randomly initialised."""
     return build_model(arch["name"], pretrained=False, image_size=arch["image_size"], **arch.get("options", {}))
 
 
-def input_spec(name: str, weights: str | os.PathLike | None = None) -> dict:
+def input_spec(name: str, weights: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """Normalisation and native input size of ``name``, read from its weights' metadata."""
     return get_entry(name).input_spec(None if weights is None else str(weights))
 

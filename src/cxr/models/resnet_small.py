@@ -10,6 +10,8 @@ input side >= 32 px work.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -31,7 +33,9 @@ class BasicBlock(nn.Module):
         self.conv1 = conv_bn(c_in, c_out, 3, stride)
         self.conv2 = conv_bn(c_out, c_out, 3, 1)
         self.shortcut = conv_bn(c_in, c_out, 1, stride) if stride != 1 or c_in != c_out else nn.Identity()
-        nn.init.zeros_(self.conv2[1].weight)  # each block starts as its shortcut: stable from-scratch training
+        bn = self.conv2[1]
+        assert isinstance(bn, nn.BatchNorm2d)  # conv_bn: (conv, batch norm)
+        nn.init.zeros_(bn.weight)  # each block starts as its shortcut: stable from-scratch training
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.relu(self.conv2(torch.relu(self.conv1(x))) + self.shortcut(x))
@@ -54,10 +58,11 @@ class SmallResNet(nn.Module):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(self.stem(x)))
+        logits: torch.Tensor = self.classifier(self.features(self.stem(x)))
+        return logits
 
 
-def _resnet_small_spec(weights: str | None) -> dict:
+def _resnet_small_spec(weights: str | None) -> dict[str, Any]:
     # From scratch, as the CNN: [0, 1] mapped to [-1, 1].
     return {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "image_size": 224}
 

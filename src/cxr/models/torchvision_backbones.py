@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -23,12 +24,12 @@ _SOURCES = {
 }
 
 
-def _torchvision_weights(name: str):
+def _torchvision_weights(name: str) -> Any:
     return _SOURCES[name].weights()
 
 
-def _torchvision_spec(name: str) -> Callable[[str | None], dict]:
-    def spec(weights: str | None) -> dict:
+def _torchvision_spec(name: str) -> Callable[[str | None], dict[str, Any]]:
+    def spec(weights: str | None) -> dict[str, Any]:
         t = _torchvision_weights(name).transforms()  # only metadata: builds no model, downloads nothing
         return {"mean": list(t.mean), "std": list(t.std), "image_size": int(t.crop_size[0])}
 
@@ -38,10 +39,12 @@ def _torchvision_spec(name: str) -> Callable[[str | None], dict]:
 def _hub_checkpoint(name: str) -> Path:
     """Where torchvision would have cached the ImageNet weights of ``name`` (never downloads)."""
     url = _torchvision_weights(name).url
-    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(str(url))
 
 
-def _torchvision_backbone(name: str, ctor, pretrained: bool, weights: str | None, head_prefix: str) -> nn.Module:
+def _torchvision_backbone(
+    name: str, ctor: Callable[..., nn.Module], pretrained: bool, weights: str | None, head_prefix: str
+) -> nn.Module:
     model = ctor(weights=None)  # never let torchvision download; weights are loaded from local files below
     if pretrained:
         path = Path(weights) if weights is not None else _hub_checkpoint(name)
@@ -67,7 +70,9 @@ def _build_resnet50(pretrained: bool, weights: str | None, image_size: int) -> n
     from torchvision.models import resnet50
 
     model = _torchvision_backbone("resnet50", resnet50, pretrained, weights, "fc.")
-    model.fc = classifier_head(model.fc.in_features)
+    fc = model.get_submodule("fc")
+    assert isinstance(fc, nn.Linear)  # for the type checker: torchvision's ResNet head
+    model.fc = classifier_head(fc.in_features)
     return model
 
 
@@ -95,7 +100,9 @@ def _build_vgg16(pretrained: bool, weights: str | None, image_size: int, batch_n
         )
     model = _torchvision_backbone("vgg16", vgg16_bn if batch_norm else vgg16, pretrained, weights, "classifier.6.")
     # The 1000-way ImageNet layer is replaced; VGG's adaptive avgpool makes any size >= 32 px work.
-    model.classifier[6] = classifier_head(model.classifier[6].in_features)
+    classifier = model.get_submodule("classifier")
+    assert isinstance(classifier, nn.Sequential) and isinstance(classifier[6], nn.Linear)  # torchvision's VGG
+    classifier[6] = classifier_head(classifier[6].in_features)
     if batch_norm:  # recorded in the model card's arch, so that a checkpoint rebuilds the same network
-        model.arch_options = {"batch_norm": True}
+        model.arch_options = {"batch_norm": True}  # type: ignore[assignment]  # a record, not a tensor
     return model

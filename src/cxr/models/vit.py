@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -44,7 +45,8 @@ class HFLogits(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Position embeddings are interpolated when the run's image size differs from the checkpoint's.
-        return self.hf(pixel_values=x, interpolate_pos_encoding=True).logits
+        logits: torch.Tensor = self.hf(pixel_values=x, interpolate_pos_encoding=True).logits
+        return logits
 
 
 def _hf_cache_dir() -> str:
@@ -56,10 +58,11 @@ def _hf_cache_dir() -> str:
 _VIT_PROCESSOR_DEFAULTS = {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "image_size": 224}
 
 
-def _vit_spec(weights: str | None) -> dict:
+def _vit_spec(weights: str | None) -> dict[str, Any]:
     """Normalisation and native size from the checkpoint's ``preprocessor_config.json`` (a
     save_pretrained folder, else the hub cache's copy of VIT_HUB_ID), read as JSON: importing
     ``ViTImageProcessor`` costs every ViT stage seconds (it pulls in torchvision)."""
+    config: Path | None
     if weights is not None:
         config = Path(weights) / "preprocessor_config.json"
     else:
@@ -88,19 +91,23 @@ def _hf_vit(model: nn.Module) -> nn.Module:
 
 
 def _vit_layers(model: nn.Module) -> nn.ModuleList:
-    vit = _hf_vit(model).vit
+    vit: Any = _hf_vit(model).vit
     # transformers >= 5 keeps the blocks in ``vit.layers``; 4.x in ``vit.encoder.layer``.
     layers = getattr(vit, "layers", None)
-    return layers if layers is not None else vit.encoder.layer
+    found = layers if layers is not None else vit.encoder.layer
+    assert isinstance(found, nn.ModuleList)
+    return found
 
 
 def _cam_layer(model: nn.Module) -> nn.Module:
-    return _vit_layers(model)[-1].layernorm_before
+    norm = _vit_layers(model)[-1].get_submodule("layernorm_before")
+    return norm
 
 
 def vit_token_grid(model: nn.Module, height: int, width: int) -> Callable[[torch.Tensor], torch.Tensor]:
     """Grad-CAM reshape: (B, 1 + h*w, D) tokens -> (B, D, h, w), like a conv feature map."""
-    patch = int(_hf_vit(model).config.patch_size)
+    hf: Any = _hf_vit(model)
+    patch = int(hf.config.patch_size)
     gh, gw = height // patch, width // patch
 
     def reshape(tokens: torch.Tensor) -> torch.Tensor:
@@ -127,7 +134,9 @@ def vit_token_grid(model: nn.Module, height: int, width: int) -> Callable[[torch
     head=lambda m: _hf_vit(m).classifier,
     description=f"Hugging Face ViTForImageClassification, ViT-B/16 ({VIT_HUB_ID})",
 )
-def _build_vit(pretrained: bool, weights: str | None, image_size: int, config: dict | None = None) -> nn.Module:
+def _build_vit(
+    pretrained: bool, weights: str | None, image_size: int, config: dict[str, Any] | None = None
+) -> nn.Module:
     from transformers import ViTConfig, ViTForImageClassification
 
     if pretrained:
@@ -150,7 +159,7 @@ def _build_vit(pretrained: bool, weights: str | None, image_size: int, config: d
             ) from exc
     else:
         # ViT-B/16 (the in21k checkpoint's architecture), randomly initialised at the run's image size.
-        cfg = {
+        cfg: dict[str, Any] = {
             "hidden_size": 768,
             "num_hidden_layers": 12,
             "num_attention_heads": 12,
@@ -159,7 +168,8 @@ def _build_vit(pretrained: bool, weights: str | None, image_size: int, config: d
             "image_size": image_size,
         }
         cfg.update(config or {})
-        hf = ViTForImageClassification(ViTConfig(num_labels=1, **cfg))
+        # PretrainedConfig takes num_labels through **kwargs, which ViTConfig's typed signature hides.
+        hf = ViTForImageClassification(ViTConfig(num_labels=1, **cfg))  # type: ignore[call-arg]
     model = HFLogits(hf)
-    model.arch_options = {"config": {k: getattr(hf.config, k) for k in _VIT_ARCH_KEYS}}
+    model.arch_options = {"config": {k: getattr(hf.config, k) for k in _VIT_ARCH_KEYS}}  # type: ignore[assignment]
     return model

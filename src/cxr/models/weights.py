@@ -33,6 +33,7 @@ import socket
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -72,7 +73,7 @@ class TorchvisionWeights:
 
     enum: str
 
-    def weights(self):
+    def weights(self) -> Any:  # a torchvision WeightsEnum member
         import torchvision.models as tvm
 
         cls, member = self.enum.split(".")
@@ -80,7 +81,7 @@ class TorchvisionWeights:
 
     @property
     def official_url(self) -> str:
-        return self.weights().url
+        return str(self.weights().url)
 
     def url(self) -> str:
         base = os.environ.get("CXR_TORCHVISION_BASE_URL")
@@ -140,7 +141,7 @@ class HubSnapshot:
 
 
 def _unavailable(
-    name: str, source, dest: Path, tried: list[str], cause: BaseException | None
+    name: str, source: TorchvisionWeights | HubSnapshot, dest: Path, tried: list[str], cause: BaseException | None
 ) -> WeightsUnavailableError:
     lines = [f"pretrained weights for model '{name}' ({source.describe()}) could not be fetched; tried:"]
     lines += [f"  - {t}" for t in tried]
@@ -162,7 +163,7 @@ def _copy(src: str | Path, dst: Path) -> None:
     os.replace(tmp, dst)
 
 
-def _fetch_torchvision(name: str, src: TorchvisionWeights, dest: Path, progress: bool) -> dict:
+def _fetch_torchvision(name: str, src: TorchvisionWeights, dest: Path, progress: bool) -> dict[str, Any]:
     target = dest / src.filename
     prefix = src.hash_prefix
 
@@ -219,7 +220,7 @@ def _check_state_dict(name: str, path: Path) -> None:
         ) from exc
 
 
-def _snapshot_record(src: HubSnapshot, dest: Path) -> dict:
+def _snapshot_record(src: HubSnapshot, dest: Path) -> dict[str, Any]:
     return {
         "source": "huggingface",
         "repo_id": src.repo_id,
@@ -229,7 +230,9 @@ def _snapshot_record(src: HubSnapshot, dest: Path) -> dict:
     }
 
 
-def _fetch_snapshot(name: str, src: HubSnapshot, dest: Path, progress: bool, known: dict | None) -> dict:
+def _fetch_snapshot(
+    name: str, src: HubSnapshot, dest: Path, progress: bool, known: dict[str, Any] | None
+) -> dict[str, Any]:
     # Present and recorded with the same hashes (a rerun): no network at all.
     if (
         known
@@ -244,8 +247,9 @@ def _fetch_snapshot(name: str, src: HubSnapshot, dest: Path, progress: bool, kno
     cached = [
         try_to_load_from_cache(src.repo_id, f, revision=src.revision, cache_dir=hf_cache_dir()) for f in src.files
     ]
-    if all(isinstance(c, str) for c in cached):
-        for f, c in zip(src.files, cached):
+    found = [c for c in cached if isinstance(c, str)]
+    if len(found) == len(cached):
+        for f, c in zip(src.files, found):
             _copy(c, dest / f)
         return {**_snapshot_record(src, dest), "how": "copied from the Hugging Face cache"}
     tried.append(f"the Hugging Face cache (HF_HOME / HF_HUB_CACHE) at revision {src.revision}: absent")
@@ -295,7 +299,9 @@ def _download_snapshot(src: HubSnapshot, dest: Path, endpoint: str, progress: bo
         enable_progress_bars()
 
 
-def materialise(name: str, out_dir: str | Path, *, progress: bool = True, known: dict | None = None) -> dict:
+def materialise(
+    name: str, out_dir: str | Path, *, progress: bool = True, known: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Make the published weights of model ``name`` present under ``out_dir/<name>/``; return their record.
 
     ``known``: this model's record from an earlier manifest (lets a present snapshot skip the network).
@@ -313,14 +319,15 @@ def materialise(name: str, out_dir: str | Path, *, progress: bool = True, known:
     return rec
 
 
-def read_manifest(out_dir: str | Path) -> dict:
+def read_manifest(out_dir: str | Path) -> dict[str, Any]:
     path = Path(out_dir) / MANIFEST
     if not path.is_file():
         return {"format": MANIFEST_FORMAT, "models": {}}
-    return json.loads(path.read_text())
+    manifest: dict[str, Any] = json.loads(path.read_text())
+    return manifest
 
 
-def write_manifest(out_dir: str | Path, records: dict[str, dict]) -> Path:
+def write_manifest(out_dir: str | Path, records: dict[str, dict[str, Any]]) -> Path:
     """``manifest.json``: what each model's weights are (source, URL or revision, sha256 per file). No
     timestamps and no "how", so the same weights give the same bytes (DVC outputs are deterministic)."""
     out = Path(out_dir)
@@ -341,7 +348,7 @@ def materialised_weights(out_dir: str | Path, name: str) -> str:
             f"`python src/weights.py --params params.yaml --out {out_dir}`). " + weights_fixes(name)
         )
     if rec.get("source") == "local":
-        return rec["path"]
+        return str(rec["path"])
     return str(Path(out_dir) / name / rec["path"])
 
 

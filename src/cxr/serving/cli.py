@@ -101,9 +101,9 @@ def render(df, fmt: str) -> str:
     if fmt == "table":
         return format_table(df)
     if fmt == "csv":
-        from cxr.files import write_csv
+        from cxr.files import csv_text
 
-        return write_csv(spreadsheet_safe(df), float_format="%.6f")
+        return csv_text(spreadsheet_safe(df), float_format="%.6f")
     if fmt == "jsonl":
         import json
 

@@ -348,7 +348,7 @@ class Predictor:
                         row["probability"] = float(p)
                         row["label"] = self.label(float(p))
                     if cam_writer is not None:
-                        for row, path in zip(good, cam_writer.write(arr, [r["file"] for r in good])):
+                        for row, path in zip(good, cam_writer.write(arr, [str(r["file"]) for r in good])):
                             row["cam"] = str(path)
                 rows += batch_rows
                 if bar is not None:

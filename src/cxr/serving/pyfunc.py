@@ -25,9 +25,11 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import mlflow
 import mlflow.pyfunc
 import numpy as np
 import pandas as pd
+from mlflow.pyfunc import PythonModel
 
 from cxr.checkpoint import ModelCard
 from cxr.models import get_entry
@@ -82,7 +84,7 @@ def _image_values(model_input) -> list:
     raise ValueError(f"expected a DataFrame with a column {IMAGE_COLUMN!r}, found {type(model_input).__name__}")
 
 
-class CxrImageModel(mlflow.pyfunc.PythonModel):
+class CxrImageModel(PythonModel):
     """pyfunc: base64/bytes images -> probability, label, error (one row per input)."""
 
     def load_context(self, context) -> None:
@@ -114,7 +116,8 @@ class CxrImageModel(mlflow.pyfunc.PythonModel):
             ) from None
 
     def _predict_values(self, values: list) -> pd.DataFrame:
-        decoded, names = [], []
+        decoded: list[bytes | None] = []
+        names: list[str] = []
         errors: dict[int, str] = {}
         for i, v in enumerate(values):
             try:
@@ -125,7 +128,8 @@ class CxrImageModel(mlflow.pyfunc.PythonModel):
                 decoded.append(None)
                 names.append(f"row {i}")
         ok = [i for i in range(len(values)) if i not in errors]
-        table = self.predictor.predict_sources([decoded[i] for i in ok], [names[i] for i in ok], batch_size=32)
+        sources = [d for d in decoded if d is not None]  # None exactly where errors has the row
+        table = self.predictor.predict_sources(sources, [names[i] for i in ok], batch_size=32)
         out = pd.DataFrame(
             {
                 "probability": [None] * len(values),

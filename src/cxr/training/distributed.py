@@ -33,6 +33,7 @@ import subprocess
 import sys
 from collections.abc import Iterator, Sequence
 from datetime import timedelta
+from typing import Any
 
 import numpy as np
 import torch
@@ -137,7 +138,7 @@ def process_group(device: torch.device, timeout_s: float = 1800) -> Iterator[Non
         yield
         return
     backend = "nccl" if device.type == "cuda" else "gloo"
-    kwargs = {"device_id": device} if device.type == "cuda" else {}
+    kwargs: dict[str, Any] = {"device_id": device} if device.type == "cuda" else {}
     dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s), **kwargs)
     ok = False
     try:

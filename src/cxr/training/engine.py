@@ -51,13 +51,13 @@ class ArrayDataset(Dataset):
     def __getitems__(self, idx: list[int]):
         # One fancy-indexed read per batch instead of one Python call and one copy per image;
         # sorted indices keep a memory-mapped read sequential.
-        idx = np.asarray(idx)
-        order = np.argsort(idx, kind="stable")
-        imgs = np.asarray(self.images[idx[order]])
+        rows = np.asarray(idx)
+        order = np.argsort(rows, kind="stable")
+        imgs = np.asarray(self.images[rows[order]])
         inv = np.empty_like(order)
         inv[order] = np.arange(len(order))
         x = torch.from_numpy(np.ascontiguousarray(imgs[inv])).unsqueeze(1)
-        y = torch.from_numpy(self.labels[idx])
+        y = torch.from_numpy(self.labels[rows])
         return x, y
 
 
@@ -352,7 +352,7 @@ def train_one_epoch(
         # .item() syncs; once per batch is cheap next to a forward/backward and gives a live loss.
         value = loss.item()
         if not math.isfinite(value) and scaler is None:  # with fp16's GradScaler an inf step is skipped, not fatal
-            lr = optimizer.param_groups[0].get("lr")
+            lr = float(optimizer.param_groups[0]["lr"])
             raise TrainingDivergedError(
                 f"the training loss became {value} at batch {seen // max(1, n) + 1} (lr {lr:g}): the weights "
                 f"have diverged, so training stops here instead of evaluating garbage. Lower the learning rate "

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -29,7 +30,7 @@ from cxr.checkpoint import ModelCard, state_dict_copy
 from cxr.data.augment import BatchAugment, Normalize, eval_resize
 from cxr.device import amp_settings, resolve_device
 from cxr.metrics import THRESHOLD_METHODS, choose_threshold, row_is_better
-from cxr.models import build_model, get_entry, input_spec
+from cxr.models import build_model, get_entry, input_spec, model_arch
 from cxr.tracking import NullTracker
 from cxr.training import distributed
 from cxr.training.engine import (
@@ -290,9 +291,9 @@ class _Training:
     amp_dtype: torch.dtype | None
     eval_model: nn.Module
     step_model: nn.Module
-    x_tr: object
+    x_tr: Any  # uint8 images (N, S, S): a memory map, an array, or a tensor staged on the device
     y_tr: np.ndarray
-    val_loader: object
+    val_loader: Any
 
     @classmethod
     def build(cls, cfg: RunConfig, train: tuple, val: tuple, device: torch.device) -> _Training:
@@ -309,7 +310,7 @@ class _Training:
         loss_fn = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(pos_weight(y_tr, cfg.class_weight), device=device))
         optimizer = make_optimizer(cfg, finetune_param_groups(cfg, model))
         amp_dtype, use_scaler = amp_settings(device, cfg.amp)
-        eval_model = torch.compile(model) if cfg.compile else model
+        eval_model = cast(nn.Module, torch.compile(model)) if cfg.compile else model
         if batches_on_device(device, cfg.num_workers):
             # Splits that fit go to the GPU once (uint8); batches are then indexed there, no host traffic.
             x_tr, x_va = stage_on_device(x_tr, device), stage_on_device(x_va, device)
@@ -413,6 +414,8 @@ class _Training:
     ) -> FitResult:
         """The best epoch's weights, the threshold chosen on their validation probabilities, the card."""
         model, cfg, best = self.model, self.cfg, state.best
+        if best is None or state.best_state is None:
+            raise RuntimeError(f"[{cfg.model}] no epoch was trained (epochs: {cfg.epochs})")
         model.load_state_dict(state.best_state)
         model.eval()
         # In full precision, as evaluate and predict run: the stored threshold must be chosen on the
@@ -420,7 +423,7 @@ class _Training:
         ev = distributed.gather_eval(self._evaluate(model, None))
         threshold = choose_threshold(ev["labels"], ev["probs"], method=threshold_method, default=fixed_threshold)
         card = ModelCard(
-            arch=model.arch,
+            arch=model_arch(model),
             cache_size=int(np.shape(self.x_tr)[-1]),
             cache_resize=cache_resize,
             image_size=cfg.image_size,

@@ -20,6 +20,7 @@ import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -94,7 +95,7 @@ class ResumeState:
         if self.path is None or not distributed.is_main() or last_epoch or not due:
             return
         # When this epoch is the best one, its weights are stored once (VGG16: 0.5 GB saved per epoch).
-        best_is_current = progress.best["best_epoch"] == epoch
+        best_is_current = (progress.best or {}).get("best_epoch") == epoch
         state = {
             "config_hash": self.key,
             "epoch": epoch,
@@ -117,9 +118,9 @@ class ResumeState:
             self.path.unlink()
 
 
-def _rng_state() -> dict:
-    np_state = np.random.get_state()
-    state = {
+def _rng_state() -> dict[str, Any]:
+    np_state: Any = np.random.get_state()  # the legacy tuple (kind, keys, pos, has_gauss, cached)
+    state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
         "python": random.getstate(),
         # numpy's state holds an ndarray, which weights_only loading refuses: store a list

@@ -26,6 +26,7 @@ import os
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -137,7 +138,7 @@ def run_sweep(
     if select_metric not in ("val_auc", "val_loss"):
         raise ValueError(f"select_metric: expected val_auc or val_loss, found {select_metric!r}")
     tracker = tracker or NullTracker()
-    opts = dict(
+    opts: dict[str, Any] = dict(
         data_version=data_version,
         threshold_method=threshold_method,
         fixed_threshold=fixed_threshold,
@@ -214,7 +215,7 @@ def train_config(
         )
     except TrainingDivergedError:  # the loss became NaN/inf: a row that says so, not a failed sweep
         nan = float("nan")
-        row = {"batch_size": cfg.batch_size, "lr": cfg.lr, "best_epoch": 0, "diverged": True}
+        row: dict[str, Any] = {"batch_size": cfg.batch_size, "lr": cfg.lr, "best_epoch": 0, "diverged": True}
         row.update({k: nan for k in TABLE_COLUMNS if k not in row and k not in ("selected", "test_used_for_selection")})
         row.update(seconds=time.perf_counter() - start, test_used_for_selection=False, worker=_worker_name(device))
         return row, []
