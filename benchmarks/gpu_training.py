@@ -9,7 +9,7 @@ Without a CUDA GPU it says so and exits 0. For each model (random initialisation
 reference: ImageFolder + PIL decode of the full-resolution JPEGs + the seed notebook's transforms in
     ``--workers`` DataLoader workers (pinned memory), batch 32, the model step on the GPU;
 ours: the cache (``build_cache`` at 256 in a tmp dir) as ``cxr.training.fit`` uses it: staged on the
-    GPU once (``cxr.training.engine.stage_on_device``), batches indexed there by ``cxr.training.engine.make_loader``,
+    GPU once (``cxr.training.loaders.stage_on_device``), batches indexed there by ``cxr.training.loaders.make_loader``,
     ``train_one_epoch`` with ``BatchAugment`` + ``Normalize`` on the GPU, channels_last for CNNs and
     the autocast dtype of ``cxr.device.amp_settings`` (bf16 where supported);
 ours, streamed: the same, but every batch read from the memory-mapped cache into a reused pinned
@@ -126,7 +126,7 @@ def run_ours(name, device, images, labels, args, batch_size=None) -> float:
     """Our path; ``images`` a host memmap (streamed) or a staged CUDA tensor."""
     from cxr.config import AugmentConfig
     from cxr.data.augment import BatchAugment
-    from cxr.training.engine import make_loader
+    from cxr.training.loaders import make_loader
 
     bs = batch_size or args.batch_size
     aug = BatchAugment(AugmentConfig(), 224)
@@ -222,7 +222,7 @@ def _all_gpus_worker(rank, world, port, name, cache, bs, args, out):
     """One rank of the all-GPU measurement: torchrun's environment, our process group, DDP, ours at ``bs``."""
     from cxr.data.cache import load_split
     from cxr.training import distributed
-    from cxr.training.engine import stage_on_device
+    from cxr.training.loaders import stage_on_device
 
     os.environ.update(
         RANK=str(rank),
@@ -314,7 +314,7 @@ def main(argv=None) -> dict | None:
     )
 
     from cxr.data.cache import load_split
-    from cxr.training.engine import stage_on_device
+    from cxr.training.loaders import stage_on_device
 
     results = {}
     with tempfile.TemporaryDirectory(prefix="cxr-bench-") as tmp:

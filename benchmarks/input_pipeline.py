@@ -88,7 +88,7 @@ class Ours:
         self.batches = endless(self.loader)
 
     def loader(self, epoch: int):
-        from cxr.training.engine import make_loader
+        from cxr.training.loaders import make_loader
 
         return make_loader(
             self.images,

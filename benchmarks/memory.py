@@ -101,7 +101,8 @@ def child_train(cache: Path) -> None:
     from cxr.data.augment import BatchAugment, Normalize
     from cxr.data.cache import load_split
     from cxr.models import build_model, input_spec
-    from cxr.training.engine import make_loader, train_one_epoch
+    from cxr.training.engine import train_one_epoch
+    from cxr.training.loaders import make_loader
 
     torch.manual_seed(0)
     split = load_split(cache, "train")  # read-only memmap

@@ -33,7 +33,7 @@ from cxr.evaluation.compare import (
     shift_panels,
 )
 from cxr.evaluation.promotion import RegistryError, register_candidate
-from cxr.files import write_metrics
+from cxr.files import write_csv, write_metrics
 from cxr.plots import metrics_bar_figure, roc_comparison_figure, save_figure, shift_roc_figure
 from cxr.stage import run_stage
 from cxr.tracking import make_tracker, project_root, run_name
@@ -71,9 +71,21 @@ def main(argv=None) -> int:
     params = load_params(args.params)
     cfg: CompareConfig = section(params, "compare", CompareConfig)
     mlflow_cfg: MlflowConfig = section(params, "mlflow", MlflowConfig)
-
-    train_m, eval_m, rocs, ext_rocs = {}, {}, {}, {}
     models = args.models or list(params.get("models") or {})
+    train_m, eval_m, rocs, ext_rocs = read_model_results(args, models)
+    best = select_best(train_m, cfg.select_metric)
+    write_reports(args, cfg, train_m, eval_m)
+    figs = comparison_figures(cfg, eval_m, rocs, ext_rocs)
+    outcome = log_and_register(args, cfg, mlflow_cfg, figs, best, train_m, eval_m)
+    print(f"[compare] {len(eval_m)} model(s); selected on {cfg.select_metric}: {best}. Report: {args.report}")
+    if outcome:
+        print(f"[compare] {outcome.message}")
+    return 0
+
+
+def read_model_results(args, models: list[str]) -> tuple[dict, dict, dict, dict]:
+    """Train and eval metrics, internal and external ROC tables of every model that has both metrics files."""
+    train_m, eval_m, rocs, ext_rocs = {}, {}, {}, {}
     for m in models:
         t = _read_json(Path(args.train_metrics) / f"{m}.json")
         e = _read_json(Path(args.eval_metrics) / f"{m}.json")
@@ -97,11 +109,14 @@ def main(argv=None) -> int:
             f"no model has both {args.train_metrics}/<m>.json and {args.eval_metrics}/<m>.json "
             f"for models {models}; run `dvc repro evaluate` first"
         )
+    return train_m, eval_m, rocs, ext_rocs
+
+
+def write_reports(args, cfg: CompareConfig, train_m: dict, eval_m: dict) -> None:
+    """reports/results.md and .csv, and the headline DVC metrics."""
     sweep = _read_json(Path(args.sweep)) if args.sweep else None
     sweep_table = pd.read_csv(args.sweep_table) if args.sweep_table and Path(args.sweep_table).is_file() else None
-
     table = results_table(eval_m, train_m, cfg.select_metric)
-    best = select_best(train_m, cfg.select_metric)
     Path(args.report).parent.mkdir(parents=True, exist_ok=True)
     Path(args.report).write_text(
         results_markdown(
@@ -109,9 +124,11 @@ def main(argv=None) -> int:
         )
     )
     Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
-    results_csv(table).to_csv(args.csv, index=False, lineterminator="\n")
+    write_csv(results_csv(table), args.csv)
     write_metrics(args.headline, headline(eval_m, train_m))
 
+
+def comparison_figures(cfg: CompareConfig, eval_m: dict, rocs: dict, ext_rocs: dict) -> dict:
     conf = next(iter(eval_m.values())).get("confidence", 0.95)
     figs = {
         "metrics_bar": metrics_bar_figure(
@@ -128,7 +145,11 @@ def main(argv=None) -> int:
             if ext_rocs and any(len(t) for t in ext_rocs.values())
             else "Internal test (no external set configured: external.sets)",
         )
+    return figs
 
+
+def log_and_register(args, cfg: CompareConfig, mlflow_cfg: MlflowConfig, figs: dict, best: str, train_m, eval_m):
+    """The compare MLflow run (figures, report) and, with compare.register, the selected model's new version."""
     tracker = make_tracker(mlflow_cfg.experiment)
     value = float(train_m[best][cfg.select_metric])
     with tracker.start_run(
@@ -140,26 +161,23 @@ def main(argv=None) -> int:
             tracker.log_artifact(save_figure(fig, Path(args.figures) / f"{name}.png"), "compare")
         tracker.log_artifact(args.report, "compare")
         tracker.log_artifact(args.csv, "compare")
-        outcome = None
-        if cfg.register:
-            outcome = register_candidate(
-                tracker,
-                Path(args.checkpoints) / best,
-                registered_name=mlflow_cfg.registered_model,
-                alias=mlflow_cfg.champion_alias,
-                select_metric=cfg.select_metric,
-                value=value,
-                report=eval_m[best],
-                lock_path=project_root() / ".dvc" / "tmp" / "cxr-champion.lock",
-                promote=cfg.promote,
-            )
-            tracker.set_tags(
-                {"registered_model": f"{outcome.name}/{outcome.version}", "promoted": str(outcome.promoted).lower()}
-            )
-    print(f"[compare] {len(eval_m)} model(s); selected on {cfg.select_metric}: {best}. Report: {args.report}")
-    if outcome:
-        print(f"[compare] {outcome.message}")
-    return 0
+        if not cfg.register:
+            return None
+        outcome = register_candidate(
+            tracker,
+            Path(args.checkpoints) / best,
+            registered_name=mlflow_cfg.registered_model,
+            alias=mlflow_cfg.champion_alias,
+            select_metric=cfg.select_metric,
+            value=value,
+            report=eval_m[best],
+            lock_path=project_root() / ".dvc" / "tmp" / "cxr-champion.lock",
+            promote=cfg.promote,
+        )
+        tracker.set_tags(
+            {"registered_model": f"{outcome.name}/{outcome.version}", "promoted": str(outcome.promoted).lower()}
+        )
+        return outcome
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from cxr.config import AugmentConfig, PreprocessConfig
 from cxr.data import cache as C
 from cxr.data.augment import BatchAugment, Normalize, eval_resize
 from cxr.data.manifest import MANIFEST_COLUMNS
-from cxr.training.engine import make_loader
+from cxr.training.loaders import make_loader
 
 ZERO = AugmentConfig(
     affine_degrees=0, affine_translate=0, crop_scale=(1.0, 1.0), hflip_p=0, rotation_degrees=0, brightness=0, contrast=0

@@ -381,7 +381,7 @@ def test_frozen_backbone_does_not_move_then_does(repo_root, vit_dir, monkeypatch
 
 def test_backbone_lr_factor_makes_two_param_groups(repo_root, vit_dir):
     from cxr.config import load_params
-    from cxr.training.fit import finetune_param_groups, make_optimizer
+    from cxr.training.optim import finetune_param_groups, make_optimizer
     from cxr.training.run_config import resolve_run_config
 
     params = load_params(repo_root / "params.yaml")

@@ -19,8 +19,9 @@ import torch
 from cxr.data.augment import Normalize, eval_resize
 from cxr.device import amp_settings
 from cxr.models import build_model, input_spec, list_models
-from cxr.training.engine import evaluate_loader, make_loader, stage_on_device
+from cxr.training.engine import evaluate_loader
 from cxr.training.fit import fit
+from cxr.training.loaders import make_loader, stage_on_device
 from cxr.training.run_config import resolve_run_config
 from toydata import toy
 

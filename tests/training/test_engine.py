@@ -11,15 +11,8 @@ import torch
 from cxr.config import AugmentConfig
 from cxr.data.augment import BatchAugment, Normalize, eval_resize
 from cxr.models import build_model
-from cxr.training.engine import (
-    ArrayDataset,
-    DeviceBatches,
-    evaluate_loader,
-    make_loader,
-    predict_probabilities,
-    stage_on_device,
-    train_one_epoch,
-)
+from cxr.training.engine import evaluate_loader, predict_probabilities, train_one_epoch
+from cxr.training.loaders import ArrayDataset, DeviceBatches, make_loader, stage_on_device
 from toydata import toy
 
 MEAN, STD = [0.5] * 3, [0.5] * 3
@@ -139,7 +132,7 @@ def test_a_batch_sampler_chooses_the_rows_of_every_batch_on_both_loader_paths():
     """What DDP gives each rank (distributed.ShardedBatchSampler): the DataLoader path and the
     DeviceBatches path (CUDA's, built here on CPU) yield exactly the sampler's rows."""
     from cxr.training.distributed import ShardedBatchSampler
-    from cxr.training.engine import DeviceBatches
+    from cxr.training.loaders import DeviceBatches
 
     x, _ = toy(20, 0, balanced=True)
     rows = np.arange(20)  # labels = row numbers

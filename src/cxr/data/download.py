@@ -72,17 +72,12 @@ def download(
 ) -> Path:
     """Download ``url`` into ``dest_dir`` (resuming a ``.part`` file) and return the file.
 
-    The file lives under a key of the URL (and ``sha256``): :func:`download_target`. A file already
-    complete there is reused. Only a complete file gets its final name: as long as the server
-    said (Content-Length), or, without one, a zip or tar whose end markers are present; with
-    ``sha256`` the file must also match (it is deleted on a mismatch). A server that ignores the
-    Range header sends the whole file again: the partial file is then restarted rather than
-    appended to. A download slower than ``min_rate`` bytes/s over ``timeout`` seconds is abandoned
-    (and resumes on the next run).
+    Kept under a key of the URL and ``sha256`` (:func:`download_target`), reused when there; only a complete
+    file (:func:`_verify`) gets its final name. A server ignoring Range restarts the partial file. Slower
+    than ``min_rate`` bytes/s over ``timeout`` seconds: abandoned (it resumes on the next run).
     """
     import requests
     import urllib3
-    from tqdm import tqdm
 
     notes = [] if notes is None else notes
     if not url or urlparse(url).scheme not in ("http", "https"):
@@ -133,25 +128,37 @@ def download(
                 notes.append(f"resumed download at byte {offset}")
             length = resp.headers.get("Content-Length")
             total = offset + int(length) if length and length.isdigit() else None
-            with (
-                open(part, "ab" if resumed else "wb") as f,
-                tqdm(
-                    total=total,
-                    initial=offset,
-                    unit="B",
-                    unit_scale=True,
-                    unit_divisor=1024,
-                    desc=final.name,
-                    disable=not progress,
-                    mininterval=1.0,
-                ) as bar,
-            ):
+            with open(part, "ab" if resumed else "wb") as f, _bytes_bar(total, offset, final.name, progress) as bar:
                 _read_body(resp, f, bar, chunk_size=chunk_size, timeout=timeout, min_rate=min_rate)
     except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
         raise SourceError(
             f"download of {url} interrupted: {type(exc).__name__}: {exc}; run the stage again to resume "
             f"from {part} ({part.stat().st_size if part.exists() else 0} bytes so far)"
         ) from None
+    _verify(url, part, total, expected, notes)
+    os.replace(part, final)
+    notes.append(f"downloaded {url} -> {final} ({final.stat().st_size} bytes)")
+    return final
+
+
+def _bytes_bar(total: int | None, offset: int, name: str, progress: bool):
+    from tqdm import tqdm
+
+    return tqdm(
+        total=total,
+        initial=offset,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        desc=name,
+        disable=not progress,
+        mininterval=1.0,
+    )
+
+
+def _verify(url: str, part: Path, total: int | None, expected: str | None, notes: list[str]) -> None:
+    """A downloaded ``part`` is complete: as long as announced, matching ``expected`` (sha256, deleted when it
+    does not), or, with neither, a zip or tar whose end markers are present."""
     got = part.stat().st_size
     if total is not None and got != total:
         raise SourceError(f"download of {url} incomplete: {got} of {total} bytes; run the stage again to resume")
@@ -160,7 +167,7 @@ def download(
         if actual != expected:
             part.unlink()
             raise SourceError(
-                f"sha256 mismatch for {final.name} from {url}: expected {expected}, got {actual}; "
+                f"sha256 mismatch for {part.name.removesuffix('.part')} from {url}: expected {expected}, got {actual}; "
                 f"the file was deleted. Fix data.sha256 if the archive changed upstream, or run "
                 f"again to download it anew"
             )
@@ -171,9 +178,6 @@ def download(
             f"the connection probably dropped. Run the stage again to resume from {part}, or set data.sha256 "
             f"so the file can be verified"
         )
-    os.replace(part, final)
-    notes.append(f"downloaded {url} -> {final} ({got} bytes)")
-    return final
 
 
 KAGGLE_HELP = (

@@ -183,16 +183,32 @@ def render(
     """One radiograph as an 8-bit grayscale image of a size drawn from ``[min_size, max_size]``.
 
     Anatomy comes from the patient's own stream (``patient_seed``), so a child's images look
-    alike; pose, exposure, noise and the exact opacities come from ``rng`` (this image).
+    alike; pose, exposure, noise and the exact opacities come from ``rng`` (this image). The steps
+    below draw from those streams in a fixed order: reordering them changes every image.
     """
     prng = np.random.default_rng([*patient_seed, 99])
     width = int(rng.integers(cfg.min_size, cfg.max_size + 1))
     height = int(rng.integers(cfg.min_size, cfg.max_size + 1))
     scale = min(_RENDER_SIDE, max(width, height)) / max(width, height)
     rw, rh = max(16, round(width * scale)), max(16, round(height * scale))
+    u, v = _frame(rng, rw, rh)
+    img = _body(u, v, prng)
+    chest = _chest(u, v, prng)
+    texture, vessels = _markings(u, v, chest.lung_cv, rng, (rh, rw))
+    opacity = _opacity(u, v, chest, label, rng, patient_seed, (rh, rw))
+    depth = prng.uniform(0.34, 0.44)  # how dark aerated lung is against soft tissue
+    aerated = np.clip(1.0 - opacity, 0.15, 1.0)
+    img = img - chest.lung * depth * aerated + chest.lung * (texture + vessels) * 0.3
+    img = _bones(img, u, v, chest, rng, prng)
+    # --- exposure: contrast, brightness, gamma vary by machine and by child
+    img = (img - 0.4) * rng.uniform(0.85, 1.25) + 0.4 + rng.normal(0, 0.04)
+    img = np.clip(img, 0, 1) ** rng.uniform(0.8, 1.25)
+    return _film(img, width, height, rng)
 
-    # Normalised coordinates in [-1, 1] on both axes, under this image's rotation, shift, zoom:
-    # the thorax fills the frame whatever the aspect, as in the real (cropped) radiographs.
+
+def _frame(rng: np.random.Generator, rw: int, rh: int) -> tuple[np.ndarray, np.ndarray]:
+    """Normalised coordinates in [-1, 1] on both axes, under this image's rotation, shift, zoom: the
+    thorax fills the frame whatever the aspect, as in the real (cropped) radiographs."""
     y, x = np.mgrid[0:rh, 0:rw]
     x = x / (rw - 1) * 2 - 1
     y = y / (rh - 1) * 2 - 1
@@ -200,16 +216,30 @@ def render(
     zoom = rng.uniform(0.92, 1.1)
     u = ((np.cos(theta) * x - np.sin(theta) * y) * zoom + rng.normal(0, 0.04)).astype(np.float32)
     v = ((np.sin(theta) * x + np.cos(theta) * y) * zoom + rng.normal(0, 0.04)).astype(np.float32)
-    au_abs = np.abs(u)
+    return u, v
 
-    # --- body: soft tissue brighter towards the abdomen, air outside, arms and shoulders
+
+def _body(u: np.ndarray, v: np.ndarray, prng: np.random.Generator) -> np.ndarray:
+    """Soft tissue brighter towards the abdomen, air outside, arms and shoulders."""
     body_w = prng.uniform(0.88, 1.0)
-    body = _smoothstep((1.0 - ((au_abs / body_w) ** 4 + ((v - 0.3) / 1.35) ** 4)) / 0.3)
+    body = _smoothstep((1.0 - ((np.abs(u) / body_w) ** 4 + ((v - 0.3) / 1.35) ** 4)) / 0.3)
     shoulders = _ellipse(u, v, 0, -1.0, prng.uniform(1.0, 1.15), 0.3, edge=0.4)
     tissue = np.maximum(body, shoulders * 0.9)
-    img = 0.05 + tissue * (0.5 + 0.25 * _smoothstep((v + 0.1) / 1.1))
+    return 0.05 + tissue * (0.5 + 0.25 * _smoothstep((v + 0.1) / 1.1))
 
-    # --- lungs: dark fields filling most of the chest, narrower at the apex, domed bases
+
+@dataclass
+class _Chest:
+    lung: np.ndarray  # aerated lung fields (0..1), heart and mediastinum taken out
+    lungs: list  # per lung (centre u, centre v, half width, half height): where lesions may sit
+    ribcage: np.ndarray
+    lung_cv: float
+    lung_h: float
+
+
+def _chest(u: np.ndarray, v: np.ndarray, prng: np.random.Generator) -> _Chest:
+    """Dark lung fields filling most of the chest, narrower at the apex, domed bases; the heart over the
+    left lung (image right), its size varying by child (a confounder)."""
     lung_w = prng.uniform(0.31, 0.36)
     lung_h = prng.uniform(0.6, 0.7)
     lung_cv = prng.uniform(-0.12, -0.04)
@@ -227,8 +257,6 @@ def render(
         lungs.append((cu, lung_cv, lung_w * 0.85, lung_h * 0.9))
     lung = np.clip(lung, 0, 1)
     ribcage = _ellipse(u, v, 0, lung_cv, 0.8, lung_h * 1.1, edge=0.15)
-
-    # --- heart over the left lung (image right), its size varies by child (a confounder)
     heart = _ellipse(
         u,
         v,
@@ -238,11 +266,16 @@ def render(
         prng.uniform(0.26, 0.33),
         edge=0.3,
     )
-    mediastinum = _smoothstep((0.12 - au_abs) / 0.06)
+    mediastinum = _smoothstep((0.12 - np.abs(u)) / 0.06)
     lung = lung * (1.0 - np.maximum(heart * 0.8, mediastinum))
+    return _Chest(lung=lung, lungs=lungs, ribcage=ribcage, lung_cv=lung_cv, lung_h=lung_h)
 
-    # --- lung texture and vessel markings: present in both classes, so brightness alone is no tell
-    noise = rng.normal(0, 1, (rh, rw)).astype(np.float32)
+
+def _markings(
+    u: np.ndarray, v: np.ndarray, lung_cv: float, rng: np.random.Generator, shape: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Lung texture and vessel markings: present in both classes, so brightness alone is no tell."""
+    noise = rng.normal(0, 1, shape).astype(np.float32)
     texture = ndimage.gaussian_filter(noise, sigma=rng.uniform(0.8, 1.6))
     texture *= rng.uniform(0.04, 0.14) / (texture.std() + 1e-6)
     vessels = np.zeros_like(u)
@@ -255,72 +288,86 @@ def render(
             perp = (dv * c - du * s) / (0.01 + 0.02 * np.exp(-t / 0.15))
             vessels += np.exp(-perp * perp - t / rng.uniform(0.2, 0.4))
     vessels *= rng.uniform(0.15, 0.3)
+    return texture, vessels
 
-    # --- opacities: the disease; a few normal children carry one faint patch as a confounder
-    opacity = np.zeros_like(u)
-    if label == "PNEUMONIA":
-        pattern = np.random.default_rng([*patient_seed, 7])
-        # From moderate to severe: strong enough that every model of the demo (64 px, a few epochs
-        # from scratch) learns it; fainter lesions made the from-scratch ResNet50, VGG16 and ViT guess.
-        severity = pattern.uniform(1.1, 1.5)
-        if pattern.random() < _VIRUS_SHARE:
-            n = int(pattern.integers(6, 18))
-            centers = _points_in_lungs(pattern, n, lungs, lower_bias=0.2)
-            sigmas = pattern.uniform(0.04, 0.09, n)
-            amps = pattern.uniform(0.3, 0.6, n) * severity
-        else:
-            centers, sigmas, amps = [], [], []  # type: ignore[assignment]  # lists here, arrays above
-            for c in _points_in_lungs(pattern, int(pattern.integers(1, 4)), lungs, lower_bias=0.5):
-                k = int(pattern.integers(3, 8))
-                spread = pattern.uniform(0.05, 0.12)
-                centers += [(c[0] + pattern.normal(0, spread), c[1] + pattern.normal(0, spread)) for _ in range(k)]
-                sigmas += list(pattern.uniform(0.05, 0.11, k))
-                amps += list(pattern.uniform(0.4, 0.8, k) * severity)
-        # Follow-up images of one child differ a little in where and how dense the patches are.
-        centers = [(cu + rng.normal(0, 0.02), cv + rng.normal(0, 0.02)) for cu, cv in centers]
-        amps = np.asarray(amps) * rng.uniform(0.8, 1.2)
-        opacity = _blobs(u, v, centers, sigmas, amps)
-        # Plus a diffuse haze over one or both lungs, denser towards the bases: the "whiter
-        # lung" that is often the only sign at low resolution.
-        side_weight = pattern.uniform(0.2, 1.0, 2)
-        haze = np.where(u < 0, side_weight[0], side_weight[1]) * _smoothstep((v - lung_cv + lung_h) / (2 * lung_h))
-        opacity += haze * pattern.uniform(0.5, 0.8) * severity
-        # Patchy rather than smooth: modulate by a coarse noise field.
-        patch = ndimage.gaussian_filter(rng.normal(0, 1, (rh, rw)).astype(np.float32), sigma=2.0)
-        opacity *= np.clip(1.0 + 0.7 * patch / (patch.std() + 1e-6), 0.2, 1.8)
-    elif rng.random() < 0.2:
-        n = int(rng.integers(1, 3))
-        opacity = _blobs(
-            u, v, _points_in_lungs(rng, n, lungs, 0.3), rng.uniform(0.03, 0.06, n), rng.uniform(0.08, 0.2, n)
-        )
 
-    depth = prng.uniform(0.34, 0.44)  # how dark aerated lung is against soft tissue
-    aerated = np.clip(1.0 - opacity, 0.15, 1.0)
-    img = img - lung * depth * aerated + lung * (texture + vessels) * 0.3
+def _opacity(
+    u: np.ndarray,
+    v: np.ndarray,
+    chest: _Chest,
+    label: str,
+    rng: np.random.Generator,
+    patient_seed: tuple[int, int],
+    shape: tuple[int, int],
+) -> np.ndarray:
+    """The disease; a few normal children carry one faint patch as a confounder."""
+    if label != "PNEUMONIA":
+        if rng.random() < 0.2:
+            n = int(rng.integers(1, 3))
+            return _blobs(
+                u, v, _points_in_lungs(rng, n, chest.lungs, 0.3), rng.uniform(0.03, 0.06, n), rng.uniform(0.08, 0.2, n)
+            )
+        return np.zeros_like(u)
+    pattern = np.random.default_rng([*patient_seed, 7])
+    # From moderate to severe: strong enough that every model of the demo (64 px, a few epochs
+    # from scratch) learns it; fainter lesions made the from-scratch ResNet50, VGG16 and ViT guess.
+    severity = pattern.uniform(1.1, 1.5)
+    centers: list = []
+    sigmas: list = []
+    amps: list = []
+    if pattern.random() < _VIRUS_SHARE:
+        n = int(pattern.integers(6, 18))
+        centers = list(_points_in_lungs(pattern, n, chest.lungs, lower_bias=0.2))
+        sigmas = list(pattern.uniform(0.04, 0.09, n))
+        amps = list(pattern.uniform(0.3, 0.6, n) * severity)
+    else:
+        for c in _points_in_lungs(pattern, int(pattern.integers(1, 4)), chest.lungs, lower_bias=0.5):
+            k = int(pattern.integers(3, 8))
+            spread = pattern.uniform(0.05, 0.12)
+            centers += [(c[0] + pattern.normal(0, spread), c[1] + pattern.normal(0, spread)) for _ in range(k)]
+            sigmas += list(pattern.uniform(0.05, 0.11, k))
+            amps += list(pattern.uniform(0.4, 0.8, k) * severity)
+    # Follow-up images of one child differ a little in where and how dense the patches are.
+    centers = [(cu + rng.normal(0, 0.02), cv + rng.normal(0, 0.02)) for cu, cv in centers]
+    opacity = _blobs(u, v, centers, sigmas, np.asarray(amps) * rng.uniform(0.8, 1.2))
+    # Plus a diffuse haze over one or both lungs, denser towards the bases: the "whiter
+    # lung" that is often the only sign at low resolution.
+    side_weight = pattern.uniform(0.2, 1.0, 2)
+    haze = np.where(u < 0, side_weight[0], side_weight[1]) * _smoothstep(
+        (v - chest.lung_cv + chest.lung_h) / (2 * chest.lung_h)
+    )
+    opacity += haze * pattern.uniform(0.5, 0.8) * severity
+    # Patchy rather than smooth: modulate by a coarse noise field.
+    patch = ndimage.gaussian_filter(rng.normal(0, 1, shape).astype(np.float32), sigma=2.0)
+    return opacity * np.clip(1.0 + 0.7 * patch / (patch.std() + 1e-6), 0.2, 1.8)
 
-    # --- bones: spine with vertebral texture, posterior ribs as arches, clavicles
+
+def _bones(
+    img: np.ndarray, u: np.ndarray, v: np.ndarray, chest: _Chest, rng: np.random.Generator, prng: np.random.Generator
+) -> np.ndarray:
+    """Spine with vertebral texture, posterior ribs as arches, clavicles."""
+    au_abs = np.abs(u)
     spine = _smoothstep((0.07 - au_abs) / 0.03)
-    img += spine * (0.05 + 0.03 * np.cos((v + rng.uniform(0, 1)) * 2 * np.pi * 9))
-    rib0 = lung_cv - lung_h * 1.05
-    gap = lung_h * 2 / prng.uniform(8.5, 10.0)
+    img = img + spine * (0.05 + 0.03 * np.cos((v + rng.uniform(0, 1)) * 2 * np.pi * 9))
+    rib0 = chest.lung_cv - chest.lung_h * 1.05
+    gap = chest.lung_h * 2 / prng.uniform(8.5, 10.0)
     rib = np.arange(10, dtype=np.float32)[:, None, None]
     arch = rib0 + rib * gap - 0.35 * au_abs[None] + 0.7 * au_abs[None] ** 2
     ribs = np.exp(-(((v[None] - arch) / (gap * 0.2)) ** 2)).sum(0)
-    ribs *= ribcage * _smoothstep((au_abs - 0.06) / 0.06)
-    img += ribs * (0.3 + 0.7 * lung) * prng.uniform(0.06, 0.1)
-    clav_v = lung_cv - lung_h * 0.92 + 0.25 * (au_abs - 0.35) ** 2
+    ribs *= chest.ribcage * _smoothstep((au_abs - 0.06) / 0.06)
+    img += ribs * (0.3 + 0.7 * chest.lung) * prng.uniform(0.06, 0.1)
+    clav_v = chest.lung_cv - chest.lung_h * 0.92 + 0.25 * (au_abs - 0.35) ** 2
     img += np.exp(-(((v - clav_v) / 0.035) ** 2)) * _smoothstep((0.75 - au_abs) / 0.2) * 0.12
+    return img
 
-    # --- exposure: contrast, brightness, gamma vary by machine and by child
-    img = (img - 0.4) * rng.uniform(0.85, 1.25) + 0.4 + rng.normal(0, 0.04)
-    img = np.clip(img, 0, 1) ** rng.uniform(0.8, 1.25)
 
+def _film(img: np.ndarray, width: int, height: int, rng: np.random.Generator) -> Image.Image:
+    """The rendering at the image's own size, quantum noise, and the lead marker "R" in an upper corner
+    (as on most real films; both classes carry it)."""
     small = Image.fromarray(np.clip(img * 255, 0, 255).astype(np.uint8), mode="L")
     out = np.asarray(small.resize((width, height), Image.Resampling.BICUBIC), dtype=np.float32)
     out += rng.normal(0, rng.uniform(2.0, 7.0), out.shape)  # quantum noise at full resolution
     picture = Image.fromarray(np.clip(out, 0, 255).astype(np.uint8), mode="L")
-
-    # The lead marker "R" in an upper corner, as on most real films; both classes carry it.
     if rng.random() < 0.8:
         draw = ImageDraw.Draw(picture)
         side = max(6, width // 24)

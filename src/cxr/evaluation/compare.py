@@ -262,9 +262,26 @@ def results_markdown(
             "specificity, so sensitivity, specificity, balanced accuracy and ROC-AUC are reported with accuracy.",
             "",
         ]
+    lines += _internal_markdown(table, select_metric, conf, n_res)
+    sets = external_names(eval_metrics or {})
+    for k, name in enumerate(sets):
+        lines += external_markdown(table, name, eval_metrics or {}, table_number=2 + k)
+    if sweep_table is not None and len(sweep_table):
+        lines += _sweep_markdown_section(sweep_table, sweep_summary or {}, table_number=2 + len(sets))
+    lines += [
+        "Reference (official 624-image test set): Kermany et al. 2018, InceptionV3 transfer, accuracy 92.8 %, "
+        "sensitivity 93.2 %, specificity 90.1 %, AUC 0.968 (checkpoint chosen on test); MedMNIST v2 "
+        "ResNet-50 (224 px) accuracy 88.4 %, AUC 0.962 (selection on validation).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _internal_markdown(table: pd.DataFrame, select_metric: str, conf: float, n_res: int | None) -> list[str]:
+    """Table 1 (every model on the internal test split) and the sentence on the selected model."""
     sel = table[table["selected"]]
     metric_name = "validation ROC-AUC" if select_metric == "val_auc" else "validation loss"
-    lines += [
+    lines = [
         f"**Table 1.** Test-set performance of each model at its decision threshold (`evaluate.threshold`: "
         f"Youden's J, the midpoint or fixed, chosen on the validation split). Values in % (ROC-AUC as a "
         f"fraction) with {int(conf * 100)} % "
@@ -286,51 +303,45 @@ def results_markdown(
         }
     )
     lines += [markdown_table(t), ""]
-    if len(sel):
-        r = sel.iloc[0]
-        lines += [
-            f"The model selected on {metric_name} is **{r['model']}** (validation ROC-AUC "
-            f"{r['val_auc']:.3f}). On the test set it reaches accuracy {_with_ci(r, 'accuracy', True)} %, "
-            f"sensitivity {_with_ci(r, 'sensitivity', True)} %, specificity {_with_ci(r, 'specificity', True)} % "
-            f"and ROC-AUC {_with_ci(r, 'roc_auc', False)}.",
-            "",
-        ]
-        best_test = table.loc[table["roc_auc"].idxmax(), "model"] if table["roc_auc"].notna().any() else None
-        if best_test is not None and best_test != r["model"]:
-            lines += [
-                f"The highest *test* ROC-AUC belongs to {best_test}; choosing it for that reason would report "
-                "an optimistically biased number, so the selection stays with the validation winner.",
-                "",
-            ]
-    sets = external_names(eval_metrics or {})
-    for k, name in enumerate(sets):
-        lines += external_markdown(table, name, eval_metrics or {}, table_number=2 + k)
-    if sweep_table is not None and len(sweep_table):
-        s = sweep_summary or {}
-        b = s.get("best", {})
-        lines += [
-            "## Batch size x learning rate sweep",
-            "",
-            f"**Table {2 + len(sets)}.** {s.get('model', 'model')}: every configuration trained from a fresh "
-            f"initialisation; selection on {s.get('select_metric', 'val_auc')}. Test columns are reported for the "
-            "record and were **not used for selection**.",
-            "",
-            sweep_markdown(sweep_table, s.get("select_metric", "val_auc")),
-            "",
-        ]
-        if b:
-            lines += [
-                f"Selected: batch size {b.get('batch_size')}, learning rate {float(b.get('lr')):g} "
-                f"(validation ROC-AUC {_num(b.get('val_auc')):.3f}).",
-                "",
-            ]
+    if not len(sel):
+        return lines
+    r = sel.iloc[0]
     lines += [
-        "Reference (official 624-image test set): Kermany et al. 2018, InceptionV3 transfer, accuracy 92.8 %, "
-        "sensitivity 93.2 %, specificity 90.1 %, AUC 0.968 (checkpoint chosen on test); MedMNIST v2 "
-        "ResNet-50 (224 px) accuracy 88.4 %, AUC 0.962 (selection on validation).",
+        f"The model selected on {metric_name} is **{r['model']}** (validation ROC-AUC "
+        f"{r['val_auc']:.3f}). On the test set it reaches accuracy {_with_ci(r, 'accuracy', True)} %, "
+        f"sensitivity {_with_ci(r, 'sensitivity', True)} %, specificity {_with_ci(r, 'specificity', True)} % "
+        f"and ROC-AUC {_with_ci(r, 'roc_auc', False)}.",
         "",
     ]
-    return "\n".join(lines)
+    best_test = table.loc[table["roc_auc"].idxmax(), "model"] if table["roc_auc"].notna().any() else None
+    if best_test is not None and best_test != r["model"]:
+        lines += [
+            f"The highest *test* ROC-AUC belongs to {best_test}; choosing it for that reason would report "
+            "an optimistically biased number, so the selection stays with the validation winner.",
+            "",
+        ]
+    return lines
+
+
+def _sweep_markdown_section(sweep_table: pd.DataFrame, s: dict[str, Any], table_number: int) -> list[str]:
+    b = s.get("best", {})
+    lines = [
+        "## Batch size x learning rate sweep",
+        "",
+        f"**Table {table_number}.** {s.get('model', 'model')}: every configuration trained from a fresh "
+        f"initialisation; selection on {s.get('select_metric', 'val_auc')}. Test columns are reported for the "
+        "record and were **not used for selection**.",
+        "",
+        sweep_markdown(sweep_table, s.get("select_metric", "val_auc")),
+        "",
+    ]
+    if b:
+        lines += [
+            f"Selected: batch size {b.get('batch_size')}, learning rate {float(b.get('lr')):g} "
+            f"(validation ROC-AUC {_num(b.get('val_auc')):.3f}).",
+            "",
+        ]
+    return lines
 
 
 def external_markdown(table: pd.DataFrame, name: str, eval_metrics: dict, table_number: int) -> list[str]:

@@ -236,7 +236,29 @@ def evaluation_figures(
     overlays when ``model`` is given and cfg.gradcam)."""
     cfg = cfg or EvaluateConfig()
     name = result.model
-    y, p = result.test_labels, result.test_probs
+    figs = _test_figures(result, external)
+    if history is not None and len(history):
+        figs["training_curves"] = plots.training_curves_figure(
+            history, best_epoch=card.best_epoch, title=f"{name}: training curves"
+        )
+    if val_images is not None and len(val_images):
+        n = min(cfg.augment_examples, len(val_images))
+        originals = np.asarray(val_images[:n])
+        figs["augmentation"] = plots.augmentation_figure(
+            originals,
+            augmentation_examples(originals, card, cfg.augment_draws, cfg.seed),
+            title=f"{name}: original vs augmented (training transforms, validation images)",
+        )
+    gallery = _gallery(result, model, card, test_images, cfg, device)
+    if gallery is not None:
+        figs["gallery"] = gallery
+    return figs
+
+
+def _test_figures(result: EvalResult, external: dict[str, EvalResult] | None) -> dict[str, Figure]:
+    """The test split's confusion matrix, ROC (and beside each external set's), PR and reliability figures."""
+    name = result.model
+    y = result.test_labels
     at = result.report["at_val_threshold"]
     figs = {
         "confusion": plots.confusion_matrix_figure(
@@ -271,37 +293,31 @@ def evaluation_figures(
         ece=at["ece"]["value"],
         title=f"{name}: reliability diagram (test)",
     )
-    if history is not None and len(history):
-        figs["training_curves"] = plots.training_curves_figure(
-            history, best_epoch=card.best_epoch, title=f"{name}: training curves"
-        )
-    if val_images is not None and len(val_images):
-        n = min(cfg.augment_examples, len(val_images))
-        originals = np.asarray(val_images[:n])
-        figs["augmentation"] = plots.augmentation_figure(
-            originals,
-            augmentation_examples(originals, card, cfg.augment_draws, cfg.seed),
-            title=f"{name}: original vs augmented (training transforms, validation images)",
-        )
-    idx = gallery_indices(y, p, result.threshold, cfg.gallery_per_outcome)
-    if len(idx):
-        images = np.asarray(test_images[np.sort(idx)])[np.argsort(np.argsort(idx))]  # sorted read from a memmap
-        overlays = None
-        if model is not None and cfg.gradcam:
-            from cxr.explain import grad_cam, overlay
-
-            heat = grad_cam(model, name, model_inputs(images, card, device))
-            overlays = np.stack([overlay(img, h) for img, h in zip(images, heat)])
-        figs["gallery"] = plots.gallery_figure(
-            images,
-            y[idx],
-            p[idx],
-            result.test_predicted[idx],
-            overlays,
-            title=f"{name}: good and bad classifications (test)",
-            threshold=result.threshold,
-        )
     return figs
+
+
+def _gallery(result: EvalResult, model, card: ModelCard, test_images, cfg: EvaluateConfig, device) -> Figure | None:
+    """True/false positives and negatives of the test split, with Grad-CAM overlays when a model is given."""
+    name, y, p = result.model, result.test_labels, result.test_probs
+    idx = gallery_indices(y, p, result.threshold, cfg.gallery_per_outcome)
+    if not len(idx):
+        return None
+    images = np.asarray(test_images[np.sort(idx)])[np.argsort(np.argsort(idx))]  # sorted read from a memmap
+    overlays = None
+    if model is not None and cfg.gradcam:
+        from cxr.explain import grad_cam, overlay
+
+        heat = grad_cam(model, name, model_inputs(images, card, device))
+        overlays = np.stack([overlay(img, h) for img, h in zip(images, heat)])
+    return plots.gallery_figure(
+        images,
+        y[idx],
+        p[idx],
+        result.test_predicted[idx],
+        overlays,
+        title=f"{name}: good and bad classifications (test)",
+        threshold=result.threshold,
+    )
 
 
 # --------------------------------------------------------------------------------------------
