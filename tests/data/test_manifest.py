@@ -20,6 +20,7 @@ import yaml
 from PIL import Image
 
 from cxr.config import SplitConfig
+from cxr.data import checks
 from cxr.data import manifest as M
 from cxr.data.pool import imap_progress
 from pipeline_repo import run_stage_script
@@ -232,10 +233,10 @@ def test_bad_files_are_quarantined_with_reasons(tmp_path):
     res = M.build_manifest(raw, SplitConfig(workers=1, max_pixels=50_000), progress=False)
     reasons = dict(zip(res.quarantine["path"], res.quarantine["reason"]))
     assert reasons == {
-        "train/NORMAL/IM-0900-0001.jpeg": M.EMPTY,
-        "train/NORMAL/IM-0901-0001.jpeg": M.TRUNCATED,
-        "train/PNEUMONIA/person900_virus_1.jpeg": M.NOT_IMAGE,
-        "train/PNEUMONIA/person901_virus_2.jpeg": M.TOO_LARGE,
+        "train/NORMAL/IM-0900-0001.jpeg": checks.EMPTY,
+        "train/NORMAL/IM-0901-0001.jpeg": checks.TRUNCATED,
+        "train/PNEUMONIA/person900_virus_1.jpeg": checks.NOT_IMAGE,
+        "train/PNEUMONIA/person901_virus_2.jpeg": checks.TOO_LARGE,
     }
     assert "60000" in res.quarantine.set_index("path").loc["train/PNEUMONIA/person901_virus_2.jpeg", "detail"]
     assert not set(reasons) & set(res.manifest["path"])
@@ -250,11 +251,11 @@ def test_truncation_detected_even_if_pillow_was_told_to_tolerate_it(tmp_path):
     old = ImageFile.LOAD_TRUNCATED_IMAGES
     ImageFile.LOAD_TRUNCATED_IMAGES = True
     try:
-        assert M.check_bytes(full[:-200], 10**6).reason == M.TRUNCATED
+        assert checks.check_bytes(full[:-200], 10**6).reason == checks.TRUNCATED
     finally:
         ImageFile.LOAD_TRUNCATED_IMAGES = old
     assert ImageFile.LOAD_TRUNCATED_IMAGES is old
-    assert M.check_bytes(full, 10**6).reason is None
+    assert checks.check_bytes(full, 10**6).reason is None
 
 
 def test_decompression_bomb_header_is_rejected_before_decoding():
@@ -262,8 +263,8 @@ def test_decompression_bomb_header_is_rejected_before_decoding():
     buf = io.BytesIO()
     Image.new("1", (5000, 5000)).save(buf, format="PNG")
     assert len(buf.getvalue()) < 10_000
-    chk = M.check_bytes(buf.getvalue(), max_pixels=1_000_000)
-    assert chk.reason == M.TOO_LARGE and "25000000" in chk.detail
+    chk = checks.check_bytes(buf.getvalue(), max_pixels=1_000_000)
+    assert chk.reason == checks.TOO_LARGE and "25000000" in chk.detail
 
 
 def test_duplicates_kept_once_and_removed_from_train_side(tmp_path):
@@ -343,9 +344,9 @@ def test_parallel_verification_matches_in_process(tmp_path):
     write(raw, "train/NORMAL/IM-0900-0001.jpeg", b"")
     paths = [p for p, _, _ in M.scan_tree(raw)]
     assert len(paths) >= 64  # enough for imap_progress to start a pool
-    serial = M.check_files(raw, paths, 10**6, workers=1, progress=False)
-    pooled = M.check_files(raw, paths, 10**6, workers=2, progress=False)
-    assert serial == pooled and sum(c.reason == M.EMPTY for c in pooled) == 1
+    serial = checks.check_files(raw, paths, 10**6, workers=1, progress=False)
+    pooled = checks.check_files(raw, paths, 10**6, workers=2, progress=False)
+    assert serial == pooled and sum(c.reason == checks.EMPTY for c in pooled) == 1
 
 
 def _die_on_13(i: int) -> int:

@@ -24,7 +24,7 @@ from hostile_kit import files_under, kaggle_tree, put, run_unprivileged, unprivi
 from PIL import Image
 
 from cxr.config import DataConfig, Plausibility, PreprocessConfig, SplitConfig
-from cxr.data import SKIPPED_REPORT
+from cxr.data import SKIPPED_REPORT, checks
 from cxr.data import manifest as M
 from cxr.data.cache import build_cache
 from cxr.data.intake import write_skipped
@@ -85,7 +85,7 @@ def test_fifo_in_a_folder_source_is_reported_not_read(tmp_path):
 @pytest.mark.timeout(20)
 def test_fifo_in_the_raw_tree_is_quarantined_without_blocking(tmp_path):
     os.mkfifo(tmp_path / "pipe.jpeg")
-    chk = M.check_file(tmp_path / "pipe.jpeg", SplitConfig().max_pixels)
+    chk = checks.check_file(tmp_path / "pipe.jpeg", SplitConfig().max_pixels)
     assert chk.reason == "not_a_regular_file" and "FIFO" in chk.detail
 
 
@@ -94,7 +94,7 @@ def test_split_hashes_by_streaming_not_by_reading_whole_files(tmp_path):
     with big.open("wb") as f:  # 64 MiB that is no image (a member split used to read into memory whole)
         f.truncate(64 << 20)
     tracemalloc.start()
-    chk = M.check_file(big, SplitConfig().max_pixels)
+    chk = checks.check_file(big, SplitConfig().max_pixels)
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert chk.reason == "not_an_image" and len(chk.sha256) == 64
@@ -169,13 +169,13 @@ IMPLAUSIBLE = {
 @pytest.mark.parametrize("case", sorted(IMPLAUSIBLE))
 def test_implausible_image_is_quarantined_at_split(case):
     arr, reason = IMPLAUSIBLE[case]
-    chk = M.check_bytes(_png(arr), SplitConfig().max_pixels, Plausibility())
+    chk = checks.check_bytes(_png(arr), SplitConfig().max_pixels, Plausibility())
     assert chk.reason == reason, chk
     assert "split.plausibility" in chk.detail
 
 
 def test_a_plausible_radiograph_passes_the_plausibility_checks():
-    assert M.check_bytes(xray_jpeg(1, size=(256, 200)), SplitConfig().max_pixels, Plausibility()).reason is None
+    assert checks.check_bytes(xray_jpeg(1, size=(256, 200)), SplitConfig().max_pixels, Plausibility()).reason is None
 
 
 def test_the_synthetic_default_dataset_passes_every_plausibility_check(synthetic_raw):

@@ -26,7 +26,7 @@ from hostile_kit import xray_jpeg
 from PIL import Image
 
 from cxr.config import SplitConfig
-from cxr.data import manifest as M
+from cxr.data import checks
 from cxr.data.limits import ImageLimits
 from cxr.serving import cli
 from cxr.serving.imageio import ImageReadError, default_max_pixels, load_image
@@ -125,7 +125,7 @@ def test_the_pixel_limit_is_one_number_for_split_predict_and_serving(predictor):
 
 def test_a_png_over_the_pixel_limit_is_refused_by_predict_as_split_quarantines_it(tmp_path, predictor):
     data = _png_claiming(12_000, 12_000)  # 144 M pixels: 1.35 GB RSS when it was decoded
-    assert M.check_bytes(data, SplitConfig().max_pixels).reason == M.TOO_LARGE
+    assert checks.check_bytes(data, SplitConfig().max_pixels).reason == checks.TOO_LARGE
     table = predictor.predict_sources([data])
     assert "too large, refused before decoding" in table["error"][0] and "split.max_pixels" in table["error"][0]
 
