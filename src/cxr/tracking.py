@@ -23,7 +23,7 @@ import subprocess
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 # Fail fast on an unreachable server: MLflow's defaults retry with backoff for minutes.
 _FAST_FAIL_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
@@ -150,8 +150,36 @@ def _signals_end_the_run() -> Iterator[None]:
             signal.signal(s, h)
 
 
+class Tracker(Protocol):
+    """What the pipeline logs through: :class:`MlflowTracker`, or :class:`NullTracker` where nothing is
+    tracked (tests, ranks other than 0, a store that cannot be reached)."""
+
+    active: bool
+
+    def start_run(
+        self, run_name: str, tags: dict | None = None, nested: bool = False
+    ) -> contextlib.AbstractContextManager[Any]: ...
+
+    def log_params(self, params: dict) -> None: ...
+
+    def log_metrics(self, metrics: dict, step: int | None = None) -> None: ...
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None: ...
+
+    def log_model(
+        self, model, *, input_example=None, signature=None, name: str = "model", image_size: int | None = None
+    ) -> None: ...
+
+    def set_tags(self, tags: dict) -> None: ...
+
+    def end_stale_runs(self, tags: dict) -> int: ...
+
+    @property
+    def run_id(self) -> str | None: ...
+
+
 class NullTracker:
-    """Same methods as MlflowTracker; does nothing. For tests, sweeps without tracking, and degraded runs."""
+    """The :class:`Tracker` that does nothing. For tests, sweeps without tracking, and degraded runs."""
 
     active = False
 
@@ -179,8 +207,9 @@ class NullTracker:
         return None
 
 
-class MlflowTracker(NullTracker):
-    """MLflow adapter. Any MLflow failure warns once and turns the tracker into a no-op for the rest of the run."""
+class MlflowTracker:
+    """The MLflow :class:`Tracker`. Any MLflow failure warns once and turns the tracker into a no-op for the
+    rest of the run."""
 
     active = True
 
@@ -389,7 +418,7 @@ def _quiet_logger(name: str):
         logger.setLevel(level)
 
 
-def make_tracker(experiment: str, uri: str | None = None, enabled: bool = True) -> NullTracker:
+def make_tracker(experiment: str, uri: str | None = None, enabled: bool = True) -> Tracker:
     """An MlflowTracker, or a NullTracker (with one warning) when the store cannot be reached."""
     if not enabled:
         return NullTracker()

@@ -31,7 +31,7 @@ from cxr.data.augment import BatchAugment, Normalize, eval_resize
 from cxr.device import amp_settings, resolve_device
 from cxr.metrics import THRESHOLD_METHODS, choose_threshold, row_is_better
 from cxr.models import build_model, get_entry, input_spec, model_arch
-from cxr.tracking import NullTracker
+from cxr.tracking import NullTracker, Tracker
 from cxr.training import distributed
 from cxr.training.engine import TrainingDivergedError, evaluate_loader, train_one_epoch
 from cxr.training.loaders import batches_on_device, make_loader, stage_on_device
@@ -123,7 +123,7 @@ def fit(
     val: tuple,
     *,
     device: str | torch.device | None = None,
-    tracker: NullTracker | None = None,
+    tracker: Tracker | None = None,
     resume_path: str | Path | None = None,
     data_version: str = "",
     progress: bool = True,
@@ -154,7 +154,7 @@ def fit(
     """
     cfg = run_cfg
     _check_threshold_args(threshold_method, fixed_threshold, val[1])
-    tracker = tracker or NullTracker()
+    tracker = tracker if tracker is not None else NullTracker()
     progress = progress and distributed.is_main()
     t = _Training.build(cfg, train, val, resolve_device(device))
     resume = ResumeState(

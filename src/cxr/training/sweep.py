@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from cxr.metrics import binary_metrics, row_is_better
-from cxr.tracking import NullTracker
+from cxr.tracking import NullTracker, Tracker
 from cxr.training.engine import TrainingDivergedError, predict_probabilities
 from cxr.training.fit import fit
 from cxr.training.run_config import RunConfig
@@ -118,7 +118,7 @@ def run_sweep(
     *,
     select_metric: str = "val_auc",
     device=None,
-    tracker: NullTracker | None = None,
+    tracker: Tracker | None = None,
     progress: bool = False,
     data_version: str = "",
     threshold_method: str = "youden",
@@ -137,7 +137,7 @@ def run_sweep(
     """
     if select_metric not in ("val_auc", "val_loss"):
         raise ValueError(f"select_metric: expected val_auc or val_loss, found {select_metric!r}")
-    tracker = tracker or NullTracker()
+    tracker = tracker if tracker is not None else NullTracker()
     opts: dict[str, Any] = dict(
         data_version=data_version,
         threshold_method=threshold_method,
