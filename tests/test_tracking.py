@@ -54,6 +54,8 @@ def test_run_with_params_and_per_epoch_metrics(monkeypatch, tmp_path, run_cfg):
     client = MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name("cxr-test")
     assert exp.artifact_location == (tmp_path.resolve() / "mlartifacts").as_uri()
+    # The UI opens on training runs, not on MLflow 3's GenAI overview.
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED" and run.info.run_name == "cnn"
     assert set(run.data.params) == set(run_cfg.as_params())
@@ -132,3 +134,15 @@ def test_sigterm_during_a_store_write_lands_after_it_and_the_run_ends_killed(mon
     assert run.info.status == "KILLED"
     assert run.data.metrics == {"val_auc": 0.75}  # the interrupted write was completed, not lost
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL or callable(signal.getsignal(signal.SIGTERM))
+
+
+def test_an_experiment_made_before_the_kind_tag_gets_it(tmp_path, monkeypatch):
+    from mlflow import MlflowClient
+
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(tracking_uri=uri)
+    client.create_experiment("old-exp")  # as earlier versions of this pipeline made it: no kind
+    assert "mlflow.experimentKind" not in client.get_experiment_by_name("old-exp").tags
+    make_tracker("old-exp", uri=uri)
+    assert client.get_experiment_by_name("old-exp").tags["mlflow.experimentKind"] == "custom_model_development"

@@ -150,6 +150,11 @@ def _signals_end_the_run() -> Iterator[None]:
             signal.signal(s, h)
 
 
+# MLflow 3's UI opens an experiment on the page its kind calls for: without this tag it guesses a GenAI
+# experiment (Traces, an empty Overview) and a user must look for "Training runs".
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+
+
 class Tracker(Protocol):
     """What the pipeline logs through: :class:`MlflowTracker`, or :class:`NullTracker` where nothing is
     tracked (tests, ranks other than 0, a store that cannot be reached)."""
@@ -228,12 +233,16 @@ class MlflowTracker:
     def _ensure_experiment(self) -> str:
         exp = self._client.get_experiment_by_name(self.experiment)
         if exp is not None:
+            if exp.tags.get(EXPERIMENT_KIND[0]) != EXPERIMENT_KIND[1]:  # made before the tag, or by hand
+                self._client.set_experiment_tag(exp.experiment_id, *EXPERIMENT_KIND)
             return exp.experiment_id
         # Local stores: artifacts next to the store in the real repository, not in a temporary exp copy.
         # A remote server manages its own artifact store.
         location = None if self.uri.startswith(("http://", "https://", "databricks")) else artifact_location()
         try:
-            return self._client.create_experiment(self.experiment, artifact_location=location)
+            return self._client.create_experiment(
+                self.experiment, artifact_location=location, tags=dict([EXPERIMENT_KIND])
+            )
         except Exception:
             exp = self._client.get_experiment_by_name(self.experiment)  # created by a parallel queued job
             if exp is None:
