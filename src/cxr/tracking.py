@@ -150,8 +150,8 @@ def _signals_end_the_run() -> Iterator[None]:
             signal.signal(s, h)
 
 
-# MLflow 3's UI opens an experiment on the page its kind calls for: without this tag it guesses a GenAI
-# experiment (Traces, an empty Overview) and a user must look for "Training runs".
+# What the experiment holds, for MLflow 3's UI. In 3.17 the UI's GenAI / Model training switch (the URL's
+# ?workflowType=machine_learning, or the browser's last choice) decides the landing page, not this tag.
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 
 
