@@ -19,12 +19,10 @@ import shutil
 import time
 from pathlib import Path
 
-from cxr.config import ConfigError, load_params
+from cxr.config import ConfigError, TrainConfig, load_model_override, load_params, section
 from cxr.files import sha256_file
-from cxr.models import WeightsUnavailableError, get_entry, list_models
-from cxr.models.weights import materialise, read_manifest, write_manifest
+from cxr.pretrained import WeightsUnavailableError, read_manifest, write_manifest
 from cxr.stage import run_stage
-from cxr.training.run_config import resolve_run_config
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -35,8 +33,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def any_pretrained(params: dict) -> bool:
+    """Whether any model may train from pretrained weights: train.pretrained, or a models.<name> section
+    that sets pretrained or weights. False is certain from params.yaml alone, without the model registry
+    (and torch): the synthetic default writes its empty manifest in a fraction of a second."""
+    if section(params, "train", TrainConfig).pretrained:
+        return True
+    return any(o.pretrained or o.weights for o in (load_model_override(params, m) for m in params.get("models") or {}))
+
+
 def needed(params: dict) -> dict[str, str | None]:
     """Models that train from pretrained weights -> their local weights path (None: the published ones)."""
+    if not any_pretrained(params):
+        return {}
+    from cxr.models import list_models
+    from cxr.training.run_config import resolve_run_config
+
     out = {}
     for name in list_models():
         cfg = resolve_run_config(params, name)
@@ -45,30 +57,34 @@ def needed(params: dict) -> dict[str, str | None]:
     return out
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    params = load_params(args.params)
-    out = Path(args.out)
+def local_record(name: str, local: str) -> dict:
+    """The manifest record of ``models.<name>.weights``: its files' hashes, so dvc.lock changes when they do."""
+    loc = Path(local)
+    if not loc.exists():
+        raise WeightsUnavailableError(f"models.{name}.weights: {local} does not exist")
+    files = [loc] if loc.is_file() else sorted(f for f in loc.rglob("*") if f.is_file())
+    return {
+        "source": "local",
+        "path": str(local),
+        "files": {(f.name if f == loc else str(f.relative_to(loc))): sha256_file(f) for f in files},
+    }
+
+
+def materialise_all(wanted: dict[str, str | None], out: Path, progress: bool) -> dict[str, dict]:
+    """Every wanted model's weights under ``out`` -> its manifest record; all failures in one error."""
+    from cxr.models import get_entry
+    from cxr.models.weights import materialise
+
     previous = read_manifest(out)["models"]
-    wanted = needed(params)
     records, failures = {}, []
     for name, local in wanted.items():
         if local is not None:
-            if not Path(local).exists():
-                raise WeightsUnavailableError(f"models.{name}.weights: {local} does not exist")
-            loc = Path(local)
-            files = [loc] if loc.is_file() else sorted(f for f in loc.rglob("*") if f.is_file())
-            # Their hashes go into the manifest, so dvc.lock changes when the local files do.
-            records[name] = {
-                "source": "local",
-                "path": str(local),
-                "files": {(f.name if f == loc else str(f.relative_to(loc))): sha256_file(f) for f in files},
-            }
+            records[name] = local_record(name, local)
             print(f"[weights] {name}: local weights {local}")
             continue
         t0 = time.monotonic()
         try:
-            rec = materialise(name, out, progress=not args.no_progress, known=previous.get(name))
+            rec = materialise(name, out, progress=progress, known=previous.get(name))
         except WeightsUnavailableError as exc:  # try the others too: one run lists everything missing
             failures.append(f"({time.monotonic() - t0:.1f} s) {exc}")
             continue
@@ -76,6 +92,14 @@ def main(argv=None) -> int:
         records[name] = rec
     if failures:
         raise WeightsUnavailableError("\n\n".join(failures))
+    return records
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    out = Path(args.out)
+    wanted = needed(load_params(args.params))
+    records = materialise_all(wanted, out, progress=not args.no_progress) if wanted else {}
     # Weights of models this run does not pretrain are not kept in the output (DVC's cache still has them).
     stale = sorted(p for p in out.iterdir() if p.is_dir() and p.name not in records) if out.is_dir() else []
     for path in stale:

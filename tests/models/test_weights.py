@@ -27,10 +27,9 @@ from cxr.models.weights import (
     load_state_dict_file,
     materialise,
     materialised_weights,
-    read_manifest,
     split_parameters,
-    write_manifest,
 )
+from cxr.pretrained import read_manifest, write_manifest
 from fake_hub import Blackhole, FakeHub, closed_port_url
 
 # --------------------------------------------------------------------------------------------

@@ -13,7 +13,6 @@ the ways out, never a silent random initialisation.
 from cxr.models import cnn, resnet_small, torchvision_backbones, vit  # noqa: F401  (each registers its models)
 from cxr.models.registry import (
     ModelEntry,
-    WeightsUnavailableError,
     build_model,
     builder_options,
     check_image_size,
@@ -24,6 +23,7 @@ from cxr.models.registry import (
     model_arch,
     rebuild,
 )
+from cxr.pretrained import WeightsUnavailableError
 
 __all__ = [
     "ModelEntry",

@@ -7,8 +7,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from cxr.models.registry import WeightsUnavailableError, last_conv, register_model, weights_fixes
+from cxr.models.registry import last_conv, register_model, weights_fixes
 from cxr.models.weights import load_state_dict_file
+from cxr.pretrained import WeightsUnavailableError
 
 # The reference flattens the last feature map (28 x 28 x 128 at 224 px) into Linear(100352, 256):
 # 25.7 M weights, and an architecture tied to one image size. We average-pool the last map to a

@@ -22,11 +22,6 @@ from torch import nn
 
 from cxr.config import ConfigError
 
-
-class WeightsUnavailableError(RuntimeError):
-    """Pretrained weights were requested but no local copy could be loaded."""
-
-
 # (model, input height, input width) -> a function of the target layer's output giving (B, C, h, w)
 CamReshape = Callable[[nn.Module, int, int], Callable[..., Any]]
 Builder = Callable[..., nn.Module]  # builder(pretrained, weights, image_size, **options) -> nn.Module

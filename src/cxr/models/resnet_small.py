@@ -15,8 +15,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from cxr.models.registry import WeightsUnavailableError, register_model, weights_fixes
+from cxr.models.registry import register_model, weights_fixes
 from cxr.models.weights import load_state_dict_file
+from cxr.pretrained import WeightsUnavailableError
 
 RESNET_SMALL_WIDTHS = (32, 64, 128, 256)
 

@@ -14,8 +14,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from cxr.models.registry import WeightsUnavailableError, classifier_head, last_conv, register_model, weights_fixes
+from cxr.models.registry import classifier_head, last_conv, register_model, weights_fixes
 from cxr.models.weights import TorchvisionWeights, load_state_dict_file
+from cxr.pretrained import WeightsUnavailableError
 
 # The published weights, as torchvision names them (URL, sha256 prefix, transforms).
 _SOURCES = {

@@ -15,8 +15,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from cxr.models.registry import WeightsUnavailableError, register_model, weights_fixes
+from cxr.models.registry import register_model, weights_fixes
 from cxr.models.weights import HubSnapshot, hf_cache_dir
+from cxr.pretrained import WeightsUnavailableError
 
 VIT_HUB_ID = "google/vit-base-patch16-224-in21k"
 # The pinned commit of VIT_HUB_ID that the `weights` stage fetches (same name, same bytes, for good).

@@ -25,7 +25,6 @@ Test hooks (the tests serve fake weights on 127.0.0.1): ``CXR_TORCHVISION_BASE_U
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -39,11 +38,10 @@ import torch
 from torch import nn
 
 from cxr.files import sha256_file
-from cxr.models.registry import WeightsUnavailableError, get_entry, weights_fixes
+from cxr.models.registry import get_entry, weights_fixes
+from cxr.pretrained import MANIFEST, WeightsUnavailableError, read_manifest
 
 TORCHVISION_BASE_URL = "https://download.pytorch.org/models/"
-MANIFEST = "manifest.json"
-MANIFEST_FORMAT = 1
 _HASH_RE = re.compile(r"-([a-f0-9]*)\.")  # torch.hub's HASH_REGEX: resnet50-11ad3fa6.pth -> 11ad3fa6
 
 
@@ -317,25 +315,6 @@ def materialise(
     else:
         raise TypeError(f"unknown pretrained_source {src!r} for model '{name}'")
     return rec
-
-
-def read_manifest(out_dir: str | Path) -> dict[str, Any]:
-    path = Path(out_dir) / MANIFEST
-    if not path.is_file():
-        return {"format": MANIFEST_FORMAT, "models": {}}
-    manifest: dict[str, Any] = json.loads(path.read_text())
-    return manifest
-
-
-def write_manifest(out_dir: str | Path, records: dict[str, dict[str, Any]]) -> Path:
-    """``manifest.json``: what each model's weights are (source, URL or revision, sha256 per file). No
-    timestamps and no "how", so the same weights give the same bytes (DVC outputs are deterministic)."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    clean = {k: {f: v for f, v in r.items() if f != "how"} for k, r in sorted(records.items())}
-    path = out / MANIFEST
-    path.write_text(json.dumps({"format": MANIFEST_FORMAT, "models": clean}, indent=2, sort_keys=True) + "\n")
-    return path
 
 
 def materialised_weights(out_dir: str | Path, name: str) -> str:
