@@ -15,30 +15,19 @@ import argparse
 from cxr import config as C
 from cxr.stage import run_stage
 
-SECTION_TYPES = {
-    "data": C.DataConfig,
-    "split": C.SplitConfig,
-    "preprocess": C.PreprocessConfig,
-    "external": C.ExternalConfig,
-    "train": C.TrainConfig,
-    "mlflow": C.MlflowConfig,
-    "evaluate": C.EvaluateConfig,
-    "sweep": C.SweepConfig,
-    "compare": C.CompareConfig,
-}
-
 
 def check(params: dict) -> list[str]:
     """Every problem found (empty: all good); each message names the key and the fix."""
     problems = []
-    checks = [lambda: C.check_top_level(params), lambda: C.load_globals(params)]
-    checks += [lambda n=name, t=tp: C.section(params, n, t) for name, tp in SECTION_TYPES.items()]
-    checks += [lambda m=model: C.load_model_override(params, m) for model in (params.get("models") or {})]
-    for run in checks:
-        try:
-            run()
-        except C.ConfigError as exc:
-            problems.append(str(exc))
+    try:
+        C.check_top_level(params)
+    except C.ConfigError as exc:
+        problems += exc.problems
+    known = {k: v for k, v in params.items() if k in C.Params.model_fields}
+    try:
+        C.parse(C.Params, known)
+    except C.ConfigError as exc:
+        problems += exc.problems
     return problems
 
 

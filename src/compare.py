@@ -161,7 +161,7 @@ def log_and_register(args, cfg: CompareConfig, mlflow_cfg: MlflowConfig, figs: d
             tracker.log_artifact(save_figure(fig, Path(args.figures) / f"{name}.png"), "compare")
         tracker.log_artifact(args.report, "compare")
         tracker.log_artifact(args.csv, "compare")
-        if not cfg.register:
+        if not cfg.register_model:
             return None
         outcome = register_candidate(
             tracker,

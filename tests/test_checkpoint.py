@@ -92,6 +92,24 @@ def test_format_1_is_upgraded_in_one_place():
     assert checkpoint.ModelCard.from_json(card.to_json()) == card
 
 
+def test_format_2_is_upgraded_to_one_nested_augment():
+    """v2 kept the augmentation twice: flat aug_* keys in train_params and an `augment` mapping."""
+    v2 = {
+        **V1_CARD,
+        "format_version": 2,
+        "threshold_method": "youden",
+        "cache_resize": "stretch",
+        "augment": {"enabled": True, "crop_scale": [0.75, 1.0], "gamma": [0.8, 1.2]},
+    }
+    card = checkpoint.ModelCard.from_json(v2)
+    assert card.format_version == checkpoint.FORMAT_VERSION == 3
+    assert not any(k.startswith("aug_") for k in card.train_params) and card.train_params["lr"] == 0.001
+    assert card.train_params["augment"]["gamma"] == [0.8, 1.2]
+    aug = card.augment_config()
+    assert aug.crop_scale == (0.75, 1.0) and aug.gamma == (0.8, 1.2)  # the mapping v2 trained with
+    assert checkpoint.ModelCard.from_json(card.to_json()) == card
+
+
 def test_unreadable_cards_say_why():
     with pytest.raises(checkpoint.CheckpointError, match="newer than this code"):
         checkpoint.ModelCard.from_json({**V1_CARD, "format_version": 99})

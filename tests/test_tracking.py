@@ -59,6 +59,10 @@ def test_run_with_params_and_per_epoch_metrics(monkeypatch, tmp_path, run_cfg):
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED" and run.info.run_name == "cnn"
     assert set(run.data.params) == set(run_cfg.as_params())
+    # the nested augmentation flattened once, under the keys MLflow has always shown
+    assert {"aug_enabled", "aug_crop_scale_min", "aug_crop_scale_max", "aug_gamma_max"} <= set(run.data.params)
+    assert "augment" not in run.data.params
+    assert float(run.data.params["aug_crop_scale_min"]) == run_cfg.augment.crop_scale[0]
     assert float(run.data.params["lr"]) == run_cfg.lr and run.data.params["model"] == "cnn"
     assert run.data.tags["dvc_exp_name"] == "exp-test" and run.data.tags["data_version"] == "dv1"
     assert run.data.tags["model"] == "cnn" and "git_commit" in run.data.tags
@@ -111,7 +115,7 @@ def test_sigterm_during_a_store_write_lands_after_it_and_the_run_ends_killed(mon
 
     from mlflow import MlflowClient
 
-    from cxr.tracking import StageInterrupted
+    from cxr.signals import StageInterrupted
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)

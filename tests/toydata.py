@@ -8,7 +8,6 @@ card = card_for(model, threshold=0.3)        # a ModelCard with neutral defaults
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -89,8 +88,7 @@ def card_for(model, **fields):
         threshold=0.5,
         threshold_method="youden",
         data_version="test",
-        train_params={},
-        augment=asdict(AugmentConfig()),
+        train_params={"augment": AugmentConfig().model_dump(mode="json")},
         best_epoch=1,
         val_auc=0.5,
         val_loss=0.7,

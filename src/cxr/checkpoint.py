@@ -31,14 +31,15 @@ import torch
 from torch import nn
 
 from cxr import CLASSES
-from cxr.config import AugmentConfig
+from cxr.config import RESIZE_MODES, AugmentConfig
 from cxr.files import atomic_write
 from cxr.models import rebuild
 
 WEIGHTS_FILE = "model.pt"
 META_FILE = "model.json"
-FORMAT_VERSION = 2  # 1: the flat dict of the first releases (upgraded on read)
-RESIZE_MODES = ("stretch", "pad")
+# 1: the flat dict of the first releases; 2: train_params flat (aug_*) beside an `augment` copy;
+# 3: train_params nested as params.yaml (augment one mapping). Older ones are upgraded on read.
+FORMAT_VERSION = 3
 
 
 class CheckpointError(ValueError):
@@ -58,8 +59,7 @@ class ModelCard:
     threshold: float  # P(pneumonia) >= threshold -> PNEUMONIA
     threshold_method: str  # youden | fixed: how the threshold was chosen on validation
     data_version: str
-    train_params: dict[str, Any]  # the RunConfig of the run, flat (MLflow's params)
-    augment: dict[str, Any]  # the AugmentConfig it trained with
+    train_params: dict[str, Any]  # the RunConfig of the run, nested (augment: the AugmentConfig it trained with)
     best_epoch: int
     val_auc: float
     val_loss: float
@@ -76,12 +76,8 @@ class ModelCard:
         return str(self.arch["name"])
 
     def augment_config(self) -> AugmentConfig:
-        known = {f.name for f in dataclasses.fields(AugmentConfig)}
-        values = {k: v for k, v in self.augment.items() if k in known}
-        for f in dataclasses.fields(AugmentConfig):  # JSON gives lists where the config holds (low, high)
-            if isinstance(f.default, tuple) and f.name in values:
-                values[f.name] = tuple(values[f.name])
-        return AugmentConfig(**values)
+        augment = self.train_params.get("augment") or {}
+        return AugmentConfig.model_validate({k: v for k, v in augment.items() if k in AugmentConfig.model_fields})
 
     def label(self, probability: float) -> str:
         return self.classes[1] if probability >= self.threshold else self.classes[0]
@@ -152,7 +148,11 @@ def _upgrade(d: dict[str, Any], source: str) -> dict[str, Any]:
             d["arch"] = {"name": d["model"], "image_size": d.get("image_size", 224), "options": {}}
         d.setdefault("epochs_run", 0)
         d.setdefault("stopped_early", False)
-        d["format_version"] = FORMAT_VERSION
+    if version < 3:  # the aug_* keys of train_params into the one augment mapping
+        d = dict(d)
+        params = {k: v for k, v in (d.get("train_params") or {}).items() if not k.startswith("aug_")}
+        d["train_params"] = {**params, "augment": d.pop("augment", {})}
+    d["format_version"] = FORMAT_VERSION
     return d
 
 

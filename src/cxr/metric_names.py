@@ -2,7 +2,10 @@
 selection metrics. Kept apart from ``cxr.metrics`` so that ``cxr.config`` (every stage) loads
 without scipy and scikit-learn (about 2 s a stage)."""
 
-THRESHOLD_METHODS = ("youden", "fixed", "midpoint")
+from typing import Literal, get_args
+
+ThresholdMethod = Literal["youden", "fixed", "midpoint"]  # how a decision threshold is chosen on validation
+THRESHOLD_METHODS: tuple[str, ...] = get_args(ThresholdMethod)
 
 # Metrics that get a confidence interval, in a fixed order (the bootstrap statistic returns this order).
 CI_METRICS = (
@@ -19,4 +22,5 @@ CI_METRICS = (
 )
 
 # Validation metrics a model, an epoch or a configuration is selected by, and which way is better.
-SELECT_METRICS = {"val_auc": "higher", "val_loss": "lower"}
+SelectMetric = Literal["val_auc", "val_loss"]
+SELECT_METRICS: dict[str, str] = dict(zip(get_args(SelectMetric), ("higher", "lower")))

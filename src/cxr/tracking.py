@@ -21,9 +21,11 @@ import json
 import os
 import subprocess
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol
+
+from cxr.signals import StageInterrupted, deferred_signals, signals_end_the_run
 
 # Fail fast on an unreachable server: MLflow's defaults retry with backoff for minutes.
 _FAST_FAIL_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
@@ -98,56 +100,26 @@ def param_value(value: Any) -> Any:
     return value
 
 
-class StageInterrupted(BaseException):
-    """SIGTERM or SIGHUP arrived (``dvc queue kill``, a closed terminal): the run ends as KILLED."""
+# A nested section of the run configuration -> the prefix of its keys among the flat MLflow params.
+PARAM_PREFIXES = {"augment": "aug_"}
 
 
-# While MLflow writes to its store, an arriving SIGTERM/SIGHUP is held here and raised right after the
-# write: raised inside a store transaction (the per-epoch metrics, written just after the resume file)
-# it left the sqlite store locked and the run RUNNING. A flag, not a signal mask: the kernel hands a
-# process-directed signal to any thread not masking it, and MLflow and torch start threads.
-_writing = 0
-_held: str | None = None  # the first signal that arrived during the write
-
-
-@contextlib.contextmanager
-def _deferred_signals() -> Iterator[None]:
-    """Hold SIGTERM/SIGHUP (as StageInterrupted) until the store write inside this block is done."""
-    global _writing, _held
-    _writing += 1
-    try:
-        yield
-    finally:
-        _writing -= 1
-        if _writing == 0 and _held:
-            name, _held = _held, None
-            raise StageInterrupted(name)
-
-
-@contextlib.contextmanager
-def _signals_end_the_run() -> Iterator[None]:
-    """In the main thread, turn SIGTERM/SIGHUP into StageInterrupted so the run is ended, not left RUNNING."""
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum, frame):
-        global _held
-        name = signal.Signals(signum).name
-        if _writing:
-            _held = _held or name  # raised when the store write ends (_deferred_signals)
-            return
-        raise StageInterrupted(name)
-
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
+def flat_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    """The run configuration (nested, as a RunConfig or a model card holds it) as MLflow's flat params:
+    ``augment.gamma`` -> ``aug_gamma_min`` and ``aug_gamma_max``, ``augment.hflip_p`` -> ``aug_hflip_p``,
+    other values through :func:`param_value`. The one place the configuration is flattened."""
+    out: dict[str, Any] = {}
+    for key, value in params.items():
+        prefix = PARAM_PREFIXES.get(key)
+        if prefix is None or not isinstance(value, Mapping):
+            out[key] = param_value(value)
+            continue
+        for sub, v in value.items():
+            if isinstance(v, (list, tuple)) and len(v) == 2:  # a (low, high) range
+                out[f"{prefix}{sub}_min"], out[f"{prefix}{sub}_max"] = v
+            else:
+                out[f"{prefix}{sub}"] = param_value(v)
+    return out
 
 
 # What the experiment holds, for MLflow 3's UI. In 3.17 the UI's GenAI / Model training switch (the URL's
@@ -262,7 +234,7 @@ class MlflowTracker:
         if not self.active:
             return None
         try:
-            with _deferred_signals():
+            with deferred_signals():
                 return fn(*args, **kwargs)
         except Exception as exc:  # a tracking outage must never cost the training
             self._degrade(what, exc)
@@ -290,7 +262,7 @@ class MlflowTracker:
         previous, self._run = self._run, run
         status = "FINISHED"
         try:
-            with contextlib.nullcontext() if nested else _signals_end_the_run():
+            with contextlib.nullcontext() if nested else signals_end_the_run():
                 yield run
         except (KeyboardInterrupt, StageInterrupted):
             status = "KILLED"
@@ -304,7 +276,7 @@ class MlflowTracker:
                 # Ended even after a failure disabled this tracker: a run left active in the process
                 # would capture the next one (a sweep's next configuration, the next stage in-process).
                 try:
-                    with _deferred_signals():
+                    with deferred_signals():
                         mlflow.end_run(status=status if self.active else "FAILED")
                 except Exception:  # the store is gone; nothing more to tell it
                     pass

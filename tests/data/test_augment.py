@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
 
-from cxr.config import AugmentConfig, ConfigError
+from cxr.config import AugmentConfig, ConfigError, parse
 from cxr.data.augment import (
     BatchAugment,
     Normalize,
@@ -77,26 +75,26 @@ def test_large_shrink_is_antialiased_like_eval():
 
 
 def test_disabled_is_the_eval_resize(batch):
-    out = BatchAugment(dataclasses.replace(AugmentConfig(), enabled=False), 16)(batch, gen(0))
+    out = BatchAugment(AugmentConfig().replace(enabled=False), 16)(batch, gen(0))
     torch.testing.assert_close(out, eval_resize(batch, 16))
 
 
 def test_flip_flips(batch):
-    out = BatchAugment(dataclasses.replace(ZERO, hflip_p=1.0), 24)(batch, gen(0))
+    out = BatchAugment(ZERO.replace(hflip_p=1.0), 24)(batch, gen(0))
     torch.testing.assert_close(out, resize01(batch, 24).flip(-1), atol=1e-5, rtol=0)
 
 
 def test_translation_moves_content():
     x = torch.zeros(1, 1, 32, 32, dtype=torch.uint8)
     x[..., 14:18, 14:18] = 255
-    cfg = dataclasses.replace(ZERO, affine_translate=0.2)
+    cfg = ZERO.replace(affine_translate=0.2)
     out = BatchAugment(cfg, 32)(x.repeat(8, 1, 1, 1), gen(1))
     centroids = [(o[0] * torch.arange(32.0)).sum() / o[0].sum() for o in out]  # x-centroid per image
     assert max(abs(c - 15.5) for c in centroids) > 1.0
 
 
 def test_brightness_contrast_change_intensity_only(batch):
-    cfg = dataclasses.replace(ZERO, brightness=0.5, contrast=0.5)
+    cfg = ZERO.replace(brightness=0.5, contrast=0.5)
     out = BatchAugment(cfg, 24)(batch, gen(0))
     plain = resize01(batch, 24)
     means = out.mean(dim=(1, 2, 3))
@@ -128,9 +126,9 @@ def test_to_model_input_repeats_and_normalises():
 
 def test_gamma_is_a_power_per_image(batch):
     plain = resize01(batch, 24)
-    fixed = BatchAugment(dataclasses.replace(ZERO, gamma=(2.0, 2.0)), 24)(batch, gen(0))
+    fixed = BatchAugment(ZERO.replace(gamma=(2.0, 2.0)), 24)(batch, gen(0))
     torch.testing.assert_close(fixed, plain.clamp(min=1e-6) ** 2, atol=1e-5, rtol=0)
-    drawn = BatchAugment(dataclasses.replace(ZERO, gamma=(0.5, 2.0)), 24)(batch, gen(0))
+    drawn = BatchAugment(ZERO.replace(gamma=(0.5, 2.0)), 24)(batch, gen(0))
     means = drawn.mean(dim=(1, 2, 3))
     assert means.max() - means.min() > 0.02  # each identical input got its own gamma
     floor = plain.clamp(min=1e-6)  # as the augmentation clamps before the power
@@ -139,7 +137,7 @@ def test_gamma_is_a_power_per_image(batch):
 
 def test_blur_smooths_each_image_by_its_own_sigma(batch):
     plain = resize01(batch, 24)
-    out = BatchAugment(dataclasses.replace(ZERO, blur_p=1.0, blur_sigma=2.0), 24)(batch, gen(0))
+    out = BatchAugment(ZERO.replace(blur_p=1.0, blur_sigma=2.0), 24)(batch, gen(0))
     roughness = (out[..., 1:] - out[..., :-1]).abs().mean(dim=(1, 2, 3))
     assert (roughness < (plain[..., 1:] - plain[..., :-1]).abs().mean()).all()
     assert roughness.max() - roughness.min() > 1e-3  # sigmas differ per image
@@ -149,21 +147,21 @@ def test_blur_smooths_each_image_by_its_own_sigma(batch):
 def test_blur_probability_zero_sigma_leaves_images(batch):
     plain = resize01(batch, 24)
     torch.testing.assert_close(gaussian_blur(plain, torch.zeros(6)), plain, atol=1e-6, rtol=0)
-    out = BatchAugment(dataclasses.replace(ZERO, blur_p=0.5, blur_sigma=2.0), 24)(batch, gen(0))
+    out = BatchAugment(ZERO.replace(blur_p=0.5, blur_sigma=2.0), 24)(batch, gen(0))
     untouched = [(o - plain[0]).abs().max().item() < 1e-6 for o in out]
     assert 0 < sum(untouched) < 6  # some images blurred, some not
 
 
 def test_sharpen_adds_detail_per_image(batch):
     plain = resize01(batch, 24)
-    out = BatchAugment(dataclasses.replace(ZERO, sharpen_p=1.0, sharpen_amount=2.0), 24)(batch, gen(0))
+    out = BatchAugment(ZERO.replace(sharpen_p=1.0, sharpen_amount=2.0), 24)(batch, gen(0))
     roughness = (out[..., 1:] - out[..., :-1]).abs().mean(dim=(1, 2, 3))
     assert (roughness >= (plain[..., 1:] - plain[..., :-1]).abs().mean() - 1e-6).all()
     assert roughness.max() - roughness.min() > 1e-3  # amounts differ per image
 
 
 def test_noise_is_seeded_per_image_and_zero_mean(batch):
-    aug = BatchAugment(dataclasses.replace(ZERO, noise_std=0.1), 24)
+    aug = BatchAugment(ZERO.replace(noise_std=0.1), 24)
     out = aug(batch, gen(0))
     assert torch.equal(out, aug(batch, gen(0))) and not torch.equal(out, aug(batch, gen(1)))
     resid = (out - resize01(batch, 24)).flatten(1)
@@ -174,7 +172,7 @@ def test_noise_is_seeded_per_image_and_zero_mean(batch):
 def test_intensity_knobs_off_keep_the_reference_draws(batch):
     # the intensity draws come after the reference ones: enabling them changes nothing geometric
     ref = BatchAugment(AugmentConfig(), 16)(batch, gen(0))
-    gamma = BatchAugment(dataclasses.replace(AugmentConfig(), gamma=(2.0, 2.0)), 16)(batch, gen(0))
+    gamma = BatchAugment(AugmentConfig().replace(gamma=(2.0, 2.0)), 16)(batch, gen(0))
     torch.testing.assert_close(gamma, ref.clamp(min=1e-6) ** 2, atol=1e-5, rtol=0)
 
 
@@ -192,4 +190,4 @@ def test_intensity_knobs_off_keep_the_reference_draws(batch):
 )
 def test_intensity_knobs_are_validated(changes, message):
     with pytest.raises(ConfigError, match=message):
-        dataclasses.replace(AugmentConfig(), **changes).validate("train.augment")
+        parse(AugmentConfig, changes, "train.augment")

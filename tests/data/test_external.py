@@ -174,10 +174,10 @@ def test_class_folders_are_found_at_any_depth_but_only_once(tmp_path):
 
 
 def test_set_names_must_be_column_names():
-    from cxr.config import ConfigError, from_dict
+    from cxr.config import ConfigError, parse
 
     with pytest.raises(ConfigError, match="name 'Set-A' must be lower-case"):
-        from_dict(ExternalConfig, {"sets": {"Set-A": "x"}}, "external")
+        parse(ExternalConfig, {"sets": {"Set-A": "x"}}, "external")
 
 
 def test_stage_script_reports_and_fails_with_one_line(synthetic_run, tmp_path):

@@ -235,7 +235,7 @@ def test_registers_the_validation_winner_from_its_training_run(tmp_path, monkeyp
         cfg = resolve_run_config({"image_size": 16}, m)
         torch.manual_seed(0)
         model = build_model("cnn", image_size=16)  # the architecture does not matter to the registry
-        card = card_for(model, std=(0.25,) * 3, train_params=dict(cfg.__dict__), data_version="v1")
+        card = card_for(model, std=(0.25,) * 3, train_params=cfg.model_dump(mode="json"), data_version="v1")
         checkpoint.save(tmp_path / "models" / m, model, card)
         with tracker.start_run(m, tags={"model": m, "stage": "train", "data_version": "v1"}):
             tracker.log_params(cfg.as_params())
@@ -356,7 +356,6 @@ def test_external_sets_get_a_table_with_the_gap_a_headline_column_and_a_figure(t
 def test_a_checkpoint_with_builder_options_finds_its_training_run(tmp_path):
     """models.<name>.options is logged as JSON; the card's dict must compare equal to it (evaluate
     logged vgg16_bn's test metrics into a new run before)."""
-    import dataclasses
 
     from cxr import checkpoint
     from cxr.evaluation.evaluate import find_training_run
@@ -370,7 +369,7 @@ def test_a_checkpoint_with_builder_options_finds_its_training_run(tmp_path):
     cfg = resolve_run_config({"image_size": 32, "models": {"vgg16": {"options": {"batch_norm": True}}}}, "vgg16")
     assert cfg.as_params()["options"] == '{"batch_norm": true}'
     model = build_model("cnn", image_size=16)
-    card = card_for(model, std=(0.25,) * 3, train_params=dataclasses.asdict(cfg), data_version="v1")
+    card = card_for(model, std=(0.25,) * 3, train_params=cfg.model_dump(mode="json"), data_version="v1")
     checkpoint.save(tmp_path / "models" / "vgg16", model, card)
     # the card is named after the architecture saved (a small cnn stands in for VGG16's weights)
     with tracker.start_run("vgg16", tags={"model": "cnn", "stage": "train", "data_version": "v1"}):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pytest
 import torch
@@ -109,7 +107,7 @@ def test_loss_falls_and_evaluate_agrees_with_predict():
     model = build_model("cnn")
     loss_fn = torch.nn.BCEWithLogitsLoss()
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    aug = BatchAugment(dataclasses.replace(AugmentConfig(), enabled=False), 16)
+    aug = BatchAugment(AugmentConfig().replace(enabled=False), 16)
     norm = Normalize(MEAN, STD)
     resize = lambda b: eval_resize(b, 16)
     loader = make_loader(x, y, batch_size=8, shuffle=True, seed=0)

@@ -41,7 +41,7 @@ def test_same_keys_for_every_model_and_overrides(params):
     assert not cfgs["vgg16"].pretrained and cfgs["vgg16"].weights is None
     params["models"]["resnet50"]["pretrained"] = False
     assert resolve_run_config(params, "resnet50").weights is None
-    assert cfgs["cnn"].augment_config().crop_scale == (0.8, 1.0)
+    assert cfgs["cnn"].augment.crop_scale == (0.8, 1.0)
 
 
 def test_bad_values_fail_with_the_key(params):
@@ -106,7 +106,7 @@ def test_intensity_augmentations_reach_the_run_config(params):
         "sharpen_amount": 1.5,
         "noise_std": 0.02,
     }
-    aug = resolve_run_config(params, "cnn").augment_config()
+    aug = resolve_run_config(params, "cnn").augment
     assert aug.gamma == (0.7, 1.4) and aug.blur_p == 0.5 and aug.blur_sigma == 2.0
     assert aug.sharpen_p == 0.3 and aug.sharpen_amount == 1.5 and aug.noise_std == 0.02
     params["train"]["augment"]["blur_p"] = 2

@@ -9,7 +9,7 @@
     limits.implausible(w, h, small_gray)               # None, or why it cannot be a chest X-ray
 
 One definition of each limit: ``split.max_pixels`` and ``split.plausibility`` in params.yaml, whose
-defaults are the dataclasses in :mod:`cxr.config`. The split stage quarantines what breaks them;
+defaults are the sections in :mod:`cxr.config`. The split stage quarantines what breaks them;
 ``cxr predict`` and the served model (which read no params) use the same defaults: an image
 refused there is refused here, and a warning here is a quarantine there.
 """

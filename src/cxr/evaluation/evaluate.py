@@ -350,9 +350,9 @@ def find_training_run(tracker, card: ModelCard) -> str | None:
             stacklevel=2,
         )
         return None
-    from cxr.tracking import param_value
+    from cxr.tracking import flat_params
 
-    want = {k: str(param_value(v)) for k, v in card.train_params.items()}
+    want = {k: str(v) for k, v in flat_params(card.train_params).items()}
     for run in runs:
         if run.data.tags.get("data_version", card.data_version) != card.data_version:
             continue

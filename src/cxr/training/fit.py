@@ -17,7 +17,7 @@ import functools
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
@@ -271,7 +271,7 @@ class _Training:
             model=model,
             spec=spec,
             norm=Normalize(spec["mean"], spec["std"], channels_last=channels_last),
-            augment=BatchAugment(cfg.augment_config(), cfg.image_size),
+            augment=BatchAugment(cfg.augment, cfg.image_size),
             loss_fn=loss_fn,
             optimizer=optimizer,
             scheduler=make_scheduler(cfg, optimizer),
@@ -376,8 +376,7 @@ class _Training:
             threshold=float(threshold),
             threshold_method=threshold_method,
             data_version=data_version,
-            train_params=asdict(cfg),
-            augment=asdict(cfg.augment_config()),
+            train_params=cfg.model_dump(mode="json"),
             best_epoch=int(best["best_epoch"]),
             val_auc=float(best["val_auc"]),
             val_loss=float(best["val_loss"]),

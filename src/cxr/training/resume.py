@@ -18,7 +18,7 @@ import hashlib
 import json
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,7 @@ def config_hash(cfg, data_version: str, world_size: int = 1) -> str:
     """The key a resume state is written under: the RunConfig, the data and, beyond one process, the world
     size (it shapes every batch, so a state is exact only for the same one)."""
     payload = {
-        "run": asdict(cfg),
+        "run": cfg.model_dump(mode="json"),
         "data_version": data_version,
         **({"world_size": world_size} if world_size > 1 else {}),
     }

@@ -1,0 +1,214 @@
+"""The machinery of the typed params tree (:mod:`cxr.config` holds the tree itself): the
+:class:`Section` base every section model derives from, :func:`parse` and the translation of
+pydantic's errors into one :class:`ConfigError` whose message names the key, what was found and what
+was expected, and :func:`read_yaml`, which refuses what DVC refuses (a key given twice) and names the
+line of bad YAML.
+"""
+
+from __future__ import annotations
+
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic_core import ErrorDetails
+
+S = TypeVar("S", bound="Section")
+
+
+class ConfigError(ValueError):
+    """A params.yaml value is missing, unknown or of the wrong type; ``problems`` lists each one."""
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.problems = problems or [message]
+
+
+class Section(BaseModel):
+    """A section of params.yaml (or a nested part of one): unknown keys refused, values converted the way
+    ``dvc exp run -S`` writes them. Built from params with :func:`parse`, whose errors name the key
+    (calling the class directly, as code does with known values, raises pydantic's ValidationError)."""
+
+    model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True, validate_by_name=True)
+
+    def replace(self: S, **changes: Any) -> S:
+        """A copy with ``changes``, validated again."""
+        return parse(type(self), {**self.model_dump(), **changes})
+
+
+def parse(cls: type[S], data: Any, where: str = "") -> S:
+    """``cls`` from ``data`` (a mapping, or None for all defaults); errors name ``where``.key."""
+    try:
+        return cls.model_validate({} if data is None else data)
+    except ValidationError as exc:
+        raise config_error(exc, cls, where) from None
+
+
+def section(params: dict[str, Any], name: str, cls: type[S]) -> S:
+    """The model of top-level section ``name`` of ``params``."""
+    return parse(cls, params.get(name) or {}, name)
+
+
+# --------------------------------------------------------------------------------------------
+# pydantic's errors -> one message a user can act on
+# --------------------------------------------------------------------------------------------
+
+_EXPECTED = {
+    "int": "an integer",
+    "float": "a number",
+    "bool": "true or false",
+    "string": "a string",
+    "list": "a list",
+    "tuple": "a list",
+    "dict": "a mapping",
+    "model": "a mapping",
+}
+
+
+def config_error(exc: ValidationError, cls: type[BaseModel], where: str) -> ConfigError:
+    """One ConfigError for all of ``exc``'s errors, each naming its key; unknown keys grouped per section."""
+    messages: list[str] = []
+    unknown: dict[tuple[Any, ...], list[str]] = {}
+    for err in exc.errors(include_url=False):
+        if err["type"] == "extra_forbidden":
+            unknown.setdefault(err["loc"][:-1], []).append(str(err["loc"][-1]))
+            continue
+        messages.append(_message(err, cls, where))
+    for parent, keys in unknown.items():
+        model = _model_at(cls, parent)
+        valid = sorted(model.model_fields) if model else []
+        messages.insert(
+            0, f"{_path(where, parent) or cls.__name__}: unknown key(s) {sorted(keys)}; valid keys are {valid}"
+        )
+    problems = list(dict.fromkeys(messages))
+    return ConfigError("; ".join(problems), problems)
+
+
+def _path(where: str, loc: tuple[Any, ...]) -> str:
+    out = where
+    for part in loc:
+        out = f"{out}[{part}]" if isinstance(part, int) else (f"{out}.{part}" if out else str(part))
+    return out
+
+
+def _message(err: ErrorDetails, cls: type[BaseModel], where: str) -> str:
+    loc, kind, ctx = err["loc"], err["type"], err.get("ctx") or {}
+    path = _path(where, loc) or where or cls.__name__
+    found = err.get("input")
+    if kind == "value_error":  # a validator's own sentence, written to follow the key
+        text = str(ctx.get("error", err["msg"]))
+        if not loc:
+            return f"{where}: {text}" if where else text
+        return f"{path} {text}" if text.startswith("must") else f"{path}: {text}"
+    if kind == "literal_error":
+        choices = [str(c) for c in _literal_choices(cls, loc)]
+        return f"{path}: expected {_either(choices)}, found {found!r}"
+    bounds = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
+    if kind in bounds:
+        limit = next(iter(ctx.values()))
+        return f"{path} must be {bounds[kind]} {limit}, found {found!r}"
+    if kind == "missing":
+        return f"{path}: missing"
+    if kind in ("too_short", "too_long"):
+        return f"{path}: expected {ctx.get('max_length') or ctx.get('min_length')} values, found {found!r}"
+    head = kind.split("_")[0]
+    if head in _EXPECTED:
+        return f"{path}: expected {_EXPECTED[head]}, found {found!r}"
+    return f"{path}: {err['msg']}, found {found!r}"
+
+
+def _either(choices: list[str]) -> str:
+    return choices[0] if len(choices) == 1 else f"{', '.join(choices[:-1])} or {choices[-1]}"
+
+
+def _model_at(cls: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The section model found at ``loc`` below ``cls`` (None where loc leaves the models); the keys of a
+    mapping of sections (``models.<name>``) are stepped over."""
+    model: type[BaseModel] | None = cls
+    parts = list(loc)
+    while parts and model is not None:
+        part = parts.pop(0)
+        if part not in model.model_fields:
+            return None
+        annotation = model.model_fields[part].annotation
+        if typing.get_origin(annotation) is dict and parts:
+            parts.pop(0)  # the mapping's key
+        inner = [t for t in _flatten_type(annotation) if isinstance(t, type)]
+        model = next((t for t in inner if issubclass(t, BaseModel)), None)
+    return model
+
+
+def _flatten_type(tp: Any) -> list[Any]:
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) is Annotated:
+        return _flatten_type(args[0])
+    return [a for arg in args for a in _flatten_type(arg)] if args else [tp]
+
+
+def _literal_choices(cls: type[BaseModel], loc: tuple[Any, ...]) -> list[Any]:
+    """The allowed values of the Literal field at ``loc``; "null" first where None is allowed too."""
+    loc = tuple(p for p in loc if not isinstance(p, int))  # a list item: the list's field
+    model = _model_at(cls, loc[:-1])
+    field = model.model_fields.get(str(loc[-1])) if model else None
+    if field is None:
+        return []
+    tps = [field.annotation]
+    choices: list[Any] = []
+    while tps:
+        tp = tps.pop(0)
+        if tp is type(None):
+            choices.insert(0, "null")
+        elif typing.get_origin(tp) is Literal:
+            choices += list(typing.get_args(tp))
+        else:
+            tps += list(typing.get_args(tp))
+    return choices
+
+
+# --------------------------------------------------------------------------------------------
+# Loading the file
+# --------------------------------------------------------------------------------------------
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping: PyYAML keeps the last one without a
+    word (`lr: 0.1` ... `lr: 0.001` trains with 0.001), where DVC refuses the file."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[str, Any] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.setdefault(key, key_node.start_mark.line + 1)
+            except TypeError:  # an unhashable key: construct_mapping reports it
+                continue
+            if first != key_node.start_mark.line + 1:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice in one mapping (first on line {first})", key_node.start_mark
+                )
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(path: str | Path) -> Any:
+    """A YAML file (params.yaml, a configs/ recipe) as Python data; bad YAML is a ConfigError naming the line."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"params file not found: {path} (run from the repository root, or pass --params)")
+    try:
+        return yaml.load(path.read_text(encoding="utf-8"), Loader=_StrictLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path} line {mark.line + 1}, column {mark.column + 1}" if mark else str(path)
+        problem = getattr(exc, "problem", None) or str(exc)
+        hint = (
+            "Fix: YAML indents with spaces only; replace the tabs"
+            if "\\t" in problem or "tab" in problem
+            else "Fix: keep one of them"
+            if "appears twice" in problem
+            else "Fix: correct the YAML there (an unclosed quote or bracket, a missing colon, bad indentation)"
+        )
+        raise ConfigError(f"{where}: not valid YAML: {' '.join(problem.split())}. {hint}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8") from None
