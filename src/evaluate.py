@@ -108,9 +108,7 @@ def main(argv=None) -> int:
     if tracker.active and run_id is None:
         print(f"[{args.model}] training run not found in MLflow; logging the evaluation to a new run")
     with attach_run(tracker, run_id, f"{args.model}-evaluate", tags={"model": args.model, "evaluated": "true"}):
-        tracker.log_metrics(result.flat_metrics())
-        for set_name, r in external.items():
-            tracker.log_metrics(r.flat_metrics(prefix=f"{set_name}_"))
+        log_evaluation(tracker, result, external, args.external)
         for name, fig in figs.items():  # the PNG as written: MLflow's log_figure would render it again
             tracker.log_artifact(save_figure(fig, Path(args.figures) / f"{name}.png"), "eval")
         tracker.log_artifact(args.metrics, "eval")
@@ -133,6 +131,23 @@ def main(argv=None) -> int:
             f"AUC {at['roc_auc']['value']:.3f} [{at['roc_auc']['ci_low']:.3f}, {at['roc_auc']['ci_high']:.3f}]"
         )
     return 0
+
+
+# The evaluation's single values charted in the training run: the headline ones, per set. Every metric
+# with its CI is the table artifact eval/metrics_table.json (and the metrics JSON).
+HEADLINE = ("roc_auc", "balanced_accuracy", "sensitivity", "specificity")
+
+
+def log_evaluation(tracker, result, external: dict, external_dir: str | None) -> None:
+    """The test and external results into the training run: a few charts, one table, the external sets as
+    dataset inputs (the test split is one already, logged by train)."""
+    sets = {"test": result, **external}
+    tracker.log_metrics({f"{name}_{k}": r.flat_metrics(prefix="")[k] for name, r in sets.items() for k in HEADLINE})
+    rows = [{"set": name, "metric": k, "value": v} for name, r in sets.items() for k, v in r.flat_metrics("").items()]
+    tracker.log_table(rows, "eval/metrics_table.json")
+    index = load_index(external_dir) if external_dir else {}
+    for name in external:
+        tracker.log_dataset(name, f"{external_dir}/{name}", str(index[name].get("data_version", "")), "external")
 
 
 def evaluate_external_sets(args, model, card: checkpoint.ModelCard, cfg: EvaluateConfig, device) -> dict:

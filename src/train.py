@@ -123,6 +123,17 @@ def main(argv=None) -> int:
         return train(args, params, run_cfg, device)
 
 
+# The training run's single values in MLflow (its charts): the rest are per-epoch curves.
+FINAL_METRICS = ("best_epoch", "val_auc", "val_loss", "threshold")
+
+
+def log_splits(tracker, cache: str, data_version: str) -> None:
+    """The splits a run learns from, chooses on and is tested on, as MLflow dataset inputs: the DVC path as
+    source and the DVC data version as digest, so runs on other data show other datasets."""
+    for split, context in (("train", "training"), ("val", "validation"), ("test", "testing")):
+        tracker.log_dataset(split, f"{cache}/{split}_images.npy", data_version, context)
+
+
 def train(args: argparse.Namespace, params: dict, run_cfg, device: torch.device) -> int:
     """One process's part of the stage; every output and the MLflow run come from rank 0 only."""
     main_rank = distributed.is_main()
@@ -161,7 +172,8 @@ def train(args: argparse.Namespace, params: dict, run_cfg, device: torch.device)
 
 
 def _fit_and_write(args, run_cfg, device, train, val, info, tracker, tags, mlflow_cfg, fit_opts, main_rank) -> int:
-    with tracker.start_run(run_name=run_name(args.model), tags=tags):
+    with tracker.start_run(run_name=run_name(args.model), tags=tags, system_metrics=True):
+        log_splits(tracker, args.cache, info.get("data_version", ""))
         result = fit(
             run_cfg,
             (train.images, train.labels),
@@ -189,11 +201,10 @@ def _fit_and_write(args, run_cfg, device, train, val, info, tracker, tags, mlflo
         )
         curves = save_figure(fig, Path(args.figures) / "curves.png")
 
-        # The kept epoch's validation metrics under best_* names, beside the per-epoch val_* curves.
-        tracker.log_metrics(
-            {(f"best_{k}" if k.startswith("val_") else k): v for k, v in metrics.items() if isinstance(v, (int, float))}
-        )
-        tracker.log_metrics(result.timings())  # timings: MLflow and the log only, never a DVC output
+        # Beside the per-epoch curves, a handful of final values: the kept epoch and its threshold. The
+        # rest of the kept epoch's validation metrics is the metrics file, logged as a table.
+        tracker.log_metrics({f"best_{k}" if k.startswith("val_") else k: metrics[k] for k in FINAL_METRICS})
+        tracker.log_table([{"metric": k, "value": v} for k, v in metrics.items()], "validation_metrics.json")
         tracker.log_artifact(curves)  # the PNG as written: MLflow's log_figure would render it again
         tracker.log_artifact(Path(args.out) / checkpoint.META_FILE)
         tracker.log_artifact(args.history)

@@ -63,8 +63,33 @@ def test_train_stage_end_to_end(workdir, repo_root):
     (run,) = client.search_runs([exp.experiment_id])
     assert run.info.run_name == "cnn" and run.data.params["image_size"] == "16"
     assert len(client.get_metric_history(run.info.run_id, "train_loss")) == 2
-    assert "best_val_auc" in run.data.metrics and run.data.metrics["seconds_per_epoch"] > 0
     assert len(client.get_metric_history(run.info.run_id, "seconds")) == 2  # per-epoch timings: MLflow only
+    # What the "Model metrics" tab charts: the per-epoch curves, four final values, the system metrics.
+    curves = {
+        "train_loss",
+        "train_acc",
+        "val_loss",
+        "val_acc",
+        "val_auc",
+        "scheduled_lr",
+        "seconds",
+        "train_images_per_s",
+    }
+    finals = {"best_epoch", "best_val_auc", "best_val_loss", "threshold"}
+    system = {k for k in run.data.metrics if k.startswith("system/")}
+    assert set(run.data.metrics) - system == curves | finals
+    assert "system/cpu_utilization_percentage" in system and "system/system_memory_usage_megabytes" in system
+    steps = {m.step for m in client.get_metric_history(run.info.run_id, "train_images_per_s")}
+    assert steps == {1, 2}  # no stray point at step 0
+    # The splits as dataset inputs, named, with the cache's data version as digest.
+    meta = json.loads((workdir / "models/cnn/model.json").read_text())
+    inputs = {d.dataset.name: d for d in run.inputs.dataset_inputs}
+    assert set(inputs) == {"train", "val", "test"}
+    assert {d.dataset.digest for d in inputs.values()} == {meta["data_version"][:32]}
+    assert json.loads(inputs["train"].dataset.source)["uri"].endswith("train_images.npy")
+    assert {t.value for t in inputs["val"].tags if t.key == "mlflow.data.context"} == {"validation"}
+    tables = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert "validation_metrics.json" in tables
     arts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"curves.png", "model.json"} <= arts
 

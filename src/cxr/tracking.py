@@ -17,11 +17,10 @@ A tracking server that cannot be reached costs nothing but a warning: the tracke
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import subprocess
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -90,36 +89,7 @@ def run_tags(model: str, data_version: str = "", device: str = "") -> dict:
     return tags
 
 
-def param_value(value: Any) -> Any:
-    """A run parameter as it is logged to MLflow, and compared with a model card's: None -> '', a
-    mapping (models.<name>.options) -> its JSON; numbers and strings as they are."""
-    if value is None:
-        return ""
-    if isinstance(value, dict):
-        return json.dumps(value, sort_keys=True)
-    return value
-
-
-# A nested section of the run configuration -> the prefix of its keys among the flat MLflow params.
-PARAM_PREFIXES = {"augment": "aug_"}
-
-
-def flat_params(params: Mapping[str, Any]) -> dict[str, Any]:
-    """The run configuration (nested, as a RunConfig or a model card holds it) as MLflow's flat params:
-    ``augment.gamma`` -> ``aug_gamma_min`` and ``aug_gamma_max``, ``augment.hflip_p`` -> ``aug_hflip_p``,
-    other values through :func:`param_value`. The one place the configuration is flattened."""
-    out: dict[str, Any] = {}
-    for key, value in params.items():
-        prefix = PARAM_PREFIXES.get(key)
-        if prefix is None or not isinstance(value, Mapping):
-            out[key] = param_value(value)
-            continue
-        for sub, v in value.items():
-            if isinstance(v, (list, tuple)) and len(v) == 2:  # a (low, high) range
-                out[f"{prefix}{sub}_min"], out[f"{prefix}{sub}_max"] = v
-            else:
-                out[f"{prefix}{sub}"] = param_value(v)
-    return out
+SYSTEM_METRICS_INTERVAL_S = 2.0  # MLflow's default (10 s) gives a demo run of 20 s two points
 
 
 # What the experiment holds, for MLflow 3's UI. In 3.17 the UI's GenAI / Model training switch (the URL's
@@ -134,7 +104,7 @@ class Tracker(Protocol):
     active: bool
 
     def start_run(
-        self, run_name: str, tags: dict | None = None, nested: bool = False
+        self, run_name: str, tags: dict | None = None, nested: bool = False, system_metrics: bool = False
     ) -> contextlib.AbstractContextManager[Any]: ...
 
     def log_params(self, params: dict) -> None: ...
@@ -142,6 +112,10 @@ class Tracker(Protocol):
     def log_metrics(self, metrics: dict, step: int | None = None) -> None: ...
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None: ...
+
+    def log_table(self, rows: list[dict], artifact_file: str) -> None: ...
+
+    def log_dataset(self, name: str, source: str, digest: str, context: str) -> None: ...
 
     def log_model(
         self, model, *, input_example=None, signature=None, name: str = "model", image_size: int | None = None
@@ -161,7 +135,9 @@ class NullTracker:
     active = False
 
     @contextlib.contextmanager
-    def start_run(self, run_name: str, tags: dict | None = None, nested: bool = False) -> Iterator[None]:
+    def start_run(
+        self, run_name: str, tags: dict | None = None, nested: bool = False, system_metrics: bool = False
+    ) -> Iterator[None]:
         yield None
 
     def log_params(self, params: dict) -> None: ...
@@ -169,6 +145,10 @@ class NullTracker:
     def log_metrics(self, metrics: dict, step: int | None = None) -> None: ...
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None: ...
+
+    def log_table(self, rows: list[dict], artifact_file: str) -> None: ...
+
+    def log_dataset(self, name: str, source: str, digest: str, context: str) -> None: ...
 
     def log_model(
         self, model, *, input_example=None, signature=None, name: str = "model", image_size: int | None = None
@@ -245,17 +225,24 @@ class MlflowTracker:
         return self._run.info.run_id if self._run is not None else None
 
     @contextlib.contextmanager
-    def start_run(self, run_name: str, tags: dict | None = None, nested: bool = False) -> Iterator[Any]:
+    def start_run(
+        self, run_name: str, tags: dict | None = None, nested: bool = False, system_metrics: bool = False
+    ) -> Iterator[Any]:
+        """A run; ``system_metrics``: MLflow samples CPU, memory (and GPU, with pynvml) every
+        SYSTEM_METRICS_INTERVAL_S seconds into system/* metrics while it lasts (training runs)."""
         mlflow = self._mlflow
         run = None
         if self.active:
             try:
                 mlflow.set_tracking_uri(self.uri)
+                if system_metrics:
+                    mlflow.set_system_metrics_sampling_interval(SYSTEM_METRICS_INTERVAL_S)
                 run = mlflow.start_run(
                     run_name=run_name,
                     experiment_id=self.experiment_id,
                     tags={k: str(v) for k, v in (tags or {}).items()},
                     nested=nested,
+                    log_system_metrics=system_metrics,
                 )
             except Exception as exc:
                 self._degrade("start_run", exc)
@@ -329,6 +316,33 @@ class MlflowTracker:
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         if self.run_id:
             self._safe("log_artifact", self._client.log_artifact, self.run_id, str(path), artifact_path)
+
+    def log_table(self, rows: list[dict], artifact_file: str) -> None:
+        """Numbers that belong together (a metric with its CI, per set) as one table artifact, which the
+        UI shows as a table, instead of a chart each."""
+        if self.run_id:
+            import pandas as pd
+
+            self._safe("log_table", self._client.log_table, self.run_id, pd.DataFrame(rows), artifact_file)
+
+    def log_dataset(self, name: str, source: str, digest: str, context: str) -> None:
+        """A dataset input of the run (the run page's Datasets, the runs table's Dataset column): ``source``
+        the DVC path, ``digest`` the DVC data version, so runs on other data show other digests."""
+        if not self.run_id:
+            return
+        from mlflow.data.dataset_source_registry import resolve_dataset_source
+        from mlflow.data.meta_dataset import MetaDataset
+        from mlflow.entities import DatasetInput, InputTag
+
+        def log(run_id: str) -> None:
+            with warnings.catch_warnings():  # "can be interpreted in multiple ways": two local-file sources
+                warnings.simplefilter("ignore", UserWarning)
+                src = resolve_dataset_source(source)
+            ds = MetaDataset(src, name=name, digest=digest[:32] or "unknown")  # type: ignore[abstract]
+            tags = [InputTag("mlflow.data.context", context)]
+            self._client.log_inputs(run_id, datasets=[DatasetInput(ds._to_mlflow_entity(), tags)])
+
+        self._safe("log_dataset", log, self.run_id)
 
     def log_model(
         self, model, *, input_example=None, signature=None, name: str = "model", image_size: int | None = None

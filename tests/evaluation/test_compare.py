@@ -268,6 +268,9 @@ def test_registers_the_validation_winner_from_its_training_run(tmp_path, monkeyp
     assert client.get_run(run_ids["cnn"]).data.tags["registered_model"] == f"cxr-test/{v.version}"
     assert "data version v1" in v.description and "ROC-AUC 0.800 (0.770-0.830)" in v.description
     assert "threshold" in v.description
+    # The registered model says what it is; the version's source model is named after the architecture.
+    assert "Pediatric chest X-ray classifier" in client.get_registered_model("cxr-test").description
+    assert client.get_logged_model(v.source.removeprefix("models:/")).name == "cnn-pyfunc"
     compare_run = [r for r in client.search_runs([tracker.experiment_id]) if r.data.tags.get("stage") == "compare"][0]
     import base64
     import io

@@ -207,3 +207,44 @@ def test_external_sets_are_scored_at_the_cards_threshold(trained, tmp_path, monk
     write_cache(ext / "shifted", {"test": toy(26, 7, size=24)})
     with pytest.raises(FileNotFoundError, match=r"decoded at 24 px, the model at 20 px: run `dvc repro external`"):
         stage.main(argv(ext))
+
+
+class _Scored:
+    """What log_evaluation reads of an EvalResult: its flat metrics."""
+
+    def __init__(self, auc: float):
+        self.auc = auc
+
+    def flat_metrics(self, prefix: str = "test_") -> dict[str, float]:
+        m = {"threshold": 0.4, "roc_auc": self.auc, "roc_auc_ci_low": self.auc - 0.05, "balanced_accuracy": 0.8}
+        m |= {"sensitivity": 0.9, "specificity": 0.7, "at_0.5_accuracy": 0.75}
+        return {f"{prefix}{k}": v for k, v in m.items()}
+
+
+def test_evaluation_charts_a_few_values_and_tables_the_rest(tmp_path):
+    """The training run's metrics tab: four headline values per set, not every CI; the rest in one table;
+    the external sets as dataset inputs with their own data version."""
+    from mlflow import MlflowClient
+
+    from cxr.tracking import MlflowTracker
+
+    (tmp_path / "ext").mkdir()
+    (tmp_path / "ext" / "index.json").write_text(json.dumps({"site_b": {"total": 9, "data_version": "abc123"}}))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = MlflowTracker("eval-log", uri)
+    with tracker.start_run("cnn"):
+        load_stage("evaluate").log_evaluation(tracker, _Scored(0.9), {"site_b": _Scored(0.8)}, str(tmp_path / "ext"))
+        run_id = tracker.run_id
+    client = MlflowClient(tracking_uri=uri)
+    run = client.get_run(run_id)
+    headline = ("roc_auc", "balanced_accuracy", "sensitivity", "specificity")
+    assert set(run.data.metrics) == {f"{s}_{k}" for s in ("test", "site_b") for k in headline}
+    assert run.data.metrics["site_b_roc_auc"] == pytest.approx(0.8)
+    local = client.download_artifacts(run_id, "eval/metrics_table.json", str(tmp_path))
+    table = json.loads(open(local).read())
+    rows = [dict(zip(table["columns"], r)) for r in table["data"]]
+    assert len(rows) == 2 * 7 and {r["set"] for r in rows} == {"test", "site_b"}
+    assert any(r["metric"] == "roc_auc_ci_low" and r["value"] == pytest.approx(0.85) for r in rows)
+    (ext,) = run.inputs.dataset_inputs
+    assert ext.dataset.name == "site_b" and ext.dataset.digest == "abc123"
+    assert {t.value for t in ext.tags if t.key == "mlflow.data.context"} == {"external"}

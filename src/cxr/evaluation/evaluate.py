@@ -350,7 +350,7 @@ def find_training_run(tracker, card: ModelCard) -> str | None:
             stacklevel=2,
         )
         return None
-    from cxr.tracking import flat_params
+    from cxr.training.run_config import flat_params
 
     want = {k: str(v) for k, v in flat_params(card.train_params).items()}
     for run in runs:

@@ -58,6 +58,15 @@ def decide(candidate: dict, champion: dict | None, metric: str, promote: str = "
     return False, f"{metric} {new:.4f} does not beat the champion's {old:.4f}"
 
 
+REGISTERED_DESCRIPTION = (
+    "Pediatric chest X-ray classifier: P(PNEUMONIA) from one frontal radiograph, PNEUMONIA at or above the "
+    "threshold chosen on validation (each version's description and `threshold` tag). Versions are "
+    "registered by the pipeline's compare stage, one per run, with their test and external results; "
+    "@champion is the best on validation for its data version (compare.promote). Models trained on the "
+    "synthetic default demonstrate the pipeline, not medicine."
+)
+
+
 def _champion(client, name: str, alias: str, metric: str) -> dict | None:
     from mlflow.exceptions import MlflowException
 
@@ -112,7 +121,7 @@ def register_candidate(
     source_run = training_run_id or tracker.run_id
     try:
         with mlflow.start_run(run_id=source_run, nested=mlflow.active_run() is not None):
-            uri = log_pyfunc_model(checkpoint_dir, name="registered").model_uri
+            uri = log_pyfunc_model(checkpoint_dir, name=f"{card.name}-pyfunc").model_uri
         tags = {
             "model": card.name,
             "data_version": card.data_version,
@@ -126,6 +135,8 @@ def register_candidate(
                 {"data_version": card.data_version, "value": value}, champion, select_metric, promote
             )
             mv = mlflow.register_model(uri, registered_name, tags=tags)
+            if not client.get_registered_model(registered_name).description:
+                client.update_registered_model(registered_name, description=REGISTERED_DESCRIPTION)
             client.update_model_version(registered_name, mv.version, description=description)
             if promoted:
                 client.set_registered_model_alias(registered_name, alias, mv.version)

@@ -8,6 +8,8 @@ params.yaml and the model card).
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import ConfigDict, Field
@@ -26,7 +28,38 @@ from cxr.config import (
 from cxr.metric_names import SelectMetric
 from cxr.models import check_image_size, check_options, get_entry, list_models
 from cxr.schema import Section, parse
-from cxr.tracking import flat_params
+
+
+def param_value(value: Any) -> Any:
+    """A run parameter as it is logged to MLflow, and compared with a model card's: None -> '', a
+    mapping (models.<name>.options) -> its JSON; numbers and strings as they are."""
+    if value is None:
+        return ""
+    if isinstance(value, dict):
+        return json.dumps(value, sort_keys=True)
+    return value
+
+
+# A nested section of the run configuration -> the prefix of its keys among the flat MLflow params.
+PARAM_PREFIXES = {"augment": "aug_"}
+
+
+def flat_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    """The run configuration (nested, as a RunConfig or a model card holds it) as MLflow's flat params:
+    ``augment.gamma`` -> ``aug_gamma_min`` and ``aug_gamma_max``, ``augment.hflip_p`` -> ``aug_hflip_p``,
+    other values through :func:`param_value`. The one place the configuration is flattened."""
+    out: dict[str, Any] = {}
+    for key, value in params.items():
+        prefix = PARAM_PREFIXES.get(key)
+        if prefix is None or not isinstance(value, Mapping):
+            out[key] = param_value(value)
+            continue
+        for sub, v in value.items():
+            if isinstance(v, (list, tuple)) and len(v) == 2:  # a (low, high) range
+                out[f"{prefix}{sub}_min"], out[f"{prefix}{sub}_max"] = v
+            else:
+                out[f"{prefix}{sub}"] = param_value(v)
+    return out
 
 
 class RunConfig(Section):
