@@ -8,6 +8,7 @@ card = card_for(model, threshold=0.3)        # a ModelCard with neutral defaults
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -174,3 +175,9 @@ def write_dicom(
         ds.preamble = None
         ds.save_as(path, implicit_vr=False, little_endian=True)
     return path
+
+
+def cells(markdown: str) -> str:
+    """A markdown text with its tables' padding collapsed: `| 16    | 0.001 |` -> `| 16 | 0.001 |`, so
+    tests read cells, not column widths."""
+    return re.sub(r"(?<=\|) +| +(?=\|)", " ", markdown)

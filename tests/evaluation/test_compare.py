@@ -13,6 +13,7 @@ import yaml
 from cxr.evaluation import compare as C
 from cxr.metrics import CI_METRICS
 from pipeline_repo import load_stage
+from toydata import cells
 
 
 def fake_eval(test_auc: float, acc: float, n: int = 624) -> dict:
@@ -93,7 +94,7 @@ def test_results_markdown_reads_like_a_results_section():
         }
     )
     sweep = {"model": "resnet50", "select_metric": "val_auc", "best": {"batch_size": 16, "lr": 1e-3, "val_auc": 0.9}}
-    md = C.results_markdown(t, eval_metrics=EVAL, sweep_summary=sweep, sweep_table=sweep_table)
+    md = cells(C.results_markdown(t, eval_metrics=EVAL, sweep_summary=sweep, sweep_table=sweep_table))
     assert md.startswith("# Results")
     assert "62.5 %" in md  # the always-PNEUMONIA baseline
     assert "| **cnn** |" in md and "75.0 (72.0–78.0)" in md
@@ -337,7 +338,7 @@ def test_external_sets_get_a_table_with_the_gap_a_headline_column_and_a_figure(t
     head = json.loads((tmp_path / "metrics/headline.json").read_text())
     assert head["ext"]["kermany_a"]["auc"] == {"cnn": 0.7, "vit": 0.95, "vgg16": 0.52}
     assert head["ext"]["kermany_a"]["acc"]["cnn"] == 0.66
-    md = (tmp_path / "reports/results.md").read_text()
+    md = cells((tmp_path / "reports/results.md").read_text())
     assert "## External validation: kermany_a" in md and "324 images (114 NORMAL, 210 PNEUMONIA)" in md
     # cnn: internal 0.800, external 0.700 (0.670-0.730), gap -0.100; the sweep table is renumbered after it.
     assert "| **cnn** | 0.420 | 0.800 | 0.700 (0.670–0.730) | -0.100 |" in md

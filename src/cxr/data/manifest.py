@@ -32,6 +32,7 @@ from typing import Optional
 
 import numpy as np
 import pandas as pd
+from tabulate import tabulate
 
 from cxr import CLASSES, SPLITS
 from cxr.config import SplitConfig
@@ -389,10 +390,11 @@ def split_metrics(manifest: pd.DataFrame, quarantine: pd.DataFrame, duplicates: 
 
 def summary_table(metrics: dict) -> str:
     """A short plain-text table of :func:`split_metrics` for the console."""
-    lines = [f"{'split':<6} {'NORMAL':>7} {'PNEUMONIA':>9} {'total':>6} {'patients':>8}"]
-    for s in SPLITS:
-        c = metrics["images"][s]
-        lines.append(f"{s:<6} {c['NORMAL']:>7} {c['PNEUMONIA']:>9} {c['total']:>6} {metrics['patients'][s]:>8}")
+    rows = [
+        [s, *(metrics["images"][s][k] for k in ("NORMAL", "PNEUMONIA", "total")), metrics["patients"][s]]
+        for s in SPLITS
+    ]
+    lines = [tabulate(rows, headers=["split", "NORMAL", "PNEUMONIA", "total", "patients"], tablefmt="plain")]
     lines.append(
         f"shared patients: {metrics['shared_patients']}   duplicates removed: {metrics['duplicates_removed']} "
         f"({metrics['duplicates_cross_split']} across splits; "

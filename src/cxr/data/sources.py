@@ -39,6 +39,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tabulate import tabulate
+
 from cxr import CLASSES, SPLITS
 from cxr.config import DataConfig
 from cxr.data import SourceError
@@ -61,17 +63,10 @@ class FetchReport:
 
     def table(self) -> str:
         """The counts as a small aligned text table (split rows, class columns, totals)."""
-        head = f"{'split':<7}" + "".join(f"{c:>11}" for c in CLASSES) + f"{'total':>9}"
-        rows = [head]
-        for split in SPLITS:
-            per = self.counts.get(split, {})
-            rows.append(f"{split:<7}" + "".join(f"{per.get(c, 0):>11}" for c in CLASSES) + f"{sum(per.values()):>9}")
-        rows.append(
-            f"{'total':<7}"
-            + "".join(f"{sum(self.counts.get(s, {}).get(c, 0) for s in SPLITS):>11}" for c in CLASSES)
-            + f"{self.total:>9}"
-        )
-        return "\n".join(rows)
+        counts = [[self.counts.get(s, {}).get(c, 0) for c in CLASSES] for s in SPLITS]
+        rows: list[list[object]] = [[s, *c, sum(c)] for s, c in zip(SPLITS, counts)]
+        rows.append(["total", *(sum(col) for col in zip(*counts)), self.total])
+        return str(tabulate(rows, headers=["split", *CLASSES, "total"], tablefmt="plain"))
 
 
 def fetch(cfg: DataConfig, out_dir: Path, *, base_dir: Path = Path("."), progress: bool = True) -> FetchReport:

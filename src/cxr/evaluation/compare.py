@@ -212,12 +212,9 @@ def _with_ci(row, k: str, percent: bool) -> str:
 
 
 def markdown_table(df: pd.DataFrame) -> str:
-    """A GitHub-flavoured markdown table (no extra dependency such as tabulate)."""
-    cols = list(df.columns)
-    lines = ["| " + " | ".join(map(str, cols)) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    for _, r in df.iterrows():
-        lines.append("| " + " | ".join(str(r[c]) for c in cols) + " |")
-    return "\n".join(lines)
+    """A GitHub-flavoured markdown table (pandas' to_markdown, tabulate's pipe format), cells as written:
+    "1.000" stays "1.000" (no number parsing)."""
+    return str(df.to_markdown(index=False, disable_numparse=True))
 
 
 def sweep_markdown(sweep_table: pd.DataFrame, select_metric: str) -> str:
