@@ -44,6 +44,7 @@ from cxr.serving.imageio import (
     load_image,
     load_image_sized,
 )
+from cxr.stage import progress_bar
 from cxr.training.engine import predict_probabilities
 
 # probability = P(PNEUMONIA); warning: why the input may not be a chest radiograph (it is still predicted).
@@ -315,11 +316,7 @@ class Predictor:
             raise ValueError(f"{len(sources)} sources but {len(names)} names")
         cam_writer = _CamWriter(self, cam_dir) if cam_dir is not None else None
         rows: list[dict] = []
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=len(sources), desc="predict", unit="img", dynamic_ncols=True)
+        bar = progress_bar(total=len(sources), desc="predict", unit="img", enabled=progress)  # a terminal only
         try:
             for start in range(0, len(sources), batch_size):
                 chunk = range(start, min(start + batch_size, len(sources)))
@@ -351,11 +348,9 @@ class Predictor:
                         for row, path in zip(good, cam_writer.write(arr, [str(r["file"]) for r in good])):
                             row["cam"] = str(path)
                 rows += batch_rows
-                if bar is not None:
-                    bar.update(len(chunk))
+                bar.update(len(chunk))
         finally:
-            if bar is not None:
-                bar.close()
+            bar.close()
         cols = list(COLUMNS) + (["cam"] if cam_writer is not None else [])
         return pd.DataFrame(rows, columns=cols)
 
