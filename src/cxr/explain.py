@@ -198,7 +198,7 @@ def cam_figure(gray: np.ndarray, heatmap: np.ndarray, probability: float, label:
         return (x / width, pad / height, wide / width, ph / height)
 
     left, right = fig.add_axes(box(pad, pw)), fig.add_axes(box(2 * pad + pw, pw))
-    for ax, name in ((left, "original"), (right, "Grad-CAM: red = evidence for PNEUMONIA")):
+    for ax, name in ((left, "original"), (right, "Grad-CAM overlay")):
         ax.imshow(gray, cmap="gray", vmin=0, vmax=255, interpolation="antialiased")
         ax.set_axis_off()
         ax.set_title(name, fontsize=9)
@@ -208,7 +208,7 @@ def cam_figure(gray: np.ndarray, heatmap: np.ndarray, probability: float, label:
         cax.set_axis_off()
     else:
         shown = right.imshow(np.clip(heatmap, 0, 1), cmap="jet", vmin=0, vmax=1, alpha=0.45)
-        fig.colorbar(shown, cax=cax).set_label("Grad-CAM (0 none, 1 most)", fontsize=8)
+        fig.colorbar(shown, cax=cax).set_label("Grad-CAM: evidence for PNEUMONIA", fontsize=8)
     fig.suptitle(f"{label}: P(pneumonia) = {probability:.3f} (threshold {threshold:.3f})", fontsize=11)
     return fig
 
