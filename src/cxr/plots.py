@@ -139,7 +139,8 @@ def roc_figure(
     ax = axes[0, 0]
     _draw_roc(ax, fpr, tpr, label, auc, color=model_color(label))
     if operating_point is not None:
-        ax.scatter([operating_point[0]], [operating_point[1]], s=60, c="red", zorder=3, label="Chosen threshold")
+        op_x, op_y = [operating_point[0]], [operating_point[1]]  # black: red is vgg16's colour
+        ax.scatter(op_x, op_y, s=60, c="black", edgecolor="white", zorder=3, label="Chosen threshold")
     _roc_axes(ax, title)
     fig.tight_layout()
     return fig
