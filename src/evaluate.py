@@ -1,7 +1,7 @@
 """Stage evaluate@<model>: score a trained checkpoint on the test split, once, with bootstrap CIs.
 
     python src/evaluate.py --params params.yaml --model cnn --checkpoint models/cnn --cache data/cache \
-        --history plots/history/cnn.csv --predictions eval/cnn/predictions.csv \
+        --predictions eval/cnn/predictions.csv \
         --metrics metrics/eval/cnn.json --plots plots/eval/cnn --figures figures/eval/cnn
 
 (normally via ``dvc repro evaluate@cnn``). Reads ``evaluate`` and ``mlflow`` from params.yaml.
@@ -11,7 +11,8 @@ The decision threshold is the model card's (chosen at training on validation as
   --predictions  path, label, probability, predicted (one row per test image)
   --metrics      metrics at the validation threshold and at 0.5, each with its bootstrap CI
   --plots        confusion.csv (actual, predicted), roc.csv, pr.csv, calibration.csv (DVC plots)
-  --figures      confusion, roc, pr, calibration, training_curves, augmentation, gallery PNGs
+  --figures      confusion, roc, pr, calibration, augmentation, gallery PNGs (the training curves are
+                 the train stage's figures/train/<model>/curves.png, drawn once)
 
 and, for every external set of ``--external`` (stage external), the same metrics under ``external.<set>``
 in --metrics, its rows (with a ``set`` column) in --external-predictions and its ROC in
@@ -53,7 +54,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--model", required=True, help=f"registry name ({', '.join(list_models())})")
     p.add_argument("--checkpoint", required=True, help="train stage output folder (model.pt + model.json)")
     p.add_argument("--cache", default="data/cache", help="preprocess stage output")
-    p.add_argument("--history", default=None, help="train stage history CSV (for the training-curves figure)")
+    # Accepted and unused: the training curves are drawn by the train stage alone. Remove it together with
+    # `--history plots/history/${key}.csv` in dvc.yaml's evaluate command.
+    p.add_argument("--history", default=None, help=argparse.SUPPRESS)
     p.add_argument("--predictions", required=True, help="per-image predictions CSV")
     p.add_argument("--metrics", required=True, help="test metrics JSON, with CIs (git-tracked details)")
     p.add_argument("--plots", required=True, help="folder for the DVC plot CSVs")
@@ -90,14 +93,12 @@ def main(argv=None) -> int:
         result.tables[name].to_csv(plots_dir / f"{name}.csv", index=False, lineterminator="\n")
     write_external_tables(args, external)
 
-    history = pd.read_csv(args.history) if args.history and Path(args.history).is_file() else None
     figs = evaluation_figures(
         result,
         model,
         card,
         test_images=test.images,
         val_images=val.images,
-        history=history,
         cfg=cfg,
         device=device,
         external=external,

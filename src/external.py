@@ -11,7 +11,6 @@ logic lives in :mod:`cxr.data.external`.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from cxr.config import ConfigError, DataConfig, ExternalConfig, SplitConfig, load_params, section
@@ -21,7 +20,7 @@ from cxr.data.limits import ArchiveLimitError
 from cxr.data.manifest import ManifestError
 from cxr.data.sources import SourceError
 from cxr.files import write_metrics
-from cxr.stage import run_stage
+from cxr.stage import progress_enabled, run_stage
 
 ERRORS = (ConfigError, ExternalError, SourceError, ArchiveLimitError, ManifestError, CacheError, FileNotFoundError)
 
@@ -46,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.cache),
         Path(args.out),
         base_dir=Path.cwd(),
-        progress=sys.stderr.isatty() and not args.no_progress,
+        progress=progress_enabled(not args.no_progress),
     )
     write_metrics(args.metrics, metrics)
     if not metrics:

@@ -9,12 +9,11 @@ Reads only the `data:` section of params.yaml. Writes ``<out>/{train,val,test}/{
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from cxr.config import ConfigError, DataConfig, load_params, section
 from cxr.data.sources import SourceError, fetch
-from cxr.stage import run_stage
+from cxr.stage import progress_enabled, run_stage
 
 ERRORS = (SourceError, ConfigError)  # user-actionable (see cxr.stage)
 
@@ -27,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg = section(load_params(args.params), "data", DataConfig)
     # Relative data paths are relative to the repository root, where DVC runs the stage.
-    report = fetch(cfg, args.out, base_dir=Path.cwd(), progress=sys.stderr.isatty())
+    report = fetch(cfg, args.out, base_dir=Path.cwd(), progress=progress_enabled())
 
     print(f"fetch: source={report.source} -> {report.out_dir}")
     for note in report.notes:

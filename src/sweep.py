@@ -139,6 +139,7 @@ def run(args, cfg, base, info, train, val, test, mlflow_cfg, eval_cfg, devices) 
             result.matrix(cfg.select_metric, cfg.batch_sizes, lrs),
             metric=cfg.select_metric,
             selected=(b["batch_size"], b["lr"]),
+            diverged=result.diverged_matrix(cfg.batch_sizes, lrs),
             title=f"Sweep {cfg.model}, {cfg.epochs} epoch(s): {cfg.select_metric} (red box = selected on validation)",
         )
         tracker.log_metrics({f"best_{cfg.select_metric}": b[cfg.select_metric]})

@@ -198,6 +198,7 @@ def _fit_and_write(args, run_cfg, device, train, val, info, tracker, tags, mlflo
             pd.DataFrame(result.history),
             best_epoch=result.best["best_epoch"],
             title=f"{args.model}: training curves (kept epoch by {run_cfg.select_metric})",
+            acc_threshold=0.5,  # what engine.train_one_epoch / evaluate_loader count as a PNEUMONIA call
         )
         curves = save_figure(fig, Path(args.figures) / "curves.png")
 

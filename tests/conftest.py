@@ -75,3 +75,16 @@ def synthetic_raw(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("synthetic") / "raw"
     generate(out, SyntheticConfig(patients=40, max_images_per_patient=3, min_size=96, max_size=160, seed=1))
     return out
+
+
+@pytest.fixture
+def on_a_terminal(monkeypatch):
+    """Progress bars drawn as on a terminal (under pytest stderr is not one, so cxr.stage draws none)."""
+    import cxr.stage
+    import cxr.training.engine
+
+    def drawn(wanted: bool = True, stream=None) -> bool:
+        return bool(wanted)
+
+    monkeypatch.setattr(cxr.stage, "progress_enabled", drawn)
+    monkeypatch.setattr(cxr.training.engine, "progress_enabled", drawn)

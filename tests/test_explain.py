@@ -6,7 +6,17 @@ import numpy as np
 import pytest
 import torch
 
-from cxr.explain import grad_cam, overlay, target_layer
+from cxr.explain import (
+    NO_LOCALISATION,
+    cam_figure,
+    cam_to_image,
+    gallery_figure,
+    grad_cam,
+    is_flat,
+    overlay,
+    save_cam_figure,
+    target_layer,
+)
 from cxr.models import build_model, get_entry, list_models
 from cxr.models.resnet_small import BasicBlock
 from toydata import TINY_VIT
@@ -120,3 +130,59 @@ def test_overlay_is_rgb_uint8_at_image_size():
     assert out[-1, 0, 2] > out[-1, 0, 0]  # cold (bottom) is blue
     with pytest.raises(ValueError, match="grayscale"):
         overlay(np.zeros((4, 4, 3), np.uint8), heat)
+
+
+def _texts(fig) -> list[str]:
+    return [t.get_text() for ax in fig.axes for t in ax.texts]
+
+
+def test_gallery_figure_groups_by_outcome():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (4, 16, 16), dtype=np.uint8)
+    fig = gallery_figure(images, [1, 0, 0, 1], [0.9, 0.1, 0.8, 0.2], [1, 0, 1, 0], threshold=0.5)
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert [t.split(":")[0] for t in titles] == ["TP", "TN", "FP", "FN"]
+    assert "P(pneu) = 0.800" in titles[2]
+    overlays = rng.integers(0, 255, (4, 16, 16, 3), dtype=np.uint8)
+    fig = gallery_figure(images, [1, 1, 0, 1], [0.9, 0.7, 0.1, 0.2], [1, 1, 0, 0], overlays)
+    assert "Grad-CAM" in fig._suptitle.get_text()
+    assert "FP: none" in _texts(fig) and NO_LOCALISATION not in _texts(fig)
+
+
+def test_flat_cam_says_no_localisation_instead_of_a_blue_wash():
+    assert is_flat(np.zeros((7, 7))) and is_flat(np.full((7, 7), 0.4)) and not is_flat(np.eye(7))
+    images = np.full((2, 16, 16), 90, dtype=np.uint8)
+    heat = np.stack([np.zeros((8, 8)), np.eye(8)])  # ViT / VGG16 from scratch: an all-zero map
+    overlays = [None if is_flat(h) else overlay(img, h) for img, h in zip(images, heat)]
+    fig = gallery_figure(images, [1, 0], [0.9, 0.1], [1, 0], overlays)
+    tiles = [ax for ax in fig.axes if ax.get_title()]
+    assert [t.get_text() for t in tiles[0].texts] == [NO_LOCALISATION] and not tiles[1].texts
+    assert tiles[0].images[0].get_array().ndim == 2  # the plain grey image, no JET overlay
+    assert tiles[1].images[0].get_array().shape == (16, 16, 3)
+
+
+def test_cam_figure_at_the_image_resolution_with_colour_bar_and_title(tmp_path):
+    from PIL import Image
+
+    sizes = []
+    for h, w in ((120, 90), (360, 270)):
+        gray = np.tile(np.linspace(0, 255, w).astype(np.uint8), (h, 1))
+        heat = cam_to_image(np.eye(8, dtype=np.float32), gray.shape)
+        assert heat.shape == (h, w)
+        fig = cam_figure(gray, heat, 0.873, "PNEUMONIA", 0.5)
+        assert "PNEUMONIA" in fig._suptitle.get_text() and "0.873" in fig._suptitle.get_text()
+        assert any(ax.get_ylabel().startswith("Grad-CAM") for ax in fig.axes)  # the colour bar
+        with Image.open(save_cam_figure(fig, tmp_path / f"{h}.png")) as im:
+            sizes.append(im.size)
+    assert sizes[1][0] - sizes[0][0] == 2 * (270 - 90)  # two panels, each at the image's own width
+    assert sizes[1][1] - sizes[0][1] == 360 - 120
+    flat = cam_figure(np.zeros((40, 40), np.uint8), np.zeros((40, 40)), 0.1, "NORMAL", 0.5)
+    assert NO_LOCALISATION in _texts(flat)
+
+
+def test_cam_to_image_drops_the_letterbox_of_a_padded_cache():
+    heat = np.zeros((16, 16), np.float32)
+    heat[:4] = 1.0  # the black band above a wide image in a "pad" cache: the model saw nothing there
+    heat[4:12, :8] = 0.5
+    out = cam_to_image(heat, (50, 100), resize="pad")
+    assert out.shape == (50, 100) and out.max() <= 0.5 + 1e-6 and out[25, 10] == pytest.approx(0.5)

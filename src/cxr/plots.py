@@ -9,6 +9,7 @@ only where the caller says. The Agg backend is selected so figures render on hea
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -23,18 +24,28 @@ from matplotlib.figure import Figure  # noqa: E402
 from cxr import CLASSES  # noqa: E402
 
 DPI = 110
-OUTCOMES = ("TP", "TN", "FP", "FN")
-OUTCOME_TITLES = {
-    "TP": "True positives (PNEUMONIA called PNEUMONIA)",
-    "TN": "True negatives (NORMAL called NORMAL)",
-    "FP": "False positives (NORMAL called PNEUMONIA)",
-    "FN": "False negatives (PNEUMONIA called NORMAL)",
-}
 
 
 # The figures are git-tracked DVC outputs (cache: false), so a PNG must be a function of its data
 # only: no "Software" text chunk (a matplotlib upgrade alone would change every file's bytes).
 PNG_METADATA = {"Software": None}
+
+
+# One colour per model in every figure, whichever models ran: never a colour by position in a list.
+MODEL_COLORS = {
+    "cnn": "#1f77b4",
+    "resnet_small": "#ff7f0e",
+    "resnet50": "#2ca02c",
+    "vgg16": "#d62728",
+    "vit": "#9467bd",
+}
+# Other names (a tuned "resnet50-tuned", a new model) hash into colours none of the above uses (nor grey: chance).
+EXTRA_COLORS = ("#8c564b", "#e377c2", "#bcbd22", "#17becf", "#1b9e77", "#7570b3", "#e6ab02", "#a6761d")
+
+
+def model_color(name: str) -> str:
+    """The colour of model ``name`` in every figure: fixed for the known models, a stable hash otherwise."""
+    return MODEL_COLORS.get(name) or EXTRA_COLORS[zlib.crc32(name.encode()) % len(EXTRA_COLORS)]
 
 
 def save_figure(fig: Figure, path: str | Path, dpi: int = DPI) -> Path:
@@ -46,7 +57,7 @@ def save_figure(fig: Figure, path: str | Path, dpi: int = DPI) -> Path:
     return path
 
 
-def _figure(w: float, h: float, nrows: int = 1, ncols: int = 1, **kw):
+def figure_grid(w: float, h: float, nrows: int = 1, ncols: int = 1, **kw):
     fig, axes = plt.subplots(nrows, ncols, figsize=(w, h), dpi=DPI, squeeze=False, **kw)
     return fig, axes
 
@@ -68,7 +79,7 @@ def confusion_matrix_figure(
     rows = cm.sum(axis=1, keepdims=True)
     pct = np.divide(cm, rows, out=np.zeros(cm.shape), where=rows > 0) * 100
     annot = np.array([[f"{cm[i, j]}\n{pct[i, j]:.1f}% of row" for j in range(k)] for i in range(k)])
-    fig, axes = _figure(5.2, 4.4)
+    fig, axes = figure_grid(5.2, 4.6, layout="constrained")
     ax = axes[0, 0]
     import seaborn as sns  # here: 1 s to import, for two figures
 
@@ -88,8 +99,7 @@ def confusion_matrix_figure(
     )
     ax.set_xlabel("Predicted")
     ax.set_ylabel("Actual")
-    ax.set_title(f"{title} (n = {cm.sum()})")
-    fig.tight_layout()
+    fig.suptitle(f"{title}\n(n = {cm.sum()} images)")  # centred on the figure: clear of the colour bar
     return fig
 
 
@@ -98,7 +108,7 @@ def _draw_roc(ax, fpr, tpr, label: str, auc: float | None, **kw) -> None:
     ax.plot(fpr, tpr, lw=2, label=text, **kw)
 
 
-def _roc_axes(ax, title: str) -> None:
+def _roc_axes(ax, title: str, legend_below: bool = False) -> None:
     ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=1, label="Chance (AUC = 0.500)")
     ax.set_xlim(-0.01, 1.01)
     ax.set_ylim(-0.01, 1.01)
@@ -107,7 +117,10 @@ def _roc_axes(ax, title: str) -> None:
     ax.set_title(title)
     ax.set_aspect("equal")
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=9)
+    if legend_below:  # outside the axes: a legend in the corner would cover a poor model's curve
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), fontsize=8.5, frameon=False)
+    else:
+        ax.legend(loc="lower right", fontsize=9)
 
 
 def roc_figure(
@@ -118,15 +131,16 @@ def roc_figure(
     operating_point: tuple[float, float] | None = None,
     title: str = "ROC curve (test)",
 ) -> Figure:
-    """One ROC curve with its AUC in the legend and the chance diagonal.
+    """One ROC curve with its AUC in the legend and the chance diagonal, in the colour of model ``label``.
 
     ``operating_point`` = (fpr, tpr) at the chosen threshold, marked on the curve.
     """
-    fig, axes = _figure(5.2, 5.2)
+    fig, axes = figure_grid(5.2, 5.2)
     ax = axes[0, 0]
-    _draw_roc(ax, fpr, tpr, label, auc)
+    _draw_roc(ax, fpr, tpr, label, auc, color=model_color(label))
     if operating_point is not None:
-        ax.scatter([operating_point[0]], [operating_point[1]], s=60, c="red", zorder=3, label="Chosen threshold")
+        op_x, op_y = [operating_point[0]], [operating_point[1]]  # black: red is vgg16's colour
+        ax.scatter(op_x, op_y, s=60, c="black", edgecolor="white", zorder=3, label="Chosen threshold")
     _roc_axes(ax, title)
     fig.tight_layout()
     return fig
@@ -136,13 +150,16 @@ def roc_comparison_figure(curves: Mapping[str, tuple], title: str = "ROC curves 
     """Every model's ROC on one axes: ``curves`` maps model name -> (fpr, tpr, auc)."""
     if not curves:
         raise ValueError("no ROC curves to draw (are there plots/eval/*/roc.csv files?)")
-    fig, axes = _figure(6, 6)
+    fig, axes = figure_grid(6, 6)
     ax = axes[0, 0]
     for name, (fpr, tpr, auc) in curves.items():
-        _draw_roc(ax, fpr, tpr, name, auc)
+        _draw_roc(ax, fpr, tpr, name, auc, color=model_color(name))
     _roc_axes(ax, title)
     fig.tight_layout()
     return fig
+
+
+SET_STYLES = (("-", "o"), ("--", "s"), (":", "^"), ("-.", "D"))  # internal test, then each external set
 
 
 def shift_roc_figure(panels: Mapping[str, tuple], title: str = "Internal test vs external sets") -> Figure:
@@ -150,32 +167,35 @@ def shift_roc_figure(panels: Mapping[str, tuple], title: str = "Internal test vs
     of its (validation-chosen) threshold on each curve: how far a result moves under a change of data.
 
     ``panels``: model -> (threshold, {curve label -> (fpr, tpr, auc, (op_fpr, op_tpr))}); the first curve
-    is the internal test.
+    is the internal test. Each panel is drawn in its model's colour, one line style per set; the legends
+    sit under the panels (constrained layout: clear of the curves, the panel titles and the suptitle).
     """
     if not panels:
         raise ValueError("no models to draw")
     n = len(panels)
     ncols = min(n, 2)
     nrows = -(-n // ncols)
-    fig, axes = _figure(5.2 * ncols, 5.4 * nrows, nrows, ncols)
+    fig, axes = figure_grid(5.4 * ncols, 6.6 * nrows, nrows, ncols, layout="constrained")
     for ax in axes.flat[n:]:
         ax.set_visible(False)
     for ax, (model, (threshold, curves)) in zip(axes.flat, panels.items()):
+        color = model_color(model)
         for k, (label, (fpr, tpr, auc, (op_fpr, op_tpr))) in enumerate(curves.items()):
-            color = f"C{k}"
-            _draw_roc(ax, fpr, tpr, label, auc, color=color)
+            ls, marker = SET_STYLES[k % len(SET_STYLES)]
+            _draw_roc(ax, fpr, tpr, label, auc, color=color, ls=ls)
             ax.scatter(
                 [op_fpr],
                 [op_tpr],
                 s=70,
                 color=color,
+                marker=marker,
                 edgecolor="black",
                 zorder=3,
                 label=f"  at the threshold: sensitivity {op_tpr:.0%}, specificity {1 - op_fpr:.0%}",
             )
-        _roc_axes(ax, f"{model}: threshold {threshold:.3f} (chosen on validation)")
+        _roc_axes(ax, f"{model}: threshold {threshold:.3f} (chosen on validation)", legend_below=True)
+        ax.set_aspect("auto")  # equal aspect defeats constrained layout: the legend below would overlap
     fig.suptitle(title)
-    fig.tight_layout()
     return fig
 
 
@@ -187,10 +207,11 @@ def pr_figure(
     label: str = "model",
     title: str = "Precision-recall curve (test)",
 ) -> Figure:
-    """Precision-recall curve; ``prevalence`` (share of PNEUMONIA) is the no-skill line."""
-    fig, axes = _figure(5.2, 5.2)
+    """Precision-recall curve in model ``label``'s colour; ``prevalence`` (share of PNEUMONIA) is the no-skill line."""
+    fig, axes = figure_grid(5.2, 5.2)
     ax = axes[0, 0]
-    ax.step(recall, precision, where="post", lw=2, label=label if ap is None else f"{label} (AP = {ap:.3f})")
+    text = label if ap is None else f"{label} (AP = {ap:.3f})"
+    ax.step(recall, precision, where="post", lw=2, label=text, color=model_color(label))
     if prevalence is not None:
         ax.axhline(prevalence, ls="--", c="grey", lw=1, label=f"No skill (prevalence = {prevalence:.2f})")
     ax.set_xlim(-0.01, 1.01)
@@ -205,13 +226,17 @@ def pr_figure(
 
 
 def calibration_figure(
-    mean_predicted, fraction_positive, counts=None, ece: float | None = None, title: str = "Reliability diagram (test)"
+    mean_predicted,
+    fraction_positive,
+    counts=None,
+    ece: float | None = None,
+    title: str = "Reliability diagram (test)",
+    label: str = "Model",
 ) -> Figure:
-    """Reliability diagram: observed PNEUMONIA share vs mean predicted probability per bin.
-
-    With ``counts``, a lower panel shows how many images fall in each bin (sparse bins are noisy).
-    """
-    fig, axes = _figure(
+    """Reliability diagram: observed PNEUMONIA share vs mean predicted probability per bin, in the colour
+    of model ``label``. With ``counts``, a lower panel shows how many images fall in each bin (sparse bins
+    are noisy)."""
+    fig, axes = figure_grid(
         5.2,
         6.2 if counts is not None else 5.2,
         nrows=2 if counts is not None else 1,
@@ -219,8 +244,9 @@ def calibration_figure(
     )
     ax = axes[0, 0]
     ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=1, label="Perfectly calibrated")
-    label = "Model" if ece is None else f"Model (ECE = {ece:.3f})"
-    ax.plot(mean_predicted, fraction_positive, marker="o", lw=2, label=label)
+    color = model_color(label)
+    text = label if ece is None else f"{label} (ECE = {ece:.3f})"
+    ax.plot(mean_predicted, fraction_positive, marker="o", lw=2, label=text, color=color)
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.set_ylabel("Observed fraction PNEUMONIA")
@@ -230,7 +256,7 @@ def calibration_figure(
     if counts is not None:
         ax.set_xlabel("")
         bx = axes[1, 0]
-        bx.bar(mean_predicted, counts, width=0.06, color="tab:blue", alpha=0.7)
+        bx.bar(mean_predicted, counts, width=0.06, color=color, alpha=0.7)
         bx.set_xlim(0, 1)
         bx.set_xlabel("Mean predicted P(pneumonia)")
         bx.set_ylabel("Images")
@@ -245,8 +271,11 @@ def calibration_figure(
 # --------------------------------------------------------------------------------------------
 
 
-def training_curves_figure(history, best_epoch: int | None = None, title: str = "Training curves") -> Figure:
-    """Loss, accuracy and validation AUC per epoch, train vs validation.
+def training_curves_figure(
+    history, best_epoch: int | None = None, title: str = "Training curves", acc_threshold: float = 0.5
+) -> Figure:
+    """Loss, accuracy (P(pneumonia) >= ``acc_threshold`` called PNEUMONIA, as training computes it) and
+    validation AUC per epoch, train vs validation.
 
     ``history``: a DataFrame or mapping of equal-length columns, with ``epoch`` and any of
     train_loss, val_loss, train_acc, val_acc, val_auc (missing ones are skipped).
@@ -261,10 +290,10 @@ def training_curves_figure(history, best_epoch: int | None = None, title: str = 
     epoch = cols["epoch"]
     panels = [
         ("Loss", [("train_loss", "Train"), ("val_loss", "Validation")], "BCE loss"),
-        ("Accuracy", [("train_acc", "Train"), ("val_acc", "Validation")], "Accuracy"),
+        (f"Accuracy at threshold {acc_threshold:g}", [("train_acc", "Train"), ("val_acc", "Validation")], "Accuracy"),
         ("Validation ROC-AUC", [("val_auc", "Validation")], "ROC-AUC"),
     ]
-    fig, axes = _figure(13, 3.8, ncols=3)
+    fig, axes = figure_grid(13, 3.8, ncols=3)
     for ax, (name, series, ylabel) in zip(axes[0], panels):
         drawn = False
         for key, label in series:
@@ -303,7 +332,7 @@ def augmentation_figure(originals, augmented, title: str = "Original vs augmente
     if augmented.ndim != 4 or len(augmented) != len(originals):
         raise ValueError(f"augmented must be (N, K, h, w) with N = {len(originals)}, found {augmented.shape}")
     n, k = augmented.shape[:2]
-    fig, axes = _figure(1.9 * (k + 1), 1.9 * n + 0.6, nrows=n, ncols=k + 1)
+    fig, axes = figure_grid(1.9 * (k + 1), 1.9 * n + 0.6, nrows=n, ncols=k + 1)
     for i in range(n):
         axes[i, 0].imshow(originals[i], cmap="gray", vmin=0, vmax=255)
         for j in range(k):
@@ -315,56 +344,6 @@ def augmentation_figure(originals, augmented, title: str = "Original vs augmente
     for j in range(k):
         axes[0, j + 1].set_title(f"Augmented #{j + 1}", fontsize=10)
     fig.suptitle(title)
-    fig.tight_layout()
-    return fig
-
-
-def outcome(label: int, predicted: int) -> str:
-    return {(1, 1): "TP", (0, 0): "TN", (0, 1): "FP", (1, 0): "FN"}[(int(label), int(predicted))]
-
-
-def gallery_figure(
-    images,
-    labels,
-    probabilities,
-    predicted,
-    overlays=None,
-    class_names: Sequence[str] = CLASSES,
-    title: str = "Good and bad classifications",
-    threshold: float | None = None,
-) -> Figure:
-    """Images grouped by outcome (one row each of TP, TN, FP, FN), each titled with P(pneumonia).
-
-    ``images``: (N, H, W) uint8; ``overlays``: optional (N, H, W, 3) uint8 Grad-CAM overlays shown
-    instead of the plain images. Outcomes with no image show "none" (a perfect model has no FP).
-    """
-    images = np.asarray(images)
-    labels = np.asarray(labels).astype(int)
-    predicted = np.asarray(predicted).astype(int)
-    probabilities = np.asarray(probabilities, dtype=float)
-    groups = {o: [i for i in range(len(images)) if outcome(labels[i], predicted[i]) == o] for o in OUTCOMES}
-    ncols = max(1, max(len(v) for v in groups.values()))
-    fig, axes = _figure(2.1 * ncols + 0.4, 2.45 * len(OUTCOMES) + 0.5, nrows=len(OUTCOMES), ncols=ncols)
-    for r, o in enumerate(OUTCOMES):
-        for c in range(ncols):
-            ax = axes[r, c]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if c < len(groups[o]):
-                i = groups[o][c]
-                if overlays is not None:
-                    ax.imshow(overlays[i])
-                else:
-                    ax.imshow(images[i], cmap="gray", vmin=0, vmax=255)
-                ax.set_title(f"{o}: P(pneu) = {probabilities[i]:.3f}\nactual {class_names[labels[i]]}", fontsize=8)
-            else:
-                ax.axis("off")
-                if c == 0:
-                    ax.text(0.5, 0.5, f"{o}: none", ha="center", va="center", transform=ax.transAxes)
-        axes[r, 0].set_ylabel(o, rotation=0, labelpad=18, fontsize=11, fontweight="bold")
-    suffix = "" if threshold is None else f", threshold {threshold:.3f}"
-    suffix += "\nGrad-CAM: red = evidence for PNEUMONIA" if overlays is not None else ""
-    fig.suptitle(title + suffix)
     fig.tight_layout()
     return fig
 
@@ -389,14 +368,15 @@ def metrics_bar_figure(
     metrics = list(metrics or next(iter(table.values())).keys())
     width = 0.8 / len(models)
     x = np.arange(len(metrics))
-    fig, axes = _figure(max(7.0, 1.5 * len(metrics) + 2), 4.8)
+    fig, axes = figure_grid(max(7.0, 1.5 * len(metrics) + 2), 4.8)
     ax = axes[0, 0]
     for i, m in enumerate(models):
         vals = np.array([table[m].get(k, (np.nan, np.nan, np.nan))[0] for k in metrics], dtype=float)
         lo = np.array([table[m].get(k, (np.nan,) * 3)[1] for k in metrics], dtype=float)
         hi = np.array([table[m].get(k, (np.nan,) * 3)[2] for k in metrics], dtype=float)
         err = np.vstack([np.nan_to_num(vals - lo), np.nan_to_num(hi - vals)]).clip(min=0)
-        ax.bar(x + (i - (len(models) - 1) / 2) * width, vals, width, yerr=err, capsize=3, label=m)
+        offset = (i - (len(models) - 1) / 2) * width
+        ax.bar(x + offset, vals, width, yerr=err, capsize=3, label=m, color=model_color(m))
     ax.set_xticks(x)
     ax.set_xticklabels([k.replace("_", " ") for k in metrics], rotation=15)
     ax.set_ylim(0, 1.05)
@@ -415,14 +395,22 @@ def sweep_heatmap_figure(
     metric: str = "val_auc",
     selected: tuple[int, float] | None = None,
     title: str | None = None,
+    diverged=None,
 ) -> Figure:
-    """Annotated heatmap of ``values[i, j]`` for batch_sizes[i] x lrs[j]; the selected cell is outlined."""
+    """Annotated heatmap of ``values[i, j]`` for batch_sizes[i] x lrs[j], both axes in numeric order; the
+    selected cell is outlined. ``diverged`` (same shape, bool) cells are grey, hatched and say "diverged"
+    (their values never colour the scale); other NaN cells say "no result"."""
     values = np.asarray(values, dtype=float)
     if values.shape != (len(batch_sizes), len(lrs)):
         raise ValueError(
             f"values must be (len(batch_sizes), len(lrs)) = ({len(batch_sizes)}, {len(lrs)}), found {values.shape}"
         )
-    fig, axes = _figure(1.6 * len(lrs) + 2.4, 1.0 * len(batch_sizes) + 1.8)
+    rows, cols = np.argsort([int(b) for b in batch_sizes]), np.argsort([float(v) for v in lrs])
+    bad = np.zeros(values.shape, bool) if diverged is None else np.asarray(diverged, dtype=bool)
+    values, bad = values[np.ix_(rows, cols)], bad[np.ix_(rows, cols)]
+    batch_sizes, lrs = [int(batch_sizes[i]) for i in rows], [float(lrs[j]) for j in cols]
+    values[bad] = np.nan
+    fig, axes = figure_grid(1.6 * len(lrs) + 2.4, 1.0 * len(batch_sizes) + 1.8)
     ax = axes[0, 0]
     import seaborn as sns  # here: 1 s to import, for two figures
 
@@ -437,11 +425,14 @@ def sweep_heatmap_figure(
         yticklabels=[str(b) for b in batch_sizes],
         linewidths=0.5,
     )
-    for i, j in zip(*np.nonzero(np.isnan(values))):  # diverged (or missing) configurations: no colour, a word
-        ax.text(j + 0.5, i + 0.5, "diverged", ha="center", va="center", color="0.3", fontsize=9)
+    for i, j in zip(*np.nonzero(np.isnan(values))):  # no colour: a grey cell and a word
+        ax.add_patch(plt.Rectangle((j, i), 1, 1, fc="0.85", ec="0.55", hatch="//" if bad[i, j] else None, lw=0.5))
+        word = "diverged" if bad[i, j] else "no result"
+        ax.text(
+            j + 0.5, i + 0.5, word, ha="center", va="center", color="0.15", fontsize=9, bbox={"fc": "0.85", "lw": 0}
+        )
     if selected is not None:
-        i = list(batch_sizes).index(selected[0])
-        j = [float(v) for v in lrs].index(float(selected[1]))
+        i, j = batch_sizes.index(int(selected[0])), lrs.index(float(selected[1]))
         ax.add_patch(plt.Rectangle((j, i), 1, 1, fill=False, ec="red", lw=3))
     ax.set_xlabel("Learning rate")
     ax.set_ylabel("Batch size")

@@ -8,14 +8,19 @@ Exit codes: 0 the stage finished; 1 a problem the user can act on, printed as on
 ``<stage>: error: <what was found, what was expected, the fix>`` without a traceback (a full
 disk too, whichever stage meets it). Anything
 else (a traceback) is a bug.
+
+Progress: a stage (and ``cxr predict``) draws tqdm bars only on a terminal. Every bar comes from
+:func:`progress_bar`, which is silent when stderr is not a TTY (``dvc repro > log``, CI, a queued
+experiment): a log gets the stages' own lines (one per epoch, sweep configuration or stage), never
+``\r`` frames.
 """
 
 from __future__ import annotations
 
 import errno
 import sys
-from collections.abc import Callable
-from typing import NoReturn
+from collections.abc import Callable, Iterable
+from typing import Any, NoReturn, TextIO
 
 
 def run_stage(name: str, main: Callable[[], int], errors: tuple[type[BaseException], ...]) -> NoReturn:
@@ -33,3 +38,22 @@ def run_stage(name: str, main: Callable[[], int], errors: tuple[type[BaseExcepti
             f"Free some space (`df -h` shows where), then run the stage again"
         )
     sys.exit(code)
+
+
+def progress_enabled(wanted: bool = True, stream: TextIO | None = None) -> bool:
+    """Draw a progress bar? Only when ``wanted`` (no ``--no-progress``) and ``stream`` (default: stderr,
+    where tqdm writes) is a terminal."""
+    stream = sys.stderr if stream is None else stream
+    try:
+        return bool(wanted) and stream.isatty()
+    except (AttributeError, ValueError):  # replaced by an object without isatty, or closed
+        return False
+
+
+def progress_bar(iterable: Iterable | None = None, *, enabled: bool = True, **kwargs: Any):
+    """A tqdm bar over ``iterable`` (or a manual one: ``total=``, ``.update()``) when :func:`progress_enabled`,
+    else the same object disabled: it iterates and updates without writing a byte."""
+    from tqdm.auto import tqdm
+
+    kwargs.setdefault("dynamic_ncols", True)
+    return tqdm(iterable, disable=not progress_enabled(enabled), **kwargs)

@@ -100,10 +100,10 @@ def test_evaluate_checkpoint_and_figures(trained):
         trained["card"],
         test_images=d["test"][0],
         val_images=d["val"][0],
-        history=trained["history"],
         cfg=cfg,
     )
-    assert {"confusion", "roc", "pr", "calibration", "training_curves", "augmentation", "gallery"} == set(figs)
+    # no training_curves: the train stage draws them (figures/train/<model>/curves.png), once
+    assert {"confusion", "roc", "pr", "calibration", "augmentation", "gallery"} == set(figs)
     assert "Grad-CAM" in figs["gallery"]._suptitle.get_text()
     assert figs["augmentation"].axes[0].get_title() == "Original"
 
@@ -163,9 +163,7 @@ def test_evaluate_stage_writes_every_output(trained, tmp_path, monkeypatch):
     assert acc["ci_low"] <= acc["value"] <= acc["ci_high"]
     assert acc["value"] == pytest.approx((pred["label"] == pred["predicted"]).mean())
     pngs = {p.name for p in (out / "figures/eval/cnn").glob("*.png")}
-    assert pngs == {
-        f"{n}.png" for n in ("confusion", "roc", "pr", "calibration", "training_curves", "augmentation", "gallery")
-    }
+    assert pngs == {f"{n}.png" for n in ("confusion", "roc", "pr", "calibration", "augmentation", "gallery")}
 
 
 def test_external_sets_are_scored_at_the_cards_threshold(trained, tmp_path, monkeypatch):

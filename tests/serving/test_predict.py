@@ -248,7 +248,25 @@ def test_cli_grad_cam_overlays(tmp_path, model_dir, images, capsys):
     assert [Path(p).name for p in table["cam"]] == ["a_cam.png", "e_cam.png"]
     for p in table["cam"]:
         with Image.open(p) as im:
-            assert im.mode == "RGB" and im.size == (CACHE, CACHE)
+            assert im.mode in ("RGB", "RGBA") and im.size != (CACHE, CACHE)
+
+
+def test_cli_grad_cam_figure_grows_with_the_input_image(tmp_path, model_dir, capsys):
+    rng = np.random.default_rng(3)
+    small, large = tmp_path / "small.png", tmp_path / "large.png"
+    Image.fromarray(rng.integers(0, 256, (90, 120), dtype=np.uint8)).save(small)
+    Image.fromarray(rng.integers(0, 256, (270, 360), dtype=np.uint8)).save(large)
+    cam = tmp_path / "cam"
+    rc = cli.main(["predict", str(small), str(large), "--model", str(model_dir), "--cam", str(cam), "-f", "jsonl"])
+    assert rc == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    sizes = []
+    for row in rows:
+        with Image.open(row["cam"]) as im:
+            sizes.append(im.size)
+    # two panels (original, overlay) each at the image's own size: not the 32 px cache
+    assert sizes[1][0] - sizes[0][0] == 2 * (360 - 120) and sizes[1][1] - sizes[0][1] == 270 - 90
+    assert min(sizes[0]) > CACHE
 
 
 def test_default_model_is_the_compare_selection(tmp_path, model_dir, images, capsys, monkeypatch):

@@ -29,7 +29,7 @@ def test_loader_shuffle_is_seeded():
     assert torch.equal(order(1), order(1)) and not torch.equal(order(1), order(2))
 
 
-def test_loader_order_does_not_depend_on_how_often_it_is_iterated():
+def test_loader_order_does_not_depend_on_how_often_it_is_iterated(on_a_terminal):
     # A progress bar (tqdm.auto calls iter() on construction) or any extra iter() must not shift
     # the shuffle, nor draw from the global RNG (dropout); CPU and CUDA loaders share one order.
     from cxr.training.engine import _progress
@@ -46,7 +46,8 @@ def test_loader_order_does_not_depend_on_how_often_it_is_iterated():
     first = order(loader)
     iter(loader)  # an iterator made and dropped
     assert torch.equal(order(loader), first)
-    assert torch.equal(order(_progress(loader, True, "t")), first)
+    bar = _progress(loader, True, "t")
+    assert bar is not loader and torch.equal(order(bar), first)
     assert torch.equal(torch.get_rng_state(), before)
     order(make_loader(x, labels, batch_size=4, shuffle=False))
     assert torch.equal(torch.get_rng_state(), before)

@@ -127,12 +127,13 @@ def test_fit_is_reproducible_and_starts_fresh_each_call(run_cfg):
         assert ha["val_loss"] == pytest.approx(hb["val_loss"], abs=1e-6)
 
 
-def test_progress_bars_do_not_change_the_model(run_cfg, tmp_path):
+def test_progress_bars_do_not_change_the_model(run_cfg, tmp_path, on_a_terminal, capfd):
     # tqdm used to iterate the CPU DataLoader once more than a bare loop, shifting the shuffle:
     # the same params, data and seed gave another model with --no-progress (tracked outputs must not).
     from cxr import checkpoint
 
     with_bar = fit(run_cfg, TRAIN, VAL, progress=True)
+    assert "\r" in capfd.readouterr().err  # the bar was drawn
     without = fit(run_cfg, TRAIN, VAL, progress=False)
     a, b = with_bar.model.state_dict(), without.model.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

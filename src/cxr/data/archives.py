@@ -20,6 +20,7 @@ from cxr.config import ArchiveLimits
 from cxr.data import SourceError, is_junk
 from cxr.data.limits import ArchiveBudget, ArchiveLimitError
 from cxr.data.safefs import utf8_name
+from cxr.stage import progress_bar
 
 
 def _unsafe_name(name: str) -> str | None:
@@ -119,17 +120,15 @@ def extract_archive(
     compressed stream stop with a message. Tar member names that are not UTF-8 are decoded as
     latin-1. The format is told from the content, not the name (download URLs often have none).
     """
-    from tqdm import tqdm
-
     archive, dest = Path(archive), Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     root = dest.resolve()
     budget = ArchiveBudget(archive, limits or ArchiveLimits())
     try:
         if zipfile.is_zipfile(archive):
-            return _extract_zip(archive, dest, root, budget, progress, tqdm)
+            return _extract_zip(archive, dest, root, budget, progress)
         if tarfile.is_tarfile(archive):
-            return _extract_tar(archive, dest, budget, progress, tqdm, notes)
+            return _extract_tar(archive, dest, budget, progress, notes)
     except ArchiveLimitError as exc:
         raise SourceError(str(exc)) from None
     raise SourceError(
@@ -139,9 +138,7 @@ def extract_archive(
     )
 
 
-def _extract_zip(
-    archive: Path, dest: Path, root: Path, budget: ArchiveBudget, progress: bool, tqdm
-) -> list[tuple[str, str]]:
+def _extract_zip(archive: Path, dest: Path, root: Path, budget: ArchiveBudget, progress: bool) -> list[tuple[str, str]]:
     try:
         zf = zipfile.ZipFile(archive)
     except (zipfile.BadZipFile, OSError, ValueError) as exc:
@@ -154,7 +151,7 @@ def _extract_zip(
         budget.admit_total(sum(info.file_size for info in infos))
         seen: dict[str, int] = {}
         duplicates = []
-        for info in tqdm(infos, desc="extracting", unit="file", disable=not progress, mininterval=1.0):
+        for info in progress_bar(infos, desc="extracting", unit="file", enabled=progress, mininterval=1.0):
             reason = _unsafe_name(info.filename)
             mode = info.external_attr >> 16
             if reason is None and stat.S_ISLNK(mode):
@@ -206,7 +203,7 @@ def _mkdir(folder: Path, archive: Path, member: str) -> None:
 
 
 def _extract_tar(
-    archive: Path, dest: Path, budget: ArchiveBudget, progress: bool, tqdm, notes: list[str] | None
+    archive: Path, dest: Path, budget: ArchiveBudget, progress: bool, notes: list[str] | None
 ) -> list[tuple[str, str]]:
     renamed = 0
     seen: dict[str, int] = {}
@@ -214,7 +211,7 @@ def _extract_tar(
     try:
         # Streaming mode: one pass over a compressed archive, members checked as they come.
         with _EndAwareTarFile.open(archive, "r|*", tarinfo=_EndAwareTarInfo, errors="surrogateescape") as tf:
-            for member in tqdm(tf, desc="extracting", unit="file", disable=not progress, mininterval=1.0):
+            for member in progress_bar(tf, desc="extracting", unit="file", enabled=progress, mininterval=1.0):
                 fixed, changed = utf8_name(Path(member.name))
                 renamed += changed
                 member.name = _member_name(fixed.as_posix() if changed else member.name)

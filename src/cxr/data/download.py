@@ -15,6 +15,7 @@ from urllib.parse import unquote, urlparse
 from cxr.data import SourceError
 from cxr.data.archives import archive_problem
 from cxr.files import sha256_file
+from cxr.stage import progress_bar
 
 
 def _filename_from_url(url: str) -> str:
@@ -142,16 +143,14 @@ def download(
 
 
 def _bytes_bar(total: int | None, offset: int, name: str, progress: bool):
-    from tqdm import tqdm
-
-    return tqdm(
+    return progress_bar(
         total=total,
         initial=offset,
         unit="B",
         unit_scale=True,
         unit_divisor=1024,
         desc=name,
-        disable=not progress,
+        enabled=progress,
         mininterval=1.0,
     )
 

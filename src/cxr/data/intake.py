@@ -24,6 +24,7 @@ from cxr.data.archives import extract_archive
 from cxr.data.layout import Layout, find_class_layout, find_layout
 from cxr.data.safefs import UNREADABLE, utf8_name, walk_files
 from cxr.files import csv_quoting
+from cxr.stage import progress_bar
 
 
 def reset_tree(out_dir: Path) -> None:
@@ -125,11 +126,9 @@ def _outside_class_folders(layout: Layout) -> list[dict]:
 
 def _place(jobs: list, out_dir: Path, mode: str, progress: bool, skipped: list[dict]) -> dict[str, dict[str, int]]:
     """Link, copy or move each (split, label, source, relative path); an unreadable source is reported."""
-    from tqdm import tqdm
-
     counts = {split: {label: 0 for label in CLASSES} for split in SPLITS}
     can_link = mode == "link"
-    for split, label, src, rel in tqdm(jobs, desc="importing", unit="img", disable=not progress, mininterval=1.0):
+    for split, label, src, rel in progress_bar(jobs, desc="importing", unit="img", enabled=progress, mininterval=1.0):
         dst = out_dir / split / label / rel
         if len(rel.parts) > 1:
             dst.parent.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,8 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+from cxr.stage import progress_bar
+
 
 def resolve_workers(workers: int) -> int:
     """``workers`` processes, 0 meaning every core this process may run on."""
@@ -67,8 +69,6 @@ def imap_progress(
     from concurrent.futures import ProcessPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
 
-    from tqdm.auto import tqdm
-
     n_workers = resolve_workers(workers)
     # concurrent.futures rather than multiprocessing.Pool: when a worker dies (killed for memory, or
     # SIGBUS on a memory-mapped write to a full disk) Pool waits forever; the executor raises.
@@ -84,7 +84,7 @@ def imap_progress(
         else:
             results = pool.map(fn, items, chunksize=max(1, chunksize))
         # Created after map() has forked the workers: tqdm's monitor thread must not exist at a fork.
-        bar = tqdm(total=len(items), desc=desc, unit="img", disable=not progress, dynamic_ncols=True)
+        bar = progress_bar(total=len(items), desc=desc, unit="img", enabled=progress)  # on a terminal only
         for result in results:
             yield result
             bar.update()

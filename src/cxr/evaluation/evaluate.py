@@ -4,7 +4,7 @@
     result = evaluate_checkpoint(model, card, test=(images, labels, paths), cfg=EvaluateConfig())
     result.report            # metrics/eval/<model>.json: both thresholds, each metric with its bootstrap CI
     result.tables            # predictions, confusion, roc, pr, calibration DataFrames (DVC plot files)
-    figs = evaluation_figures(result, model, card, val_images=..., history=...)
+    figs = evaluation_figures(result, model, card, test_images=..., val_images=...)
 
 Run by ``src/evaluate.py`` (stage ``evaluate@<model>``). The decision threshold is the one saved in
 the model card, chosen once at training on validation; metrics are reported at it and at 0.5. The
@@ -226,21 +226,16 @@ def evaluation_figures(
     *,
     test_images,
     val_images=None,
-    history: pd.DataFrame | None = None,
     cfg: EvaluateConfig | None = None,
     device: str | torch.device = "cpu",
     external: dict[str, EvalResult] | None = None,
 ) -> dict[str, Figure]:
     """name -> Figure: confusion, roc, pr, calibration, and where inputs allow roc_external (the internal and
-    each ``external`` set's ROC), training_curves, augmentation (needs ``val_images``) and gallery (Grad-CAM
-    overlays when ``model`` is given and cfg.gradcam)."""
+    each ``external`` set's ROC), augmentation (needs ``val_images``) and gallery (Grad-CAM overlays when
+    ``model`` is given and cfg.gradcam). The training curves are the train stage's (figures/train/<model>)."""
     cfg = cfg or EvaluateConfig()
     name = result.model
     figs = _test_figures(result, external)
-    if history is not None and len(history):
-        figs["training_curves"] = plots.training_curves_figure(
-            history, best_epoch=card.best_epoch, title=f"{name}: training curves"
-        )
     if val_images is not None and len(val_images):
         n = min(cfg.augment_examples, len(val_images))
         originals = np.asarray(val_images[:n])
@@ -292,6 +287,7 @@ def _test_figures(result: EvalResult, external: dict[str, EvalResult] | None) ->
         cal["count"],
         ece=at["ece"]["value"],
         title=f"{name}: reliability diagram (test)",
+        label=name,
     )
     return figs
 
@@ -303,13 +299,13 @@ def _gallery(result: EvalResult, model, card: ModelCard, test_images, cfg: Evalu
     if not len(idx):
         return None
     images = np.asarray(test_images[np.sort(idx)])[np.argsort(np.argsort(idx))]  # sorted read from a memmap
-    overlays = None
-    if model is not None and cfg.gradcam:
-        from cxr.explain import grad_cam, overlay
+    from cxr.explain import gallery_figure, grad_cam, is_flat, overlay
 
+    overlays = None
+    if model is not None and cfg.gradcam:  # a flat map (None) is marked "no localisation", not washed blue
         heat = grad_cam(model, name, model_inputs(images, card, device))
-        overlays = np.stack([overlay(img, h) for img, h in zip(images, heat)])
-    return plots.gallery_figure(
+        overlays = [None if is_flat(h) else overlay(img, h) for img, h in zip(images, heat)]
+    return gallery_figure(
         images,
         y[idx],
         p[idx],

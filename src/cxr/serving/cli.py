@@ -4,13 +4,14 @@
     cxr predict data/raw/test --format csv --output predictions.csv --cam figures/cam
     cxr predict study.dcm --format jsonl
 
-``--model`` defaults to the model the ``compare`` stage selected on validation
-(``reports/results.csv``, column ``selected``). Output columns: file, probability (P(PNEUMONIA)),
-label (at the checkpoint's validation-chosen threshold), error (why an input could not be read),
-warning (why a predicted input may not be a chest radiograph: tiny, extreme aspect ratio, blank or
-constant, noise; the same checks the split stage quarantines by), and cam (the Grad-CAM overlay,
-with ``--cam``). Exit status: 0 all inputs predicted, 1 some
-input could not be read (the others are still predicted), 2 usage or model errors.
+``--model`` defaults to the model the ``compare`` stage selected on validation in this checkout
+(``models/<name>`` of the row with ``selected`` true in ``reports/results.csv``), not the registry's
+champion, which is read only when named (``--model models:/cxr-pneumonia@champion``). Output
+columns: file, probability (P(PNEUMONIA)), label (at the checkpoint's validation-chosen threshold),
+error (why an input could not be read), warning (why a predicted input may not be a chest
+radiograph: tiny, extreme aspect ratio, blank or constant, noise; the same checks the split stage
+quarantines by), and cam (the Grad-CAM figure, with ``--cam``). Exit status: 0 all inputs
+predicted, 1 some input could not be read (the others are still predicted), 2 usage or model errors.
 """
 
 from __future__ import annotations
@@ -18,36 +19,92 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+import textwrap
 from pathlib import Path
 
 EXIT_OK, EXIT_INPUT_ERRORS, EXIT_USAGE = 0, 1, 2
+CHAMPION_URI = "models:/cxr-pneumonia@champion"  # mlflow.registered_model @ mlflow.champion_alias, as shipped
+FORMATS = {  # --format: the choices and their help are this one table
+    "table": "aligned text columns (the default)",
+    "csv": "comma-separated, a header row; a cell a spreadsheet would run as a formula starts with '",
+    "jsonl": "one JSON object per line, null where a value is missing",
+}
+DEFAULT_MODEL = (
+    "the model the compare stage selected on validation in this checkout: models/<name> of the row with "
+    "selected = True in reports/results.csv (see --results, --models-dir). The registry's champion is used "
+    f"only when named: --model {CHAMPION_URI}"
+)
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """argparse's help with the epilog as written, and option help wrapped at spaces only: a URI such as
+    models:/cxr-pneumonia@champion is never cut at its hyphen."""
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False, break_long_words=False)
+
+
+def _epilog() -> str:
+    from cxr.serving.imageio import DICOM_EXTENSIONS, RASTER_EXTENSIONS
+
+    wrap = textwrap.TextWrapper(width=88, break_on_hyphens=False, break_long_words=False, subsequent_indent="  ")
+    inputs = (
+        f"inputs: {' '.join(RASTER_EXTENSIONS)} images; DICOM as {' '.join(DICOM_EXTENSIONS)} or without an "
+        "extension (found by its content)"
+    )
+    status = (
+        "exit status: 0 every input predicted, 1 some input could not be read (the others are still "
+        "predicted), 2 a usage or model error"
+    )
+    lines = [
+        *wrap.wrap(inputs),
+        "",
+        *wrap.wrap(f"default model (no --model): {DEFAULT_MODEL}"),
+        "",
+        "output formats (--format):",
+        *(f"  {name:<6} {what}" for name, what in FORMATS.items()),
+        "",
+        *wrap.wrap(status),
+    ]
+    return "\n".join(lines)
 
 
 def _predict_parser(sub) -> None:
     p = sub.add_parser(
         "predict",
         help="P(pneumonia) for image files, folders or globs",
-        description="Predict NORMAL/PNEUMONIA for JPEG, PNG, BMP, TIFF and DICOM images with a trained "
-        "checkpoint, preprocessed exactly as its training data was.",
+        description="Predict NORMAL/PNEUMONIA for JPEG, PNG, WebP, GIF, BMP, TIFF and DICOM images with a "
+        "trained checkpoint, preprocessed exactly as its training data was.",
+        epilog=_epilog(),
+        formatter_class=HelpFormatter,
     )
     p.add_argument("inputs", nargs="+", help="image files, folders (searched recursively) or glob patterns")
     p.add_argument(
         "--model",
         "-m",
         default=None,
-        help="checkpoint folder (model.pt + model.json), or a registered model such as "
-        "models:/cxr-pneumonia@champion; default: the model selected by the compare stage in "
-        "reports/results.csv",
+        help=f"checkpoint folder (model.pt + model.json), or a registered model such as {CHAMPION_URI}; "
+        "default: the compare stage's selection in reports/results.csv (see below)",
     )
     p.add_argument(
         "--results", default="reports/results.csv", help="compare stage table used when --model is not given"
     )
     p.add_argument("--models-dir", default="models", help="folder of <model>/ checkpoints used with --results")
     p.add_argument(
-        "--format", "-f", choices=("table", "csv", "jsonl"), default="table", help="output format (default: table)"
+        "--format",
+        "-f",
+        choices=tuple(FORMATS),
+        default="table",
+        help=f"output format: {', '.join(FORMATS)} (default: table; see below)",
     )
     p.add_argument("--output", "-o", default=None, help="write the output to this file instead of stdout")
-    p.add_argument("--cam", default=None, metavar="DIR", help="also write Grad-CAM overlays (PNG) into DIR")
+    p.add_argument(
+        "--cam",
+        default=None,
+        metavar="DIR",
+        help="also write into DIR one PNG per image: the original beside its Grad-CAM overlay at the image's "
+        "resolution, with a colour bar, P(pneumonia) and the label",
+    )
     p.add_argument("--batch-size", type=int, default=32, help="images decoded and predicted at a time (default 32)")
     p.add_argument("--device", default="auto", help="auto (CUDA, MPS, else CPU), cpu, cuda, cuda:1, ...")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -123,6 +180,7 @@ def cmd_predict(args) -> int:
         best_model_dir,
         registered_model_dir,
     )
+    from cxr.stage import progress_enabled
 
     if args.batch_size < 1:
         print(f"cxr predict: --batch-size must be >= 1, found {args.batch_size}", file=sys.stderr)
@@ -148,7 +206,7 @@ def cmd_predict(args) -> int:
     table = predictor.predict_paths(
         args.inputs,
         batch_size=args.batch_size,
-        progress=not args.no_progress and sys.stderr.isatty(),
+        progress=progress_enabled(not args.no_progress),
         cam_dir=args.cam,
         on_error=report,
     )

@@ -44,6 +44,7 @@ from cxr.serving.imageio import (
     load_image,
     load_image_sized,
 )
+from cxr.stage import progress_bar
 from cxr.training.engine import predict_probabilities
 
 # probability = P(PNEUMONIA); warning: why the input may not be a chest radiograph (it is still predicted).
@@ -315,15 +316,11 @@ class Predictor:
             raise ValueError(f"{len(sources)} sources but {len(names)} names")
         cam_writer = _CamWriter(self, cam_dir) if cam_dir is not None else None
         rows: list[dict] = []
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=len(sources), desc="predict", unit="img", dynamic_ncols=True)
+        bar = progress_bar(total=len(sources), desc="predict", unit="img", enabled=progress)  # a terminal only
         try:
             for start in range(0, len(sources), batch_size):
                 chunk = range(start, min(start + batch_size, len(sources)))
-                good, pixels = [], []
+                good, pixels, good_sources = [], [], []
                 batch_rows = []
                 for i in chunk:
                     row = {"file": names[i], "probability": math.nan, "label": None, "error": None, "warning": None}
@@ -331,6 +328,7 @@ class Predictor:
                         px, row["warning"] = self._load_checked(sources[i])
                         pixels.append(px)
                         good.append(row)
+                        good_sources.append(sources[i])
                     except Exception as exc:  # one bad input never takes down the rest of the batch
                         reason = (
                             exc.reason
@@ -348,14 +346,12 @@ class Predictor:
                         row["probability"] = float(p)
                         row["label"] = self.label(float(p))
                     if cam_writer is not None:
-                        for row, path in zip(good, cam_writer.write(arr, [str(r["file"]) for r in good])):
+                        for row, path in zip(good, cam_writer.write(arr, good_sources, good)):
                             row["cam"] = str(path)
                 rows += batch_rows
-                if bar is not None:
-                    bar.update(len(chunk))
+                bar.update(len(chunk))
         finally:
-            if bar is not None:
-                bar.close()
+            bar.close()
         cols = list(COLUMNS) + (["cam"] if cam_writer is not None else [])
         return pd.DataFrame(rows, columns=cols)
 
@@ -389,7 +385,8 @@ class Predictor:
 
 
 class _CamWriter:
-    """Grad-CAM overlays (cxr.explain) at cache size, one PNG per image, names made unique."""
+    """One Grad-CAM figure (cxr.explain.cam_figure) per image, at the input's own resolution: the original
+    beside its overlay, a colour bar, P(pneumonia) and the label; names made unique."""
 
     def __init__(self, predictor: Predictor, cam_dir: str | Path):
         self.p = predictor
@@ -406,18 +403,20 @@ class _CamWriter:
         self.used.add(candidate)
         return self.dir / candidate
 
-    def write(self, images: np.ndarray, names: Sequence[str]) -> list[Path]:
-        from PIL import Image
-
-        from cxr.explain import grad_cam, overlay
+    def write(self, images: np.ndarray, sources: Sequence[Source], rows: Sequence[dict]) -> list[Path]:
+        """``images`` at cache size (what the model saw), their ``sources`` (decoded again at full size) and
+        their table ``rows`` (file, probability, label)."""
+        from cxr.explain import cam_figure, cam_to_image, grad_cam, save_cam_figure
+        from cxr.serving.imageio import read_gray8
 
         heat = grad_cam(self.p.model, self.p.arch_name, self.p.model_inputs(images))
         self.p.model.eval()
         paths = []
-        for img, h, name in zip(images, heat, names):
-            path = self._name(name)
-            Image.fromarray(overlay(img, h)).save(path)
-            paths.append(path)
+        for h, source, row in zip(heat, sources, rows):
+            original = read_gray8(source, max_pixels=self.p.limits.max_pixels)
+            full = cam_to_image(h, original.shape, self.p.resize)
+            fig = cam_figure(original, full, row["probability"], row["label"], self.p.threshold)
+            paths.append(save_cam_figure(fig, self._name(str(row["file"]))))
         return paths
 
 

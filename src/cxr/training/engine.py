@@ -24,6 +24,7 @@ from torch import nn
 
 from cxr.data.augment import Normalize, eval_resize
 from cxr.device import resolve_device
+from cxr.stage import progress_bar, progress_enabled
 from cxr.training.loaders import make_loader
 
 Tensor = torch.Tensor
@@ -40,11 +41,9 @@ def _progress(loader, enabled: bool, desc: str):
     loader: tqdm.auto's constructor calls ``iter()`` on what it wraps and iterates it again later,
     and each DataLoader iterator draws from the loader's generator, so a wrapped loader would make
     one iterator more than a bare one (the trained model then depended on ``--no-progress``)."""
-    if not enabled:
+    if not progress_enabled(enabled):  # a log (not a terminal) gets fit's line per epoch, no bar frames
         return loader
-    from tqdm.auto import tqdm
-
-    return tqdm(iter(loader), total=len(loader), desc=desc, leave=False, unit="batch", dynamic_ncols=True)
+    return progress_bar(iter(loader), total=len(loader), desc=desc, leave=False, unit="batch")
 
 
 def _sync(device: torch.device) -> None:
@@ -80,7 +79,8 @@ def train_one_epoch(
     total_loss, correct, seen = 0.0, 0, 0
     _sync(device)
     start = time.perf_counter()
-    bar = _progress(loader, progress, desc)
+    live = progress_enabled(progress)  # a bar on a terminal; in a log, fit's line per epoch alone
+    bar = _progress(loader, live, desc)
     for xb, yb in bar:
         xb = xb.to(device, non_blocking=non_blocking)
         yb = yb.to(device, non_blocking=non_blocking)
@@ -110,7 +110,7 @@ def train_one_epoch(
         total_loss += value * n
         correct += int(((logits.detach() >= 0).float() == yb).sum().item())  # p >= 0.5, as in metrics
         seen += n
-        if progress:
+        if live:
             bar.set_postfix(loss=f"{total_loss / seen:.4f}", img_s=f"{seen / (time.perf_counter() - start):.0f}")
     _sync(device)
     seconds = time.perf_counter() - start

@@ -79,6 +79,11 @@ class SweepResult:
         lookup = {(r["batch_size"], float(r["lr"])): (np.nan if r["diverged"] else r[column]) for r in self.rows}
         return np.array([[lookup.get((b, float(lr)), np.nan) for lr in lrs] for b in batch_sizes], dtype=float)
 
+    def diverged_matrix(self, batch_sizes, lrs) -> np.ndarray:
+        """(len(batch_sizes), len(lrs)) booleans: the configurations that diverged (the heatmap marks them)."""
+        lookup = {(r["batch_size"], float(r["lr"])): bool(r["diverged"]) for r in self.rows}
+        return np.array([[lookup.get((b, float(lr)), False) for lr in lrs] for b in batch_sizes], dtype=bool)
+
     def summary(self) -> dict:
         """metrics/sweep.json: the selected configuration, its validation metric, and its (unused) test numbers."""
         b = self.best
