@@ -88,3 +88,28 @@ def on_a_terminal(monkeypatch):
 
     monkeypatch.setattr(cxr.stage, "progress_enabled", drawn)
     monkeypatch.setattr(cxr.training.engine, "progress_enabled", drawn)
+
+
+# The tiny whole-pipeline repos the end-to-end tests (test_workflows, test_plots_offline) share: each is built
+# once a session, on first use. Read-only by convention: a test that changes one (runs a stage or an
+# experiment, writes into its workspace) works on its own pipeline_repo.copy_repo of it.
+@pytest.fixture(scope="session")
+def pipeline_baseline(tmp_path_factory) -> dict:
+    """pipeline_repo.build_baseline: after one whole ``dvc repro``, results committed as the baseline.
+    {"repo": Path, "first": that repro's stdout}."""
+    from pipeline_repo import build_baseline
+
+    return build_baseline(tmp_path_factory.mktemp("pipeline") / "repo")
+
+
+@pytest.fixture(scope="session")
+def pipeline_experiment(pipeline_baseline, tmp_path_factory) -> dict:
+    """A copy of pipeline_baseline after ``dvc exp run -n lr-bs -S lr=1e-4 -S batch_size=16``: the experiment's
+    results are in the workspace, HEAD holds the baseline's. pipeline_baseline's keys, plus "exp_out" (that
+    run's stdout) and "n_before" (the MLflow runs before it)."""
+    from pipeline_repo import copy_repo, experiment_runs, run
+
+    repo = copy_repo(pipeline_baseline["repo"], tmp_path_factory.mktemp("experiment") / "repo")
+    n_before = len(experiment_runs(repo))
+    out = run(["dvc", "exp", "run", "-n", "lr-bs", "-S", "lr=1e-4", "-S", "batch_size=16"], repo, timeout=1800)
+    return {**pipeline_baseline, "repo": repo, "exp_out": out.stdout, "n_before": n_before}

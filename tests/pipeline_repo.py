@@ -7,6 +7,7 @@ behaves like a fresh clone of the working tree, committed or not.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -110,6 +111,83 @@ def make_repo(dest: Path, params: dict | None = None) -> Path:
     run(["git", "add", "-A"], dest)
     run(["git", "commit", "-q", "-m", "baseline"], dest)
     return dest
+
+
+def mlflow_client(repo: Path):
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{repo / 'mlflow.db'}"
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def experiment_runs(repo: Path) -> list:
+    client = mlflow_client(repo)
+    exp = client.get_experiment_by_name("chest-xray-pneumonia")
+    assert exp is not None, "the pipeline's MLflow experiment was not created in the workspace store"
+    return client.search_runs([exp.experiment_id], max_results=1000)
+
+
+def build_baseline(dest: Path) -> dict:
+    """``make_repo`` with TINY_PARAMS, one whole ``dvc repro``, its results committed as "baseline results":
+    {"repo": the repo, "first": that repro's stdout}."""
+    repo = make_repo(dest)
+    first = run(["dvc", "repro"], repo, timeout=1800)
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-q", "-m", "baseline results"], repo)
+    return {"repo": repo, "first": first.stdout}
+
+
+# Written once and never rewritten in place: a copy may share their inodes (hard links) with the original.
+# DVC stores cache files read-only; MLflow writes each artifact once, under its run's or model's own folder.
+IMMUTABLE_TREES = (".dvc/cache", "mlartifacts")
+
+
+def copy_repo(src: Path, dest: Path) -> Path:
+    """A copy of a built repo (git, DVC cache, workspace results, MLflow store) in ``dest`` for a test to
+    change freely: everything is copied except the immutable trees (IMMUTABLE_TREES), which are hard-linked,
+    so a copy of a whole pipeline's repo takes seconds. The absolute paths of ``src`` that MLflow's store
+    (artifact locations) and DVC's experiment records in .dvc/tmp hold are rewritten to ``dest``: what runs in
+    the copy writes nothing into ``src``."""
+    src, dest = Path(src).resolve(), Path(dest).resolve()
+
+    def copy(s: str, d: str) -> None:
+        rel = Path(s).relative_to(src).as_posix()
+        if any(rel.startswith(t + "/") for t in IMMUTABLE_TREES):
+            os.link(s, d)
+        else:
+            shutil.copy2(s, d)
+
+    shutil.copytree(src, dest, symlinks=True, copy_function=copy)
+    # src itself, not a longer name that starts with it: followed by a separator, a quote or nothing.
+    root = re.compile(re.escape(str(src).encode()) + rb"(?=[/\"']|$)")
+    for f in (dest / ".dvc" / "tmp").rglob("*"):
+        if f.is_file() and not f.is_symlink() and f.stat().st_size < 1 << 20:
+            data = f.read_bytes()
+            if root.search(data):
+                f.write_bytes(root.sub(str(dest).encode(), data))
+    if (dest / "mlflow.db").is_file():
+        repoint_sqlite(dest / "mlflow.db", f"{src}/", f"{dest}/")
+    return dest
+
+
+def repoint_sqlite(db: Path, old: str, new: str) -> None:
+    """Replace ``old`` by ``new`` in every text column of every table of the SQLite database ``db``."""
+    import sqlite3
+
+    con = sqlite3.connect(db)
+    try:
+        tables = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        for table in tables:
+            for col in con.execute(f"PRAGMA table_info('{table}')").fetchall():
+                name, decl = col[1], (col[2] or "").upper()
+                if any(t in decl for t in ("CHAR", "TEXT", "CLOB")):
+                    con.execute(
+                        f'UPDATE "{table}" SET "{name}" = replace("{name}", ?, ?) WHERE instr("{name}", ?) > 0',
+                        (old, new, old),
+                    )
+        con.commit()
+    finally:
+        con.close()
 
 
 def load_stage(name: str):

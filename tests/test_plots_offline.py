@@ -1,7 +1,8 @@
 """``dvc plots show`` and ``dvc plots diff`` render every plot with no network, in headless Chromium.
 
 A tiny copy of the project runs ``dvc repro``, is committed, then runs one experiment with a
-changed lr. In it the page template is built as ``make install`` builds it
+changed lr (conftest's pipeline_experiment, built once a session and shared with test_workflows; this
+module works on a copy of it). In it the page template is built as ``make install`` builds it
 (``python -m cxr.offline_plots``, from this checkout's node_modules, to the path .dvc/config
 names), and plain ``dvc plots show`` and ``dvc plots diff`` (workspace vs HEAD) write their pages.
 Chromium loads each with every host unresolvable and a proxy to nowhere; every Vega plot declared
@@ -30,7 +31,7 @@ import pytest
 import yaml
 
 from cxr import offline_plots
-from pipeline_repo import BIN, REPO_ROOT, make_repo, run
+from pipeline_repo import BIN, REPO_ROOT, copy_repo, run
 
 NODE_MODULES = REPO_ROOT / "node_modules"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".svg")
@@ -178,18 +179,20 @@ def check_page(page: Path, repo: Path, workdir: Path, revisions: list[str]) -> N
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory):
-    """A fresh-clone copy after ``dvc repro`` (committed), then an experiment with lr=1e-4 applied."""
+def repo(request, tmp_path_factory):
+    """A fresh-clone copy after ``dvc repro`` (committed), then an experiment with lr=1e-4 (and batch_size=16)
+    applied: conftest's pipeline_experiment, which test_workflows shares, copied (this module writes into it)."""
     chromium()  # fail now, not after minutes of pipeline, when a prerequisite is missing
     vega_libraries()
-    repo = make_repo(tmp_path_factory.mktemp("plots") / "repo")
+    # `dvc exp run` left the experiment's results in the workspace: `dvc plots diff` is it vs HEAD.
+    shared = request.getfixturevalue("pipeline_experiment")["repo"]
+    repo = copy_repo(shared, tmp_path_factory.mktemp("plots") / "repo")
     # What `make install` runs after `npm ci`; node_modules is this checkout's (a test does not download).
+    # (No stage reads the page: building it after the pipeline ran is what building it before would be.)
+    page = repo / ".dvc" / "offline_plots.html"
+    page.unlink()  # make_repo's copy of this checkout's page: the one checked is the one built here
     run([str(BIN / "python"), "-m", "cxr.offline_plots", "--node-modules", str(NODE_MODULES)], repo)
-    run(["dvc", "repro"], repo, timeout=1800)
-    run(["git", "add", "-A"], repo)
-    run(["git", "commit", "-q", "-m", "baseline results"], repo)
-    # `dvc exp run` leaves the experiment's results in the workspace: `dvc plots diff` is it vs HEAD.
-    run(["dvc", "exp", "run", "-n", "lr-exp", "-S", "lr=1e-4"], repo, timeout=1800)
+    assert page.is_file()
     return repo
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline_repo import env, install_plots_template, make_repo, run
+from pipeline_repo import copy_repo, env, experiment_runs, install_plots_template, make_repo, mlflow_client, run
 from servers import mlflow_process
 
 pytestmark = pytest.mark.slow
@@ -43,32 +43,15 @@ STAGES = [
 ]
 
 
-def mlflow_client(repo: Path):
-    from mlflow.tracking import MlflowClient
-
-    uri = f"sqlite:///{repo / 'mlflow.db'}"
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
-
-
-def experiment_runs(repo: Path) -> list:
-    client = mlflow_client(repo)
-    exp = client.get_experiment_by_name("chest-xray-pneumonia")
-    assert exp is not None, "the pipeline's MLflow experiment was not created in the workspace store"
-    return client.search_runs([exp.experiment_id], max_results=1000)
-
-
 def ran_stages(output: str) -> set[str]:
     return set(re.findall(r"Running stage '([^']+)'", output))
 
 
 @pytest.fixture(scope="module")
-def pipeline(tmp_path_factory):
-    """A repo after one full ``dvc repro``, with the results committed as the baseline."""
-    repo = make_repo(tmp_path_factory.mktemp("pipeline") / "repo")
-    first = run(["dvc", "repro"], repo, timeout=1800)
-    run(["git", "add", "-A"], repo)
-    run(["git", "commit", "-q", "-m", "baseline results"], repo)
-    return {"repo": repo, "first": first.stdout}
+def pipeline(pipeline_baseline):
+    """A repo after one full ``dvc repro``, with the results committed as the baseline (conftest's, built
+    once a session and shared with other modules: read it, never change it)."""
+    return pipeline_baseline
 
 
 def test_repro_runs_every_stage_then_nothing(pipeline):
@@ -105,11 +88,16 @@ def test_repro_runs_every_stage_then_nothing(pipeline):
 
 
 @pytest.fixture(scope="module")
-def experiment(pipeline):
-    repo = pipeline["repo"]
-    n_before = len(experiment_runs(repo))
-    out = run(["dvc", "exp", "run", "-n", "lr-bs", "-S", "lr=1e-4", "-S", "batch_size=16"], repo, timeout=1800)
-    return {**pipeline, "exp_out": out.stdout, "n_before": n_before}
+def experiment(pipeline_experiment):
+    """A copy of the baseline after ``dvc exp run -n lr-bs -S lr=1e-4 -S batch_size=16`` (conftest's, built
+    once a session and shared with test_plots_offline: read it, never change it)."""
+    return pipeline_experiment
+
+
+@pytest.fixture
+def experiment_copy(experiment, tmp_path):
+    """The experiment's repo copied for a test that changes it."""
+    return {**experiment, "repo": copy_repo(experiment["repo"], tmp_path / "repo")}
 
 
 def test_exp_run_reruns_only_dependent_stages(experiment):
@@ -181,8 +169,8 @@ def test_plots_diff_holds_both_revisions(experiment, tmp_path):
     assert html.count('"rev": "lr-bs"') + html.count('"rev":"lr-bs"') > 0
 
 
-def test_queued_experiments_land_in_workspace_store(experiment):
-    repo = experiment["repo"]
+def test_queued_experiments_land_in_workspace_store(experiment_copy):
+    repo = experiment_copy["repo"]
     for lr in ("3e-4", "2e-4"):
         run(["dvc", "exp", "run", "--queue", "-n", f"q-{lr}", "-S", f"lr={lr}"], repo)
     run(["dvc", "queue", "start", "-j", "2"], repo)
