@@ -124,5 +124,5 @@ def test_one_model_list_drives_train_evaluate_compare_and_plots():
         if isinstance(props, dict) and isinstance(props.get("y"), dict):
             named = {m for m in models for f in props["y"] if f"/{m}." in f or f"/{m}/" in f}
             assert named == set(models), f"plot {plot_id!r} names {sorted(named)}, expected all of {models}"
-    confusions = {p for plot in dvc_yaml["plots"] if isinstance(plot, dict) for p in plot if "confusion" in p}
-    assert confusions == {f"plots/eval/{m}/confusion.csv" for m in models}
+    (confusion,) = [p["Confusion matrices (test)"] for p in dvc_yaml["plots"] if "Confusion matrices (test)" in p]
+    assert set(confusion["y"]) == {f"plots/eval/{m}/confusion.csv" for m in models}

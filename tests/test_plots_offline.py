@@ -164,7 +164,7 @@ def check_page(page: Path, repo: Path, workdir: Path, revisions: list[str]) -> N
     external = re.findall(r"<script[^>]*\bsrc\s*=[^>]*>", html)
     assert not external, f"{page} still loads scripts from elsewhere: {external}"
     vega_ids, images = declared_plots(repo)
-    assert len(vega_ids) == 10 and len(images) == 4, (vega_ids, images)  # dvc.yaml's 14 plots
+    assert len(vega_ids) == 6 and len(images) == 4, (vega_ids, images)  # dvc.yaml's 10 plots
     parser = PlotElements(set(vega_ids))
     parser.feed(render(page, workdir))
     missing = [i for i in vega_ids if i not in parser.found]

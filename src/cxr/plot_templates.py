@@ -1,0 +1,255 @@
+"""The Vega-Lite templates of the pipeline's DVC plots (``.dvc/plots/*.json``), generated from this module.
+
+DVC's built-in templates colour by revision and tell files apart by dash pattern only, label a multi-file
+y axis "y", draw no chance diagonal and give each confusion matrix its own 600-px chart. These colour
+each line by its **model** (the colour of :data:`cxr.plots.MODEL_COLORS`, as in every PNG) and dash it by
+**revision** (``dvc plots diff``), so one chart reads the same with one revision or two:
+
+- ``model_lines``: a per-epoch value of each model (``x: epoch``; a y field per file);
+- ``model_loss``: training and validation loss side by side (two y fields per file), log scale: a
+  first epoch of loss 3 does not flatten the others;
+- ``model_roc`` / ``model_calibration``: the curves plus the chance / perfect-calibration diagonal;
+- ``model_pr``: precision-recall curves;
+- ``model_confusion``: every model's confusion matrix in one row (a row per revision), counts and row
+  shares printed in the cells.
+
+The model is read from the file DVC took the row from: ``plots/history/<model>.csv`` or
+``plots/eval/<model>/<plot>.csv``. ``python -m cxr.plot_templates`` rewrites the files;
+tests/test_plot_templates.py fails when the committed ones differ from what this module generates.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from cxr.plots import EXTRA_COLORS, MODEL_COLORS
+
+TEMPLATE_DIR = Path(".dvc/plots")
+SCHEMA = "https://vega.github.io/schema/vega-lite/v5.json"
+X, Y = "<DVC_METRIC_X>", "<DVC_METRIC_Y>"
+X_LABEL, Y_LABEL, TITLE, DATA = (
+    "<DVC_METRIC_X_LABEL>",
+    "<DVC_METRIC_Y_LABEL>",
+    "<DVC_METRIC_TITLE>",
+    "<DVC_METRIC_DATA>",
+)
+SIDE = 320  # px: square ROC and calibration charts
+
+# Where DVC says which file (and, with several y fields, which field) a row came from. With several files
+# it shortens the paths to what differs ("cnn.csv", "cnn/roc.csv"); with one, the path may be whole.
+_SOURCE = "split(datum['filename::field'] || datum.filename || '', '::')"
+# plots/history/<model>.csv: the file's name; plots/eval/<model>/<plot>.csv: its folder's.
+HISTORY_MODEL = f"replace(peek(split({_SOURCE}[0], '/')), '.csv', '') || 'model'"
+EVAL_MODEL = f"slice(split({_SOURCE}[0], '/'), -2, -1)[0] || 'model'"
+FIELD = f"datum.field || {_SOURCE}[1] || ''"
+
+
+def model_color() -> dict[str, Any]:
+    """The colour channel: the models' fixed colours; an unknown model takes the next spare colour."""
+    return {
+        "field": "model",
+        "type": "nominal",
+        "title": "Model",
+        "scale": {"domain": list(MODEL_COLORS), "range": [*MODEL_COLORS.values(), *EXTRA_COLORS]},
+    }
+
+
+REVISION_DASH = {"field": "rev", "type": "nominal", "title": "Revision"}
+TOOLTIP = [
+    {"field": "model", "type": "nominal", "title": "Model"},
+    {"field": "rev", "type": "nominal", "title": "Revision"},
+    {"field": X, "type": "quantitative", "title": X_LABEL, "format": ".3f"},
+    {"field": Y, "type": "quantitative", "title": Y_LABEL, "format": ".3f"},
+]
+
+
+def _base(model_expr: str, extra: list[dict] | None = None) -> dict[str, Any]:
+    return {
+        "$schema": SCHEMA,
+        "data": {"values": DATA},
+        "title": {"text": TITLE, "anchor": "middle"},
+        "transform": [{"calculate": model_expr, "as": "model"}, *(extra or [])],
+    }
+
+
+def _unit_axes(ticks: int = 5) -> dict[str, dict]:
+    axis = {"format": ".1f", "tickCount": ticks, "labelOverlap": True}
+    scale = {"domain": [0, 1], "nice": False}
+    return {
+        "x": {"field": X, "type": "quantitative", "title": X_LABEL, "scale": scale, "axis": axis},
+        "y": {"field": Y, "type": "quantitative", "title": Y_LABEL, "scale": scale, "axis": axis},
+    }
+
+
+def _curves(point: bool = False) -> dict[str, Any]:
+    return {
+        "mark": {"type": "line", "point": point, "strokeWidth": 2},
+        "encoding": {"color": model_color(), "strokeDash": REVISION_DASH, "tooltip": TOOLTIP},
+    }
+
+
+def _diagonal(label: str) -> dict[str, Any]:
+    return {
+        "data": {"values": [{"d": 0, "label": label}, {"d": 1, "label": label}]},
+        "mark": {"type": "line", "color": "grey", "strokeDash": [4, 4], "strokeWidth": 1},
+        "encoding": {
+            "x": {"field": "d", "type": "quantitative"},
+            "y": {"field": "d", "type": "quantitative"},
+            "tooltip": {"field": "label", "type": "nominal"},
+        },
+    }
+
+
+def model_lines() -> dict[str, Any]:
+    epoch = {"field": X, "type": "quantitative", "title": X_LABEL, "axis": {"tickMinStep": 1, "format": "d"}}
+    y = {"field": Y, "type": "quantitative", "title": Y_LABEL, "scale": {"zero": False}}
+    spec = _base(HISTORY_MODEL)
+    spec.update({"width": 420, "height": 260, **_curves(point=True)})
+    spec["encoding"].update(x=epoch, y=y)
+    return spec
+
+
+def model_loss() -> dict[str, Any]:
+    """Two y fields per file (train_loss, val_loss): DVC puts the value in ``dvc_inferred_y_value`` and
+    the field in ``filename::field``; one panel per field, a shared log-scale y."""
+    panel = {"calculate": f"({FIELD}) == 'train_loss' ? 'Training' : 'Validation'", "as": "phase"}
+    spec = _base(HISTORY_MODEL, [panel])
+    curves = _curves(point=True)
+    curves["encoding"].update(
+        x={"field": X, "type": "quantitative", "title": X_LABEL, "axis": {"tickMinStep": 1, "format": "d"}},
+        y={"field": Y, "type": "quantitative", "title": Y_LABEL, "scale": {"type": "log"}},
+    )
+    spec.update(
+        {
+            "facet": {"column": {"field": "phase", "type": "nominal", "title": None, "header": {"labelFontSize": 13}}},
+            "spec": {"width": 300, "height": 240, **curves},
+        }
+    )
+    return spec
+
+
+def model_roc() -> dict[str, Any]:
+    spec = _base(EVAL_MODEL)
+    spec.update(
+        {
+            "width": SIDE,
+            "height": SIDE,
+            "encoding": _unit_axes(),
+            "layer": [_diagonal("Chance (AUC = 0.5)"), _curves()],
+        }
+    )
+    return spec
+
+
+def model_pr() -> dict[str, Any]:
+    curves = _curves()
+    curves["mark"]["interpolate"] = "step-after"
+    curves["encoding"].update(_unit_axes())
+    spec = _base(EVAL_MODEL)
+    spec.update({"width": SIDE, "height": SIDE, **curves})
+    return spec
+
+
+def model_calibration() -> dict[str, Any]:
+    spec = _base(EVAL_MODEL)
+    spec.update(
+        {
+            "width": SIDE,
+            "height": SIDE,
+            "encoding": _unit_axes(),
+            "layer": [_diagonal("Perfectly calibrated"), _curves(point=True)],
+        }
+    )
+    return spec
+
+
+def model_confusion() -> dict[str, Any]:
+    """Counts per (model, revision, actual, predicted); absent cells are 0; share of the actual row."""
+    transform: list[dict[str, Any]] = [
+        {"aggregate": [{"op": "count", "as": "n"}], "groupby": ["model", "rev", Y, X]},
+        {"impute": "n", "key": X, "groupby": ["model", "rev", Y], "value": 0},
+        {"joinaggregate": [{"op": "sum", "field": "n", "as": "row_n"}], "groupby": ["model", "rev", Y]},
+        {"calculate": "datum.row_n > 0 ? datum.n / datum.row_n : 0", "as": "share"},
+        {"calculate": "datum.n + ' (' + format(datum.share, '.0%') + ')'", "as": "cell"},
+    ]
+    spec = _base(EVAL_MODEL, transform)
+    nominal = {"type": "nominal", "axis": {"labelAngle": 0}}
+    spec.update(
+        {
+            "facet": {
+                "column": {"field": "model", "type": "nominal", "title": None, "sort": list(MODEL_COLORS)},
+                "row": {"field": "rev", "type": "nominal", "title": None},
+            },
+            "spec": {
+                "width": 130,
+                "height": 130,
+                "encoding": {
+                    "x": {"field": X, "title": X_LABEL, **nominal},
+                    "y": {"field": Y, "title": Y_LABEL, **nominal},
+                },
+                "layer": [
+                    {
+                        "mark": "rect",
+                        "encoding": {
+                            "color": {
+                                "field": "share",
+                                "type": "quantitative",
+                                "title": "Share of the actual class",
+                                "scale": {"domain": [0, 1], "scheme": "blues"},
+                                "legend": {"format": ".0%"},
+                            },
+                            "tooltip": [
+                                {"field": "model", "title": "Model"},
+                                {"field": "rev", "title": "Revision"},
+                                {"field": Y, "title": "Actual"},
+                                {"field": X, "title": "Predicted"},
+                                {"field": "n", "title": "Images"},
+                                {"field": "share", "title": "Share of row", "format": ".1%"},
+                            ],
+                        },
+                    },
+                    {
+                        "mark": {"type": "text", "fontSize": 13},
+                        "encoding": {
+                            "text": {"field": "cell"},
+                            "color": {"condition": {"test": "datum.share > 0.5", "value": "white"}, "value": "black"},
+                        },
+                    },
+                ],
+            },
+        }
+    )
+    return spec
+
+
+TEMPLATES = {
+    "model_lines": model_lines,
+    "model_loss": model_loss,
+    "model_roc": model_roc,
+    "model_pr": model_pr,
+    "model_calibration": model_calibration,
+    "model_confusion": model_confusion,
+}
+
+
+def render(name: str) -> str:
+    """Template ``name`` as the bytes written to ``.dvc/plots/<name>.json``."""
+    return json.dumps(TEMPLATES[name](), indent=2) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description="Write the pipeline's DVC plot templates to .dvc/plots/.")
+    p.add_argument("--out", default=str(TEMPLATE_DIR), help="folder (default: .dvc/plots)")
+    out = Path(p.parse_args(argv).out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in TEMPLATES:
+        (out / f"{name}.json").write_text(render(name), encoding="utf8")
+    print(f"wrote {len(TEMPLATES)} templates to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
