@@ -34,6 +34,7 @@ from cxr.evaluation.compare import (
 )
 from cxr.evaluation.promotion import RegistryError, register_candidate
 from cxr.files import write_csv, write_metrics
+from cxr.models import TUNED_SUFFIX, tuned_name
 from cxr.plots import metrics_bar_figure, roc_comparison_figure, save_figure, shift_roc_figure
 from cxr.stage import run_stage
 from cxr.tracking import make_tracker, project_root, run_name
@@ -71,7 +72,7 @@ def main(argv=None) -> int:
     params = load_params(args.params)
     cfg: CompareConfig = section(params, "compare", CompareConfig)
     mlflow_cfg: MlflowConfig = section(params, "mlflow", MlflowConfig)
-    models = args.models or list(params.get("models") or {})
+    models = (args.models or list(params.get("models") or {})) + tuned_candidates(args)
     train_m, eval_m, rocs, ext_rocs = read_model_results(args, models)
     best = select_best(train_m, cfg.select_metric)
     write_reports(args, cfg, train_m, eval_m)
@@ -83,6 +84,12 @@ def main(argv=None) -> int:
     return 0
 
 
+def tuned_candidates(args) -> list[str]:
+    """The sweep's kept model (``<sweep model>-tuned``), when the sweep ran: a candidate like the others."""
+    sweep = _read_json(Path(args.sweep)) if args.sweep else None
+    return [tuned_name(sweep["model"])] if sweep and sweep.get("model") else []
+
+
 def read_model_results(args, models: list[str]) -> tuple[dict, dict, dict, dict]:
     """Train and eval metrics, internal and external ROC tables of every model that has both metrics files."""
     train_m, eval_m, rocs, ext_rocs = {}, {}, {}, {}
@@ -92,7 +99,7 @@ def read_model_results(args, models: list[str]) -> tuple[dict, dict, dict, dict]
         if t is None or e is None:
             warnings.warn(
                 f"compare: skipping {m}: missing {'train' if t is None else 'eval'} metrics "
-                f"(run `dvc repro evaluate@{m}`)",
+                f"(run `dvc repro {'evaluate_tuned' if m.endswith(TUNED_SUFFIX) else 'evaluate'}@{m}`)",
                 RuntimeWarning,
                 stacklevel=1,
             )

@@ -37,7 +37,7 @@ from cxr.data.external import load_index
 from cxr.evaluation.evaluate import attach_run, evaluate_checkpoint, evaluation_figures, find_training_run
 from cxr.files import write_csv, write_metrics
 from cxr.gpus import GpuClaimError, hold_device
-from cxr.models import list_models
+from cxr.models import architecture_of, list_models
 from cxr.plots import save_figure
 from cxr.stage import run_stage
 from cxr.tracking import make_tracker
@@ -51,7 +51,9 @@ ERRORS = (ConfigError, CacheError, FileNotFoundError, ValueError, GpuClaimError)
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--params", default="params.yaml")
-    p.add_argument("--model", required=True, help=f"registry name ({', '.join(list_models())})")
+    p.add_argument(
+        "--model", required=True, help=f"registry name ({', '.join(list_models())}), or <name>-tuned (the sweep's)"
+    )
     p.add_argument("--checkpoint", required=True, help="train stage output folder (model.pt + model.json)")
     p.add_argument("--cache", default="data/cache", help="preprocess stage output")
     # Accepted and unused: the training curves are drawn by the train stage alone. Remove it together with
@@ -75,7 +77,7 @@ def main(argv=None) -> int:
     device = hold_device(args.device)  # on CUDA a GPU of its own (cxr.gpus), for queued experiments
 
     model, card = checkpoint.load(args.checkpoint, device=device)
-    if card.name != args.model:
+    if card.name != architecture_of(args.model):
         raise ConfigError(f"--checkpoint {args.checkpoint} holds model {card.name!r}, not --model {args.model!r}")
     val, test = load_split(args.cache, "val"), load_split(args.cache, "test")
     result = evaluate_checkpoint(

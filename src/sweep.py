@@ -25,12 +25,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import shutil
+import tempfile
 from pathlib import Path
 
 from cxr.config import ConfigError, EvaluateConfig, MlflowConfig, SweepConfig, load_params, section
 from cxr.data.cache import CacheError, load_info, load_split
 from cxr.device import describe, resolve_device
-from cxr.files import json_safe, write_metrics
+from cxr.files import clean_number, json_safe, write_history, write_metrics
 from cxr.gpus import GpuClaimError, claim_gpus
 from cxr.models import WeightsUnavailableError
 from cxr.models.weights import materialised_weights
@@ -53,6 +55,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--table", required=True, help="one row per configuration CSV (DVC plot)")
     p.add_argument("--figures", required=True, help="folder for heatmap.png")
     p.add_argument("--pretrained", default=None, help="the weights stage's output (models/pretrained)")
+    p.add_argument("--tuned", default=None, help="folder for the selected configuration's model (<model>-tuned)")
+    p.add_argument("--tuned-metrics", default=None, help="its validation metrics JSON (as train writes them)")
+    p.add_argument("--tuned-history", default=None, help="its per-epoch history CSV (as train writes it)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
     p.add_argument("--no-progress", action="store_true")
     return p.parse_args(argv)
@@ -78,6 +83,11 @@ def main(argv=None) -> int:
     )
     with contextlib.ExitStack() as stack:
         devices = sweep_devices(cfg.devices, args.device, device, n, stack)
+        args.staging = None  # every configuration's model, until the selected one is kept (--tuned)
+        if args.tuned:
+            Path(args.tuned).parent.mkdir(parents=True, exist_ok=True)
+            args.staging = tempfile.mkdtemp(prefix=".sweep-", dir=Path(args.tuned).parent)
+            stack.callback(shutil.rmtree, args.staging, ignore_errors=True)
         return run(args, cfg, base, info, train, val, test, mlflow_cfg, eval_cfg, devices)
 
 
@@ -90,6 +100,22 @@ def sweep_devices(devices, requested: str, device, n_configs: int, stack: contex
             return [f"cuda:{o}" for o in claim.ordinals]
         return [f"cuda:{i}" for i in range(want)]
     return [device] * want
+
+
+def keep_tuned(args, result) -> None:
+    """The selected configuration's model in --tuned, its metrics and history as train writes a model's:
+    ``<model>-tuned``, evaluated and compared like the models of params.yaml."""
+    if not args.tuned:
+        return
+    out = Path(args.tuned)
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.move(result.best["checkpoint"], out)
+    if args.tuned_metrics:
+        write_metrics(args.tuned_metrics, {k: clean_number(v) for k, v in result.best["metrics"].items()})
+    if args.tuned_history:
+        write_history(args.tuned_history, result.best_history)
+    b = result.best
+    print(f"[sweep] kept the selected configuration (batch_size={b['batch_size']}, lr={b['lr']:g}) in {out}")
 
 
 def run(args, cfg, base, info, train, val, test, mlflow_cfg, eval_cfg, devices) -> int:
@@ -125,7 +151,9 @@ def run(args, cfg, base, info, train, val, test, mlflow_cfg, eval_cfg, devices) 
             threshold_method=eval_cfg.threshold,
             fixed_threshold=eval_cfg.fixed_threshold,
             eval_batch_size=cfg.eval_batch_size,
+            keep_dir=args.staging,
         )
+        keep_tuned(args, result)
         summary = json_safe(result.summary())
         write_metrics(args.metrics, summary)
         Path(args.table).parent.mkdir(parents=True, exist_ok=True)

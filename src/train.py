@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
-import math
 import sys
 from pathlib import Path
 
@@ -34,7 +32,7 @@ from cxr import checkpoint
 from cxr.config import ConfigError, EvaluateConfig, MlflowConfig, TrainConfig, load_params, section
 from cxr.data.cache import CacheError, load_info, load_split
 from cxr.device import describe, resolve_device
-from cxr.files import write_metrics
+from cxr.files import clean_number, write_history, write_metrics
 from cxr.gpus import GpuClaimError, claim_gpus
 from cxr.models import WeightsUnavailableError, list_models
 from cxr.models.weights import materialised_weights
@@ -47,11 +45,6 @@ from cxr.training.engine import TrainingDivergedError
 from cxr.training.fit import fit
 from cxr.training.resume import config_hash
 from cxr.training.run_config import resolve_run_config
-
-# DVC-tracked, so deterministic: no per-epoch seconds or images/s here (they are MLflow metrics,
-# step = epoch, and in the log); the same code, params, data and seed give the same bytes.
-HISTORY_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_auc", "lr"]
-
 
 ERRORS = (ConfigError, CacheError, WeightsUnavailableError, ResumeLockedError, TrainingDivergedError, GpuClaimError)
 
@@ -76,22 +69,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:1 | mps")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
     return p.parse_args(argv)
-
-
-def write_history(path: Path, history: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=HISTORY_COLUMNS, extrasaction="ignore")
-        w.writeheader()
-        for row in history:
-            w.writerow({k: _clean(row.get(k)) for k in HISTORY_COLUMNS})
-
-
-def _clean(v):
-    """JSON/CSV-safe number: NaN (AUC with one class in validation) becomes null."""
-    if isinstance(v, float):
-        return None if math.isnan(v) else round(v, 6)
-    return v
 
 
 def main(argv=None) -> int:
@@ -190,7 +167,7 @@ def _fit_and_write(args, run_cfg, device, train, val, info, tracker, tags, mlflo
             return 0
         checkpoint.save(args.out, result.model, result.card)
 
-        metrics = {k: _clean(v) for k, v in result.metrics().items()}
+        metrics = {k: clean_number(v) for k, v in result.metrics().items()}
         write_metrics(args.metrics, metrics)
         write_history(Path(args.history), result.history)
 

@@ -23,7 +23,16 @@ from pathlib import Path
 
 import pytest
 
-from pipeline_repo import copy_repo, env, experiment_runs, install_plots_template, make_repo, mlflow_client, run
+from pipeline_repo import (
+    TINY_PARAMS,
+    copy_repo,
+    env,
+    experiment_runs,
+    install_plots_template,
+    make_repo,
+    mlflow_client,
+    run,
+)
 from servers import mlflow_process
 
 pytestmark = pytest.mark.slow
@@ -39,6 +48,7 @@ STAGES = [
     *(f"train@{m}" for m in MODELS),
     *(f"evaluate@{m}" for m in MODELS),
     "sweep",
+    f"evaluate_tuned@{TINY_PARAMS['sweep']['model']}-tuned",  # the sweep's kept model
     "compare",
 ]
 

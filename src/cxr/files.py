@@ -79,3 +79,25 @@ def json_safe(obj):
 def write_metrics(path: str | Path, obj) -> Path:
     """Write ``obj`` as indented JSON (a DVC metrics file), creating the folder."""
     return atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(json_safe(obj), indent=2) + "\n"))
+
+
+# plots/history/<model>.csv: one row per epoch (seconds and images/s go to MLflow only: they differ every run).
+HISTORY_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_auc", "lr"]
+
+
+def clean_number(v):
+    """JSON/CSV-safe number: NaN (AUC with one class in validation) becomes null; floats to 6 places."""
+    if isinstance(v, float):
+        return None if math.isnan(v) else round(v, 6)
+    return v
+
+
+def write_history(path: str | Path, history: list[dict]) -> None:
+    """The per-epoch history CSV (a DVC plot) of a training run: HISTORY_COLUMNS only."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=HISTORY_COLUMNS, extrasaction="ignore")
+        w.writeheader()
+        for row in history:
+            w.writerow({k: clean_number(row.get(k)) for k in HISTORY_COLUMNS})

@@ -187,6 +187,22 @@ def test_compare_stage_without_mlflow(tmp_path, monkeypatch):
         assert (tmp_path / "figures/compare" / name).read_bytes()[:4] == b"\x89PNG"
 
 
+def test_the_sweeps_kept_model_is_a_candidate(tmp_path, monkeypatch):
+    """metrics/sweep.json names the sweep's model: its kept "<model>-tuned" is compared and can win."""
+    _write_inputs(tmp_path)
+    (tmp_path / "metrics/train/cnn-tuned.json").write_text(json.dumps({"val_auc": 0.97, "val_loss": 0.25}))
+    (tmp_path / "metrics/eval/cnn-tuned.json").write_text(json.dumps(fake_eval(0.82, 0.77)))
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"compare": {"register": False}, "mlflow": {"experiment": "t"}}))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    with pytest.warns(RuntimeWarning, match="unreachable"):
+        assert _stage().main(_argv(tmp_path, params)) == 0  # --models cnn vit vgg16: the tuned one is added
+    csv = pd.read_csv(tmp_path / "reports/results.csv")
+    assert set(csv["model"]) == {"cnn", "vit", "vgg16", "cnn-tuned"}
+    assert csv.loc[csv["selected"], "model"].tolist() == ["cnn-tuned"]  # validation AUC 0.97 > cnn's 0.95
+    assert "cnn-tuned" in (tmp_path / "reports/results.md").read_text()
+
+
 def test_registration_asked_for_and_impossible_fails_the_stage(tmp_path, monkeypatch):
     """With compare.register true, MLflow down must not end in a cached success with a stale registry."""
     from cxr.evaluation.promotion import RegistryError

@@ -188,6 +188,12 @@ def test_sweep_stage_outputs_and_nested_mlflow_runs(data, tmp_path, monkeypatch)
                 str(out / "plots/sweep.csv"),
                 "--figures",
                 str(out / "figures/sweep"),
+                "--tuned",
+                str(out / "models/cnn-tuned"),
+                "--tuned-metrics",
+                str(out / "metrics/train/cnn-tuned.json"),
+                "--tuned-history",
+                str(out / "plots/history/cnn-tuned.csv"),
                 "--device",
                 "cpu",
                 "--no-progress",
@@ -201,6 +207,20 @@ def test_sweep_stage_outputs_and_nested_mlflow_runs(data, tmp_path, monkeypatch)
     assert summary["model"] == "cnn" and summary["n_configs"] == 2
     assert summary["best"]["batch_size"] == table.loc[table["selected"], "batch_size"].item()
     assert (out / "figures/sweep/heatmap.png").read_bytes()[:4] == b"\x89PNG"
+
+    # The selected configuration is kept as a model, with the files train writes for one; nothing else is.
+    from cxr import checkpoint
+
+    _, card = checkpoint.load(out / "models/cnn-tuned")
+    best = summary["best"]
+    assert card.name == "cnn" and card.train_params["batch_size"] == best["batch_size"]
+    assert card.train_params["lr"] == best["lr"] and card.threshold == pytest.approx(best["threshold"])
+    kept = json.loads((out / "metrics/train/cnn-tuned.json").read_text())
+    assert kept["val_auc"] == pytest.approx(best["val_auc"]) and kept["best_epoch"] == best["best_epoch"]
+    assert {"threshold", "val_sensitivity", "epochs_run"} <= set(kept)
+    history = pd.read_csv(out / "plots/history/cnn-tuned.csv")
+    assert history["epoch"].tolist() == [1] and list(history.columns)[:2] == ["epoch", "train_loss"]
+    assert sorted(p.name for p in (out / "models").iterdir()) == ["cnn-tuned"], "the other configurations' models"
 
     from mlflow import MlflowClient
 

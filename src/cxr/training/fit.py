@@ -44,7 +44,7 @@ from cxr.training.run_config import RunConfig
 class FitResult:
     model: nn.Module  # best epoch's weights loaded, eval mode
     history: list[dict]  # one row per epoch: epoch, train_loss, train_acc, val_loss, val_acc, val_auc, lr, seconds, ...
-    # (seconds and train_images_per_s go to MLflow only: see src/train.py HISTORY_COLUMNS)
+    # (seconds and train_images_per_s go to MLflow only: see cxr.files.HISTORY_COLUMNS)
     best: dict  # best_epoch and its val_* metrics
     threshold: float  # chosen on the validation probabilities of the best model
     card: ModelCard  # for checkpoint.save

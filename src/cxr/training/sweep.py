@@ -26,11 +26,13 @@ import os
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from cxr import checkpoint
 from cxr.metrics import binary_metrics, row_is_better
 from cxr.tracking import NullTracker, Tracker
 from cxr.training.engine import TrainingDivergedError, predict_probabilities
@@ -70,6 +72,7 @@ class SweepResult:
     select_metric: str
     rows: list[dict]
     best: dict = field(default_factory=dict)
+    best_history: list[dict] = field(default_factory=list)  # the selected configuration's epochs
 
     def table(self) -> pd.DataFrame:
         return pd.DataFrame(self.rows, columns=TABLE_COLUMNS)
@@ -130,6 +133,7 @@ def run_sweep(
     fixed_threshold: float = 0.5,
     eval_batch_size: int = 64,
     devices=None,
+    keep_dir: str | None = None,
 ) -> SweepResult:
     """Train every (batch_size, lr) of the grid from a fresh initialisation; select on ``select_metric``.
 
@@ -138,7 +142,9 @@ def run_sweep(
     numbers; ``base`` supplies every other hyperparameter (epochs, image_size, seed, ...). The test
     numbers are at each run's threshold, chosen on validation as ``threshold_method`` says (the
     evaluate stage's ``evaluate.threshold``/``fixed_threshold``). ``devices``: two or more spread
-    the grid over one worker process per device (``device`` is then unused).
+    the grid over one worker process per device (``device`` is then unused). ``keep_dir``: each
+    configuration's model is saved there (``checkpoint.save``, in ``row["checkpoint"]``), so the
+    selected one can be kept.
     """
     if select_metric not in ("val_auc", "val_loss"):
         raise ValueError(f"select_metric: expected val_auc or val_loss, found {select_metric!r}")
@@ -148,6 +154,7 @@ def run_sweep(
         threshold_method=threshold_method,
         fixed_threshold=fixed_threshold,
         eval_batch_size=eval_batch_size,
+        keep_dir=keep_dir,
     )
     configs = [base.replace(batch_size=bs, lr=lr) for bs, lr in grid(batch_sizes, lrs)]
     devices = list(devices or [])
@@ -158,6 +165,7 @@ def run_sweep(
         results = [_report(train_config(cfg, train, val, test, dev, **opts), progress) for cfg in configs]
     rows: list[dict] = []
     best: dict | None = None
+    best_history: list[dict] = []
     for cfg, (row, history) in zip(configs, results):
         # Logged once the configuration is done, from this process, whichever process trained it.
         tags = {
@@ -181,7 +189,7 @@ def run_sweep(
             tracker.set_tags({"test_used_for_selection": "false"})
         rows.append(row)
         if not row["diverged"] and row_is_better(row, best, select_metric):
-            best = row
+            best, best_history = row, history
     if best is None:
         raise TrainingDivergedError(
             f"every configuration of the {base.model} sweep diverged (learning rates {sorted(set(map(float, lrs)))}): "
@@ -189,7 +197,9 @@ def run_sweep(
         )
     for row in rows:
         row["selected"] = row is best
-    return SweepResult(model=base.model, select_metric=select_metric, rows=rows, best=dict(best))
+    return SweepResult(
+        model=base.model, select_metric=select_metric, rows=rows, best=dict(best), best_history=best_history
+    )
 
 
 def train_config(
@@ -203,9 +213,12 @@ def train_config(
     threshold_method: str,
     fixed_threshold: float,
     eval_batch_size: int,
+    keep_dir: str | None = None,
 ) -> tuple[dict, list[dict]]:
     """One configuration from a fresh initialisation: its table row (test numbers at the
-    validation-chosen threshold) and its per-epoch history."""
+    validation-chosen threshold) and its per-epoch history. With ``keep_dir`` its model is saved in
+    ``keep_dir/bs<batch_size>_lr<lr>`` (``row["checkpoint"]``) and its validation metrics are in
+    ``row["metrics"]`` (the train stage's metrics file, for the selected one)."""
     start = time.perf_counter()
     try:
         result = fit(
@@ -235,6 +248,11 @@ def train_config(
         "first_epoch_train_loss": result.history[0]["train_loss"],
         "diverged": diverged(result.best["val_loss"]),
     }
+    if keep_dir is not None:  # not table columns: what keeping the selected model needs
+        row["metrics"] = result.metrics()
+        row["checkpoint"] = str(
+            checkpoint.save(Path(keep_dir) / f"bs{cfg.batch_size}_lr{cfg.lr:g}", result.model, result.card)
+        )
     if test is not None and len(test[1]):
         probs = predict_probabilities(
             result.model,
