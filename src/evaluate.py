@@ -34,7 +34,14 @@ from cxr import checkpoint
 from cxr.config import ConfigError, EvaluateConfig, MlflowConfig, load_params, section
 from cxr.data.cache import CacheError, load_info, load_split
 from cxr.data.external import load_index
-from cxr.evaluation.evaluate import attach_run, evaluate_checkpoint, evaluation_figures, find_training_run
+from cxr.evaluation.evaluate import (
+    attach_run,
+    card_probabilities,
+    evaluate_checkpoint,
+    evaluation_figures,
+    find_training_run,
+)
+from cxr.evaluation.operating import choose_thresholds
 from cxr.files import write_csv, write_metrics
 from cxr.gpus import GpuClaimError, hold_device
 from cxr.models import architecture_of, list_models
@@ -80,11 +87,22 @@ def main(argv=None) -> int:
     if card.name != architecture_of(args.model):
         raise ConfigError(f"--checkpoint {args.checkpoint} holds model {card.name!r}, not --model {args.model!r}")
     val, test = load_split(args.cache, "val"), load_split(args.cache, "test")
+    # The operating points' thresholds, set on validation (evaluate.operating_points): test and external
+    # sets are only scored at them.
+    operating = choose_thresholds(
+        val.labels, card_probabilities(model, card, val.images, cfg, device), cfg.operating_points
+    )
     result = evaluate_checkpoint(
-        model, card, test=(test.images, test.labels, test.paths), cfg=cfg, device=device, n_val=len(val)
+        model,
+        card,
+        test=(test.images, test.labels, test.paths),
+        cfg=cfg,
+        device=device,
+        n_val=len(val),
+        operating=operating,
     )
 
-    external = evaluate_external_sets(args, model, card, cfg, device)
+    external = evaluate_external_sets(args, model, card, cfg, device, operating)
 
     Path(args.predictions).parent.mkdir(parents=True, exist_ok=True)
     write_csv(result.tables["predictions"], args.predictions)
@@ -116,23 +134,7 @@ def main(argv=None) -> int:
             tracker.log_artifact(save_figure(fig, Path(args.figures) / f"{name}.png"), "eval")
         tracker.log_artifact(args.metrics, "eval")
 
-    at = result.report["at_val_threshold"]
-    ci = at["accuracy"]
-    print(
-        f"[{args.model}] test n={result.report['n']} threshold {result.threshold:.3f} "
-        f"({card.threshold_method}, from the model card): "
-        f"accuracy {ci['value']:.3f} [{ci['ci_low']:.3f}, {ci['ci_high']:.3f}], "
-        f"sensitivity {at['sensitivity']['value']:.3f}, specificity {at['specificity']['value']:.3f}, "
-        f"AUC {at['roc_auc']['value']:.3f}"
-    )
-    for set_name, r in external.items():
-        at = r.report["at_val_threshold"]
-        print(
-            f"[{args.model}] external {set_name} n={r.report['n']} at the same threshold: "
-            f"accuracy {at['accuracy']['value']:.3f}, balanced accuracy {at['balanced_accuracy']['value']:.3f}, "
-            f"sensitivity {at['sensitivity']['value']:.3f}, specificity {at['specificity']['value']:.3f}, "
-            f"AUC {at['roc_auc']['value']:.3f} [{at['roc_auc']['ci_low']:.3f}, {at['roc_auc']['ci_high']:.3f}]"
-        )
+    print_summary(args.model, result, external)
     return 0
 
 
@@ -153,7 +155,34 @@ def log_evaluation(tracker, result, external: dict, external_dir: str | None) ->
         tracker.log_dataset(name, f"{external_dir}/{name}", str(index[name].get("data_version", "")), "external")
 
 
-def evaluate_external_sets(args, model, card: checkpoint.ModelCard, cfg: EvaluateConfig, device) -> dict:
+def print_summary(model: str, result, external: dict) -> None:
+    """The stage's log: the test numbers at the card's threshold, the operating points, the external sets."""
+    at = result.report["at_val_threshold"]
+    ci = at["accuracy"]
+    print(
+        f"[{model}] test n={result.report['n']} threshold {result.threshold:.3f} "
+        f"({result.threshold_method}, from the model card): "
+        f"accuracy {ci['value']:.3f} [{ci['ci_low']:.3f}, {ci['ci_high']:.3f}], "
+        f"sensitivity {at['sensitivity']['value']:.3f}, specificity {at['specificity']['value']:.3f}, "
+        f"AUC {at['roc_auc']['value']:.3f}"
+    )
+    for set_name, r in [("test", result), *external.items()]:
+        for p in r.report["operating_points"]:
+            print(
+                f"[{model}] {p['metric']} {p['target']:.0%} on validation (threshold {p['threshold']:.3f}): "
+                f"{set_name} sensitivity {p['sensitivity']['value']:.3f}, specificity {p['specificity']['value']:.3f}"
+            )
+    for set_name, r in external.items():
+        at = r.report["at_val_threshold"]
+        print(
+            f"[{model}] external {set_name} n={r.report['n']} at the same threshold: "
+            f"accuracy {at['accuracy']['value']:.3f}, balanced accuracy {at['balanced_accuracy']['value']:.3f}, "
+            f"sensitivity {at['sensitivity']['value']:.3f}, specificity {at['specificity']['value']:.3f}, "
+            f"AUC {at['roc_auc']['value']:.3f} [{at['roc_auc']['ci_low']:.3f}, {at['roc_auc']['ci_high']:.3f}]"
+        )
+
+
+def evaluate_external_sets(args, model, card: checkpoint.ModelCard, cfg: EvaluateConfig, device, operating) -> dict:
     """set name -> EvalResult for every set of the external stage's index, at the card's threshold."""
     if not args.external:
         return {}
@@ -167,7 +196,8 @@ def evaluate_external_sets(args, model, card: checkpoint.ModelCard, cfg: Evaluat
                 "run `dvc repro external` (it decodes the sets as the run's cache)"
             )
         s = load_split(folder, "test")
-        out[name] = evaluate_checkpoint(model, card, test=(s.images, s.labels, s.paths), cfg=cfg, device=device)
+        test = (s.images, s.labels, s.paths)
+        out[name] = evaluate_checkpoint(model, card, test=test, cfg=cfg, device=device, operating=operating)
     return out
 
 

@@ -97,3 +97,18 @@ def test_a_disabled_bar_still_iterates_and_counts(enabled, capfd):
     bar.update(2)
     bar.close()
     assert "\r" not in capfd.readouterr().err  # never a terminal under pytest: silent either way
+
+
+def test_a_stage_stopped_by_sigterm_says_so_without_a_traceback(capsys):
+    """`dvc queue kill` sends SIGTERM: one line on stderr and exit code 143, not a traceback."""
+    from cxr.signals import StageInterrupted
+    from cxr.stage import run_stage
+
+    def main() -> int:
+        raise StageInterrupted("SIGTERM")
+
+    with pytest.raises(SystemExit) as ended:
+        run_stage("train", main, (ValueError,))
+    assert ended.value.code == 143
+    err = capsys.readouterr().err
+    assert err.startswith("train: stopped by SIGTERM") and "dvc repro" in err and "Traceback" not in err

@@ -318,6 +318,17 @@ def load_model_override(params: dict[str, Any], model: str) -> ModelOverride:
     return parse(ModelOverride, (params.get("models") or {}).get(model) or {}, f"models.{model}")
 
 
+class OperatingTarget(Section):
+    """One of ``evaluate.operating_points``: a sensitivity or specificity to meet on validation."""
+
+    metric: Literal["sensitivity", "specificity"]
+    target: float = Field(gt=0, lt=1)
+
+
+def _default_operating_points() -> list[OperatingTarget]:
+    return [OperatingTarget(metric="sensitivity", target=0.95), OperatingTarget(metric="specificity", target=0.95)]
+
+
 class EvaluateConfig(Section):
     """``evaluate``: the test split, touched once, with bootstrap confidence intervals."""
 
@@ -331,6 +342,8 @@ class EvaluateConfig(Section):
     gradcam: bool = True  # Grad-CAM overlays in the gallery
     augment_examples: int = Field(3, ge=1)  # rows of the original-vs-augmented figure
     augment_draws: int = Field(4, ge=1)  # augmented draws per row
+    # Thresholds set on validation to meet each target; test and external sets are scored at them.
+    operating_points: list[OperatingTarget] = Field(default_factory=_default_operating_points)
 
 
 class SweepConfig(Section):

@@ -130,10 +130,12 @@ def roc_figure(
     label: str = "model",
     operating_point: tuple[float, float] | None = None,
     title: str = "ROC curve (test)",
+    targets: Sequence[tuple[str, float, float]] = (),
 ) -> Figure:
     """One ROC curve with its AUC in the legend and the chance diagonal, in the colour of model ``label``.
 
-    ``operating_point`` = (fpr, tpr) at the chosen threshold, marked on the curve.
+    ``operating_point`` = (fpr, tpr) at the chosen threshold, marked on the curve; ``targets``: (label,
+    fpr, tpr) of the operating points set on validation (evaluate.operating_points), where they landed.
     """
     fig, axes = figure_grid(5.2, 5.2)
     ax = axes[0, 0]
@@ -141,6 +143,8 @@ def roc_figure(
     if operating_point is not None:
         op_x, op_y = [operating_point[0]], [operating_point[1]]  # black: red is vgg16's colour
         ax.scatter(op_x, op_y, s=60, c="black", edgecolor="white", zorder=3, label="Chosen threshold")
+    for (text, fpr_t, tpr_t), marker in zip(targets, ("^", "s", "D", "v", "P")):
+        ax.scatter([fpr_t], [tpr_t], s=55, marker=marker, facecolor="white", edgecolor="black", zorder=4, label=text)
     _roc_axes(ax, title)
     fig.tight_layout()
     return fig

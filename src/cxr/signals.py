@@ -8,9 +8,9 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
+from cxr.stage import StageInterrupted
 
-class StageInterrupted(BaseException):
-    """SIGTERM or SIGHUP arrived (``dvc queue kill``, a closed terminal): the run ends as KILLED."""
+__all__ = ["StageInterrupted", "deferred_signals", "signals_end_the_run"]
 
 
 # While MLflow writes to its store, an arriving SIGTERM/SIGHUP is held here and raised right after the

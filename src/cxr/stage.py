@@ -23,12 +23,25 @@ from collections.abc import Callable, Iterable
 from typing import Any, NoReturn, TextIO
 
 
+class StageInterrupted(BaseException):
+    """SIGTERM or SIGHUP arrived (``dvc queue kill``, a closed terminal): the run ends as KILLED
+    (:mod:`cxr.signals` raises it), and the stage exits with 128 + the signal's number."""
+
+
 def run_stage(name: str, main: Callable[[], int], errors: tuple[type[BaseException], ...]) -> NoReturn:
     """Run a stage's ``main`` and exit with its code; ``errors`` end it with exit code 1 and their message."""
     try:
         code = main()
     except errors as exc:
         sys.exit(f"{name}: error: {exc}")
+    except StageInterrupted as exc:  # dvc queue kill, Ctrl-C's SIGTERM cousin, a closed terminal
+        print(
+            f"{name}: stopped by {exc} (its MLflow run, if any, is marked KILLED; outputs are left as they "
+            f"were). Run `dvc repro` again to redo the stage",
+            file=sys.stderr,
+        )
+        signum = {"SIGTERM": 15, "SIGHUP": 1}.get(str(exc), 15)
+        sys.exit(128 + signum)  # the shell's convention for a process ended by a signal
     except OSError as exc:
         if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise

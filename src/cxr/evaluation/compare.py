@@ -17,6 +17,7 @@ from typing import Any
 
 import pandas as pd
 
+from cxr.evaluation.operating import operating_points_markdown
 from cxr.metrics import SELECT_METRICS, row_is_better
 
 REPORT_METRICS = ("accuracy", "sensitivity", "specificity", "balanced_accuracy", "roc_auc", "f1")
@@ -263,8 +264,11 @@ def results_markdown(
     sets = external_names(eval_metrics or {})
     for k, name in enumerate(sets):
         lines += external_markdown(table, name, eval_metrics or {}, table_number=2 + k)
+    number = 2 + len(sets)
     if sweep_table is not None and len(sweep_table):
-        lines += _sweep_markdown_section(sweep_table, sweep_summary or {}, table_number=2 + len(sets))
+        lines += _sweep_markdown_section(sweep_table, sweep_summary or {}, table_number=number)
+        number += 1
+    lines += operating_points_markdown(eval_metrics or {}, table_number=number)
     lines += [
         "Reference (official 624-image test set): Kermany et al. 2018, InceptionV3 transfer, accuracy 92.8 %, "
         "sensitivity 93.2 %, specificity 90.1 %, AUC 0.968 (checkpoint chosen on test); MedMNIST v2 "

@@ -24,6 +24,7 @@ from cxr import CLASSES, plots
 from cxr.checkpoint import ModelCard
 from cxr.config import EvaluateConfig
 from cxr.data.augment import BatchAugment, Normalize, eval_resize
+from cxr.evaluation.operating import OperatingThreshold, score_operating_points
 from cxr.metrics import calibration_points, evaluate_predictions, pr_points, roc_points
 from cxr.training.engine import predict_probabilities
 
@@ -103,8 +104,10 @@ def evaluate_probabilities(
     test_paths,
     cfg: EvaluateConfig,
     n_val: int = 0,
+    operating: list[OperatingThreshold] | None = None,
 ) -> EvalResult:
-    """Score test probabilities at ``threshold`` (the card's, chosen on validation) and at 0.5. Pure."""
+    """Score test probabilities at ``threshold`` (the card's, chosen on validation), at 0.5 and at the
+    ``operating`` points' thresholds (also chosen on validation). Pure."""
     test_labels = np.asarray(test_labels).astype(int)
     if len(test_labels) == 0:
         raise ValueError("the test split is empty: nothing to evaluate (check the split stage's test_fraction)")
@@ -123,6 +126,7 @@ def evaluate_probabilities(
         "threshold_method": threshold_method,
         "n_val": int(n_val),
         **report,
+        "operating_points": score_operating_points(test_labels, test_probs, operating or [], cfg),
     }
     predicted = (np.asarray(test_probs) >= threshold).astype(int)
     tables = {
@@ -149,20 +153,34 @@ def evaluate_checkpoint(
     cfg: EvaluateConfig,
     device: str | torch.device | None = None,
     n_val: int = 0,
+    operating: list[OperatingThreshold] | None = None,
 ) -> EvalResult:
     """Predict ``test`` = (images, labels, paths) once, with the card's transform, and score it."""
     test_images, test_labels, test_paths = test
-    test_probs = predict_probabilities(
+    test_probs = card_probabilities(model, card, test_images, cfg, device)
+    return evaluate_probabilities(
+        card.name,
+        card.threshold,
+        card.threshold_method,
+        test_labels,
+        test_probs,
+        test_paths,
+        cfg,
+        n_val=n_val,
+        operating=operating,
+    )
+
+
+def card_probabilities(model: torch.nn.Module, card: ModelCard, images, cfg: EvaluateConfig, device) -> np.ndarray:
+    """P(pneumonia) of uint8 ``images`` through the card's transform."""
+    return predict_probabilities(
         model,
-        test_images,
+        images,
         mean=card.mean,
         std=card.std,
         image_size=card.image_size,
         device=device,
         batch_size=cfg.batch_size,
-    )
-    return evaluate_probabilities(
-        card.name, card.threshold, card.threshold_method, test_labels, test_probs, test_paths, cfg, n_val=n_val
     )
 
 
@@ -268,6 +286,10 @@ def _test_figures(result: EvalResult, external: dict[str, EvalResult] | None) ->
         label=name,
         operating_point=operating_point(result),
         title=f"{name}: ROC curve (test)",
+        targets=[
+            (f"{p['metric']} {p['target']:.0%} on validation", 1 - p["specificity"]["value"], p["sensitivity"]["value"])
+            for p in result.report.get("operating_points") or []
+        ],
     )
     if external:
         figs["roc_external"] = plots.shift_roc_figure({name: shift_panel(result, external)})

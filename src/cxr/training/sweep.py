@@ -167,26 +167,7 @@ def run_sweep(
     best: dict | None = None
     best_history: list[dict] = []
     for cfg, (row, history) in zip(configs, results):
-        # Logged once the configuration is done, from this process, whichever process trained it.
-        tags = {
-            "model": cfg.model,
-            "stage": "sweep",
-            "batch_size": cfg.batch_size,
-            "lr": cfg.lr,
-            "device": row["worker"],
-        }
-        with tracker.start_run(f"sweep {cfg.model} bs={cfg.batch_size} lr={cfg.lr:g}", tags=tags, nested=True):
-            tracker.log_params(cfg.as_params())
-            for i, h in enumerate(history, start=1):
-                tracker.log_metrics({k: v for k, v in h.items() if k != "epoch"}, step=h.get("epoch", i))
-            tracker.log_metrics(
-                {
-                    k: v
-                    for k, v in row.items()
-                    if (k.startswith("test_") and k != "test_used_for_selection") or k == "seconds"
-                }
-            )
-            tracker.set_tags({"test_used_for_selection": "false"})
+        _log_configuration(tracker, cfg, row, history)
         rows.append(row)
         if not row["diverged"] and row_is_better(row, best, select_metric):
             best, best_history = row, history
@@ -200,6 +181,30 @@ def run_sweep(
     return SweepResult(
         model=base.model, select_metric=select_metric, rows=rows, best=dict(best), best_history=best_history
     )
+
+
+def _log_configuration(tracker: Tracker, cfg: RunConfig, row: dict, history: list[dict]) -> None:
+    """One configuration's nested MLflow run: params, curves, test numbers (never used for selection)."""
+    # Logged once the configuration is done, from this process, whichever process trained it.
+    tags = {
+        "model": cfg.model,
+        "stage": "sweep",
+        "batch_size": cfg.batch_size,
+        "lr": cfg.lr,
+        "device": row["worker"],
+    }
+    with tracker.start_run(f"sweep {cfg.model} bs={cfg.batch_size} lr={cfg.lr:g}", tags=tags, nested=True):
+        tracker.log_params(cfg.as_params())
+        for i, h in enumerate(history, start=1):
+            tracker.log_metrics({k: v for k, v in h.items() if k != "epoch"}, step=h.get("epoch", i))
+        tracker.log_metrics(
+            {
+                k: v
+                for k, v in row.items()
+                if (k.startswith("test_") and k != "test_used_for_selection") or k == "seconds"
+            }
+        )
+        tracker.set_tags({"test_used_for_selection": "false"})
 
 
 def train_config(

@@ -1,0 +1,74 @@
+"""Operating points: thresholds set on validation to meet a sensitivity or specificity, scored elsewhere."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cxr.config import ConfigError, EvaluateConfig, OperatingTarget, parse
+from cxr.evaluation.compare import results_markdown, results_table
+from cxr.evaluation.evaluate import evaluate_probabilities
+from cxr.evaluation.operating import choose_thresholds, score_operating_points
+
+# Validation: 4 PNEUMONIA (0.9, 0.8, 0.7, 0.3) and 4 NORMAL (0.6, 0.4, 0.2, 0.1).
+VAL_Y = np.array([1, 1, 1, 1, 0, 0, 0, 0])
+VAL_P = np.array([0.9, 0.8, 0.7, 0.3, 0.6, 0.4, 0.2, 0.1])
+SENS_75 = OperatingTarget(metric="sensitivity", target=0.75)
+SPEC_75 = OperatingTarget(metric="specificity", target=0.75)
+
+
+def test_thresholds_are_the_strictest_that_meet_the_target_on_validation():
+    sens, spec = choose_thresholds(VAL_Y, VAL_P, [SENS_75, SPEC_75])
+    # 3 of 4 positives: the highest threshold doing it is the third positive's score, 0.7.
+    assert sens.threshold == 0.7 and sens.val_sensitivity == 0.75 and sens.val_specificity == 1.0
+    # 3 of 4 negatives below it: the lowest threshold doing it is the next score up, 0.6 (0.6 itself
+    # is then called PNEUMONIA: 0.4, 0.2, 0.1 stay NORMAL), keeping every positive above 0.6.
+    assert spec.threshold == 0.6 and spec.val_specificity == 0.75 and spec.val_sensitivity == 0.75
+    # A target of 100 % sensitivity goes down to the lowest positive; of 100 % specificity above every negative.
+    (all_pos,) = choose_thresholds(VAL_Y, VAL_P, [OperatingTarget(metric="sensitivity", target=0.999)])
+    assert all_pos.threshold == 0.3 and all_pos.val_sensitivity == 1.0
+    (no_fp,) = choose_thresholds(VAL_Y, VAL_P, [OperatingTarget(metric="specificity", target=0.999)])
+    assert no_fp.threshold == 0.7 and no_fp.val_specificity == 1.0
+
+
+def test_one_class_in_validation_is_a_clear_error():
+    with pytest.raises(ValueError, match="both classes"):
+        choose_thresholds(np.ones(4), np.linspace(0, 1, 4), [SENS_75])
+
+
+def test_test_set_is_scored_at_the_validation_threshold_with_cis():
+    points = choose_thresholds(VAL_Y, VAL_P, [SENS_75])
+    # Another site: positives score lower, so the validation threshold (0.7) misses 4 of 10.
+    y = np.array([1] * 10 + [0] * 10)
+    p = np.r_[np.linspace(0.5, 0.95, 10), np.linspace(0.0, 0.45, 10)]
+    (row,) = score_operating_points(y, p, points, EvaluateConfig(n_resamples=200))
+    assert row["threshold"] == 0.7 and row["metric"] == "sensitivity"
+    assert row["sensitivity"]["value"] == pytest.approx(0.6) and row["specificity"]["value"] == 1.0
+    assert row["sensitivity"]["ci_low"] < 0.6 < row["sensitivity"]["ci_high"]
+    assert row["target_met"] is False
+
+
+def test_the_report_and_the_results_section_carry_them():
+    cfg = EvaluateConfig(n_resamples=100)
+    y = np.array([1] * 10 + [0] * 10)
+    p = np.r_[np.linspace(0.75, 0.95, 10), np.linspace(0.0, 0.45, 10)]
+    points = choose_thresholds(VAL_Y, VAL_P, [SENS_75, SPEC_75])
+    result = evaluate_probabilities("cnn", 0.5, "youden", y, p, [f"{i}.png" for i in range(20)], cfg, operating=points)
+    report = result.report
+    assert [r["metric"] for r in report["operating_points"]] == ["sensitivity", "specificity"]
+    assert all(r["target_met"] for r in report["operating_points"])
+    train = {"cnn": {"val_auc": 0.9, "val_loss": 0.3}}
+    md = results_markdown(results_table({"cnn": report}, train, "val_auc"), eval_metrics={"cnn": report})
+    assert "Operating points" in md
+    assert "| cnn | sensitivity 75 % | 0.700 | internal test | 100.0 (" in md
+
+
+def test_operating_points_params_are_checked():
+    cfg = parse(EvaluateConfig, {"operating_points": [{"metric": "specificity", "target": 0.9}]}, "evaluate")
+    assert cfg.operating_points == [OperatingTarget(metric="specificity", target=0.9)]
+    with pytest.raises(
+        ConfigError, match=r"evaluate\.operating_points\[0\]\.metric: expected sensitivity or specificity, found 'ppv'"
+    ):
+        parse(EvaluateConfig, {"operating_points": [{"metric": "ppv", "target": 0.9}]}, "evaluate")
+    with pytest.raises(ConfigError, match="target"):
+        parse(EvaluateConfig, {"operating_points": [{"metric": "sensitivity", "target": 1.5}]}, "evaluate")
