@@ -118,6 +118,20 @@ class DataSource:
         return f"{what} {self.location}{checksum}"
 
 
+class SyntheticDataWarning(UserWarning):
+    """A model trained on the synthetic demo data is asked about images: its answers mean nothing for X-rays."""
+
+
+def synthetic_data_warning(source: DataSource) -> str | None:
+    """What ``cxr predict`` and the served model say, once, about a model trained on synthetic data (else None)."""
+    if not source.synthetic:
+        return None
+    return (
+        f"this model was trained on {source.describe()}, not on radiographs: its outputs on real chest "
+        "X-rays mean nothing. Fix: train on real data, `make real DATA=<folder or archive>` (docs/real-data.md)"
+    )
+
+
 def public_url(url: str) -> str:
     """``url`` without user, password, query and fragment: what identifies a download, no token."""
     parts = urlsplit(url)
