@@ -33,10 +33,8 @@ import pandas as pd
 import torch
 
 from cxr import checkpoint
-from cxr.config import ConfigError, DataConfig, EvaluateConfig, MlflowConfig, TrainConfig, load_params, section
-from cxr.data import SourceError
+from cxr.config import ConfigError, EvaluateConfig, MlflowConfig, TrainConfig, load_params, section
 from cxr.data.cache import CacheError, load_info, load_split
-from cxr.data.sources import resolve_path
 from cxr.device import describe, resolve_device
 from cxr.files import write_metrics
 from cxr.gpus import GpuClaimError, claim_gpus
@@ -50,7 +48,7 @@ from cxr.training import distributed
 from cxr.training.engine import TrainingDivergedError
 from cxr.training.fit import fit
 from cxr.training.resume import config_hash
-from cxr.training.run_config import resolve_run_config
+from cxr.training.run_config import resolve_data_source, resolve_run_config
 
 # DVC-tracked, so deterministic: no per-epoch seconds or images/s here (they are MLflow metrics,
 # step = epoch, and in the log); the same code, params, data and seed give the same bytes.
@@ -131,19 +129,6 @@ def main(argv=None) -> int:
 FINAL_METRICS = ("best_epoch", "val_auc", "val_loss", "threshold")
 
 
-def data_source(params: dict) -> checkpoint.DataSource:
-    """What params.yaml's ``data:`` says the data was; ``data.path`` is looked at, as fetch looks at it
-    (from the repository root, or ``$DVC_ROOT`` in a queued experiment), only to tell a folder from an archive."""
-    cfg: DataConfig = section(params, "data", DataConfig)
-    is_dir = None
-    if cfg.source == "path":
-        try:
-            is_dir = resolve_path(cfg.path, Path.cwd()).is_dir()
-        except SourceError:  # gone since fetch: the card says "path", not a guess
-            is_dir = None
-    return checkpoint.DataSource.from_config(cfg, path_is_dir=is_dir)
-
-
 def log_splits(tracker, cache: str, data_version: str) -> None:
     """The splits a run learns from, chooses on and is tested on, as MLflow dataset inputs: the DVC path as
     source and the DVC data version as digest, so runs on other data show other datasets."""
@@ -184,7 +169,7 @@ def train(args: argparse.Namespace, params: dict, run_cfg, device: torch.device)
             "threshold_method": eval_cfg.threshold,
             "fixed_threshold": eval_cfg.fixed_threshold,
             "resume_every": section(params, "train", TrainConfig).resume_every,
-            "data_source": data_source(params),
+            "data_source": resolve_data_source(params),
         }
         return _fit_and_write(args, run_cfg, device, train, val, info, tracker, tags, mlflow_cfg, fit_opts, main_rank)
 

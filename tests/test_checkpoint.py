@@ -11,7 +11,7 @@ import torch
 from cxr import checkpoint
 from cxr.models import build_model
 from cxr.training.engine import predict_probabilities
-from pipeline_repo import load_stage
+from cxr.training.run_config import resolve_data_source
 from toydata import TINY_VIT, card_for
 
 
@@ -143,15 +143,14 @@ def test_format_3_is_upgraded_to_an_unknown_source_never_a_guess():
 
 
 def test_train_records_what_params_say_the_data_was(tmp_path, monkeypatch, params):
-    """src/train.py's record: a folder or an archive told apart on disk, the URL without its secrets."""
-    data_source = load_stage("train").data_source
+    """The train stage's record: a folder or an archive told apart on disk, the URL without its secrets."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("DVC_ROOT", raising=False)
     (tmp_path / "xrays").mkdir()
     (tmp_path / "xrays.zip").write_bytes(b"PK")
 
     def source(**data):
-        return data_source({**params, "data": {**params["data"], **data}})
+        return resolve_data_source({**params, "data": {**params["data"], **data}})
 
     synthetic = source(source="synthetic")
     assert synthetic.kind == "synthetic" and synthetic.synthetic and synthetic.location is None
