@@ -157,7 +157,11 @@ def test_train_records_what_params_say_the_data_was(tmp_path, monkeypatch, param
     assert synthetic.settings == params["data"]["synthetic"] and "seed 0" in synthetic.describe()
     assert source(source="path", path="xrays") == checkpoint.DataSource("folder", "xrays")  # as given
     assert source(source="path", path=str(tmp_path / "xrays.zip")).kind == "archive"
-    assert source(source="path", path="gone.zip").kind == "path"  # moved since fetch: no guess
+    gone = source(source="path", path="gone.zip")
+    assert (
+        gone.kind == "path"
+        and gone.describe() == "data.path gone.zip (a folder or an archive, gone when the model was trained)"
+    )
     url = source(source="url", url="https://me:pw@example.org:8443/d/cxr.zip?X-Amz-Signature=abc#x", sha256="ab" * 32)
     assert url == checkpoint.DataSource("url", "https://example.org:8443/d/cxr.zip", {"sha256": "ab" * 32})
     assert source(source="kaggle").location == "paultimothymooney/chest-xray-pneumonia"

@@ -101,7 +101,7 @@ class DataSource:
         )
 
     def describe(self) -> str:
-        """One phrase for people: ``the synthetic demo data (seed 0, 240 patients)``, ``the folder data/x``."""
+        """One phrase for people: ``the synthetic demo data (generator seed 0, 240 patients)``, ``the folder x``."""
         s = self.settings
         if self.kind == "synthetic":
             return f"the synthetic demo data (generator seed {s.get('seed', '?')}, {s.get('patients', '?')} patients)"
@@ -110,12 +110,13 @@ class DataSource:
         what = {
             "folder": "the folder",
             "archive": "the archive",
-            "path": "data.path (a folder or an archive, not found when the model was trained)",
+            "path": "data.path",
             "url": "the archive downloaded from",
             "kaggle": "the Kaggle dataset",
         }.get(self.kind, self.kind)
+        note = " (a folder or an archive, gone when the model was trained)" if self.kind == "path" else ""
         checksum = f" (sha256 {str(s['sha256'])[:12]}...)" if s.get("sha256") else ""
-        return f"{what} {self.location}{checksum}"
+        return f"{what} {self.location}{note}{checksum}"
 
 
 class SyntheticDataWarning(UserWarning):
