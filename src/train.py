@@ -4,7 +4,9 @@
         --metrics metrics/train/cnn.json --history plots/history/cnn.csv --figures figures/train/cnn
 
 (normally via ``dvc repro train@cnn`` or ``dvc exp run -S lr=1e-4``). Reads the top-level knobs
-(seed, lr, batch_size, epochs, image_size), ``train``, ``models.<model>`` and ``mlflow``.
+(seed, lr, batch_size, epochs, image_size), ``train``, ``models.<model>``, ``mlflow`` and, for the
+model card's record of what the data was (:class:`cxr.checkpoint.DataSource`), the ``data`` keys that
+name the source (source, path, url, sha256, kaggle_dataset, synthetic).
 Writes the checkpoint (model.pt + model.json) to --out, flat final validation metrics to
 --metrics, the per-epoch history CSV to --history and the curves PNG into --figures. An
 interrupted run continues from --resume (default data/resume/<model>.pt, outside DVC's outputs so
@@ -44,7 +46,7 @@ from cxr.training import distributed
 from cxr.training.engine import TrainingDivergedError
 from cxr.training.fit import fit
 from cxr.training.resume import config_hash
-from cxr.training.run_config import resolve_run_config
+from cxr.training.run_config import resolve_data_source, resolve_run_config
 
 ERRORS = (ConfigError, CacheError, WeightsUnavailableError, ResumeLockedError, TrainingDivergedError, GpuClaimError)
 
@@ -144,6 +146,7 @@ def train(args: argparse.Namespace, params: dict, run_cfg, device: torch.device)
             "threshold_method": eval_cfg.threshold,
             "fixed_threshold": eval_cfg.fixed_threshold,
             "resume_every": section(params, "train", TrainConfig).resume_every,
+            "data_source": resolve_data_source(params),
         }
         return _fit_and_write(args, run_cfg, device, train, val, info, tracker, tags, mlflow_cfg, fit_opts, main_rank)
 

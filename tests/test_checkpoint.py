@@ -11,6 +11,7 @@ import torch
 from cxr import checkpoint
 from cxr.models import build_model
 from cxr.training.engine import predict_probabilities
+from cxr.training.run_config import resolve_data_source
 from toydata import TINY_VIT, card_for
 
 
@@ -102,12 +103,68 @@ def test_format_2_is_upgraded_to_one_nested_augment():
         "augment": {"enabled": True, "crop_scale": [0.75, 1.0], "gamma": [0.8, 1.2]},
     }
     card = checkpoint.ModelCard.from_json(v2)
-    assert card.format_version == checkpoint.FORMAT_VERSION == 3
+    assert card.format_version == checkpoint.FORMAT_VERSION == 4
     assert not any(k.startswith("aug_") for k in card.train_params) and card.train_params["lr"] == 0.001
     assert card.train_params["augment"]["gamma"] == [0.8, 1.2]
     aug = card.augment_config()
     assert aug.crop_scale == (0.75, 1.0) and aug.gamma == (0.8, 1.2)  # the mapping v2 trained with
     assert checkpoint.ModelCard.from_json(card.to_json()) == card
+
+
+def test_card_round_trip_keeps_the_data_source(tmp_path):
+    model = build_model("cnn", image_size=16)
+    source = checkpoint.DataSource("folder", "../shared/data/kermany224")
+    checkpoint.save(tmp_path / "m", model, card_for(model, data_source=source))
+    written = json.loads((tmp_path / "m" / "model.json").read_text())
+    assert written["format_version"] == 4
+    assert written["data_source"] == {"kind": "folder", "location": "../shared/data/kermany224", "settings": {}}
+    card = checkpoint.load_card(tmp_path / "m")
+    assert card.data_source == source and not card.data_source.synthetic
+    assert checkpoint.ModelCard.from_json(card.to_json()) == card
+    assert card_for(model).data_source.kind == "unknown"  # a card built without one says so
+
+
+def test_format_3_is_upgraded_to_an_unknown_source_never_a_guess():
+    """v3 recorded a data version but not what the data was: v4 says unknown, even for the synthetic-looking."""
+    v3 = {
+        **{k: v for k, v in V1_CARD.items() if k not in ("model", "channels", "resize", "positive_class")},
+        "format_version": 3,
+        "threshold_method": "youden",
+        "cache_resize": "stretch",
+        "train_params": {"lr": 0.001, "augment": {"enabled": True}},
+        "data_version": "synthetic-looking",
+    }
+    card = checkpoint.ModelCard.from_json(json.dumps(v3))
+    assert card.format_version == 4
+    assert card.data_source == checkpoint.DataSource("unknown", None, {}) and not card.data_source.synthetic
+    assert "does not record" in card.data_source.describe()
+    assert json.loads(card.to_json())["data_source"]["kind"] == "unknown"
+    assert checkpoint.ModelCard.from_json(card.to_json()) == card
+
+
+def test_train_records_what_params_say_the_data_was(tmp_path, monkeypatch, params):
+    """The train stage's record: a folder or an archive told apart on disk, the URL without its secrets."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    (tmp_path / "xrays").mkdir()
+    (tmp_path / "xrays.zip").write_bytes(b"PK")
+
+    def source(**data):
+        return resolve_data_source({**params, "data": {**params["data"], **data}})
+
+    synthetic = source(source="synthetic")
+    assert synthetic.kind == "synthetic" and synthetic.synthetic and synthetic.location is None
+    assert synthetic.settings == params["data"]["synthetic"] and "seed 0" in synthetic.describe()
+    assert source(source="path", path="xrays") == checkpoint.DataSource("folder", "xrays")  # as given
+    assert source(source="path", path=str(tmp_path / "xrays.zip")).kind == "archive"
+    gone = source(source="path", path="gone.zip")
+    assert (
+        gone.kind == "path"
+        and gone.describe() == "data.path gone.zip (a folder or an archive, gone when the model was trained)"
+    )
+    url = source(source="url", url="https://me:pw@example.org:8443/d/cxr.zip?X-Amz-Signature=abc#x", sha256="ab" * 32)
+    assert url == checkpoint.DataSource("url", "https://example.org:8443/d/cxr.zip", {"sha256": "ab" * 32})
+    assert source(source="kaggle").location == "paultimothymooney/chest-xray-pneumonia"
 
 
 def test_unreadable_cards_say_why():

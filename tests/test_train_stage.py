@@ -36,7 +36,8 @@ def run_stage(workdir, repo_root, env_extra):
 def check_outputs(workdir):
     assert (workdir / "models/cnn/model.pt").is_file()
     meta = json.loads((workdir / "models/cnn/model.json").read_text())
-    assert meta["format_version"] == 3 and meta["cache_resize"] == "stretch"
+    assert meta["format_version"] == 4 and meta["cache_resize"] == "stretch"
+    assert meta["data_source"]["kind"] == "synthetic" and meta["data_source"]["settings"]["seed"] == 0
     assert meta["arch"]["name"] == "cnn" and meta["cache_size"] == 20 and meta["data_version"] == "test-dv"
     metrics = json.loads((workdir / "metrics/train/cnn.json").read_text())
     assert {"val_auc", "val_loss", "val_acc", "best_epoch", "threshold"} <= set(metrics)

@@ -109,8 +109,10 @@ def make_checkpoint(
     resize: str | None = "stretch",
     threshold: float = 0.5,
     seed: int = 0,
+    data_source=None,
 ) -> Path:
-    """A tiny seeded `cnn` saved as the train stage saves it (random weights: no training needed)."""
+    """A tiny seeded `cnn` saved as the train stage saves it (random weights: no training needed);
+    ``data_source`` (a cxr.checkpoint.DataSource): what its card says it was trained on (default: unknown)."""
     import torch
 
     from cxr import checkpoint
@@ -120,7 +122,8 @@ def make_checkpoint(
     model = build_model("cnn", image_size=image_size)
     with torch.no_grad():  # a random CNN answers ~0.5 for everything: spread its outputs so labels differ
         model.classifier[-1].weight.mul_(40.0)
-    card = card_for(model, cache_size=cache_size, threshold=threshold, cache_resize=resize or "stretch")
+    extra = {} if data_source is None else {"data_source": data_source}
+    card = card_for(model, cache_size=cache_size, threshold=threshold, cache_resize=resize or "stretch", **extra)
     return checkpoint.save(model_dir, model, card)
 
 

@@ -15,7 +15,8 @@ import pytest
 from PIL import Image
 
 from cxr import checkpoint
-from cxr.config import PreprocessConfig
+from cxr.checkpoint import DataSource
+from cxr.config import DataConfig, PreprocessConfig
 from cxr.data.cache import build_cache, load_split
 from cxr.data.manifest import MANIFEST_COLUMNS
 from cxr.serving import cli
@@ -267,6 +268,29 @@ def test_cli_grad_cam_figure_grows_with_the_input_image(tmp_path, model_dir, cap
     # two panels (original, overlay) each at the image's own size: not the 32 px cache
     assert sizes[1][0] - sizes[0][0] == 2 * (360 - 120) and sizes[1][1] - sizes[0][1] == 270 - 90
     assert min(sizes[0]) > CACHE
+
+
+def test_cli_warns_once_about_a_model_trained_on_synthetic_data(tmp_path, images, capsys):
+    """The default run's model (params.yaml's synthetic source) says what it is, once, on stderr; the output is
+    unchanged. A model of real images names its data and warns of nothing."""
+    synthetic = make_checkpoint(tmp_path / "synthetic", data_source=DataSource.from_config(DataConfig()))
+    inputs = [str(images[k]) for k in ("jpeg", "png8", "png16")]
+    rc = cli.main(["predict", *inputs, "--model", str(synthetic), "--batch-size", "1", "--format", "jsonl"])
+    out, err = capsys.readouterr()
+    assert rc == 0
+    assert err.count("warning: this model was trained on the synthetic demo data (generator seed 0") == 1
+    assert "not on radiographs" in err and "mean nothing" in err and "make real DATA=" in err
+    assert "by a model trained on synthetic data" in err.splitlines()[-1]  # the summary points back at it
+    recs = [json.loads(line) for line in out.splitlines()]
+    assert len(recs) == 3 and all(list(r) == ["file", "probability", "label", "error", "warning"] for r in recs)
+    assert not any("synthetic" in str(r["warning"]) for r in recs)  # not a per-image warning
+
+    real = make_checkpoint(tmp_path / "real", data_source=DataSource("folder", "/data/chest_xray"))
+    rc = cli.main(["predict", *inputs, "--model", str(real), "--batch-size", "1", "--format", "jsonl"])
+    out, err = capsys.readouterr()
+    assert rc == 0 and "trained on the folder /data/chest_xray" in err
+    assert "synthetic" not in err and "cxr predict: warning" not in err
+    assert [list(json.loads(line)) for line in out.splitlines()] == [list(r) for r in recs]
 
 
 def test_default_model_is_the_compare_selection(tmp_path, model_dir, images, capsys, monkeypatch):

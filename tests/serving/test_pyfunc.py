@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import io
 import json
 import os
 import sys
 import urllib.error
 import urllib.request
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +20,8 @@ import pytest
 from PIL import Image
 from test_predict import make_checkpoint
 
+from cxr.checkpoint import DataSource, SyntheticDataWarning
+from cxr.config import DataConfig
 from cxr.serving.predict import Predictor
 from cxr.serving.pyfunc import decode_payload, log_pyfunc_model
 from servers import mlflow_process
@@ -88,8 +92,10 @@ def test_logged_model_predicts_in_process(store):
     info = store["info"]
     assert info.registered_model_version is not None
     assert [c.name for c in info.signature.inputs.inputs] == ["image"]
-    with using_store(store["uri"]):
+    with using_store(store["uri"]), warnings.catch_warnings():
+        warnings.simplefilter("error", SyntheticDataWarning)  # a card that does not say synthetic: no warning
         model = mlflow.pyfunc.load_model(f"models:/{REGISTERED}/{info.registered_model_version}")
+    assert model.metadata.metadata["data_source"] == {"kind": "unknown", "location": None, "settings": {}}
     good = [_jpeg(1), _jpeg(2, (40, 120))]
     df = pd.DataFrame({"image": [_b64(good[0]), "%%% not base64", _b64(b"GIF89a broken"), _b64(good[1])]})
     out = model.predict(df)
@@ -102,6 +108,29 @@ def test_logged_model_predicts_in_process(store):
     assert out["probability"].iloc[[1, 2]].isna().all()
     raw = model.predict(pd.DataFrame({"image": [good[0]]}))  # raw bytes, in-process
     assert float(raw["probability"].iloc[0]) == pytest.approx(float(out["probability"].iloc[0]), abs=1e-6)
+
+
+def test_a_model_trained_on_synthetic_data_warns_once_when_loaded(store, tmp_path):
+    """Loaded (as `mlflow models serve` loads it), the default run's model warns what it is, once; its
+    metadata holds the card's data source, and its answers keep their format. Logging it warns of nothing."""
+    import mlflow
+
+    source = DataSource.from_config(DataConfig())  # params.yaml's default: synthetic
+    model_dir = make_checkpoint(tmp_path / "cnn", data_source=source)
+    with using_store(store["uri"]):
+        with mlflow.start_run(experiment_id=mlflow.get_experiment_by_name("serving-test").experiment_id):
+            with warnings.catch_warnings(record=True) as at_log:
+                warnings.simplefilter("always")
+                uri = log_pyfunc_model(model_dir).model_uri
+        with pytest.warns(SyntheticDataWarning, match="trained on the synthetic demo data") as caught:
+            model = mlflow.pyfunc.load_model(uri)
+    (message,) = [str(w.message) for w in caught if w.category is SyntheticDataWarning]
+    assert "mean nothing" in message and "make real DATA=" in message
+    assert not [w for w in at_log if w.category is SyntheticDataWarning]  # MLflow's check of the example
+    assert model.metadata.metadata["data_source"] == dataclasses.asdict(source)
+    out = model.predict(pd.DataFrame({"image": [_b64(_jpeg(1)), _b64(_jpeg(2))]}))
+    assert list(out.columns) == ["probability", "label", "error", "warning"] and out["error"].isna().all()
+    assert not out["warning"].astype(str).str.contains("synthetic").any()  # said at load, not per row
 
 
 def _post(url: str, payload: dict, timeout: float = 60) -> tuple[int, dict]:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from cxr.checkpoint import DataSource
 from cxr.config import ConfigError
 from cxr.models import list_models
 from cxr.training.fit import fit, pos_weight
@@ -63,7 +64,7 @@ def test_pos_weight_balanced():
 
 
 def test_fit_history_best_threshold_meta(run_cfg):
-    result = fit(run_cfg, TRAIN, VAL, progress=False)
+    result = fit(run_cfg, TRAIN, VAL, progress=False, data_source=DataSource("folder", "xrays/"))
     assert [h["epoch"] for h in result.history] == [1, 2, 3]
     assert {"train_loss", "train_acc", "val_loss", "val_acc", "val_auc", "lr", "seconds"} <= set(result.history[0])
     # Highest val AUC; a tie goes to the lower val loss, then to the earlier epoch.
@@ -74,6 +75,7 @@ def test_fit_history_best_threshold_meta(run_cfg):
     assert m.name == "cnn" and m.image_size == 16 and m.cache_size == 20
     assert m.classes == ("NORMAL", "PNEUMONIA") and m.train_params["lr"] == run_cfg.lr
     assert m.mean == (0.5, 0.5, 0.5)
+    assert m.data_source == DataSource("folder", "xrays/")  # recorded as given
     assert not result.model.training
     metrics = result.metrics()
     assert {"val_auc", "val_loss", "best_epoch", "threshold", "val_sensitivity", "val_specificity"} <= set(metrics)

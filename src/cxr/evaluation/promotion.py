@@ -125,6 +125,7 @@ def register_candidate(
         tags = {
             "model": card.name,
             "data_version": card.data_version,
+            "data_source": card.data_source.kind,  # synthetic | folder | archive | url | ... (the card's data_source)
             select_metric: f"{value:.6f}",
             "threshold": f"{card.threshold:.6f}",
             "training_run_id": training_run_id or "",
@@ -157,7 +158,8 @@ def register_candidate(
 
 
 def describe(card: ModelCard, report: dict, select_metric: str, value: float) -> str:
-    """The version's description: data version, parameters, validation and test metrics with CIs, threshold."""
+    """The version's description: the data (its source and version), parameters, validation and test metrics
+    with CIs, threshold."""
     at = report["at_val_threshold"]
 
     def ci(k: str, pct: bool = True) -> str:
@@ -168,8 +170,10 @@ def describe(card: ModelCard, report: dict, select_metric: str, value: float) ->
     params = ", ".join(
         f"{k}={p[k]}" for k in ("lr", "batch_size", "epochs", "image_size", "pretrained", "seed") if k in p
     )
+    synthetic = " Not radiographs: its outputs on real chest X-rays mean nothing." if card.data_source.synthetic else ""
     return (
-        f"{card.name} on data version {card.data_version}. Selected on validation {select_metric} {value:.4f} "
+        f"{card.name} trained on {card.data_source.describe()}, data version {card.data_version}.{synthetic}\n"
+        f"Selected on validation {select_metric} {value:.4f} "
         f"(epoch {card.best_epoch}); threshold {card.threshold:.4f} ({card.threshold_method}, on validation).\n"
         f"Test ({report.get('n', '?')} images, {report.get('confidence', 0.95):.0%} bootstrap CIs): "
         f"ROC-AUC {ci('roc_auc', False)}, accuracy {ci('accuracy')}, sensitivity {ci('sensitivity')}, "

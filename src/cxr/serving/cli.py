@@ -10,8 +10,10 @@ champion, which is read only when named (``--model models:/cxr-pneumonia@champio
 columns: file, probability (P(PNEUMONIA)), label (at the checkpoint's validation-chosen threshold),
 error (why an input could not be read), warning (why a predicted input may not be a chest
 radiograph: tiny, extreme aspect ratio, blank or constant, noise; the same checks the split stage
-quarantines by), and cam (the Grad-CAM figure, with ``--cam``). Exit status: 0 all inputs
-predicted, 1 some input could not be read (the others are still predicted), 2 usage or model errors.
+quarantines by), and cam (the Grad-CAM figure, with ``--cam``). stderr names the model and the data
+it was trained on (the card's ``data_source``), and warns once when that was the synthetic demo data.
+Exit status: 0 all inputs predicted, 1 some input could not be read (the others are still
+predicted), 2 usage or model errors.
 """
 
 from __future__ import annotations
@@ -173,6 +175,7 @@ def render(df, fmt: str) -> str:
 
 
 def cmd_predict(args) -> int:
+    from cxr.checkpoint import synthetic_data_warning
     from cxr.serving.predict import (
         REGISTRY_SCHEMES,
         ModelNotFoundError,
@@ -196,9 +199,13 @@ def cmd_predict(args) -> int:
         return EXIT_USAGE
     print(
         f"[cxr predict] model {model_dir} ({predictor.arch_name}, cache {predictor.cache_size} px "
-        f"{predictor.resize}, input {predictor.image_size} px, threshold {predictor.threshold:.4f})",
+        f"{predictor.resize}, input {predictor.image_size} px, threshold {predictor.threshold:.4f}); "
+        f"trained on {predictor.card.data_source.describe()}",
         file=sys.stderr,
     )
+    synthetic = synthetic_data_warning(predictor.card.data_source)
+    if synthetic:  # once per invocation, before any output: the table that follows is not a diagnosis
+        print(f"cxr predict: warning: {synthetic}", file=sys.stderr)
 
     def report(name: str, reason: str) -> None:
         print(f"cxr predict: cannot read {name}: {reason}", file=sys.stderr)
@@ -230,6 +237,8 @@ def cmd_predict(args) -> int:
         summary += f"; {n_bad} input(s) failed (see the error column)"
     if args.output:
         summary += f"; written to {args.output}"
+    if synthetic:
+        summary += "; by a model trained on synthetic data (see the warning above)"
     print(summary, file=sys.stderr)
     return EXIT_INPUT_ERRORS if n_bad else EXIT_OK
 

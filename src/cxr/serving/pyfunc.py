@@ -11,18 +11,22 @@ called in-process). Output: one row per input with ``probability`` (P(PNEUMONIA)
 the checkpoint's threshold) and ``error``: a row that cannot be decoded gets a reason there and
 null probability/label, and the other rows of the request are still predicted. The checkpoint
 folder travels as an artifact and is preprocessed by :class:`cxr.serving.predict.Predictor`, i.e. exactly
-like the training cache; the ``cxr`` package itself travels as ``code_paths``.
+like the training cache; the ``cxr`` package itself travels as ``code_paths``. The MLflow model's
+metadata holds the card's ``data_source`` (what the data was); a model trained on the synthetic demo
+data warns once when loaded (:class:`cxr.checkpoint.SyntheticDataWarning`).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import io
 import logging
 import math
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 import mlflow
@@ -31,7 +35,7 @@ import numpy as np
 import pandas as pd
 from mlflow.pyfunc import PythonModel
 
-from cxr.checkpoint import ModelCard
+from cxr.checkpoint import ModelCard, SyntheticDataWarning, synthetic_data_warning
 from cxr.models import get_entry
 
 IMAGE_COLUMN = "image"
@@ -91,6 +95,9 @@ class CxrImageModel(PythonModel):
         from cxr.serving.predict import Predictor
 
         self.predictor = Predictor.from_dir(context.artifacts[CHECKPOINT_ARTIFACT], device="cpu")
+        message = synthetic_data_warning(self.predictor.card.data_source)
+        if message:  # once, at load: the server's log says it before the first request is answered
+            warnings.warn(message, SyntheticDataWarning, stacklevel=2)
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         """One output row per input row; never raises for what a row holds.
@@ -234,7 +241,16 @@ def log_pyfunc_model(model_dir: str | Path, name: str = "model", registered_mode
             input_example=pd.DataFrame({IMAGE_COLUMN: [_example_image_b64(card.cache_size)]}),
             pip_requirements=pip_requirements(card),
             registered_model_name=registered_model_name,
-            metadata={"cxr_model": card.name, "threshold": card.threshold, "data_version": card.data_version},
+            metadata={
+                "cxr_model": card.name,
+                "threshold": card.threshold,
+                "data_version": card.data_version,
+                "data_source": dataclasses.asdict(card.data_source),
+            },
         )
         args.update(kwargs)
-        return mlflow.pyfunc.log_model(**args)
+        with warnings.catch_warnings():
+            # MLflow loads the model once here to check the input example: not a use, so no warning (the
+            # load that serves or predicts warns; the registered version's description names the data).
+            warnings.simplefilter("ignore", SyntheticDataWarning)
+            return mlflow.pyfunc.log_model(**args)

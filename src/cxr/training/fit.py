@@ -26,7 +26,7 @@ import torch
 from sklearn.metrics import confusion_matrix
 from torch import nn
 
-from cxr.checkpoint import ModelCard, state_dict_copy
+from cxr.checkpoint import DataSource, ModelCard, state_dict_copy
 from cxr.data.augment import BatchAugment, Normalize, eval_resize
 from cxr.device import amp_settings, resolve_device
 from cxr.metrics import THRESHOLD_METHODS, choose_threshold, row_is_better
@@ -132,6 +132,7 @@ def fit(
     fixed_threshold: float = 0.5,
     cache_resize: str = "stretch",
     resume_every: float = 0.0,
+    data_source: DataSource | None = None,
 ) -> FitResult:
     """Train ``run_cfg.model`` from a fresh initialisation on ``train`` = (uint8 images (N, S, S), labels),
     keep the best epoch on ``val`` by ``select_metric``, choose the threshold on ``val``.
@@ -145,6 +146,8 @@ def fit(
     is chosen (the evaluate stage's ``evaluate.threshold``/``fixed_threshold``, so the operating point
     that evaluate reports is the one that predict and the served model use). ``cache_resize``: how
     the cache kept the aspect ratio, recorded in the card so predict prepares new images alike.
+    ``data_source``: what the data was (synthetic, a folder, ...), recorded in the card as it is
+    (None: recorded as unknown; the sweep, whose models are not saved, passes none).
     The tracker, if given, receives the params and per-epoch metrics (step = epoch) of the active run.
 
     Under a torch.distributed process group (``src/train.py`` with ``train.devices`` > 1) every rank
@@ -185,7 +188,9 @@ def fit(
         resume.save_if_due(epoch, state, t.model, t.optimizer, t.scheduler, t.scaler, last_epoch=last_epoch)
         if on_epoch_end is not None:
             on_epoch_end(row)
-    result = t.finish(state, threshold_method, fixed_threshold, data_version, cache_resize, stopped_early)
+    result = t.finish(
+        state, threshold_method, fixed_threshold, data_version, cache_resize, stopped_early, data_source or DataSource()
+    )
     resume.remove()
     return result
 
@@ -355,6 +360,7 @@ class _Training:
         data_version: str,
         cache_resize: str,
         stopped_early: bool,
+        data_source: DataSource,
     ) -> FitResult:
         """The best epoch's weights, the threshold chosen on their validation probabilities, the card."""
         model, cfg, best = self.model, self.cfg, state.best
@@ -376,6 +382,7 @@ class _Training:
             threshold=float(threshold),
             threshold_method=threshold_method,
             data_version=data_version,
+            data_source=data_source,
             train_params=cfg.model_dump(mode="json"),
             best_epoch=int(best["best_epoch"]),
             val_auc=float(best["val_auc"]),

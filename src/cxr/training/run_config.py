@@ -4,19 +4,22 @@ params.yaml and the model card).
 
     run_cfg = resolve_run_config(load_params("params.yaml"), "cnn")
     run_cfg.as_params()          # what MLflow logs: flat, the same keys for every model
+    resolve_data_source(params)  # what the data was, for the model card (cxr.checkpoint.DataSource)
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any, Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import ConfigDict, Field
 
 from cxr.config import (
     AugmentConfig,
     ConfigError,
+    DataConfig,
     Globals,
     Scheduler,
     TrainConfig,
@@ -28,6 +31,9 @@ from cxr.config import (
 from cxr.metric_names import SelectMetric
 from cxr.models import check_image_size, check_options, get_entry, list_models
 from cxr.schema import Section, parse
+
+if TYPE_CHECKING:
+    from cxr.checkpoint import DataSource
 
 
 def param_value(value: Any) -> Any:
@@ -132,3 +138,23 @@ def resolve_run_config(params: dict[str, Any], model: str) -> RunConfig:
         backbone_lr_factor=t.backbone_lr_factor if pretrained else 1.0,
         options=check_options(model, o.options, f"models.{model}.options"),
     )
+
+
+def resolve_data_source(params: dict[str, Any], base_dir: Path | None = None) -> DataSource:
+    """What params.yaml's ``data:`` says the training data was, for the model card. ``data.path`` is looked
+    at as fetch looks at it (under ``base_dir``, default the working directory: the repository root under
+    DVC; or ``$DVC_ROOT`` in a queued experiment), only to tell a folder from an archive. A stage that
+    calls this declares the keys it reads as params: data.source, path, url, sha256, kaggle_dataset, synthetic.
+    """
+    from cxr.checkpoint import DataSource
+    from cxr.data import SourceError
+    from cxr.data.sources import resolve_path
+
+    cfg: DataConfig = section(params, "data", DataConfig)
+    is_dir = None
+    if cfg.source == "path":
+        try:
+            is_dir = resolve_path(cfg.path, Path.cwd() if base_dir is None else base_dir).is_dir()
+        except SourceError:  # gone since fetch: the card says "path", not a guess
+            is_dir = None
+    return DataSource.from_config(cfg, path_is_dir=is_dir)
