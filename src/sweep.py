@@ -41,7 +41,7 @@ from cxr.stage import run_stage
 from cxr.tracking import make_tracker
 from cxr.training import distributed
 from cxr.training.engine import TrainingDivergedError
-from cxr.training.run_config import resolve_run_config
+from cxr.training.run_config import resolve_data_source, resolve_run_config
 from cxr.training.sweep import run_sweep
 
 ERRORS = (ConfigError, CacheError, TrainingDivergedError, GpuClaimError, WeightsUnavailableError)  # see cxr.stage
@@ -66,6 +66,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     params = load_params(args.params)
+    args.data_source = resolve_data_source(params)  # in the kept model's card, as train records it
     cfg: SweepConfig = section(params, "sweep", SweepConfig)
     mlflow_cfg: MlflowConfig = section(params, "mlflow", MlflowConfig)
     eval_cfg: EvaluateConfig = section(params, "evaluate", EvaluateConfig)  # the threshold for the test columns
@@ -152,6 +153,7 @@ def run(args, cfg, base, info, train, val, test, mlflow_cfg, eval_cfg, devices) 
             fixed_threshold=eval_cfg.fixed_threshold,
             eval_batch_size=cfg.eval_batch_size,
             keep_dir=args.staging,
+            data_source=args.data_source,
         )
         keep_tuned(args, result)
         summary = json_safe(result.summary())

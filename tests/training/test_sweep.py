@@ -215,6 +215,7 @@ def test_sweep_stage_outputs_and_nested_mlflow_runs(data, tmp_path, monkeypatch)
     best = summary["best"]
     assert card.name == "cnn" and card.train_params["batch_size"] == best["batch_size"]
     assert card.train_params["lr"] == best["lr"] and card.threshold == pytest.approx(best["threshold"])
+    assert card.data_source.kind == "synthetic"  # what the sweep trained on, as train records it
     kept = json.loads((out / "metrics/train/cnn-tuned.json").read_text())
     assert kept["val_auc"] == pytest.approx(best["val_auc"]) and kept["best_epoch"] == best["best_epoch"]
     assert {"threshold", "val_sensitivity", "epochs_run"} <= set(kept)

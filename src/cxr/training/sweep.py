@@ -134,6 +134,7 @@ def run_sweep(
     eval_batch_size: int = 64,
     devices=None,
     keep_dir: str | None = None,
+    data_source=None,
 ) -> SweepResult:
     """Train every (batch_size, lr) of the grid from a fresh initialisation; select on ``select_metric``.
 
@@ -155,6 +156,7 @@ def run_sweep(
         fixed_threshold=fixed_threshold,
         eval_batch_size=eval_batch_size,
         keep_dir=keep_dir,
+        data_source=data_source,
     )
     configs = [base.replace(batch_size=bs, lr=lr) for bs, lr in grid(batch_sizes, lrs)]
     devices = list(devices or [])
@@ -219,6 +221,7 @@ def train_config(
     fixed_threshold: float,
     eval_batch_size: int,
     keep_dir: str | None = None,
+    data_source=None,
 ) -> tuple[dict, list[dict]]:
     """One configuration from a fresh initialisation: its table row (test numbers at the
     validation-chosen threshold) and its per-epoch history. With ``keep_dir`` its model is saved in
@@ -235,6 +238,7 @@ def train_config(
             data_version=data_version,
             threshold_method=threshold_method,
             fixed_threshold=fixed_threshold,
+            data_source=data_source,  # the kept model's card says what it was trained on
         )
     except TrainingDivergedError:  # the loss became NaN/inf: a row that says so, not a failed sweep
         nan = float("nan")
