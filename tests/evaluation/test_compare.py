@@ -418,7 +418,9 @@ def test_compare_stage_reports_every_model_paired_with_the_selected_one(tmp_path
     report = json.loads((tmp_path / "p.json").read_text())
     assert report["selected"] == "cnn" and report["n_resamples"] == 200 and report["seed"] == 0
     (row,) = report["comparisons"]
-    assert row["model"] == "vgg16" and row["set"] == "test" and row["verdict"] == "worse" and row["ci_high"] < 0
+    assert (
+        row["model"] == "vgg16" and row["set"] == "internal test" and row["verdict"] == "worse" and row["ci_high"] < 0
+    )
     assert report["not_compared"] == {"vit": "no predictions of vit"}
     md = cells((tmp_path / "reports/results.md").read_text())
     assert "## Paired comparison with the selected model" in md

@@ -129,7 +129,7 @@ def test_images_are_paired_by_path_not_by_row_order(tmp_path):
         reports.append(P.compare_with_selected(preds, "cnn", ["cnn", "vit"], n_resamples=200))
     assert reports[0] == reports[1]
     (row,) = reports[0]["comparisons"]
-    assert row["model"] == "vit" and row["set"] == "test" and row["n"] == 120 and row["difference"] < 0
+    assert row["model"] == "vit" and row["set"] == P.INTERNAL and row["n"] == 120 and row["difference"] < 0
 
 
 def test_prediction_files_of_different_images_are_refused_with_the_fix(tmp_path):
@@ -143,7 +143,7 @@ def test_prediction_files_of_different_images_are_refused_with_the_fix(tmp_path)
     msg = str(err.value)
     assert "vit/predictions.csv and " in msg and "cnn/predictions.csv do not hold the same images" in msg
     assert "1 only in the first (e.g. 'test/NORMAL/new.jpeg')" in msg and "1 only in the second" in msg
-    assert "paired by path" in msg and "dvc repro evaluate@" in msg
+    assert msg.endswith("paired by path: rerun `dvc repro evaluate@vit evaluate@cnn` to score both on the current data")
 
     flipped = y.copy()
     flipped[0] = 1 - flipped[0]
@@ -164,9 +164,9 @@ def test_external_sets_are_compared_and_must_be_the_same_sets(tmp_path):
     write_predictions(tmp_path, "cnn", sel)
     write_predictions(tmp_path, "vit", oth)
     preds = {m: P.read_predictions(tmp_path, m) for m in ("cnn", "vit")}
-    assert list(preds["cnn"]) == ["test", "shift"] and preds["cnn"]["shift"][0].endswith("external.csv (set shift)")
+    assert list(preds["cnn"]) == [P.INTERNAL, "shift"] and preds["cnn"]["shift"][0].endswith("external.csv (set shift)")
     report = P.compare_with_selected(preds, "cnn", ["cnn", "vit"], n_resamples=100)
-    assert [(c["set"], c["n"]) for c in report["comparisons"]] == [("test", 120), ("shift", 80)]
+    assert [(c["set"], c["n"]) for c in report["comparisons"]] == [(P.INTERNAL, 120), ("shift", 80)]
     # vit scored on another external set (a stale evaluate): refused, naming both
     write_predictions(tmp_path, "vit", {"test": oth["test"], "other": oth["shift"]})
     preds["vit"] = P.read_predictions(tmp_path, "vit")
@@ -177,7 +177,7 @@ def test_external_sets_are_compared_and_must_be_the_same_sets(tmp_path):
     with pytest.warns(RuntimeWarning, match="internal test only"):
         preds["vit"] = P.read_predictions(tmp_path, "vit")
     report = P.compare_with_selected(preds, "cnn", ["cnn", "vit"], n_resamples=50)
-    assert [c["set"] for c in report["comparisons"]] == ["test"]
+    assert [c["set"] for c in report["comparisons"]] == [P.INTERNAL]
 
 
 def test_a_model_without_predictions_is_listed_not_compared(tmp_path):
@@ -224,9 +224,9 @@ def test_the_section_says_in_words_whom_the_selected_model_is_distinguishable_fr
         "confidence": 0.95,
         "n_resamples": 1000,
         "comparisons": [
-            _row("resnet50", "test", -0.010, -0.030, 0.008, 0.31, "indistinguishable"),
-            _row("resnet_small", "test", -0.010, -0.034, 0.012, 0.40, "indistinguishable"),
-            _row("vit", "test", -0.093, -0.150, -0.040, 2 / 1001, "worse"),
+            _row("resnet50", P.INTERNAL, -0.010, -0.030, 0.008, 0.31, "indistinguishable"),
+            _row("resnet_small", P.INTERNAL, -0.010, -0.034, 0.012, 0.40, "indistinguishable"),
+            _row("vit", P.INTERNAL, -0.093, -0.150, -0.040, 2 / 1001, "worse"),
             _row("resnet50", "shift", 0.031, 0.004, 0.060, 0.03, "better", n=118),
             _row("resnet_small", "shift", -0.074, -0.13, -0.02, 0.0004, "worse", n=118),
             _row("vit", "shift", float("nan"), float("nan"), float("nan"), float("nan"), "n/a", n=118),

@@ -13,9 +13,9 @@ paired bootstrap: ``scipy.stats.bootstrap`` resamples the images within each cla
 intervals do (``cxr.metrics.bootstrap_ci``: same seed, resample count and confidence from params.yaml's
 ``evaluate``), and each resample holds the same images for both models (each class is one sample of
 shape (2, n): both models' scores, resampled along the images). Its p-value inverts the percentile
-interval: p = 2 (min(#{d* <= 0}, #{d* >= 0}) + 1) / (B + 1), at most 1, so p < 1 - confidence exactly
-when the interval excludes 0 (up to the interpolation of its ends). DeLong's test (no scipy or
-scikit-learn implementation) is reported beside it as a cross-check.
+interval: p = 2 (min(#{d* <= 0}, #{d* >= 0}) + 1) / (B + 1), at most 1, so p < 1 - confidence when the
+interval excludes 0 (up to the interpolation of its ends and the +1, which keeps p above 0). DeLong's
+test (no scipy or scikit-learn implementation) is reported beside it as a cross-check.
 
 Images are paired by their ``path`` (within each set), never by row order: two prediction files that do
 not hold the same images, or disagree on a label, raise PairingError.
@@ -35,7 +35,9 @@ import scipy.stats
 from cxr import CLASSES
 from cxr.metrics import _check_inputs
 
-INTERNAL = "test"  # the set name of the internal test split (predictions.csv); external sets keep theirs
+# The set name of the internal test split (predictions.csv); external sets keep theirs, which cannot hold a
+# space (config.EXTERNAL_NAME), so no external set can take this one.
+INTERNAL = "internal test"
 COLUMNS = ("path", "label", "probability")
 METHOD = "paired stratified bootstrap (percentile CI; p-value by inverting it); DeLong's test as a cross-check"
 VERDICTS = ("indistinguishable", "worse", "better", "n/a")
@@ -183,7 +185,7 @@ def _rows(table: pd.DataFrame, where: str, model: str) -> pd.DataFrame:
 
 
 def read_predictions(folder: str | Path, model: str) -> dict[str, tuple[str, pd.DataFrame]] | None:
-    """set -> (file it came from, rows: path, y, probability) of one model's evaluate outputs: ``test`` from
+    """set -> (file it came from, rows: path, y, probability) of one model's evaluate outputs: INTERNAL from
     <folder>/<model>/predictions.csv, each external set from <folder>/<model>/external.csv (its ``set``
     column). None, with a warning, when predictions.csv is missing (the model was not evaluated)."""
     internal = Path(folder) / model / "predictions.csv"
@@ -216,10 +218,13 @@ def read_predictions(folder: str | Path, model: str) -> dict[str, tuple[str, pd.
 
 
 def pair_images(
-    selected: tuple[str, pd.DataFrame], other: tuple[str, pd.DataFrame]
+    selected: tuple[str, pd.DataFrame],
+    other: tuple[str, pd.DataFrame],
+    fix: str = "rerun both models' `dvc repro evaluate@<model>`",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(labels, selected model's probabilities, other model's) of the same images, joined on ``path``, in
-    the selected model's file order. PairingError when the files hold different images or labels."""
+    the selected model's file order. PairingError (ending in ``fix``) when the files hold different images
+    or labels."""
     (sel_file, sel), (oth_file, oth) = selected, other
     only_sel = sel.loc[~sel["path"].isin(oth["path"]), "path"]
     only_oth = oth.loc[~oth["path"].isin(sel["path"]), "path"]
@@ -227,14 +232,14 @@ def pair_images(
         raise PairingError(
             f"{oth_file} and {sel_file} do not hold the same images: {len(only_oth)} only in the first"
             f"{_example(only_oth)}, {len(only_sel)} only in the second{_example(only_sel)}; expected the same "
-            "images in both, paired by path. Rerun both models' `dvc repro evaluate@<model>` on the current data"
+            f"images in both, paired by path: {fix}"
         )
     both = sel.merge(oth, on="path", how="left", suffixes=("_sel", "_oth"), validate="one_to_one")
     differ = both.loc[both["y_sel"] != both["y_oth"], "path"]
     if len(differ):
         raise PairingError(
             f"{oth_file} and {sel_file} disagree on the label of {len(differ)} image(s){_example(differ)}; "
-            "expected the same labels: rerun both models' `dvc repro evaluate@<model>` on the current data"
+            f"expected the same labels: {fix}"
         )
     return both["y_sel"].to_numpy(), both["p_sel"].to_numpy(), both["p_oth"].to_numpy()
 
@@ -288,7 +293,8 @@ def compare_with_selected(
             report["not_compared"][model] = f"no predictions of {selected if sel is None else model}"
             continue
         for set_name in _shared_sets(sel, oth, selected, model):
-            y, p_sel, p_oth = pair_images(sel[set_name], oth[set_name])
+            fix = f"rerun `dvc repro evaluate@{model} evaluate@{selected}` to score both on the current data"
+            y, p_sel, p_oth = pair_images(sel[set_name], oth[set_name], fix)
             r = paired_auc_difference(y, p_sel, p_oth, n_resamples=n_resamples, seed=seed, confidence=confidence)
             row = {"model": model, "set": set_name, "n": len(y), "n_normal": int((y == 0).sum())}
             row |= {"n_pneumonia": int(y.sum()), **{k: float(f"{v:.6g}") for k, v in r.items()}}
@@ -313,7 +319,7 @@ def _p(v, floor: float = 0.0) -> str:
 
 
 def _set_label(name: str, long: bool = False) -> str:
-    return "internal test" if name == INTERNAL else f"external set {name}" if long else name
+    return f"external set {name}" if long and name != INTERNAL else name
 
 
 def _join(names: list[str]) -> str:
