@@ -3,13 +3,15 @@
     python src/compare.py --params params.yaml \
         --train-metrics metrics/train --eval-metrics metrics/eval --roc plots/eval \
         --sweep metrics/sweep.json --sweep-table plots/sweep.csv --checkpoints models \
-        --report reports/results.md --csv reports/results.csv --figures figures/compare
+        --report reports/results.md --csv reports/results.csv --figures figures/compare \
+        --predictions eval --paired metrics/paired.json
 
-(normally via ``dvc repro compare``). Reads ``models`` (the model list), ``compare`` and ``mlflow`` from
-params.yaml. Tables and
-figures come from the metrics files only; the checkpoint folders are read just to find (or, if
-need be, log) the selected model for ``mlflow.registered_model``. A model whose files are missing
-is skipped with a warning; MLflow being unreachable costs only the registry entry.
+(normally via ``dvc repro compare``). Reads ``models`` (the model list), ``compare``, ``mlflow`` and the
+bootstrap settings of ``evaluate`` from params.yaml. Tables and figures come from the metrics files; the
+paired comparisons with the selected model (``cxr.evaluation.paired``) from the per-image predictions
+under --predictions; the checkpoint folders are read just to find (or, if need be, log) the selected
+model for ``mlflow.registered_model``. A model whose files are missing is skipped with a warning; MLflow
+being unreachable costs only the registry entry.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from cxr.config import CompareConfig, ConfigError, MlflowConfig, load_params, section
+from cxr.candidates import evaluate_stage, tuned_name
+from cxr.config import CompareConfig, ConfigError, EvaluateConfig, MlflowConfig, load_params, section
 from cxr.evaluation.compare import (
     bar_table,
     headline,
@@ -32,14 +35,14 @@ from cxr.evaluation.compare import (
     select_best,
     shift_panels,
 )
+from cxr.evaluation.paired import PairingError, compare_with_selected, read_predictions
 from cxr.evaluation.promotion import RegistryError, register_candidate
 from cxr.files import write_csv, write_metrics
-from cxr.models import TUNED_SUFFIX, tuned_name
 from cxr.plots import metrics_bar_figure, roc_comparison_figure, save_figure, shift_roc_figure
 from cxr.stage import run_stage
 from cxr.tracking import make_tracker, project_root, run_name
 
-ERRORS = (ConfigError, FileNotFoundError, RegistryError)  # user-actionable (see cxr.stage)
+ERRORS = (ConfigError, FileNotFoundError, RegistryError, PairingError)  # user-actionable (see cxr.stage)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -58,6 +61,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--csv", required=True, help="results table CSV")
     p.add_argument("--headline", required=True, help="headline metrics JSON (the DVC metric)")
     p.add_argument("--figures", required=True, help="folder for metrics_bar.png, roc_all.png and roc_external.png")
+    p.add_argument(
+        "--predictions",
+        default=None,
+        help="folder of <model>/predictions.csv and <model>/external.csv (per image): the paired comparisons",
+    )
+    p.add_argument("--paired", default=None, help="paired comparisons JSON (with --predictions)")
     return p.parse_args(argv)
 
 
@@ -75,7 +84,7 @@ def main(argv=None) -> int:
     models = (args.models or list(params.get("models") or {})) + tuned_candidates(args)
     train_m, eval_m, rocs, ext_rocs = read_model_results(args, models)
     best = select_best(train_m, cfg.select_metric)
-    write_reports(args, cfg, train_m, eval_m)
+    write_reports(args, cfg, section(params, "evaluate", EvaluateConfig), train_m, eval_m)
     figs = comparison_figures(cfg, eval_m, rocs, ext_rocs)
     outcome = log_and_register(args, cfg, mlflow_cfg, figs, best, train_m, eval_m)
     print(f"[compare] {len(eval_m)} model(s); selected on {cfg.select_metric}: {best}. Report: {args.report}")
@@ -99,7 +108,7 @@ def read_model_results(args, models: list[str]) -> tuple[dict, dict, dict, dict]
         if t is None or e is None:
             warnings.warn(
                 f"compare: skipping {m}: missing {'train' if t is None else 'eval'} metrics "
-                f"(run `dvc repro {'evaluate_tuned' if m.endswith(TUNED_SUFFIX) else 'evaluate'}@{m}`)",
+                f"(run `dvc repro {evaluate_stage(m)}`)",
                 RuntimeWarning,
                 stacklevel=1,
             )
@@ -119,15 +128,33 @@ def read_model_results(args, models: list[str]) -> tuple[dict, dict, dict, dict]
     return train_m, eval_m, rocs, ext_rocs
 
 
-def write_reports(args, cfg: CompareConfig, train_m: dict, eval_m: dict) -> None:
-    """reports/results.md and .csv, and the headline DVC metrics."""
+def write_reports(args, cfg: CompareConfig, eval_cfg: EvaluateConfig, train_m: dict, eval_m: dict) -> None:
+    """reports/results.md and .csv, the paired comparisons (with --predictions) and the headline DVC metrics."""
     sweep = _read_json(Path(args.sweep)) if args.sweep else None
     sweep_table = pd.read_csv(args.sweep_table) if args.sweep_table and Path(args.sweep_table).is_file() else None
     table = results_table(eval_m, train_m, cfg.select_metric)
+    paired = None
+    if args.predictions:
+        models = table["model"].tolist()  # by validation, as Table 1
+        paired = compare_with_selected(
+            {m: read_predictions(args.predictions, m) for m in models},
+            table.loc[table["selected"], "model"].item(),
+            models,
+            n_resamples=eval_cfg.n_resamples,
+            seed=eval_cfg.seed,
+            confidence=eval_cfg.confidence,
+        )
+        if args.paired:
+            write_metrics(args.paired, paired)
     Path(args.report).parent.mkdir(parents=True, exist_ok=True)
     Path(args.report).write_text(
         results_markdown(
-            table, select_metric=cfg.select_metric, eval_metrics=eval_m, sweep_summary=sweep, sweep_table=sweep_table
+            table,
+            select_metric=cfg.select_metric,
+            eval_metrics=eval_m,
+            sweep_summary=sweep,
+            sweep_table=sweep_table,
+            paired=paired,
         )
     )
     Path(args.csv).parent.mkdir(parents=True, exist_ok=True)

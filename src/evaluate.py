@@ -31,6 +31,7 @@ from pathlib import Path
 import pandas as pd
 
 from cxr import checkpoint
+from cxr.candidates import architecture_of
 from cxr.config import ConfigError, EvaluateConfig, MlflowConfig, load_params, section
 from cxr.data.cache import CacheError, load_info, load_split
 from cxr.data.external import load_index
@@ -44,7 +45,7 @@ from cxr.evaluation.evaluate import (
 from cxr.evaluation.operating import choose_thresholds
 from cxr.files import write_csv, write_metrics
 from cxr.gpus import GpuClaimError, hold_device
-from cxr.models import architecture_of, list_models
+from cxr.models import list_models
 from cxr.plots import save_figure
 from cxr.stage import run_stage
 from cxr.tracking import make_tracker

@@ -184,3 +184,19 @@ def cells(markdown: str) -> str:
     """A markdown text with its tables' padding collapsed: `| 16    | 0.001 |` -> `| 16 | 0.001 |`, so
     tests read cells, not column widths."""
     return re.sub(r"(?<=\|) +| +(?=\|)", " ", markdown)
+
+
+def write_predictions(folder: Path, model: str, sets: dict[str, tuple], threshold: float = 0.5) -> Path:
+    """evaluate's per-image outputs of one model, written as src/evaluate.py writes them: ``sets`` maps
+    "test" (predictions.csv) and each external set (external.csv, a ``set`` column) to (paths, labels 0/1,
+    probabilities)."""
+    from cxr.evaluation.evaluate import predictions_table
+    from cxr.files import write_csv
+
+    out = folder / model
+    out.mkdir(parents=True, exist_ok=True)
+    tables = {name: predictions_table(*rows, threshold) for name, rows in sets.items()}
+    write_csv(tables.pop("test"), out / "predictions.csv")
+    parts = [t.assign(set=name) for name, t in tables.items()]
+    write_csv(pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["set"]), out / "external.csv")
+    return out

@@ -334,7 +334,7 @@ class EvaluateConfig(Section):
 
     threshold: ThresholdMethod = "youden"  # youden | midpoint (both chosen on validation) | fixed
     fixed_threshold: float = Field(0.5, gt=0, lt=1)  # threshold=fixed: this value; also the second operating point
-    n_resamples: int = Field(1000, ge=10)  # bootstrap resamples for the confidence intervals
+    n_resamples: int = Field(1000, ge=10)  # bootstrap resamples for the CIs (compare's paired bootstrap too)
     confidence: float = Field(0.95, gt=0, lt=1)
     seed: int = 0  # bootstrap and augmentation-figure draws
     batch_size: int = Field(64, ge=1)  # prediction batch size

@@ -398,3 +398,83 @@ def test_a_checkpoint_with_builder_options_finds_its_training_run(tmp_path):
     card = checkpoint.load_card(tmp_path / "models" / "vgg16")
     assert card.train_params["options"] == {"batch_norm": True}
     assert find_training_run(tracker, card) == run_id
+
+
+def _write_predictions(root: Path, models=("cnn", "vit", "vgg16"), external: bool = False) -> None:
+    """evaluate's per-image files under root/eval: vit as good as cnn, vgg16 much worse (the same noise:
+    correlated models)."""
+    from toydata import write_predictions
+
+    rng = np.random.default_rng(0)
+    y = (rng.random(150) < 0.6).astype(int)
+    noise = rng.normal(size=150)
+    paths = [f"test/{'PNEUMONIA' if c else 'NORMAL'}/img{i}.jpeg" for i, c in enumerate(y)]
+    for m, strength in (("cnn", 3.0), ("vit", 2.9), ("vgg16", 0.6)):
+        if m in models:
+            p = 1 / (1 + np.exp(-(noise + rng.normal(scale=0.3, size=150) + strength * y)))
+            sets = {"test": (paths, y, p)}
+            if external:
+                sets["kermany_a"] = (paths[:90], y[:90], p[:90])
+            write_predictions(root / "eval", m, sets)
+
+
+def test_compare_stage_reports_every_model_paired_with_the_selected_one(tmp_path, monkeypatch):
+    _write_inputs(tmp_path)
+    _write_predictions(tmp_path, models=("cnn", "vgg16"))  # vit skipped: no predictions
+    params = tmp_path / "params.yaml"
+    params.write_text(
+        yaml.safe_dump(
+            {"compare": {"register": False}, "mlflow": {"experiment": "t"}, "evaluate": {"n_resamples": 200}}
+        )
+    )
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    argv = [*_argv(tmp_path, params), "--predictions", str(tmp_path / "eval"), "--paired", str(tmp_path / "p.json")]
+    with pytest.warns(RuntimeWarning, match="unreachable"), pytest.warns(RuntimeWarning, match="no paired .* vit"):
+        assert _stage().main(argv) == 0
+    report = json.loads((tmp_path / "p.json").read_text())
+    assert report["selected"] == "cnn" and report["n_resamples"] == 200 and report["seed"] == 0
+    (row,) = report["comparisons"]
+    assert (
+        row["model"] == "vgg16" and row["set"] == "internal test" and row["verdict"] == "worse" and row["ci_high"] < 0
+    )
+    assert report["not_compared"] == {"vit": "no predictions of vit"}
+    md = cells((tmp_path / "reports/results.md").read_text())
+    assert "## Paired comparison with the selected model" in md
+    assert "**Table 2.** Each model against the selected model **cnn**" in md  # after Table 1 (no external set)
+    assert "**Table 3.** cnn: every configuration" in md  # the sweep moves one on
+    assert "| vgg16 | internal test | 150 |" in md and "worse than cnn (CI below 0)" in md
+    assert "**cnn** is better than vgg16 (the CI lies below 0)." in md and "Not compared: vit" in md
+    assert md.index("## Paired comparison") < md.index("## Batch size x learning rate sweep")
+
+
+def test_paired_comparisons_follow_the_external_tables_and_refuse_other_images(tmp_path, monkeypatch):
+    """The README and docs copy Tables 1 and 2 by number: the paired table comes after the external sets."""
+    from cxr.evaluation.paired import PairingError
+
+    _write_inputs(tmp_path)
+    for m in ("cnn", "vit", "vgg16"):
+        rep = json.loads((tmp_path / f"metrics/eval/{m}.json").read_text())
+        rep["external"] = {"kermany_a": {**fake_eval(0.8, 0.7, n=90), "n_normal": 30, "n_pneumonia": 60}}
+        (tmp_path / f"metrics/eval/{m}.json").write_text(json.dumps(rep))
+    _write_predictions(tmp_path, external=True)
+    params = tmp_path / "params.yaml"
+    params.write_text(
+        yaml.safe_dump(
+            {"compare": {"register": False}, "mlflow": {"experiment": "t"}, "evaluate": {"n_resamples": 100}}
+        )
+    )
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    argv = [*_argv(tmp_path, params), "--predictions", str(tmp_path / "eval")]
+    with pytest.warns(RuntimeWarning, match="unreachable"):
+        assert _stage().main(argv) == 0
+    md = cells((tmp_path / "reports/results.md").read_text())
+    assert "**Table 2.** kermany_a:" in md and "**Table 3.** Each model against" in md and "**Table 4.** cnn:" in md
+    assert md.index("## External validation: kermany_a") < md.index("## Paired comparison")
+    assert "| vit | internal test | 150 |" in md and "| vgg16 | kermany_a | 90 |" in md
+    assert "On the external set kermany_a (90 images, cnn ROC-AUC " in md
+    assert "), **cnn** is not distinguishable from vit (the 95 % CI of the difference includes 0); it is better" in md
+    # vgg16 scored on other images (a stale evaluate): the stage stops with the fix
+    pred = tmp_path / "eval/vgg16/predictions.csv"
+    pred.write_text(pred.read_text().replace("img3.jpeg", "img3-other.jpeg"))
+    with pytest.raises(PairingError, match="do not hold the same images.*img3-other.jpeg"):
+        _stage().main(argv)

@@ -4,10 +4,11 @@
     best = select_best(train_metrics, "val_auc")            # chosen on validation, never on test
     text = results_markdown(table, ...)                     # reports/results.md
 
-Run by ``src/compare.py`` (stage ``compare``). Inputs are the pipeline's metrics files only:
+Run by ``src/compare.py`` (stage ``compare``). Inputs are the pipeline's metrics files:
 metrics/train/<m>.json (validation), metrics/eval/<m>.json (test, with bootstrap CIs),
-metrics/sweep.json and plots/sweep.csv, plots/eval/<m>/roc.csv. Test numbers are reported; the
-model that goes to the MLflow Model Registry is the one with the best *validation* metric.
+metrics/sweep.json and plots/sweep.csv, plots/eval/<m>/roc.csv; the paired comparisons with the
+selected model (``paired``, from the per-image predictions) come in as a ready report. Test numbers are
+reported; the model that goes to the MLflow Model Registry is the one with the best *validation* metric.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 import pandas as pd
 
 from cxr.evaluation.operating import operating_points_markdown
+from cxr.evaluation.paired import paired_markdown
 from cxr.metrics import SELECT_METRICS, row_is_better
 
 REPORT_METRICS = ("accuracy", "sensitivity", "specificity", "balanced_accuracy", "roc_auc", "f1")
@@ -246,8 +248,11 @@ def results_markdown(
     eval_metrics: dict | None = None,
     sweep_summary: dict | None = None,
     sweep_table: pd.DataFrame | None = None,
+    paired: dict | None = None,
 ) -> str:
-    """reports/results.md: a Results section in the style of a paper."""
+    """reports/results.md: a Results section in the style of a paper. ``paired`` (``paired.compare_with_selected``)
+    adds the paired comparisons with the selected model after the external sets, so that the tables the
+    README and docs copy by number (Table 1, Table 2) keep theirs."""
     any_rep: dict[str, Any] = next(iter((eval_metrics or {}).values()), {})
     n, n_pos = any_rep.get("n"), any_rep.get("n_pneumonia")
     conf = any_rep.get("confidence", 0.95)
@@ -265,6 +270,9 @@ def results_markdown(
     for k, name in enumerate(sets):
         lines += external_markdown(table, name, eval_metrics or {}, table_number=2 + k)
     number = 2 + len(sets)
+    if paired is not None:
+        lines += paired_markdown(paired, table_number=number)
+        number += bool(paired["comparisons"])
     if sweep_table is not None and len(sweep_table):
         lines += _sweep_markdown_section(sweep_table, sweep_summary or {}, table_number=number)
         number += 1

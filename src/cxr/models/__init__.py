@@ -12,9 +12,7 @@ the ways out, never a silent random initialisation.
 
 from cxr.models import cnn, resnet_small, torchvision_backbones, vit  # noqa: F401  (each registers its models)
 from cxr.models.registry import (
-    TUNED_SUFFIX,
     ModelEntry,
-    architecture_of,
     build_model,
     builder_options,
     check_image_size,
@@ -24,14 +22,11 @@ from cxr.models.registry import (
     list_models,
     model_arch,
     rebuild,
-    tuned_name,
 )
 from cxr.pretrained import WeightsUnavailableError
 
 __all__ = [
-    "TUNED_SUFFIX",
     "ModelEntry",
-    "architecture_of",
     "WeightsUnavailableError",
     "build_model",
     "builder_options",
@@ -42,5 +37,4 @@ __all__ = [
     "list_models",
     "model_arch",
     "rebuild",
-    "tuned_name",
 ]

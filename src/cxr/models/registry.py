@@ -63,20 +63,6 @@ def list_models() -> list[str]:
     return sorted(MODELS)
 
 
-# The sweep's selected configuration, kept as a model of its own: "<model>-tuned" (models/<model>-tuned,
-# evaluate_tuned@<model>-tuned, a candidate of compare beside the models of params.yaml).
-TUNED_SUFFIX = "-tuned"
-
-
-def tuned_name(model: str) -> str:
-    return f"{model}{TUNED_SUFFIX}"
-
-
-def architecture_of(candidate: str) -> str:
-    """The registry name of a candidate: ``resnet50-tuned`` -> ``resnet50``; a model's own name unchanged."""
-    return candidate.removesuffix(TUNED_SUFFIX)
-
-
 def get_entry(name: str) -> ModelEntry:
     try:
         return MODELS[name]
