@@ -1,4 +1,4 @@
-"""Train a CPU recipe on the Kermany train split, score it on the external set A: the issue-14 figure.
+"""Train a CPU recipe on the Kermany train split, score it on the external set A (benchmarks/README.md).
 
     PYTHONPATH=src python benchmarks/external_recipe.py cpu            # the `cpu` recipe of configs/real.yaml
     PYTHONPATH=src python benchmarks/external_recipe.py baseline cpu   # side by side
@@ -142,8 +142,10 @@ def load_set_a(root: Path, size: int, resize: str) -> tuple[np.ndarray, np.ndarr
     return np.stack([decode_image(p, size, resize) for p, _ in items]), np.array([i for _, i in items])
 
 
-def run(name: str, args) -> dict:
+def run(name: str, args, seed: int | None = None) -> dict:
     model, overrides = RECIPES[name]
+    if seed is not None:  # --seeds: the same recipe, another seed (initialisation, shuffling, augmentation)
+        overrides, name = {**overrides, "seed": seed}, f"{name}@seed{seed}"
     params = apply_overrides(load_params(REPO_ROOT / "params.yaml"), overrides)
     cfg = resolve_run_config(params, model)
     if args.epochs:
@@ -215,6 +217,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=0, help="override the recipe's epochs (quick proxy runs)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--progress", action="store_true", help="per-epoch lines")
+    ap.add_argument(
+        "--seeds", type=int, nargs="+", default=None, help="run each recipe once per seed; print mean +- sd too"
+    )
     args = ap.parse_args(argv)
     if args.list:
         for name, (model, overrides) in RECIPES.items():
@@ -229,12 +234,39 @@ def main(argv: list[str] | None = None) -> int:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; set A: {args.set_a}", flush=True)
     results = []
     for name in args.recipes:
-        results.append(run(name, args))
-        print(HEADER + "\n" + row(results[-1]), flush=True)
+        for seed in args.seeds or [None]:
+            results.append(run(name, args, seed))
+            print(HEADER + "\n" + row(results[-1]), flush=True)
     print("\n" + HEADER)
     for r in results:
         print(row(r))
+    if args.seeds and len(args.seeds) > 1:
+        print(seed_spread(results, args.recipes, args.seeds))
     return 0
+
+
+SPREAD = (
+    ("auc", "set-A AUC", 1),
+    ("acc", "acc %", 100),
+    ("sens", "sens %", 100),
+    ("spec", "spec %", 100),
+    ("bal_acc", "bal. acc %", 100),
+    ("val_auc", "val AUC", 1),
+)
+
+
+def seed_spread(results: list[dict], recipes: list[str], seeds: list[int]) -> str:
+    """Per recipe, the mean and sample standard deviation over the seeds of each set-A metric."""
+    lines = [f"\nover seeds {seeds} (mean +- sd, n = {len(seeds)}):"]
+    for name in recipes:
+        runs = [r for r in results if r["recipe"].split("@seed")[0] == name]
+        cells = []
+        for key, label, scale in SPREAD:
+            v = np.array([r[key] for r in runs], dtype=float) * scale
+            digits = 3 if scale == 1 else 1
+            cells.append(f"{label} {v.mean():.{digits}f} +- {v.std(ddof=1):.{digits}f}")
+        lines.append(f"{name}: " + ", ".join(cells))
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
