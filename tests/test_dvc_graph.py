@@ -126,3 +126,15 @@ def test_one_model_list_drives_train_evaluate_compare_and_plots():
             assert named == set(models), f"plot {plot_id!r} names {sorted(named)}, expected all of {models}"
     (confusion,) = [p["Confusion matrices (test)"] for p in dvc_yaml["plots"] if "Confusion matrices (test)" in p]
     assert set(confusion["y"]) == {f"plots/eval/{m}/confusion.csv" for m in models}
+
+
+def test_folder_deps_hash_the_same_with_or_without_bytecode():
+    """Every run writes src/cxr/**/__pycache__/*.pyc: DVC must not hash them into a folder dep such as
+    src/cxr/data, or dvc.lock differs from clone to clone and `dvc status` flips after an import."""
+    from dvc.repo import Repo
+
+    with Repo(str(ROOT)) as repo:
+        ignore = repo.dvcignore
+        for path in ("src/cxr/data/__pycache__/cache.cpython-311.pyc", "src/cxr/models/__pycache__/cnn.pyc"):
+            assert ignore.is_ignored_file(str(ROOT / path)), f"{path} is hashed into its folder dep"
+        assert not ignore.is_ignored_file(str(ROOT / "src/cxr/data/cache.py"))
