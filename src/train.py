@@ -135,6 +135,7 @@ def train(args: argparse.Namespace, params: dict, run_cfg, device: torch.device)
         **run_tags(args.model, data_version=data_version, device=describe(device)),
         "world_size": world,
         "config_hash": config_hash(run_cfg, data_version)[:16],
+        "seed": run_cfg.seed,  # the MLflow UI groups runs by it (Group by -> Tags -> seed): seed spread
     }
     # One trainer per resume state (rank 0 holds it): a rerun after `kill -9` of dvc must not race the orphan.
     with resume_lock(args.resume, args.model) if main_rank else contextlib.nullcontext():

@@ -63,6 +63,7 @@ def test_train_stage_end_to_end(workdir, repo_root):
     exp = client.get_experiment_by_name("chest-xray-pneumonia")
     (run,) = client.search_runs([exp.experiment_id])
     assert run.info.run_name == "cnn" and run.data.params["image_size"] == "16"
+    assert run.data.tags["seed"] == run.data.params["seed"]  # the UI groups runs over seeds by this tag
     assert len(client.get_metric_history(run.info.run_id, "train_loss")) == 2
     assert len(client.get_metric_history(run.info.run_id, "seconds")) == 2  # per-epoch timings: MLflow only
     # What the "Model metrics" tab charts: the per-epoch curves, four final values, the system metrics.

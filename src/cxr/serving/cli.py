@@ -113,11 +113,35 @@ def _predict_parser(sub) -> None:
     p.set_defaults(func=cmd_predict)
 
 
+def _seeds_parser(sub) -> None:
+    p = sub.add_parser(
+        "seeds",
+        help="mean and spread of the headline metrics over DVC experiments that differ only in seed",
+        description="Read `dvc exp show --json` and summarise, per model, the experiments whose params differ "
+        "only in `seed`: run them first with `dvc exp run --queue -S 'seed=1,2,3' && dvc queue start -j 1`.",
+    )
+    p.add_argument("--repo", default=".", help="the DVC project (default: here)")
+    p.add_argument("--out", default=None, help="also write the markdown table to this file")
+    p.add_argument("--figure", default=None, help="also write a PNG: each seed's test ROC-AUC and the mean +- sd")
+    p.set_defaults(func=cmd_seeds)
+
+
+def cmd_seeds(args) -> int:
+    from cxr.seeds import SeedsError, main
+
+    try:
+        return main(args)
+    except SeedsError as exc:
+        print(f"cxr seeds: error: {exc}", file=sys.stderr)
+        return 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cxr", description="Pediatric chest X-rays: NORMAL vs PNEUMONIA.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     _predict_parser(sub)
+    _seeds_parser(sub)
     return parser
 
 
