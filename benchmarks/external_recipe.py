@@ -25,7 +25,7 @@ import torch
 import yaml
 
 from cxr import CLASSES
-from cxr.config import DataConfig, EvaluateConfig, PreprocessConfig, SplitConfig, from_dict, load_params, section
+from cxr.config import DataConfig, EvaluateConfig, PreprocessConfig, SplitConfig, load_params, parse, section
 from cxr.data.cache import build_cache, decode_image, load_info, load_split
 from cxr.data.manifest import build_manifest, write_manifest
 from cxr.data.sources import fetch
@@ -126,7 +126,7 @@ def train_cache(data: Path, work: Path, params: dict) -> Path:
         return cache
     raw, manifest = work / "raw", work / "manifest.csv"
     if not manifest.is_file():
-        data_cfg = from_dict(DataConfig, {**params["data"], "source": "path", "path": str(data)}, "data")
+        data_cfg = parse(DataConfig, {**params["data"], "source": "path", "path": str(data)}, "data")
         fetch(data_cfg, raw, progress=False)
         write_manifest(build_manifest(raw, section(params, "split", SplitConfig), progress=False).manifest, manifest)
     build_cache(manifest, raw, cache, prep, progress=False)
