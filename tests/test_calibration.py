@@ -56,6 +56,10 @@ def test_decide_auto_keeps_a_real_gain_and_drops_a_negligible_one():
     assert forced["applied"] and forced["temperature"] == forced["fitted_temperature"]
     off = decide_temperature("false", y, p)
     assert off == {**off, "temperature": 1.0, "applied": False, "fitted_temperature": None}
+    y2 = np.array([0] * 20 + [1] * 20)  # separated: the NLL falls as T -> 0; auto does not ship the bound
+    p2 = np.r_[np.linspace(0.05, 0.4, 20), np.linspace(0.6, 0.95, 20)]
+    sep = decide_temperature("auto", y2, p2)
+    assert sep["at_bound"] and not sep["applied"] and sep["temperature"] == 1.0
     with pytest.raises(ValueError, match="auto, true or false"):
         decide_temperature("maybe", y, p)
 

@@ -72,8 +72,9 @@ def decide_temperature(mode: str, labels, probs, tolerance: float = AUTO_TOLERAN
 
     ``true`` applies the fitted T; ``false`` fits nothing; ``auto`` fits T and keeps it when it lowers the
     validation NLL by more than ``tolerance`` nats per image (it never raises it: T = 1 is in the search
-    interval), else T = 1. Returns the model card's record: mode, temperature (the one applied; 1.0 =
-    none), fitted_temperature (None when nothing was fitted), applied, val_nll_before, val_nll_after.
+    interval) and is not at a bound of :data:`T_BOUNDS`, else T = 1. Returns the model card's record: mode,
+    temperature (the one applied; 1.0 = none), fitted_temperature (None when nothing was fitted), applied,
+    at_bound (when fitted), val_nll_before, val_nll_after.
     """
     if mode not in ("auto", "true", "false"):
         raise ValueError(f"calibrate: expected auto, true or false, found {mode!r}")
@@ -90,8 +91,11 @@ def decide_temperature(mode: str, labels, probs, tolerance: float = AUTO_TOLERAN
         return record
     t = fit_temperature(labels, probs)
     after = nll(labels, probs, t)
-    keep = mode == "true" or (before - after > tolerance)
-    record.update(fitted_temperature=t, applied=bool(keep))
+    # At a bound of the search the split does not pin T down (a split the model separates: the NLL keeps
+    # falling as T -> 0, towards probabilities of 0 and 1): auto does not ship that.
+    at_bound = not T_BOUNDS[0] * 1.01 < t < T_BOUNDS[1] / 1.01
+    keep = mode == "true" or (before - after > tolerance and not at_bound)
+    record.update(fitted_temperature=t, applied=bool(keep), at_bound=at_bound)
     if keep:
         record.update(temperature=t, val_nll_after=after)
     return record
