@@ -11,8 +11,9 @@ The decision threshold is the model card's (chosen at training on validation as
   --predictions  path, label, probability, predicted (one row per test image)
   --metrics      metrics at the validation threshold and at 0.5, each with its bootstrap CI
   --plots        confusion.csv (actual, predicted), roc.csv, pr.csv, calibration.csv (DVC plots)
-  --figures      confusion, roc, pr, calibration, augmentation, gallery PNGs (the training curves are
-                 the train stage's figures/train/<model>/curves.png, drawn once)
+  --figures      confusion, roc, pr, calibration (before and after the card's temperature), refer (error
+                 among decided vs coverage, when the card has a refer band), augmentation, gallery PNGs (the
+                 training curves are the train stage's figures/train/<model>/curves.png, drawn once)
 
 and, for every external set of ``--external`` (stage external), the same metrics under ``external.<set>``
 in --metrics, its rows (with a ``set`` column) in --external-predictions and its ROC in
@@ -43,6 +44,7 @@ from cxr.evaluation.evaluate import (
     find_training_run,
 )
 from cxr.evaluation.operating import choose_thresholds
+from cxr.evaluation.selective import refer_figure
 from cxr.files import write_csv, write_metrics
 from cxr.gpus import GpuClaimError, hold_device
 from cxr.models import list_models
@@ -90,9 +92,8 @@ def main(argv=None) -> int:
     val, test = load_split(args.cache, "val"), load_split(args.cache, "test")
     # The operating points' thresholds, set on validation (evaluate.operating_points): test and external
     # sets are only scored at them.
-    operating = choose_thresholds(
-        val.labels, card_probabilities(model, card, val.images, cfg, device), cfg.operating_points
-    )
+    val_probs = card_probabilities(model, card, val.images, cfg, device)
+    operating = choose_thresholds(val.labels, val_probs, cfg.operating_points)
     result = evaluate_checkpoint(
         model,
         card,
@@ -124,6 +125,15 @@ def main(argv=None) -> int:
         device=device,
         external=external,
     )
+    if card.refer_band is not None:  # error among decided vs coverage: validation, test, external sets
+        sets = {"internal test": result, **external}
+        figs["refer"] = refer_figure(
+            (val.labels, val_probs),
+            {n: (r.test_labels, r.test_probs) for n, r in sets.items()},
+            card.threshold,
+            card.refer,
+            title=f"{args.model}: refer band (each level set on validation)",
+        )
 
     tracker = make_tracker(mlflow_cfg.experiment)
     run_id = find_training_run(tracker, card)
@@ -172,6 +182,19 @@ def print_summary(model: str, result, external: dict) -> None:
             print(
                 f"[{model}] {p['metric']} {p['target']:.0%} on validation (threshold {p['threshold']:.3f}): "
                 f"{set_name} sensitivity {p['sensitivity']['value']:.3f}, specificity {p['specificity']['value']:.3f}"
+            )
+    for set_name, r in [("test", result), *external.items()]:
+        c, f = r.report.get("calibration"), r.report.get("refer")
+        if c:
+            print(
+                f"[{model}] {set_name} temperature {c['temperature']:.3f}: ECE {c['uncalibrated']['ece']:.3f} "
+                f"-> {c['calibrated']['ece']:.3f}, Brier {c['uncalibrated']['brier']:.3f} "
+                f"-> {c['calibrated']['brier']:.3f}"
+            )
+        if f:
+            print(
+                f"[{model}] {set_name} refer band [{f['low']:.3f}, {f['high']:.3f}): coverage "
+                f"{f['coverage']['value']:.3f}, error among decided {f['error_among_decided']['value']:.3f}"
             )
     for set_name, r in external.items():
         at = r.report["at_val_threshold"]

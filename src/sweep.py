@@ -29,7 +29,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from cxr.config import ConfigError, EvaluateConfig, MlflowConfig, SweepConfig, load_params, section
+from cxr.config import ConfigError, EvaluateConfig, MlflowConfig, SweepConfig, TrainConfig, load_params, section
 from cxr.data.cache import CacheError, load_info, load_split
 from cxr.device import describe, resolve_device
 from cxr.files import clean_number, json_safe, write_history, write_metrics
@@ -67,6 +67,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     params = load_params(args.params)
     args.data_source = resolve_data_source(params)  # in the kept model's card, as train records it
+    args.calibrate = section(params, "train", TrainConfig).calibrate  # the kept model's temperature, as train's
     cfg: SweepConfig = section(params, "sweep", SweepConfig)
     mlflow_cfg: MlflowConfig = section(params, "mlflow", MlflowConfig)
     eval_cfg: EvaluateConfig = section(params, "evaluate", EvaluateConfig)  # the threshold for the test columns
@@ -154,6 +155,8 @@ def run(args, cfg, base, info, train, val, test, mlflow_cfg, eval_cfg, devices) 
             eval_batch_size=cfg.eval_batch_size,
             keep_dir=args.staging,
             data_source=args.data_source,
+            calibrate=args.calibrate,
+            refer_target=eval_cfg.refer.target_error,
         )
         keep_tuned(args, result)
         summary = json_safe(result.summary())

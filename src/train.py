@@ -147,6 +147,8 @@ def train(args: argparse.Namespace, params: dict, run_cfg, device: torch.device)
             "threshold_method": eval_cfg.threshold,
             "fixed_threshold": eval_cfg.fixed_threshold,
             "resume_every": section(params, "train", TrainConfig).resume_every,
+            "calibrate": section(params, "train", TrainConfig).calibrate,  # the temperature, fitted on validation
+            "refer_target": eval_cfg.refer.target_error,  # the refer band saved with the model
             "data_source": resolve_data_source(params),
         }
         return _fit_and_write(args, run_cfg, device, train, val, info, tracker, tags, mlflow_cfg, fit_opts, main_rank)
@@ -194,7 +196,8 @@ def _fit_and_write(args, run_cfg, device, train, val, info, tracker, tags, mlflo
             tracker.log_model(result.model, name="model", image_size=run_cfg.image_size)
     print(
         f"[{args.model}] best epoch {result.best['best_epoch']}: val_auc {result.best['val_auc']:.4f} "
-        f"val_loss {result.best['val_loss']:.4f}; threshold {result.threshold:.3f}; checkpoint in {args.out} "
+        f"val_loss {result.best['val_loss']:.4f}; temperature {result.card.temperature:.3f}; "
+        f"threshold {result.threshold:.3f}; checkpoint in {args.out} "
         f"({result.timings().get('seconds_per_epoch', 0.0):.1f} s/epoch)"
     )
     return 0

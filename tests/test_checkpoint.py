@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -103,7 +104,7 @@ def test_format_2_is_upgraded_to_one_nested_augment():
         "augment": {"enabled": True, "crop_scale": [0.75, 1.0], "gamma": [0.8, 1.2]},
     }
     card = checkpoint.ModelCard.from_json(v2)
-    assert card.format_version == checkpoint.FORMAT_VERSION == 4
+    assert card.format_version == checkpoint.FORMAT_VERSION == 5
     assert not any(k.startswith("aug_") for k in card.train_params) and card.train_params["lr"] == 0.001
     assert card.train_params["augment"]["gamma"] == [0.8, 1.2]
     aug = card.augment_config()
@@ -116,7 +117,7 @@ def test_card_round_trip_keeps_the_data_source(tmp_path):
     source = checkpoint.DataSource("folder", "../shared/data/kermany224")
     checkpoint.save(tmp_path / "m", model, card_for(model, data_source=source))
     written = json.loads((tmp_path / "m" / "model.json").read_text())
-    assert written["format_version"] == 4
+    assert written["format_version"] == 5
     assert written["data_source"] == {"kind": "folder", "location": "../shared/data/kermany224", "settings": {}}
     card = checkpoint.load_card(tmp_path / "m")
     assert card.data_source == source and not card.data_source.synthetic
@@ -135,11 +136,49 @@ def test_format_3_is_upgraded_to_an_unknown_source_never_a_guess():
         "data_version": "synthetic-looking",
     }
     card = checkpoint.ModelCard.from_json(json.dumps(v3))
-    assert card.format_version == 4
+    assert card.format_version == 5
     assert card.data_source == checkpoint.DataSource("unknown", None, {}) and not card.data_source.synthetic
     assert "does not record" in card.data_source.describe()
     assert json.loads(card.to_json())["data_source"]["kind"] == "unknown"
     assert checkpoint.ModelCard.from_json(card.to_json()) == card
+
+
+def test_format_4_is_upgraded_to_no_temperature_and_no_refer_band():
+    """A v4 card predates calibration and the refer band: T = 1 (the probabilities as the model gave them)
+    and every image decided, so an old model answers exactly as before."""
+    v4 = {
+        **{k: v for k, v in V1_CARD.items() if k not in ("model", "channels", "resize", "positive_class")},
+        "format_version": 4,
+        "threshold": 0.4,
+        "threshold_method": "youden",
+        "cache_resize": "stretch",
+        "train_params": {"lr": 0.001, "augment": {"enabled": True}},
+        "data_source": {"kind": "synthetic", "location": None, "settings": {"seed": 0}},
+    }
+    card = checkpoint.ModelCard.from_json(json.dumps(v4))
+    assert card.format_version == 5 and card.temperature == 1.0 and card.refer_band is None
+    assert card.calibration == {} and card.refer == {}
+    p = np.array([0.0, 0.2, 0.4, 0.9999, 1.0])
+    np.testing.assert_array_equal(card.calibrate(p), p)
+    assert [card.label(v) for v in (0.39, 0.4)] == ["NORMAL", "PNEUMONIA"]
+    assert checkpoint.ModelCard.from_json(card.to_json()) == card
+
+
+def test_card_applies_its_temperature_and_answers_refer_inside_its_band(tmp_path):
+    model = build_model("cnn", image_size=16)
+    card = card_for(model, threshold=0.5)
+    card = dataclasses.replace(card, temperature=2.0, refer_band=(0.3, 0.7), refer={"target_error": 0.05})
+    checkpoint.save(tmp_path / "m", model, card)
+    loaded = checkpoint.load_card(tmp_path / "m")
+    assert (
+        loaded.temperature == 2.0
+        and loaded.refer_band == (0.3, 0.7)
+        and loaded == dataclasses.replace(card, library_versions=loaded.library_versions)
+    )
+    # logit(0.8) / 2 -> sigmoid: sqrt(4) / (1 + sqrt(4)) = 2/3
+    np.testing.assert_allclose(loaded.calibrate(np.array([0.8, 0.5])), [2 / 3, 0.5])
+    labels = [loaded.label(v) for v in (0.29, 0.3, 0.5, 0.69, 0.7)]
+    assert labels == ["NORMAL", "REFER", "REFER", "REFER", "PNEUMONIA"]
 
 
 def test_train_records_what_params_say_the_data_was(tmp_path, monkeypatch, params):

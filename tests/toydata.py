@@ -110,9 +110,11 @@ def make_checkpoint(
     threshold: float = 0.5,
     seed: int = 0,
     data_source=None,
+    **card_fields,
 ) -> Path:
     """A tiny seeded `cnn` saved as the train stage saves it (random weights: no training needed);
-    ``data_source`` (a cxr.checkpoint.DataSource): what its card says it was trained on (default: unknown)."""
+    ``data_source`` (a cxr.checkpoint.DataSource): what its card says it was trained on (default: unknown);
+    ``card_fields``: other card fields (temperature, refer_band, ...)."""
     import torch
 
     from cxr import checkpoint
@@ -122,7 +124,7 @@ def make_checkpoint(
     model = build_model("cnn", image_size=image_size)
     with torch.no_grad():  # a random CNN answers ~0.5 for everything: spread its outputs so labels differ
         model.classifier[-1].weight.mul_(40.0)
-    extra = {} if data_source is None else {"data_source": data_source}
+    extra = {**card_fields, **({} if data_source is None else {"data_source": data_source})}
     card = card_for(model, cache_size=cache_size, threshold=threshold, cache_resize=resize or "stretch", **extra)
     return checkpoint.save(model_dir, model, card)
 

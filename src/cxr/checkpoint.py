@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from cxr import CLASSES
+from cxr.calibration import apply_temperature
 from cxr.config import RESIZE_MODES, AugmentConfig, DataConfig
 from cxr.files import atomic_write
 from cxr.models import rebuild
@@ -40,9 +41,13 @@ from cxr.models import rebuild
 WEIGHTS_FILE = "model.pt"
 META_FILE = "model.json"
 # 1: the flat dict of the first releases; 2: train_params flat (aug_*) beside an `augment` copy;
-# 3: train_params nested as params.yaml (augment one mapping); 4: data_source (what the data was).
-# Older ones are upgraded on read.
-FORMAT_VERSION = 4
+# 3: train_params nested as params.yaml (augment one mapping); 4: data_source (what the data was);
+# 5: temperature and its calibration record, the refer band. Older ones are upgraded on read.
+FORMAT_VERSION = 5
+
+
+# The answer for an image inside the card's refer band: neither class, a person looks.
+REFER = "REFER"
 
 
 class CheckpointError(ValueError):
@@ -164,6 +169,12 @@ class ModelCard:
     classes: tuple[str, ...] = CLASSES
     library_versions: dict[str, Any] = field(default_factory=dict)
     data_source: DataSource = field(default_factory=DataSource)  # what data_version was (kind unknown: not recorded)
+    # P(pneumonia) = sigmoid(logit / temperature) (cxr.calibration; 1.0 = none, as every card before format 5).
+    temperature: float = 1.0
+    calibration: dict[str, Any] = field(default_factory=dict)  # how it was decided on validation (train.calibrate)
+    # (low, high) on the calibrated probability: low <= p < high -> REFER (None: no band, every image decided).
+    refer_band: tuple[float, float] | None = None
+    refer: dict[str, Any] = field(default_factory=dict)  # how the band was chosen on validation (cxr.abstention)
     format_version: int = FORMAT_VERSION
 
     @property
@@ -175,7 +186,14 @@ class ModelCard:
         augment = self.train_params.get("augment") or {}
         return AugmentConfig.model_validate({k: v for k, v in augment.items() if k in AugmentConfig.model_fields})
 
+    def calibrate(self, probs: Any) -> Any:
+        """The card's temperature applied to raw P(pneumonia) (an array): the probabilities it reports."""
+        return apply_temperature(probs, self.temperature)
+
     def label(self, probability: float) -> str:
+        """The answer for a calibrated probability: REFER inside the refer band, else the class at the threshold."""
+        if self.refer_band is not None and self.refer_band[0] <= probability < self.refer_band[1]:
+            return REFER
         return self.classes[1] if probability >= self.threshold else self.classes[0]
 
     def to_json(self) -> str:
@@ -200,8 +218,11 @@ class ModelCard:
         data = {k: v for k, v in data.items() if k in known}  # keys of newer formats are ignored, not fatal
         for k in ("mean", "std", "classes"):
             data[k] = tuple(data[k]) if k in data else None
+        band = data.get("refer_band")
+        data["refer_band"] = None if band is None else (float(band[0]), float(band[1]))
         if data.get("classes") is None:
             data.pop("classes")
+        data["temperature"] = float(data.get("temperature", 1.0))
         if isinstance(data.get("data_source"), dict):
             data["data_source"] = DataSource.from_dict(data["data_source"])
         try:
@@ -253,6 +274,8 @@ def _upgrade(d: dict[str, Any], source: str) -> dict[str, Any]:
     if version < 4:  # no record of the data: said so, never guessed (the default run was synthetic, not every run)
         d = dict(d)
         d["data_source"] = dataclasses.asdict(DataSource("unknown"))
+    if version < 5:  # no calibration and no refer band: the probabilities as the model gave them, all decided
+        d = {**d, "temperature": 1.0, "calibration": {}, "refer_band": None, "refer": {}}
     d["format_version"] = FORMAT_VERSION
     return d
 

@@ -285,6 +285,9 @@ class TrainConfig(Section):
     freeze_backbone_epochs: NonNegative = 0  # pretrained models: train only the new head for the first N epochs
     backbone_lr_factor: float = Field(1.0, gt=0)  # pretrained: backbone lr = lr * factor (freeze: the option above)
     resume_every: float = Field(60.0, ge=0, allow_inf_nan=False)  # seconds between resume states; 0 = every epoch
+    # Temperature scaling fitted on validation after training (cxr.calibration): auto keeps it when it lowers the
+    # validation NLL by more than a small tolerance | true: always | false: never
+    calibrate: Union[bool, Literal["auto"]] = "auto"
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
 
     _devices = field_validator("devices", mode="before")(_devices)
@@ -329,6 +332,13 @@ def _default_operating_points() -> list[OperatingTarget]:
     return [OperatingTarget(metric="sensitivity", target=0.95), OperatingTarget(metric="specificity", target=0.95)]
 
 
+class ReferConfig(Section):
+    """``evaluate.refer``: the band of probabilities answered REFER, chosen on validation at training."""
+
+    # Error among the decided validation images at most this (cxr.abstention); null = no band, every image decided.
+    target_error: float | None = Field(0.05, gt=0, lt=0.5)
+
+
 class EvaluateConfig(Section):
     """``evaluate``: the test split, touched once, with bootstrap confidence intervals."""
 
@@ -344,6 +354,7 @@ class EvaluateConfig(Section):
     augment_draws: int = Field(4, ge=1)  # augmented draws per row
     # Thresholds set on validation to meet each target; test and external sets are scored at them.
     operating_points: list[OperatingTarget] = Field(default_factory=_default_operating_points)
+    refer: ReferConfig = Field(default_factory=ReferConfig)
 
 
 class SweepConfig(Section):

@@ -34,7 +34,16 @@ def trained(tmp_path_factory):
     data = {"train": toy(48, 0), "val": toy(24, 1), "test": toy(30, 2)}
     params = {"epochs": 2, "image_size": 16, "batch_size": 8, "lr": 3e-3, "seed": 0}
     cfg = resolve_run_config(params, "cnn")
-    res = fit(cfg, data["train"], data["val"], device="cpu", progress=False, data_version="test123")
+    res = fit(
+        cfg,
+        data["train"],
+        data["val"],
+        device="cpu",
+        progress=False,
+        data_version="test123",
+        calibrate="true",  # a temperature and a refer band in the card: evaluate reports both
+        refer_target=0.1,
+    )
     checkpoint.save(root / "models" / "cnn", res.model, res.card)
     history = pd.DataFrame(res.history)
     history.to_csv(root / "history.csv", index=False)
@@ -162,8 +171,19 @@ def test_evaluate_stage_writes_every_output(trained, tmp_path, monkeypatch):
     acc = m["at_val_threshold"]["accuracy"]
     assert acc["ci_low"] <= acc["value"] <= acc["ci_high"]
     assert acc["value"] == pytest.approx((pred["label"] == pred["predicted"]).mean())
+    card = trained["card"]
+    cal = m["calibration"]
+    assert cal["temperature"] == card.temperature != 1.0
+    assert cal["calibrated"]["ece"] == pytest.approx(m["at_val_threshold"]["ece"]["value"])
+    assert set(cal["uncalibrated"]) == {"brier", "ece"} and cal["uncalibrated"] != cal["calibrated"]
+    refer = m["refer"]
+    assert (refer["low"], refer["high"]) == card.refer_band and refer["target_error"] == 0.1
+    assert refer["n_decided"] + refer["n_refer"] == 30
+    cov = refer["coverage"]
+    assert cov["ci_low"] <= cov["value"] <= cov["ci_high"] and cov["value"] == refer["n_decided"] / 30
     pngs = {p.name for p in (out / "figures/eval/cnn").glob("*.png")}
-    assert pngs == {f"{n}.png" for n in ("confusion", "roc", "pr", "calibration", "augmentation", "gallery")}
+    names = ("confusion", "roc", "pr", "calibration", "refer", "augmentation", "gallery")
+    assert pngs == {f"{n}.png" for n in names}
 
 
 def test_external_sets_are_scored_at_the_cards_threshold(trained, tmp_path, monkeypatch):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -158,6 +159,31 @@ def test_agrees_with_evaluation_on_real_fullres_jpegs(tmp_path, shared_data):
     ]
     assert len(rel) == 4
     _agreement(make_checkpoint(tmp_path / "m"), raw, rel, tmp_path, "stretch")
+
+
+def test_temperature_and_refer_band_of_the_card(tmp_path, images, capsys):
+    """The card's temperature changes the probability (not the ranking); inside its refer band the label is
+    REFER and the probability is still given, in the table, the CSV and the summary line."""
+    files = [str(f) for f in images.values()]
+    a = Predictor.from_dir(make_checkpoint(tmp_path / "plain")).predict_sources(files)
+    scaled = Predictor.from_dir(make_checkpoint(tmp_path / "scaled", temperature=0.5)).predict_sources(files)
+    q = np.sort(scaled["probability"].to_numpy())
+    band = (float(q[1]), float(q[3]))  # the 2nd and 3rd of the six inside
+    band_dir = make_checkpoint(tmp_path / "band", temperature=0.5, refer_band=band, threshold=float(q[2]))
+    banded = Predictor.from_dir(band_dir)
+    b = banded.predict_sources(files)
+    np.testing.assert_allclose(b["probability"], banded.card.calibrate(a["probability"].to_numpy()), atol=1e-6)
+    np.testing.assert_allclose(b["probability"], scaled["probability"])  # the band leaves probabilities alone
+    p = b["probability"].to_numpy()
+    inside = (p >= band[0]) & (p < band[1])
+    expected = np.where(inside, "REFER", np.where(p >= q[2], "PNEUMONIA", "NORMAL"))
+    assert list(b["label"]) == list(expected) and inside.any() and not inside.all()
+    assert cli.main(["predict", *files, "--model", str(band_dir), "--format", "csv", "--no-progress"]) == 0
+    out, err = capsys.readouterr()
+    table = pd.read_csv(io.StringIO(out))
+    assert list(table["label"]) == list(expected) and table["probability"].notna().all()
+    assert f"temperature 0.500, REFER for {band[0]:.4f} <= p < {band[1]:.4f}" in err
+    assert f"{int(inside.sum())} REFER (inside the refer band)" in err
 
 
 def test_globs_files_and_missing_inputs(images):

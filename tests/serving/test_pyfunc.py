@@ -110,6 +110,18 @@ def test_logged_model_predicts_in_process(store):
     assert float(raw["probability"].iloc[0]) == pytest.approx(float(out["probability"].iloc[0]), abs=1e-6)
 
 
+def test_served_model_answers_refer_inside_the_band(tmp_path):
+    """The pyfunc's rows are the Predictor's: REFER inside the card's band, the probability given as well."""
+    from cxr.serving.pyfunc import CxrImageModel
+
+    served = CxrImageModel()
+    served.predictor = Predictor.from_dir(make_checkpoint(tmp_path / "m", refer_band=(0.0, 1.1), temperature=0.5))
+    out = served.predict(None, pd.DataFrame({"image": [_b64(_jpeg(1)), _b64(_jpeg(2))]}))
+    assert list(out["label"]) == ["REFER", "REFER"] and out["error"].isna().all()
+    ref = served.predictor.predict_sources([_jpeg(1), _jpeg(2)])
+    np.testing.assert_allclose(out["probability"].astype(float), ref["probability"], atol=1e-9)
+
+
 def test_a_model_trained_on_synthetic_data_warns_once_when_loaded(store, tmp_path):
     """Loaded (as `mlflow models serve` loads it), the default run's model warns what it is, once; its
     metadata holds the card's data source, and its answers keep their format. Logging it warns of nothing."""

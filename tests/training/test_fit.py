@@ -94,6 +94,27 @@ def test_fit_threshold_method(run_cfg):
     assert mid.card.threshold == mid.threshold and mid.card.threshold_method == "midpoint"
 
 
+def test_fit_calibrates_then_chooses_threshold_and_refer_band_on_calibrated_probabilities(run_cfg):
+    from cxr.abstention import selective
+    from cxr.calibration import apply_temperature
+    from cxr.metrics import choose_threshold
+
+    plain = fit(run_cfg, TRAIN, VAL, progress=False)
+    assert plain.card.temperature == 1.0 and plain.card.refer_band is None and plain.card.calibration["mode"] == "false"
+    cal = fit(run_cfg, TRAIN, VAL, progress=False, calibrate=True, refer_target=0.2)
+    t = cal.card.temperature
+    assert cal.card.calibration["applied"] and t == cal.card.calibration["fitted_temperature"] != 1.0
+    np.testing.assert_allclose(cal.val_probs, apply_temperature(plain.val_probs, t))  # same weights, scaled
+    assert cal.threshold == choose_threshold(cal.val_labels, cal.val_probs, "youden")
+    np.testing.assert_array_equal(plain.val_probs >= plain.threshold, cal.val_probs >= cal.threshold)
+    assert cal.metrics()["temperature"] == t
+    low, high = cal.card.refer_band
+    assert low <= cal.threshold <= high and cal.card.refer["target_error"] == 0.2
+    s = selective(cal.val_labels, cal.val_probs, cal.threshold, (low, high))
+    assert s["coverage"] == cal.card.refer["val_coverage"]
+    assert s["n_decided"] == 0 or s["error_among_decided"] <= 0.2
+
+
 def test_midpoint_needs_both_classes_in_validation(run_cfg):
     with pytest.raises(ValueError, match="midpoint threshold needs both"):
         fit(run_cfg, TRAIN, (VAL[0][:5], np.ones(5, dtype=np.int64)), progress=False, threshold_method="midpoint")

@@ -20,6 +20,7 @@ import pandas as pd
 
 from cxr.evaluation.operating import operating_points_markdown
 from cxr.evaluation.paired import paired_markdown
+from cxr.evaluation.selective import calibration_markdown, refer_markdown
 from cxr.metrics import SELECT_METRICS, row_is_better
 
 REPORT_METRICS = ("accuracy", "sensitivity", "specificity", "balanced_accuracy", "roc_auc", "f1")
@@ -277,6 +278,9 @@ def results_markdown(
         lines += _sweep_markdown_section(sweep_table, sweep_summary or {}, table_number=number)
         number += 1
     lines += operating_points_markdown(eval_metrics or {}, table_number=number)
+    number += any(r.get("operating_points") for r in (eval_metrics or {}).values())
+    calibration = calibration_markdown(eval_metrics or {}, table_number=number)
+    lines += calibration + refer_markdown(eval_metrics or {}, table_number=number + bool(calibration))
     lines += [
         "Reference (official 624-image test set): Kermany et al. 2018, InceptionV3 transfer, accuracy 92.8 %, "
         "sensitivity 93.2 %, specificity 90.1 %, AUC 0.968 (checkpoint chosen on test); MedMNIST v2 "

@@ -25,6 +25,7 @@ from cxr.checkpoint import ModelCard
 from cxr.config import EvaluateConfig
 from cxr.data.augment import BatchAugment, Normalize, eval_resize
 from cxr.evaluation.operating import OperatingThreshold, score_operating_points
+from cxr.evaluation.selective import calibration_report, refer_report, reliability_figure
 from cxr.metrics import calibration_points, evaluate_predictions, pr_points, roc_points
 from cxr.training.engine import predict_probabilities
 
@@ -40,6 +41,8 @@ class EvalResult:
     test_labels: np.ndarray = field(repr=False)
     test_probs: np.ndarray = field(repr=False)
     tables: dict[str, pd.DataFrame] = field(repr=False, default_factory=dict)
+    raw_probs: np.ndarray | None = field(repr=False, default=None)  # before the card's temperature (None: not kept)
+    temperature: float = 1.0
 
     @property
     def test_predicted(self) -> np.ndarray:
@@ -105,9 +108,13 @@ def evaluate_probabilities(
     cfg: EvaluateConfig,
     n_val: int = 0,
     operating: list[OperatingThreshold] | None = None,
+    card: ModelCard | None = None,
+    raw_probs=None,
 ) -> EvalResult:
     """Score test probabilities at ``threshold`` (the card's, chosen on validation), at 0.5 and at the
-    ``operating`` points' thresholds (also chosen on validation). Pure."""
+    ``operating`` points' thresholds (also chosen on validation). With ``card`` and ``raw_probs`` (the
+    probabilities before its temperature), ECE and Brier before and after it (``calibration``) and, when
+    the card has a refer band, coverage and error among decided (``refer``). Pure."""
     test_labels = np.asarray(test_labels).astype(int)
     if len(test_labels) == 0:
         raise ValueError("the test split is empty: nothing to evaluate (check the split stage's test_fraction)")
@@ -128,6 +135,13 @@ def evaluate_probabilities(
         **report,
         "operating_points": score_operating_points(test_labels, test_probs, operating or [], cfg),
     }
+    if card is not None and raw_probs is not None:
+        report["calibration"] = calibration_report(test_labels, raw_probs, card.temperature)
+    if card is not None and card.refer_band is not None:
+        report["refer"] = {
+            **refer_report(test_labels, test_probs, threshold, card.refer_band, cfg),
+            "target_error": card.refer.get("target_error"),
+        }
     predicted = (np.asarray(test_probs) >= threshold).astype(int)
     tables = {
         "predictions": predictions_table(test_paths, test_labels, test_probs, threshold),
@@ -155,25 +169,31 @@ def evaluate_checkpoint(
     n_val: int = 0,
     operating: list[OperatingThreshold] | None = None,
 ) -> EvalResult:
-    """Predict ``test`` = (images, labels, paths) once, with the card's transform, and score it."""
+    """Predict ``test`` = (images, labels, paths) once, with the card's transform and temperature, and score it."""
     test_images, test_labels, test_paths = test
-    test_probs = card_probabilities(model, card, test_images, cfg, device)
-    return evaluate_probabilities(
+    raw = card_probabilities(model, card, test_images, cfg, device, calibrated=False)
+    result = evaluate_probabilities(
         card.name,
         card.threshold,
         card.threshold_method,
         test_labels,
-        test_probs,
+        card.calibrate(raw),
         test_paths,
         cfg,
         n_val=n_val,
         operating=operating,
+        card=card,
+        raw_probs=raw,
     )
+    result.raw_probs, result.temperature = np.asarray(raw, dtype=float), card.temperature
+    return result
 
 
-def card_probabilities(model: torch.nn.Module, card: ModelCard, images, cfg: EvaluateConfig, device) -> np.ndarray:
-    """P(pneumonia) of uint8 ``images`` through the card's transform."""
-    return predict_probabilities(
+def card_probabilities(
+    model: torch.nn.Module, card: ModelCard, images, cfg: EvaluateConfig, device, calibrated: bool = True
+) -> np.ndarray:
+    """P(pneumonia) of uint8 ``images`` through the card's transform, and its temperature unless not ``calibrated``."""
+    raw = predict_probabilities(
         model,
         images,
         mean=card.mean,
@@ -182,6 +202,7 @@ def card_probabilities(model: torch.nn.Module, card: ModelCard, images, cfg: Eva
         device=device,
         batch_size=cfg.batch_size,
     )
+    return card.calibrate(raw) if calibrated else raw
 
 
 def operating_point(result: EvalResult) -> tuple[float, float]:
@@ -302,14 +323,13 @@ def _test_figures(result: EvalResult, external: dict[str, EvalResult] | None) ->
         label=name,
         title=f"{name}: precision-recall curve (test)",
     )
-    cal = result.tables["calibration"]
-    figs["calibration"] = plots.calibration_figure(
-        cal["mean_predicted"],
-        cal["fraction_positive"],
-        cal["count"],
-        ece=at["ece"]["value"],
-        title=f"{name}: reliability diagram (test)",
+    figs["calibration"] = reliability_figure(
+        y,
+        result.test_probs if result.raw_probs is None else result.raw_probs,
+        result.test_probs,
+        temperature=result.temperature,
         label=name,
+        title=f"{name}: reliability diagram (test)",
     )
     return figs
 

@@ -7,7 +7,8 @@
 ``--model`` defaults to the model the ``compare`` stage selected on validation in this checkout
 (``models/<name>`` of the row with ``selected`` true in ``reports/results.csv``), not the registry's
 champion, which is read only when named (``--model models:/cxr-pneumonia@champion``). Output
-columns: file, probability (P(PNEUMONIA)), label (at the checkpoint's validation-chosen threshold),
+columns: file, probability (P(PNEUMONIA), the checkpoint's temperature applied), label (at the checkpoint's
+validation-chosen threshold; REFER inside its refer band, also chosen on validation),
 error (why an input could not be read), warning (why a predicted input may not be a chest
 radiograph: tiny, extreme aspect ratio, blank or constant, noise; the same checks the split stage
 quarantines by), and cam (the Grad-CAM figure, with ``--cam``). stderr names the model and the data
@@ -198,6 +199,16 @@ def render(df, fmt: str) -> str:
     raise ValueError(f"unknown format {fmt!r}")
 
 
+def _calibration_note(card) -> str:
+    """The card's temperature and refer band, for the header line (nothing when it has neither)."""
+    from cxr.checkpoint import REFER
+
+    note = f", temperature {card.temperature:.3f}" if card.temperature != 1.0 else ""
+    if card.refer_band is not None:
+        note += f", {REFER} for {card.refer_band[0]:.4f} <= p < {card.refer_band[1]:.4f}"
+    return note
+
+
 def cmd_predict(args) -> int:
     from cxr.checkpoint import synthetic_data_warning
     from cxr.serving.predict import (
@@ -223,7 +234,8 @@ def cmd_predict(args) -> int:
         return EXIT_USAGE
     print(
         f"[cxr predict] model {model_dir} ({predictor.arch_name}, cache {predictor.cache_size} px "
-        f"{predictor.resize}, input {predictor.image_size} px, threshold {predictor.threshold:.4f}); "
+        f"{predictor.resize}, input {predictor.image_size} px, threshold {predictor.threshold:.4f}"
+        f"{_calibration_note(predictor.card)}); "
         f"trained on {predictor.card.data_source.describe()}",
         file=sys.stderr,
     )
@@ -254,6 +266,8 @@ def cmd_predict(args) -> int:
     summary = f"[cxr predict] {n_ok} image(s) predicted"
     if n_ok:
         summary += f", {int((table['label'] == predictor.classes[1]).sum())} {predictor.classes[1]}"
+        n_refer = int((table["label"] == "REFER").sum())  # cxr.checkpoint.REFER
+        summary += f", {n_refer} REFER (inside the refer band)" if n_refer else ""
     n_warn = int(table["warning"].notna().sum()) if "warning" in table.columns else 0
     if n_warn:
         summary += f"; {n_warn} may not be a chest radiograph (see the warning column)"

@@ -1,4 +1,5 @@
-"""Use a trained model: image files, folders or bytes -> P(pneumonia) and a label at the model's threshold.
+"""Use a trained model: image files, folders or bytes -> P(pneumonia) and a label at the model's threshold
+(REFER inside the model card's refer band).
 
     predictor = Predictor.from_dir("models/cnn")          # checkpoint folder written by cxr.checkpoint.save
     table = predictor.predict_paths(["x.jpeg", "scans/"]) # DataFrame: file, probability, label, error
@@ -265,13 +266,14 @@ class Predictor:
         return pixels, (None if odd is None else f"{odd[0]}: {odd[1]}; probably not a chest radiograph")
 
     def predict_pixels(self, images, batch_size: int = 64) -> np.ndarray:
-        """P(pneumonia) for uint8 images at cache size (N, S, S): exactly the evaluation path."""
+        """P(pneumonia) for uint8 images at cache size (N, S, S): exactly the evaluation path, the card's
+        temperature included (:meth:`cxr.checkpoint.ModelCard.calibrate`)."""
         images = np.asarray(images)
         if images.ndim == 2:
             images = images[None]
         if len(images) == 0:
             return np.zeros(0)
-        return predict_probabilities(
+        raw = predict_probabilities(
             self.model,
             images,
             mean=self.mean,
@@ -280,9 +282,11 @@ class Predictor:
             device=self.device,
             batch_size=batch_size,
         )
+        return np.asarray(self.card.calibrate(raw))
 
     def label(self, probability: float) -> str:
-        """The class at the checkpoint's validation-chosen threshold (PNEUMONIA when p >= threshold)."""
+        """The class at the checkpoint's validation-chosen threshold (PNEUMONIA when p >= threshold), or REFER
+        inside its refer band (low <= p < high), also chosen on validation."""
         return self.card.label(probability)
 
     def model_inputs(self, images: np.ndarray) -> torch.Tensor:

@@ -7,12 +7,13 @@
     # -> {"predictions": [{"probability": 0.93, "label": "PNEUMONIA", "error": null}]}
 
 Input: a DataFrame with a column ``image`` of base64 strings (raw ``bytes`` are accepted too when
-called in-process). Output: one row per input with ``probability`` (P(PNEUMONIA)), ``label`` (at
-the checkpoint's threshold) and ``error``: a row that cannot be decoded gets a reason there and
-null probability/label, and the other rows of the request are still predicted. The checkpoint
-folder travels as an artifact and is preprocessed by :class:`cxr.serving.predict.Predictor`, i.e. exactly
-like the training cache; the ``cxr`` package itself travels as ``code_paths``. The MLflow model's
-metadata holds the card's ``data_source`` (what the data was); a model trained on the synthetic demo
+called in-process). Output: one row per input with ``probability`` (P(PNEUMONIA), the card's
+temperature applied), ``label`` (at the checkpoint's threshold; ``REFER`` inside its refer band) and
+``error``: a row that cannot be decoded gets a reason there and null probability/label, and the other
+rows of the request are still predicted. The checkpoint folder travels as an artifact and is
+preprocessed by :class:`cxr.serving.predict.Predictor`, i.e. exactly like the training cache; the
+``cxr`` package itself travels as ``code_paths``. The MLflow model's metadata holds the card's
+``data_source`` (what the data was), temperature and refer band; a model trained on the synthetic demo
 data warns once when loaded (:class:`cxr.checkpoint.SyntheticDataWarning`).
 """
 
@@ -244,6 +245,8 @@ def log_pyfunc_model(model_dir: str | Path, name: str = "model", registered_mode
             metadata={
                 "cxr_model": card.name,
                 "threshold": card.threshold,
+                "temperature": card.temperature,
+                "refer_band": list(card.refer_band) if card.refer_band else None,
                 "data_version": card.data_version,
                 "data_source": dataclasses.asdict(card.data_source),
             },

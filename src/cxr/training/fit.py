@@ -26,6 +26,8 @@ import torch
 from sklearn.metrics import confusion_matrix
 from torch import nn
 
+from cxr.abstention import choose_refer_band
+from cxr.calibration import apply_temperature, decide_temperature
 from cxr.checkpoint import DataSource, ModelCard, state_dict_copy
 from cxr.data.augment import BatchAugment, Normalize, eval_resize
 from cxr.device import amp_settings, resolve_device
@@ -57,6 +59,7 @@ class FitResult:
         return {
             **self.best,
             "threshold": self.threshold,
+            "temperature": self.card.temperature,
             **threshold_metrics(self.val_labels, self.val_probs, self.threshold),
             "epochs_run": len(self.history),
         }
@@ -133,6 +136,8 @@ def fit(
     cache_resize: str = "stretch",
     resume_every: float = 0.0,
     data_source: DataSource | None = None,
+    calibrate: str | bool = "false",
+    refer_target: float | None = None,
 ) -> FitResult:
     """Train ``run_cfg.model`` from a fresh initialisation on ``train`` = (uint8 images (N, S, S), labels),
     keep the best epoch on ``val`` by ``select_metric``, choose the threshold on ``val``.
@@ -148,6 +153,9 @@ def fit(
     the cache kept the aspect ratio, recorded in the card so predict prepares new images alike.
     ``data_source``: what the data was (synthetic, a folder, ...), recorded in the card as it is
     (None: recorded as unknown; the sweep, whose models are not saved, passes none).
+    ``calibrate`` (train.calibrate): a temperature fitted on validation (cxr.calibration), then the threshold
+    and the refer band of ``refer_target`` (evaluate.refer.target_error; None: none, cxr.abstention) are
+    chosen on the calibrated probabilities, as evaluate and predict see them; all three go in the card.
     The tracker, if given, receives the params and per-epoch metrics (step = epoch) of the active run.
 
     Under a torch.distributed process group (``src/train.py`` with ``train.devices`` > 1) every rank
@@ -188,11 +196,29 @@ def fit(
         resume.save_if_due(epoch, state, t.model, t.optimizer, t.scheduler, t.scaler, last_epoch=last_epoch)
         if on_epoch_end is not None:
             on_epoch_end(row)
-    result = t.finish(
-        state, threshold_method, fixed_threshold, data_version, cache_resize, stopped_early, data_source or DataSource()
-    )
+    choices = _Choices(threshold_method, fixed_threshold, str(calibrate).lower(), refer_target)
+    result = t.finish(state, choices, data_version, cache_resize, stopped_early, data_source or DataSource())
     resume.remove()
     return result
+
+
+@dataclass(frozen=True)
+class _Choices:
+    """What is chosen on validation once the epoch is kept: the threshold, the temperature, the refer band."""
+
+    threshold_method: str
+    fixed_threshold: float
+    calibrate: str  # auto | true | false
+    refer_target: float | None
+
+    def make(self, labels, raw_probs) -> tuple[np.ndarray, float, dict, dict]:
+        """(calibrated validation probabilities, threshold, calibration record, refer record)."""
+        calibration = decide_temperature(self.calibrate, labels, raw_probs)
+        probs = apply_temperature(raw_probs, calibration["temperature"])
+        threshold = choose_threshold(labels, probs, method=self.threshold_method, default=self.fixed_threshold)
+        both = len(np.unique(np.asarray(labels))) == 2  # a fixed threshold trains on one class; no band then
+        refer = choose_refer_band(labels, probs, threshold, self.refer_target) if self.refer_target and both else {}
+        return probs, float(threshold), calibration, refer
 
 
 def _check_threshold_args(threshold_method: str, fixed_threshold: float, val_labels) -> None:
@@ -355,14 +381,14 @@ class _Training:
     def finish(
         self,
         state: Progress,
-        threshold_method: str,
-        fixed_threshold: float,
+        choices: _Choices,
         data_version: str,
         cache_resize: str,
         stopped_early: bool,
         data_source: DataSource,
     ) -> FitResult:
-        """The best epoch's weights, the threshold chosen on their validation probabilities, the card."""
+        """The best epoch's weights; the temperature, threshold and refer band chosen on their validation
+        probabilities; the card."""
         model, cfg, best = self.model, self.cfg, state.best
         if best is None or state.best_state is None:
             raise RuntimeError(f"[{cfg.model}] no epoch was trained (epochs: {cfg.epochs})")
@@ -371,7 +397,7 @@ class _Training:
         # In full precision, as evaluate and predict run: the stored threshold must be chosen on the
         # same probabilities that the evaluate stage reports and the served model produces.
         ev = distributed.gather_eval(self._evaluate(model, None))
-        threshold = choose_threshold(ev["labels"], ev["probs"], method=threshold_method, default=fixed_threshold)
+        probs, threshold, calibration, refer = choices.make(ev["labels"], ev["probs"])
         card = ModelCard(
             arch=model_arch(model),
             cache_size=int(np.shape(self.x_tr)[-1]),
@@ -379,8 +405,8 @@ class _Training:
             image_size=cfg.image_size,
             mean=tuple(self.spec["mean"]),
             std=tuple(self.spec["std"]),
-            threshold=float(threshold),
-            threshold_method=threshold_method,
+            threshold=threshold,
+            threshold_method=choices.threshold_method,
             data_version=data_version,
             data_source=data_source,
             train_params=cfg.model_dump(mode="json"),
@@ -390,6 +416,10 @@ class _Training:
             val_acc=float(best["val_acc"]),
             epochs_run=len(state.history),
             stopped_early=bool(stopped_early),
+            temperature=float(calibration["temperature"]),
+            calibration=calibration,
+            refer_band=(refer["low"], refer["high"]) if refer else None,
+            refer=refer,
         )
         return FitResult(
             model=model,
@@ -397,7 +427,7 @@ class _Training:
             best=dict(best),
             threshold=threshold,
             card=card,
-            val_probs=ev["probs"],
+            val_probs=probs,
             val_labels=ev["labels"],
         )
 

@@ -135,6 +135,8 @@ def run_sweep(
     devices=None,
     keep_dir: str | None = None,
     data_source=None,
+    calibrate: str | bool = "false",
+    refer_target: float | None = None,
 ) -> SweepResult:
     """Train every (batch_size, lr) of the grid from a fresh initialisation; select on ``select_metric``.
 
@@ -145,7 +147,8 @@ def run_sweep(
     evaluate stage's ``evaluate.threshold``/``fixed_threshold``). ``devices``: two or more spread
     the grid over one worker process per device (``device`` is then unused). ``keep_dir``: each
     configuration's model is saved there (``checkpoint.save``, in ``row["checkpoint"]``), so the
-    selected one can be kept.
+    selected one can be kept. ``calibrate``/``refer_target``: the temperature and refer band of each
+    configuration's card, chosen on validation as train chooses them (:func:`cxr.training.fit.fit`).
     """
     if select_metric not in ("val_auc", "val_loss"):
         raise ValueError(f"select_metric: expected val_auc or val_loss, found {select_metric!r}")
@@ -157,6 +160,8 @@ def run_sweep(
         eval_batch_size=eval_batch_size,
         keep_dir=keep_dir,
         data_source=data_source,
+        calibrate=calibrate,
+        refer_target=refer_target,
     )
     configs = [base.replace(batch_size=bs, lr=lr) for bs, lr in grid(batch_sizes, lrs)]
     devices = list(devices or [])
@@ -222,11 +227,12 @@ def train_config(
     eval_batch_size: int,
     keep_dir: str | None = None,
     data_source=None,
+    calibrate: str | bool = "false",
+    refer_target: float | None = None,
 ) -> tuple[dict, list[dict]]:
-    """One configuration from a fresh initialisation: its table row (test numbers at the
-    validation-chosen threshold) and its per-epoch history. With ``keep_dir`` its model is saved in
-    ``keep_dir/bs<batch_size>_lr<lr>`` (``row["checkpoint"]``) and its validation metrics are in
-    ``row["metrics"]`` (the train stage's metrics file, for the selected one)."""
+    """One configuration from a fresh initialisation: its table row (test numbers at the validation-chosen
+    threshold, on the card's probabilities) and history. With ``keep_dir`` its model is saved in
+    ``keep_dir/bs<batch_size>_lr<lr>`` (``row["checkpoint"]``), its validation metrics in ``row["metrics"]``."""
     start = time.perf_counter()
     try:
         result = fit(
@@ -239,6 +245,8 @@ def train_config(
             threshold_method=threshold_method,
             fixed_threshold=fixed_threshold,
             data_source=data_source,  # the kept model's card says what it was trained on
+            calibrate=calibrate,
+            refer_target=refer_target,
         )
     except TrainingDivergedError:  # the loss became NaN/inf: a row that says so, not a failed sweep
         nan = float("nan")
@@ -263,14 +271,16 @@ def train_config(
             checkpoint.save(Path(keep_dir) / f"bs{cfg.batch_size}_lr{cfg.lr:g}", result.model, result.card)
         )
     if test is not None and len(test[1]):
-        probs = predict_probabilities(
-            result.model,
-            test[0],
-            mean=result.card.mean,
-            std=result.card.std,
-            image_size=cfg.image_size,
-            device=device,
-            batch_size=eval_batch_size,
+        probs = result.card.calibrate(  # the card's probabilities: the threshold was chosen on them
+            predict_probabilities(
+                result.model,
+                test[0],
+                mean=result.card.mean,
+                std=result.card.std,
+                image_size=cfg.image_size,
+                device=device,
+                batch_size=eval_batch_size,
+            )
         )
         m = binary_metrics(test[1], probs, result.threshold)  # the val-chosen threshold
         row.update(
