@@ -11,6 +11,7 @@ import subprocess
 import pytest
 import yaml
 
+from cxr.checkpoint import FORMAT_VERSION
 from pipeline_repo import train_stage_cmd
 from toydata import toy, write_cache
 
@@ -36,7 +37,7 @@ def run_stage(workdir, repo_root, env_extra):
 def check_outputs(workdir):
     assert (workdir / "models/cnn/model.pt").is_file()
     meta = json.loads((workdir / "models/cnn/model.json").read_text())
-    assert meta["format_version"] == 4 and meta["cache_resize"] == "stretch"
+    assert meta["format_version"] == FORMAT_VERSION and meta["cache_resize"] == "stretch"
     assert meta["data_source"]["kind"] == "synthetic" and meta["data_source"]["settings"]["seed"] == 0
     assert meta["arch"]["name"] == "cnn" and meta["cache_size"] == 20 and meta["data_version"] == "test-dv"
     metrics = json.loads((workdir / "metrics/train/cnn.json").read_text())
@@ -166,7 +167,7 @@ def test_killed_runs_do_not_stay_running(workdir, repo_root):
     proc = _start(workdir, repo_root, db)
     _wait_for(resume, proc)
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=60) != 0
+    assert proc.wait(timeout=180) != 0
     assert [r.info.status for r in _train_runs(db)] == ["KILLED"]
 
     proc = _start(workdir, repo_root, db)  # resumes, then dies without a chance to end its run
@@ -187,7 +188,7 @@ def test_killed_runs_do_not_stay_running(workdir, repo_root):
         assert proc.poll() is None and time.monotonic() < deadline
         time.sleep(0.2)
     proc.terminate()
-    proc.wait(timeout=60)
+    proc.wait(timeout=180)  # generous: on a loaded 2-core machine the stage may still be importing torch
     assert [r.info.status for r in _train_runs(db)] == ["KILLED", "KILLED", "KILLED"]
 
 
