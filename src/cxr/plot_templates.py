@@ -131,17 +131,15 @@ def model_loss() -> dict[str, Any]:
     return spec
 
 
-def model_roc() -> dict[str, Any]:
+def _diagonal_chart(label: str, point: bool) -> dict[str, Any]:
+    """A square unit-axes chart: the grey diagonal (``label``) under one curve per model and revision."""
     spec = _base(EVAL_MODEL)
-    spec.update(
-        {
-            "width": SIDE,
-            "height": SIDE,
-            "encoding": _unit_axes(),
-            "layer": [_diagonal("Chance (AUC = 0.5)"), _curves()],
-        }
-    )
+    spec.update({"width": SIDE, "height": SIDE, "encoding": _unit_axes(), "layer": [_diagonal(label), _curves(point)]})
     return spec
+
+
+def model_roc() -> dict[str, Any]:
+    return _diagonal_chart("Chance (AUC = 0.5)", point=False)
 
 
 def model_pr() -> dict[str, Any]:
@@ -154,16 +152,7 @@ def model_pr() -> dict[str, Any]:
 
 
 def model_calibration() -> dict[str, Any]:
-    spec = _base(EVAL_MODEL)
-    spec.update(
-        {
-            "width": SIDE,
-            "height": SIDE,
-            "encoding": _unit_axes(),
-            "layer": [_diagonal("Perfectly calibrated"), _curves(point=True)],
-        }
-    )
-    return spec
+    return _diagonal_chart("Perfectly calibrated", point=True)
 
 
 def model_confusion() -> dict[str, Any]:
