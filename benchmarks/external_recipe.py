@@ -9,13 +9,15 @@ The train data are split per patient exactly as the pipeline does (``fetch`` -> 
 model on train; validation alone chooses the kept epoch and the threshold. Set A is decoded with
 the cache's ``decode_image`` (same size and resize), predicted with the evaluation transform and
 scored at the validation threshold; it never chooses anything. Each recipe's val and set-A
-probabilities land in ``--work/<recipe>.npz``.
+probabilities land in ``--work/<recipe>.npz``, its row in ``--work/<recipe>.json`` (``--reuse`` reads it
+instead of training again).
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import json
 import sys
 import time
 from pathlib import Path
@@ -146,6 +148,10 @@ def run(name: str, args, seed: int | None = None) -> dict:
     model, overrides = RECIPES[name]
     if seed is not None:  # --seeds: the same recipe, another seed (initialisation, shuffling, augmentation)
         overrides, name = {**overrides, "seed": seed}, f"{name}@seed{seed}"
+    saved = args.work / f"{name}.json"
+    if args.reuse and saved.is_file():
+        print(f"{name}: reusing {saved}", flush=True)
+        return json.loads(saved.read_text())
     params = apply_overrides(load_params(REPO_ROOT / "params.yaml"), overrides)
     cfg = resolve_run_config(params, model)
     if args.epochs:
@@ -173,7 +179,7 @@ def run(name: str, args, seed: int | None = None) -> dict:
     torch.save(res.model.state_dict(), args.work / f"{name}.pt")
     m = binary_metrics(y_a, p_a, card.threshold)
     ci = bootstrap_ci(y_a, p_a, card.threshold, n_resamples=ev.n_resamples, seed=ev.seed)["roc_auc"]
-    return {
+    result = {
         "recipe": name,
         "model": model,
         "px": cfg.image_size,
@@ -189,7 +195,10 @@ def run(name: str, args, seed: int | None = None) -> dict:
         "sens": m["sensitivity"],
         "spec": m["specificity"],
         "bal_acc": m["balanced_accuracy"],
+        "overrides": overrides,
     }
+    saved.write_text(json.dumps(result, indent=1, default=float) + "\n")
+    return result
 
 
 def row(r: dict) -> str:
@@ -220,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--seeds", type=int, nargs="+", default=None, help="run each recipe once per seed; print mean +- sd too"
     )
+    ap.add_argument("--reuse", action="store_true", help="take a run's result from --work/<recipe>.json when there")
     args = ap.parse_args(argv)
     if args.list:
         for name, (model, overrides) in RECIPES.items():
