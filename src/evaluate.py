@@ -20,8 +20,9 @@ in --metrics, its rows (with a ``set`` column) in --external-predictions and its
 --plots/roc_external.csv, at the same threshold: the sets are scored, never chosen on; the figure
 roc_external.png draws the internal and external curves with the threshold's operating point on each.
 
-and logs the test metrics and figures into the model's training run in MLflow (a new run if that
-one cannot be found; nothing, with a warning, if MLflow is unreachable).
+and logs the test and external metrics, figures and sets into an MLflow run of its own, ``<model> evaluate``,
+nested under the run that trained the checkpoint (a top-level run if that one cannot be found; nothing,
+with a warning, if MLflow is unreachable): the training run keeps its curves and final values.
 """
 
 from __future__ import annotations
@@ -36,8 +37,8 @@ from cxr.candidates import architecture_of
 from cxr.config import ConfigError, EvaluateConfig, MlflowConfig, load_params, section
 from cxr.data.cache import CacheError, load_info, load_split
 from cxr.data.external import load_index
+from cxr.device import describe
 from cxr.evaluation.evaluate import (
-    attach_run,
     card_probabilities,
     evaluate_checkpoint,
     evaluation_figures,
@@ -50,7 +51,7 @@ from cxr.gpus import GpuClaimError, hold_device
 from cxr.models import list_models
 from cxr.plots import save_figure
 from cxr.stage import run_stage
-from cxr.tracking import make_tracker
+from cxr.tracking import PARENT_RUN_TAG, make_tracker, run_name, run_tags
 
 PLOT_FILES = ("confusion", "roc", "pr", "calibration")
 
@@ -136,11 +137,14 @@ def main(argv=None) -> int:
         )
 
     tracker = make_tracker(mlflow_cfg.experiment)
-    run_id = find_training_run(tracker, card)
-    if tracker.active and run_id is None:
-        print(f"[{args.model}] training run not found in MLflow; logging the evaluation to a new run")
-    with attach_run(tracker, run_id, f"{args.model}-evaluate", tags={"model": args.model, "evaluated": "true"}):
-        log_evaluation(tracker, result, external, args.external)
+    tags = {**run_tags(args.model, data_version=card.data_version, device=describe(device)), "stage": "evaluate"}
+    parent = find_training_run(tracker, card)
+    if parent:  # nested under its training run in the UI (MLflow's own tag: that run has ended)
+        tags[PARENT_RUN_TAG] = parent
+    elif tracker.active:
+        print(f"[{args.model}] training run not found in MLflow; the evaluation run is a top-level run")
+    with tracker.start_run(run_name(f"{args.model} evaluate"), tags=tags):
+        log_evaluation(tracker, result, external, args.cache, args.external, card.data_version)
         for name, fig in figs.items():  # the PNG as written: MLflow's log_figure would render it again
             tracker.log_artifact(save_figure(fig, Path(args.figures) / f"{name}.png"), "eval")
         tracker.log_artifact(args.metrics, "eval")
@@ -149,15 +153,16 @@ def main(argv=None) -> int:
     return 0
 
 
-# The evaluation's single values charted in the training run: the headline ones, per set. Every metric
-# with its CI is the table artifact eval/metrics_table.json (and the metrics JSON).
+# The evaluation's single values charted in its run: the headline ones, per set. Every metric with its CI
+# is the table artifact eval/metrics_table.json (and the metrics JSON).
 HEADLINE = ("roc_auc", "balanced_accuracy", "sensitivity", "specificity")
 
 
-def log_evaluation(tracker, result, external: dict, external_dir: str | None) -> None:
-    """The test and external results into the training run: a few charts, one table, the external sets as
-    dataset inputs (the test split is one already, logged by train)."""
+def log_evaluation(tracker, result, external: dict, cache: str, external_dir: str | None, data_version: str) -> None:
+    """The test and external results into the evaluation run: a few charts, one table, the test split and
+    the external sets as dataset inputs."""
     sets = {"test": result, **external}
+    tracker.log_dataset("test", f"{cache}/test_images.npy", data_version, "testing")
     tracker.log_metrics({f"{name}_{k}": r.flat_metrics(prefix="")[k] for name, r in sets.items() for k in HEADLINE})
     rows = [{"set": name, "metric": k, "value": v} for name, r in sets.items() for k, v in r.flat_metrics("").items()]
     tracker.log_table(rows, "eval/metrics_table.json")

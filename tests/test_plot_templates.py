@@ -121,3 +121,23 @@ def test_two_revisions_are_told_apart_by_dash_not_colour(specs):
     assert "stroke-dasharray" in document
     for model in models():
         assert MODEL_COLORS[model] in document
+
+
+def test_line_legends_draw_the_dash_of_each_revision(specs):
+    """With two revisions, each line chart's legend draws strokes, not the points' circles: one per model
+    in its colour, one per revision with its own dash."""
+    two = {}
+    for name, spec in specs.items():
+        if name == "Confusion matrices (test)":
+            continue
+        spec = copy.deepcopy(spec)
+        rows = spec["data"]["values"]
+        spec["data"]["values"] = rows + [{**r, "rev": "HEAD"} for r in rows]
+        two[name] = spec
+    for name, document in svg(two).items():
+        symbols = re.findall(r'role-legend-symbol"[^>]*>(<path[^>]*>)', document)
+        assert len(symbols) == len(models()) + 2, (name, len(symbols))
+        shapes = {re.search(r' d="([^"]*)"', s).group(1) for s in symbols}
+        assert len(shapes) == 1 and re.fullmatch(r"M-[\d.]+,0L[\d.]+,0", shapes.pop()), f"{name}: not strokes"
+        dashes = {m.group(1) for s in symbols if (m := re.search(r'stroke-dasharray="([^"]*)"', s))}
+        assert len(dashes) == 2, f"{name}: the two revisions' legend entries look alike: {dashes}"

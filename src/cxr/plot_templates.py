@@ -57,7 +57,10 @@ def model_color() -> dict[str, Any]:
     }
 
 
-REVISION_DASH = {"field": "rev", "type": "nominal", "title": "Revision"}
+# Line charts' legends draw a short stroke, dashed as the revision is: a point-and-line mark would
+# otherwise give every legend entry a circle, which says nothing of the dash.
+LINE_LEGEND = {"symbolType": "stroke", "symbolStrokeWidth": 2, "symbolSize": 250}
+REVISION_DASH = {"field": "rev", "type": "nominal", "title": "Revision", "legend": LINE_LEGEND}
 TOOLTIP = [
     {"field": "model", "type": "nominal", "title": "Model"},
     {"field": "rev", "type": "nominal", "title": "Revision"},
@@ -87,7 +90,11 @@ def _unit_axes(ticks: int = 5) -> dict[str, dict]:
 def _curves(point: bool = False) -> dict[str, Any]:
     return {
         "mark": {"type": "line", "point": point, "strokeWidth": 2},
-        "encoding": {"color": model_color(), "strokeDash": REVISION_DASH, "tooltip": TOOLTIP},
+        "encoding": {
+            "color": {**model_color(), "legend": LINE_LEGEND},
+            "strokeDash": REVISION_DASH,
+            "tooltip": TOOLTIP,
+        },
     }
 
 

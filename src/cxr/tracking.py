@@ -89,6 +89,10 @@ def run_tags(model: str, data_version: str = "", device: str = "") -> dict:
     return tags
 
 
+# MLflow's tag for "nested under": set directly when the parent run has ended (mlflow.start_run's
+# parent_run_id wants an active parent), as evaluate does under the training run of its checkpoint.
+PARENT_RUN_TAG = "mlflow.parentRunId"
+
 SYSTEM_METRICS_INTERVAL_S = 2.0  # MLflow's default (10 s) gives a demo run of 20 s two points
 
 

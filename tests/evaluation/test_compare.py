@@ -400,6 +400,34 @@ def test_a_checkpoint_with_builder_options_finds_its_training_run(tmp_path):
     assert find_training_run(tracker, card) == run_id
 
 
+def test_a_tuned_checkpoint_finds_its_sweep_configuration_run(tmp_path):
+    """``<model>-tuned`` was trained by one configuration of the sweep (a nested run tagged stage=sweep):
+    that run is its training run; a train stage's run with the same params comes first."""
+    from cxr import checkpoint
+    from cxr.evaluation.evaluate import find_training_run
+    from cxr.models import build_model
+    from cxr.tracking import MlflowTracker
+    from cxr.training.run_config import resolve_run_config
+    from toydata import card_for
+
+    tracker = MlflowTracker("tuned", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    model = build_model("cnn", image_size=16)
+    ids = {}
+    for lr in (0.1, 0.01):
+        cfg = resolve_run_config({"image_size": 16, "lr": lr}, "cnn")
+        with tracker.start_run(f"sweep cnn lr={lr}", tags={"model": "cnn", "stage": "sweep"}):
+            tracker.log_params(cfg.as_params())
+            ids[lr] = tracker.run_id
+    card = card_for(model, train_params=cfg.model_dump(mode="json"), data_version="v1")
+    checkpoint.save(tmp_path / "models" / "cnn-tuned", model, card)
+    card = checkpoint.load_card(tmp_path / "models" / "cnn-tuned")
+    assert find_training_run(tracker, card) == ids[0.01]
+    with tracker.start_run("cnn", tags={"model": "cnn", "stage": "train", "data_version": "v1"}):
+        tracker.log_params(cfg.as_params())
+        train_id = tracker.run_id
+    assert find_training_run(tracker, card) == train_id
+
+
 def _write_predictions(root: Path, models=("cnn", "vit", "vgg16"), external: bool = False) -> None:
     """evaluate's per-image files under root/eval: vit as good as cnn, vgg16 much worse (the same noise:
     correlated models)."""

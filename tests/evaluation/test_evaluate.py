@@ -240,8 +240,8 @@ class _Scored:
 
 
 def test_evaluation_charts_a_few_values_and_tables_the_rest(tmp_path):
-    """The training run's metrics tab: four headline values per set, not every CI; the rest in one table;
-    the external sets as dataset inputs with their own data version."""
+    """The evaluation run's metrics tab: four headline values per set, not every CI; the rest in one table;
+    the test split and the external sets as dataset inputs with their data versions."""
     from mlflow import MlflowClient
 
     from cxr.tracking import MlflowTracker
@@ -250,8 +250,9 @@ def test_evaluation_charts_a_few_values_and_tables_the_rest(tmp_path):
     (tmp_path / "ext" / "index.json").write_text(json.dumps({"site_b": {"total": 9, "data_version": "abc123"}}))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     tracker = MlflowTracker("eval-log", uri)
-    with tracker.start_run("cnn"):
-        load_stage("evaluate").log_evaluation(tracker, _Scored(0.9), {"site_b": _Scored(0.8)}, str(tmp_path / "ext"))
+    with tracker.start_run("cnn evaluate"):
+        scored, external = _Scored(0.9), {"site_b": _Scored(0.8)}
+        load_stage("evaluate").log_evaluation(tracker, scored, external, "data/cache", str(tmp_path / "ext"), "v9")
         run_id = tracker.run_id
     client = MlflowClient(tracking_uri=uri)
     run = client.get_run(run_id)
@@ -263,6 +264,48 @@ def test_evaluation_charts_a_few_values_and_tables_the_rest(tmp_path):
     rows = [dict(zip(table["columns"], r)) for r in table["data"]]
     assert len(rows) == 2 * 7 and {r["set"] for r in rows} == {"test", "site_b"}
     assert any(r["metric"] == "roc_auc_ci_low" and r["value"] == pytest.approx(0.85) for r in rows)
-    (ext,) = run.inputs.dataset_inputs
-    assert ext.dataset.name == "site_b" and ext.dataset.digest == "abc123"
-    assert {t.value for t in ext.tags if t.key == "mlflow.data.context"} == {"external"}
+    inputs = {i.dataset.name: i for i in run.inputs.dataset_inputs}
+    assert set(inputs) == {"test", "site_b"}
+    assert (inputs["test"].dataset.digest, inputs["site_b"].dataset.digest) == ("v9", "abc123")
+    assert json.loads(inputs["test"].dataset.source) == {"uri": "data/cache/test_images.npy"}
+    contexts = {n: {t.value for t in i.tags if t.key == "mlflow.data.context"} for n, i in inputs.items()}
+    assert contexts == {"test": {"testing"}, "site_b": {"external"}}
+
+
+def test_the_evaluation_is_a_run_nested_under_the_training_run(trained, tmp_path, monkeypatch):
+    """The training run keeps its curves and final values; evaluate's numbers and figures go into a run of
+    their own, which the UI shows under it (mlflow.parentRunId)."""
+    from mlflow import MlflowClient
+
+    from cxr.tracking import PARENT_RUN_TAG, MlflowTracker
+    from cxr.training.run_config import flat_params
+
+    root, card = trained["root"], trained["card"]
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    tracker = MlflowTracker("t", uri)
+    with tracker.start_run("cnn", tags={"model": "cnn", "stage": "train", "data_version": card.data_version}):
+        tracker.log_params(flat_params(card.train_params))  # as train logs them
+        tracker.log_metrics({"val_auc": 0.7}, step=1)
+        train_id = tracker.run_id
+    params = tmp_path / "params.yaml"
+    params.write_text(
+        yaml.safe_dump({"evaluate": {"n_resamples": 20, "gradcam": False}, "mlflow": {"experiment": "t"}})
+    )
+    out = tmp_path / "out"
+    argv = [
+        *("--params", str(params), "--model", "cnn", "--checkpoint", str(root / "models" / "cnn")),
+        *("--cache", str(trained["cache"]), "--predictions", str(out / "pred.csv"), "--device", "cpu"),
+        *("--metrics", str(out / "m.json"), "--plots", str(out / "plots"), "--figures", str(out / "fig")),
+    ]
+    assert load_stage("evaluate").main(argv) == 0
+    client = MlflowClient(tracking_uri=uri)
+    assert set(client.get_run(train_id).data.metrics) == {"val_auc"}  # nothing added to the training run
+    (run,) = client.search_runs([tracker.experiment_id], "tags.stage = 'evaluate'")
+    assert run.data.tags[PARENT_RUN_TAG] == train_id and run.data.tags["model"] == "cnn"
+    assert run.info.status == "FINISHED" and run.info.run_name.startswith("cnn evaluate")
+    assert run.data.metrics["test_roc_auc"] == pytest.approx(
+        json.loads((out / "m.json").read_text())["at_val_threshold"]["roc_auc"]["value"]
+    )
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "eval")}
+    assert {"eval/confusion.png", "eval/roc.png", "eval/m.json", "eval/metrics_table.json"} <= artifacts

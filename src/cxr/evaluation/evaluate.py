@@ -359,80 +359,43 @@ def _gallery(result: EvalResult, model, card: ModelCard, test_images, cfg: Evalu
 
 
 # --------------------------------------------------------------------------------------------
-# MLflow: find the training run of a checkpoint, and log into it
+# MLflow: the run that trained a checkpoint
 # --------------------------------------------------------------------------------------------
 
 
 def find_training_run(tracker, card: ModelCard) -> str | None:
     """Run id of the MLflow run that trained this checkpoint, or None: the latest finished run tagged
-    model=<name>, stage=train, whose data_version tag and logged params equal the card's (sweep
-    configurations are tagged stage=sweep). The card holds no run id: it would change its bytes."""
+    model=<architecture> whose data_version tag and logged params equal the card's; a train stage's run
+    first, then a sweep configuration's (a ``<model>-tuned`` checkpoint is one). The card holds no run id:
+    it would change its bytes."""
     if not getattr(tracker, "active", False):
         return None
     import warnings
 
+    from cxr.training.run_config import flat_params
+
+    want = {k: str(v) for k, v in flat_params(card.train_params).items()}
     try:
         from mlflow import MlflowClient
 
         client = MlflowClient(tracking_uri=tracker.uri)
-        runs = client.search_runs(
-            [tracker.experiment_id],
-            filter_string=f"tags.model = '{card.name}' and tags.stage = 'train' and attributes.status = 'FINISHED'",
-            order_by=["attributes.start_time DESC"],
-            max_results=200,
-        )
-    except Exception as exc:  # an outage or a deleted run: log into a new run instead
+        for stage in ("train", "sweep"):
+            runs = client.search_runs(
+                [tracker.experiment_id],
+                filter_string=f"tags.model = '{card.name}' and tags.stage = '{stage}' "
+                "and attributes.status = 'FINISHED'",
+                order_by=["attributes.start_time DESC"],
+                max_results=200,
+            )
+            for run in runs:
+                if run.data.tags.get("data_version", card.data_version) != card.data_version:
+                    continue
+                if all(run.data.params.get(k) == v for k, v in want.items()):
+                    return run.info.run_id
+    except Exception as exc:  # an outage or a deleted run: a top-level run instead
         warnings.warn(
             f"could not look up the MLflow training run of {card.name!r} ({exc.__class__.__name__}: {exc})",
             RuntimeWarning,
             stacklevel=2,
         )
-        return None
-    from cxr.training.run_config import flat_params
-
-    want = {k: str(v) for k, v in flat_params(card.train_params).items()}
-    for run in runs:
-        if run.data.tags.get("data_version", card.data_version) != card.data_version:
-            continue
-        if all(run.data.params.get(k) == v for k, v in want.items()):
-            return run.info.run_id
     return None
-
-
-def attach_run(tracker, run_id: str | None, run_name: str, tags: dict | None = None):
-    """Context manager: log into existing run ``run_id``, or start ``run_name`` when there is none.
-
-    ``cxr.tracking.MlflowTracker.start_run`` only creates runs; its log methods address
-    ``tracker.run_id`` through MlflowClient, so pointing the tracker at the fetched run is enough
-    (finished runs accept new metrics and artifacts).
-    """
-    import contextlib
-
-    @contextlib.contextmanager
-    def _attached():
-        import warnings
-
-        from mlflow import MlflowClient
-
-        try:
-            run = MlflowClient(tracking_uri=tracker.uri).get_run(str(run_id))
-        except Exception as exc:
-            warnings.warn(
-                f"MLflow run {run_id} unavailable ({exc.__class__.__name__}); logging to a new run {run_name!r}",
-                RuntimeWarning,
-                stacklevel=3,
-            )
-            with tracker.start_run(run_name, tags=tags) as new_run:
-                yield new_run
-            return
-        previous, tracker._run = tracker._run, run
-        try:
-            if tags:
-                tracker.set_tags(tags)
-            yield run
-        finally:
-            tracker._run = previous
-
-    if run_id is None or not getattr(tracker, "active", False):
-        return tracker.start_run(run_name, tags=tags)
-    return _attached()
