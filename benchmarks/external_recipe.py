@@ -31,7 +31,7 @@ from cxr.config import DataConfig, EvaluateConfig, PreprocessConfig, SplitConfig
 from cxr.data.cache import build_cache, decode_image, load_info, load_split
 from cxr.data.manifest import build_manifest, write_manifest
 from cxr.data.sources import fetch
-from cxr.metrics import binary_metrics, bootstrap_ci
+from cxr.metrics import binary_metrics, bootstrap_ci, choose_threshold
 from cxr.training.engine import predict_probabilities
 from cxr.training.fit import fit
 from cxr.training.run_config import resolve_run_config
@@ -229,6 +229,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--seeds", type=int, nargs="+", default=None, help="run each recipe once per seed; print mean +- sd too"
     )
+    ap.add_argument(
+        "--ensemble", action="store_true", help="with --seeds: also score the seeds' mean-logit ensemble (post hoc)"
+    )
     ap.add_argument("--reuse", action="store_true", help="take a run's result from --work/<recipe>.json when there")
     args = ap.parse_args(argv)
     if args.list:
@@ -252,6 +255,9 @@ def main(argv: list[str] | None = None) -> int:
         print(row(r))
     if args.seeds and len(args.seeds) > 1:
         print(seed_spread(results, args.recipes, args.seeds))
+        if args.ensemble:
+            for name in args.recipes:
+                print(seed_ensemble(args, name, args.seeds))
     return 0
 
 
@@ -277,6 +283,33 @@ def seed_spread(results: list[dict], recipes: list[str], seeds: list[int]) -> st
             cells.append(f"{label} {v.mean():.{digits}f} +- {v.std(ddof=1):.{digits}f}")
         lines.append(f"{name}: " + ", ".join(cells))
     return "\n".join(lines)
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, 1e-7, 1 - 1e-7)
+    return np.log(p) - np.log1p(-p)
+
+
+def seed_ensemble(args, name: str, seeds: list[int]) -> str:
+    """The seeds' models as one: the mean of their logits, on validation and set A, from the saved
+    predictions (no training). Its threshold is chosen on the ensemble's validation probabilities by the
+    recipe's rule, as a single run's is; set A only scores it."""
+    saved = [np.load(args.work / f"{name}@seed{s}.npz") for s in seeds]
+    for key in ("val_labels", "a_labels"):
+        if any(not np.array_equal(f[key], saved[0][key]) for f in saved):
+            sys.exit(f"{name}: the seeds' {key} differ; the ensemble needs the same images in the same order")
+    val, a = (1 / (1 + np.exp(-np.mean([_logit(f[k]) for f in saved], axis=0))) for k in ("val_probs", "a_probs"))
+    ev = section(apply_overrides(load_params(REPO_ROOT / "params.yaml"), RECIPES[name][1]), "evaluate", EvaluateConfig)
+    threshold = choose_threshold(saved[0]["val_labels"], val, method=ev.threshold, default=ev.fixed_threshold)
+    y_a = saved[0]["a_labels"]
+    m = binary_metrics(y_a, a, threshold)
+    lo, hi = bootstrap_ci(y_a, a, threshold, n_resamples=ev.n_resamples, seed=ev.seed)["roc_auc"]
+    return (
+        f"{name} ensemble of seeds {seeds} (mean logit, {ev.threshold} threshold {threshold:.3f} on validation): "
+        f"set-A AUC {m['roc_auc']:.3f} [{lo:.3f}, {hi:.3f}], acc {100 * m['accuracy']:.1f}, "
+        f"sens {100 * m['sensitivity']:.1f}, spec {100 * m['specificity']:.1f}, "
+        f"bal. acc {100 * m['balanced_accuracy']:.1f}"
+    )
 
 
 if __name__ == "__main__":
