@@ -66,8 +66,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     params = load_params(args.params)
-    args.data_source = resolve_data_source(params)  # in the kept model's card, as train records it
-    args.calibrate = section(params, "train", TrainConfig).calibrate  # the kept model's temperature, as train's
+    # What the kept model's card records, as train's does: its data source and its temperature.
+    card_fields = {
+        "data_source": resolve_data_source(params),
+        "calibrate": section(params, "train", TrainConfig).calibrate,
+    }
     cfg: SweepConfig = section(params, "sweep", SweepConfig)
     mlflow_cfg: MlflowConfig = section(params, "mlflow", MlflowConfig)
     eval_cfg: EvaluateConfig = section(params, "evaluate", EvaluateConfig)  # the threshold for the test columns
@@ -85,12 +88,13 @@ def main(argv=None) -> int:
     )
     with contextlib.ExitStack() as stack:
         devices = sweep_devices(cfg.devices, args.device, device, n, stack)
-        args.staging = None  # every configuration's model, until the selected one is kept (--tuned)
+        staging = None  # every configuration's model, until the selected one is kept (--tuned)
         if args.tuned:
             Path(args.tuned).parent.mkdir(parents=True, exist_ok=True)
-            args.staging = tempfile.mkdtemp(prefix=".sweep-", dir=Path(args.tuned).parent)
-            stack.callback(shutil.rmtree, args.staging, ignore_errors=True)
-        return run(args, cfg, base, info, train, val, test, mlflow_cfg, eval_cfg, devices)
+            staging = tempfile.mkdtemp(prefix=".sweep-", dir=Path(args.tuned).parent)
+            stack.callback(shutil.rmtree, staging, ignore_errors=True)
+        splits = (train, val, test)
+        return run(args, cfg, base, info, splits, mlflow_cfg, eval_cfg, devices, {"keep_dir": staging, **card_fields})
 
 
 def sweep_devices(devices, requested: str, device, n_configs: int, stack: contextlib.ExitStack) -> list:
@@ -120,7 +124,9 @@ def keep_tuned(args, result) -> None:
     print(f"[sweep] kept the selected configuration (batch_size={b['batch_size']}, lr={b['lr']:g}) in {out}")
 
 
-def run(args, cfg, base, info, train, val, test, mlflow_cfg, eval_cfg, devices) -> int:
+def run(args, cfg, base, info, splits, mlflow_cfg, eval_cfg, devices, keep: dict) -> int:
+    """``keep``: where the configurations' models wait (``keep_dir``) and what their cards record."""
+    train, val, test = splits
     if len(devices) == 1:
         print(f"[sweep] on {describe(resolve_device(devices[0]))}")
 
@@ -153,10 +159,8 @@ def run(args, cfg, base, info, train, val, test, mlflow_cfg, eval_cfg, devices) 
             threshold_method=eval_cfg.threshold,
             fixed_threshold=eval_cfg.fixed_threshold,
             eval_batch_size=cfg.eval_batch_size,
-            keep_dir=args.staging,
-            data_source=args.data_source,
-            calibrate=args.calibrate,
             refer_target=eval_cfg.refer.target_error,
+            **keep,
         )
         keep_tuned(args, result)
         summary = json_safe(result.summary())
