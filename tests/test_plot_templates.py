@@ -139,5 +139,7 @@ def test_line_legends_draw_the_dash_of_each_revision(specs):
         assert len(symbols) == len(models()) + 2, (name, len(symbols))
         shapes = {re.search(r' d="([^"]*)"', s).group(1) for s in symbols}
         assert len(shapes) == 1 and re.fullmatch(r"M-[\d.]+,0L[\d.]+,0", shapes.pop()), f"{name}: not strokes"
+        strokes = [re.search(r' stroke="(#[0-9a-fA-F]{6})"', s) for s in symbols]
+        assert all(strokes), f"{name}: a legend entry drawn without a stroke colour (invisible)"
         dashes = {m.group(1) for s in symbols if (m := re.search(r'stroke-dasharray="([^"]*)"', s))}
         assert len(dashes) == 2, f"{name}: the two revisions' legend entries look alike: {dashes}"

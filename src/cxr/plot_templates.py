@@ -60,7 +60,14 @@ def model_color() -> dict[str, Any]:
 # Line charts' legends draw a short stroke, dashed as the revision is: a point-and-line mark would
 # otherwise give every legend entry a circle, which says nothing of the dash.
 LINE_LEGEND = {"symbolType": "stroke", "symbolStrokeWidth": 2, "symbolSize": 250}
-REVISION_DASH = {"field": "rev", "type": "nominal", "title": "Revision", "legend": LINE_LEGEND}
+# The revision legend has no colour channel: its strokes are drawn in grey. A point-and-line mark fills
+# legend symbols and leaves them no stroke (symbolStrokeColor is ignored), hence the encode block.
+REVISION_DASH = {
+    "field": "rev",
+    "type": "nominal",
+    "title": "Revision",
+    "legend": {**LINE_LEGEND, "encode": {"symbols": {"update": {"stroke": {"value": "#555555"}}}}},
+}
 TOOLTIP = [
     {"field": "model", "type": "nominal", "title": "Model"},
     {"field": "rev", "type": "nominal", "title": "Revision"},
