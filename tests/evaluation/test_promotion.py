@@ -30,8 +30,13 @@ REPORT = {"n": 40, "at_val_threshold": {k: {"value": 0.8, "ci_low": 0.7, "ci_hig
 )
 def test_the_description_names_the_training_data(source, says):
     card = card_for(build_model("cnn", image_size=16), data_version="v1", data_source=source)
-    text = describe(card, REPORT, "val_auc", 0.9)
+    text = describe("cnn", card, REPORT, "val_auc", 0.9)
     first = text.splitlines()[0]
     assert first.startswith(says) and "data version v1" in first
     assert ("mean nothing" in first) == source.synthetic  # the demo model says it is no diagnostic tool
     assert "ROC-AUC 0.800 (0.700-0.900)" in text
+
+
+def test_a_tuned_candidate_is_described_by_its_name_and_architecture():
+    card = card_for(build_model("cnn", image_size=16), data_version="v1")
+    assert describe("cnn-tuned", card, REPORT, "val_auc", 0.9).startswith("cnn-tuned (cnn) trained on ")

@@ -114,16 +114,20 @@ def register_candidate(
     from cxr.serving.pyfunc import log_pyfunc_model
 
     card = load_card(checkpoint_dir)
+    candidate = Path(
+        checkpoint_dir
+    ).name  # compare's name for it: cnn, resnet_small-tuned (card.name: the architecture)
     training_run_id = find_training_run(tracker, card)
-    description = describe(card, report, select_metric, value)
+    description = describe(candidate, card, report, select_metric, value)
     client = MlflowClient(tracking_uri=tracker.uri)
     mlflow.set_tracking_uri(tracker.uri)
     source_run = training_run_id or tracker.run_id
     try:
         with mlflow.start_run(run_id=source_run, nested=mlflow.active_run() is not None):
-            uri = log_pyfunc_model(checkpoint_dir, name=f"{card.name}-pyfunc").model_uri
+            uri = log_pyfunc_model(checkpoint_dir, name=f"{candidate}-pyfunc").model_uri
         tags = {
-            "model": card.name,
+            "model": candidate,
+            "architecture": card.name,
             "data_version": card.data_version,
             "data_source": card.data_source.kind,  # synthetic | folder | archive | url | ... (the card's data_source)
             select_metric: f"{value:.6f}",
@@ -145,19 +149,19 @@ def register_candidate(
             client.set_tag(training_run_id, "registered_model", f"{registered_name}/{mv.version}")
     except Exception as exc:
         raise RegistryError(
-            f"could not register {card.name!r} as {registered_name!r} in MLflow at {tracker.uri} "
+            f"could not register {candidate!r} as {registered_name!r} in MLflow at {tracker.uri} "
             f"({exc.__class__.__name__}: {exc}); fix the store, or -S compare.register=false"
         ) from exc
     where = f"{registered_name} version {mv.version}"
     if promoted:
-        message = f"registered {card.name} as {where} and moved @{alias} to it: {why}"
+        message = f"registered {candidate} as {where} and moved @{alias} to it: {why}"
     else:
         kept = (champion or {}).get("version")
-        message = f"registered {card.name} as {where}; @{alias} stays at version {kept}: {why}"
+        message = f"registered {candidate} as {where}; @{alias} stays at version {kept}: {why}"
     return Outcome(name=registered_name, version=str(mv.version), promoted=promoted, message=message, source=uri)
 
 
-def describe(card: ModelCard, report: dict, select_metric: str, value: float) -> str:
+def describe(candidate: str, card: ModelCard, report: dict, select_metric: str, value: float) -> str:
     """The version's description: the data (its source and version), parameters, validation and test metrics
     with CIs, threshold."""
     at = report["at_val_threshold"]
@@ -171,8 +175,9 @@ def describe(card: ModelCard, report: dict, select_metric: str, value: float) ->
         f"{k}={p[k]}" for k in ("lr", "batch_size", "epochs", "image_size", "pretrained", "seed") if k in p
     )
     synthetic = " Not radiographs: its outputs on real chest X-rays mean nothing." if card.data_source.synthetic else ""
+    name = candidate if candidate == card.name else f"{candidate} ({card.name})"
     return (
-        f"{card.name} trained on {card.data_source.describe()}, data version {card.data_version}.{synthetic}\n"
+        f"{name} trained on {card.data_source.describe()}, data version {card.data_version}.{synthetic}\n"
         f"Selected on validation {select_metric} {value:.4f} "
         f"(epoch {card.best_epoch}); threshold {card.threshold:.4f} ({card.threshold_method}, on validation).\n"
         f"Test ({report.get('n', '?')} images, {report.get('confidence', 0.95):.0%} bootstrap CIs): "
