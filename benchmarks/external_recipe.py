@@ -25,8 +25,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
+from scipy.special import expit
 
 from cxr import CLASSES
+from cxr.calibration import logit
 from cxr.config import DataConfig, EvaluateConfig, PreprocessConfig, SplitConfig, load_params, parse, section
 from cxr.data.cache import build_cache, decode_image, load_info, load_split
 from cxr.data.manifest import build_manifest, write_manifest
@@ -285,11 +287,6 @@ def seed_spread(results: list[dict], recipes: list[str], seeds: list[int]) -> st
     return "\n".join(lines)
 
 
-def _logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(p, 1e-7, 1 - 1e-7)
-    return np.log(p) - np.log1p(-p)
-
-
 def seed_ensemble(args, name: str, seeds: list[int]) -> str:
     """The seeds' models as one: the mean of their logits, on validation and set A, from the saved
     predictions (no training). Its threshold is chosen on the ensemble's validation probabilities by the
@@ -298,7 +295,7 @@ def seed_ensemble(args, name: str, seeds: list[int]) -> str:
     for key in ("val_labels", "a_labels"):
         if any(not np.array_equal(f[key], saved[0][key]) for f in saved):
             sys.exit(f"{name}: the seeds' {key} differ; the ensemble needs the same images in the same order")
-    val, a = (1 / (1 + np.exp(-np.mean([_logit(f[k]) for f in saved], axis=0))) for k in ("val_probs", "a_probs"))
+    val, a = (expit(np.mean([logit(f[k]) for f in saved], axis=0)) for k in ("val_probs", "a_probs"))
     ev = section(apply_overrides(load_params(REPO_ROOT / "params.yaml"), RECIPES[name][1]), "evaluate", EvaluateConfig)
     threshold = choose_threshold(saved[0]["val_labels"], val, method=ev.threshold, default=ev.fixed_threshold)
     y_a = saved[0]["a_labels"]

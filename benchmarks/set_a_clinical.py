@@ -20,12 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
-from cxr.abstention import choose_refer_band, selective
-from cxr.calibration import apply_temperature, decide_temperature
+from cxr.abstention import selective
+from cxr.calibration import apply_temperature
 from cxr.config import EvaluateConfig, TrainConfig, load_params, section
 from cxr.evaluation.operating import choose_thresholds, score_operating_points
 from cxr.evaluation.selective import calibration_report
-from cxr.metrics import choose_threshold
+from cxr.training.fit import _Choices  # what fit chooses on validation, not re-implemented here
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from external_recipe import RECIPES, REPO_ROOT, apply_overrides  # noqa: E402
@@ -34,10 +34,11 @@ from external_recipe import RECIPES, REPO_ROOT, apply_overrides  # noqa: E402
 def clinical_row(saved, train: TrainConfig, ev: EvaluateConfig) -> dict[str, float]:
     """One run's choices on validation, scored on set A."""
     y_val, p_val, y_a, p_a = (saved[k] for k in ("val_labels", "val_probs", "a_labels", "a_probs"))
-    calibration = decide_temperature(str(train.calibrate).lower(), y_val, p_val)
+    # The choices fit makes once the epoch is kept (train.calibrate, evaluate.threshold, the refer band).
+    choices = _Choices(ev.threshold, ev.fixed_threshold, str(train.calibrate).lower(), ev.refer.target_error)
+    val, threshold, calibration, band = choices.make(y_val, p_val)
     t = calibration["temperature"]
-    val, a = apply_temperature(p_val, t), apply_temperature(p_a, t)
-    threshold = choose_threshold(y_val, val, method=ev.threshold, default=ev.fixed_threshold)
+    a = apply_temperature(p_a, t)
     cal = calibration_report(y_a, p_a, t)
     row = {
         "temperature": t,
@@ -50,8 +51,7 @@ def clinical_row(saved, train: TrainConfig, ev: EvaluateConfig) -> dict[str, flo
         key = f"{point['metric'][:4]}{round(100 * point['target'])}"
         row[f"{key}_sens"] = point["sensitivity"]["value"]
         row[f"{key}_spec"] = point["specificity"]["value"]
-    if ev.refer.target_error:
-        band = choose_refer_band(y_val, val, threshold, ev.refer.target_error)
+    if band:
         s = selective(y_a, a, threshold, (band["low"], band["high"]))
         row |= {"val_coverage": band["val_coverage"], "coverage": s["coverage"], "error": s["error_among_decided"]}
     return row

@@ -114,9 +114,8 @@ def register_candidate(
     from cxr.serving.pyfunc import log_pyfunc_model
 
     card = load_card(checkpoint_dir)
-    candidate = Path(
-        checkpoint_dir
-    ).name  # compare's name for it: cnn, resnet_small-tuned (card.name: the architecture)
+    # compare's name for it (cnn, resnet_small-tuned); card.name is the architecture
+    candidate = Path(checkpoint_dir).name
     training_run_id = find_training_run(tracker, card)
     description = describe(candidate, card, report, select_metric, value)
     client = MlflowClient(tracking_uri=tracker.uri)
