@@ -101,6 +101,38 @@ def external_overrides(specs: list[str], current: dict) -> list[str]:
     return args
 
 
+def preflight(params: str | Path, dvc_args: list[str]) -> str | None:
+    """What ``dvc exp run`` would make of params.yaml with the ``-S`` overrides in ``dvc_args``, tried on a
+    scratch copy with DVC's own writer: None when the result is valid, else the one-line reason. A failed
+    ``dvc exp run -S`` leaves the workspace's params.yaml rewritten (once, unparsable); this never touches it."""
+    import shutil
+    import tempfile
+
+    from dvc.utils.hydra import apply_overrides
+
+    from check_params import check  # the `params` stage's own check, beside this script in src/
+    from cxr.config import ConfigError, read_yaml
+
+    sets = [dvc_args[i + 1] for i, a in enumerate(dvc_args[:-1]) if a in ("-S", "--set-param")]
+    with tempfile.TemporaryDirectory(prefix="cxr-real-") as tmp:
+        trial = Path(tmp) / "params.yaml"
+        shutil.copyfile(params, trial)
+        try:
+            apply_overrides(trial, sets)
+        except Exception as exc:  # DVC's own refusal (an unknown key, a bad value); hydra's reason is the cause
+            reason = " ".join(str(exc.__cause__ or exc).split())
+            return f"dvc exp run would refuse these overrides: {reason} ({params} was not changed)"
+        try:
+            data = read_yaml(trial)
+        except ConfigError as exc:
+            return (
+                f"with these overrides DVC would write {params} as invalid YAML ({exc}; seen in a scratch copy); "
+                f"{params} was not changed. A comment on the line of a mapping that an override empties does it"
+            )
+    problems = check(data) if isinstance(data, dict) else [f"not a mapping at the top level: {data!r:.80}"]
+    return f"the overrides would make {params} invalid: " + "; ".join(problems) if problems else None
+
+
 def run_timed(cmd: list[str]) -> tuple[int, list[tuple[str, float]]]:
     """Run ``cmd``, echoing its output; return its exit code and (stage, seconds) per stage it ran."""
     stages: list[tuple[str, float]] = []
@@ -140,6 +172,10 @@ def main(argv=None) -> int:
     ext = external_overrides(args.external, current)
     cmd = ["dvc", "exp", "run", *overrides(config, recipe, args.data), *ext, *args.extra]
     print(f"[real] recipe {recipe} ({args.config}); running:\n  {' '.join(cmd)}", flush=True)
+    problem = preflight("params.yaml", cmd[3:])
+    if problem:
+        print(f"make real: error: {problem}", file=sys.stderr)
+        return 2
     if args.dry_run:
         return 0
     t0 = time.monotonic()

@@ -54,6 +54,87 @@ def test_every_override_exists_in_params_and_recipes_differ(repo_root):
     assert cpu["models.resnet_small.epochs"] == "20" and cpu["evaluate.threshold"] == "midpoint"
 
 
+def _comments(text: str) -> list[str]:
+    return [line.split("#", 1)[1].strip() for line in text.splitlines() if "#" in line]
+
+
+def _at(tree: dict, dotted: str):
+    for key in dotted.split("."):
+        tree = tree[key]
+    return tree
+
+
+@pytest.mark.parametrize("recipe", ["gpu", "cpu"])
+@pytest.mark.parametrize("external", [[], ["/data/kermany224-external-a", "b=/x/y.zip"]], ids=["no-external", "two"])
+def test_every_override_real_builds_leaves_the_shipped_params_valid(repo_root, tmp_path, recipe, external, monkeypatch):
+    """Each kind of override real.py hands to `dvc exp run` (set, set to null, a list, remove a key, add one),
+    applied to the shipped params.yaml by DVC's own writer: the file still parses, passes the `params` stage's
+    check, holds every new value and keeps every comment. (Removing external.sets' only key once left `{}` at
+    column 1 under a commented `sets:` line: `make real` without EXTERNAL died in 1.5 s.)"""
+    from dvc.utils.hydra import apply_overrides
+
+    monkeypatch.syspath_prepend(str(repo_root / "src"))  # as `python src/real.py` has it
+    real = load_real(repo_root)
+    check = _check_params(repo_root)
+    shipped = (repo_root / "params.yaml").read_text()
+    config = yaml.safe_load((repo_root / "configs/real.yaml").read_text())
+    current = yaml.safe_load(shipped)["external"]["sets"]
+    args = real.overrides(config, recipe, "/data/x.zip") + real.external_overrides(external, current)
+    sets = args[1::2]
+    trial = tmp_path / "params.yaml"
+    trial.write_text(shipped)
+    apply_overrides(trial, sets)
+    text = trial.read_text()
+    after = yaml.safe_load(text)  # raises on the old layout
+    assert check(after) == [], check(after)
+    assert _comments(text) == _comments(shipped)
+    for s in sets:
+        key, _, value = s.lstrip("+").partition("=")
+        if key.startswith("~"):
+            assert key[1:].rsplit(".", 1)[1] not in _at(after, key[1:].rsplit(".", 1)[0])
+        else:
+            assert _at(after, key) == yaml.safe_load(value), s
+    assert real.preflight(repo_root / "params.yaml", args) is None  # what `make real` checks before running
+
+
+def test_dvc_rewrites_the_shipped_params_only_where_an_override_sets(repo_root, tmp_path):
+    """params.yaml is laid out as DVC's writer lays it out: `dvc exp run -S lr=...` changes that line and no
+    other, so `git diff params.yaml` after an experiment shows just what it set."""
+    from dvc.utils.hydra import apply_overrides
+
+    shipped = (repo_root / "params.yaml").read_text()
+    trial = tmp_path / "params.yaml"
+    trial.write_text(shipped)
+    apply_overrides(trial, ["seed=42"])  # the shipped value: nothing may change
+    assert trial.read_text() == shipped
+    apply_overrides(trial, ["lr=0.0001"])
+    before, after = shipped.splitlines(), trial.read_text().splitlines()
+    assert len(after) == len(before)
+    assert [(a, b) for a, b in zip(before, after) if a != b] == [("lr: 0.001", "lr: 0.0001")]
+
+
+def _check_params(repo_root):
+    spec = importlib.util.spec_from_file_location("check_params_stage", repo_root / "src" / "check_params.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.check
+
+
+def test_make_real_refuses_overrides_that_would_break_params_before_running(repo_root, tmp_path, monkeypatch):
+    """The preflight tries the overrides on a scratch copy: a layout DVC's writer breaks, an unknown key and an
+    invalid value each get one line, and the file itself is never touched."""
+    monkeypatch.syspath_prepend(str(repo_root / "src"))
+    real = load_real(repo_root)
+    broken = tmp_path / "params.yaml"
+    layout = "external:\n  sets:   # a comment here is what breaks it\n    s: synthetic\n"
+    broken.write_text(layout)
+    problem = real.preflight(broken, ["-S", "~external.sets.s"])
+    assert problem and "invalid YAML" in problem and "was not changed" in problem, problem
+    assert broken.read_text() == layout
+    assert "Could not override 'nosuch'" in real.preflight(repo_root / "params.yaml", ["-S", "nosuch=1"])
+    assert "lr must be a finite number" in real.preflight(repo_root / "params.yaml", ["-S", "lr=-1"])
+
+
 def test_make_real_without_data_says_what_to_pass(repo_root):
     p = subprocess.run(
         ["make", "--no-print-directory", "real"],
