@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 
 from cxr import config as C
+from cxr.schema import parse
 from cxr.stage import run_stage
 
 
@@ -25,7 +26,7 @@ def check(params: dict) -> list[str]:
         problems += exc.problems
     known = {k: v for k, v in params.items() if k in C.Params.model_fields}
     try:
-        C.parse(C.Params, known)
+        parse(C.Params, known)
     except C.ConfigError as exc:
         problems += exc.problems
     return problems

@@ -138,6 +138,7 @@ def run_timed(cmd: list[str]) -> tuple[int, list[tuple[str, float]]]:
     stages: list[tuple[str, float]] = []
     current, t_stage = None, time.monotonic()
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1) as proc:
+        assert proc.stdout is not None  # stdout=PIPE: typeshed types every Popen stream Optional
         for line in proc.stdout:
             sys.stdout.write(line)
             m = re.match(r"\s*Running stage '([^']+)'", line)

@@ -73,7 +73,7 @@ def local_record(name: str, local: str) -> dict:
 def materialise_all(wanted: dict[str, str | None], out: Path, progress: bool) -> dict[str, dict]:
     """Every wanted model's weights under ``out`` -> its manifest record; all failures in one error."""
     from cxr.models import get_entry
-    from cxr.models.weights import materialise
+    from cxr.models.weights import HubSnapshot, TorchvisionWeights, materialise
 
     previous = read_manifest(out)["models"]
     records, failures = {}, []
@@ -88,7 +88,9 @@ def materialise_all(wanted: dict[str, str | None], out: Path, progress: bool) ->
         except WeightsUnavailableError as exc:  # try the others too: one run lists everything missing
             failures.append(f"({time.monotonic() - t0:.1f} s) {exc}")
             continue
-        print(f"[weights] {name}: {get_entry(name).pretrained_source.describe()} {rec.pop('how')} -> {out / name}")
+        source = get_entry(name).pretrained_source
+        assert isinstance(source, TorchvisionWeights | HubSnapshot)  # materialise refuses any other source
+        print(f"[weights] {name}: {source.describe()} {rec.pop('how')} -> {out / name}")
         records[name] = rec
     if failures:
         raise WeightsUnavailableError("\n\n".join(failures))
