@@ -8,7 +8,9 @@ select_metric), and for everything else the sweep model's training setup: ``seed
 ``train``, ``models`` (the global lr / batch_size / epochs are replaced by the grid and
 ``sweep.epochs``). Writes the selected configuration to --metrics, one row per configuration to
 --table, the annotated heatmap to --figures/heatmap.png, and an MLflow parent run with one nested
-run per configuration.
+run per configuration. It loads the train and validation splits only and reports validation
+numbers: the test split is scored once, for the kept configuration (``--tuned``), by the
+``evaluate_tuned`` stage.
 
 DVC's own way to run a grid, one experiment per configuration (each a full pipeline run)::
 
@@ -73,13 +75,13 @@ def main(argv=None) -> int:
     }
     cfg: SweepConfig = section(params, "sweep", SweepConfig)
     mlflow_cfg: MlflowConfig = section(params, "mlflow", MlflowConfig)
-    eval_cfg: EvaluateConfig = section(params, "evaluate", EvaluateConfig)  # the threshold for the test columns
+    eval_cfg: EvaluateConfig = section(params, "evaluate", EvaluateConfig)  # how the threshold is chosen, as train
     base = resolve_run_config(params, cfg.model)
     if base.pretrained and base.weights is None and args.pretrained:
         base = base.replace(weights=materialised_weights(args.pretrained, cfg.model))
     base = base.replace(epochs=cfg.epochs, image_size=cfg.image_size or base.image_size)
     info = load_info(args.cache)
-    train, val, test = (load_split(args.cache, s) for s in ("train", "val", "test"))
+    train, val = load_split(args.cache, "train"), load_split(args.cache, "val")  # never the test split
     device = resolve_device(args.device)
     n = len(cfg.batch_sizes) * len(cfg.lrs)
     print(
@@ -93,7 +95,7 @@ def main(argv=None) -> int:
             Path(args.tuned).parent.mkdir(parents=True, exist_ok=True)
             staging = tempfile.mkdtemp(prefix=".sweep-", dir=Path(args.tuned).parent)
             stack.callback(shutil.rmtree, staging, ignore_errors=True)
-        splits = (train, val, test)
+        splits = (train, val)
         return run(args, cfg, base, info, splits, mlflow_cfg, eval_cfg, devices, {"keep_dir": staging, **card_fields})
 
 
@@ -126,7 +128,7 @@ def keep_tuned(args, result) -> None:
 
 def run(args, cfg, base, info, splits, mlflow_cfg, eval_cfg, devices, keep: dict) -> int:
     """``keep``: where the configurations' models wait (``keep_dir``) and what their cards record."""
-    train, val, test = splits
+    train, val = splits
     if len(devices) == 1:
         print(f"[sweep] on {describe(resolve_device(devices[0]))}")
 
@@ -150,7 +152,6 @@ def run(args, cfg, base, info, splits, mlflow_cfg, eval_cfg, devices, keep: dict
             cfg.lrs,
             (train.images, train.labels),
             (val.images, val.labels),
-            (test.images, test.labels),
             select_metric=cfg.select_metric,
             devices=devices,
             tracker=tracker,
@@ -158,7 +159,6 @@ def run(args, cfg, base, info, splits, mlflow_cfg, eval_cfg, devices, keep: dict
             data_version=info.get("data_version", ""),
             threshold_method=eval_cfg.threshold,
             fixed_threshold=eval_cfg.fixed_threshold,
-            eval_batch_size=cfg.eval_batch_size,
             refer_target=eval_cfg.refer.target_error,
             **keep,
         )

@@ -107,9 +107,10 @@ FINAL_METRICS = ("best_epoch", "val_auc", "val_loss", "threshold")
 
 
 def log_splits(tracker, cache: str, data_version: str) -> None:
-    """The splits a run learns from, chooses on and is tested on, as MLflow dataset inputs: the DVC path as
-    source and the DVC data version as digest, so runs on other data show other datasets."""
-    for split, context in (("train", "training"), ("val", "validation"), ("test", "testing")):
+    """The splits a run learns from and chooses on, as MLflow dataset inputs: the DVC path as source and the
+    DVC data version as digest, so runs on other data show other datasets. Not the test split: training
+    never reads it; the evaluate stage's run logs it, as the one that does."""
+    for split, context in (("train", "training"), ("val", "validation")):
         tracker.log_dataset(split, f"{cache}/{split}_images.npy", data_version, context)
 
 

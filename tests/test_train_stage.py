@@ -84,10 +84,11 @@ def test_train_stage_end_to_end(workdir, repo_root):
     assert "system/cpu_utilization_percentage" in system and "system/system_memory_usage_megabytes" in system
     steps = {m.step for m in client.get_metric_history(run.info.run_id, "train_images_per_s")}
     assert steps == {1, 2}  # no stray point at step 0
-    # The splits as dataset inputs, named, with the cache's data version as digest.
+    # The splits training reads as dataset inputs, named, with the cache's data version as digest; not
+    # the test split, which only evaluate's run logs.
     meta = json.loads((workdir / "models/cnn/model.json").read_text())
     inputs = {d.dataset.name: d for d in run.inputs.dataset_inputs}
-    assert set(inputs) == {"train", "val", "test"}
+    assert set(inputs) == {"train", "val"}
     assert {d.dataset.digest for d in inputs.values()} == {meta["data_version"][:32]}
     assert json.loads(inputs["train"].dataset.source)["uri"].endswith("train_images.npy")
     assert {t.value for t in inputs["val"].tags if t.key == "mlflow.data.context"} == {"validation"}

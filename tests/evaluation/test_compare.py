@@ -88,8 +88,9 @@ def test_results_markdown_reads_like_a_results_section():
             "lr": [1e-3, 1e-4],
             "val_auc": [0.9, 0.8],
             "val_loss": [0.3, 0.4],
-            "test_roc_auc": [0.7, 0.95],
-            "test_accuracy": [0.6, 0.9],
+            "val_balanced_accuracy": [0.85, 0.75],
+            "val_sensitivity": [0.9, 0.7],
+            "val_specificity": [0.8, 0.8],
             "selected": [True, False],
         }
     )
@@ -100,7 +101,19 @@ def test_results_markdown_reads_like_a_results_section():
     assert "| **cnn** |" in md and "75.0 (72.0–78.0)" in md
     assert "selected on validation ROC-AUC is **cnn**" in md
     assert "highest *test* ROC-AUC belongs to vit" in md
-    assert "not used for selection" in md and "| 16 | 0.001 | 0.900 |" in md
+    sweep_md = md[md.index("## Batch size x learning rate sweep") :]
+    assert "| batch_size | lr | val_auc | val_loss | val_bacc | val_sens | val_spec | selected |" in sweep_md
+    assert "| 16 | 0.001 | 0.900 | 0.300 | 0.850 | 0.900 | 0.800 | **yes** |" in sweep_md
+    assert "never sees the test split" in sweep_md and "`evaluate_tuned@resnet50-tuned`" in sweep_md
+
+
+def test_the_sweep_section_shows_no_test_column_even_from_an_old_table():
+    """A plots/sweep.csv written before the sweep stopped scoring the test split: its test columns stay out."""
+    old = pd.DataFrame(
+        {"batch_size": [16], "lr": [1e-3], "val_auc": [0.9], "test_roc_auc": [0.7], "test_accuracy": [0.6]}
+    )
+    md = C.sweep_markdown(old, "val_auc")
+    assert "test" not in md and "0.700" not in md and "0.900" in md
 
 
 def test_bar_table_and_roc_curves():
@@ -129,8 +142,7 @@ def _write_inputs(root: Path, models=("cnn", "vit", "vgg16")) -> None:
             "lr": [0.001],
             "val_auc": [0.9],
             "val_loss": [0.3],
-            "test_roc_auc": [0.8],
-            "test_accuracy": [0.7],
+            "val_balanced_accuracy": [0.8],
             "selected": [True],
         }
     ).to_csv(root / "plots/sweep.csv", index=False)

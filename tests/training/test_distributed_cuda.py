@@ -67,8 +67,8 @@ def test_ddp_over_nccl_on_two_gpus(n_gpus, run_cfg, tmp_path):
 def test_sweep_over_gpu_workers_gives_the_one_gpu_table(n_gpus, run_cfg):
     base = run_cfg.replace(model="cnn", epochs=1)
     devices = [f"cuda:{i % n_gpus}" for i in range(2)]  # one GPU: two workers share it
-    one = S.run_sweep(base, [16, 32], [1e-3], TRAIN, VAL, VAL, device="cuda").table()
-    two = S.run_sweep(base, [16, 32], [1e-3], TRAIN, VAL, VAL, devices=devices)
+    one = S.run_sweep(base, [16, 32], [1e-3], TRAIN, VAL, device="cuda").table()
+    two = S.run_sweep(base, [16, 32], [1e-3], TRAIN, VAL, devices=devices)
     t = two.table()
     assert t[["batch_size", "lr"]].values.tolist() == [[16, 1e-3], [32, 1e-3]]
     assert len({r["worker"] for r in two.rows}) == 2

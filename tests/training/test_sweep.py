@@ -1,4 +1,7 @@
-"""The sweep: one row per configuration, a fresh initialisation each time, selection on validation only."""
+"""The sweep: one row per configuration, a fresh initialisation each time, validation numbers only.
+
+The sweep never receives the test split: only its kept configuration (``<model>-tuned``) is scored on
+test, by the evaluate_tuned stage."""
 
 from __future__ import annotations
 
@@ -34,22 +37,41 @@ def base():
     return resolve_run_config({"epochs": 1, "image_size": SIZE, "seed": 3}, "cnn")
 
 
+def _keys(tree) -> set[str]:
+    """Every key of a nested dict."""
+    if not isinstance(tree, dict):
+        return set()
+    return set(tree) | {k for v in tree.values() for k in _keys(v)}
+
+
 def test_tiny_grid_one_row_per_config_selected_on_validation(data, base):
-    res = S.run_sweep(base, [8, 16], [1e-3], data["train"], data["val"], data["test"], device="cpu")
+    res = S.run_sweep(base, [8, 16], [1e-3], data["train"], data["val"], device="cpu")
     t = res.table()
     assert list(t.columns) == S.TABLE_COLUMNS
     assert t[["batch_size", "lr"]].values.tolist() == [[8, 1e-3], [16, 1e-3]]
     assert t["selected"].sum() == 1
     assert t.loc[t["selected"], "val_auc"].item() == t["val_auc"].max()
-    assert not t["test_used_for_selection"].any()
-    assert t["test_roc_auc"].between(0, 1).all() and t["test_accuracy"].between(0, 1).all()
+    assert t[S.THRESHOLD_COLUMNS].apply(lambda c: c.between(0, 1)).all().all()
     s = res.summary()
     assert s["best"]["batch_size"] == t.loc[t["selected"], "batch_size"].item()
-    assert s["best_test"]["used_for_selection"] is False
+    assert s["best"]["val_balanced_accuracy"] == t.loc[t["selected"], "val_balanced_accuracy"].item()
+    # Validation numbers only: no test column, no test key, not even a placeholder.
+    assert not [c for c in t.columns if "test" in c] and not [k for k in _keys(s) if "test" in k]
+    assert not [k for r in res.rows for k in r if "test" in k]
     np.testing.assert_array_equal(res.matrix("val_auc", [8, 16], [1e-3]), t[["val_auc"]].to_numpy())
 
 
-def test_test_columns_use_the_evaluate_threshold(data, base):
+def test_the_sweep_never_receives_the_test_split(data, base):
+    """Only the kept configuration reaches the test split (evaluate_tuned): run_sweep has no way in for it."""
+    import inspect
+
+    assert not [p for p in inspect.signature(S.run_sweep).parameters if "test" in p]
+    assert not [p for p in inspect.signature(S.train_config).parameters if "test" in p]
+    with pytest.raises(TypeError):
+        S.run_sweep(base, [8], [1e-3], data["train"], data["val"], data["test"], device="cpu")
+
+
+def test_threshold_columns_use_the_evaluate_threshold(data, base):
     fixed = (
         S.run_sweep(
             base,
@@ -57,7 +79,6 @@ def test_test_columns_use_the_evaluate_threshold(data, base):
             [1e-3],
             data["train"],
             data["val"],
-            data["test"],
             device="cpu",
             threshold_method="fixed",
             fixed_threshold=0.9,
@@ -65,9 +86,14 @@ def test_test_columns_use_the_evaluate_threshold(data, base):
         .table()
         .iloc[0]
     )
-    youden = S.run_sweep(base, [8], [1e-3], data["train"], data["val"], data["test"], device="cpu").table().iloc[0]
+    youden = S.run_sweep(base, [8], [1e-3], data["train"], data["val"], device="cpu").table().iloc[0]
     assert fixed["threshold"] == 0.9 and youden["threshold"] != 0.9
     assert fixed["val_auc"] == pytest.approx(youden["val_auc"])  # same training, only the operating point moved
+    # The threshold columns follow the threshold, on the validation split.
+    from cxr.training.fit import threshold_metrics
+
+    assert fixed[S.THRESHOLD_COLUMNS].tolist() != youden[S.THRESHOLD_COLUMNS].tolist()
+    assert set(threshold_metrics([0, 1], [0.2, 0.8], 0.5)) == set(S.THRESHOLD_COLUMNS)
 
 
 def test_every_config_starts_from_a_fresh_initialisation(data, base):
@@ -86,11 +112,13 @@ def _fake_fit(val_scores: dict):
 
     def fit(cfg, train, val, **kw):
         auc, loss = val_scores[(cfg.batch_size, cfg.lr)]
+        best = {"best_epoch": 1, "val_auc": auc, "val_loss": loss, "val_acc": 0.5}
         return SimpleNamespace(
             model=(cfg.batch_size, cfg.lr),
             threshold=0.5,
             history=[{"train_loss": 1.0}],
-            best={"best_epoch": 1, "val_auc": auc, "val_loss": loss, "val_acc": 0.5},
+            best=best,
+            metrics=lambda: {**best, "threshold": 0.5, **dict.fromkeys(S.THRESHOLD_COLUMNS, 0.75)},
             card=SimpleNamespace(mean=(0.5,) * 3, std=(0.5,) * 3, calibrate=lambda p: p),
         )
 
@@ -124,18 +152,16 @@ def test_diverged_configurations_are_reported_as_such_and_never_selected(monkeyp
         S.run_sweep(base, [16], [1e-2], (x, y), (x, y))
 
 
-def test_selection_ignores_test_metrics(monkeypatch, base):
-    # bs=8 wins on validation; bs=16 would win on test. The sweep must pick bs=8.
+def test_selection_on_the_validation_metric(monkeypatch, base):
+    # bs=8 wins on validation ROC-AUC, bs=16 on validation loss.
     monkeypatch.setattr(S, "fit", _fake_fit({(8, 1e-3): (0.90, 0.3), (16, 1e-3): (0.80, 0.2)}))
     y = np.array([0, 0, 1, 1])
-    test_probs = {8: np.array([0.6, 0.4, 0.5, 0.4]), 16: np.array([0.1, 0.2, 0.8, 0.9])}
-    monkeypatch.setattr(S, "predict_probabilities", lambda model, images, **kw: test_probs[model[0]])
     x = np.zeros((4, SIZE, SIZE), np.uint8)
-    res = S.run_sweep(base, [8, 16], [1e-3], (x, y), (x, y), (x, y))
+    res = S.run_sweep(base, [8, 16], [1e-3], (x, y), (x, y))
     t = res.table().set_index("batch_size")
-    assert t.loc[16, "test_roc_auc"] > t.loc[8, "test_roc_auc"]
     assert res.best["batch_size"] == 8 and bool(t.loc[8, "selected"]) and not bool(t.loc[16, "selected"])
-    by_loss = S.run_sweep(base, [8, 16], [1e-3], (x, y), (x, y), (x, y), select_metric="val_loss")
+    assert t["val_sensitivity"].tolist() == [0.75, 0.75]  # the fit's own validation numbers, as they come
+    by_loss = S.run_sweep(base, [8, 16], [1e-3], (x, y), (x, y), select_metric="val_loss")
     assert by_loss.best["batch_size"] == 16  # lowest validation loss
     with pytest.raises(ValueError, match="val_auc or val_loss"):
         S.run_sweep(base, [8], [1e-3], (x, y), (x, y), select_metric="test_auc")
@@ -158,7 +184,8 @@ def _write_cache(root: Path, splits: dict) -> Path:
 
 
 def test_sweep_stage_outputs_and_nested_mlflow_runs(data, tmp_path, monkeypatch):
-    cache = _write_cache(tmp_path / "cache", data)
+    # A cache without a test split: the stage must not need one (it never loads it).
+    cache = _write_cache(tmp_path / "cache", {s: data[s] for s in ("train", "val")})
     params = tmp_path / "params.yaml"
     params.write_text(
         yaml.safe_dump(
@@ -174,6 +201,9 @@ def test_sweep_stage_outputs_and_nested_mlflow_runs(data, tmp_path, monkeypatch)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))  # MLflow artifacts under tmp_path, not the repository
     stage = load_stage("sweep")
+    loaded: list[str] = []
+    load_split = stage.load_split
+    monkeypatch.setattr(stage, "load_split", lambda cache, split: loaded.append(split) or load_split(cache, split))
     out = tmp_path / "out"
     assert (
         stage.main(
@@ -201,10 +231,13 @@ def test_sweep_stage_outputs_and_nested_mlflow_runs(data, tmp_path, monkeypatch)
         )
         == 0
     )
+    assert sorted(loaded) == ["train", "val"]
     table = pd.read_csv(out / "plots/sweep.csv")
     assert len(table) == 2 and table["selected"].sum() == 1
+    assert list(table.columns) == S.TABLE_COLUMNS and not [c for c in table.columns if "test" in c]
     summary = json.loads((out / "metrics/sweep.json").read_text())
     assert summary["model"] == "cnn" and summary["n_configs"] == 2
+    assert not [k for k in _keys(summary) if "test" in k]
     assert summary["best"]["batch_size"] == table.loc[table["selected"], "batch_size"].item()
     assert (out / "figures/sweep/heatmap.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -232,10 +265,14 @@ def test_sweep_stage_outputs_and_nested_mlflow_runs(data, tmp_path, monkeypatch)
     assert len(parents) == 1
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
     assert sorted(r.data.params["batch_size"] for r in children) == ["16", "8"]
-    assert all(r.data.tags["test_used_for_selection"] == "false" and "test_roc_auc" in r.data.metrics for r in children)
+    # The configurations' runs carry validation numbers, and no test number under any name.
+    for r in runs:
+        assert not [k for k in (*r.data.metrics, *r.data.tags, *r.data.params) if "test" in k.lower()], r.info.run_name
+        assert not [i for i in r.inputs.dataset_inputs if i.dataset.name == "test"]
+    assert all({"threshold", *S.THRESHOLD_COLUMNS} <= set(r.data.metrics) for r in children)
 
 
-def test_summary_without_a_test_split_has_null_test_numbers():
+def test_summary_holds_the_selected_configurations_validation_numbers():
     from cxr.training.sweep import SweepResult
 
     row = {
@@ -246,15 +283,17 @@ def test_summary_without_a_test_split_has_null_test_numbers():
         "val_acc": 0.6,
         "best_epoch": 1,
         "threshold": 0.5,
-        "test_used_for_selection": False,
+        "val_acc_at_threshold": 0.65,
+        "val_balanced_accuracy": 0.6,
+        "val_sensitivity": 0.8,
+        "val_specificity": 0.4,
     }
     summary = SweepResult(model="cnn", select_metric="val_auc", rows=[row], best=dict(row)).summary()
-    assert summary["best"]["val_auc"] == 0.7
-    assert summary["best_test"] == {
-        "test_roc_auc": None,
-        "test_accuracy": None,
-        "test_balanced_accuracy": None,
-        "used_for_selection": False,
+    assert summary == {
+        "model": "cnn",
+        "select_metric": "val_auc",
+        "n_configs": 1,
+        "best": {k: v for k, v in row.items() if k != "val_acc"},
     }
 
 
@@ -266,14 +305,22 @@ def test_two_simulated_devices_give_the_one_device_table(data, base, tmp_path):
     cache = _write_cache(tmp_path / "cache", data)
     from cxr.data.cache import load_split
 
-    splits = [load_split(cache, s) for s in ("train", "val", "test")]
+    splits = [load_split(cache, s) for s in ("train", "val")]
     assert isinstance(splits[0].images, np.memmap)  # as the stage passes them: memory-mapped, sent as file names
     args = [(s.images, s.labels) for s in splits]
     one = S.run_sweep(base, [8, 16], [1e-3, 1e-2], *args, device="cpu")
     two = S.run_sweep(base, [8, 16], [1e-3, 1e-2], *args, devices=["cpu", "cpu"])
     t1, t2 = one.table(), two.table()
     assert t2[["batch_size", "lr"]].values.tolist() == [[8, 1e-3], [8, 1e-2], [16, 1e-3], [16, 1e-2]]
-    cols = ["val_auc", "val_loss", "val_acc", "best_epoch", "threshold", "test_roc_auc", "first_epoch_train_loss"]
+    cols = [
+        "val_auc",
+        "val_loss",
+        "val_acc",
+        "best_epoch",
+        "threshold",
+        "val_balanced_accuracy",
+        "first_epoch_train_loss",
+    ]
     pd.testing.assert_frame_equal(t2[cols], t1[cols], atol=1e-5, rtol=0)  # thread counts differ: float noise only
     assert t2["selected"].tolist() == t1["selected"].tolist()
     # Every configuration ran in a worker process, not here. Which of the 2 takes which is the pool's

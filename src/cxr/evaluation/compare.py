@@ -5,8 +5,8 @@
     text = results_markdown(table, ...)                     # reports/results.md
 
 Run by ``src/compare.py`` (stage ``compare``). Inputs are the pipeline's metrics files:
-metrics/train/<m>.json (validation), metrics/eval/<m>.json (test, with bootstrap CIs),
-metrics/sweep.json and plots/sweep.csv, plots/eval/<m>/roc.csv; the paired comparisons with the
+metrics/train/<m>.json (validation), metrics/eval/<m>.json (test, with bootstrap CIs), metrics/sweep.json
+and plots/sweep.csv (validation numbers only), plots/eval/<m>/roc.csv; the paired comparisons with the
 selected model (``paired``, from the per-image predictions) come in as a ready report. Test numbers are
 reported; the model that goes to the MLflow Model Registry is the one with the best *validation* metric.
 """
@@ -18,6 +18,7 @@ from typing import Any
 
 import pandas as pd
 
+from cxr.candidates import evaluate_stage, tuned_name
 from cxr.evaluation.operating import operating_points_markdown
 from cxr.evaluation.paired import paired_markdown
 from cxr.evaluation.selective import calibration_markdown, refer_markdown
@@ -221,16 +222,23 @@ def markdown_table(df: pd.DataFrame) -> str:
     return str(df.to_markdown(index=False, disable_numparse=True))
 
 
+# The sweep's table in the report: validation numbers only (the sweep has no others). Each configuration's
+# balanced accuracy, sensitivity and specificity are at the threshold it chose on the same validation split.
+SWEEP_COLUMNS = {
+    "val_auc": "val_auc",
+    "val_loss": "val_loss",
+    "val_balanced_accuracy": "val_bacc",
+    "val_sensitivity": "val_sens",
+    "val_specificity": "val_spec",
+}
+
+
 def sweep_markdown(sweep_table: pd.DataFrame, select_metric: str) -> str:
     df = sweep_table.copy()
-    show = [
-        c
-        for c in ("batch_size", "lr", "val_auc", "val_loss", "best_epoch", "test_roc_auc", "test_accuracy", "selected")
-        if c in df.columns
-    ]
+    show = [c for c in ("batch_size", "lr", *SWEEP_COLUMNS, "best_epoch", "selected") if c in df.columns]
     gone = df["diverged"].astype(str).str.lower().eq("true") if "diverged" in df.columns else pd.Series(False, df.index)
     df = df[show]
-    for c in ("val_auc", "val_loss", "test_roc_auc", "test_accuracy"):
+    for c in SWEEP_COLUMNS:
         if c in df.columns:
             df[c] = df[c].map(lambda v: "n/a" if pd.isna(v) else f"{v:.3f}")
     if "val_loss" in df.columns:  # a loss in the millions says less than the word
@@ -239,7 +247,7 @@ def sweep_markdown(sweep_table: pd.DataFrame, select_metric: str) -> str:
         df["lr"] = df["lr"].map(lambda v: f"{float(v):g}")
     if "selected" in df.columns:
         df["selected"] = df["selected"].map(lambda v: "**yes**" if str(v).lower() == "true" else "")
-    return markdown_table(df)
+    return markdown_table(df.rename(columns=SWEEP_COLUMNS))
 
 
 def results_markdown(
@@ -338,12 +346,16 @@ def _internal_markdown(table: pd.DataFrame, select_metric: str, conf: float, n_r
 
 def _sweep_markdown_section(sweep_table: pd.DataFrame, s: dict[str, Any], table_number: int) -> list[str]:
     b = s.get("best", {})
+    model = s.get("model", "model")
+    tuned = tuned_name(model)
     lines = [
         "## Batch size x learning rate sweep",
         "",
-        f"**Table {table_number}.** {s.get('model', 'model')}: every configuration trained from a fresh "
-        f"initialisation; selection on {s.get('select_metric', 'val_auc')}. Test columns are reported for the "
-        "record and were **not used for selection**.",
+        f"**Table {table_number}.** {model}: every configuration trained from a fresh initialisation; "
+        f"selection on {s.get('select_metric', 'val_auc')}. Every column is a validation number (val_bacc, "
+        "val_sens, val_spec: at the threshold each configuration chose on the same validation split, so "
+        "optimistic); the sweep never sees the test split. The selected configuration, kept as "
+        f"{tuned}, is scored on it once, by `{evaluate_stage(tuned)}`, as a candidate beside the other models.",
         "",
         sweep_markdown(sweep_table, s.get("select_metric", "val_auc")),
         "",

@@ -1,14 +1,16 @@
 """The sweep core: a batch_size x lr grid for one model, each configuration trained from scratch by ``training.fit``.
 
     base = resolve_run_config(params, "resnet50").replace(epochs=3)
-    result = run_sweep(base, [16, 32, 64], [1e-3, 1e-4, 1e-2], train, val, test, tracker=tracker)
-    result.table()        # one row per configuration (plots/sweep.csv)
-    result.best           # chosen on the validation metric only
+    result = run_sweep(base, [16, 32, 64], [1e-3, 1e-4, 1e-2], train, val, tracker=tracker)
+    result.table()        # one row per configuration (plots/sweep.csv), validation numbers only
+    result.best           # chosen on the validation metric
 
 Run by ``src/sweep.py`` (stage ``sweep``). ``fit`` seeds and builds a new model and optimizer on
 every call, so no configuration inherits weights from the previous one (the reference notebook's
-sweep did). Test metrics are computed for every configuration for the record and are marked
-``used_for_selection = False``: selection sees validation numbers only.
+sweep did). The sweep sees the train and validation splits only: it reports validation numbers
+(ROC-AUC, loss, and accuracy, balanced accuracy, sensitivity and specificity at the threshold chosen
+on validation) and never receives the test split. The selected configuration, kept as
+``<model>-tuned``, is the one that reaches the test split, once, through the ``evaluate_tuned`` stage.
 
 With several ``devices`` (``["cuda:0", "cuda:1", ...]``, or ``["cpu", "cpu"]`` to simulate two),
 the configurations are spread over one process per device (a spawn-context process pool, each
@@ -33,9 +35,9 @@ import numpy as np
 import pandas as pd
 
 from cxr import checkpoint
-from cxr.metrics import binary_metrics, row_is_better
+from cxr.metrics import row_is_better
 from cxr.tracking import NullTracker, Tracker
-from cxr.training.engine import TrainingDivergedError, predict_probabilities
+from cxr.training.engine import TrainingDivergedError
 from cxr.training.fit import fit
 from cxr.training.run_config import RunConfig
 
@@ -46,6 +48,9 @@ DIVERGED_VAL_LOSS = 10 * math.log(2)
 
 # plots/sweep.csv (DVC-tracked): deterministic columns only. Each row's wall time ("seconds") is
 # an MLflow metric of its nested run and is printed, but never written here.
+# The validation numbers at the threshold chosen on validation (``FitResult.metrics``): optimistic by
+# construction, since the threshold was fitted on the same images, but free (no extra prediction).
+THRESHOLD_COLUMNS = ["val_acc_at_threshold", "val_balanced_accuracy", "val_sensitivity", "val_specificity"]
 TABLE_COLUMNS = [
     "batch_size",
     "lr",
@@ -54,15 +59,10 @@ TABLE_COLUMNS = [
     "val_acc",
     "best_epoch",
     "threshold",
-    "test_roc_auc",
-    "test_accuracy",
-    "test_balanced_accuracy",
-    "test_sensitivity",
-    "test_specificity",
+    *THRESHOLD_COLUMNS,
     "first_epoch_train_loss",
     "diverged",
     "selected",
-    "test_used_for_selection",
 ]
 
 
@@ -88,27 +88,15 @@ class SweepResult:
         return np.array([[lookup.get((b, float(lr)), False) for lr in lrs] for b in batch_sizes], dtype=bool)
 
     def summary(self) -> dict:
-        """metrics/sweep.json: the selected configuration, its validation metric, and its (unused) test numbers."""
+        """metrics/sweep.json: the selected configuration and its validation numbers. Its test numbers are
+        evaluate_tuned's (metrics/eval/<model>-tuned.json), not the sweep's."""
         b = self.best
+        keys = ("batch_size", "lr", "val_auc", "val_loss", "best_epoch", "threshold", *THRESHOLD_COLUMNS)
         return {
             "model": self.model,
             "select_metric": self.select_metric,
             "n_configs": len(self.rows),
-            "best": {
-                "batch_size": b["batch_size"],
-                "lr": b["lr"],
-                "val_auc": b["val_auc"],
-                "val_loss": b["val_loss"],
-                "best_epoch": b["best_epoch"],
-                "threshold": b["threshold"],
-            },
-            # No test split (split.test_fraction: 0 and none shipped): null test numbers, not a crash.
-            "best_test": {
-                "test_roc_auc": b.get("test_roc_auc"),
-                "test_accuracy": b.get("test_accuracy"),
-                "test_balanced_accuracy": b.get("test_balanced_accuracy"),
-                "used_for_selection": False,
-            },
+            "best": {k: b.get(k) for k in keys},
         }
 
 
@@ -122,7 +110,6 @@ def run_sweep(
     lrs,
     train: tuple,
     val: tuple,
-    test: tuple | None = None,
     *,
     select_metric: str = "val_auc",
     device=None,
@@ -131,7 +118,6 @@ def run_sweep(
     data_version: str = "",
     threshold_method: str = "youden",
     fixed_threshold: float = 0.5,
-    eval_batch_size: int = 64,
     devices=None,
     keep_dir: str | None = None,
     data_source=None,
@@ -140,11 +126,12 @@ def run_sweep(
 ) -> SweepResult:
     """Train every (batch_size, lr) of the grid from a fresh initialisation; select on ``select_metric``.
 
-    ``train``/``val``/``test`` are (uint8 images (N, S, S), labels). Each configuration gets its own
-    nested MLflow run (when ``tracker`` has an active parent run) with its params, curves and test
-    numbers; ``base`` supplies every other hyperparameter (epochs, image_size, seed, ...). The test
-    numbers are at each run's threshold, chosen on validation as ``threshold_method`` says (the
-    evaluate stage's ``evaluate.threshold``/``fixed_threshold``). ``devices``: two or more spread
+    ``train``/``val`` are (uint8 images (N, S, S), labels); there is no test argument: the sweep never
+    sees the test split. Each configuration gets its own nested MLflow run (when ``tracker`` has an
+    active parent run) with its params, curves and validation numbers; ``base`` supplies every other
+    hyperparameter (epochs, image_size, seed, ...). Each configuration's threshold is chosen on
+    validation as ``threshold_method`` says (the evaluate stage's ``evaluate.threshold``/
+    ``fixed_threshold``, as train chooses a model's). ``devices``: two or more spread
     the grid over one worker process per device (``device`` is then unused). ``keep_dir``: each
     configuration's model is saved there (``checkpoint.save``, in ``row["checkpoint"]``), so the
     selected one can be kept. ``calibrate``/``refer_target``: the temperature and refer band of each
@@ -157,7 +144,6 @@ def run_sweep(
         data_version=data_version,
         threshold_method=threshold_method,
         fixed_threshold=fixed_threshold,
-        eval_batch_size=eval_batch_size,
         keep_dir=keep_dir,
         data_source=data_source,
         calibrate=calibrate,
@@ -166,10 +152,10 @@ def run_sweep(
     configs = [base.replace(batch_size=bs, lr=lr) for bs, lr in grid(batch_sizes, lrs)]
     devices = list(devices or [])
     if len(devices) > 1:
-        results = _run_parallel(configs, devices, train, val, test, opts, progress)
+        results = _run_parallel(configs, devices, train, val, opts, progress)
     else:
         dev = devices[0] if devices else device
-        results = [_report(train_config(cfg, train, val, test, dev, **opts), progress) for cfg in configs]
+        results = [_report(train_config(cfg, train, val, dev, **opts), progress) for cfg in configs]
     rows: list[dict] = []
     best: dict | None = None
     best_history: list[dict] = []
@@ -191,7 +177,7 @@ def run_sweep(
 
 
 def _log_configuration(tracker: Tracker, cfg: RunConfig, row: dict, history: list[dict]) -> None:
-    """One configuration's nested MLflow run: params, curves, test numbers (never used for selection)."""
+    """One configuration's nested MLflow run: params, per-epoch curves, its validation numbers at its threshold."""
     # Logged once the configuration is done, from this process, whichever process trained it.
     tags = {
         "model": cfg.model,
@@ -204,34 +190,25 @@ def _log_configuration(tracker: Tracker, cfg: RunConfig, row: dict, history: lis
         tracker.log_params(cfg.as_params())
         for i, h in enumerate(history, start=1):
             tracker.log_metrics({k: v for k, v in h.items() if k != "epoch"}, step=h.get("epoch", i))
-        tracker.log_metrics(
-            {
-                k: v
-                for k, v in row.items()
-                if (k.startswith("test_") and k != "test_used_for_selection") or k == "seconds"
-            }
-        )
-        tracker.set_tags({"test_used_for_selection": "false"})
+        tracker.log_metrics({k: row[k] for k in ("threshold", *THRESHOLD_COLUMNS, "seconds")})
 
 
 def train_config(
     cfg: RunConfig,
     train: tuple,
     val: tuple,
-    test: tuple | None,
     device,
     *,
     data_version: str,
     threshold_method: str,
     fixed_threshold: float,
-    eval_batch_size: int,
     keep_dir: str | None = None,
     data_source=None,
     calibrate: str | bool = "false",
     refer_target: float | None = None,
 ) -> tuple[dict, list[dict]]:
-    """One configuration from a fresh initialisation: its table row (test numbers at the validation-chosen
-    threshold, on the card's probabilities) and history. With ``keep_dir`` its model is saved in
+    """One configuration from a fresh initialisation: its table row (validation numbers, at the threshold
+    chosen on validation for the threshold columns) and history. With ``keep_dir`` its model is saved in
     ``keep_dir/bs<batch_size>_lr<lr>`` (``row["checkpoint"]``), its validation metrics in ``row["metrics"]``."""
     start = time.perf_counter()
     try:
@@ -251,9 +228,10 @@ def train_config(
     except TrainingDivergedError:  # the loss became NaN/inf: a row that says so, not a failed sweep
         nan = float("nan")
         row: dict[str, Any] = {"batch_size": cfg.batch_size, "lr": cfg.lr, "best_epoch": 0, "diverged": True}
-        row.update({k: nan for k in TABLE_COLUMNS if k not in row and k not in ("selected", "test_used_for_selection")})
-        row.update(seconds=time.perf_counter() - start, test_used_for_selection=False, worker=_worker_name(device))
+        row.update({k: nan for k in TABLE_COLUMNS if k not in row and k != "selected"})
+        row.update(seconds=time.perf_counter() - start, worker=_worker_name(device))
         return row, []
+    metrics = result.metrics()  # the best epoch's, and the threshold's on the same validation split
     row = {
         "batch_size": cfg.batch_size,
         "lr": cfg.lr,
@@ -262,36 +240,16 @@ def train_config(
         "val_acc": result.best["val_acc"],
         "best_epoch": result.best["best_epoch"],
         "threshold": result.threshold,
+        **{k: metrics[k] for k in THRESHOLD_COLUMNS},
         "first_epoch_train_loss": result.history[0]["train_loss"],
         "diverged": diverged(result.best["val_loss"]),
     }
     if keep_dir is not None:  # not table columns: what keeping the selected model needs
-        row["metrics"] = result.metrics()
+        row["metrics"] = metrics
         row["checkpoint"] = str(
             checkpoint.save(Path(keep_dir) / f"bs{cfg.batch_size}_lr{cfg.lr:g}", result.model, result.card)
         )
-    if test is not None and len(test[1]):
-        probs = result.card.calibrate(  # the card's probabilities: the threshold was chosen on them
-            predict_probabilities(
-                result.model,
-                test[0],
-                mean=result.card.mean,
-                std=result.card.std,
-                image_size=cfg.image_size,
-                device=device,
-                batch_size=eval_batch_size,
-            )
-        )
-        m = binary_metrics(test[1], probs, result.threshold)  # the val-chosen threshold
-        row.update(
-            test_roc_auc=m["roc_auc"],
-            test_accuracy=m["accuracy"],
-            test_balanced_accuracy=m["balanced_accuracy"],
-            test_sensitivity=m["sensitivity"],
-            test_specificity=m["specificity"],
-        )
     row["seconds"] = time.perf_counter() - start
-    row["test_used_for_selection"] = False
     row["worker"] = _worker_name(device)  # not a table column: the MLflow tag "device"
     return row, result.history
 
@@ -328,8 +286,6 @@ _WORKER: dict = {}
 
 def _portable(split):
     """A split for a spawned worker: a memory-mapped array travels as its file, not its bytes."""
-    if split is None:
-        return None
     images, labels = split
     # Only a whole mapped file (np.load(mmap_mode="r")): a view's offset attribute is its file's, not its own.
     if isinstance(images, np.memmap) and images.filename and isinstance(images.base, mmap.mmap):
@@ -338,8 +294,6 @@ def _portable(split):
 
 
 def _restore(split):
-    if split is None:
-        return None
     images, labels = split
     if isinstance(images, tuple) and images and images[0] == "memmap":
         _, filename, dtype, shape, offset = images
@@ -358,18 +312,18 @@ def _init_worker(device_queue, splits, threads: int) -> None:
 
 
 def _worker_task(cfg: RunConfig, opts: dict):
-    train, val, test = _WORKER["splits"]
-    return train_config(cfg, train, val, test, _WORKER["device"], **opts)
+    train, val = _WORKER["splits"]
+    return train_config(cfg, train, val, _WORKER["device"], **opts)
 
 
-def _run_parallel(configs, devices, train, val, test, opts, progress) -> list:
+def _run_parallel(configs, devices, train, val, opts, progress) -> list:
     ctx = multiprocessing.get_context("spawn")  # CUDA cannot be used in a forked child
     queue = ctx.Queue()
     for d in devices:
         queue.put(str(d))
     cpu_workers = sum(1 for d in devices if str(d).startswith("cpu"))
     threads = max(1, (os.cpu_count() or 1) // max(1, cpu_workers)) if cpu_workers else 1
-    splits = [_portable(train), _portable(val), _portable(test)]
+    splits = [_portable(train), _portable(val)]
     if progress:
         print(
             f"[sweep] {len(configs)} configurations over {len(devices)} processes: {', '.join(map(str, devices))}",
