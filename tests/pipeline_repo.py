@@ -1,7 +1,11 @@
-"""Helpers for end-to-end tests: a throwaway git + DVC copy of this project with tiny params.
+"""Helpers for end-to-end tests: a throwaway git + DVC copy of this project, run at tiny sizes.
 
-The copy holds exactly the files git would ship (tracked plus untracked-but-not-ignored), so it
-behaves like a fresh clone of the working tree, committed or not.
+The copy holds exactly the files git would ship (tracked plus untracked-but-not-ignored), byte for byte,
+so it behaves like a fresh clone of the working tree, committed or not. Tests change it only the way a
+user does: ``dvc exp run -S`` (TINY, below), ``make real REAL_ARGS=...``. :func:`make_repo` refuses a copy
+that differs from what ships, and :func:`assert_changed_only_by` checks afterwards that params.yaml is
+what DVC's own writer makes of the shipped file with those overrides, and every other shipped
+configuration file is untouched.
 """
 
 from __future__ import annotations
@@ -13,25 +17,47 @@ import subprocess
 import sys
 from pathlib import Path
 
-import yaml
-
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the venv running the tests also runs the stages
 
-# Small enough that every stage of the whole pipeline runs in seconds on a 2-core CPU,
-# large enough that every split holds both classes.
-TINY_PARAMS = {
+# Small enough that every stage of the whole pipeline runs in seconds on a 2-core CPU, large enough that
+# every split holds both classes: passed as a user passes sizes, `dvc exp run -S key=value` (see tiny()).
+TINY = {
     "epochs": 1,
     "image_size": 32,
     "batch_size": 8,
-    "data": {"synthetic": {"patients": 36, "max_images_per_patient": 2, "min_size": 64, "max_size": 96}},
-    "preprocess": {"cache_size": 40, "workers": 1},
-    "evaluate": {"n_resamples": 200},
-    "sweep": {"model": "cnn", "batch_sizes": [8, 16], "lrs": [0.001], "image_size": 32},
+    "data.synthetic.patients": 36,
+    "data.synthetic.max_images_per_patient": 2,
+    "data.synthetic.min_size": 64,
+    "data.synthetic.max_size": 96,
+    "preprocess.cache_size": 40,
+    "preprocess.workers": 1,
+    "evaluate.n_resamples": 200,
+    # the shipped demo sizes of each model (params.yaml's models.*) give way to one epoch
+    "models.cnn.epochs": 1,
+    "models.resnet_small.epochs": 1,
+    "models.resnet50.epochs": 1,
+    "models.vgg16.epochs": 1,
+    "sweep.batch_sizes": "[8,16]",
+    "sweep.lrs": "[0.001]",
+    "sweep.epochs": 1,
+    "sweep.image_size": 32,
     # Exporting VGG16 and ViT-base to MLflow costs seconds and hundreds of MB a run; the logged
     # model itself is covered by the unit tests, and compare still registers the best one.
-    "mlflow": {"log_model": False},
+    "mlflow.log_model": "false",
 }
+
+
+def tiny(**more: object) -> list[str]:
+    """``-S key=value`` arguments for ``dvc exp run``: TINY, then ``more`` (``models__vit__pretrained="true"``
+    for ``models.vit.pretrained``: dots are double underscores here)."""
+    pairs = {**TINY, **{k.replace("__", "."): v for k, v in more.items()}}
+    return [a for k, v in pairs.items() for a in ("-S", f"{k}={v}")]
+
+
+def set_params(args: list[str]) -> list[str]:
+    """The ``key=value`` overrides among ``dvc exp run`` arguments (what follows each ``-S``)."""
+    return [args[i + 1] for i, a in enumerate(args[:-1]) if a in ("-S", "--set-param")]
 
 
 def env() -> dict:
@@ -65,15 +91,6 @@ def run(cmd: list[str], cwd: Path, timeout: int = 900, check: bool = True) -> su
     return p
 
 
-def deep_update(base: dict, extra: dict) -> dict:
-    for k, v in extra.items():
-        if isinstance(v, dict) and isinstance(base.get(k), dict):
-            deep_update(base[k], v)
-        else:
-            base[k] = v
-    return base
-
-
 def shipped_files() -> list[str]:
     out = subprocess.run(
         ["git", "ls-files", "-co", "--exclude-standard", "-z"],
@@ -93,24 +110,46 @@ def install_plots_template(dest: Path) -> None:
     shutil.copy2(page, dest / ".dvc" / page.name)
 
 
-def make_repo(dest: Path, params: dict | None = None) -> Path:
-    """Copy the project into ``dest`` as a fresh git repo whose params.yaml has ``params`` merged in."""
+def make_repo(dest: Path) -> Path:
+    """Copy the project into ``dest`` as a fresh git repo (one commit, "shipped"): the shipped files byte for
+    byte, dvc.lock and the committed results included, as a clone has them; only the offline plots page that
+    `make install` builds is added."""
     dest.mkdir(parents=True, exist_ok=True)
-    for rel in shipped_files():
+    files = shipped_files()
+    for rel in files:
         target = dest / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO_ROOT / rel, target)
-    # Outputs produced in the working tree must not leak into the copy as stale results.
-    for rel in ("dvc.lock",):
-        (dest / rel).unlink(missing_ok=True)
+    differ = [rel for rel in files if (dest / rel).read_bytes() != (REPO_ROOT / rel).read_bytes()]
+    assert not differ, f"the test copy differs from the shipped files: {differ}"
     install_plots_template(dest)
-    p = yaml.safe_load((dest / "params.yaml").read_text())
-    deep_update(p, TINY_PARAMS if params is None else params)
-    (dest / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
     run(["git", "init", "-q", "-b", "main"], dest)
     run(["git", "add", "-A"], dest)
-    run(["git", "commit", "-q", "-m", "baseline"], dest)
+    run(["git", "commit", "-q", "-m", "shipped"], dest)
     return dest
+
+
+# The shipped files a run may rewrite, each the way DVC does: params.yaml by `-S`, the rest as outputs.
+CONFIG_FILES = ("dvc.yaml", "configs/real.yaml", ".dvc/config", "Makefile", "pyproject.toml")
+
+
+def assert_changed_only_by(repo: Path, args: list[str]) -> None:
+    """params.yaml in ``repo`` is what DVC's own writer makes of the shipped file with the ``-S`` overrides
+    in ``args`` (in order), and dvc.yaml, configs/ and the other configuration files are the shipped bytes:
+    no fixture rewrote what ships."""
+    import tempfile
+
+    from dvc.utils.hydra import apply_overrides
+
+    with tempfile.TemporaryDirectory() as tmp:
+        expected = Path(tmp) / "params.yaml"
+        shutil.copyfile(REPO_ROOT / "params.yaml", expected)
+        apply_overrides(expected, set_params(args))
+        assert (repo / "params.yaml").read_text() == expected.read_text(), (
+            f"{repo / 'params.yaml'} is not the shipped file with {set_params(args)} applied by DVC"
+        )
+    changed = [rel for rel in CONFIG_FILES if (repo / rel).read_bytes() != (REPO_ROOT / rel).read_bytes()]
+    assert not changed, f"shipped configuration rewritten in {repo}: {changed}"
 
 
 def mlflow_client(repo: Path):
@@ -128,13 +167,16 @@ def experiment_runs(repo: Path) -> list:
 
 
 def build_baseline(dest: Path) -> dict:
-    """``make_repo`` with TINY_PARAMS, one whole ``dvc repro``, its results committed as "baseline results":
-    {"repo": the repo, "first": that repro's stdout}."""
+    """``make_repo``, then the whole pipeline at tiny sizes as a user runs it, ``dvc exp run -n baseline
+    -S ...`` (TINY), and its workspace (params and results) committed as "baseline results":
+    {"repo": the repo, "first": that run's stdout, "args": its dvc exp run arguments}."""
     repo = make_repo(dest)
-    first = run(["dvc", "repro"], repo, timeout=1800)
+    args = ["-n", "baseline", *tiny()]
+    first = run(["dvc", "exp", "run", *args], repo, timeout=1800)
+    assert_changed_only_by(repo, args)
     run(["git", "add", "-A"], repo)
     run(["git", "commit", "-q", "-m", "baseline results"], repo)
-    return {"repo": repo, "first": first.stdout}
+    return {"repo": repo, "first": first.stdout, "args": args}
 
 
 # Written once and never rewritten in place: a copy may share their inodes (hard links) with the original.

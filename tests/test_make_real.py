@@ -11,6 +11,7 @@ import importlib.util
 import json
 import os
 import random
+import re
 import shutil
 import subprocess
 from collections import Counter
@@ -18,7 +19,7 @@ from collections import Counter
 import pytest
 import yaml
 
-from pipeline_repo import BIN, env, make_repo, shipped_files
+from pipeline_repo import BIN, assert_changed_only_by, env, make_repo, shipped_files
 from toydata import cells
 
 
@@ -191,7 +192,7 @@ TINY = (
 def test_make_real_runs_end_to_end_on_real_images(tmp_path, shared_data):
     data = tmp_path / "chest_xray"
     _copy_sample(shared_data, data)
-    repo = make_repo(tmp_path / "repo", params={})
+    repo = make_repo(tmp_path / "repo")  # the shipped params.yaml and configs/real.yaml, byte for byte
     assert "configs/real.yaml" in shipped_files()
     (repo / ".venv").symlink_to(BIN.parent)  # the venv running the tests; -o: never reinstall it
     e = env()
@@ -203,7 +204,11 @@ def test_make_real_runs_end_to_end_on_real_images(tmp_path, shared_data):
         p = subprocess.run(cmd, cwd=repo, env=e, capture_output=True, text=True, check=False, timeout=1800)
         out = p.stdout + p.stderr
         assert p.returncode == 0, out[-6000:]
+        applied.extend(re.search(r"running:\n  dvc exp run (.*)\n", out).group(1).split())
+        assert_changed_only_by(repo, applied)  # params.yaml: the shipped file with every -S so far, as DVC writes
         return out
+
+    applied: list[str] = []
 
     # Without EXTERNAL: params.yaml's synthetic set is dropped, so no real-data model is scored on drawings.
     out = make_real()

@@ -1,12 +1,11 @@
 """The `weights` DVC stage end to end, in a throwaway copy of the project, against a fake Hub on 127.0.0.1:
-`dvc repro train@vit` downloads the (tiny, fake) ViT once, records its hashes in dvc.lock and trains
-from it; a rerun touches no network; a DVC remote carries the weights to a machine without a cache;
-offline it fails fast with the commands.
+`dvc exp run -S models.vit.pretrained=true train@vit` downloads the (tiny, fake) ViT once, records its hashes
+in dvc.lock and trains from it; a rerun touches no network; a DVC remote carries the weights to a machine
+without a cache; offline it fails fast with the commands.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import subprocess
 import time
@@ -17,7 +16,7 @@ import yaml
 from cxr.models.vit import VIT_HUB_ID, VIT_REVISION
 from fake_hub import FakeHub, closed_port_url
 from models.test_weights import tiny_vit_files
-from pipeline_repo import BIN, TINY_PARAMS, deep_update, env, make_repo
+from pipeline_repo import BIN, env, make_repo, tiny
 
 pytestmark = pytest.mark.slow
 
@@ -34,13 +33,13 @@ def dvc(repo, *args, extra_env=None, check=True):
 
 
 def test_weights_stage_downloads_once_tracks_and_trains(tmp_path):
-    params = deep_update(copy.deepcopy(TINY_PARAMS), {"models": {"vit": {"pretrained": True}}})
-    repo = make_repo(tmp_path / "repo", params)
+    repo = make_repo(tmp_path / "repo")
     files = tiny_vit_files(tmp_path)
     base_env = {"HF_HUB_OFFLINE": "0", "HF_HUB_CACHE": str(tmp_path / "hf"), "TORCH_HOME": str(tmp_path / "torch")}
     with FakeHub() as hub:
         hub.add_hf_repo(VIT_HUB_ID, VIT_REVISION, files)
-        out = dvc(repo, "repro", "train@vit", extra_env={**base_env, "HF_ENDPOINT": hub.url})
+        args = ["-n", "vit-pretrained", *tiny(models__vit__pretrained="true"), "train@vit"]
+        out = dvc(repo, "exp", "run", *args, extra_env={**base_env, "HF_ENDPOINT": hub.url})
         assert hub.count("GET", under="/resolve/") == 3, hub.requests
     assert f"vit: Hugging Face {VIT_HUB_ID}@{VIT_REVISION[:12]} downloaded from" in out.stdout
     assert "pretrained=True" in out.stdout

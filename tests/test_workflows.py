@@ -1,6 +1,7 @@
-"""The four ways users drive the pipeline, end to end, in a temporary git + DVC copy with tiny params.
+"""The ways users drive the pipeline, end to end, in a temporary git + DVC copy of the shipped files, run at
+tiny sizes through ``dvc exp run -S`` (pipeline_repo.TINY).
 
-1. ``dvc repro`` runs fetch through compare; a second ``dvc repro`` runs nothing.
+1. ``dvc exp run -S ...`` runs fetch through compare; ``dvc repro`` afterwards runs nothing.
 2. ``dvc exp run -S lr=1e-4 -S batch_size=16`` reruns only what depends on them; ``dvc exp show`` lists it.
 3. ``dvc plots diff`` between the baseline and that experiment holds both revisions' plots.
 4. Two queued experiments run with ``dvc queue start -j 2``; both MLflow runs land in the workspace store.
@@ -22,9 +23,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import yaml
 
 from pipeline_repo import (
-    TINY_PARAMS,
+    REPO_ROOT,
     copy_repo,
     env,
     experiment_runs,
@@ -32,13 +34,15 @@ from pipeline_repo import (
     make_repo,
     mlflow_client,
     run,
+    tiny,
 )
 from servers import mlflow_process
 
 pytestmark = pytest.mark.slow
 
 MODELS = ["cnn", "resnet_small", "resnet50", "vgg16", "vit"]
-TUNED = f"{TINY_PARAMS['sweep']['model']}-tuned"  # the sweep's selected configuration, kept as a model
+# the sweep's selected configuration, kept as a model (the shipped sweep.model: TINY leaves it)
+TUNED = f"{yaml.safe_load((REPO_ROOT / 'params.yaml').read_text())['sweep']['model']}-tuned"
 STAGES = [
     "params",
     "fetch",
@@ -65,7 +69,7 @@ def pipeline(pipeline_baseline):
     return pipeline_baseline
 
 
-def test_repro_runs_every_stage_then_nothing(pipeline):
+def test_exp_run_runs_every_stage_then_repro_nothing(pipeline):
     repo = pipeline["repo"]
     assert ran_stages(pipeline["first"]) == set(STAGES)
     for rel in [
@@ -87,8 +91,7 @@ def test_repro_runs_every_stage_then_nothing(pipeline):
         r for r in experiment_runs(repo) if r.data.tags.get("model") in MODELS and r.data.tags.get("stage") == "train"
     ]
     assert sorted(r.data.tags["model"] for r in train_runs) == sorted(MODELS)
-    commit = run(["git", "rev-parse", "--short=7", "HEAD~1"], repo).stdout.strip()  # trained before "baseline results"
-    assert sorted(r.info.run_name for r in train_runs) == sorted(f"{m} [{commit}]" for m in MODELS)
+    assert sorted(r.info.run_name for r in train_runs) == sorted(f"{m} [baseline]" for m in MODELS)
     keys = {frozenset(r.data.params) for r in train_runs}
     assert len(keys) == 1 and {"lr", "batch_size", "epochs", "image_size", "model"} <= set(next(iter(keys)))
 
@@ -231,6 +234,12 @@ def test_fresh_clone_repro_gives_the_committed_bytes(pipeline, tmp_path):
     assert (clone / "dvc.lock").read_text() == run(["git", "show", "HEAD:dvc.lock"], clone).stdout
     assert ran_stages(run(["dvc", "repro"], clone).stdout) == set()
     assert run(["git", "status", "--porcelain"], clone).stdout == ""
+    # Outside an experiment, a training run is named after the commit it trained.
+    commit = run(["git", "rev-parse", "--short=7", "HEAD"], clone).stdout.strip()
+    trained = [r for r in experiment_runs(clone) if r.data.tags.get("stage") == "train"]
+    assert sorted(r.info.run_name for r in trained if r.data.tags["model"] in MODELS) == sorted(
+        f"{m} [{commit}]" for m in MODELS
+    )
 
 
 @pytest.fixture(scope="module")
@@ -358,7 +367,7 @@ def test_exp_run_with_two_devices_on_cpu(tmp_path):
     """``dvc exp run -S train.devices=2 train@cnn``: the stage runs as 2 gloo processes under torchrun
     and the experiment holds its metrics, like a one-device one."""
     repo = make_repo(tmp_path / "repo")
-    out = run(["dvc", "exp", "run", "-n", "ddp2", "-S", "train.devices=2", "train@cnn"], repo, timeout=900)
+    out = run(["dvc", "exp", "run", "-n", "ddp2", *tiny(train__devices=2), "train@cnn"], repo, timeout=900)
     assert "--nproc-per-node=2" in out.stdout and "x 2 processes (DDP)" in out.stdout, out.stdout[-3000:]
     shown = json.loads(run(["dvc", "exp", "show", "--json"], repo).stdout)
     text = json.dumps(shown)
