@@ -366,7 +366,6 @@ class SweepConfig(Section):
     epochs: int = Field(3, ge=1)
     image_size: int | None = Field(None, ge=16)  # None = the model's training image_size
     select_metric: SelectMetric = "val_auc"  # on validation, never test
-    eval_batch_size: int = Field(64, ge=1)  # batch size of the (unused-for-selection) test predictions
     devices: Union[int, str] = "auto"  # processes, one device each: auto = every visible GPU (1 on CPU) | N
 
     _devices = field_validator("devices", mode="before")(_devices)
