@@ -44,6 +44,8 @@ real: $(if $(DATA),$(STAMP))
 	$(BIN)/python src/real.py --data "$(DATA)" --recipe $(or $(RECIPE),auto) \
 	  $(foreach e,$(EXTERNAL),--external "$(e)") -- $(REAL_ARGS)
 
+# The speed and memory benchmarks (BENCHMARKS in benchmarks/run_all.py, minutes on a CPU); the research
+# scripts there train models for accuracy and are run by name (benchmarks/README.md).
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
 
