@@ -54,23 +54,36 @@ def fit_worker(
     resume: str | None = None,
     stop_after: int | None = None,
     device: str = "cpu",
+    every_epoch: bool = False,
 ) -> None:
     """``fit`` on every rank; rank 0 saves what it returned to ``out`` (or ``out``.interrupted).
-    ``device``: cpu (gloo) or cuda (this rank's GPU, NCCL)."""
+    ``device``: cpu (gloo) or cuda (this rank's GPU, NCCL). ``every_epoch``: each rank also keeps the
+    model's weights after every epoch (``epochs`` in each entry of ``ranks``)."""
     from cxr.training import distributed
-    from cxr.training.fit import fit
+    from cxr.training import fit as F
 
     _env(rank, world, port)
     device = distributed.local_device(device)
+    built, epochs = [], []
+    if every_epoch:  # fit builds its model once in this process: keep a handle on it
+        build = F.build_model
+
+        def keep(*args, **kwargs):
+            built.append(build(*args, **kwargs))
+            return built[-1]
+
+        F.build_model = keep
 
     def on_epoch_end(row):
+        if built:
+            epochs.append({k: v.detach().cpu().clone() for k, v in built[0].state_dict().items()})
         if stop_after is not None and row["epoch"] == stop_after:
             raise Interrupt
 
     with distributed.process_group(device, timeout_s=120):
         assert distributed.world_size() == world and distributed.rank() == rank
         try:
-            r = fit(
+            r = F.fit(
                 cfg,
                 train,
                 val,
@@ -85,11 +98,9 @@ def fit_worker(
                 Path(out + ".interrupted").touch()
             return
         # Every rank must end with the same weights and metrics; rank 0 checks the others'.
+        mine = (r.history, r.best, r.threshold, {k: v.detach().cpu().clone() for k, v in r.model.state_dict().items()})
         parts = [None] * world
-        torch.distributed.all_gather_object(
-            parts,
-            (r.history, r.best, r.threshold, {k: v.detach().cpu().clone() for k, v in r.model.state_dict().items()}),
-        )
+        torch.distributed.all_gather_object(parts, (*mine, epochs) if every_epoch else mine)
         if rank == 0:
             torch.save(
                 {

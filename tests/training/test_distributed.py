@@ -1,4 +1,4 @@
-"""DDP on CPU: 2 gloo processes train, resume exactly, and agree with one process; the batch sharding.
+"""DDP on CPU: 2 gloo processes train, resume exactly, freeze a backbone and agree with one process; sharding.
 
     PYTHONPATH=src pytest tests/training/test_distributed.py
 
@@ -156,6 +156,44 @@ def test_ddp_resumes_exactly(ddp_run, run_cfg, tmp_path):
     assert resumed["best"] == ddp_run["best"] and resumed["threshold"] == ddp_run["threshold"]
     for k, v in ddp_run["state"].items():
         torch.testing.assert_close(resumed["state"][k], v, atol=0, rtol=0, msg=k)
+
+
+def test_ddp_trains_the_head_alone_then_everything_with_a_frozen_backbone(repo_root, tmp_path):
+    """train.freeze_backbone_epochs on 2 ranks, across the epoch that unfreezes: epoch 1 moves the head
+    only, epoch 2 the backbone too, and the ranks hold the same weights after every epoch. Freezing
+    changes which parameters get a gradient after DDP was built for all of them; DDP must follow
+    (cxr.training.distributed.wrap) rather than wait for the backbone's gradients or skip syncing."""
+    from cxr.models import build_model
+    from cxr.models.weights import split_parameters
+
+    torch.manual_seed(0)
+    model = build_model("cnn", pretrained=False, image_size=16)
+    weights = tmp_path / "cnn-pretrained.pt"  # local weights make the cnn a pretrained model (a backbone to keep)
+    torch.save(model.state_dict(), weights)
+    p = load_params(repo_root / "params.yaml")
+    p.update(epochs=2, image_size=16, batch_size=8, lr=1e-3)
+    p["models"]["cnn"] = {"weights": str(weights)}
+    p["train"]["freeze_backbone_epochs"] = 1
+    cfg = resolve_run_config(p, "cnn")
+    assert cfg.pretrained and cfg.freeze_backbone_epochs == 1
+
+    out = tmp_path / "frozen.pt"
+    spawn(fit_worker, 2, cfg, FAINT_TRAIN, FAINT_VAL, str(out), None, None, "cpu", True)
+    run = torch.load(out, weights_only=False)
+    assert [h["epoch"] for h in run["history"]] == [1, 2]
+    (*_, final0, epochs0), (*_, final1, epochs1) = run["ranks"]
+    for k in final0:
+        torch.testing.assert_close(final0[k], final1[k], atol=0, rtol=0, msg=k)
+    for epoch, (w0, w1) in enumerate(zip(epochs0, epochs1, strict=True), 1):
+        for k in w0:  # the frozen epoch too: its head steps must have been averaged across the ranks
+            torch.testing.assert_close(w0[k], w1[k], atol=0, rtol=0, msg=f"epoch {epoch}: {k}")
+
+    names = {id(q): n for n, q in model.named_parameters()}
+    backbone, head = ([names[id(q)] for q in part] for part in split_parameters(model, "cnn"))
+    initial, (after1, after2) = model.state_dict(), epochs0
+    assert all(torch.equal(after1[k], initial[k]) for k in backbone)  # epoch 1: backbone untouched
+    assert not any(torch.equal(after1[k], initial[k]) for k in head)  # ... the head trained
+    assert not any(torch.equal(after2[k], after1[k]) for k in backbone + head)  # epoch 2: everything trains
 
 
 def test_a_resume_file_is_exact_only_for_the_world_size_that_wrote_it(run_cfg):

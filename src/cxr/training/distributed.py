@@ -31,6 +31,7 @@ import contextlib
 import os
 import subprocess
 import sys
+import weakref
 from collections.abc import Iterator, Sequence
 from datetime import timedelta
 from typing import Any
@@ -177,14 +178,34 @@ def load_from_main(path) -> dict | None:
 # --------------------------------------------------------------------------------------------
 
 
-def wrap(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """``model`` in DistributedDataParallel when there are several ranks, else ``model`` itself."""
+# A wrapper -> the names of the parameters it synchronises (those that required a gradient when built).
+_BUILT_FOR: weakref.WeakKeyDictionary[torch.nn.Module, tuple[str, ...]] = weakref.WeakKeyDictionary()
+
+
+def wrap(model: torch.nn.Module, device: torch.device, current: torch.nn.Module | None = None) -> torch.nn.Module:
+    """``model`` in DistributedDataParallel when there are several ranks, else ``model`` itself.
+
+    ``current``: the wrapper now in use, returned as it is while the parameters of ``model`` that require
+    a gradient are those it was built for, else replaced (``train.freeze_backbone_epochs`` flips them
+    twice a run). DDP registers its gradient hooks and buckets for the parameters that require a
+    gradient when it is built: one frozen later never reports its gradient, so the next step fails
+    ("Expected to have finished reduction in the prior iteration"); one unfrozen later would train
+    unsynchronised on every rank. A new wrapper costs one broadcast of the weights (identical on every
+    rank by then); ``find_unused_parameters=True`` would instead walk the autograd graph at every step
+    of the run, and a zero backbone lr would still compute the backbone's gradients and feed them into
+    AdamW's moments, which a frozen backbone in one process never sees.
+    """
     if not active():
         return model
     from torch.nn.parallel import DistributedDataParallel as DDP
 
+    trainable = tuple(name for name, p in model.named_parameters() if p.requires_grad)
+    if current is not None and _BUILT_FOR.get(current) == trainable:
+        return current
     ids = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else None
-    return DDP(model, device_ids=ids, find_unused_parameters=False)
+    ddp = DDP(model, device_ids=ids, find_unused_parameters=False)
+    _BUILT_FOR[ddp] = trainable
+    return ddp
 
 
 def rank_seed(seed: int) -> int:

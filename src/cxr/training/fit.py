@@ -340,6 +340,8 @@ class _Training:
         )
         lr = self.optimizer.param_groups[0]["lr"]
         set_backbone_trainable(cfg, self.model, epoch)
+        # DDP is built for the parameters that train: a new wrapper when that changed what trains.
+        self.step_model = distributed.wrap(self.eval_model, self.device, self.step_model)
         t0 = time.perf_counter()
         try:
             tr = train_one_epoch(
