@@ -1,6 +1,6 @@
 """Shared pieces of the benchmarks: where the images are, the machine/library header, the cache in a tmp dir.
 
-Not a benchmark itself; ``benchmarks/run_all.py`` skips files starting with ``_``.
+Not a benchmark itself: ``benchmarks/run_all.py`` runs only the scripts its BENCHMARKS list names.
 """
 
 from __future__ import annotations

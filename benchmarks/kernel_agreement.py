@@ -76,7 +76,7 @@ def main() -> int:
     ap.add_argument("--params", default=str(ROOT / "params.yaml"))
     ap.add_argument("--cache", default=str(ROOT / "data" / "cache"))
     ap.add_argument("--models", nargs="+", help="default: every model of params.yaml")
-    ap.add_argument("--data", help="unused (benchmarks/run_all.py passes it to every benchmark)")
+    ap.add_argument("--data", help="unused (accepted like the other scripts' --data)")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--threads", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
