@@ -22,13 +22,14 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
-from hostile_kit import xray_jpeg
+from hostile_kit import put, xray_jpeg
 from PIL import Image
 
 from cxr.config import SplitConfig
 from cxr.data import checks
 from cxr.data.limits import ImageLimits
 from cxr.serving import cli
+from cxr.serving.filenames import escape_name, raw_name
 from cxr.serving.imageio import ImageReadError, default_max_pixels, load_image
 from cxr.serving.predict import Predictor, collect_inputs
 from cxr.serving.pyfunc import CxrImageModel
@@ -251,3 +252,44 @@ def test_an_undecodable_compressed_dicom_is_a_one_line_error_in_the_table(tmp_pa
     out = capsys.readouterr().out.splitlines()
     assert rc == 1 and len(out) == 4  # header, rule, two rows: pydicom's multi-line message used to add lines
     assert "JPEG-LS" in out[3] and "decoder plugin" in out[3]
+
+
+# ---- round three: every computed result reaches its output -----------------------------------------
+
+
+@pytest.mark.parametrize("fmt", list(cli.FORMATS))
+def test_a_file_name_that_is_not_utf8_is_a_row_whose_bytes_can_be_recovered(tmp_path, model_dir, capsys, fmt):
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    (folder / "IM-0001-0001.jpeg").write_bytes(xray_jpeg(1))
+    raw = os.fsencode(folder) + b"/bad\xff\xfe.jpeg"
+    Path(os.fsdecode(raw)).write_bytes(xray_jpeg(2))  # a name intake would rename; predict reads it as it is
+    named = os.fsdecode(raw)  # the same file named on the command line: one row (duplicates are dropped)
+    rc = cli.main(["predict", str(folder), named, "--model", str(model_dir), "--no-progress", "--format", fmt])
+    out = capsys.readouterr().out  # used to be empty: UnicodeEncodeError (surrogates) while building the table
+    if fmt == "jsonl":
+        cells = [json.loads(line)["file"] for line in out.splitlines()]
+    else:
+        cells = pd.read_csv(io.StringIO(out))["file"] if fmt == "csv" else out.split()
+    cell = next(c for c in cells if "bad" in c)
+    assert rc == 0 and cell.endswith("bad\\xff\\xfe.jpeg") and raw_name(cell) == raw
+    assert Path(os.fsdecode(raw_name(escape_name("a\\b\udcff")))).name == "a\\b\udcff"  # a backslash is \\
+
+
+@pytest.mark.parametrize(
+    "option,make,expected",
+    [
+        ("--output", lambda d: d, "is a folder, expected a file name"),
+        ("--output", lambda d: put(d / "taken.txt", b"x") / "out.csv", "cannot create the folder"),
+        ("--cam", lambda d: put(d / "cams.png", b"x"), "is a file, expected a folder"),
+    ],
+)
+def test_an_unusable_output_or_cam_is_refused_before_any_prediction(
+    tmp_path, model_dir, capsys, option, make, expected
+):
+    good = put(tmp_path / "in" / "IM-0001-0001.jpeg", xray_jpeg(1))
+    dest = make(tmp_path)
+    rc = cli.main(["predict", str(good), "--model", str(model_dir), "--no-progress", option, str(dest)])
+    err = capsys.readouterr().err.splitlines()
+    # used to predict every image first, then raise IsADirectoryError / FileExistsError
+    assert rc == cli.EXIT_USAGE and len(err) == 1 and expected in err[0] and option in err[0]

@@ -13,6 +13,9 @@ error (why an input could not be read), warning (why a predicted input may not b
 radiograph: tiny, extreme aspect ratio, blank or constant, noise; the same checks the split stage
 quarantines by), and cam (the Grad-CAM figure, with ``--cam``). stderr names the model and the data
 it was trained on (the card's ``data_source``), and warns once when that was the synthetic demo data.
+A file name is written as it is, except a byte that is not UTF-8 (``\\xNN``) and a backslash (``\\\\``):
+:func:`cxr.serving.filenames.raw_name` gives the name's bytes back. An ``--output`` or ``--cam`` that
+cannot be written is refused before any prediction is made.
 Exit status: 0 all inputs predicted, 1 some input could not be read (the others are still
 predicted), 2 usage or model errors.
 """
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import textwrap
 from pathlib import Path
@@ -55,6 +59,10 @@ def _epilog() -> str:
         f"inputs: {' '.join(RASTER_EXTENSIONS)} images; DICOM as {' '.join(DICOM_EXTENSIONS)} or without an "
         "extension (found by its content)"
     )
+    names = (
+        "file names: as they are, except a byte that is not UTF-8, written \\xNN, and a backslash, "
+        "written \\\\ (cxr.serving.filenames.raw_name gives the bytes back)"
+    )
     status = (
         "exit status: 0 every input predicted, 1 some input could not be read (the others are still "
         "predicted), 2 a usage or model error"
@@ -66,6 +74,8 @@ def _epilog() -> str:
         "",
         "output formats (--format):",
         *(f"  {name:<6} {what}" for name, what in FORMATS.items()),
+        "",
+        *wrap.wrap(names),
         "",
         *wrap.wrap(status),
     ]
@@ -209,8 +219,32 @@ def _calibration_note(card) -> str:
     return note
 
 
+def _unwritable(option: str, path: Path, folder: bool) -> str | None:
+    """Why ``path`` cannot take ``option``'s output (a file, or with ``folder`` a folder), or None; checked
+    before the first prediction, so that no computed result is lost on a bad name."""
+    if folder and path.exists() and not path.is_dir():
+        return f"{option} {path} is a file, expected a folder for the Grad-CAM figures: name a new or existing folder"
+    if not folder and path.is_dir():
+        return f"{option} {path} is a folder, expected a file name: name a file, such as {path / 'predictions.csv'}"
+    parent = path if folder else path.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        why = exc.strerror or type(exc).__name__
+        return f"{option} {path}: cannot create the folder {parent} ({why}): name a path under a writable folder"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"{option} {path}: the folder {parent} is not writable: name a path under a writable folder"
+    return None
+
+
+def _check_destinations(args) -> str | None:
+    checks = [("--output", args.output, False), ("--cam", args.cam, True)]
+    return next((why for opt, p, folder in checks if p and (why := _unwritable(opt, Path(p), folder))), None)
+
+
 def cmd_predict(args) -> int:
     from cxr.checkpoint import synthetic_data_warning
+    from cxr.serving.filenames import printable
     from cxr.serving.predict import (
         REGISTRY_SCHEMES,
         ModelNotFoundError,
@@ -222,6 +256,10 @@ def cmd_predict(args) -> int:
 
     if args.batch_size < 1:
         print(f"cxr predict: --batch-size must be >= 1, found {args.batch_size}", file=sys.stderr)
+        return EXIT_USAGE
+    unwritable = _check_destinations(args)
+    if unwritable:
+        print(f"cxr predict: {printable(unwritable)}", file=sys.stderr)
         return EXIT_USAGE
     try:
         if args.model and args.model.startswith(REGISTRY_SCHEMES):
@@ -255,9 +293,7 @@ def cmd_predict(args) -> int:
     )
     text = render(table, args.format)
     if args.output:
-        out = Path(args.output)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text)
+        Path(args.output).write_text(text, encoding="utf-8")
     else:
         sys.stdout.write(text)
         sys.stdout.flush()

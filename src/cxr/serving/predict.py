@@ -35,6 +35,7 @@ from cxr.data import is_junk
 from cxr.data.limits import ImageLimits
 from cxr.data.safefs import walk_files
 from cxr.device import resolve_device
+from cxr.serving.filenames import escape_name, printable
 from cxr.serving.imageio import (
     DICOM_EXTENSIONS,
     IMAGE_EXTENSIONS,
@@ -318,6 +319,8 @@ class Predictor:
         names = [describe_source(s) for s in sources] if names is None else list(names)
         if len(names) != len(sources):
             raise ValueError(f"{len(sources)} sources but {len(names)} names")
+        # Names as written (escape_name): a file name that is not UTF-8 would fail every writer, pandas' first.
+        names = [escape_name(n) for n in names]
         cam_writer = _CamWriter(self, cam_dir) if cam_dir is not None else None
         rows: list[dict] = []
         bar = progress_bar(total=len(sources), desc="predict", unit="img", enabled=progress)  # a terminal only
@@ -334,7 +337,7 @@ class Predictor:
                         good.append(row)
                         good_sources.append(sources[i])
                     except Exception as exc:  # one bad input never takes down the rest of the batch
-                        reason = (
+                        reason = printable(
                             exc.reason
                             if isinstance(exc, ImageReadError)
                             else f"cannot read this input ({type(exc).__name__}: {exc})"
@@ -351,7 +354,7 @@ class Predictor:
                         row["label"] = self.label(float(p))
                     if cam_writer is not None:
                         for row, path in zip(good, cam_writer.write(arr, good_sources, good)):
-                            row["cam"] = str(path)
+                            row["cam"] = escape_name(str(path))
                 rows += batch_rows
                 bar.update(len(chunk))
         finally:
@@ -374,13 +377,14 @@ class Predictor:
             [str(f) for f in files], batch_size=batch_size, progress=progress, cam_dir=cam_dir, on_error=on_error
         )
         if input_errors:
-            for e in input_errors:
+            errors = [(escape_name(e.source), printable(e.reason)) for e in input_errors]
+            for source, reason in errors:
                 if on_error is not None:
-                    on_error(e.source, e.reason)
+                    on_error(source, reason)
             extra = pd.DataFrame(
                 [
-                    {"file": e.source, "probability": math.nan, "label": None, "error": e.reason, "warning": None}
-                    for e in input_errors
+                    {"file": source, "probability": math.nan, "label": None, "error": reason, "warning": None}
+                    for source, reason in errors
                 ],
                 columns=table.columns,
             )
