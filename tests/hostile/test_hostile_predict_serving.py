@@ -254,6 +254,46 @@ def test_an_undecodable_compressed_dicom_is_a_one_line_error_in_the_table(tmp_pa
     assert "JPEG-LS" in out[3] and "decoder plugin" in out[3]
 
 
+# ---- round three: a file that is not a decodable image is refused in bounded time and memory -------
+
+
+def _bytes_read() -> int:
+    """Bytes this process has read through system calls so far (Linux: /proc/self/io's rchar)."""
+    return int(Path("/proc/self/io").read_text().split("rchar:")[1].split()[0])
+
+
+@pytest.mark.timeout(30)
+def test_a_zero_filled_dicom_beside_a_good_jpeg_is_refused_after_its_first_bytes(tmp_path, model_dir, capsys):
+    good = put(tmp_path / "scans" / "IM-0001-0001.jpeg", xray_jpeg(1))
+    zeros = tmp_path / "scans" / "scan.dcm"
+    with open(zeros, "wb") as f:
+        f.truncate(1 << 30)  # `truncate -s 1G scan.dcm`: sparse, no disk used
+    before = _bytes_read()
+    rc = cli.main(["predict", str(good.parent), "--model", str(model_dir), "--no-progress", "--format", "jsonl"])
+    read = _bytes_read() - before  # pydicom's force=True used to read it all (minutes, 800 MB resident)
+    rows = {r["file"]: r for r in map(json.loads, capsys.readouterr().out.splitlines())}
+    assert rc == 1 and rows[str(good)]["error"] is None and rows[str(good)]["probability"] is not None
+    assert "only zero bytes" in rows[str(zeros)]["error"] and rows[str(zeros)]["probability"] is None
+    assert read < 16 << 20
+
+
+@pytest.mark.timeout(10)
+def test_served_model_refuses_dicm_and_zeros_without_parsing_them_all(model_dir):
+    bomb = bytes(128) + b"DICM" + bytes(32 << 20)  # 14 s before, most of it pydicom parsing empty elements
+    values = [base64.b64encode(xray_jpeg(4)).decode(), base64.b64encode(bomb).decode()]
+    out = _serve(model_dir).predict(None, pd.DataFrame({"image": values}))
+    assert out["probability"][0] is not None and out["error"][0] is None
+    assert out["probability"][1] is None and "not a DICOM image" in out["error"][1]
+
+
+def test_a_dicom_larger_than_its_header_declares_is_refused_before_reading_it_whole(tmp_path, predictor):
+    path = write_dicom(tmp_path / "padded.dcm", RAMP16, bits_stored=12)
+    with open(path, "ab") as f:
+        f.truncate(path.stat().st_size + (256 << 20))  # 256 MB after 20x24 pixels of 2 bytes
+    row = predictor.predict_sources([str(path)]).iloc[0]
+    assert row["probability"] != row["probability"] and "header declares 20x24 pixels (960 bytes)" in row["error"]
+
+
 # ---- round three: every computed result reaches its output -----------------------------------------
 
 

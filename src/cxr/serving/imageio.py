@@ -7,7 +7,8 @@ JPEG, PNG (8/16-bit; gray, RGB, RGBA, palette), BMP, TIFF go through
 :func:`cxr.data.cache.decode_image` itself, the function that built the training cache, so a file
 that was cached gives the identical array here (same JPEG draft decode, EXIF rotation, 16-bit
 scaling, alpha handling, resampling). DICOM is recognised by its content (``DICM`` at byte 128),
-or by a ``.dcm``/``.dicom`` name for files written without the preamble, and read with pydicom:
+or by a ``.dcm``/``.dicom`` name for files written without the preamble, and read with pydicom
+(:mod:`cxr.serving.dicom`: the header first, within a byte budget and checked against the file's size):
 
 1. Modality LUT (Rescale Slope/Intercept or a Modality LUT Sequence): stored values -> modality units;
 2. VOI LUT Sequence, else Window Center/Width (``pydicom.pixels.apply_voi_lut``);
@@ -76,41 +77,8 @@ def is_dicom(source: Source) -> bool:
 
 
 # --------------------------------------------------------------------------------------------
-# DICOM
+# The pixel limit
 # --------------------------------------------------------------------------------------------
-
-
-def _voi_output_range(ds) -> tuple[float, float] | None:
-    """The value range the VOI transform of ``ds`` maps onto, or None when it has none.
-
-    Same rules as ``pydicom.pixels.apply_windowing`` (PS3.3 C.11.2.1.2); for a VOI LUT Sequence,
-    the span of its LUT data.
-    """
-    if "VOILUTSequence" in ds and len(ds.VOILUTSequence):
-        item = ds.VOILUTSequence[0]
-        bits = int(item.LUTDescriptor[2])
-        data = item.get("LUTData")
-        if isinstance(data, (bytes, bytearray)):  # OW: raw words
-            order = "<" if getattr(ds, "is_little_endian", True) in (True, None) else ">"
-            data = np.frombuffer(bytes(data), dtype=f"{order}u2" if bits > 8 else "u1")
-        if data is not None and np.size(data):
-            # The LUT's own span: some files declare 16 bits and use 12.
-            vals = np.asarray(data, dtype=np.float64)
-            return float(vals.min()), float(vals.max())
-        return 0.0, float(2**bits - 1)
-    if "WindowCenter" in ds and "WindowWidth" in ds:
-        bits = int(ds.BitsStored)
-        if ds.get("ModalityLUTSequence"):
-            lo, hi = 0.0, float(2 ** int(ds.ModalityLUTSequence[0].LUTDescriptor[2]) - 1)
-        elif int(ds.PixelRepresentation) == 0:
-            lo, hi = 0.0, float(2**bits - 1)
-        else:
-            lo, hi = float(-(2 ** (bits - 1))), float(2 ** (bits - 1) - 1)
-        slope, intercept = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
-        if slope is not None and intercept is not None:
-            lo, hi = lo * float(slope) + float(intercept), hi * float(slope) + float(intercept)
-        return min(lo, hi), max(lo, hi)
-    return None
 
 
 def default_max_pixels() -> int:
@@ -120,7 +88,7 @@ def default_max_pixels() -> int:
     return ImageLimits.from_split().max_pixels
 
 
-def _pixel_limit_error(name: str, width: int, height: int, frames: int, max_pixels: int | None) -> None:
+def pixel_limit_error(name: str, width: int, height: int, frames: int, max_pixels: int | None) -> None:
     from cxr.config import SplitConfig
     from cxr.data.limits import ImageLimits
 
@@ -128,94 +96,6 @@ def _pixel_limit_error(name: str, width: int, height: int, frames: int, max_pixe
     why = ImageLimits(limit, SplitConfig().plausibility).check_pixels(width, height, frames)
     if why:
         raise ImageReadError(name, f"image too large, refused before decoding: {why}")
-
-
-def _dicom_gray8(source: Source, name: str, max_pixels: int | None = None) -> np.ndarray:
-    import pydicom
-
-    fp = io.BytesIO(bytes(source)) if isinstance(source, (bytes, bytearray, memoryview)) else source
-    try:
-        # force=True reads files written without the 128-byte preamble (named .dcm).
-        ds = pydicom.dcmread(fp, force=True)
-    except Exception as exc:  # InvalidDicomError, OSError, EOFError, ValueError, ... : never a traceback
-        raise ImageReadError(name, f"not a readable DICOM file ({type(exc).__name__}: {exc})") from exc
-    try:
-        # Rows x Columns x frames against the shared pixel limit, before a byte is decoded: a 2 MB
-        # RLE-compressed file can declare 65535 x 65535 pixels.
-        _pixel_limit_error(
-            name,
-            int(ds.get("Columns", 0) or 0),
-            int(ds.get("Rows", 0) or 0),
-            int(ds.get("NumberOfFrames", 1) or 1),
-            max_pixels,
-        )
-    except (TypeError, ValueError) as exc:
-        raise ImageReadError(name, f"DICOM header has unusable Rows/Columns/NumberOfFrames ({exc})") from exc
-    try:
-        return _dicom_pixels(ds, name)
-    except ImageReadError:
-        raise
-    except Exception as exc:  # an inconsistent header (Window Width 0, bad LUT, odd bit depths): this file only
-        raise ImageReadError(
-            name,
-            f"invalid DICOM pixel settings ({type(exc).__name__}: {exc}); the file's "
-            "header is inconsistent, fix it at the source",
-        ) from exc
-
-
-def _dicom_pixels(ds, name: str) -> np.ndarray:
-    from pydicom.multival import MultiValue
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
-
-    if "WindowWidth" in ds and not ds.get("VOILUTSequence"):
-        width = ds.WindowWidth
-        width = width[0] if isinstance(width, MultiValue) else width
-        if float(width) < 1:  # the window the file asks for cannot be applied (PS3.3 C.11.2.1.2)
-            raise ImageReadError(
-                name,
-                f"DICOM Window Width (0028,1051) is {width}: it must be >= 1, so the "
-                "image's window cannot be applied; fix the file's header",
-            )
-    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
-        raise ImageReadError(name, "DICOM file has no pixel data (a structured report or presentation state?)")
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
-    if frames != 1:
-        raise ImageReadError(name, f"multi-frame DICOM ({frames} frames): expected one radiograph per file")
-    try:
-        arr = ds.pixel_array
-    except Exception as exc:  # unsupported/compressed transfer syntax without a decoder plugin, truncated data
-        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-        syntax = f"{syntax.name} ({syntax})" if syntax is not None else "unknown transfer syntax"
-        raise ImageReadError(
-            name,
-            f"cannot decode DICOM pixel data, {syntax}: {type(exc).__name__}: {exc}. "
-            "Compressed DICOM needs a pydicom decoder plugin (pylibjpeg or gdcm)",
-        ) from exc
-    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
-    if arr.ndim == 3 and arr.shape[-1] in (3, 4):
-        # Colour secondary capture: pydicom has converted YBR to RGB already; ITU-R 601 luma, as Pillow's convert('L').
-        rgb = arr[..., :3].astype(np.float64)
-        span = float(2 ** int(ds.get("BitsStored", 8)) - 1)
-        luma = (rgb @ np.array([0.299, 0.587, 0.114])) * (255.0 / span)
-        return np.clip(np.rint(luma), 0, 255).astype(np.uint8)
-    if arr.ndim != 2:
-        raise ImageReadError(name, f"unexpected DICOM pixel array shape {arr.shape} ({photometric})")
-
-    values = np.asarray(apply_modality_lut(arr, ds))
-    out_range = _voi_output_range(ds)
-    if out_range is not None:
-        if values.dtype.kind == "f" and "VOILUTSequence" in ds:
-            values = np.rint(values).astype(np.int64)  # a LUT is indexed by integer modality values
-        values = np.asarray(apply_voi_lut(values, ds, index=0), dtype=np.float64)
-        lo, hi = out_range
-    else:
-        values = values.astype(np.float64)
-        lo, hi = float(values.min()), float(values.max())
-    scaled = np.zeros_like(values) if hi <= lo else (values - lo) * (255.0 / (hi - lo))
-    gray = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
-    if photometric == "MONOCHROME1":
-        gray = 255 - gray
-    return gray
 
 
 # --------------------------------------------------------------------------------------------
@@ -258,7 +138,7 @@ def _check_raster_pixels(source: Source, name: str, max_pixels: int | None) -> t
                 width, height = img.size
     except Exception as exc:
         raise _raster_error(name, exc) from exc
-    _pixel_limit_error(name, width, height, 1, max_pixels)
+    pixel_limit_error(name, width, height, 1, max_pixels)
     return width, height
 
 
@@ -267,14 +147,9 @@ def image_size(source: Source) -> tuple[int, int]:
     name = describe_source(source)
     _check_source(source, name)
     if is_dicom(source):
-        import pydicom
+        from cxr.serving.dicom import dicom_size
 
-        fp = io.BytesIO(bytes(source)) if isinstance(source, (bytes, bytearray, memoryview)) else source
-        try:
-            ds = pydicom.dcmread(fp, force=True, stop_before_pixels=True)
-            return int(ds.Columns), int(ds.Rows)
-        except Exception as exc:
-            raise ImageReadError(name, f"not a readable DICOM file ({type(exc).__name__}: {exc})") from exc
+        return dicom_size(source, name)
     try:
         with Image.open(_open_raster(source)) as img:
             return img.size
@@ -294,7 +169,9 @@ def read_gray8(source: Source, max_pixels: int | None = None) -> np.ndarray:
     name = describe_source(source)
     _check_source(source, name)
     if is_dicom(source):
-        return _dicom_gray8(source, name, max_pixels)
+        from cxr.serving.dicom import dicom_gray8
+
+        return dicom_gray8(source, name, max_pixels)
     _check_raster_pixels(source, name, max_pixels)
     try:
         with Image.open(_open_raster(source)) as img:
@@ -323,7 +200,9 @@ def load_image_sized(
     name = describe_source(source)
     _check_source(source, name)
     if is_dicom(source):
-        gray = _dicom_gray8(source, name, max_pixels)
+        from cxr.serving.dicom import dicom_gray8
+
+        gray = dicom_gray8(source, name, max_pixels)
         out = np.asarray(resize_gray(Image.fromarray(gray, mode="L"), int(size), resize), dtype=np.uint8)
         return out, (gray.shape[1], gray.shape[0])
     wh = _check_raster_pixels(source, name, max_pixels)
