@@ -100,7 +100,8 @@ class SyntheticConfig(Section):
 
 
 class ArchiveLimits(Section):
-    """``data.archive``: what extracting an archive may write (a 2 MB zip can hold terabytes of zeros)."""
+    """``data.archive``: what extracting an archive may write (a 2 MB zip can hold terabytes of zeros);
+    ``max_total_bytes`` also caps a ``data.source: url`` download (a server may stream without end)."""
 
     max_total_bytes: int = Field(50_000_000_000, gt=0)  # all members together (the Kaggle copy: 1.2 GB)
     max_member_bytes: int = Field(1_000_000_000, gt=0)  # one member (a full-size X-ray is a few MB)

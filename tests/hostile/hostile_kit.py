@@ -56,9 +56,13 @@ def files_under(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file())
 
 
+ENDLESS_STOP = 64 << 20
+
+
 class _Handler(BaseHTTPRequestHandler):
     """``routes``: path -> (bytes, mode); mode 'ok' | 'no_length_drop' (no Content-Length, closes half-way)
-    | 'trickle' (one byte every ``trickle_s``) | 'html'."""
+    | 'trickle' (one byte every ``trickle_s``) | 'endless' (no Content-Length, the bytes again and again:
+    stops at ENDLESS_STOP bytes, so that a client without a cap fails the test instead of filling the disk)."""
 
     routes: dict = {}
     log: list = []
@@ -71,6 +75,16 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_error(404)
             return
         data, mode = route
+        if mode == "endless":
+            self.send_response(200)
+            self.end_headers()
+            try:
+                for _ in range(ENDLESS_STOP // len(data)):
+                    self.wfile.write(data)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            self.close_connection = True
+            return
         if mode == "no_length_drop":
             self.send_response(200)
             self.send_header("Connection", "close")

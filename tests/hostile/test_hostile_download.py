@@ -15,7 +15,7 @@ import time
 import zipfile
 
 import pytest
-from hostile_kit import kaggle_tree
+from hostile_kit import ENDLESS_STOP, kaggle_tree
 
 from cxr.config import DataConfig
 from cxr.data.download import download, download_target
@@ -84,3 +84,25 @@ def test_an_html_page_saved_as_zip_is_a_message(tmp_path, http_server):
     cfg = DataConfig(source="url", url=f"{base}/d.zip", download_dir="dl")
     with pytest.raises(SourceError, match="HTML error page"):
         fetch(cfg, tmp_path / "raw", base_dir=tmp_path, progress=False)
+
+
+def _capped(base: str, path: str, cap: int) -> DataConfig:
+    return DataConfig(source="url", url=base + path, download_dir="dl", archive={"max_total_bytes": cap})
+
+
+def test_a_server_streaming_without_end_is_cut_at_the_archive_cap_and_its_part_deleted(tmp_path, http_server):
+    base, _ = http_server({"/d.zip": (b"\0" * 65536, "endless")})
+    with pytest.raises(SourceError) as err:  # used to write *.part until the server stopped (or the disk filled)
+        fetch(_capped(base, "/d.zip", 1 << 20), tmp_path / "raw", base_dir=tmp_path, progress=False)
+    message = str(err.value)
+    assert "stopped after 1,048,576 bytes" in message and "data.archive.max_total_bytes" in message
+    assert "\n" not in message and ENDLESS_STOP > 1 << 20
+    assert not list((tmp_path / "dl").rglob("*.part"))
+
+
+def test_a_download_announcing_more_than_the_cap_is_refused_before_its_body(tmp_path, http_server):
+    base, _ = http_server({"/d.zip": (_zip(tmp_path), "ok")})
+    with pytest.raises(SourceError) as err:
+        fetch(_capped(base, "/d.zip", 1000), tmp_path / "raw", base_dir=tmp_path, progress=False)
+    assert "announces" in str(err.value) and "over data.archive.max_total_bytes = 1,000" in str(err.value)
+    assert not list((tmp_path / "dl").rglob("*.part"))

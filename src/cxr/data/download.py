@@ -31,17 +31,23 @@ def download_target(url: str, dest_dir: Path, sha256: str | None = None) -> Path
     return Path(dest_dir) / key / _filename_from_url(url)
 
 
-def _read_body(resp, f, bar, *, chunk_size: int, timeout: float, min_rate: int, clock=time.monotonic) -> None:
+def _read_body(
+    resp, f, bar, *, chunk_size: int, timeout: float, min_rate: int, room: int | None = None, clock=time.monotonic
+) -> None:
     """Copy the response body to ``f``, abandoning it when fewer than ``min_rate`` bytes/s arrive over any
-    ``timeout``-second window. The socket timeout alone is per read: a server sending a byte every
-    two seconds would never trip it. ``read1`` returns what one socket read gives, so the rate is
-    checked however slowly bytes trickle in."""
+    ``timeout``-second window, and stopping when more than ``room`` bytes arrive (:class:`_OverCap`). The
+    socket timeout alone is per read: a server sending a byte every two seconds would never trip it.
+    ``read1`` returns what one socket read gives, so the rate is checked however slowly bytes trickle in."""
     start = last = clock()
     window_start, window_bytes = start, 0
     while True:
         block = resp.raw.read1(chunk_size)
         if not block:
             return
+        if room is not None:
+            room -= len(block)
+            if room < 0:
+                raise _OverCap
         f.write(block)
         bar.update(len(block))
         window_bytes += len(block)
@@ -60,6 +66,18 @@ class _SlowDownload(OSError):
     pass
 
 
+class _OverCap(Exception):
+    """The body went past the download's cap (a server that streams without end)."""
+
+
+def _cap_error(url: str, what: str, max_bytes: int) -> SourceError:
+    return SourceError(
+        f"download of {url} {what}, over data.archive.max_total_bytes = {max_bytes:,} (an archive cannot "
+        "hold more than its extraction may write); check data.url, or if the archive is genuine raise the "
+        "limit (dvc exp run -S data.archive.max_total_bytes=...)"
+    )
+
+
 def download(
     url: str,
     dest_dir: Path,
@@ -70,12 +88,14 @@ def download(
     chunk_size: int = 1 << 20,
     timeout: float = 60.0,
     min_rate: int = 1024,
+    max_bytes: int | None = None,
 ) -> Path:
     """Download ``url`` into ``dest_dir`` (resuming a ``.part`` file) and return the file.
 
     Kept under a key of the URL and ``sha256`` (:func:`download_target`), reused when there; only a complete
     file (:func:`_verify`) gets its final name. A server ignoring Range restarts the partial file. Slower
-    than ``min_rate`` bytes/s over ``timeout`` seconds: abandoned (it resumes on the next run).
+    than ``min_rate`` bytes/s over ``timeout`` seconds: abandoned (it resumes on the next run). Longer than
+    ``max_bytes`` (``data.archive.max_total_bytes``), announced or streamed: refused, the partial file deleted.
     """
     import requests
     import urllib3
@@ -111,6 +131,7 @@ def download(
                     chunk_size=chunk_size,
                     timeout=timeout,
                     min_rate=min_rate,
+                    max_bytes=max_bytes,
                 )
             if resp.status_code >= 400:
                 raise SourceError(
@@ -129,8 +150,16 @@ def download(
                 notes.append(f"resumed download at byte {offset}")
             length = resp.headers.get("Content-Length")
             total = offset + int(length) if length and length.isdigit() else None
+            if max_bytes is not None and total is not None and total > max_bytes:
+                raise _cap_error(url, f"announces {total:,} bytes", max_bytes)
+            room = None if max_bytes is None else max_bytes - offset
             with open(part, "ab" if resumed else "wb") as f, _bytes_bar(total, offset, final.name, progress) as bar:
-                _read_body(resp, f, bar, chunk_size=chunk_size, timeout=timeout, min_rate=min_rate)
+                _read_body(resp, f, bar, chunk_size=chunk_size, timeout=timeout, min_rate=min_rate, room=room)
+    except _OverCap:
+        part.unlink(missing_ok=True)
+        raise _cap_error(
+            url, f"stopped after {max_bytes:,} bytes; the partial file was deleted", max_bytes or 0
+        ) from None
     except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
         raise SourceError(
             f"download of {url} interrupted: {type(exc).__name__}: {exc}; run the stage again to resume "

@@ -104,6 +104,7 @@ def fetch(cfg: DataConfig, out_dir: Path, *, base_dir: Path = Path("."), progres
             notes=notes,
             timeout=cfg.timeout,
             min_rate=cfg.min_rate,
+            max_bytes=cfg.archive.max_total_bytes,
         )
         counts = import_any(archive, out_dir, notes, link=False, progress=progress, limits=cfg.archive)
         return FetchReport("url", out_dir, counts, notes)
