@@ -138,20 +138,9 @@ def download(
                     f"download of {url} failed: HTTP {resp.status_code} {resp.reason}; "
                     f"check data.url (is the link still valid, does it need a login?)"
                 )
-            resumed = (
-                offset > 0
-                and resp.status_code == 206
-                and resp.headers.get("Content-Range", "").startswith(f"bytes {offset}-")
-            )
-            if offset and not resumed:
-                notes.append("server ignored the resume request: downloading from the start")
-                offset = 0
-            elif resumed:
-                notes.append(f"resumed download at byte {offset}")
-            length = resp.headers.get("Content-Length")
-            total = offset + int(length) if length and length.isdigit() else None
-            if max_bytes is not None and total is not None and total > max_bytes:
-                raise _cap_error(url, f"announces {total:,} bytes", max_bytes)
+            resumed = _resumed(resp, offset, notes)
+            offset = offset if resumed else 0
+            total = _announced_total(resp, offset, url, max_bytes)
             room = None if max_bytes is None else max_bytes - offset
             with open(part, "ab" if resumed else "wb") as f, _bytes_bar(total, offset, final.name, progress) as bar:
                 _read_body(resp, f, bar, chunk_size=chunk_size, timeout=timeout, min_rate=min_rate, room=room)
@@ -169,6 +158,27 @@ def download(
     os.replace(part, final)
     notes.append(f"downloaded {url} -> {final} ({final.stat().st_size} bytes)")
     return final
+
+
+def _resumed(resp, offset: int, notes: list[str]) -> bool:
+    """Whether the server goes on from byte ``offset`` of the partial file (206 and a matching Content-Range)."""
+    resumed = (
+        offset > 0 and resp.status_code == 206 and resp.headers.get("Content-Range", "").startswith(f"bytes {offset}-")
+    )
+    if offset and not resumed:
+        notes.append("server ignored the resume request: downloading from the start")
+    elif resumed:
+        notes.append(f"resumed download at byte {offset}")
+    return resumed
+
+
+def _announced_total(resp, offset: int, url: str, max_bytes: int | None) -> int | None:
+    """The whole file's length the server announces (None without a Content-Length); refused over ``max_bytes``."""
+    length = resp.headers.get("Content-Length")
+    total = offset + int(length) if length and length.isdigit() else None
+    if max_bytes is not None and total is not None and total > max_bytes:
+        raise _cap_error(url, f"announces {total:,} bytes", max_bytes)
+    return total
 
 
 def _bytes_bar(total: int | None, offset: int, name: str, progress: bool):
