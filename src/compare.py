@@ -24,6 +24,7 @@ from pathlib import Path
 import pandas as pd
 
 from cxr.candidates import evaluate_stage, tuned_name
+from cxr.checkpoint import CheckpointError
 from cxr.config import CompareConfig, ConfigError, EvaluateConfig, MlflowConfig, load_params, section
 from cxr.evaluation.compare import (
     bar_table,
@@ -42,7 +43,13 @@ from cxr.plots import metrics_bar_figure, roc_comparison_figure, save_figure, sh
 from cxr.stage import run_stage
 from cxr.tracking import make_tracker, project_root, run_name
 
-ERRORS = (ConfigError, FileNotFoundError, RegistryError, PairingError)  # user-actionable (see cxr.stage)
+ERRORS = (
+    ConfigError,
+    CheckpointError,
+    FileNotFoundError,
+    RegistryError,
+    PairingError,
+)  # user-actionable (see cxr.stage)
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -24,6 +24,7 @@ import dataclasses
 import importlib.metadata
 import itertools
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ from cxr.calibration import apply_temperature
 from cxr.config import RESIZE_MODES, AugmentConfig, DataConfig
 from cxr.files import atomic_write
 from cxr.models import rebuild
+from cxr.models.state_file import mismatch, read_state_dict
 
 WEIGHTS_FILE = "model.pt"
 META_FILE = "model.json"
@@ -51,7 +53,12 @@ REFER = "REFER"
 
 
 class CheckpointError(ValueError):
-    """A model.json that cannot be read as a model card."""
+    """A model folder that cannot be used: a model.json that is not a card, a model.pt that is not its weights."""
+
+
+def _fix(source: str | Path) -> str:
+    """The fix for a damaged model folder ``models/<name>``: train (or pull) it again."""
+    return f"rewrite it with `dvc repro train@{Path(source).parent.name}` (or `dvc pull`), or use another model"
 
 
 # DataSource.kind: params.yaml's data.source, with `path` told apart as a folder or an archive.
@@ -202,8 +209,27 @@ class ModelCard:
 
     @classmethod
     def from_json(cls, text: str | dict[str, Any], source: str = "model.json") -> ModelCard:
-        raw = json.loads(text) if isinstance(text, str) else dict(text)
-        data = _upgrade(raw, source)
+        """The card in ``text`` (model.json's text or its dict), upgraded and checked (:func:`check_card`)."""
+        try:
+            raw = json.loads(text) if isinstance(text, str) else text
+        except json.JSONDecodeError as exc:
+            raise CheckpointError(f"{source} is not valid JSON ({exc}): {_fix(source)}") from None
+        if not isinstance(raw, dict):
+            kind = "array" if isinstance(raw, list) else type(raw).__name__
+            raise CheckpointError(f"{source} holds a JSON {kind}, expected an object (a model card): {_fix(source)}")
+        try:
+            card = cls._from_dict(_upgrade(dict(raw), source), source)
+        except (TypeError, ValueError, AttributeError, KeyError, IndexError) as exc:
+            if isinstance(exc, CheckpointError):
+                raise
+            raise CheckpointError(
+                f"{source} is not a model card ({type(exc).__name__}: {exc}): {_fix(source)}"
+            ) from None
+        check_card(card, source)
+        return card
+
+    @classmethod
+    def _from_dict(cls, data: dict[str, Any], source: str) -> ModelCard:
         known = {f.name for f in dataclasses.fields(cls)}
         missing = [
             f.name
@@ -219,16 +245,77 @@ class ModelCard:
         for k in ("mean", "std", "classes"):
             data[k] = tuple(data[k]) if k in data else None
         band = data.get("refer_band")
-        data["refer_band"] = None if band is None else (float(band[0]), float(band[1]))
+        data["refer_band"] = None if band is None else (_number(band[0]), _number(band[1]))
         if data.get("classes") is None:
             data.pop("classes")
-        data["temperature"] = float(data.get("temperature", 1.0))
+        data["temperature"] = _number(data.get("temperature", 1.0))
+        if "threshold" in data:
+            data["threshold"] = _number(data["threshold"])
         if isinstance(data.get("data_source"), dict):
             data["data_source"] = DataSource.from_dict(data["data_source"])
         try:
             return cls(**data)
         except TypeError as exc:
             raise CheckpointError(f"{source} is not a model card: {exc}") from exc
+
+
+def _number(value: Any) -> Any:
+    """``value`` as a float when it is a number; anything else is left for :func:`check_card` to name."""
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+
+
+def _size_problem(value: Any) -> bool:
+    return not isinstance(value, int) or isinstance(value, bool) or value < 1
+
+
+def _fraction_problem(value: Any) -> bool:
+    return not isinstance(value, float) or not math.isfinite(value) or not 0.0 <= value <= 1.0
+
+
+def _card_problems(card: ModelCard) -> list[str]:
+    """What in ``card`` predict cannot use: each ``<key> is <value>, expected <what>``."""
+    found: list[str] = []
+
+    def bad(key: str, value: Any, expected: str) -> None:
+        found.append(f"{key} is {value!r}, expected {expected}")
+
+    arch = card.arch if isinstance(card.arch, dict) else {}
+    if not isinstance(card.arch, dict) or not isinstance(arch.get("name"), str):
+        bad("arch", card.arch, "a mapping with the registry name of the model")
+    for key, value in (("cache_size", card.cache_size), ("image_size", card.image_size)):
+        if _size_problem(value):
+            bad(key, value, "an integer >= 1")
+    if "image_size" in arch and _size_problem(arch["image_size"]):
+        bad("arch.image_size", arch["image_size"], "an integer >= 1")
+    if card.cache_resize not in RESIZE_MODES:
+        bad("cache_resize", card.cache_resize, f"one of {list(RESIZE_MODES)}")
+    if _fraction_problem(card.threshold):
+        bad("threshold", card.threshold, "a number in [0, 1]")
+    if not isinstance(card.temperature, float) or not math.isfinite(card.temperature) or card.temperature <= 0:
+        bad("temperature", card.temperature, "a finite number > 0")
+    for key, values in (("mean", card.mean), ("std", card.std)):
+        numbers = [_number(v) for v in values or ()]
+        if not numbers or not all(isinstance(v, float) and math.isfinite(v) for v in numbers):
+            bad(key, values, "finite numbers, one per channel")
+        elif key == "std" and min(numbers) <= 0:
+            bad(key, values, "numbers > 0")
+    band = card.refer_band  # high may lie just above 1 (cxr.abstention.band_at), so that p = 1 is inside
+    if band is not None:
+        finite = all(isinstance(v, float) and math.isfinite(v) for v in band)
+        if not finite or not 0 <= band[0] <= band[1]:
+            bad("refer_band", band, "null or [low, high], finite, with 0 <= low <= high")
+    if len(card.classes) != 2 or not all(isinstance(c, str) for c in card.classes):
+        bad("classes", card.classes, "two class names")
+    return found
+
+
+def check_card(card: ModelCard, source: str) -> None:
+    """Refuse, when the card is read, the values predict relies on that it cannot use: a NaN threshold
+    or a negative cache size would otherwise fail every image later as 'corrupt or truncated'."""
+    found = _card_problems(card)
+    if found:
+        more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+        raise CheckpointError(f"{source}: {found[0]}{more}; the card is damaged or was edited: {_fix(source)}")
 
 
 def _upgrade(d: dict[str, Any], source: str) -> dict[str, Any]:
@@ -335,13 +422,18 @@ def load_card(model_dir: str | Path) -> ModelCard:
 
 
 def load(model_dir: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelCard]:
-    """Rebuild the architecture (random init, no downloads) and load the weights with ``weights_only=True``."""
+    """Rebuild the architecture (random init, no downloads) and load the weights with ``weights_only=True``;
+    CheckpointError, one line naming the file and the fix, for weights that are unreadable or do not fit."""
     card = load_card(model_dir)
-    state = torch.load(Path(model_dir) / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+    path = Path(model_dir) / WEIGHTS_FILE
+    state = read_state_dict(path, _fix(path), CheckpointError)
     # Built on the meta device, the weights then assigned: a random initialisation the saved weights
     # replace anyway costs VGG16 (138 M weights) 2.5 s and the ViT 3 s of every evaluate stage.
     with torch.device("meta"):
         model = rebuild(card.arch)
+    why = mismatch(model.state_dict(), state)
+    if why:
+        raise CheckpointError(f"{path}: the weights do not fit the architecture of {META_FILE} ({why}): {_fix(path)}")
     model.load_state_dict(state, assign=True)
     if any(t.is_meta for t in itertools.chain(model.parameters(), model.buffers())):
         # A buffer the state dict does not hold (non-persistent): only a real build makes it.

@@ -39,6 +39,7 @@ from torch import nn
 
 from cxr.files import sha256_file
 from cxr.models.registry import get_entry, weights_fixes
+from cxr.models.state_file import read_state_dict
 from cxr.pretrained import MANIFEST, WeightsUnavailableError, read_manifest
 
 TORCHVISION_BASE_URL = "https://download.pytorch.org/models/"
@@ -208,14 +209,10 @@ def _fetch_torchvision(name: str, src: TorchvisionWeights, dest: Path, progress:
 
 def _check_state_dict(name: str, path: Path) -> None:
     try:
-        # No mmap: torchvision's older files (vgg16-397923af.pth) predate the zip format mmap needs.
-        torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
+        read_state_dict(path, "removed, fetch them again", WeightsUnavailableError)
+    except WeightsUnavailableError as exc:
         path.unlink(missing_ok=True)
-        raise WeightsUnavailableError(
-            f"weights for model '{name}' at {path} are not a loadable state_dict "
-            f"({type(exc).__name__}: {exc}); removed, fetch them again"
-        ) from exc
+        raise WeightsUnavailableError(f"weights for model '{name}': {exc}") from None
 
 
 def _snapshot_record(src: HubSnapshot, dest: Path) -> dict[str, Any]:
@@ -347,13 +344,9 @@ def load_state_dict_file(model: nn.Module, name: str, path: str | Path, head_pre
         raise WeightsUnavailableError(
             f"pretrained weights for model '{name}' not found: looked for the file {path}. " + weights_fixes(name)
         )
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt file, or a pickled whole model (refused by weights_only)
-        raise WeightsUnavailableError(
-            f"could not read weights for model '{name}' from {path}: {exc}. Expected a state_dict saved with "
-            f"torch.save(model.state_dict(), path). " + weights_fixes(name)
-        ) from exc
+    # A corrupt file, or a pickled whole model (refused unread): one line, torch's unsafe advice not passed on.
+    fix = "save one with torch.save(model.state_dict(), path). " + weights_fixes(name)
+    state = read_state_dict(path, fix, WeightsUnavailableError)
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if head_prefix:
