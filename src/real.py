@@ -113,6 +113,10 @@ def preflight(params: str | Path, dvc_args: list[str]) -> str | None:
     from check_params import check  # the `params` stage's own check, beside this script in src/
     from cxr.config import ConfigError, read_yaml
 
+    try:  # the file as it is, first: DVC's writer below would expand an alias bomb
+        read_yaml(params)
+    except ConfigError as exc:
+        return f"{exc} ({params} was not changed)"
     sets = [dvc_args[i + 1] for i, a in enumerate(dvc_args[:-1]) if a in ("-S", "--set-param")]
     with tempfile.TemporaryDirectory(prefix="cxr-real-") as tmp:
         trial = Path(tmp) / "params.yaml"

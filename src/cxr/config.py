@@ -23,7 +23,7 @@ from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from cxr.metric_names import CI_METRICS, SelectMetric, ThresholdMethod
 from cxr.schema import ConfigError as ConfigError  # re-exported: the stages' one error type and way in
-from cxr.schema import Section, parse
+from cxr.schema import Section, few, parse
 from cxr.schema import read_yaml as read_yaml
 from cxr.schema import section as section
 
@@ -43,7 +43,7 @@ def check_top_level(data: dict[str, Any], where: str = "params.yaml") -> None:
     unknown = sorted(str(k) for k in data if k not in known)
     if unknown:
         raise ConfigError(
-            f"{where}: unknown top-level key(s) {unknown}; valid keys are {sorted(known)}. A misspelt knob "
+            f"{where}: unknown top-level key(s) {few(unknown)}; valid keys are {sorted(known)}. A misspelt knob "
             f"would be ignored silently (the learning rate is `lr`): fix or remove it (dvc exp run -S lr=...)"
         )
 

@@ -7,6 +7,8 @@ line of bad YAML.
 
 from __future__ import annotations
 
+import re
+import reprlib
 import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
@@ -80,10 +82,29 @@ def config_error(exc: ValidationError, cls: type[BaseModel], where: str) -> Conf
         model = _model_at(cls, parent)
         valid = sorted(model.model_fields) if model else []
         messages.insert(
-            0, f"{_path(where, parent) or cls.__name__}: unknown key(s) {sorted(keys)}; valid keys are {valid}"
+            0, f"{_path(where, parent) or cls.__name__}: unknown key(s) {few(keys)}; valid keys are {valid}"
         )
     problems = list(dict.fromkeys(messages))
     return ConfigError("; ".join(problems), problems)
+
+
+SHOWN_KEYS = 5  # unknown keys named in a message; 10,000 of them used to make one line of 199 KB
+_SHORT = reprlib.Repr()  # a value found in params.yaml may be a 1 MB string or a huge list
+_SHORT.maxstring = _SHORT.maxother = 80
+_SHORT.maxlist = _SHORT.maxtuple = _SHORT.maxdict = _SHORT.maxset = 6
+_SHORT.maxlevel = 2
+
+
+def few(keys: list[str]) -> str:
+    """The first :data:`SHOWN_KEYS` of ``keys`` (sorted), and how many more."""
+    keys = sorted(keys)
+    more = f" and {len(keys) - SHOWN_KEYS:,} more" if len(keys) > SHOWN_KEYS else ""
+    return f"{keys[:SHOWN_KEYS]}{more}"
+
+
+def short(value: Any) -> str:
+    """``repr(value)``, cut short (:data:`_SHORT`)."""
+    return _SHORT.repr(value)
 
 
 def _path(where: str, loc: tuple[Any, ...]) -> str:
@@ -104,19 +125,19 @@ def _message(err: ErrorDetails, cls: type[BaseModel], where: str) -> str:
         return f"{path} {text}" if text.startswith("must") else f"{path}: {text}"
     if kind == "literal_error":
         choices = [str(c) for c in _literal_choices(cls, loc)]
-        return f"{path}: expected {_either(choices)}, found {found!r}"
+        return f"{path}: expected {_either(choices)}, found {short(found)}"
     bounds = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
     if kind in bounds:
         limit = next(iter(ctx.values()))
-        return f"{path} must be {bounds[kind]} {limit}, found {found!r}"
+        return f"{path} must be {bounds[kind]} {limit}, found {short(found)}"
     if kind == "missing":
         return f"{path}: missing"
     if kind in ("too_short", "too_long"):
-        return f"{path}: expected {ctx.get('max_length') or ctx.get('min_length')} values, found {found!r}"
+        return f"{path}: expected {ctx.get('max_length') or ctx.get('min_length')} values, found {short(found)}"
     head = kind.split("_")[0]
     if head in _EXPECTED:
-        return f"{path}: expected {_EXPECTED[head]}, found {found!r}"
-    return f"{path}: {err['msg']}, found {found!r}"
+        return f"{path}: expected {_EXPECTED[head]}, found {short(found)}"
+    return f"{path}: {err['msg']}, found {short(found)}"
 
 
 def _either(choices: list[str]) -> str:
@@ -172,9 +193,34 @@ def _literal_choices(cls: type[BaseModel], loc: tuple[Any, ...]) -> list[Any]:
 # --------------------------------------------------------------------------------------------
 
 
+MAX_DEPTH = 32  # params.yaml nests 4 deep; 5,000 levels used to end in a RecursionError of 3,000 lines
+
+
 class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that refuses a key given twice in one mapping: PyYAML keeps the last one without a
-    word (`lr: 0.1` ... `lr: 0.001` trains with 0.001), where DVC refuses the file."""
+    """SafeLoader that refuses what params.yaml never needs and a hostile file uses: a key given twice in
+    one mapping (PyYAML keeps the last one without a word, `lr: 0.1` ... `lr: 0.001` trains with 0.001,
+    where DVC refuses the file), anchors and aliases (nine levels of aliases expand to gigabytes: an
+    alias bomb), and nesting over :data:`MAX_DEPTH`; each refused as its node is composed, before
+    anything is built from it."""
+
+    depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+            what = f"alias *{event.anchor}" if isinstance(event, yaml.AliasEvent) else f"anchor &{event.anchor}"
+            raise yaml.composer.ComposerError(
+                None, None, f"found the YAML {what}: params.yaml takes no anchors or aliases", event.start_mark
+            )
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise yaml.composer.ComposerError(
+                None, None, f"found nesting over {MAX_DEPTH} levels deep: params.yaml nests a few", event.start_mark
+            )
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: dict[str, Any] = {}
@@ -191,24 +237,43 @@ class _StrictLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+def _hint(problem: str, name: str) -> str:
+    if re.search(r"'\\t'|\btabs?\b", problem):
+        return "Fix: YAML indents with spaces only; replace the tabs"
+    if "appears twice" in problem:
+        return "Fix: keep one of them"
+    if "anchor" in problem or "alias" in problem:
+        return "Fix: write the values out where the alias stands"
+    if "levels deep" in problem:
+        return f"Fix: the file is damaged or was generated by mistake; restore it (git checkout {name})"
+    return "Fix: correct the YAML there (an unclosed quote or bracket, a missing colon, bad indentation)"
+
+
+def _line_column(text: str, position: int) -> str:
+    line_start = text.rfind("\n", 0, position) + 1
+    return f"line {text.count(chr(10), 0, position) + 1}, column {position - line_start + 1}"
+
+
 def read_yaml(path: str | Path) -> Any:
     """A YAML file (params.yaml, a configs/ recipe) as Python data; bad YAML is a ConfigError naming the line."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"params file not found: {path} (run from the repository root, or pass --params)")
     try:
-        return yaml.load(path.read_text(encoding="utf-8"), Loader=_StrictLoader)
+        text = path.read_text(encoding="utf-8")
+        return yaml.load(text, Loader=_StrictLoader)
+    except yaml.reader.ReaderError as exc:  # a NUL or other control character: no mark, a position
+        raise ConfigError(
+            f"{path} {_line_column(text, exc.position)}: not valid YAML: the character #x{exc.character:04x} "
+            "(a control character), expected printable text. Fix: the file is damaged or binary; remove the "
+            f"character, or restore the file (git checkout {path.name})"
+        ) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path} line {mark.line + 1}, column {mark.column + 1}" if mark else str(path)
         problem = getattr(exc, "problem", None) or str(exc)
-        hint = (
-            "Fix: YAML indents with spaces only; replace the tabs"
-            if "\\t" in problem or "tab" in problem
-            else "Fix: keep one of them"
-            if "appears twice" in problem
-            else "Fix: correct the YAML there (an unclosed quote or bracket, a missing colon, bad indentation)"
-        )
-        raise ConfigError(f"{where}: not valid YAML: {' '.join(problem.split())}. {hint}") from None
+        raise ConfigError(
+            f"{where}: not valid YAML: {' '.join(problem.split())}. {_hint(problem, path.name)}"
+        ) from None
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8") from None

@@ -142,13 +142,22 @@ def test_the_params_stage_reports_every_bad_key_at_once(params_file, repo_root, 
     assert "learning_rate" in err and "lr must be a finite number" in err and "max_pixel" in err
 
 
+# Four levels of four aliases here (the report's nine levels of nine expand to 387 M items in DVC).
+ALIAS_BOMB = "seed: 42\nmodels:\n  cnn:\n    options:\n      l0: &l0 [x, x, x, x]\n" + "".join(
+    f"      l{n}: &l{n} [*l{n - 1}, *l{n - 1}, *l{n - 1}, *l{n - 1}]\n" for n in range(1, 5)
+)
+
+
 @pytest.mark.parametrize(
     "text,expected",
     [
         ("seed: 42\ntrain:\n\tpretrained: false\n", "line 3, column 1: not valid YAML: found character '\\t'"),
         ("seed: 42\nlr: 0.1\nbatch_size: 8\nlr: 0.001\n", "line 4, column 1: not valid YAML: key 'lr' appears twice"),
+        (ALIAS_BOMB, "line 5, column 11: not valid YAML: found the YAML anchor &l0"),
+        ("seed: " + "[" * 5000 + "]" * 5000 + "\n", "line 1, column 38: not valid YAML: found nesting over 32 levels"),
+        ("seed: 42\nlr: 0.1\x00\n", "line 2, column 8: not valid YAML: the character #x0000"),
     ],
-    ids=["tab_indentation", "duplicate_key"],
+    ids=["tab_indentation", "duplicate_key", "alias_bomb", "nesting_5000_deep", "nul_byte"],
 )
 def test_a_params_file_dvc_would_refuse_is_one_line_from_a_stage_script(tmp_path, text, expected):
     path = tmp_path / "params.yaml"
@@ -159,3 +168,36 @@ def test_a_params_file_dvc_would_refuse_is_one_line_from_a_stage_script(tmp_path
     assert proc.returncode == 1 and "Traceback" not in proc.stderr  # used to: yaml.scanner.ScannerError
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith(f"fetch: error: {path} ") and expected in last and "Fix:" in last
+
+
+def test_the_params_stage_refuses_an_alias_bomb_in_one_line(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text(ALIAS_BOMB)  # used to pass ("params.yaml ok"); DVC then died at 3.9 GB
+    proc = run_stage_script("check_params", "--params", str(path))
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and "anchor &l0" in proc.stderr
+
+
+def test_make_real_preflight_refuses_an_alias_bomb_before_dvc_reads_it(tmp_path):
+    from real import preflight
+
+    path = tmp_path / "params.yaml"
+    path.write_text(ALIAS_BOMB)
+    problem = preflight(path, ["-S", "seed=1"])  # used to hand the file to DVC's writer, which expands it
+    assert problem is not None and "anchor &l0" in problem and "\n" not in problem
+
+
+def test_thousands_of_unknown_keys_are_one_short_line_with_the_first_few_and_a_count(params_file):
+    from check_params import check
+
+    junk = {f"key{i:05d}": 1 for i in range(10_000)}
+    params = load_params(params_file(split={"val_fraction": 0.15, **junk}))
+    problems = check({**params, **junk})
+    assert len(problems) == 2 and all(len(p) < 1000 for p in problems)  # used to be one line of 199,273 bytes
+    assert all("['key00000', 'key00001', 'key00002', 'key00003', 'key00004'] and 9,995 more" in p for p in problems)
+
+
+def test_a_huge_value_is_quoted_short(params_file):
+    from check_params import check
+
+    problems = check(load_params(params_file(seed="x" * 1_000_000)))
+    assert len(problems) == 1 and "seed" in problems[0] and len(problems[0]) < 300
