@@ -27,12 +27,14 @@ repro: $(STAMP)
 	$(BIN)/dvc repro
 
 # ruff (format and lint) and mypy (pyproject [tool.mypy]), pinned in requirements-dev.txt, before pytest:
-# CI runs exactly this.
+# CI runs exactly this. pytest runs on one worker per core (pytest-xdist); the tests that share the end-to-end
+# pipeline repos are one xdist_group, so one worker builds them while the other takes the rest.
+PYTEST_WORKERS ?= auto
 test: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 	$(BIN)/mypy
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 lint: $(STAMP)  # fix what ruff can: formatting, import order, old syntax
 	$(BIN)/ruff format .

@@ -17,7 +17,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# The tests that use conftest's shared pipeline repos (pipeline_baseline, pipeline_experiment, built once per
+# pytest process): one group, so that under `pytest -n 2 --dist loadgroup` (make test) one worker builds them
+# while the other runs everything else.
+SHARES_PIPELINE = pytest.mark.xdist_group("pipeline")
 BIN = Path(sys.executable).parent  # the venv running the tests also runs the stages
 
 # Small enough that every stage of the whole pipeline runs in seconds on a 2-core CPU, large enough that
@@ -33,6 +40,9 @@ TINY = {
     "preprocess.cache_size": 40,
     "preprocess.workers": 1,
     "evaluate.n_resamples": 200,
+    "evaluate.gallery_per_outcome": 1,  # every figure still drawn (Grad-CAM too), with fewer images
+    "evaluate.augment_examples": 1,
+    "evaluate.augment_draws": 2,
     # the shipped demo sizes of each model (params.yaml's models.*) give way to one epoch
     "models.cnn.epochs": 1,
     "models.resnet_small.epochs": 1,
@@ -48,11 +58,9 @@ TINY = {
 }
 
 
-def tiny(**more: object) -> list[str]:
-    """``-S key=value`` arguments for ``dvc exp run``: TINY, then ``more`` (``models__vit__pretrained="true"``
-    for ``models.vit.pretrained``: dots are double underscores here)."""
-    pairs = {**TINY, **{k.replace("__", "."): v for k, v in more.items()}}
-    return [a for k, v in pairs.items() for a in ("-S", f"{k}={v}")]
+def tiny() -> list[str]:
+    """TINY as ``dvc exp run`` arguments: ``-S key=value`` each."""
+    return [a for k, v in TINY.items() for a in ("-S", f"{k}={v}")]
 
 
 def set_params(args: list[str]) -> list[str]:

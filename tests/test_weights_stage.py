@@ -7,6 +7,7 @@ without a cache; offline it fails fast with the commands.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 
@@ -16,9 +17,9 @@ import yaml
 from cxr.models.vit import VIT_HUB_ID, VIT_REVISION
 from fake_hub import FakeHub, closed_port_url
 from models.test_weights import tiny_vit_files
-from pipeline_repo import BIN, env, make_repo, tiny
+from pipeline_repo import BIN, SHARES_PIPELINE, copy_repo, env
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, SHARES_PIPELINE]
 
 
 def dvc(repo, *args, extra_env=None, check=True):
@@ -32,14 +33,15 @@ def dvc(repo, *args, extra_env=None, check=True):
     return p
 
 
-def test_weights_stage_downloads_once_tracks_and_trains(tmp_path):
-    repo = make_repo(tmp_path / "repo")
+def test_weights_stage_downloads_once_tracks_and_trains(pipeline_baseline, tmp_path):
+    repo = copy_repo(pipeline_baseline["repo"], tmp_path / "repo")  # its tiny sizes; only weights, train@vit run
     files = tiny_vit_files(tmp_path)
     base_env = {"HF_HUB_OFFLINE": "0", "HF_HUB_CACHE": str(tmp_path / "hf"), "TORCH_HOME": str(tmp_path / "torch")}
     with FakeHub() as hub:
         hub.add_hf_repo(VIT_HUB_ID, VIT_REVISION, files)
-        args = ["-n", "vit-pretrained", *tiny(models__vit__pretrained="true"), "train@vit"]
+        args = ["-n", "vit-pretrained", "-S", "models.vit.pretrained=true", "train@vit"]
         out = dvc(repo, "exp", "run", *args, extra_env={**base_env, "HF_ENDPOINT": hub.url})
+        assert set(re.findall(r"Running stage '([^']+)'", out.stdout)) == {"weights", "train@vit"}, out.stdout
         assert hub.count("GET", under="/resolve/") == 3, hub.requests
     assert f"vit: Hugging Face {VIT_HUB_ID}@{VIT_REVISION[:12]} downloaded from" in out.stdout
     assert "pretrained=True" in out.stdout
