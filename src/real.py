@@ -183,7 +183,7 @@ def main(argv=None) -> int:
         return 2
     if args.dry_run:
         return 0
-    t0 = time.monotonic()
+    t0, started = time.monotonic(), time.time()
     code, stages = run_timed(cmd)
     total = time.monotonic() - t0
     print("\n[real] wall time per stage (s):")
@@ -202,7 +202,7 @@ def main(argv=None) -> int:
         "  mlflow ui --backend-store-uri sqlite:///mlflow.db   every training run"
     )
     report = Path("reports/results.md")
-    if report.is_file():
+    if report.is_file() and report.stat().st_mtime >= started:  # a run with a stage target may not reach compare
         print("\n" + "\n".join(result_tables(report.read_text())))
     return 0
 

@@ -198,6 +198,7 @@ def repo(request, tmp_path_factory):
 
 @pytest.mark.slow
 @SHARES_PIPELINE
+@pytest.mark.timeout(2700)  # the first builds the shared repos
 def test_plots_show_renders_offline(repo, tmp_path):
     out = run(["dvc", "plots", "show"], repo).stdout
     page = repo / "dvc_plots" / "index.html"
@@ -207,6 +208,7 @@ def test_plots_show_renders_offline(repo, tmp_path):
 
 @pytest.mark.slow
 @SHARES_PIPELINE
+@pytest.mark.timeout(2700)  # the first builds the shared repos
 def test_plots_diff_renders_offline(repo, tmp_path):
     run(["dvc", "plots", "diff"], repo)
     page = repo / "dvc_plots" / "index.html"
@@ -220,6 +222,7 @@ def test_plots_diff_renders_offline(repo, tmp_path):
 
 @pytest.mark.slow
 @SHARES_PIPELINE
+@pytest.mark.timeout(2700)  # the first builds the shared repos
 def test_default_cdn_page_is_blank_offline(repo, tmp_path):
     """The control: DVC's own page, under the same browser flags, draws no Vega plot."""
     from dvc_render.html import PAGE_HTML

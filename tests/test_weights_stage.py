@@ -19,7 +19,7 @@ from fake_hub import FakeHub, closed_port_url
 from models.test_weights import tiny_vit_files
 from pipeline_repo import BIN, SHARES_PIPELINE, copy_repo, env
 
-pytestmark = [pytest.mark.slow, SHARES_PIPELINE]
+pytestmark = [pytest.mark.slow, SHARES_PIPELINE, pytest.mark.timeout(2700)]  # may build the shared repo
 
 
 def dvc(repo, *args, extra_env=None, check=True):

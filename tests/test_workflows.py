@@ -37,7 +37,8 @@ from pipeline_repo import (
 )
 from servers import mlflow_process
 
-pytestmark = [pytest.mark.slow, SHARES_PIPELINE]
+# The first test a worker runs here builds the shared repos (a whole pipeline, then an experiment).
+pytestmark = [pytest.mark.slow, SHARES_PIPELINE, pytest.mark.timeout(2700)]
 
 MODELS = ["cnn", "resnet_small", "resnet50", "vgg16", "vit"]
 # the sweep's selected configuration, kept as a model (the shipped sweep.model: TINY leaves it)
@@ -335,10 +336,9 @@ def test_mlflow_server_rest_search(pipeline, tmp_path):
             exp_id = json.loads(r.read())["experiment"]["experiment_id"]
         found = post("/api/2.0/mlflow/runs/search", {"experiment_ids": [exp_id], "max_results": 500})
         tags = [{t["key"]: t["value"] for t in r["data"].get("tags", [])} for r in found["runs"]]
-        runs = [r for r, t in zip(found["runs"], tags) if t.get("stage") == "train" and not t.get("dvc_exp_name")]
-        assert sorted(t["model"] for t in tags if t.get("stage") == "train" and not t.get("dvc_exp_name")) == sorted(
-            MODELS
-        )
+        baseline = [t.get("stage") == "train" and t.get("dvc_exp_name") == "baseline" for t in tags]
+        runs = [r for r, b in zip(found["runs"], baseline) if b]
+        assert sorted(t["model"] for t, b in zip(tags, baseline) if b) == sorted(MODELS)
         param_keys = {frozenset(p["key"] for p in r["data"]["params"]) for r in runs}
         metric_keys = {frozenset(m["key"] for m in r["data"]["metrics"]) for r in runs}
         assert len(param_keys) == 1, param_keys
