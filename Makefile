@@ -28,7 +28,7 @@ repro: $(STAMP)
 
 # ruff (format and lint) and mypy (pyproject [tool.mypy]), pinned in requirements-dev.txt, before pytest:
 # CI runs exactly this. pytest runs on one worker per core (pytest-xdist); the tests that share the end-to-end
-# pipeline repos are one xdist_group, so one worker builds them while the other takes the rest.
+# pipeline repos are one unit (tests/conftest.py), so one worker builds them while the other takes the rest.
 PYTEST_WORKERS ?= auto
 test: $(STAMP)
 	$(BIN)/ruff format --check .

@@ -90,6 +90,26 @@ def on_a_terminal(monkeypatch):
     monkeypatch.setattr(cxr.training.engine, "progress_enabled", drawn)
 
 
+# The modules whose tests share the pipeline repos below (built once per pytest process): under
+# `pytest -n 2 --dist loadgroup` (make test) one worker takes all of them, first, while the other runs the rest.
+SHARED_PIPELINE_MODULES = ("tests/test_workflows.py", "tests/test_plots_offline.py", "tests/test_weights_stage.py")
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """xdist's loadgroup, by module: pytest 9 keeps a node's id in ``_id``, so the ``@group`` suffix that
+    pytest-xdist 3.8 writes to ``item._nodeid`` for ``xdist_group`` marks never reaches the scheduler (every
+    test became its own unit, and both workers built the shared repos). The largest unit is sent first."""
+    if config.getoption("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class SharedPipelineScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return "shared-pipeline" if nodeid.split("::", 1)[0] in SHARED_PIPELINE_MODULES else nodeid
+
+    return SharedPipelineScheduling(config, log)
+
+
 # The tiny whole-pipeline repos the end-to-end tests (test_workflows, test_plots_offline) share: each is built
 # once a session, on first use. Read-only by convention: a test that changes one (runs a stage or an
 # experiment, writes into its workspace) works on its own pipeline_repo.copy_repo of it.

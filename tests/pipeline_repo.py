@@ -17,14 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 REPO_ROOT = Path(__file__).resolve().parents[1]
-
-# The tests that use conftest's shared pipeline repos (pipeline_baseline, pipeline_experiment, built once per
-# pytest process): one group, so that under `pytest -n 2 --dist loadgroup` (make test) one worker builds them
-# while the other runs everything else.
-SHARES_PIPELINE = pytest.mark.xdist_group("pipeline")
 BIN = Path(sys.executable).parent  # the venv running the tests also runs the stages
 
 # Small enough that every stage of the whole pipeline runs in seconds on a 2-core CPU, large enough that

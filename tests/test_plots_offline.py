@@ -31,7 +31,7 @@ import pytest
 import yaml
 
 from cxr import offline_plots
-from pipeline_repo import BIN, REPO_ROOT, SHARES_PIPELINE, copy_repo, run
+from pipeline_repo import BIN, REPO_ROOT, copy_repo, run
 
 NODE_MODULES = REPO_ROOT / "node_modules"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".svg")
@@ -197,7 +197,6 @@ def repo(request, tmp_path_factory):
 
 
 @pytest.mark.slow
-@SHARES_PIPELINE
 @pytest.mark.timeout(2700)  # the first builds the shared repos
 def test_plots_show_renders_offline(repo, tmp_path):
     out = run(["dvc", "plots", "show"], repo).stdout
@@ -207,7 +206,6 @@ def test_plots_show_renders_offline(repo, tmp_path):
 
 
 @pytest.mark.slow
-@SHARES_PIPELINE
 @pytest.mark.timeout(2700)  # the first builds the shared repos
 def test_plots_diff_renders_offline(repo, tmp_path):
     run(["dvc", "plots", "diff"], repo)
@@ -221,7 +219,6 @@ def test_plots_diff_renders_offline(repo, tmp_path):
 
 
 @pytest.mark.slow
-@SHARES_PIPELINE
 @pytest.mark.timeout(2700)  # the first builds the shared repos
 def test_default_cdn_page_is_blank_offline(repo, tmp_path):
     """The control: DVC's own page, under the same browser flags, draws no Vega plot."""

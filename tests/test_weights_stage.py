@@ -17,9 +17,9 @@ import yaml
 from cxr.models.vit import VIT_HUB_ID, VIT_REVISION
 from fake_hub import FakeHub, closed_port_url
 from models.test_weights import tiny_vit_files
-from pipeline_repo import BIN, SHARES_PIPELINE, copy_repo, env
+from pipeline_repo import BIN, copy_repo, env
 
-pytestmark = [pytest.mark.slow, SHARES_PIPELINE, pytest.mark.timeout(2700)]  # may build the shared repo
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2700)]  # may build the shared repo
 
 
 def dvc(repo, *args, extra_env=None, check=True):

@@ -27,7 +27,6 @@ import yaml
 
 from pipeline_repo import (
     REPO_ROOT,
-    SHARES_PIPELINE,
     copy_repo,
     env,
     experiment_runs,
@@ -38,7 +37,7 @@ from pipeline_repo import (
 from servers import mlflow_process
 
 # The first test a worker runs here builds the shared repos (a whole pipeline, then an experiment).
-pytestmark = [pytest.mark.slow, SHARES_PIPELINE, pytest.mark.timeout(2700)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2700)]
 
 MODELS = ["cnn", "resnet_small", "resnet50", "vgg16", "vit"]
 # the sweep's selected configuration, kept as a model (the shipped sweep.model: TINY leaves it)
