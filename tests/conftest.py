@@ -95,6 +95,7 @@ def on_a_terminal(monkeypatch):
 SHARED_PIPELINE_MODULES = ("tests/test_workflows.py", "tests/test_plots_offline.py", "tests/test_weights_stage.py")
 
 
+@pytest.hookimpl(optionalhook=True)  # pytest -p no:xdist runs without the plugin
 def pytest_xdist_make_scheduler(config, log):
     """xdist's loadgroup, by module: pytest 9 keeps a node's id in ``_id``, so the ``@group`` suffix that
     pytest-xdist 3.8 writes to ``item._nodeid`` for ``xdist_group`` marks never reaches the scheduler (every

@@ -38,26 +38,30 @@ def answers(url: str) -> bool:
 def mlflow_process(
     args: list[str], *, cwd: Path, env: dict, log: Path, ready: str = "/health", timeout: float = 120
 ) -> Iterator[str]:
-    """``mlflow <args> --host 127.0.0.1 --port <free> --workers 1`` in its own process group: its base URL
-    once GET ``ready`` answers 200. Always ended, with its gunicorn/uvicorn workers (the whole group)."""
+    """``mlflow <args> --host 127.0.0.1 --port <free> --workers 1`` (:func:`server_process`): its base URL."""
     port = free_port()
+    cmd = [str(BIN / "mlflow"), *args, "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    with server_process(cmd, port, cwd=cwd, env=env, log=log, ready=ready, timeout=timeout) as (base, _):
+        yield base
+
+
+@contextlib.contextmanager
+def server_process(
+    cmd: list[str], port: int, *, cwd: Path, env: dict, log: Path, ready: str, timeout: float = 120
+) -> Iterator[tuple[str, subprocess.Popen]]:
+    """``cmd`` (a server listening on 127.0.0.1:``port``) in its own process group: its base URL and process
+    once GET ``ready`` answers 200. Always ended, with its gunicorn/uvicorn workers (the whole group)."""
+    name = Path(cmd[0]).name + " " + cmd[1]
     with open(log, "wb") as out:  # the server keeps its own copy of the descriptor
-        proc = subprocess.Popen(
-            [str(BIN / "mlflow"), *args, "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-            cwd=cwd,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + timeout
         while not answers(base + ready):
-            assert proc.poll() is None, f"mlflow {args[0]} exited with {proc.returncode}:\n{log.read_text()[-3000:]}"
-            assert time.monotonic() < deadline, f"mlflow {args[0]}: no {ready} answer in {timeout:.0f} s"
+            assert proc.poll() is None, f"{name} exited with {proc.returncode}:\n{log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"{name}: no {ready} answer in {timeout:.0f} s"
             time.sleep(0.5)
-        yield base
+        yield base, proc
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)

@@ -3,6 +3,7 @@
     cxr predict scan.jpeg folder/ "more/**/*.png" --model models/cnn
     cxr predict data/raw/test --format csv --output predictions.csv --cam figures/cam
     cxr predict study.dcm --format jsonl
+    cxr serve --model models:/cxr-pneumonia@champion --port 5001   # HTTP, see cxr.serving.server
 
 ``--model`` defaults to the model the ``compare`` stage selected on validation in this checkout
 (``models/<name>`` of the row with ``selected`` true in ``reports/results.csv``), not the registry's
@@ -28,6 +29,8 @@ import os
 import sys
 import textwrap
 from pathlib import Path
+
+from cxr.serving.server import add_parser as serve_parser
 
 EXIT_OK, EXIT_INPUT_ERRORS, EXIT_USAGE = 0, 1, 2
 CHAMPION_URI = "models:/cxr-pneumonia@champion"  # mlflow.registered_model @ mlflow.champion_alias, as shipped
@@ -152,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     _predict_parser(sub)
+    serve_parser(sub)
     _seeds_parser(sub)
     return parser
 

@@ -1,7 +1,7 @@
 """The trained model as an MLflow pyfunc that takes encoded images (JPEG, PNG, DICOM bytes) and serves them.
 
     info = log_pyfunc_model("models/cnn", registered_model_name="cxr-pneumonia")   # inside or outside a run
-    # mlflow models serve -m models:/cxr-pneumonia/1 --env-manager local --port 5001
+    # cxr serve --model models:/cxr-pneumonia/1 --port 5001   (or: mlflow models serve -m ... --env-manager local)
     # curl -X POST localhost:5001/invocations -H 'Content-Type: application/json' \
     #      -d '{"dataframe_split": {"columns": ["image"], "data": [["<base64 JPEG>"]]}}'
     # -> {"predictions": [{"probability": 0.93, "label": "PNEUMONIA", "error": null}]}
