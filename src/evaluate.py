@@ -12,8 +12,8 @@ The decision threshold is the model card's (chosen at training on validation as
   --metrics      metrics at the validation threshold and at 0.5, each with its bootstrap CI
   --plots        confusion.csv (actual, predicted), roc.csv, pr.csv, calibration.csv (DVC plots)
   --figures      confusion, roc, pr, calibration (before and after the card's temperature), refer (error
-                 among decided vs coverage, when the card has a refer band), augmentation, gallery PNGs (the
-                 training curves are the train stage's figures/train/<model>/curves.png, drawn once)
+                 among decided vs coverage, when the card has a refer band), augmentation, gallery PNGs, and
+                 with --history the training curves (drawn here, not by train: figure code retrains nothing)
 
 and, for every external set of ``--external`` (stage external), the same metrics under ``external.<set>``
 in --metrics, its rows (with a ``set`` column) in --external-predictions and its ROC in
@@ -49,7 +49,7 @@ from cxr.evaluation.selective import refer_figure
 from cxr.files import write_csv, write_metrics
 from cxr.gpus import GpuClaimError, hold_device
 from cxr.models import list_models
-from cxr.plots import save_figure
+from cxr.plots import save_figure, training_curves_figure
 from cxr.stage import run_stage
 from cxr.tracking import PARENT_RUN_TAG, make_tracker, run_name, run_tags
 
@@ -67,9 +67,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--checkpoint", required=True, help="train stage output folder (model.pt + model.json)")
     p.add_argument("--cache", default="data/cache", help="preprocess stage output")
-    # Accepted and unused: the training curves are drawn by the train stage alone. Remove it together with
-    # `--history plots/history/${key}.csv` in dvc.yaml's evaluate command.
-    p.add_argument("--history", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--history", default=None, help="the train stage's per-epoch CSV: the curves figure")
     p.add_argument("--predictions", required=True, help="per-image predictions CSV")
     p.add_argument("--metrics", required=True, help="test metrics JSON, with CIs (git-tracked details)")
     p.add_argument("--plots", required=True, help="folder for the DVC plot CSVs")
@@ -136,6 +134,9 @@ def main(argv=None) -> int:
             title=f"{args.model}: refer band (each level set on validation)",
         )
 
+    if args.history:
+        figs["curves"] = curves_figure(args.model, args.history, card)
+
     tracker = make_tracker(mlflow_cfg.experiment)
     tags = {**run_tags(args.model, data_version=card.data_version, device=describe(device)), "stage": "evaluate"}
     parent = find_training_run(tracker, card)
@@ -151,6 +152,17 @@ def main(argv=None) -> int:
 
     print_summary(args.model, result, external)
     return 0
+
+
+def curves_figure(name: str, history: str, card):
+    """The training curves of ``name`` from its per-epoch CSV, the kept epoch marked."""
+    select_metric = card.train_params.get("select_metric", "val_auc")
+    return training_curves_figure(
+        pd.read_csv(history),
+        best_epoch=card.best_epoch,
+        title=f"{name}: training curves (kept epoch by {select_metric})",
+        acc_threshold=0.5,  # what engine.train_one_epoch / evaluate_loader count as a PNEUMONIA call
+    )
 
 
 # The evaluation's single values charted in its run: the headline ones, per set. Every metric with its CI

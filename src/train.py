@@ -1,14 +1,17 @@
 """Stage train@<model>: train one model on the cached train split, select on validation, log to MLflow.
 
     python src/train.py --params params.yaml --model cnn --cache data/cache --out models/cnn \
-        --metrics metrics/train/cnn.json --history plots/history/cnn.csv --figures figures/train/cnn
+        --metrics metrics/train/cnn.json --history plots/history/cnn.csv --settings resolved/train/cnn.json
 
-(normally via ``dvc repro train@cnn`` or ``dvc exp run -S lr=1e-4``). Reads the top-level knobs
-(seed, lr, batch_size, epochs, image_size), ``train``, ``models.<model>``, ``mlflow`` and, for the
-model card's record of what the data was (:class:`cxr.checkpoint.DataSource`), the ``data`` keys that
-name the source (source, path, url, sha256, kaggle_dataset, synthetic).
+(normally via ``dvc repro train@cnn`` or ``dvc exp run -S lr=1e-4``). What decides the checkpoint comes
+from --settings (resolved/train/<model>.json, the params stage's: the top-level knobs with the model's
+``models.<model>`` overrides applied, ``train``, the validation choices of ``evaluate`` and what the data was,
+:class:`cxr.training.run_config.TrainSettings`); without it, from params.yaml the same way. From params.yaml it
+also reads ``mlflow`` (where the run is logged) and ``train.resume_every``: neither changes the checkpoint,
+so neither is a dependency of the stage.
 Writes the checkpoint (model.pt + model.json) to --out, flat final validation metrics to
---metrics, the per-epoch history CSV to --history and the curves PNG into --figures. An
+--metrics and the per-epoch history CSV to --history (evaluate draws its curves: figure code is no
+dependency of training). An
 interrupted run continues from --resume (default data/resume/<model>.pt, outside DVC's outputs so
 a rerun does not delete it) when the parameters and data are unchanged.
 
@@ -27,18 +30,16 @@ import contextlib
 import sys
 from pathlib import Path
 
-import pandas as pd
 import torch
 
 from cxr import checkpoint
-from cxr.config import ConfigError, EvaluateConfig, MlflowConfig, TrainConfig, load_params, section
+from cxr.config import ConfigError, MlflowConfig, TrainConfig, load_params, section
 from cxr.data.cache import CacheError, load_info, load_split
 from cxr.device import describe, resolve_device
 from cxr.files import clean_number, write_history, write_metrics
 from cxr.gpus import GpuClaimError, claim_gpus
 from cxr.models import WeightsUnavailableError, list_models
 from cxr.models.weights import materialised_weights
-from cxr.plots import save_figure, training_curves_figure
 from cxr.runlock import ResumeLockedError, resume_lock
 from cxr.stage import run_stage
 from cxr.tracking import NullTracker, make_tracker, run_name, run_tags
@@ -46,7 +47,7 @@ from cxr.training import distributed
 from cxr.training.engine import TrainingDivergedError
 from cxr.training.fit import fit
 from cxr.training.resume import config_hash
-from cxr.training.run_config import resolve_data_source, resolve_run_config
+from cxr.training.run_config import TrainSettings
 
 ERRORS = (ConfigError, CacheError, WeightsUnavailableError, ResumeLockedError, TrainingDivergedError, GpuClaimError)
 
@@ -55,11 +56,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--params", default="params.yaml")
     p.add_argument("--model", required=True, help=f"registry name ({', '.join(list_models())})")
+    p.add_argument("--settings", default=None, help="the params stage's resolved/train/<model>.json")
     p.add_argument("--cache", default="data/cache", help="preprocess stage output")
     p.add_argument("--out", required=True, help="checkpoint folder")
     p.add_argument("--metrics", required=True, help="final validation metrics JSON")
     p.add_argument("--history", required=True, help="per-epoch history CSV")
-    p.add_argument("--figures", required=True, help="folder for the curves PNG")
     p.add_argument(
         "--pretrained",
         default=None,
@@ -77,15 +78,17 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     params = load_params(args.params)
-    run_cfg = resolve_run_config(params, args.model)
+    settings = TrainSettings.read(args.settings) if args.settings else TrainSettings.from_params(params, args.model)
+    if settings.run.model != args.model:
+        raise ConfigError(f"--settings {args.settings} are {settings.run.model!r}'s, not --model {args.model!r}'s")
+    run_cfg = settings.run
     if run_cfg.pretrained and run_cfg.weights is None and args.pretrained:
         run_cfg = run_cfg.replace(weights=materialised_weights(args.pretrained, args.model))
     if distributed.under_launcher():  # a rank started by torchrun (ours or the user's, multi-node)
         device = distributed.local_device(args.device)
         with distributed.process_group(device):
-            return train(args, params, run_cfg, device)
-    t: TrainConfig = section(params, "train", TrainConfig)
-    n = distributed.resolve_devices(t.devices, args.device)
+            return train(args, params, settings, run_cfg, device)
+    n = distributed.resolve_devices(settings.devices, args.device)
     if n > 1 and run_cfg.batch_size % n:
         raise ConfigError(
             f"batch_size {run_cfg.batch_size} of {args.model} is not a multiple of train.devices = {n}: "
@@ -99,7 +102,7 @@ def main(argv=None) -> int:
         device = torch.device("cuda", claim.ordinals[0]) if claim.ordinals else resolve_device(args.device)
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        return train(args, params, run_cfg, device)
+        return train(args, params, settings, run_cfg, device)
 
 
 # The training run's single values in MLflow (its charts): the rest are per-epoch curves.
@@ -114,11 +117,10 @@ def log_splits(tracker, cache: str, data_version: str) -> None:
         tracker.log_dataset(split, f"{cache}/{split}_images.npy", data_version, context)
 
 
-def train(args: argparse.Namespace, params: dict, run_cfg, device: torch.device) -> int:
+def train(args: argparse.Namespace, params: dict, settings: TrainSettings, run_cfg, device: torch.device) -> int:
     """One process's part of the stage; every output and the MLflow run come from rank 0 only."""
     main_rank = distributed.is_main()
     mlflow_cfg: MlflowConfig = section(params, "mlflow", MlflowConfig)
-    eval_cfg: EvaluateConfig = section(params, "evaluate", EvaluateConfig)
     info = load_info(args.cache)
     train, val = load_split(args.cache, "train"), load_split(args.cache, "val")
     world = distributed.world_size()
@@ -139,19 +141,9 @@ def train(args: argparse.Namespace, params: dict, run_cfg, device: torch.device)
         "seed": run_cfg.seed,  # the MLflow UI groups runs by it (Group by -> Tags -> seed): seed spread
     }
     # One trainer per resume state (rank 0 holds it): a rerun after `kill -9` of dvc must not race the orphan.
+    # (The orphan's MLflow run, left RUNNING, is marked KILLED when this run starts: cxr.tracking.)
     with resume_lock(args.resume, args.model) if main_rank else contextlib.nullcontext():
-        if main_rank and Path(args.resume).is_file():  # the lock is ours: that run is dead, and so is its MLflow run
-            ended = tracker.end_stale_runs({k: tags[k] for k in ("model", "stage", "config_hash")})
-            if ended:
-                print(f"[{args.model}] marked {ended} interrupted MLflow run(s) of this configuration KILLED")
-        fit_opts = {  # the threshold saved with the model is chosen as evaluate reports it
-            "threshold_method": eval_cfg.threshold,
-            "fixed_threshold": eval_cfg.fixed_threshold,
-            "resume_every": section(params, "train", TrainConfig).resume_every,
-            "calibrate": section(params, "train", TrainConfig).calibrate,  # the temperature, fitted on validation
-            "refer_target": eval_cfg.refer.target_error,  # the refer band saved with the model
-            "data_source": resolve_data_source(params),
-        }
+        fit_opts = {**settings.fit_options(), "resume_every": section(params, "train", TrainConfig).resume_every}
         return _fit_and_write(args, run_cfg, device, train, val, info, tracker, tags, mlflow_cfg, fit_opts, main_rank)
 
 
@@ -178,19 +170,10 @@ def _fit_and_write(args, run_cfg, device, train, val, info, tracker, tags, mlflo
         write_metrics(args.metrics, metrics)
         write_history(Path(args.history), result.history)
 
-        fig = training_curves_figure(
-            pd.DataFrame(result.history),
-            best_epoch=result.best["best_epoch"],
-            title=f"{args.model}: training curves (kept epoch by {run_cfg.select_metric})",
-            acc_threshold=0.5,  # what engine.train_one_epoch / evaluate_loader count as a PNEUMONIA call
-        )
-        curves = save_figure(fig, Path(args.figures) / "curves.png")
-
         # Beside the per-epoch curves, a handful of final values: the kept epoch and its threshold. The
         # rest of the kept epoch's validation metrics is the metrics file, logged as a table.
         tracker.log_metrics({f"best_{k}" if k.startswith("val_") else k: metrics[k] for k in FINAL_METRICS})
         tracker.log_table([{"metric": k, "value": v} for k, v in metrics.items()], "validation_metrics.json")
-        tracker.log_artifact(curves)  # the PNG as written: MLflow's log_figure would render it again
         tracker.log_artifact(Path(args.out) / checkpoint.META_FILE)
         tracker.log_artifact(args.history)
         if mlflow_cfg.log_model:

@@ -3,7 +3,9 @@
     python src/weights.py --params params.yaml --out models/pretrained
 
 (normally via ``dvc repro weights``; ``train@<model>`` and ``sweep`` depend on its output). Reads
-``train.pretrained`` and ``models.<name>.pretrained`` / ``.weights``. For every model that trains
+``train.pretrained`` and ``models.<name>.pretrained`` / ``.weights``, as the params stage resolves them into
+resolved/weights.json (the stage's dependency, so that its params follow the model list:
+:func:`cxr.training.run_config.pretrained_weights`). For every model that trains
 from its published weights, they are fetched into --out/<model>/ (torchvision's URL and sha256
 prefix; the ViT's Hugging Face repository at a pinned commit) unless already there, or in the torch
 hub / Hugging Face cache; ``models.<name>.weights`` (a local file) is used as it is. --out/manifest.json
@@ -19,10 +21,11 @@ import shutil
 import time
 from pathlib import Path
 
-from cxr.config import ConfigError, TrainConfig, load_model_override, load_params, section
+from cxr.config import ConfigError, load_params
 from cxr.files import sha256_file
 from cxr.pretrained import WeightsUnavailableError, read_manifest, write_manifest
 from cxr.stage import run_stage
+from cxr.training.run_config import pretrained_weights
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -31,30 +34,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", required=True, help="folder of the materialised weights (a DVC output)")
     p.add_argument("--no-progress", action="store_true", help="no download progress bars")
     return p.parse_args(argv)
-
-
-def any_pretrained(params: dict) -> bool:
-    """Whether any model may train from pretrained weights: train.pretrained, or a models.<name> section
-    that sets pretrained or weights. False is certain from params.yaml alone, without the model registry
-    (and torch): the synthetic default writes its empty manifest in a fraction of a second."""
-    if section(params, "train", TrainConfig).pretrained:
-        return True
-    return any(o.pretrained or o.weights for o in (load_model_override(params, m) for m in params.get("models") or {}))
-
-
-def needed(params: dict) -> dict[str, str | None]:
-    """Models that train from pretrained weights -> their local weights path (None: the published ones)."""
-    if not any_pretrained(params):
-        return {}
-    from cxr.models import list_models
-    from cxr.training.run_config import resolve_run_config
-
-    out = {}
-    for name in list_models():
-        cfg = resolve_run_config(params, name)
-        if cfg.pretrained:
-            out[name] = cfg.weights
-    return out
 
 
 def local_record(name: str, local: str) -> dict:
@@ -100,7 +79,7 @@ def materialise_all(wanted: dict[str, str | None], out: Path, progress: bool) ->
 def main(argv=None) -> int:
     args = parse_args(argv)
     out = Path(args.out)
-    wanted = needed(load_params(args.params))
+    wanted = pretrained_weights(load_params(args.params))
     records = materialise_all(wanted, out, progress=not args.no_progress) if wanted else {}
     # Weights of models this run does not pretrain are not kept in the output (DVC's cache still has them).
     stale = sorted(p for p in out.iterdir() if p.is_dir() and p.name not in records) if out.is_dir() else []

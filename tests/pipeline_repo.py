@@ -269,7 +269,6 @@ def train_stage_cmd(model: str = "cnn", **paths: str) -> list[str]:
         "out": f"models/{model}",
         "metrics": f"metrics/train/{model}.json",
         "history": f"plots/history/{model}.csv",
-        "figures": f"figures/train/{model}",
         "resume": f"data/resume/{model}.pt",
         **paths,
     }

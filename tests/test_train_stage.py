@@ -48,8 +48,7 @@ def check_outputs(workdir):
     # DVC-tracked files are deterministic: timings and run ids live in MLflow only
     assert not {"seconds", "train_images_per_s"} & set(rows[0])
     assert "seconds_per_epoch" not in metrics and "mlflow_run_id" not in meta and "git_commit" not in meta
-    png = (workdir / "figures/train/cnn/curves.png").read_bytes()
-    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (workdir / "figures").exists()  # no figure: evaluate draws the curves (plots.py retrains nothing)
     assert not (workdir / "data/resume/cnn.pt").exists()  # removed after a completed fit
 
 
@@ -95,7 +94,7 @@ def test_train_stage_end_to_end(workdir, repo_root):
     tables = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert "validation_metrics.json" in tables
     arts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"curves.png", "model.json"} <= arts
+    assert "model.json" in arts
 
 
 def test_train_stage_with_unreachable_mlflow_server(workdir, repo_root):

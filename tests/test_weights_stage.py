@@ -41,7 +41,8 @@ def test_weights_stage_downloads_once_tracks_and_trains(pipeline_baseline, tmp_p
         hub.add_hf_repo(VIT_HUB_ID, VIT_REVISION, files)
         args = ["-n", "vit-pretrained", "-S", "models.vit.pretrained=true", "train@vit"]
         out = dvc(repo, "exp", "run", *args, extra_env={**base_env, "HF_ENDPOINT": hub.url})
-        assert set(re.findall(r"Running stage '([^']+)'", out.stdout)) == {"weights", "train@vit"}, out.stdout
+        ran = set(re.findall(r"Running stage '([^']+)'", out.stdout))
+        assert ran == {"params", "weights", "train@vit"}, out.stdout
         assert hub.count("GET", under="/resolve/") == 3, hub.requests
     assert f"vit: Hugging Face {VIT_HUB_ID}@{VIT_REVISION[:12]} downloaded from" in out.stdout
     assert "pretrained=True" in out.stdout
@@ -49,7 +50,9 @@ def test_weights_stage_downloads_once_tracks_and_trains(pipeline_baseline, tmp_p
     lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
     (w_out,) = lock["weights"]["outs"]
     assert w_out["path"] == "models/pretrained" and w_out["md5"].endswith(".dir") and w_out["nfiles"] == 4
-    assert lock["weights"]["params"]["params.yaml"]["models.vit.pretrained"] is True
+    # its dependency: the params stage's list of the models that train from pretrained weights
+    assert json.loads((repo / "resolved/weights.json").read_text()) == {"pretrained": {"vit": None}}
+    assert [d["path"] for d in lock["weights"]["deps"] if d["path"].startswith("resolved")] == ["resolved/weights.json"]
     assert any(d["path"] == "models/pretrained" and d["md5"] == w_out["md5"] for d in lock["train@vit"]["deps"])
     manifest = json.loads((repo / "models/pretrained/manifest.json").read_text())
     assert manifest["models"]["vit"]["revision"] == VIT_REVISION

@@ -40,6 +40,8 @@ from servers import mlflow_process
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2700)]
 
 MODELS = ["cnn", "resnet_small", "resnet50", "vgg16", "vit"]
+# The models whose lr is the global one: params.yaml's models.vgg16 and models.vit set their own (TINY leaves them)
+GLOBAL_LR = ["cnn", "resnet_small", "resnet50"]
 # the sweep's selected configuration, kept as a model (the shipped sweep.model: TINY leaves it)
 TUNED = f"{yaml.safe_load((REPO_ROOT / 'params.yaml').read_text())['sweep']['model']}-tuned"
 STAGES = [
@@ -118,7 +120,11 @@ def experiment_copy(experiment, tmp_path):
 def test_exp_run_reruns_only_dependent_stages(experiment):
     repo, out = experiment["repo"], experiment["exp_out"]
     ran = ran_stages(out)
-    assert {f"train@{m}" for m in MODELS} <= ran
+    # The models that train with the global lr or batch size are retrained; vgg16, whose models.vgg16 pins
+    # both, is not (its resolved settings, train@vgg16's dependency, are the same bytes), nor evaluated again.
+    assert {f"train@{m}" for m in GLOBAL_LR} | {"train@vit"} <= ran, ran
+    assert not ran & {"train@vgg16", "evaluate@vgg16"}, ran
+    assert "Stage 'train@vgg16' didn't change" in out, out[-3000:]
     # Stages that do not read lr / batch_size are not rerun (the sweep has its own grid).
     assert not ran & {"fetch", "split", "preprocess", "external", "weights", "sweep"}, ran
     shown = json.loads(run(["dvc", "exp", "show", "--json"], repo).stdout)
@@ -165,7 +171,7 @@ def test_exp_run_reruns_only_dependent_stages(experiment):
         for r in experiment_runs(repo)
         if r.data.tags.get("dvc_exp_name") == "lr-bs" and r.data.tags.get("stage") == "train"
     ]
-    assert sorted(r.info.run_name for r in runs) == sorted(f"{m} [lr-bs]" for m in MODELS)
+    assert sorted(r.info.run_name for r in runs) == sorted(f"{m} [lr-bs]" for m in MODELS if m != "vgg16")
     assert all(float(r.data.params["lr"]) == pytest.approx(1e-4) or r.data.tags["model"] == "vit" for r in runs)
     assert all(int(r.data.params["batch_size"]) == 16 for r in runs)
 
@@ -228,9 +234,8 @@ def test_fresh_clone_repro_gives_the_committed_bytes(pipeline, tmp_path):
     repo = pipeline["repo"]
     clone = git_clone(repo, tmp_path / "clone")
     first = run(["dvc", "repro"], clone, timeout=1800)
-    # Every stage with a DVC-cached output reruns (sweep too: its kept model is cached); compare, whose
-    # outputs are all in git and whose deps come back with the same hashes, is skipped as unchanged, and
-    # so is the params stage, which has no outputs.
+    # Every stage with a DVC-cached output reruns (sweep too: its kept model is cached); compare and the
+    # params stage, whose outputs are all in git and whose deps come back with the same hashes, are skipped.
     assert set(STAGES) - {"compare", "params"} <= ran_stages(first.stdout)
     status = run(["git", "status", "--porcelain"], clone).stdout
     assert status == "", f"dvc repro on a fresh clone changed tracked files:\n{status}"
@@ -363,7 +368,8 @@ def test_exp_run_with_two_devices_on_cpu(pipeline, tmp_path):
     and the experiment holds its metrics, like a one-device one (on a copy of the baseline: only it runs)."""
     repo = copy_repo(pipeline["repo"], tmp_path / "repo")
     out = run(["dvc", "exp", "run", "-n", "ddp2", "-S", "train.devices=2", "train@cnn"], repo, timeout=900)
-    assert ran_stages(out.stdout) == {"train@cnn"}, out.stdout[-3000:]
+    # params resolves train.devices into resolved/train/cnn.json, train@cnn's dependency
+    assert ran_stages(out.stdout) == {"params", "train@cnn"}, out.stdout[-3000:]
     assert "--nproc-per-node=2" in out.stdout and "x 2 processes (DDP)" in out.stdout, out.stdout[-3000:]
     shown = json.loads(run(["dvc", "exp", "show", "--json"], repo).stdout)
     text = json.dumps(shown)

@@ -111,7 +111,7 @@ def test_evaluate_checkpoint_and_figures(trained):
         val_images=d["val"][0],
         cfg=cfg,
     )
-    # no training_curves: the train stage draws them (figures/train/<model>/curves.png), once
+    # no training curves: the stage draws them from --history (the per-epoch CSV)
     assert {"confusion", "roc", "pr", "calibration", "augmentation", "gallery"} == set(figs)
     assert "Grad-CAM" in figs["gallery"]._suptitle.get_text()
     assert figs["augmentation"].axes[0].get_title() == "Original"
@@ -182,8 +182,8 @@ def test_evaluate_stage_writes_every_output(trained, tmp_path, monkeypatch):
     cov = refer["coverage"]
     assert cov["ci_low"] <= cov["value"] <= cov["ci_high"] and cov["value"] == refer["n_decided"] / 30
     pngs = {p.name for p in (out / "figures/eval/cnn").glob("*.png")}
-    names = ("confusion", "roc", "pr", "calibration", "refer", "augmentation", "gallery")
-    assert pngs == {f"{n}.png" for n in names}
+    names = ("confusion", "roc", "pr", "calibration", "refer", "augmentation", "gallery", "curves")
+    assert pngs == {f"{n}.png" for n in names}  # curves: --history's, drawn here (train draws no figure)
 
 
 def test_external_sets_are_scored_at_the_cards_threshold(trained, tmp_path, monkeypatch):

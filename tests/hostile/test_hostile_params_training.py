@@ -114,7 +114,7 @@ def test_the_train_stage_refuses_while_another_trainer_holds_the_lock(tmp_path, 
         {s: toy(n, i, balanced=True) for i, (s, n) in enumerate((("train", 24), ("val", 10), ("test", 6)))},
     )
     resume = tmp_path / "data" / "resume" / "cnn.pt"
-    cmd = train_stage_cmd(metrics="m.json", history="h.csv", figures="figs")
+    cmd = train_stage_cmd(metrics="m.json", history="h.csv")
     env = {**__import__("os").environ, "MLFLOW_TRACKING_URI": (tmp_path / "mlruns").as_uri()}
     with resume_lock(resume, "cnn"):  # the orphaned trainer, still running
         proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=100, env=env)

@@ -271,7 +271,7 @@ def evaluation_figures(
 ) -> dict[str, Figure]:
     """name -> Figure: confusion, roc, pr, calibration, and where inputs allow roc_external (the internal and
     each ``external`` set's ROC), augmentation (needs ``val_images``) and gallery (Grad-CAM overlays when
-    ``model`` is given and cfg.gradcam). The training curves are the train stage's (figures/train/<model>)."""
+    ``model`` is given and cfg.gradcam). The training curves: the stage's, from the per-epoch CSV."""
     cfg = cfg or EvaluateConfig()
     name = result.model
     figs = _test_figures(result, external)

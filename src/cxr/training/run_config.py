@@ -5,6 +5,12 @@ params.yaml and the model card).
     run_cfg = resolve_run_config(load_params("params.yaml"), "cnn")
     run_cfg.as_params()          # what MLflow logs: flat, the same keys for every model
     resolve_data_source(params)  # what the data was, for the model card (cxr.checkpoint.DataSource)
+    TrainSettings.from_params(params, "cnn")  # all that decides cnn's checkpoint: resolved/train/cnn.json
+    pretrained_weights(params)   # the models that train from pretrained weights: resolved/weights.json
+
+The params stage writes the last two per run (``resolved/``); train@<model> and weights depend on those
+files instead of on params.yaml's keys, so a stage reruns exactly when what it uses changes: vgg16, whose
+``models.vgg16`` pins lr and batch_size, is not retrained by ``-S lr=1e-4 -S batch_size=16``.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from cxr.config import (
     AugmentConfig,
     ConfigError,
     DataConfig,
+    EvaluateConfig,
     Globals,
     Scheduler,
     TrainConfig,
@@ -158,3 +165,71 @@ def resolve_data_source(params: dict[str, Any], base_dir: Path | None = None) ->
         except SourceError:  # gone since fetch: the card says "path", not a guess
             is_dir = None
     return DataSource.from_config(cfg, path_is_dir=is_dir)
+
+
+class TrainSettings(Section):
+    """Everything that decides train@<model>'s checkpoint: the run configuration (the model's overrides applied),
+    the validation choices saved with the model (threshold rule, refer band, temperature), the number of
+    processes (DDP shards each batch) and what the data was (the model card's). Not here: where MLflow logs
+    (``mlflow``), how often a resume state is written (``train.resume_every``), figures: none of them change
+    the checkpoint. Serialised (:meth:`to_json`) as the train stage's dependency."""
+
+    model_config = ConfigDict(frozen=True)
+
+    run: RunConfig
+    devices: int | str
+    threshold_method: str
+    fixed_threshold: float
+    refer_target: float | None
+    calibrate: bool | str
+    data_source: dict[str, Any]
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any], model: str) -> TrainSettings:
+        import dataclasses
+
+        t: TrainConfig = section(params, "train", TrainConfig)
+        e: EvaluateConfig = section(params, "evaluate", EvaluateConfig)
+        return cls(
+            run=resolve_run_config(params, model),
+            devices=t.devices,
+            threshold_method=e.threshold,
+            fixed_threshold=e.fixed_threshold,
+            refer_target=e.refer.target_error,
+            calibrate=t.calibrate,
+            data_source=dataclasses.asdict(resolve_data_source(params)),
+        )
+
+    def fit_options(self) -> dict[str, Any]:
+        """fit's keyword arguments that come from these settings (the threshold is chosen as evaluate reports it)."""
+        from cxr.checkpoint import DataSource
+
+        return {
+            "threshold_method": self.threshold_method,
+            "fixed_threshold": self.fixed_threshold,
+            "calibrate": self.calibrate,
+            "refer_target": self.refer_target,
+            "data_source": DataSource.from_dict(self.data_source),
+        }
+
+    def to_json(self) -> str:
+        """The bytes of resolved/train/<model>.json: they change only when these settings do."""
+        return json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def read(cls, path: str | Path) -> TrainSettings:
+        return cls.model_validate(json.loads(Path(path).read_text(encoding="utf8")))
+
+
+def pretrained_weights(params: dict[str, Any]) -> dict[str, str | None]:
+    """Models that train from pretrained weights -> their local weights path (None: the published ones)."""
+    t: TrainConfig = section(params, "train", TrainConfig)
+    overrides = [load_model_override(params, m) for m in params.get("models") or {}]
+    if not t.pretrained and not any(o.pretrained or o.weights for o in overrides):
+        return {}  # the common case, certain from params.yaml alone
+    out = {}
+    for name in list_models():
+        cfg = resolve_run_config(params, name)
+        if cfg.pretrained:
+            out[name] = cfg.weights
+    return out
