@@ -55,8 +55,21 @@ clean-venv:
 	rm -rf $(VENV)
 
 # The Debian packages the tests drive (needs root; .ci/run calls it): headless Chromium for
-# tests/test_plots_offline.py, and less, the pager `dvc exp show` opens in a terminal (tests/test_workflows.py).
+# tests/test_plots_offline.py, less, the pager `dvc exp show` opens in a terminal (tests/test_workflows.py), and
+# PostgreSQL 15, the MLflow server's database in make team-up (tests/team/; Debian 12's version).
 .PHONY: system-packages
 system-packages:
-	test -x /usr/bin/chromium -a -x /usr/bin/less || \
-	  { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium less; }
+	test -x /usr/bin/chromium -a -x /usr/bin/less -a -x /usr/lib/postgresql/15/bin/initdb || \
+	  { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium less postgresql-15; }
+
+# A team's stack on this machine, to try it and to test it (docs/team.md): PostgreSQL, an S3 store (SeaweedFS)
+# and `mlflow server` with basic-auth, on free loopback ports. State, PID files and the generated credentials
+# in $(TEAM_DIR) (git-ignored); team-up is idempotent, team-down ends each process by its PID.
+# TEAM_USERS='alice bob' names the MLflow and S3 users it makes.
+TEAM_DIR ?= $(CURDIR)/.team
+.PHONY: team-up team-down
+team-up: $(STAMP)
+	TEAM_DIR="$(TEAM_DIR)" $(BIN)/python -m cxr.team up $(if $(TEAM_USERS),--users "$(TEAM_USERS)")
+
+team-down:
+	TEAM_DIR="$(TEAM_DIR)" $(BIN)/python -m cxr.team down
