@@ -24,7 +24,8 @@ from pathlib import Path
 import pandas as pd
 
 from cxr.candidates import evaluate_stage, tuned_name
-from cxr.checkpoint import CheckpointError
+from cxr.checkpoint import CheckpointError, load_card
+from cxr.compare_figures import metrics_bar_figure, roc_comparison_figure, selected_first, shift_roc_figure
 from cxr.config import CompareConfig, ConfigError, EvaluateConfig, MlflowConfig, load_params, section
 from cxr.evaluation.compare import (
     bar_table,
@@ -39,7 +40,7 @@ from cxr.evaluation.compare import (
 from cxr.evaluation.paired import PairingError, compare_with_selected, read_predictions
 from cxr.evaluation.promotion import RegistryError, register_candidate
 from cxr.files import write_csv, write_metrics
-from cxr.plots import metrics_bar_figure, roc_comparison_figure, save_figure, shift_roc_figure
+from cxr.plots import save_figure
 from cxr.stage import run_stage
 from cxr.tracking import make_tracker, project_root, run_name
 
@@ -91,8 +92,10 @@ def main(argv=None) -> int:
     models = (args.models or list(params.get("models") or {})) + tuned_candidates(args)
     train_m, eval_m, rocs, ext_rocs = read_model_results(args, models)
     best = select_best(train_m, cfg.select_metric)
-    write_reports(args, cfg, section(params, "evaluate", EvaluateConfig), train_m, eval_m)
-    figs = comparison_figures(cfg, eval_m, rocs, ext_rocs)
+    order = selected_first(list(eval_m), best)  # the selected model first, in every table and legend
+    eval_m = {m: eval_m[m] for m in order}
+    write_reports(args, cfg, section(params, "evaluate", EvaluateConfig), train_m, eval_m, data_note(args, best))
+    figs = comparison_figures(cfg, eval_m, rocs, ext_rocs, best)
     outcome = log_and_register(args, cfg, mlflow_cfg, figs, best, train_m, eval_m)
     print(f"[compare] {len(eval_m)} model(s); selected on {cfg.select_metric}: {best}. Report: {args.report}")
     if outcome:
@@ -135,7 +138,24 @@ def read_model_results(args, models: list[str]) -> tuple[dict, dict, dict, dict]
     return train_m, eval_m, rocs, ext_rocs
 
 
-def write_reports(args, cfg: CompareConfig, eval_cfg: EvaluateConfig, train_m: dict, eval_m: dict) -> None:
+def data_note(args, best: str) -> str | None:
+    """A sentence for the top of the report when the selected model was trained on the synthetic demo data."""
+    try:
+        source = load_card(Path(args.checkpoints) / best).data_source
+    except (CheckpointError, FileNotFoundError):  # no checkpoint to read: the report says nothing of the data
+        return None
+    if not source.synthetic:
+        return None
+    return (
+        f"**Synthetic data.** These models were trained and tested on {source.describe()}, drawn by the "
+        "pipeline's own generator, not on radiographs: the numbers show the pipeline at work, not how well a "
+        "model reads chest X-rays. `make real` runs the same pipeline on the real dataset (docs/real-data.md)."
+    )
+
+
+def write_reports(
+    args, cfg: CompareConfig, eval_cfg: EvaluateConfig, train_m: dict, eval_m: dict, note: str | None = None
+) -> None:
     """reports/results.md and .csv, the paired comparisons (with --predictions) and the headline DVC metrics."""
     sweep = _read_json(Path(args.sweep)) if args.sweep else None
     sweep_table = pd.read_csv(args.sweep_table) if args.sweep_table and Path(args.sweep_table).is_file() else None
@@ -162,6 +182,7 @@ def write_reports(args, cfg: CompareConfig, eval_cfg: EvaluateConfig, train_m: d
             sweep_summary=sweep,
             sweep_table=sweep_table,
             paired=paired,
+            note=note,
         )
     )
     Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
@@ -169,22 +190,24 @@ def write_reports(args, cfg: CompareConfig, eval_cfg: EvaluateConfig, train_m: d
     write_metrics(args.headline, headline(eval_m, train_m))
 
 
-def comparison_figures(cfg: CompareConfig, eval_m: dict, rocs: dict, ext_rocs: dict) -> dict:
+def comparison_figures(cfg: CompareConfig, eval_m: dict, rocs: dict, ext_rocs: dict, best: str) -> dict:
     conf = next(iter(eval_m.values())).get("confidence", 0.95)
     figs = {
         "metrics_bar": metrics_bar_figure(
             bar_table(eval_m, cfg.bar_metrics),
             cfg.bar_metrics,
             title=f"Test metrics at the validation-chosen thresholds, {conf:.0%} bootstrap CIs",
+            selected=best,
         )
     }
     if rocs:
-        figs["roc_all"] = roc_comparison_figure(roc_curves(rocs, eval_m))
+        figs["roc_all"] = roc_comparison_figure(roc_curves(rocs, eval_m), selected=best)
         figs["roc_external"] = shift_roc_figure(
             shift_panels(rocs, ext_rocs, eval_m),
             title="Internal test vs external sets, at each model's validation-chosen threshold"
             if ext_rocs and any(len(t) for t in ext_rocs.values())
             else "Internal test (no external set configured: external.sets)",
+            selected=best,
         )
     return figs
 

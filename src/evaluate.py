@@ -101,6 +101,7 @@ def main(argv=None) -> int:
         device=device,
         n_val=len(val),
         operating=operating,
+        name=args.model,  # the sweep's resnet_small-tuned under its own name (and colour), not its architecture's
     )
 
     external = evaluate_external_sets(args, model, card, cfg, device, operating)
@@ -238,7 +239,9 @@ def evaluate_external_sets(args, model, card: checkpoint.ModelCard, cfg: Evaluat
             )
         s = load_split(folder, "test")
         test = (s.images, s.labels, s.paths)
-        out[name] = evaluate_checkpoint(model, card, test=test, cfg=cfg, device=device, operating=operating)
+        out[name] = evaluate_checkpoint(
+            model, card, test=test, cfg=cfg, device=device, operating=operating, name=args.model
+        )
     return out
 
 

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
+from cxr import compare_figures as CF
 from cxr import plots as P
 
 
@@ -63,7 +64,7 @@ def _line_colours(ax) -> dict[str, str]:
 def test_a_model_keeps_its_colour_whatever_models_ran():
     def roc(models):
         curves = {m: (np.array([0, 0.5, 1]), np.array([0, 0.9, 1]), 0.7) for m in models}
-        return _line_colours(P.roc_comparison_figure(curves).axes[0])
+        return _line_colours(CF.roc_comparison_figure(curves).axes[0])
 
     few, many = roc(["cnn", "resnet50"]), roc(list(ALL_MODELS))
     assert few["resnet50"] == many["resnet50"] and few["cnn"] == many["cnn"]
@@ -74,7 +75,7 @@ def test_a_model_keeps_its_colour_whatever_models_ran():
         from matplotlib.colors import to_hex
 
         table = {m: {"accuracy": (0.8, 0.7, 0.9)} for m in models}
-        ax = P.metrics_bar_figure(table).axes[0]
+        ax = CF.metrics_bar_figure(table).axes[0]
         return {m: to_hex(patch.get_facecolor()) for m, patch in zip(models, ax.patches)}
 
     assert bars(["vgg16", "vit"])["vit"] == bars(list(ALL_MODELS))["vit"] == many["vit"]
@@ -96,7 +97,7 @@ def test_external_roc_layout_legends_and_titles_clear_of_each_other():
         "internal test (n=100)": (fpr, fpr**0.2, 0.95, (0.1, 0.9)),
         "shifted (n=118)": (fpr, fpr, 0.5, (0.5, 0.5)),
     }
-    fig = P.shift_roc_figure({m: (0.4, curves) for m in ALL_MODELS}, title="Internal test vs external sets")
+    fig = CF.shift_roc_figure({m: (0.4, curves) for m in ALL_MODELS}, title="Internal test vs external sets")
     axes = [ax for ax in fig.axes if ax.get_visible()]
     legends, titles = [ax.get_legend() for ax in axes], [fig._suptitle] + [ax.title for ax in axes]
     boxes = _extents(fig, legends + titles)
@@ -110,10 +111,10 @@ def test_external_roc_layout_legends_and_titles_clear_of_each_other():
 
 def test_roc_comparison_draws_one_line_per_model_plus_chance():
     curves = {m: (np.array([0, 0.5, 1]), np.array([0, 0.9, 1]), 0.7) for m in ("cnn", "resnet50", "vit")}
-    ax = P.roc_comparison_figure(curves).axes[0]
+    ax = CF.roc_comparison_figure(curves).axes[0]
     assert len(ax.lines) == 4
     with pytest.raises(ValueError, match="roc.csv"):
-        P.roc_comparison_figure({})
+        CF.roc_comparison_figure({})
 
 
 def test_pr_and_calibration_figures():
@@ -158,7 +159,7 @@ def test_metrics_bar_with_ci_error_bars():
         "cnn": {"accuracy": (0.8, 0.75, 0.85), "roc_auc": (0.9, 0.88, 0.92)},
         "vit": {"accuracy": (0.7, 0.6, 0.8), "roc_auc": (0.85, float("nan"), float("nan"))},
     }
-    ax = P.metrics_bar_figure(table).axes[0]
+    ax = CF.metrics_bar_figure(table).axes[0]
     heights = sorted(round(p.get_height(), 3) for p in ax.patches)
     assert heights == [0.7, 0.8, 0.85, 0.9]
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["cnn", "vit"]
@@ -217,3 +218,24 @@ def test_training_curves_from_fit_history_rows():
     assert any("Loss" in t for t in titles) and any("AUC" in t for t in titles)
     assert all(ax.get_xlabel() == "Epoch" and ax.get_legend() is not None for ax in fig.axes)
     assert "threshold 0.5" in titles[1]  # the accuracy panel says where a PNEUMONIA call starts
+
+
+def test_the_selected_model_comes_first_marked_and_leaves_the_others_in_sight():
+    """roc_all.png and metrics_bar.png: compare's choice first in the legend, "(selected)"; its ROC a wide
+    translucent band under the others, so cnn's line on the same points is drawn over it, not hidden."""
+    from matplotlib.colors import to_hex
+
+    same = (np.array([0, 0.02, 1]), np.array([0, 0.98, 1]), 0.99)
+    ax = CF.roc_comparison_figure({"cnn": same, "vit": same, "cnn-tuned": same}, selected="cnn-tuned").axes[0]
+    lines = {line.get_label(): line for line in ax.lines}
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels[0] == "cnn-tuned (selected) (AUC = 0.990)"
+    band, cnn = lines["cnn-tuned (selected) (AUC = 0.990)"], lines["cnn (AUC = 0.990)"]
+    assert band.get_zorder() < cnn.get_zorder() and band.get_linewidth() > 2 * cnn.get_linewidth()
+    assert band.get_alpha() < 1 and to_hex(band.get_color()) == P.model_color("cnn-tuned")
+
+    table = {m: {"accuracy": (0.8, 0.7, 0.9)} for m in ("cnn", "vit", "cnn-tuned")}
+    bars = CF.metrics_bar_figure(table, selected="cnn-tuned").axes[0]
+    assert [t.get_text() for t in bars.get_legend().get_texts()] == ["cnn-tuned (selected)", "cnn", "vit"]
+    outlined = [p.get_edgecolor()[3] > 0 and to_hex(p.get_edgecolor()) == "#000000" for p in bars.patches]
+    assert outlined == [True, False, False]  # only the selected bar is outlined

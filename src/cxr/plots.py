@@ -10,7 +10,7 @@ only where the caller says. The Agg backend is selected so figures render on hea
 from __future__ import annotations
 
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
@@ -103,12 +103,12 @@ def confusion_matrix_figure(
     return fig
 
 
-def _draw_roc(ax, fpr, tpr, label: str, auc: float | None, **kw) -> None:
+def draw_roc(ax, fpr, tpr, label: str, auc: float | None, **kw) -> None:
     text = label if auc is None else f"{label} (AUC = {auc:.3f})"
-    ax.plot(fpr, tpr, lw=2, label=text, **kw)
+    ax.plot(fpr, tpr, label=text, **{"lw": 2, **kw})
 
 
-def _roc_axes(ax, title: str, legend_below: bool = False) -> None:
+def roc_axes(ax, title: str, legend_below: bool = False) -> None:
     ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=1, label="Chance (AUC = 0.500)")
     ax.set_xlim(-0.01, 1.01)
     ax.set_ylim(-0.01, 1.01)
@@ -139,67 +139,14 @@ def roc_figure(
     """
     fig, axes = figure_grid(5.2, 5.2)
     ax = axes[0, 0]
-    _draw_roc(ax, fpr, tpr, label, auc, color=model_color(label))
+    draw_roc(ax, fpr, tpr, label, auc, color=model_color(label))
     if operating_point is not None:
         op_x, op_y = [operating_point[0]], [operating_point[1]]  # black: red is vgg16's colour
         ax.scatter(op_x, op_y, s=60, c="black", edgecolor="white", zorder=3, label="Chosen threshold")
     for (text, fpr_t, tpr_t), marker in zip(targets, ("^", "s", "D", "v", "P")):
         ax.scatter([fpr_t], [tpr_t], s=55, marker=marker, facecolor="white", edgecolor="black", zorder=4, label=text)
-    _roc_axes(ax, title)
+    roc_axes(ax, title)
     fig.tight_layout()
-    return fig
-
-
-def roc_comparison_figure(curves: Mapping[str, tuple], title: str = "ROC curves on the test set") -> Figure:
-    """Every model's ROC on one axes: ``curves`` maps model name -> (fpr, tpr, auc)."""
-    if not curves:
-        raise ValueError("no ROC curves to draw (are there plots/eval/*/roc.csv files?)")
-    fig, axes = figure_grid(6, 6)
-    ax = axes[0, 0]
-    for name, (fpr, tpr, auc) in curves.items():
-        _draw_roc(ax, fpr, tpr, name, auc, color=model_color(name))
-    _roc_axes(ax, title)
-    fig.tight_layout()
-    return fig
-
-
-SET_STYLES = (("-", "o"), ("--", "s"), (":", "^"), ("-.", "D"))  # internal test, then each external set
-
-
-def shift_roc_figure(panels: Mapping[str, tuple], title: str = "Internal test vs external sets") -> Figure:
-    """One panel per model: its ROC on the internal test and on each external set, with the operating point
-    of its (validation-chosen) threshold on each curve: how far a result moves under a change of data.
-
-    ``panels``: model -> (threshold, {curve label -> (fpr, tpr, auc, (op_fpr, op_tpr))}); the first curve
-    is the internal test. Each panel is drawn in its model's colour, one line style per set; the legends
-    sit under the panels (constrained layout: clear of the curves, the panel titles and the suptitle).
-    """
-    if not panels:
-        raise ValueError("no models to draw")
-    n = len(panels)
-    ncols = min(n, 2)
-    nrows = -(-n // ncols)
-    fig, axes = figure_grid(5.4 * ncols, 6.6 * nrows, nrows, ncols, layout="constrained")
-    for ax in axes.flat[n:]:
-        ax.set_visible(False)
-    for ax, (model, (threshold, curves)) in zip(axes.flat, panels.items()):
-        color = model_color(model)
-        for k, (label, (fpr, tpr, auc, (op_fpr, op_tpr))) in enumerate(curves.items()):
-            ls, marker = SET_STYLES[k % len(SET_STYLES)]
-            _draw_roc(ax, fpr, tpr, label, auc, color=color, ls=ls)
-            ax.scatter(
-                [op_fpr],
-                [op_tpr],
-                s=70,
-                color=color,
-                marker=marker,
-                edgecolor="black",
-                zorder=3,
-                label=f"  at the threshold: sensitivity {op_tpr:.0%}, specificity {1 - op_fpr:.0%}",
-            )
-        _roc_axes(ax, f"{model}: threshold {threshold:.3f} (chosen on validation)", legend_below=True)
-        ax.set_aspect("auto")  # equal aspect defeats constrained layout: the legend below would overlap
-    fig.suptitle(title)
     return fig
 
 
@@ -353,43 +300,8 @@ def augmentation_figure(originals, augmented, title: str = "Original vs augmente
 
 
 # --------------------------------------------------------------------------------------------
-# Comparison and sweep
+# The sweep (figures that compare models: cxr.compare_figures)
 # --------------------------------------------------------------------------------------------
-
-
-def metrics_bar_figure(
-    table: Mapping[str, Mapping[str, tuple]],
-    metrics: Sequence[str] | None = None,
-    title: str = "Test metrics with 95% bootstrap CIs",
-) -> Figure:
-    """Grouped bars: one group per metric, one bar per model, CI as error bars.
-
-    ``table``: model -> metric -> (value, ci_low, ci_high); NaN bounds draw no error bar.
-    """
-    if not table:
-        raise ValueError("no models to compare (are there metrics/eval/*.json files?)")
-    models = list(table)
-    metrics = list(metrics or next(iter(table.values())).keys())
-    width = 0.8 / len(models)
-    x = np.arange(len(metrics))
-    fig, axes = figure_grid(max(7.0, 1.5 * len(metrics) + 2), 4.8)
-    ax = axes[0, 0]
-    for i, m in enumerate(models):
-        vals = np.array([table[m].get(k, (np.nan, np.nan, np.nan))[0] for k in metrics], dtype=float)
-        lo = np.array([table[m].get(k, (np.nan,) * 3)[1] for k in metrics], dtype=float)
-        hi = np.array([table[m].get(k, (np.nan,) * 3)[2] for k in metrics], dtype=float)
-        err = np.vstack([np.nan_to_num(vals - lo), np.nan_to_num(hi - vals)]).clip(min=0)
-        offset = (i - (len(models) - 1) / 2) * width
-        ax.bar(x + offset, vals, width, yerr=err, capsize=3, label=m, color=model_color(m))
-    ax.set_xticks(x)
-    ax.set_xticklabels([k.replace("_", " ") for k in metrics], rotation=15)
-    ax.set_ylim(0, 1.05)
-    ax.set_ylabel("Value")
-    ax.set_title(title)
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend(title="Model", fontsize=9, bbox_to_anchor=(1.01, 1), loc="upper left")
-    fig.tight_layout()
-    return fig
 
 
 def sweep_heatmap_figure(

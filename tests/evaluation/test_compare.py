@@ -518,3 +518,37 @@ def test_paired_comparisons_follow_the_external_tables_and_refuse_other_images(t
     pred.write_text(pred.read_text().replace("img3.jpeg", "img3-other.jpeg"))
     with pytest.raises(PairingError, match="do not hold the same images.*img3-other.jpeg"):
         _stage().main(argv)
+
+
+def test_the_selected_model_comes_first_and_a_synthetic_run_says_so(tmp_path, monkeypatch):
+    """A tie on validation ROC-AUC broken on loss (as in the default run): the selected cnn-tuned still heads
+    the tables, and a report on the synthetic demo data says so at its top, before any number."""
+    from cxr.checkpoint import DataSource
+
+    _write_inputs(tmp_path)
+    (tmp_path / "metrics/train/cnn-tuned.json").write_text(json.dumps({"val_auc": 0.95, "val_loss": 0.1}))
+    (tmp_path / "metrics/eval/cnn-tuned.json").write_text(json.dumps(fake_eval(0.82, 0.77)))
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"compare": {"register": False}, "mlflow": {"experiment": "t"}}))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    stage = _stage()
+    seen = []
+
+    class Card:
+        data_source = DataSource("synthetic", None, {"seed": 0, "patients": 240})
+
+    monkeypatch.setattr(stage, "load_card", lambda folder: seen.append(Path(folder).name) or Card())
+    with pytest.warns(RuntimeWarning, match="unreachable"):
+        assert stage.main(_argv(tmp_path, params)) == 0
+    csv = pd.read_csv(tmp_path / "reports/results.csv")
+    assert csv["model"].tolist() == ["cnn-tuned", "cnn", "vit", "vgg16"]  # cnn ties it on val_auc: it follows
+    md = cells((tmp_path / "reports/results.md").read_text())
+    assert seen == ["cnn-tuned"]  # the selected model's card says what the data was
+    intro = md[: md.index("**Table 1.**")]
+    assert "**Synthetic data.**" in intro and "synthetic demo data (generator seed 0, 240 patients)" in intro
+    assert md.index("| **cnn-tuned** |") < md.index("| cnn |")
+
+    monkeypatch.setattr(stage, "load_card", lambda folder: type("C", (), {"data_source": DataSource("folder", "x")}))
+    with pytest.warns(RuntimeWarning, match="unreachable"):
+        assert stage.main(_argv(tmp_path, params)) == 0
+    assert "Synthetic data" not in (tmp_path / "reports/results.md").read_text()  # real data: no such sentence

@@ -309,3 +309,22 @@ def test_the_evaluation_is_a_run_nested_under_the_training_run(trained, tmp_path
     )
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "eval")}
     assert {"eval/confusion.png", "eval/roc.png", "eval/m.json", "eval/metrics_table.json"} <= artifacts
+
+
+def test_a_tuned_candidate_is_scored_and_drawn_under_its_own_name_and_colour(trained):
+    """The sweep's kept model holds a cnn card; evaluate_tuned@cnn-tuned names it cnn-tuned in its report and
+    every figure, in cnn-tuned's colour (the one the comparison figures and DVC plots give it), not cnn's."""
+    from matplotlib.colors import to_hex
+
+    from cxr.plots import model_color
+
+    d = trained["data"]
+    cfg = EvaluateConfig(n_resamples=20, gallery_per_outcome=1, gradcam=False)
+    test = (d["test"][0], d["test"][1], [f"x{i}" for i in range(30)])
+    r = evaluate_checkpoint(trained["model"], trained["card"], test=test, cfg=cfg, device="cpu", name="cnn-tuned")
+    assert r.report["model"] == r.model == "cnn-tuned" and trained["card"].name == "cnn"
+    figs = evaluation_figures(r, None, trained["card"], test_images=d["test"][0], cfg=cfg)
+    titles = {k: (f._suptitle.get_text() if f._suptitle else f.axes[0].get_title()) for k, f in figs.items()}
+    assert all(t.startswith("cnn-tuned") for t in titles.values()), titles
+    colours = {to_hex(line.get_color()) for line in figs["roc"].axes[0].get_lines()}
+    assert model_color("cnn-tuned") in colours and model_color("cnn") not in colours

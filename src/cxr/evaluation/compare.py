@@ -66,7 +66,7 @@ def results_table(
     select_metric: str = "val_auc",
     metrics=REPORT_METRICS,
 ) -> pd.DataFrame:
-    """One row per evaluated model, ordered by the validation metric (best first).
+    """One row per evaluated model: the selected one first, then by the validation metric (best first).
 
     Columns: model, val_auc, val_loss, threshold, n_test, then <metric>, <metric>_ci_low,
     <metric>_ci_high for each metric (test, at the validation-chosen threshold), <set>_<metric> (and its
@@ -103,9 +103,9 @@ def results_table(
         rows.append(row)
     table = pd.DataFrame(rows)
     ascending = select_metric == "val_loss"
-    return table.sort_values(select_metric, ascending=ascending, na_position="last", kind="stable").reset_index(
-        drop=True
-    )
+    table = table.sort_values(select_metric, ascending=ascending, na_position="last", kind="stable")
+    # The selected model first (on a tie of the metric, the comparator's other metric chose it), then by the metric
+    return pd.concat([table[table["selected"]], table[~table["selected"]]]).reset_index(drop=True)
 
 
 HEADLINE = (
@@ -163,7 +163,7 @@ def headline(eval_metrics: dict[str, dict], train_metrics: dict[str, dict]) -> d
 def shift_panels(
     rocs: dict[str, pd.DataFrame], external_rocs: dict[str, pd.DataFrame], eval_metrics: dict[str, dict]
 ) -> dict[str, tuple]:
-    """model -> panel of ``plots.shift_roc_figure``: the internal test's ROC, then each external set's,
+    """model -> panel of ``compare_figures.shift_roc_figure``: the internal test's ROC, then each external set's,
     with the operating point of the model's threshold on each (from metrics/eval/<model>.json)."""
 
     def curve(df: pd.DataFrame, rep: dict) -> tuple:
@@ -184,7 +184,7 @@ def shift_panels(
 
 
 def bar_table(eval_metrics: dict[str, dict], metrics) -> dict[str, dict[str, tuple]]:
-    """model -> metric -> (value, ci_low, ci_high) for ``plots.metrics_bar_figure``."""
+    """model -> metric -> (value, ci_low, ci_high) for ``compare_figures.metrics_bar_figure``."""
     return {
         name: {
             k: (
@@ -199,7 +199,7 @@ def bar_table(eval_metrics: dict[str, dict], metrics) -> dict[str, dict[str, tup
 
 
 def roc_curves(roc_tables: dict[str, pd.DataFrame], eval_metrics: dict[str, dict]) -> dict[str, tuple]:
-    """model -> (fpr, tpr, auc) for ``plots.roc_comparison_figure``."""
+    """model -> (fpr, tpr, auc) for ``compare_figures.roc_comparison_figure``."""
     out = {}
     for name, df in roc_tables.items():
         auc = eval_metrics.get(name, {}).get("at_val_threshold", {}).get("roc_auc", {}).get("value")
@@ -258,6 +258,7 @@ def results_markdown(
     sweep_summary: dict | None = None,
     sweep_table: pd.DataFrame | None = None,
     paired: dict | None = None,
+    note: str | None = None,
 ) -> str:
     """reports/results.md: a Results section in the style of a paper. ``paired`` (``paired.compare_with_selected``)
     adds the paired comparisons with the selected model after the external sets, so that the tables the
@@ -266,7 +267,7 @@ def results_markdown(
     n, n_pos = any_rep.get("n"), any_rep.get("n_pneumonia")
     conf = any_rep.get("confidence", 0.95)
     n_res = any_rep.get("n_resamples")
-    lines = ["# Results", ""]
+    lines = ["# Results", "", *([note, ""] if note else [])]
     if n and n_pos is not None:
         lines += [
             f"Test set: {n} images ({any_rep.get('n_normal')} NORMAL, {n_pos} PNEUMONIA). Answering PNEUMONIA "
@@ -306,8 +307,9 @@ def _internal_markdown(table: pd.DataFrame, select_metric: str, conf: float, n_r
         f"**Table 1.** Test-set performance of each model at its decision threshold (`evaluate.threshold`: "
         f"Youden's J, the midpoint or fixed, chosen on the validation split). Values in % (ROC-AUC as a "
         f"fraction) with {int(conf * 100)} % "
-        f"stratified bootstrap confidence intervals{f' ({n_res} resamples)' if n_res else ''}. Models are "
-        f"ordered by {metric_name}; the test split played no part in training, checkpoint choice, threshold "
+        f"stratified bootstrap confidence intervals{f' ({n_res} resamples)' if n_res else ''}. The model "
+        f"selected on {metric_name} comes first (in bold), the others follow by it; the test split played "
+        "no part in training, checkpoint choice, threshold "
         "or model selection.",
         "",
     ]

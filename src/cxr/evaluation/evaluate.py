@@ -22,6 +22,7 @@ from matplotlib.figure import Figure
 
 from cxr import CLASSES, plots
 from cxr.checkpoint import ModelCard
+from cxr.compare_figures import shift_roc_figure
 from cxr.config import EvaluateConfig
 from cxr.data.augment import BatchAugment, Normalize, eval_resize
 from cxr.evaluation.operating import OperatingThreshold, score_operating_points
@@ -168,12 +169,14 @@ def evaluate_checkpoint(
     device: str | torch.device | None = None,
     n_val: int = 0,
     operating: list[OperatingThreshold] | None = None,
+    name: str | None = None,
 ) -> EvalResult:
-    """Predict ``test`` = (images, labels, paths) once, with the card's transform and temperature, and score it."""
+    """Predict ``test`` = (images, labels, paths) once, with the card's transform and temperature, and score it.
+    ``name``: the candidate's, as its figures and reports show it (``resnet_small-tuned``); default the card's."""
     test_images, test_labels, test_paths = test
     raw = card_probabilities(model, card, test_images, cfg, device, calibrated=False)
     result = evaluate_probabilities(
-        card.name,
+        name or card.name,
         card.threshold,
         card.threshold_method,
         test_labels,
@@ -212,7 +215,7 @@ def operating_point(result: EvalResult) -> tuple[float, float]:
 
 
 def shift_panel(internal: EvalResult, external: dict[str, EvalResult]) -> tuple:
-    """One panel of :func:`cxr.plots.shift_roc_figure`: the internal test's curve first, then each set's."""
+    """One panel of :func:`cxr.compare_figures.shift_roc_figure`: the internal test's curve first, then each set's."""
     curves = {}
     for label, r in (("internal test", internal), *external.items()):
         roc = r.tables["roc"]
@@ -313,7 +316,7 @@ def _test_figures(result: EvalResult, external: dict[str, EvalResult] | None) ->
         ],
     )
     if external:
-        figs["roc_external"] = plots.shift_roc_figure({name: shift_panel(result, external)})
+        figs["roc_external"] = shift_roc_figure({name: shift_panel(result, external)})
     pr = result.tables["pr"]
     figs["pr"] = plots.pr_figure(
         pr["recall"],
