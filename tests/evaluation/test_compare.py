@@ -199,14 +199,21 @@ def test_compare_stage_without_mlflow(tmp_path, monkeypatch):
         assert (tmp_path / "figures/compare" / name).read_bytes()[:4] == b"\x89PNG"
 
 
-def test_the_sweeps_kept_model_is_a_candidate(tmp_path, monkeypatch):
-    """metrics/sweep.json names the sweep's model: its kept "<model>-tuned" is compared and can win."""
+def _inputs_with_tuned(tmp_path, monkeypatch, tuned_train: dict) -> Path:
+    """_write_inputs plus the sweep's kept cnn-tuned (its validation metrics ``tuned_train``); MLflow
+    unreachable, no registration: the params file."""
     _write_inputs(tmp_path)
-    (tmp_path / "metrics/train/cnn-tuned.json").write_text(json.dumps({"val_auc": 0.97, "val_loss": 0.25}))
+    (tmp_path / "metrics/train/cnn-tuned.json").write_text(json.dumps(tuned_train))
     (tmp_path / "metrics/eval/cnn-tuned.json").write_text(json.dumps(fake_eval(0.82, 0.77)))
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({"compare": {"register": False}, "mlflow": {"experiment": "t"}}))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    return params
+
+
+def test_the_sweeps_kept_model_is_a_candidate(tmp_path, monkeypatch):
+    """metrics/sweep.json names the sweep's model: its kept "<model>-tuned" is compared and can win."""
+    params = _inputs_with_tuned(tmp_path, monkeypatch, {"val_auc": 0.97, "val_loss": 0.25})
     with pytest.warns(RuntimeWarning, match="unreachable"):
         assert _stage().main(_argv(tmp_path, params)) == 0  # --models cnn vit vgg16: the tuned one is added
     csv = pd.read_csv(tmp_path / "reports/results.csv")
@@ -525,12 +532,7 @@ def test_the_selected_model_comes_first_and_a_synthetic_run_says_so(tmp_path, mo
     the tables, and a report on the synthetic demo data says so at its top, before any number."""
     from cxr.checkpoint import DataSource
 
-    _write_inputs(tmp_path)
-    (tmp_path / "metrics/train/cnn-tuned.json").write_text(json.dumps({"val_auc": 0.95, "val_loss": 0.1}))
-    (tmp_path / "metrics/eval/cnn-tuned.json").write_text(json.dumps(fake_eval(0.82, 0.77)))
-    params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump({"compare": {"register": False}, "mlflow": {"experiment": "t"}}))
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    params = _inputs_with_tuned(tmp_path, monkeypatch, {"val_auc": 0.95, "val_loss": 0.1})
     stage = _stage()
     seen = []
 
