@@ -30,6 +30,9 @@ class StageInterrupted(BaseException):
 
 def run_stage(name: str, main: Callable[[], int], errors: tuple[type[BaseException], ...]) -> NoReturn:
     """Run a stage's ``main`` and exit with its code; ``errors`` end it with exit code 1 and their message."""
+    from cxr import processes
+
+    processes.remember_ancestry()  # for steps a killed dvc no longer wants (cxr.processes.orphaned)
     try:
         code = main()
     except errors as exc:

@@ -19,11 +19,13 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
+import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
+from cxr import processes
 from cxr.signals import StageInterrupted, deferred_signals, signals_end_the_run
 
 # Fail fast on an unreachable server: MLflow's defaults retry with backoff for minutes.
@@ -127,8 +129,6 @@ class Tracker(Protocol):
 
     def set_tags(self, tags: dict) -> None: ...
 
-    def end_stale_runs(self, tags: dict) -> int: ...
-
     @property
     def run_id(self) -> str | None: ...
 
@@ -159,9 +159,6 @@ class NullTracker:
     ) -> None: ...
 
     def set_tags(self, tags: dict) -> None: ...
-
-    def end_stale_runs(self, tags: dict) -> int:
-        return 0
 
     @property
     def run_id(self) -> str | None:
@@ -239,12 +236,15 @@ class MlflowTracker:
         if self.active:
             try:
                 mlflow.set_tracking_uri(self.uri)
+                if not nested:
+                    with deferred_signals():
+                        self._end_orphaned_runs()
                 if system_metrics:
                     mlflow.set_system_metrics_sampling_interval(SYSTEM_METRICS_INTERVAL_S)
                 run = mlflow.start_run(
                     run_name=run_name,
                     experiment_id=self.experiment_id,
-                    tags={k: str(v) for k, v in (tags or {}).items()},
+                    tags={k: str(v) for k, v in {**(tags or {}), **processes.tags()}.items()},
                     nested=nested,
                     log_system_metrics=system_metrics,
                 )
@@ -272,17 +272,17 @@ class MlflowTracker:
                 except Exception:  # the store is gone; nothing more to tell it
                     pass
 
-    def end_stale_runs(self, tags: dict) -> int:
-        """Mark RUNNING runs with these ``tags`` KILLED (a process killed with -9 could not); how many."""
-
-        def end() -> int:
-            where = " and ".join(f"tags.{k} = '{v}'" for k, v in tags.items())
-            runs = self._client.search_runs([self.experiment_id], f"{where} and attributes.status = 'RUNNING'")
-            for r in runs:
-                self._client.set_terminated(r.info.run_id, status="KILLED")
-            return len(runs)
-
-        return self._safe("end_stale_runs", end) or 0
+    def _end_orphaned_runs(self) -> None:
+        """Mark KILLED the RUNNING runs of this experiment whose process (its ``process`` tag) has ended on
+        this host: a stage killed with -9, or whose ``dvc`` was, could not end its own."""
+        where = f"tags.host = '{processes.HOST}' and attributes.status = 'RUNNING'"
+        runs = self._client.search_runs([self.experiment_id], where, max_results=1000)
+        gone = [r for r in runs if processes.alive(r.data.tags.get("process", "")) is False]
+        for r in gone:
+            self._client.set_terminated(r.info.run_id, status="KILLED")
+        if gone:
+            names = ", ".join(repr(r.info.run_name) for r in gone[:5]) + (" ..." if len(gone) > 5 else "")
+            print(f"[mlflow] marked KILLED {len(gone)} run(s) whose process had ended: {names}", file=sys.stderr)
 
     def log_params(self, params: dict) -> None:
         from mlflow.entities import Param

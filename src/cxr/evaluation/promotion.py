@@ -5,12 +5,17 @@
                                  lock_path=root / ".dvc/tmp/cxr-champion.lock")
     print(outcome.message)
 
-Every call registers a version (a candidate, with its description and tags). The alias moves when
+A checkpoint is registered once (a version, with its description and tags; the same bytes again are that
+version, tag ``checkpoint_sha256``). The alias moves when
 there is no champion yet, or when the candidate is better on validation (``cxr.metrics.is_better``)
 than the champion *on the same data version*; a champion trained on other data is not comparable
 and stays, unless ``promote="always"``. Reading the champion and moving the alias happen under an
-exclusive file lock, so queued DVC experiments finishing together cannot both win. The version's
-source is the pyfunc model logged into the *training* run, so the run page shows its registered model.
+exclusive file lock, so queued DVC experiments finishing together cannot both win. Against a tracking server they
+happen under a lock in the registry too (:mod:`cxr.evaluation.registry_lock`): two people's compare
+stages, on two machines, cannot both win either. The version's
+source is the pyfunc model logged into the *training* run (without reopening it: the run keeps its status
+and duration), so the run page shows its registered model. A compare stage whose ``dvc`` was killed while it
+waited for the lock registers nothing (:func:`cxr.processes.orphaned`).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cxr.checkpoint import ModelCard
+from cxr.evaluation.registry_lock import registry_lock
 from cxr.locks import locked
 from cxr.metrics import is_better
 
@@ -98,66 +104,108 @@ def register_candidate(
     lock_path: Path,
     promote: str = "better",
 ) -> Outcome:
-    """Register the pyfunc model of ``checkpoint_dir`` and move ``alias`` if :func:`decide` says so.
-    ``value``: its validation ``select_metric``; ``report``: its evaluate metrics (for the description)."""
+    """Register the pyfunc model of ``checkpoint_dir`` (once: a checkpoint already registered is that version)
+    and move ``alias`` if :func:`decide` says so. ``value``: its validation ``select_metric``; ``report``: its
+    evaluate metrics (for the description)."""
     if not getattr(tracker, "active", False):
         raise RegistryError(
             f"compare.register is true but the MLflow tracking store is unreachable "
             f"({getattr(tracker, 'uri', 'no tracking URI')}); start it, or run with "
             f"-S compare.register=false"
         )
-    import mlflow
     from mlflow import MlflowClient
 
     from cxr.checkpoint import load_card
-    from cxr.evaluation.evaluate import find_training_run
-    from cxr.serving.pyfunc import log_pyfunc_model
 
     card = load_card(checkpoint_dir)
     # compare's name for it (cnn, resnet_small-tuned); card.name is the architecture
     candidate = Path(checkpoint_dir).name
-    training_run_id = find_training_run(tracker, card)
-    description = describe(candidate, card, report, select_metric, value)
     client = MlflowClient(tracking_uri=tracker.uri)
-    mlflow.set_tracking_uri(tracker.uri)
-    source_run = training_run_id or tracker.run_id
+    digest = checkpoint_digest(checkpoint_dir)
     try:
-        with mlflow.start_run(run_id=source_run, nested=mlflow.active_run() is not None):
-            uri = log_pyfunc_model(checkpoint_dir, name=f"{candidate}-pyfunc").model_uri
-        tags = {
-            "model": candidate,
-            "architecture": card.name,
-            "data_version": card.data_version,
-            "data_source": card.data_source.kind,  # synthetic | folder | archive | url | ... (the card's data_source)
-            select_metric: f"{value:.6f}",
-            "threshold": f"{card.threshold:.6f}",
-            "training_run_id": training_run_id or "",
-        }
-        with locked(lock_path):
+        # the file lock: this machine's compare stages; the registry lock: everyone's on one server
+        with locked(lock_path), registry_lock(client, registered_name, tracker.uri):
             champion = _champion(client, registered_name, alias, select_metric)
             promoted, why = decide(
                 {"data_version": card.data_version, "value": value}, champion, select_metric, promote
             )
-            mv = mlflow.register_model(uri, registered_name, tags=tags)
-            if not client.get_registered_model(registered_name).description:
-                client.update_registered_model(registered_name, description=REGISTERED_DESCRIPTION)
-            client.update_model_version(registered_name, mv.version, description=description)
+            mv = _version_of(client, registered_name, digest)
+            new = mv is None
+            if new:
+                mv = _register(tracker, client, checkpoint_dir, card, registered_name, report, select_metric, value)
             if promoted:
                 client.set_registered_model_alias(registered_name, alias, mv.version)
-        if training_run_id:
-            client.set_tag(training_run_id, "registered_model", f"{registered_name}/{mv.version}")
     except Exception as exc:
         raise RegistryError(
             f"could not register {candidate!r} as {registered_name!r} in MLflow at {tracker.uri} "
             f"({exc.__class__.__name__}: {exc}); fix the store, or -S compare.register=false"
         ) from exc
-    where = f"{registered_name} version {mv.version}"
+    where = f"{registered_name} version {mv.version}" + ("" if new else " (already registered: the same checkpoint)")
     if promoted:
         message = f"registered {candidate} as {where} and moved @{alias} to it: {why}"
     else:
         kept = (champion or {}).get("version")
         message = f"registered {candidate} as {where}; @{alias} stays at version {kept}: {why}"
-    return Outcome(name=registered_name, version=str(mv.version), promoted=promoted, message=message, source=uri)
+    return Outcome(name=registered_name, version=str(mv.version), promoted=promoted, message=message, source=mv.source)
+
+
+CHECKPOINT_TAG = "checkpoint_sha256"  # the version's tag naming its checkpoint's bytes (model.pt + model.json)
+
+
+def checkpoint_digest(checkpoint_dir: str | Path) -> str:
+    """sha256 of the checkpoint's weights and card, the bytes that make it this model."""
+    import hashlib
+
+    from cxr.checkpoint import META_FILE, WEIGHTS_FILE
+
+    h = hashlib.sha256()
+    for name in (WEIGHTS_FILE, META_FILE):
+        with open(Path(checkpoint_dir) / name, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def _version_of(client, name: str, digest: str):
+    """The version of ``name`` registered from the checkpoint of ``digest``, or None."""
+    versions = client.search_model_versions(f"name = '{name}' and tags.{CHECKPOINT_TAG} = '{digest}'")
+    return min(versions, key=lambda v: int(v.version)) if versions else None
+
+
+def _register(tracker, client, checkpoint_dir, card: ModelCard, name: str, report: dict, select_metric, value):
+    """A new version of ``name``: the pyfunc model logged into the checkpoint's training run (found by
+    :func:`find_training_run`, else compare's run) without reopening it, then registered with its tags.
+    Refused (the stage stops as killed) when the ``dvc`` that started this stage has ended meanwhile."""
+    import mlflow
+
+    from cxr import processes
+    from cxr.evaluation.evaluate import find_training_run
+    from cxr.serving.pyfunc import log_pyfunc_model
+    from cxr.stage import StageInterrupted
+
+    if why := processes.orphaned():
+        raise StageInterrupted(why)  # nobody asked for this version any more
+    candidate = Path(checkpoint_dir).name
+    training_run_id = find_training_run(tracker, card)
+    mlflow.set_tracking_uri(tracker.uri)
+    uri = log_pyfunc_model(checkpoint_dir, name=f"{candidate}-pyfunc", run_id=training_run_id or tracker.run_id)
+    tags = {
+        "model": candidate,
+        "architecture": card.name,
+        "data_version": card.data_version,
+        "data_source": card.data_source.kind,  # synthetic | folder | archive | url | ... (the card's data_source)
+        select_metric: f"{value:.6f}",
+        "threshold": f"{card.threshold:.6f}",
+        "training_run_id": training_run_id or "",
+        CHECKPOINT_TAG: checkpoint_digest(checkpoint_dir),
+    }
+    mv = mlflow.register_model(uri.model_uri, name, tags=tags)
+    if not client.get_registered_model(name).description:
+        client.update_registered_model(name, description=REGISTERED_DESCRIPTION)
+    client.update_model_version(name, mv.version, description=describe(candidate, card, report, select_metric, value))
+    if training_run_id:
+        client.set_tag(training_run_id, "registered_model", f"{name}/{mv.version}")
+    return mv
 
 
 def describe(candidate: str, card: ModelCard, report: dict, select_metric: str, value: float) -> str:

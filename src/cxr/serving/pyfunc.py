@@ -34,6 +34,7 @@ import mlflow
 import mlflow.pyfunc
 import numpy as np
 import pandas as pd
+from mlflow.models import Model
 from mlflow.pyfunc import PythonModel
 
 from cxr.checkpoint import ModelCard, SyntheticDataWarning, synthetic_data_warning
@@ -209,11 +210,18 @@ mlflow.models.set_model(CxrImageModel())
 '''
 
 
-def log_pyfunc_model(model_dir: str | Path, name: str = "model", registered_model_name: str | None = None, **kwargs):
+def log_pyfunc_model(
+    model_dir: str | Path,
+    name: str = "model",
+    registered_model_name: str | None = None,
+    run_id: str | None = None,
+    **kwargs,
+):
     """Log checkpoint folder ``model_dir`` as a pyfunc model (artifact ``checkpoint``); returns MLflow's ModelInfo.
 
-    Logs into the active run if there is one. ``registered_model_name`` also registers it in the
-    Model Registry. Extra keyword arguments go to ``mlflow.pyfunc.log_model``.
+    Logs into run ``run_id`` (a finished run stays finished: it is not reopened), else into the active run if
+    there is one. ``registered_model_name`` also registers it in the Model Registry. Extra keyword arguments
+    go to MLflow's pyfunc ``save_model``.
     """
     import cxr
     from cxr import checkpoint
@@ -256,4 +264,5 @@ def log_pyfunc_model(model_dir: str | Path, name: str = "model", registered_mode
             # MLflow loads the model once here to check the input example: not a use, so no warning (the
             # load that serves or predicts warns; the registered version's description names the data).
             warnings.simplefilter("ignore", SyntheticDataWarning)
-            return mlflow.pyfunc.log_model(**args)
+            # mlflow.pyfunc.log_model with a run id: Model.log is what it calls, and takes one.
+            return Model.log(artifact_path=None, flavor=mlflow.pyfunc, run_id=run_id, **args)
