@@ -2,7 +2,8 @@
 
 The project's own plots (git-tracked CSVs) go through the real ``dvc plots show --json``; each filled
 spec is compiled and rendered to SVG by the project's Vega and Vega-Lite (node_modules, as on the
-plots page; tests/js/vega_svg.mjs). A model is told apart by its colour, a revision by its dash.
+plots page; tests/js/vega_svg.mjs). A model is told apart by its colour, a revision by its dash; the
+selected model comes first, marked.
 """
 
 from __future__ import annotations
@@ -17,14 +18,25 @@ import pytest
 import yaml
 
 from cxr import plot_templates
-from cxr.plots import MODEL_COLORS
+from cxr.candidates import tuned_name
+from cxr.plots import model_color
 from pipeline_repo import BIN, REPO_ROOT
 
 VEGA_SVG = REPO_ROOT / "tests" / "js" / "vega_svg.mjs"
 
 
 def models() -> list[str]:
-    return list(yaml.safe_load((REPO_ROOT / "params.yaml").read_text())["models"])
+    """Every candidate the charts draw: params.yaml's models and the sweep's kept one."""
+    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    return [*params["models"], tuned_name(params["sweep"]["model"])]
+
+
+def selected() -> str:
+    """Compare's choice, as the committed report says."""
+    import pandas as pd
+
+    table = pd.read_csv(REPO_ROOT / "reports" / "results.csv")
+    return str(table.loc[table["selected"], "model"].item())
 
 
 def test_committed_templates_are_the_generated_ones():
@@ -76,14 +88,15 @@ def test_every_chart_colours_each_model_by_its_fixed_colour(specs):
         "Calibration (test)",
     }
     rendered = svg(specs)
+    chosen = selected()
     for name, document in rendered.items():
         labels = texts(document)
-        for model in models():
-            assert model in labels, f"{name}: no legend entry or panel for {model}"
-        assert "model" not in labels, f"{name}: a row whose model the template could not read from its file"
+        entries = [m for m in labels if m.removesuffix(" (selected)") in models()]
+        assert sorted(e.removesuffix(" (selected)") for e in entries) == sorted(models()), (name, labels)
+        assert [e for e in entries if e.endswith(" (selected)")] == [f"{chosen} (selected)"], (name, entries)
         if name != "Confusion matrices (test)":
             for model in models():
-                assert MODEL_COLORS[model] in document, f"{name}: {model}'s colour {MODEL_COLORS[model]} not drawn"
+                assert model_color(model) in document, f"{name}: {model}'s colour {model_color(model)} not drawn"
     # The chance and perfect-calibration diagonals; axis titles from dvc.yaml (never "y").
     assert "grey" in rendered["ROC (test)"] and "grey" in rendered["Calibration (test)"]
     assert "Binary cross-entropy (log scale)" in texts(rendered["Loss"])
@@ -100,8 +113,9 @@ def test_confusion_cells_print_counts_and_row_shares(specs):
     cells = [re.fullmatch(r"(\d+) \((\d+)%\)", t) for t in labels]
     drawn = sorted((int(m.group(1)), int(m.group(2))) for m in cells if m)
     expected = []
-    for model in models():
-        rows = pd.read_csv(REPO_ROOT / "plots" / "eval" / model / "confusion.csv")
+    long = pd.read_csv(REPO_ROOT / "plots" / "models" / "confusion.csv")
+    assert sorted(set(long["model"])) == sorted(models())
+    for _, rows in long.groupby("model"):
         table = pd.crosstab(rows["actual"], rows["predicted"]).reindex(
             index=["NORMAL", "PNEUMONIA"], columns=["NORMAL", "PNEUMONIA"], fill_value=0
         )
@@ -120,7 +134,20 @@ def test_two_revisions_are_told_apart_by_dash_not_colour(specs):
     assert {"HEAD", "workspace"} <= set(texts(document))
     assert "stroke-dasharray" in document
     for model in models():
-        assert MODEL_COLORS[model] in document
+        assert model_color(model) in document
+
+
+def test_the_selected_model_is_a_band_under_the_other_lines(specs):
+    """Its curve is wide and translucent and drawn first: a model with the same points stays in sight."""
+    document = svg({"roc": specs["ROC (test)"]})["roc"]
+    paths = re.findall(r'<path[^>]*aria-roledescription="line mark"[^>]*>', document)
+    lines = [p for p in paths if "Model: " in p]  # not the chance diagonal
+    assert f"Model: {selected()} (selected)" in lines[0] and model_color(selected()) in lines[0]
+    widths = [float(re.search(r'stroke-width="([\d.]+)"', p).group(1)) for p in lines]
+    assert widths[0] > 2 * max(widths[1:]) and 'opacity="0.5"' in lines[0], lines[:2]
+    for model in models():  # every line in its model's colour (a range from a data field is easily misordered)
+        (line,) = [p for p in lines if re.search(rf"Model: {re.escape(model)}( \(selected\))?;", p)]
+        assert f'stroke="{model_color(model)}"' in line, (model, line)
 
 
 def test_line_legends_draw_the_dash_of_each_revision(specs):
@@ -139,7 +166,7 @@ def test_line_legends_draw_the_dash_of_each_revision(specs):
         assert len(symbols) == len(models()) + 2, (name, len(symbols))
         shapes = {re.search(r' d="([^"]*)"', s).group(1) for s in symbols}
         assert len(shapes) == 1 and re.fullmatch(r"M-[\d.]+,0L[\d.]+,0", shapes.pop()), f"{name}: not strokes"
-        strokes = [re.search(r' stroke="(#[0-9a-fA-F]{6})"', s) for s in symbols]
+        strokes = [re.search(r' stroke="(#[0-9a-fA-F]{3}(?:[0-9a-fA-F]{3})?)"', s) for s in symbols]
         assert all(strokes), f"{name}: a legend entry drawn without a stroke colour (invisible)"
         dashes = {m.group(1) for s in symbols if (m := re.search(r'stroke-dasharray="([^"]*)"', s))}
         assert len(dashes) == 2, f"{name}: the two revisions' legend entries look alike: {dashes}"

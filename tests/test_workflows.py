@@ -6,7 +6,9 @@ tiny sizes through ``dvc exp run -S`` (pipeline_repo.TINY).
 3. ``dvc plots diff`` between the baseline and that experiment holds both revisions' plots.
 4. Two queued experiments run with ``dvc queue start -j 2``; both MLflow runs land in the workspace store.
 5. An ``mlflow server`` on 127.0.0.1 returns the runs through its REST search API with the same keys.
-6. A fresh clone of the committed results (dvc.lock, no DVC cache, no remote): ``dvc repro`` rebuilds
+6. A model added as a contributor adds one (its module and its params.yaml entry) trains, is evaluated and
+   is in every DVC chart, with no line of dvc.yaml.
+7. A fresh clone of the committed results (dvc.lock, no DVC cache, no remote): ``dvc repro`` rebuilds
    the same bytes (``git status`` clean, the lock unchanged), and ``dvc exp run`` with or without a
    stage target finishes and is listed in ``dvc exp show``.
 
@@ -22,6 +24,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -56,6 +59,7 @@ STAGES = [
     "sweep",
     f"evaluate_tuned@{TUNED}",  # the sweep's kept model
     "compare",
+    "plots",  # the long-form data of the DVC plots
 ]
 
 
@@ -234,9 +238,9 @@ def test_fresh_clone_repro_gives_the_committed_bytes(pipeline, tmp_path):
     repo = pipeline["repo"]
     clone = git_clone(repo, tmp_path / "clone")
     first = run(["dvc", "repro"], clone, timeout=1800)
-    # Every stage with a DVC-cached output reruns (sweep too: its kept model is cached); compare and the
-    # params stage, whose outputs are all in git and whose deps come back with the same hashes, are skipped.
-    assert set(STAGES) - {"compare", "params"} <= ran_stages(first.stdout)
+    # Every stage with a DVC-cached output reruns (sweep too: its kept model is cached); compare, plots and
+    # params, whose outputs are all in git and whose deps come back with the same hashes, are skipped.
+    assert set(STAGES) - {"compare", "params", "plots"} <= ran_stages(first.stdout)
     status = run(["git", "status", "--porcelain"], clone).stdout
     assert status == "", f"dvc repro on a fresh clone changed tracked files:\n{status}"
     assert (clone / "dvc.lock").read_text() == run(["git", "show", "HEAD:dvc.lock"], clone).stdout
@@ -379,3 +383,54 @@ def test_exp_run_with_two_devices_on_cpu(pipeline, tmp_path):
     runs = [r for r in experiment_runs(repo) if r.data.tags.get("dvc_exp_name") == "ddp2"]
     assert len(runs) == 1 and runs[0].data.tags["world_size"] == "2"  # one MLflow run, from rank 0
     assert runs[0].data.tags["stage"] == "train" and runs[0].data.tags["model"] == "cnn"
+
+
+# A model as a contributor adds one: its own module (registered on import) and its entry in params.yaml.
+NEW_MODEL = '''"""tinynet: four filters and a logit, added by tests/test_workflows.py as a contributor adds a model."""
+
+from torch import nn
+
+from cxr.models.registry import register_model
+
+
+@register_model(
+    "tinynet",
+    input_spec=lambda weights: {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "image_size": 32},
+    channels_last=False,
+    cam_layer=lambda m: m[0],
+    description="test model: one 3x3 convolution, global pooling, one logit",
+)
+def _build_tinynet(pretrained: bool, weights: str | None, image_size: int) -> nn.Module:
+    layers = [nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 1)]
+    return nn.Sequential(*layers)
+'''
+NEW_ENTRY = (
+    "  tinynet:\n    epochs: 1\n    image_size:\n    scheduler:\n    pretrained:\n    weights:\n    options: {}\n"
+)
+
+
+def test_a_new_model_is_its_module_and_its_params_entry(pipeline, tmp_path):
+    """On a copy of the baseline, the model's module and its params.yaml entry, nothing else: it trains,
+    is evaluated and is in every DVC chart in its own colour; no other model's settings or stage change."""
+    from cxr.plots import model_color
+
+    repo = copy_repo(pipeline["repo"], tmp_path / "repo")
+    (repo / "src/cxr/models/tinynet.py").write_text(NEW_MODEL)
+    params = (repo / "params.yaml").read_text()
+    assert "\nmlflow:" in params
+    (repo / "params.yaml").write_text(params.replace("\nmlflow:", f"{NEW_ENTRY}\nmlflow:", 1))
+    run(["git", "add", "src/cxr/models/tinynet.py", "params.yaml"], repo)
+    run(["git", "commit", "-q", "-m", "tinynet"], repo)
+    out = run(["dvc", "repro", "--single-item", "params", "train@tinynet", "evaluate@tinynet", "plots"], repo)
+    assert ran_stages(out.stdout) == {"params", "train@tinynet", "evaluate@tinynet", "plots"}, out.stdout[-3000:]
+    changed = run(["git", "status", "--porcelain"], repo).stdout.split("\n")
+    # The others' resolved settings and the weights list are the same bytes: nothing else would rerun
+    assert not [line for line in changed if "resolved/" in line and "tinynet" not in line], changed
+    assert "up to date" in run(["dvc", "status", "weights", *(f"train@{m}" for m in MODELS)], repo).stdout
+    for chart in ("roc", "confusion", "history"):
+        rows = pd.read_csv(repo / f"plots/models/{chart}.csv")
+        assert {*MODELS, TUNED, "tinynet"} == set(rows["model"]), chart
+        assert set(rows.loc[rows["model"] == "tinynet", "color"]) == {model_color("tinynet")}
+    shown = json.loads(run(["dvc", "plots", "show", "--json"], repo).stdout)["data"]
+    assert any(r.get("model") == "tinynet" for r in shown["ROC (test)"][0]["content"]["data"]["values"])
+    assert run(["git", "diff", "HEAD~1", "--stat", "--", "dvc.yaml", ".dvc/plots"], repo).stdout == ""

@@ -2,19 +2,21 @@
 
 DVC's built-in templates colour by revision and tell files apart by dash pattern only, label a multi-file
 y axis "y", draw no chance diagonal and give each confusion matrix its own 600-px chart. These colour
-each line by its **model** (the colour of :data:`cxr.plots.MODEL_COLORS`, as in every PNG) and dash it by
-**revision** (``dvc plots diff``), so one chart reads the same with one revision or two:
+each line by its **model** (the ``color`` column of the data: :func:`cxr.plots.model_color`, as in every
+PNG) and dash it by **revision** (``dvc plots diff``), so one chart reads the same with one revision or two:
 
-- ``model_lines``: a per-epoch value of each model (``x: epoch``; a y field per file);
-- ``model_loss``: training and validation loss side by side (two y fields per file), log scale: a
-  first epoch of loss 3 does not flatten the others;
+- ``model_lines``: a per-epoch value of each model (``x: epoch``);
+- ``model_loss``: training and validation loss side by side (two y fields), log scale: a first epoch of
+  loss 3 does not flatten the others;
 - ``model_roc`` / ``model_calibration``: the curves plus the chance / perfect-calibration diagonal;
 - ``model_pr``: precision-recall curves;
 - ``model_confusion``: every model's confusion matrix in one row (a row per revision), counts and row
   shares printed in the cells.
 
-The model is read from the file DVC took the row from: ``plots/history/<model>.csv`` or
-``plots/eval/<model>/<plot>.csv``. ``python -m cxr.plot_templates`` rewrites the files;
+The data is long form (stage plots, cxr.plot_data): every row says its ``model``, whether compare
+``selected`` it and its ``color``, so the templates name no model. The selected model comes first in each
+legend, "(selected)" after its name, drawn as a wide translucent band under the others' lines (which stay
+in sight where they coincide with it). ``python -m cxr.plot_templates`` rewrites the files;
 tests/test_plot_templates.py fails when the committed ones differ from what this module generates.
 """
 
@@ -24,8 +26,6 @@ import argparse
 import json
 from pathlib import Path
 from typing import Any
-
-from cxr.plots import EXTRA_COLORS, MODEL_COLORS
 
 TEMPLATE_DIR = Path(".dvc/plots")
 SCHEMA = "https://vega.github.io/schema/vega-lite/v5.json"
@@ -38,23 +38,18 @@ X_LABEL, Y_LABEL, TITLE, DATA = (
 )
 SIDE = 320  # px: square ROC and calibration charts
 
-# Where DVC says which file (and, with several y fields, which field) a row came from. With several files
-# it shortens the paths to what differs ("cnn.csv", "cnn/roc.csv"); with one, the path may be whole.
-_SOURCE = "split(datum['filename::field'] || datum.filename || '', '::')"
-# plots/history/<model>.csv: the file's name; plots/eval/<model>/<plot>.csv: its folder's.
-HISTORY_MODEL = f"replace(peek(split({_SOURCE}[0], '/')), '.csv', '') || 'model'"
-EVAL_MODEL = f"slice(split({_SOURCE}[0], '/'), -2, -1)[0] || 'model'"
-FIELD = f"datum.field || {_SOURCE}[1] || ''"
+# The model's legend entry: its name, marked when compare selects it (the CSV says True; JSON data: true).
+SELECTED = "datum.selected === 'True' || datum.selected === true"
+LABEL = f"({SELECTED}) ? datum.model + ' (selected)' : datum.model"
+# With two y fields (train_loss, val_loss), DVC says in `field` which one a value is.
+FIELD = "datum.field || ''"
 
 
 def model_color() -> dict[str, Any]:
-    """The colour channel: the models' fixed colours; an unknown model takes the next spare colour."""
-    return {
-        "field": "model",
-        "type": "nominal",
-        "title": "Model",
-        "scale": {"domain": list(MODEL_COLORS), "range": [*MODEL_COLORS.values(), *EXTRA_COLORS]},
-    }
+    """The colour channel: each model's ``color`` from its rows. Vega-Lite orders a range taken from a field
+    by the channel's field (here: the legend label, ascending), so the domain keeps that default order too:
+    any other sort would hand the colours to the wrong models."""
+    return {"field": "label", "type": "nominal", "title": "Model", "scale": {"range": {"field": "color"}}}
 
 
 # Line charts' legends draw a short stroke, dashed as the revision is: a point-and-line mark would
@@ -69,19 +64,19 @@ REVISION_DASH = {
     "legend": {**LINE_LEGEND, "encode": {"symbols": {"update": {"stroke": {"value": "#555555"}}}}},
 }
 TOOLTIP = [
-    {"field": "model", "type": "nominal", "title": "Model"},
+    {"field": "label", "type": "nominal", "title": "Model"},
     {"field": "rev", "type": "nominal", "title": "Revision"},
     {"field": X, "type": "quantitative", "title": X_LABEL, "format": ".3f"},
     {"field": Y, "type": "quantitative", "title": Y_LABEL, "format": ".3f"},
 ]
 
 
-def _base(model_expr: str, extra: list[dict] | None = None) -> dict[str, Any]:
+def _base(extra: list[dict] | None = None) -> dict[str, Any]:
     return {
         "$schema": SCHEMA,
         "data": {"values": DATA},
         "title": {"text": TITLE, "anchor": "middle"},
-        "transform": [{"calculate": model_expr, "as": "model"}, *(extra or [])],
+        "transform": [{"calculate": LABEL, "as": "label"}, *(extra or [])],
     }
 
 
@@ -96,10 +91,18 @@ def _unit_axes(ticks: int = 5) -> dict[str, dict]:
 
 def _curves(point: bool = False) -> dict[str, Any]:
     return {
-        "mark": {"type": "line", "point": point, "strokeWidth": 2},
+        "mark": {"type": "line", "point": point},
         "encoding": {
-            "color": {**model_color(), "legend": LINE_LEGEND},
+            "color": {**model_color(), "legend": {**LINE_LEGEND, "labelLimit": 260}},
             "strokeDash": REVISION_DASH,
+            # the selected model: a wide translucent band, drawn first (its rows come first), under the others
+            "strokeWidth": {
+                "field": "selected",
+                "type": "ordinal",
+                "scale": {"domain": ["False", "True"], "range": [2, 6]},
+                "legend": None,
+            },
+            "opacity": {"condition": {"test": SELECTED, "value": 0.5}, "value": 1},
             "tooltip": TOOLTIP,
         },
     }
@@ -120,26 +123,31 @@ def _diagonal(label: str) -> dict[str, Any]:
 def model_lines() -> dict[str, Any]:
     epoch = {"field": X, "type": "quantitative", "title": X_LABEL, "axis": {"tickMinStep": 1, "format": "d"}}
     y = {"field": Y, "type": "quantitative", "title": Y_LABEL, "scale": {"zero": False}}
-    spec = _base(HISTORY_MODEL)
+    spec = _base()
     spec.update({"width": 420, "height": 260, **_curves(point=True)})
     spec["encoding"].update(x=epoch, y=y)
     return spec
 
 
 def model_loss() -> dict[str, Any]:
-    """Two y fields per file (train_loss, val_loss): DVC puts the value in ``dvc_inferred_y_value`` and
-    the field in ``filename::field``; one panel per field, a shared log-scale y."""
-    panel = {"calculate": f"({FIELD}) == 'train_loss' ? 'Training' : 'Validation'", "as": "phase"}
-    spec = _base(HISTORY_MODEL, [panel])
-    curves = _curves(point=True)
-    curves["encoding"].update(
-        x={"field": X, "type": "quantitative", "title": X_LABEL, "axis": {"tickMinStep": 1, "format": "d"}},
-        y={"field": Y, "type": "quantitative", "title": Y_LABEL, "scale": {"type": "log"}},
-    )
+    """Two y fields (train_loss, val_loss): DVC puts the value in ``dvc_inferred_y_value`` and the field in
+    ``field``; one panel per field side by side (hconcat: a facet cannot take the colours from a data field),
+    a shared log-scale y."""
+    spec = _base()
+
+    def panel(field: str, title: str) -> dict[str, Any]:
+        curves = _curves(point=True)
+        curves["encoding"].update(
+            x={"field": X, "type": "quantitative", "title": X_LABEL, "axis": {"tickMinStep": 1, "format": "d"}},
+            y={"field": Y, "type": "quantitative", "title": Y_LABEL, "scale": {"type": "log"}},
+        )
+        only = {"filter": f"({FIELD}) == '{field}'"}
+        return {"title": {"text": title, "fontSize": 13}, "width": 300, "height": 240, "transform": [only], **curves}
+
     spec.update(
         {
-            "facet": {"column": {"field": "phase", "type": "nominal", "title": None, "header": {"labelFontSize": 13}}},
-            "spec": {"width": 300, "height": 240, **curves},
+            "hconcat": [panel("train_loss", "Training"), panel("val_loss", "Validation")],
+            "resolve": {"scale": {"y": "shared"}},
         }
     )
     return spec
@@ -147,7 +155,7 @@ def model_loss() -> dict[str, Any]:
 
 def _diagonal_chart(label: str, point: bool) -> dict[str, Any]:
     """A square unit-axes chart: the grey diagonal (``label``) under one curve per model and revision."""
-    spec = _base(EVAL_MODEL)
+    spec = _base()
     spec.update({"width": SIDE, "height": SIDE, "encoding": _unit_axes(), "layer": [_diagonal(label), _curves(point)]})
     return spec
 
@@ -160,7 +168,7 @@ def model_pr() -> dict[str, Any]:
     curves = _curves()
     curves["mark"]["interpolate"] = "step-after"
     curves["encoding"].update(_unit_axes())
-    spec = _base(EVAL_MODEL)
+    spec = _base()
     spec.update({"width": SIDE, "height": SIDE, **curves})
     return spec
 
@@ -172,18 +180,18 @@ def model_calibration() -> dict[str, Any]:
 def model_confusion() -> dict[str, Any]:
     """Counts per (model, revision, actual, predicted); absent cells are 0; share of the actual row."""
     transform: list[dict[str, Any]] = [
-        {"aggregate": [{"op": "count", "as": "n"}], "groupby": ["model", "rev", Y, X]},
-        {"impute": "n", "key": X, "groupby": ["model", "rev", Y], "value": 0},
-        {"joinaggregate": [{"op": "sum", "field": "n", "as": "row_n"}], "groupby": ["model", "rev", Y]},
+        {"aggregate": [{"op": "count", "as": "n"}], "groupby": ["label", "rev", Y, X]},
+        {"impute": "n", "key": X, "groupby": ["label", "rev", Y], "value": 0},
+        {"joinaggregate": [{"op": "sum", "field": "n", "as": "row_n"}], "groupby": ["label", "rev", Y]},
         {"calculate": "datum.row_n > 0 ? datum.n / datum.row_n : 0", "as": "share"},
         {"calculate": "datum.n + ' (' + format(datum.share, '.0%') + ')'", "as": "cell"},
     ]
-    spec = _base(EVAL_MODEL, transform)
+    spec = _base(transform)
     nominal = {"type": "nominal", "axis": {"labelAngle": 0}}
     spec.update(
         {
             "facet": {
-                "column": {"field": "model", "type": "nominal", "title": None, "sort": list(MODEL_COLORS)},
+                "column": {"field": "label", "type": "nominal", "title": None, "sort": None},
                 "row": {"field": "rev", "type": "nominal", "title": None},
             },
             "spec": {
@@ -205,7 +213,7 @@ def model_confusion() -> dict[str, Any]:
                                 "legend": {"format": ".0%"},
                             },
                             "tooltip": [
-                                {"field": "model", "title": "Model"},
+                                {"field": "label", "title": "Model"},
                                 {"field": "rev", "title": "Revision"},
                                 {"field": Y, "title": "Actual"},
                                 {"field": X, "title": "Predicted"},

@@ -1,5 +1,6 @@
 """The models: a registry of builders (``cnn``, ``resnet_small``, ``resnet50``, ``vgg16``, ``vit``), each mapping
-(B, 3, H, W) floats to (B, 1) logits, and every per-model fact in its entry.
+(B, 3, H, W) floats to (B, 1) logits, and every per-model fact in its entry; each module of this folder is
+imported here and registers its own.
 
     from cxr.models import build_model, get_entry, list_models
     model = build_model("resnet50", pretrained=False, image_size=64)
@@ -10,7 +11,9 @@ given as ``models.<name>.weights``. A missing file raises :class:`WeightsUnavail
 the ways out, never a silent random initialisation.
 """
 
-from cxr.models import cnn, resnet_small, torchvision_backbones, vit  # noqa: F401  (each registers its models)
+import importlib
+import pkgutil
+
 from cxr.models.registry import (
     ModelEntry,
     build_model,
@@ -24,6 +27,11 @@ from cxr.models.registry import (
     rebuild,
 )
 from cxr.pretrained import WeightsUnavailableError
+
+# Every module of this folder is imported, so that each registers its models: a new model is its own module
+# (and its params.yaml entry), with no line here. tests/test_dvc_graph.py reads this as importing them all.
+for _module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
+    importlib.import_module(f"{__name__}.{_module}")
 
 __all__ = [
     "ModelEntry",
