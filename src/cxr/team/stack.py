@@ -196,7 +196,9 @@ def start_s3(lay: Layout, ports: dict, run_dir: Path, secrets: dict) -> None:
     flags = [f"-{n}.port={ports[n]}" for n in WEED_PORTS] + [f"-{n}.port.grpc={ports[n + '_grpc']}" for n in WEED_PORTS]
     cmd = [weed, "mini", f"-dir={lay.root / 's3'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", *flags]
     cmd += [f"-s3.config={config}", f"-bucket={access.DVC_BUCKET},{access.ARTIFACT_BUCKET}"]
-    cmd += [f"-admin.password={secrets['s3_admin']}", "-admin.ui=false", "-webdav=false", "-master.telemetry=false"]
+    options = lay.secrets / "weed.options"  # a password in a file, not in the command line that `ps` shows
+    access.write_private(options, f"admin.password={secrets['s3_admin']}\n")
+    cmd += [f"-options={options}", "-admin.ui=false", "-webdav=false", "-master.telemetry=false"]
     cmd += ["-s3.port.iceberg=0", "-s3.port.lance=0", f"-filer.localSocket={run_dir / 'filer.sock'}"]
     cmd += [f"-s3.localSocket={run_dir / 's3.sock'}"]
     (lay.root / "s3").mkdir(exist_ok=True)
@@ -218,10 +220,19 @@ def start_mlflow(lay: Layout, ports: dict, secrets: dict) -> None:
         AWS_SECRET_ACCESS_KEY=secret,
         AWS_DEFAULT_REGION="us-east-1",
         MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false",  # no job consumers (about 1 GB) for a server that runs none
+        # the database password in the environment, not in the command line that `ps` shows
+        MLFLOW_BACKEND_STORE_URI=access.database_uri(secrets, ports["postgres"], "mlflow"),
     )
     mlflow = str(Path(sys.executable).parent / "mlflow")
-    cmd = [mlflow, "server", "--backend-store-uri", access.database_uri(secrets, ports["postgres"], "mlflow")]
-    cmd += ["--artifacts-destination", access.ARTIFACT_ROOT, "--serve-artifacts", "--app-name", "basic-auth"]
+    cmd = [
+        mlflow,
+        "server",
+        "--artifacts-destination",
+        access.ARTIFACT_ROOT,
+        "--serve-artifacts",
+        "--app-name",
+        "basic-auth",
+    ]
     cmd += ["--host", "127.0.0.1", "--port", str(ports["mlflow"]), "--workers", "1"]
     pid = _spawn(lay, "mlflow", cmd, env)
     health = f"http://127.0.0.1:{ports['mlflow']}/health"
