@@ -92,9 +92,7 @@ def main(argv=None) -> int:
     models = (args.models or list(params.get("models") or {})) + tuned_candidates(args)
     train_m, eval_m, rocs, ext_rocs = read_model_results(args, models)
     best = select_best(train_m, cfg.select_metric)
-    order = selected_first(list(eval_m), best)  # the selected model first, in every table and legend
-    eval_m = {m: eval_m[m] for m in order}
-    write_reports(args, cfg, section(params, "evaluate", EvaluateConfig), train_m, eval_m, data_note(args, best))
+    write_reports(args, cfg, section(params, "evaluate", EvaluateConfig), train_m, eval_m, best)
     figs = comparison_figures(cfg, eval_m, rocs, ext_rocs, best)
     outcome = log_and_register(args, cfg, mlflow_cfg, figs, best, train_m, eval_m)
     print(f"[compare] {len(eval_m)} model(s); selected on {cfg.select_metric}: {best}. Report: {args.report}")
@@ -153,12 +151,12 @@ def data_note(args, best: str) -> str | None:
     )
 
 
-def write_reports(
-    args, cfg: CompareConfig, eval_cfg: EvaluateConfig, train_m: dict, eval_m: dict, note: str | None = None
-) -> None:
+def write_reports(args, cfg: CompareConfig, eval_cfg: EvaluateConfig, train_m: dict, eval_m: dict, best: str) -> None:
     """reports/results.md and .csv, the paired comparisons (with --predictions) and the headline DVC metrics."""
     sweep = _read_json(Path(args.sweep)) if args.sweep else None
     sweep_table = pd.read_csv(args.sweep_table) if args.sweep_table and Path(args.sweep_table).is_file() else None
+    headline_m = eval_m  # metrics/headline.json keeps the model list's order: `dvc exp show`'s columns
+    eval_m = {m: eval_m[m] for m in selected_first(list(eval_m), best)}  # the report: the selected model first
     table = results_table(eval_m, train_m, cfg.select_metric)
     paired = None
     if args.predictions:
@@ -182,12 +180,12 @@ def write_reports(
             sweep_summary=sweep,
             sweep_table=sweep_table,
             paired=paired,
-            note=note,
+            note=data_note(args, best),
         )
     )
     Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
     write_csv(results_csv(table), args.csv)
-    write_metrics(args.headline, headline(eval_m, train_m))
+    write_metrics(args.headline, headline(headline_m, train_m))
 
 
 def comparison_figures(cfg: CompareConfig, eval_m: dict, rocs: dict, ext_rocs: dict, best: str) -> dict:

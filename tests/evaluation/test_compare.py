@@ -544,6 +544,8 @@ def test_the_selected_model_comes_first_and_a_synthetic_run_says_so(tmp_path, mo
         assert stage.main(_argv(tmp_path, params)) == 0
     csv = pd.read_csv(tmp_path / "reports/results.csv")
     assert csv["model"].tolist() == ["cnn-tuned", "cnn", "vit", "vgg16"]  # cnn ties it on val_auc: it follows
+    head = json.loads((tmp_path / "metrics/headline.json").read_text())  # `dvc exp show`'s columns: the list's order
+    assert list(head["val_auc"]) == ["cnn", "vit", "vgg16", "cnn-tuned"]
     md = cells((tmp_path / "reports/results.md").read_text())
     assert seen == ["cnn-tuned"]  # the selected model's card says what the data was
     intro = md[: md.index("**Table 1.**")]
