@@ -180,6 +180,17 @@ def test_cam_figure_at_the_image_resolution_with_colour_bar_and_title(tmp_path):
     assert NO_LOCALISATION in _texts(flat)
 
 
+def test_cam_figure_of_a_full_size_radiograph_has_a_title_to_scale_and_names_the_model():
+    """A 2000 px radiograph's figure is about 4,000 px wide: an 11 pt title there was about 10 px high."""
+    gray = np.zeros((1600, 2000), np.uint8)
+    note = "model cxr-pneumonia version 3 (models:/cxr-pneumonia@champion); trained on the folder /data/chest_xray"
+    small = cam_figure(gray[:200, :250], np.zeros((200, 250)), 0.9, "PNEUMONIA", 0.5, note)
+    large = cam_figure(gray, np.zeros((1600, 2000)), 0.9, "PNEUMONIA", 0.5, note)
+    assert large._suptitle.get_fontsize() == pytest.approx(small._suptitle.get_fontsize() * 2000 / 400)
+    shown = [t.get_text().replace("\n", " ") for t in large.texts]
+    assert note in shown and any(note in t.replace("\n", " ") for t in (x.get_text() for x in small.texts))
+
+
 def test_cam_to_image_drops_the_letterbox_of_a_padded_cache():
     heat = np.zeros((16, 16), np.float32)
     heat[:4] = 1.0  # the black band above a wide image in a "pad" cache: the model saw nothing there

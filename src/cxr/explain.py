@@ -20,6 +20,7 @@ the probability and label).
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -181,17 +182,25 @@ def gallery_figure(
     return fig
 
 
-def cam_figure(gray: np.ndarray, heatmap: np.ndarray, probability: float, label: str, threshold: float) -> Figure:
+def cam_figure(
+    gray: np.ndarray, heatmap: np.ndarray, probability: float, label: str, threshold: float, note: str = ""
+) -> Figure:
     """``cxr predict --cam``: the original (H, W) uint8 image beside its Grad-CAM ``heatmap`` (H, W, in [0, 1])
-    with a colour bar; P(pneumonia) and the label in the title. Each panel is the image's own size in
-    pixels (long side at most ``MAX_CAM_SIDE``), at ``plots.DPI``: save it with :func:`save_cam_figure`.
+    with a colour bar; P(pneumonia) and the label in the title, ``note`` (the model and its training data)
+    under it. Each panel is the image's own size in pixels (long side at most ``MAX_CAM_SIDE``), at
+    ``plots.DPI``, and the text grows with it: save it with :func:`save_cam_figure`.
     """
     gray = np.asarray(gray)
     h, w = gray.shape
     scale = min(1.0, MAX_CAM_SIDE / max(h, w))
     pw, ph = max(1, round(w * scale)), max(1, round(h * scale))
-    pad, cbar, cbar_labels, top = 12, 16, 70, 64  # pixels around the two panels
-    width, height = pad + pw + pad + pw + pad + cbar + cbar_labels, ph + top + pad
+    k = max(1.0, max(pw, ph) / 400)  # text and margins grow with the panels: a title readable at full size
+    pad, cbar, cbar_labels = 12, round(16 * k), round(70 * k)
+    width = pad + pw + pad + pw + pad + cbar + cbar_labels
+    # the note wrapped to the figure's width (8 pt characters about 0.55 em wide), a line of 14 px each
+    lines = textwrap.wrap(note, max(20, int(width / (8 * k * plots.DPI / 72 * 0.55)))) if note else []
+    top = round((64 + 14 * len(lines)) * k)
+    height = ph + top + pad
     fig = Figure(figsize=(width / plots.DPI, height / plots.DPI), dpi=plots.DPI)
 
     def box(x: float, wide: float) -> tuple[float, float, float, float]:
@@ -201,15 +210,20 @@ def cam_figure(gray: np.ndarray, heatmap: np.ndarray, probability: float, label:
     for ax, name in ((left, "original"), (right, "Grad-CAM overlay")):
         ax.imshow(gray, cmap="gray", vmin=0, vmax=255, interpolation="antialiased")
         ax.set_axis_off()
-        ax.set_title(name, fontsize=9)
+        ax.set_title(name, fontsize=9 * k)
     cax = fig.add_axes(box(3 * pad + 2 * pw, cbar))
     if is_flat(heatmap):
-        right.text(0.5, 0.5, NO_LOCALISATION, ha="center", va="center", transform=right.transAxes, **BOXED)
+        boxed = {**BOXED, "fontsize": BOXED["fontsize"] * k}
+        right.text(0.5, 0.5, NO_LOCALISATION, ha="center", va="center", transform=right.transAxes, **boxed)
         cax.set_axis_off()
     else:
         shown = right.imshow(np.clip(heatmap, 0, 1), cmap="jet", vmin=0, vmax=1, alpha=0.45)
-        fig.colorbar(shown, cax=cax).set_label("Grad-CAM: evidence for PNEUMONIA", fontsize=8)
-    fig.suptitle(f"{label}: P(pneumonia) = {probability:.3f} (threshold {threshold:.3f})", fontsize=11)
+        bar = fig.colorbar(shown, cax=cax)
+        bar.set_label("Grad-CAM: evidence for PNEUMONIA", fontsize=8 * k)
+        bar.ax.tick_params(labelsize=8 * k)
+    fig.suptitle(f"{label}: P(pneumonia) = {probability:.3f} (threshold {threshold:.3f})", fontsize=11 * k)
+    if lines:  # under the title
+        fig.text(0.5, 1 - 34 * k / height, "\n".join(lines), ha="center", va="top", fontsize=8 * k)
     return fig
 
 

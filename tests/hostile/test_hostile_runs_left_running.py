@@ -41,7 +41,8 @@ def _holder(uri: str) -> tuple[subprocess.Popen, list[str]]:
     return proc, proc.stdout.readline().split()
 
 
-def test_runs_of_a_process_killed_with_9_are_ended_when_the_next_run_starts(tmp_path, capfd):
+def test_runs_of_a_process_killed_with_9_are_ended_when_the_next_run_starts(tmp_path, capfd, monkeypatch):
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))  # the experiment's artifacts in tmp_path/mlartifacts
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     killed, killed_runs = _holder(uri)
     alive, alive_runs = _holder(uri)
@@ -79,9 +80,10 @@ def _training_run(tracker, card) -> str:
         return tracker.run_id
 
 
-def test_registering_a_checkpoint_twice_keeps_one_version_and_leaves_its_training_run_as_it_was(tmp_path):
+def test_registering_a_checkpoint_twice_keeps_one_version_and_leaves_its_training_run_as_it_was(tmp_path, monkeypatch):
     from cxr.checkpoint import load_card
 
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))  # the experiment's artifacts in tmp_path/mlartifacts
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     tracker = make_tracker("registry", uri)
     ckpt = make_checkpoint(tmp_path / "models" / "cnn")

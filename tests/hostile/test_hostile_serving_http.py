@@ -40,7 +40,8 @@ def served(tmp_path_factory):
     root = tmp_path_factory.mktemp("served")
     uri = f"sqlite:///{root / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
-    with mlflow.start_run():
+    experiment = mlflow.create_experiment("served", artifact_location=(root / "artifacts").as_uri())
+    with mlflow.start_run(experiment_id=experiment):
         model_uri = log_pyfunc_model(make_checkpoint(root / "cnn")).model_uri
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
     port = free_port()

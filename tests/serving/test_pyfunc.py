@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import csv
 import dataclasses
 import io
 import json
 import os
+import subprocess
 import sys
 import urllib.error
 import urllib.request
@@ -209,3 +211,39 @@ def test_served_model_answers_like_predict(server, store, tmp_path):
         server + "/invocations", {"dataframe_split": {"columns": ["image"], "data": [[_b64(jpeg.read_bytes())]]}}
     )
     assert status == 200 and body["predictions"][0]["probability"] == pytest.approx(pred["probability"], abs=1e-6)
+
+
+def test_cxr_predict_with_a_registered_model_names_it_and_leaves_nothing_behind(store, tmp_path):
+    """Not on a terminal: no download frames; the model named by registered name and version in stderr, in each
+    CSV row (with its training data) and in the CAM title; the download folder removed."""
+    from mlflow import MlflowClient
+
+    MlflowClient(tracking_uri=store["uri"]).set_registered_model_alias(REGISTERED, "champion", "1")
+    image = tmp_path / "x.jpeg"
+    image.write_bytes(_jpeg(3))
+    (tmp := tmp_path / "tmp").mkdir()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": store["uri"], "TMPDIR": str(tmp)}
+    cxr = str(Path(sys.executable).parent / "cxr")
+    cmd = [cxr, "predict", str(image), "--model", f"models:/{REGISTERED}@champion", "--format", "csv"]
+    out = subprocess.run([*cmd, "--cam", str(tmp_path / "cam")], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    name = f"{REGISTERED} version 1 (models:/{REGISTERED}@champion)"
+    assert f"model {name}" in out.stderr
+    assert "\r" not in out.stderr and "Downloading artifacts" not in out.stderr
+    (row,) = list(csv.DictReader(io.StringIO(out.stdout)))
+    assert row["model"] == name and row["trained_on"].startswith("data this model card does not record")
+    assert list(tmp.iterdir()) == [], "the downloaded model was left behind"
+    assert [p.name for p in (tmp_path / "cam").iterdir()] == ["x_cam.png"]
+
+
+def test_cxr_predict_names_a_command_that_registers_when_the_registry_is_empty(store, tmp_path):
+    env = {**os.environ, "MLFLOW_TRACKING_URI": store["uri"]}
+    cxr = str(Path(sys.executable).parent / "cxr")
+    out = subprocess.run(
+        [cxr, "predict", "x.jpeg", "--model", "models:/no-such-model@champion"],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert out.returncode == 2 and "dvc repro -f -s compare" in out.stderr

@@ -249,13 +249,8 @@ def _check_destinations(args) -> str | None:
 def cmd_predict(args) -> int:
     from cxr.checkpoint import synthetic_data_warning
     from cxr.serving.filenames import printable
-    from cxr.serving.predict import (
-        REGISTRY_SCHEMES,
-        ModelNotFoundError,
-        Predictor,
-        best_model_dir,
-        registered_model_dir,
-    )
+    from cxr.serving.predict import Predictor
+    from cxr.serving.which_model import ModelNotFoundError, model_folder
     from cxr.stage import progress_enabled
 
     if args.batch_size < 1:
@@ -265,17 +260,15 @@ def cmd_predict(args) -> int:
     if unwritable:
         print(f"cxr predict: {printable(unwritable)}", file=sys.stderr)
         return EXIT_USAGE
-    try:
-        if args.model and args.model.startswith(REGISTRY_SCHEMES):
-            model_dir = registered_model_dir(args.model)
-        else:
-            model_dir = Path(args.model) if args.model else best_model_dir(args.results, args.models_dir)
-        predictor = Predictor.from_dir(model_dir, device=args.device)
+    progress = progress_enabled(not args.no_progress)
+    try:  # a registered model is downloaded into a temporary folder, removed once it is loaded
+        with model_folder(args.model, args.results, args.models_dir, progress=progress) as (model_dir, name):
+            predictor = Predictor.from_dir(model_dir, device=args.device, name=name)
     except (ModelNotFoundError, FileNotFoundError, ValueError, KeyError, RuntimeError) as exc:
         print(f"cxr predict: {exc}", file=sys.stderr)
         return EXIT_USAGE
     print(
-        f"[cxr predict] model {model_dir} ({predictor.arch_name}, cache {predictor.cache_size} px "
+        f"[cxr predict] model {predictor.name} ({predictor.arch_name}, cache {predictor.cache_size} px "
         f"{predictor.resize}, input {predictor.image_size} px, threshold {predictor.threshold:.4f}"
         f"{_calibration_note(predictor.card)}); "
         f"trained on {predictor.card.data_source.describe()}",
@@ -291,10 +284,12 @@ def cmd_predict(args) -> int:
     table = predictor.predict_paths(
         args.inputs,
         batch_size=args.batch_size,
-        progress=progress_enabled(not args.no_progress),
+        progress=progress,
         cam_dir=args.cam,
         on_error=report,
     )
+    if args.format != "table":  # each row of a file says which model answered, trained on what
+        table = table.assign(model=predictor.name, trained_on=predictor.card.data_source.describe())
     text = render(table, args.format)
     if args.output:
         Path(args.output).write_text(text, encoding="utf-8")

@@ -40,6 +40,7 @@ Source = Union[str, os.PathLike, bytes, bytearray, memoryview]
 RASTER_EXTENSIONS = (".jpeg", ".jpg", ".jpe", ".jfif", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 DICOM_EXTENSIONS = (".dcm", ".dicom")
 IMAGE_EXTENSIONS = RASTER_EXTENSIONS + DICOM_EXTENSIONS
+FORMATS_READ = "JPEG, PNG, WebP, GIF, BMP, TIFF or DICOM"  # what those extensions hold, for error messages
 _DICM_OFFSET = 128
 
 
@@ -123,7 +124,7 @@ def _check_source(source: Source, name: str) -> None:
 
 def _raster_error(name: str, exc: Exception) -> ImageReadError:
     if isinstance(exc, UnidentifiedImageError):
-        return ImageReadError(name, "not a recognised image format (expected JPEG, PNG, BMP, TIFF or DICOM)")
+        return ImageReadError(name, f"not a recognised image format (expected {FORMATS_READ})")
     if isinstance(exc, Image.DecompressionBombError):
         return ImageReadError(name, f"image too large, refused as a possible decompression bomb ({exc})")
     return ImageReadError(name, f"corrupt or truncated image ({type(exc).__name__}: {exc})")

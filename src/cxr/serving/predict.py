@@ -51,73 +51,6 @@ from cxr.training.engine import predict_probabilities
 
 # probability = P(PNEUMONIA); warning: why the input may not be a chest radiograph (it is still predicted).
 COLUMNS = ("file", "probability", "label", "error", "warning")
-DEFAULT_RESULTS_CSV = Path("reports") / "results.csv"
-DEFAULT_MODELS_DIR = Path("models")
-
-
-class ModelNotFoundError(FileNotFoundError):
-    """No model folder was given and none could be found from the compare stage's outputs."""
-
-
-# --------------------------------------------------------------------------------------------
-# Which model
-# --------------------------------------------------------------------------------------------
-
-
-REGISTRY_SCHEMES = ("models:/", "runs:/")
-
-
-def registered_model_dir(uri: str, dest: str | Path | None = None) -> Path:
-    """The checkpoint folder inside an MLflow model (``models:/cxr-pneumonia@champion``, ``runs:/<id>/registered``),
-    downloaded from the tracking store (``MLFLOW_TRACKING_URI``, else the repository's ``mlflow.db``)."""
-    import tempfile
-
-    import mlflow
-
-    from cxr.tracking import tracking_uri
-
-    store = tracking_uri()
-    dest = Path(dest or tempfile.mkdtemp(prefix="cxr-model-"))
-    try:
-        mlflow.set_tracking_uri(store)
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dest)))
-    except Exception as exc:
-        raise ModelNotFoundError(
-            f"cannot fetch {uri} from the MLflow store {store} ({exc.__class__.__name__}: "
-            f"{exc}); run `dvc repro compare` to register one, or set MLFLOW_TRACKING_URI"
-        ) from None
-    found = sorted(p.parent for p in local.rglob(checkpoint.META_FILE))
-    if not found:
-        raise ModelNotFoundError(f"{uri} holds no {checkpoint.META_FILE}: not a model registered by this pipeline")
-    return found[0]
-
-
-def best_model_dir(results_csv: str | Path = DEFAULT_RESULTS_CSV, models_dir: str | Path = DEFAULT_MODELS_DIR) -> Path:
-    """``models/<best>``: the model the compare stage selected on validation (the ``selected`` row of
-    reports/results.csv)."""
-    results_csv, models_dir = Path(results_csv), Path(models_dir)
-    fix = (
-        "run `dvc repro` (the compare stage picks the best model on validation), "
-        "or pass --model models/<name> (a folder with model.pt and model.json)"
-    )
-    if not results_csv.is_file():
-        raise ModelNotFoundError(f"no --model given and no model comparison found at {results_csv}: {fix}")
-    table = pd.read_csv(results_csv)
-    if "model" not in table.columns or "selected" not in table.columns:
-        raise ModelNotFoundError(
-            f"{results_csv} has no 'model'/'selected' columns (found {list(table.columns)}): {fix}"
-        )
-    chosen = table.loc[table["selected"].astype(str).str.lower() == "true", "model"].tolist()
-    if len(chosen) != 1:
-        raise ModelNotFoundError(f"{results_csv} marks {len(chosen)} models as selected, expected 1: {fix}")
-    model_dir = models_dir / str(chosen[0])
-    if not (model_dir / checkpoint.META_FILE).is_file():
-        raise ModelNotFoundError(
-            f"{results_csv} selects {chosen[0]!r} but {model_dir}/{checkpoint.META_FILE} is "
-            f"missing (run `dvc pull` or `dvc repro train@{chosen[0]}`), or pass --model"
-        )
-    return model_dir
-
 
 # --------------------------------------------------------------------------------------------
 # Inputs
@@ -179,7 +112,7 @@ def collect_inputs(inputs: Iterable[str | os.PathLike]) -> tuple[list[Path], lis
     """Files named, image files under folders (recursive), and glob matches; duplicates dropped, order kept.
 
     A file named explicitly is read whatever its extension; folders and globs contribute files with
-    an image extension (JPEG, PNG, BMP, TIFF, .dcm/.dicom) or extension-less DICOM files.
+    an image extension (JPEG, PNG, WebP, GIF, BMP, TIFF, .dcm/.dicom) or extension-less DICOM files.
     """
     files: list[Path] = []
     errors: list[InputError] = []
@@ -235,6 +168,7 @@ class Predictor:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     # split.max_pixels and split.plausibility's defaults: refused above the one pixel limit, warned when implausible.
     limits: ImageLimits = field(default_factory=ImageLimits.from_split)
+    name: str = ""  # the model's name for people: its folder, or "cxr-pneumonia version 3 (models:/...)"
 
     def __post_init__(self):
         c = self.card
@@ -249,10 +183,15 @@ class Predictor:
         self.model = self.model.to(self.device).eval()
 
     @classmethod
-    def from_dir(cls, model_dir: str | Path, device: str | torch.device | None = None) -> Predictor:
+    def from_dir(cls, model_dir: str | Path, device: str | torch.device | None = None, name: str = "") -> Predictor:
         dev = resolve_device(device)
         model, card = checkpoint.load(model_dir, device=dev)
-        return cls(model, card, dev)
+        return cls(model, card, dev, name=name or str(model_dir))
+
+    @property
+    def provenance(self) -> str:
+        """``model <name>; trained on <data>``: what CAM titles and ``cxr predict``'s files say of the model."""
+        return f"model {self.name}; trained on {self.card.data_source.describe()}"
 
     # ---- pixels --------------------------------------------------------------------------
 
@@ -423,7 +362,7 @@ class _CamWriter:
         for h, source, row in zip(heat, sources, rows):
             original = read_gray8(source, max_pixels=self.p.limits.max_pixels)
             full = cam_to_image(h, original.shape, self.p.resize)
-            fig = cam_figure(original, full, row["probability"], row["label"], self.p.threshold)
+            fig = cam_figure(original, full, row["probability"], row["label"], self.p.threshold, self.p.provenance)
             paths.append(save_cam_figure(fig, self._name(str(row["file"]))))
         return paths
 
@@ -433,8 +372,6 @@ __all__ = [
     "DICOM_EXTENSIONS",
     "IMAGE_EXTENSIONS",
     "InputError",
-    "ModelNotFoundError",
     "Predictor",
-    "best_model_dir",
     "collect_inputs",
 ]
