@@ -319,11 +319,13 @@ def test_a_tuned_candidate_is_scored_and_drawn_under_its_own_name_and_colour(tra
     from cxr.plots import model_color
 
     d = trained["data"]
-    cfg = EvaluateConfig(n_resamples=20, gallery_per_outcome=1, gradcam=False)
+    cfg = EvaluateConfig(n_resamples=20, gallery_per_outcome=1)
     test = (d["test"][0], d["test"][1], [f"x{i}" for i in range(30)])
     r = evaluate_checkpoint(trained["model"], trained["card"], test=test, cfg=cfg, device="cpu", name="cnn-tuned")
     assert r.report["model"] == r.model == "cnn-tuned" and trained["card"].name == "cnn"
-    figs = evaluation_figures(r, None, trained["card"], test_images=d["test"][0], cfg=cfg)
+    # Grad-CAM finds the layer of the card's architecture (cnn-tuned is no registry name)
+    figs = evaluation_figures(r, trained["model"], trained["card"], test_images=d["test"][0], cfg=cfg)
+    assert "Grad-CAM" in figs["gallery"]._suptitle.get_text()
     titles = {k: (f._suptitle.get_text() if f._suptitle else f.axes[0].get_title()) for k, f in figs.items()}
     assert all(t.startswith("cnn-tuned") for t in titles.values()), titles
     colours = {to_hex(line.get_color()) for line in figs["roc"].axes[0].get_lines()}

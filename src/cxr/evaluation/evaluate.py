@@ -348,7 +348,7 @@ def _gallery(result: EvalResult, model, card: ModelCard, test_images, cfg: Evalu
 
     overlays = None
     if model is not None and cfg.gradcam:  # a flat map (None) is marked "no localisation", not washed blue
-        heat = grad_cam(model, name, model_inputs(images, card, device))
+        heat = grad_cam(model, card.name, model_inputs(images, card, device))  # the architecture's layer
         overlays = [None if is_flat(h) else overlay(img, h) for img, h in zip(images, heat)]
     return gallery_figure(
         images,
