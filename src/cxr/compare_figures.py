@@ -6,7 +6,7 @@ each model's internal test vs external sets. Arrays in, Figure out, each model i
 
 ``selected`` (compare's choice, on validation) comes first in every legend and is marked: "(selected)" after
 its name, a wide translucent band under its ROC curve (the curves of the others, drawn over it, stay in sight
-where they coincide) and outlined bars.
+where they coincide; each of them a little thinner than the one before) and outlined bars.
 """
 
 from __future__ import annotations
@@ -38,9 +38,14 @@ def roc_comparison_figure(
         raise ValueError("no ROC curves to draw (are there plots/eval/*/roc.csv files?)")
     fig, axes = figure_grid(6, 6)
     ax = axes[0, 0]
+    others = [n for n in curves if n != selected]
+    widths = dict(zip(others, np.linspace(3.2, 1.6, len(others)) if len(others) > 1 else [2.0]))
     for name in selected_first(list(curves), selected):
         fpr, tpr, auc = curves[name]
-        style = {"lw": 7, "alpha": 0.45, "solid_capstyle": "round", "zorder": 1} if name == selected else {"zorder": 2}
+        # the selected: a band under all; the others each a little thinner than the one before, so a curve
+        # that another repeats point for point still shows at its edges
+        style = {"lw": 7, "alpha": 0.45, "solid_capstyle": "round", "zorder": 1} if name == selected else {}
+        style = style or {"lw": float(widths[name]), "zorder": 2}
         draw_roc(ax, fpr, tpr, label(name, selected), auc, color=model_color(name), **style)
     roc_axes(ax, title)
     fig.tight_layout()
