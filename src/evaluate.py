@@ -150,6 +150,9 @@ def main(argv=None) -> int:
         for name, fig in figs.items():  # the PNG as written: MLflow's log_figure would render it again
             tracker.log_artifact(save_figure(fig, Path(args.figures) / f"{name}.png"), "eval")
         tracker.log_artifact(args.metrics, "eval")
+    if parent:  # the training run's row in the MLflow runs table: its params and threshold beside its test results
+        at = result.report["at_val_threshold"]
+        tracker.log_metrics({f"test_{k}": at[k]["value"] for k in HEADLINE}, run_id=parent)
 
     print_summary(args.model, result, external)
     return 0

@@ -40,7 +40,7 @@ from cxr.models import WeightsUnavailableError
 from cxr.models.weights import materialised_weights
 from cxr.plots import save_figure, sweep_heatmap_figure
 from cxr.stage import run_stage
-from cxr.tracking import make_tracker
+from cxr.tracking import make_tracker, run_name
 from cxr.training import distributed
 from cxr.training.engine import TrainingDivergedError
 from cxr.training.run_config import resolve_data_source, resolve_run_config
@@ -134,7 +134,8 @@ def run(args, cfg, base, info, splits, mlflow_cfg, eval_cfg, devices, keep: dict
 
     tracker = make_tracker(mlflow_cfg.experiment)
     with tracker.start_run(
-        f"sweep-{cfg.model}", tags={"stage": "sweep", "model": cfg.model, "data_version": info.get("data_version", "")}
+        run_name(f"sweep {cfg.model}"),  # "sweep resnet_small [lr-bs]": the experiment or commit, as train's runs
+        tags={"stage": "sweep", "model": cfg.model, "data_version": info.get("data_version", "")},
     ):
         tracker.log_params(
             {

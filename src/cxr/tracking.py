@@ -115,7 +115,7 @@ class Tracker(Protocol):
 
     def log_params(self, params: dict) -> None: ...
 
-    def log_metrics(self, metrics: dict, step: int | None = None) -> None: ...
+    def log_metrics(self, metrics: dict, step: int | None = None, run_id: str | None = None) -> None: ...
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None: ...
 
@@ -146,7 +146,7 @@ class NullTracker:
 
     def log_params(self, params: dict) -> None: ...
 
-    def log_metrics(self, metrics: dict, step: int | None = None) -> None: ...
+    def log_metrics(self, metrics: dict, step: int | None = None, run_id: str | None = None) -> None: ...
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None: ...
 
@@ -293,13 +293,15 @@ class MlflowTracker:
                 "log_params", self._client.log_batch, self.run_id, params=[Param(k, str(v)) for k, v in params.items()]
             )
 
-    def log_metrics(self, metrics: dict, step: int | None = None) -> None:
+    def log_metrics(self, metrics: dict, step: int | None = None, run_id: str | None = None) -> None:
+        """Into the current run, or ``run_id`` (a finished training run: its test results beside its params)."""
         import math
         import time
 
         from mlflow.entities import Metric
 
-        if not self.run_id:
+        run_id = run_id or self.run_id
+        if not run_id:
             return
         now = int(time.time() * 1000)
         items = [
@@ -307,7 +309,7 @@ class MlflowTracker:
             for k, v in metrics.items()
             if v is not None and not (isinstance(v, float) and math.isnan(v))
         ]
-        self._safe("log_metrics", self._client.log_batch, self.run_id, metrics=items)
+        self._safe("log_metrics", self._client.log_batch, run_id, metrics=items)
 
     def set_tags(self, tags: dict) -> None:
         from mlflow.entities import RunTag

@@ -200,6 +200,7 @@ def test_sweep_stage_outputs_and_nested_mlflow_runs(data, tmp_path, monkeypatch)
     )
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))  # MLflow artifacts under tmp_path, not the repository
+    monkeypatch.setenv("DVC_EXP_NAME", "lr-bs")  # as inside `dvc exp run -n lr-bs`: the run names say so
     stage = load_stage("sweep")
     loaded: list[str] = []
     load_split = stage.load_split
@@ -261,7 +262,7 @@ def test_sweep_stage_outputs_and_nested_mlflow_runs(data, tmp_path, monkeypatch)
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     exp = client.get_experiment_by_name("sweep-test")
     runs = client.search_runs([exp.experiment_id])
-    parents = [r for r in runs if r.info.run_name == "sweep-cnn"]
+    parents = [r for r in runs if r.info.run_name == "sweep cnn [lr-bs]"]
     assert len(parents) == 1
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
     assert sorted(r.data.params["batch_size"] for r in children) == ["16", "8"]
