@@ -95,6 +95,10 @@ def on_a_terminal(monkeypatch):
 SHARED_PIPELINE_MODULES = ("tests/test_workflows.py", "tests/test_plots_offline.py", "tests/test_weights_stage.py")
 
 
+# Modules whose tests run in order on one worker: one team stack for the module, make team-down its last test.
+ONE_WORKER_MODULES = ("tests/team/test_team_stack.py",)
+
+
 @pytest.hookimpl(optionalhook=True)  # pytest -p no:xdist runs without the plugin
 def pytest_xdist_make_scheduler(config, log):
     """xdist's loadgroup, by module: pytest 9 keeps a node's id in ``_id``, so the ``@group`` suffix that
@@ -106,7 +110,10 @@ def pytest_xdist_make_scheduler(config, log):
 
     class SharedPipelineScheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            return "shared-pipeline" if nodeid.split("::", 1)[0] in SHARED_PIPELINE_MODULES else nodeid
+            module = nodeid.split("::", 1)[0]
+            if module in SHARED_PIPELINE_MODULES:
+                return "shared-pipeline"
+            return module if module in ONE_WORKER_MODULES else nodeid
 
     return SharedPipelineScheduling(config, log)
 

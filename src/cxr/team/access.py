@@ -87,6 +87,9 @@ def auth_ini(secrets: dict, pg_port: int) -> str:
         f"admin_username = {ADMIN}\n"
         f"admin_password = {secrets['admin']}\n"
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        # Each request otherwise re-hashes the password (PBKDF2, a CPU-second under load): a poller and two
+        # clients saturated a 2-core machine. Cached a minute per (user, password), in each worker.
+        "auth_cache_ttl_seconds = 60\n"
     )
 
 
@@ -133,7 +136,12 @@ class Admin:
         )
 
     def experiment_id(self, name: str) -> str:
-        self.call("POST", "2.0/mlflow/experiments/create", ("RESOURCE_ALREADY_EXISTS",), json={"name": name})
+        from cxr.tracking import EXPERIMENT_KIND  # tagged as the pipeline tags the experiments it makes
+
+        tags = [{"key": EXPERIMENT_KIND[0], "value": EXPERIMENT_KIND[1]}]
+        self.call(
+            "POST", "2.0/mlflow/experiments/create", ("RESOURCE_ALREADY_EXISTS",), json={"name": name, "tags": tags}
+        )
         got = self.call("GET", "2.0/mlflow/experiments/get-by-name", params={"experiment_name": name})
         return got["experiment"]["experiment_id"]
 
