@@ -92,7 +92,12 @@ def on_a_terminal(monkeypatch):
 
 # The modules whose tests share the pipeline repos below (built once per pytest process): under
 # `pytest -n 2 --dist loadgroup` (make test) one worker takes all of them, first, while the other runs the rest.
-SHARED_PIPELINE_MODULES = ("tests/test_workflows.py", "tests/test_plots_offline.py", "tests/test_weights_stage.py")
+SHARED_PIPELINE_MODULES = (
+    "tests/test_workflows.py",
+    "tests/test_plots_offline.py",
+    "tests/test_weights_stage.py",
+    "tests/hostile/test_hostile_killed_compare.py",
+)
 
 
 # Modules whose tests run in order on one worker: one team stack for the module, make team-down its last test.

@@ -24,10 +24,12 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from cxr import processes
 from cxr.checkpoint import ModelCard
 from cxr.evaluation.registry_lock import registry_lock
 from cxr.locks import locked
 from cxr.metrics import is_better
+from cxr.stage import StageInterrupted
 
 PROMOTE_RULES = ("better", "always")
 
@@ -125,6 +127,8 @@ def register_candidate(
     try:
         # the file lock: this machine's compare stages; the registry lock: everyone's on one server
         with locked(lock_path), registry_lock(client, registered_name, tracker.uri):
+            if why_not := processes.orphaned():  # waited here while its dvc was killed: nobody wants this any more
+                raise StageInterrupted(why_not)
             champion = _champion(client, registered_name, alias, select_metric)
             promoted, why = decide(
                 {"data_version": card.data_version, "value": value}, champion, select_metric, promote
@@ -174,17 +178,12 @@ def _version_of(client, name: str, digest: str):
 
 def _register(tracker, client, checkpoint_dir, card: ModelCard, name: str, report: dict, select_metric, value):
     """A new version of ``name``: the pyfunc model logged into the checkpoint's training run (found by
-    :func:`find_training_run`, else compare's run) without reopening it, then registered with its tags.
-    Refused (the stage stops as killed) when the ``dvc`` that started this stage has ended meanwhile."""
+    :func:`find_training_run`, else compare's run) without reopening it, then registered with its tags."""
     import mlflow
 
-    from cxr import processes
     from cxr.evaluation.evaluate import find_training_run
     from cxr.serving.pyfunc import log_pyfunc_model
-    from cxr.stage import StageInterrupted
 
-    if why := processes.orphaned():
-        raise StageInterrupted(why)  # nobody asked for this version any more
     candidate = Path(checkpoint_dir).name
     training_run_id = find_training_run(tracker, card)
     mlflow.set_tracking_uri(tracker.uri)
