@@ -211,12 +211,21 @@ def test_queued_experiments_land_in_workspace_store(experiment_copy):
     assert status.count("Success") >= 2, status
     tagged = {r.data.tags.get("dvc_exp_name") for r in experiment_runs(repo) if r.data.tags.get("stage") == "train"}
     assert set(queued) <= tagged, tagged
-    # Two workers finished together: each registered its pick as a candidate, and @champion (moved under
-    # the repository's lock) is the best on validation of every version trained on the same data.
+    # Two workers finished together: each registered its pick as a candidate (a version per checkpoint: a pick
+    # registered before is that version), and @champion (moved under the repository's lock) is the best on
+    # validation of every version trained on the same data.
     client = mlflow_client(repo)
     versions = client.search_model_versions("name = 'cxr-pneumonia'")
     champion = client.get_model_version_by_alias("cxr-pneumonia", "champion")
-    assert len(versions) >= 3, [v.version for v in versions]
+    compares = [r for r in experiment_runs(repo) if r.data.tags.get("stage") == "compare"]
+    registered = [
+        r.data.tags.get("registered_model")
+        for r in compares
+        if r.info.run_name.endswith(tuple(f"[{n}]" for n in queued))
+    ]
+    assert len(registered) == 2 and all(str(x).startswith("cxr-pneumonia/") for x in registered), registered
+    digests = [v.tags["checkpoint_sha256"] for v in versions]
+    assert len(set(digests)) == len(digests), [v.version for v in versions]
     same_data = [float(v.tags["val_auc"]) for v in versions if v.tags["data_version"] == champion.tags["data_version"]]
     assert float(champion.tags["val_auc"]) == max(same_data), (champion.version, same_data)
     # Nothing was left behind in the temporary copies' own stores.

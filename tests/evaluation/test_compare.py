@@ -346,7 +346,14 @@ def test_registers_the_validation_winner_from_its_training_run(tmp_path, monkeyp
     assert compare_run.data.tags["registered_model"] == f"cxr-test/{v.version}"
     assert set(compare_run.data.metrics) == {"selected_val_auc"}  # models' metrics live in their own runs
 
-    # A worse experiment (same data) registers a candidate but leaves @champion where it was.
+    # The same checkpoint again: the same version, not a copy of it.
+    assert _stage().main(_argv(tmp_path, params, models=("cnn", "vit"))) == 0
+    assert [str(x.version) for x in client.search_model_versions("name = 'cxr-test'")] == [str(v.version)]
+
+    # A worse experiment (same data, another cnn) registers a candidate but leaves @champion where it was.
+    torch.manual_seed(1)
+    model = build_model("cnn", image_size=16)
+    checkpoint.save(tmp_path / "models" / "cnn", model, dataclasses.replace(card, val_auc=0.90))
     worse = {**TRAIN, "cnn": {"val_auc": 0.90, "val_loss": 0.3}, "vit": {"val_auc": 0.85, "val_loss": 0.3}}
     for m in ("cnn", "vit"):
         (tmp_path / f"metrics/train/{m}.json").write_text(json.dumps(worse[m]))
