@@ -236,12 +236,13 @@ def start_mlflow(lay: Layout, ports: dict, secrets: dict) -> None:
     cmd += ["--host", "127.0.0.1", "--port", str(ports["mlflow"]), "--workers", "1"]
     pid = _spawn(lay, "mlflow", cmd, env)
     health = f"http://127.0.0.1:{ports['mlflow']}/health"
-    wait_for(lambda: _answers(health) or not alive(pid), "the MLflow server", 120, lay.log("mlflow"))
+    wait_for(lambda: answers(health) or not alive(pid), "the MLflow server", 120, lay.log("mlflow"))
     if not alive(pid):
         raise RuntimeError(f"the MLflow server exited:\n{lay.log('mlflow').read_text(errors='replace')[-2000:]}")
 
 
-def _answers(url: str) -> bool:
+def answers(url: str) -> bool:
+    """Whether GET ``url`` answers 200 (the stack's health checks; the tests' servers too)."""
     try:
         with urllib.request.urlopen(url, timeout=2) as r:
             return r.status == 200
@@ -265,7 +266,7 @@ def state(lay: Layout) -> dict:
 def up(lay: Layout, users: list[str], experiment: str, registered_model: str) -> dict:
     """Start what is not running (all three again when only some are), set up the users; the stack's state."""
     live, st = running(lay), state(lay)
-    if len(live) == len(SERVICES) and _answers(f"{st.get('tracking_uri')}/health"):
+    if len(live) == len(SERVICES) and answers(f"{st.get('tracking_uri')}/health"):
         access.setup_users(lay, st, users, experiment, registered_model)
         return st
     if live:
