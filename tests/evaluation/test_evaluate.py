@@ -300,13 +300,17 @@ def test_the_evaluation_is_a_run_nested_under_the_training_run(trained, tmp_path
     ]
     assert load_stage("evaluate").main(argv) == 0
     client = MlflowClient(tracking_uri=uri)
-    assert set(client.get_run(train_id).data.metrics) == {"val_auc"}  # nothing added to the training run
+    # The training run gains the four headline test values (the runs table: params beside test results), no more
+    headline = {f"test_{k}" for k in ("roc_auc", "balanced_accuracy", "sensitivity", "specificity")}
+    trained = client.get_run(train_id)
+    assert set(trained.data.metrics) == {"val_auc"} | headline and trained.info.status == "FINISHED"
     (run,) = client.search_runs([tracker.experiment_id], "tags.stage = 'evaluate'")
     assert run.data.tags[PARENT_RUN_TAG] == train_id and run.data.tags["model"] == "cnn"
     assert run.info.status == "FINISHED" and run.info.run_name.startswith("cnn evaluate")
     assert run.data.metrics["test_roc_auc"] == pytest.approx(
         json.loads((out / "m.json").read_text())["at_val_threshold"]["roc_auc"]["value"]
     )
+    assert trained.data.metrics["test_roc_auc"] == run.data.metrics["test_roc_auc"]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "eval")}
     assert {"eval/confusion.png", "eval/roc.png", "eval/m.json", "eval/metrics_table.json"} <= artifacts
 
