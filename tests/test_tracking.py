@@ -66,13 +66,14 @@ def test_run_with_params_and_per_epoch_metrics(monkeypatch, tmp_path, run_cfg):
     assert float(run.data.params["lr"]) == run_cfg.lr and run.data.params["model"] == "cnn"
     assert run.data.tags["dvc_exp_name"] == "exp-test" and run.data.tags["data_version"] == "dv1"
     assert run.data.tags["model"] == "cnn" and "git_commit" in run.data.tags
-    hist = client.get_metric_history(run_id, "val_loss")
+    hist = client.get_metric_history(run_id, "epoch/val_loss")
     assert sorted(m.step for m in hist) == [1, 2]
     assert [m.value for m in sorted(hist, key=lambda m: m.step)] == pytest.approx(
         [h["val_loss"] for h in result.history]
     )
-    # One name per thing: the param is lr, the per-epoch scheduled value scheduled_lr.
-    assert "lr" not in run.data.metrics and "scheduled_lr" in run.data.metrics
+    # One name per thing: the param is lr, the per-epoch scheduled value scheduled_lr; curves in section "epoch"
+    assert {"epoch/scheduled_lr", "epoch/val_auc"} <= set(run.data.metrics)
+    assert not {"lr", "epoch/lr", "val_auc"} & set(run.data.metrics)
     models = client.search_logged_models([exp.experiment_id])
     assert any(m.source_run_id == run_id for m in models)
 
@@ -136,7 +137,7 @@ def test_sigterm_during_a_store_write_lands_after_it_and_the_run_ends_killed(mon
             pytest.fail("the interruption must arrive right after the write, before the next statement")
     run = MlflowClient(tracking_uri=uri).get_run(run_id)
     assert run.info.status == "KILLED"
-    assert run.data.metrics == {"val_auc": 0.75}  # the interrupted write was completed, not lost
+    assert run.data.metrics == {"epoch/val_auc": 0.75}  # the interrupted write was completed, not lost
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL or callable(signal.getsignal(signal.SIGTERM))
 
 

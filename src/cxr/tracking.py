@@ -102,6 +102,18 @@ SYSTEM_METRICS_INTERVAL_S = 2.0  # MLflow's default (10 s) gives a demo run of 2
 # ?workflowType=machine_learning, or the browser's last choice) decides the landing page, not this tag.
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 
+# MLflow 3's run page (and the compare view) charts the keys "<section>/<name>" in sections, sorted, ahead of
+# "Model metrics" (the keys with no "/"), each section alphabetically (runs-charts.types.ts,
+# getBaseChartAndSectionConfigs). A value logged with a step is a point of a curve (step = epoch here):
+# it goes under "epoch/", so train_loss, val_auc... lead, ahead of best_epoch, test_* and threshold. The
+# chart keeps its own name as title ("val_auc", in section "epoch").
+CURVE_SECTION = "epoch"
+
+
+def mlflow_metric_key(name: str, step: int | None) -> str:
+    """The MLflow key of metric ``name``: ``epoch/<name>`` for a point of a curve (a step), else ``name``."""
+    return name if step is None else f"{CURVE_SECTION}/{name}"
+
 
 class Tracker(Protocol):
     """What the pipeline logs through: :class:`MlflowTracker`, or :class:`NullTracker` where nothing is
@@ -294,7 +306,8 @@ class MlflowTracker:
             )
 
     def log_metrics(self, metrics: dict, step: int | None = None, run_id: str | None = None) -> None:
-        """Into the current run, or ``run_id`` (a finished training run: its test results beside its params)."""
+        """Into the current run, or ``run_id`` (a finished training run: its test results beside its params).
+        With a ``step``, the points of a per-epoch curve: :func:`mlflow_metric_key` names them ``epoch/<name>``."""
         import math
         import time
 
@@ -305,7 +318,7 @@ class MlflowTracker:
             return
         now = int(time.time() * 1000)
         items = [
-            Metric(k, float(v), now, int(step or 0))
+            Metric(mlflow_metric_key(k, step), float(v), now, int(step or 0))
             for k, v in metrics.items()
             if v is not None and not (isinstance(v, float) and math.isnan(v))
         ]

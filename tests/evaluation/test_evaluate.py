@@ -303,7 +303,7 @@ def test_the_evaluation_is_a_run_nested_under_the_training_run(trained, tmp_path
     # The training run gains the four headline test values (the runs table: params beside test results), no more
     headline = {f"test_{k}" for k in ("roc_auc", "balanced_accuracy", "sensitivity", "specificity")}
     trained = client.get_run(train_id)
-    assert set(trained.data.metrics) == {"val_auc"} | headline and trained.info.status == "FINISHED"
+    assert set(trained.data.metrics) == {"epoch/val_auc"} | headline and trained.info.status == "FINISHED"
     (run,) = client.search_runs([tracker.experiment_id], "tags.stage = 'evaluate'")
     assert run.data.tags[PARENT_RUN_TAG] == train_id and run.data.tags["model"] == "cnn"
     assert run.info.status == "FINISHED" and run.info.run_name.startswith("cnn evaluate")
