@@ -15,13 +15,15 @@ these files, not on params.yaml's keys: their bytes change only when what the st
 
 from __future__ import annotations
 
+from cxr.stage import run_stage  # first: the stage says what it does before torch loads
+
+# isort: split
 import argparse
 import json
 from pathlib import Path
 
 from cxr import config as C
 from cxr.schema import parse
-from cxr.stage import run_stage
 from cxr.training.run_config import TrainSettings, pretrained_weights
 
 

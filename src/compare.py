@@ -16,6 +16,9 @@ being unreachable costs only the registry entry.
 
 from __future__ import annotations
 
+from cxr.stage import run_stage  # first: the stage says what it does before torch loads
+
+# isort: split
 import argparse
 import json
 import warnings
@@ -41,7 +44,6 @@ from cxr.evaluation.paired import PairingError, compare_with_selected, read_pred
 from cxr.evaluation.promotion import RegistryError, register_candidate
 from cxr.files import write_csv, write_metrics
 from cxr.plots import save_figure
-from cxr.stage import run_stage
 from cxr.tracking import make_tracker, project_root, run_name
 
 ERRORS = (

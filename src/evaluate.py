@@ -27,6 +27,9 @@ with a warning, if MLflow is unreachable): the training run keeps its curves and
 
 from __future__ import annotations
 
+from cxr.stage import run_stage  # first: the stage says what it does before torch loads
+
+# isort: split
 import argparse
 from pathlib import Path
 
@@ -50,7 +53,6 @@ from cxr.files import write_csv, write_metrics
 from cxr.gpus import GpuClaimError, hold_device
 from cxr.models import list_models
 from cxr.plots import save_figure, training_curves_figure
-from cxr.stage import run_stage
 from cxr.tracking import PARENT_RUN_TAG, make_tracker, run_name, run_tags
 
 PLOT_FILES = ("confusion", "roc", "pr", "calibration")

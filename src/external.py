@@ -10,6 +10,9 @@ logic lives in :mod:`cxr.data.external`.
 
 from __future__ import annotations
 
+from cxr.stage import progress_enabled, run_stage  # first: the stage says what it does before torch loads
+
+# isort: split
 import argparse
 from pathlib import Path
 
@@ -20,7 +23,6 @@ from cxr.data.limits import ArchiveLimitError
 from cxr.data.manifest import ManifestError
 from cxr.data.sources import SourceError
 from cxr.files import write_metrics
-from cxr.stage import progress_enabled, run_stage
 
 ERRORS = (ConfigError, ExternalError, SourceError, ArchiveLimitError, ManifestError, CacheError, FileNotFoundError)
 

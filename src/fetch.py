@@ -8,12 +8,14 @@ Reads only the `data:` section of params.yaml. Writes ``<out>/{train,val,test}/{
 
 from __future__ import annotations
 
+from cxr.stage import progress_enabled, run_stage  # first: the stage says what it does before torch loads
+
+# isort: split
 import argparse
 from pathlib import Path
 
 from cxr.config import ConfigError, DataConfig, load_params, section
 from cxr.data.sources import SourceError, fetch
-from cxr.stage import progress_enabled, run_stage
 
 ERRORS = (SourceError, ConfigError)  # user-actionable (see cxr.stage)
 

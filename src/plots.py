@@ -12,6 +12,9 @@ metrics) is marked ``selected``. Writes --out/{history,confusion,roc,pr,calibrat
 
 from __future__ import annotations
 
+from cxr.stage import run_stage  # first: the stage says what it does before torch loads
+
+# isort: split
 import argparse
 import json
 from pathlib import Path
@@ -21,7 +24,6 @@ from cxr.config import CompareConfig, ConfigError, load_params, section
 from cxr.evaluation.compare import select_best
 from cxr.files import write_csv
 from cxr.plot_data import read_long_form
-from cxr.stage import run_stage
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -7,6 +7,9 @@
 
 from __future__ import annotations
 
+from cxr.stage import run_stage  # first: the stage says what it does before torch loads
+
+# isort: split
 import argparse
 import time
 
@@ -14,7 +17,6 @@ from cxr import SPLITS
 from cxr.config import ConfigError, PreprocessConfig, load_params, section
 from cxr.data.cache import build_cache
 from cxr.data.manifest import ManifestError
-from cxr.stage import run_stage
 
 ERRORS = (ConfigError, ManifestError, FileNotFoundError)  # user-actionable (see cxr.stage)
 

@@ -8,6 +8,9 @@
 
 from __future__ import annotations
 
+from cxr.stage import run_stage  # first: the stage says what it does before torch loads
+
+# isort: split
 import argparse
 import json
 import time
@@ -15,7 +18,6 @@ from pathlib import Path
 
 from cxr.config import ConfigError, SplitConfig, load_params, section
 from cxr.data.manifest import ManifestError, build_manifest, summary_table, write_manifest, write_quarantine
-from cxr.stage import run_stage
 
 ERRORS = (ConfigError, ManifestError)  # user-actionable (see cxr.stage)
 

@@ -25,6 +25,9 @@ configurations over one process per device; on a CUDA machine the stage claims t
 
 from __future__ import annotations
 
+from cxr.stage import run_stage  # first: the stage says what it does before torch loads
+
+# isort: split
 import argparse
 import contextlib
 import shutil
@@ -39,7 +42,6 @@ from cxr.gpus import GpuClaimError, claim_gpus
 from cxr.models import WeightsUnavailableError
 from cxr.models.weights import materialised_weights
 from cxr.plots import save_figure, sweep_heatmap_figure
-from cxr.stage import run_stage
 from cxr.tracking import make_tracker, run_name
 from cxr.training import distributed
 from cxr.training.engine import TrainingDivergedError

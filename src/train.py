@@ -25,6 +25,9 @@ GPU(s) (``cxr.gpus``), so queued experiments (``dvc queue start -j N``) each get
 
 from __future__ import annotations
 
+from cxr.stage import run_stage  # first: the stage says what it does before torch loads
+
+# isort: split
 import argparse
 import contextlib
 import sys
@@ -41,7 +44,6 @@ from cxr.gpus import GpuClaimError, claim_gpus
 from cxr.models import WeightsUnavailableError, list_models
 from cxr.models.weights import materialised_weights
 from cxr.runlock import ResumeLockedError, resume_lock
-from cxr.stage import run_stage
 from cxr.tracking import NullTracker, make_tracker, run_name, run_tags
 from cxr.training import distributed
 from cxr.training.engine import TrainingDivergedError

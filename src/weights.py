@@ -16,6 +16,9 @@ pretrained false (the synthetic default) nothing is fetched and only the manifes
 
 from __future__ import annotations
 
+from cxr.stage import run_stage  # first: the stage says what it does before torch loads
+
+# isort: split
 import argparse
 import shutil
 import time
@@ -24,7 +27,6 @@ from pathlib import Path
 from cxr.config import ConfigError, load_params
 from cxr.files import sha256_file
 from cxr.pretrained import WeightsUnavailableError, read_manifest, write_manifest
-from cxr.stage import run_stage
 from cxr.training.run_config import pretrained_weights
 
 

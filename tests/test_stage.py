@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import ast
 import fcntl
 import io
 import os
 import pty
+import re
 import struct
 import subprocess
 import sys
@@ -16,7 +18,7 @@ import pytest
 import torch
 import yaml
 
-from cxr.stage import progress_bar, progress_enabled
+from cxr.stage import progress_bar, progress_enabled, starting_line
 from cxr.training.engine import train_one_epoch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -112,3 +114,51 @@ def test_a_stage_stopped_by_sigterm_says_so_without_a_traceback(capsys):
     assert ended.value.code == 143
     err = capsys.readouterr().err
     assert err.startswith("train: stopped by SIGTERM") and "dvc repro" in err and "Traceback" not in err
+
+
+def _stage_scripts() -> list[Path]:
+    """The stage scripts: src/*.py whose docstring starts ``Stage <name>:``."""
+    docs = {p: ast.get_docstring(ast.parse(p.read_text())) or "" for p in sorted((REPO / "src").glob("*.py"))}
+    return [p for p, doc in docs.items() if doc.startswith("Stage ")]
+
+
+def test_every_stage_imports_cxr_stage_before_anything_else():
+    scripts = _stage_scripts()
+    assert {"train", "evaluate", "compare", "check_params"} <= {p.stem for p in scripts}
+    for script in scripts:
+        imports = [n for n in ast.parse(script.read_text()).body if isinstance(n, ast.Import | ast.ImportFrom)]
+        first = next(n for n in imports if not (isinstance(n, ast.ImportFrom) and n.module == "__future__"))
+        assert isinstance(first, ast.ImportFrom) and first.module == "cxr.stage", (
+            f"{script.name}: import cxr.stage first (its own block, then `# isort: split`), so that the stage "
+            "says what it does before torch and MLflow load"
+        )
+
+
+def test_a_stage_says_what_it_does_before_torch_loads():
+    """The stage's line comes before the first module of torch is imported (-X importtime writes a line per
+    import, in the same pipe): the order, not the time, is checked; the run is stopped there."""
+    cmd = [sys.executable, "-X", "importtime", str(REPO / "src" / "train.py"), "--help"]
+    env = {**os.environ, "DVC_STAGE": "train@cnn", "PYTHONPATH": str(REPO / "src")}
+    env.pop("RANK", None)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    seen = []
+    try:
+        for line in proc.stdout:  # type: ignore[union-attr]
+            if re.search(r"\| +torch(\.|$)", line.rstrip()):
+                break
+            seen.append(line)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert "train@cnn: train one model on the cached train split, select on validation, log to MLflow.\n" in seen
+
+
+def test_only_a_stage_script_and_rank_zero_announce():
+    doc = "Stage `params`: every key known.\n\nMore."
+    assert starting_line(doc, str(REPO / "src" / "check_params.py"), {}) == "params: every key known."
+    assert (
+        starting_line(doc, str(REPO / "src" / "check_params.py"), {"DVC_STAGE": "params"}) == "params: every key known."
+    )
+    assert starting_line(doc, str(REPO / "src" / "check_params.py"), {"RANK": "1"}) is None  # torchrun's other ranks
+    assert starting_line(doc, "/usr/bin/pytest", {}) is None  # not a script of src/
+    assert starting_line("cxr predict: ...", str(REPO / "src" / "real.py"), {}) is None  # not a stage

@@ -13,13 +13,19 @@ Progress: a stage (and ``cxr predict``) draws tqdm bars only on a terminal. Ever
 :func:`progress_bar`, which is silent when stderr is not a TTY (``dvc repro > log``, CI, a queued
 experiment): a log gets the stages' own lines (one per epoch, sweep configuration or stage), never
 ``\r`` frames.
+
+Start: a stage script imports this module first, in an import block of its own (``# isort: split``), so that
+it says which stage starts and what it does (``train@cnn: train one model on ...``, from its docstring) before
+torch, sklearn and MLflow take their 10-20 s to import: :func:`announce`, at this module's import.
 """
 
 from __future__ import annotations
 
 import errno
+import os
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
 
@@ -73,3 +79,28 @@ def progress_bar(iterable: Iterable | None = None, *, enabled: bool = True, **kw
 
     kwargs.setdefault("dynamic_ncols", True)
     return tqdm(iterable, disable=not progress_enabled(enabled), **kwargs)
+
+
+def starting_line(doc: str | None, script: str | None, env: Mapping[str, str]) -> str | None:
+    """``<stage>: <what it does>`` for a stage script of ``src/`` (``doc`` its docstring, ``script`` its path);
+    None for any other program, and for torchrun's ranks but the first. The stage is DVC's name for it
+    (``DVC_STAGE``: ``train@cnn``), else the docstring's (``Stage train@<model>: ...``)."""
+    first = (doc or "").strip().split("\n", 1)[0]
+    name, sep, what = first.partition(": ")
+    src = Path(__file__).resolve().parents[1]
+    if not (script and sep and name.startswith("Stage ") and Path(script).resolve().parent == src):
+        return None
+    if env.get("RANK", "0") != "0":
+        return None
+    return f"{env.get('DVC_STAGE') or name.removeprefix('Stage ').strip('`')}: {what}"
+
+
+def announce() -> None:
+    """Print the starting line of the program, if it is a stage script (:func:`starting_line`), at once."""
+    main = sys.modules.get("__main__")
+    line = starting_line(getattr(main, "__doc__", None), getattr(main, "__file__", None), os.environ)
+    if line:
+        print(line, flush=True)
+
+
+announce()  # at import: a stage script imports this module before anything heavy
