@@ -34,6 +34,7 @@ from cxr.data.cache import build_cache, decode_image, load_info, load_split
 from cxr.data.manifest import build_manifest, write_manifest
 from cxr.data.sources import fetch
 from cxr.metrics import binary_metrics, bootstrap_ci, choose_threshold
+from cxr.policy import ValidationPolicy
 from cxr.training.engine import predict_probabilities
 from cxr.training.fit import fit
 from cxr.training.run_config import resolve_run_config
@@ -167,10 +168,10 @@ def run(name: str, args, seed: int | None = None) -> dict:
         cfg,
         (np.asarray(tr.images), tr.labels),
         (np.asarray(va.images), va.labels),
+        # the threshold only: the probabilities stay raw, so set_a_clinical.py replays the whole policy on them
+        ValidationPolicy(threshold=ev.threshold, fixed_threshold=ev.fixed_threshold),
         device="cpu",
         progress=args.progress,
-        threshold_method=ev.threshold,
-        fixed_threshold=ev.fixed_threshold,
         cache_resize=info["resize"],
     )
     minutes = (time.perf_counter() - t0) / 60

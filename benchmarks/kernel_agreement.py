@@ -38,6 +38,7 @@ def worker(params_path: str, cache: str, models: list[str], threads: int | None)
 
     from cxr.config import load_params
     from cxr.data.cache import load_split
+    from cxr.policy import ValidationPolicy
     from cxr.training.engine import predict_probabilities
     from cxr.training.fit import fit
     from cxr.training.run_config import resolve_run_config
@@ -54,9 +55,11 @@ def worker(params_path: str, cache: str, models: list[str], threads: int | None)
             cfg,
             (train.images, train.labels),
             (val.images, val.labels),
+            ValidationPolicy(
+                threshold=evaluate.get("threshold", "youden"),
+                fixed_threshold=float(evaluate.get("fixed_threshold", 0.5)),
+            ),
             progress=False,
-            threshold_method=evaluate.get("threshold", "youden"),
-            fixed_threshold=float(evaluate.get("fixed_threshold", 0.5)),
         )
         probs = predict_probabilities(
             result.model, test.images, mean=result.card.mean, std=result.card.std, image_size=cfg.image_size

@@ -37,11 +37,11 @@ from cxr.evaluation.compare import (
     results_markdown,
     results_table,
     roc_curves,
-    select_best,
     shift_panels,
 )
 from cxr.evaluation.paired import PairingError, compare_with_selected, read_predictions
 from cxr.evaluation.promotion import RegistryError, register_candidate
+from cxr.evaluation.selection import read_validation, select_candidate, selection_markdown
 from cxr.files import write_csv, write_metrics
 from cxr.plots import save_figure
 from cxr.tracking import make_tracker, project_root, run_name
@@ -93,11 +93,26 @@ def main(argv=None) -> int:
     mlflow_cfg: MlflowConfig = section(params, "mlflow", MlflowConfig)
     models = (args.models or list(params.get("models") or {})) + tuned_candidates(args)
     train_m, eval_m, rocs, ext_rocs = read_model_results(args, models)
-    best = select_best(train_m, cfg.select_metric)
-    write_reports(args, cfg, section(params, "evaluate", EvaluateConfig), train_m, eval_m, best)
+    eval_cfg: EvaluateConfig = section(params, "evaluate", EvaluateConfig)
+    selection = select_candidate(
+        train_m,
+        cfg.select_metric,
+        read_validation(args.predictions, list(train_m)) if args.predictions else None,
+        n_configs=sweep_configs(args),
+        n_resamples=eval_cfg.n_resamples,
+        seed=eval_cfg.seed,
+        confidence=eval_cfg.confidence,
+    )
+    best = selection.selected
+    write_reports(args, cfg, eval_cfg, train_m, eval_m, selection)
     figs = comparison_figures(cfg, eval_m, rocs, ext_rocs, best)
     outcome = log_and_register(args, cfg, mlflow_cfg, figs, best, train_m, eval_m)
-    print(f"[compare] {len(eval_m)} model(s); selected on {cfg.select_metric}: {best}. Report: {args.report}")
+    how = (
+        f"validation tie with {', '.join(selection.tied)} decided by preference"
+        if selection.tied
+        else cfg.select_metric
+    )
+    print(f"[compare] {len(eval_m)} model(s); selected on {how}: {best}. Report: {args.report}")
     if outcome:
         print(f"[compare] {outcome.message}")
     return 0
@@ -107,6 +122,14 @@ def tuned_candidates(args) -> list[str]:
     """The sweep's kept model (``<sweep model>-tuned``), when the sweep ran: a candidate like the others."""
     sweep = _read_json(Path(args.sweep)) if args.sweep else None
     return [tuned_name(sweep["model"])] if sweep and sweep.get("model") else []
+
+
+def sweep_configs(args) -> dict[str, int]:
+    """The sweep's kept candidate -> how many configurations it was the best of (on the same validation images)."""
+    sweep = _read_json(Path(args.sweep)) if args.sweep else None
+    if not sweep or not sweep.get("model"):
+        return {}
+    return {tuned_name(sweep["model"]): int(sweep.get("n_configs") or 0)}
 
 
 def read_model_results(args, models: list[str]) -> tuple[dict, dict, dict, dict]:
@@ -153,13 +176,14 @@ def data_note(args, best: str) -> str | None:
     )
 
 
-def write_reports(args, cfg: CompareConfig, eval_cfg: EvaluateConfig, train_m: dict, eval_m: dict, best: str) -> None:
+def write_reports(args, cfg: CompareConfig, eval_cfg: EvaluateConfig, train_m: dict, eval_m: dict, selection) -> None:
     """reports/results.md and .csv, the paired comparisons (with --predictions) and the headline DVC metrics."""
+    best = selection.selected
     sweep = _read_json(Path(args.sweep)) if args.sweep else None
     sweep_table = pd.read_csv(args.sweep_table) if args.sweep_table and Path(args.sweep_table).is_file() else None
     headline_m = eval_m  # metrics/headline.json keeps the model list's order: `dvc exp show`'s columns
     eval_m = {m: eval_m[m] for m in selected_first(list(eval_m), best)}  # the report: the selected model first
-    table = results_table(eval_m, train_m, cfg.select_metric)
+    table = results_table(eval_m, train_m, cfg.select_metric, selected=best)
     paired = None
     if args.predictions:
         models = table["model"].tolist()  # by validation, as Table 1
@@ -172,7 +196,7 @@ def write_reports(args, cfg: CompareConfig, eval_cfg: EvaluateConfig, train_m: d
             confidence=eval_cfg.confidence,
         )
         if args.paired:
-            write_metrics(args.paired, paired)
+            write_metrics(args.paired, {**paired, "selection": selection.as_dict()})
     Path(args.report).parent.mkdir(parents=True, exist_ok=True)
     Path(args.report).write_text(
         results_markdown(
@@ -183,6 +207,7 @@ def write_reports(args, cfg: CompareConfig, eval_cfg: EvaluateConfig, train_m: d
             sweep_table=sweep_table,
             paired=paired,
             note=data_note(args, best),
+            selection=selection_markdown(selection, eval_cfg.confidence),
         )
     )
     Path(args.csv).parent.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,7 @@ The decision threshold is the model card's (chosen at training on validation as
 ``evaluate.threshold`` says: youden | midpoint | fixed); the test split is predicted once. Writes:
 
   --predictions  path, label, probability, predicted (one row per test image)
+  --validation-predictions  the same for the validation split (compare tests ties between candidates on it)
   --metrics      metrics at the validation threshold and at 0.5, each with its bootstrap CI
   --plots        confusion.csv (actual, predicted), roc.csv, pr.csv, calibration.csv (DVC plots)
   --figures      confusion, roc, pr, calibration (before and after the card's temperature), refer (error
@@ -46,8 +47,9 @@ from cxr.evaluation.evaluate import (
     evaluate_checkpoint,
     evaluation_figures,
     find_training_run,
+    predictions_table,
 )
-from cxr.evaluation.operating import choose_thresholds
+from cxr.evaluation.operating import OperatingThreshold
 from cxr.evaluation.selective import refer_figure
 from cxr.files import write_csv, write_metrics
 from cxr.gpus import GpuClaimError, hold_device
@@ -76,6 +78,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--figures", required=True, help="folder for the PNG figures")
     p.add_argument("--external", default=None, help="the external stage's folder (index.json and one cache per set)")
     p.add_argument("--external-predictions", default=None, help="per-image predictions on the external sets (CSV)")
+    p.add_argument(
+        "--validation-predictions", default=None, help="per-image validation predictions (CSV): compare's tie test"
+    )
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
     return p.parse_args(argv)
 
@@ -91,10 +96,10 @@ def main(argv=None) -> int:
     if card.name != architecture_of(args.model):
         raise ConfigError(f"--checkpoint {args.checkpoint} holds model {card.name!r}, not --model {args.model!r}")
     val, test = load_split(args.cache, "val"), load_split(args.cache, "test")
-    # The operating points' thresholds, set on validation (evaluate.operating_points): test and external
-    # sets are only scored at them.
+    # The operating points' thresholds, set on validation by train (cxr.policy) and kept in the card: test and
+    # external sets are only scored at them.
     val_probs = card_probabilities(model, card, val.images, cfg, device)
-    operating = choose_thresholds(val.labels, val_probs, cfg.operating_points)
+    operating = [OperatingThreshold.from_dict(p) for p in card.operating_points()]
     result = evaluate_checkpoint(
         model,
         card,
@@ -107,15 +112,7 @@ def main(argv=None) -> int:
     )
 
     external = evaluate_external_sets(args, model, card, cfg, device, operating)
-
-    Path(args.predictions).parent.mkdir(parents=True, exist_ok=True)
-    write_csv(result.tables["predictions"], args.predictions)
-    write_metrics(args.metrics, {**result.report, "external": {n: r.report for n, r in external.items()}})
-    plots_dir = Path(args.plots)
-    plots_dir.mkdir(parents=True, exist_ok=True)
-    for name in PLOT_FILES:
-        result.tables[name].to_csv(plots_dir / f"{name}.csv", index=False, lineterminator="\n")
-    write_external_tables(args, external)
+    write_tables(args, result, external, predictions_table(val.paths, val.labels, val_probs, card.threshold))
 
     figs = evaluation_figures(
         result,
@@ -160,6 +157,21 @@ def main(argv=None) -> int:
     return 0
 
 
+def write_tables(args, result, external: dict, validation: pd.DataFrame) -> None:
+    """The predictions (test, external sets, validation), the metrics JSON and the DVC plot files."""
+    Path(args.predictions).parent.mkdir(parents=True, exist_ok=True)
+    write_csv(result.tables["predictions"], args.predictions)
+    if args.validation_predictions:  # what compare tells tied candidates apart on (cxr.evaluation.selection)
+        Path(args.validation_predictions).parent.mkdir(parents=True, exist_ok=True)
+        write_csv(validation, args.validation_predictions)
+    write_metrics(args.metrics, {**result.report, "external": {n: r.report for n, r in external.items()}})
+    plots_dir = Path(args.plots)
+    plots_dir.mkdir(parents=True, exist_ok=True)
+    for name in PLOT_FILES:
+        result.tables[name].to_csv(plots_dir / f"{name}.csv", index=False, lineterminator="\n")
+    write_external_tables(args, external)
+
+
 def curves_figure(name: str, history: str, card):
     """The training curves of ``name`` from its per-epoch CSV, the kept epoch marked."""
     select_metric = card.train_params.get("select_metric", "val_auc")
@@ -202,6 +214,10 @@ def print_summary(model: str, result, external: dict) -> None:
     )
     for set_name, r in [("test", result), *external.items()]:
         for p in r.report["operating_points"]:
+            if p["threshold"] is None:
+                if set_name == "test":
+                    print(f"[{model}] {p['metric']} {p['target']:.0%}: no threshold, validation too small for it")
+                continue
             print(
                 f"[{model}] {p['metric']} {p['target']:.0%} on validation (threshold {p['threshold']:.3f}): "
                 f"{set_name} sensitivity {p['sensitivity']['value']:.3f}, specificity {p['specificity']['value']:.3f}"
@@ -214,7 +230,7 @@ def print_summary(model: str, result, external: dict) -> None:
                 f"-> {c['calibrated']['ece']:.3f}, Brier {c['uncalibrated']['brier']:.3f} "
                 f"-> {c['calibrated']['brier']:.3f}"
             )
-        if f:
+        if f and "low" in f:
             print(
                 f"[{model}] {set_name} refer band [{f['low']:.3f}, {f['high']:.3f}): coverage "
                 f"{f['coverage']['value']:.3f}, error among decided {f['error_among_decided']['value']:.3f}"

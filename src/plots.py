@@ -20,8 +20,8 @@ import json
 from pathlib import Path
 
 from cxr.candidates import tuned_name
-from cxr.config import CompareConfig, ConfigError, load_params, section
-from cxr.evaluation.compare import select_best
+from cxr.config import CompareConfig, ConfigError, EvaluateConfig, load_params, section
+from cxr.evaluation.selection import read_validation, select_candidate
 from cxr.files import write_csv
 from cxr.plot_data import read_long_form
 
@@ -33,6 +33,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--eval", default="plots/eval", help="folder of <model>/{confusion,roc,pr,calibration}.csv")
     p.add_argument("--train-metrics", default="metrics/train", help="folder of <model>.json (validation)")
     p.add_argument("--sweep", default=None, help="metrics/sweep.json: its model's <model>-tuned is a candidate")
+    p.add_argument("--predictions", default=None, help="evaluate's eval/ folder: validation predictions, the tie test")
     p.add_argument("--out", required=True, help="folder of the long-form CSVs")
     return p.parse_args(argv)
 
@@ -52,7 +53,15 @@ def main(argv=None) -> int:
     }
     if not validation:
         raise ConfigError(f"no candidate of {candidates} has {args.train_metrics}/<m>.json and {args.eval}/<m>/")
-    selected = select_best(validation, cfg.select_metric)
+    ev: EvaluateConfig = section(params, "evaluate", EvaluateConfig)
+    selected = select_candidate(  # compare's choice, made the same way (cxr.evaluation.selection)
+        validation,
+        cfg.select_metric,
+        read_validation(args.predictions, list(validation)) if args.predictions else None,
+        n_resamples=ev.n_resamples,
+        seed=ev.seed,
+        confidence=ev.confidence,
+    ).selected
     tables = read_long_form(args.history, args.eval, list(validation), selected)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

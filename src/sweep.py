@@ -34,7 +34,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from cxr.config import ConfigError, EvaluateConfig, MlflowConfig, SweepConfig, TrainConfig, load_params, section
+from cxr.config import ConfigError, MlflowConfig, SweepConfig, load_params, section
 from cxr.data.cache import CacheError, load_info, load_split
 from cxr.device import describe, resolve_device
 from cxr.files import clean_number, json_safe, write_history, write_metrics
@@ -42,6 +42,7 @@ from cxr.gpus import GpuClaimError, claim_gpus
 from cxr.models import WeightsUnavailableError
 from cxr.models.weights import materialised_weights
 from cxr.plots import save_figure, sweep_heatmap_figure
+from cxr.policy import ValidationPolicy
 from cxr.tracking import make_tracker, run_name
 from cxr.training import distributed
 from cxr.training.engine import TrainingDivergedError
@@ -70,14 +71,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     params = load_params(args.params)
-    # What the kept model's card records, as train's does: its data source and its temperature.
-    card_fields = {
-        "data_source": resolve_data_source(params),
-        "calibrate": section(params, "train", TrainConfig).calibrate,
-    }
+    # What the kept model's card records, as train's does: its data source and the choices made on validation.
+    card_fields = {"data_source": resolve_data_source(params), "policy": ValidationPolicy.from_params(params)}
     cfg: SweepConfig = section(params, "sweep", SweepConfig)
     mlflow_cfg: MlflowConfig = section(params, "mlflow", MlflowConfig)
-    eval_cfg: EvaluateConfig = section(params, "evaluate", EvaluateConfig)  # how the threshold is chosen, as train
     base = resolve_run_config(params, cfg.model)
     if base.pretrained and base.weights is None and args.pretrained:
         base = base.replace(weights=materialised_weights(args.pretrained, cfg.model))
@@ -98,7 +95,7 @@ def main(argv=None) -> int:
             staging = tempfile.mkdtemp(prefix=".sweep-", dir=Path(args.tuned).parent)
             stack.callback(shutil.rmtree, staging, ignore_errors=True)
         splits = (train, val)
-        return run(args, cfg, base, info, splits, mlflow_cfg, eval_cfg, devices, {"keep_dir": staging, **card_fields})
+        return run(args, cfg, base, info, splits, mlflow_cfg, devices, {"keep_dir": staging, **card_fields})
 
 
 def sweep_devices(devices, requested: str, device, n_configs: int, stack: contextlib.ExitStack) -> list:
@@ -128,8 +125,9 @@ def keep_tuned(args, result) -> None:
     print(f"[sweep] kept the selected configuration (batch_size={b['batch_size']}, lr={b['lr']:g}) in {out}")
 
 
-def run(args, cfg, base, info, splits, mlflow_cfg, eval_cfg, devices, keep: dict) -> int:
-    """``keep``: where the configurations' models wait (``keep_dir``) and what their cards record."""
+def run(args, cfg, base, info, splits, mlflow_cfg, devices, keep: dict) -> int:
+    """``keep``: where the configurations' models wait (``keep_dir``), what their cards record (``data_source``)
+    and the policy of the choices made on validation (``policy``)."""
     train, val = splits
     if len(devices) == 1:
         print(f"[sweep] on {describe(resolve_device(devices[0]))}")
@@ -160,9 +158,6 @@ def run(args, cfg, base, info, splits, mlflow_cfg, eval_cfg, devices, keep: dict
             tracker=tracker,
             progress=not args.no_progress,
             data_version=info.get("data_version", ""),
-            threshold_method=eval_cfg.threshold,
-            fixed_threshold=eval_cfg.fixed_threshold,
-            refer_target=eval_cfg.refer.target_error,
             **keep,
         )
         keep_tuned(args, result)

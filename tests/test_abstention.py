@@ -8,7 +8,18 @@ import numpy as np
 import pytest
 from scipy.special import expit
 
-from cxr.abstention import REFER_CODE, band_at, choose_refer_band, conformal_ends, decide, selective
+from cxr.abstention import (
+    REFER_CODE,
+    STATUS_TOO_SMALL,
+    band_at,
+    choose_refer_band,
+    conformal_ends,
+    decide,
+    describe_refer,
+    needed_images,
+    selective,
+    tolerance_rank,
+)
 
 
 def scores(n=400, sep=2.0, seed=0):
@@ -55,10 +66,41 @@ def test_chosen_band_meets_the_target_on_validation_and_holds_on_new_images():
 
 
 def test_separable_validation_needs_no_band():
-    y = np.array([0] * 30 + [1] * 30)
-    p = np.r_[np.linspace(0.01, 0.3, 30), np.linspace(0.7, 0.99, 30)]
+    y = np.array([0] * 60 + [1] * 60)
+    p = np.r_[np.linspace(0.01, 0.3, 60), np.linspace(0.7, 0.99, 60)]
     rec = choose_refer_band(y, p, 0.5, 0.05)
     assert rec["val_coverage"] == 1.0 and rec["val_error_among_decided"] == 0.0
     assert rec["low"] <= 0.5 <= rec["high"]
     with pytest.raises(ValueError, match="both classes"):
         choose_refer_band([1, 1], [0.4, 0.6], 0.5, 0.05)
+
+
+def test_the_ranks_hold_with_the_confidence_over_validation_draws_not_only_on_average():
+    # The share of new scores below the j-th smallest of n is Beta(j, n + 1 - j): simulate validation draws of
+    # n = 100 uniform scores and count the draws whose end lets more than alpha of new scores through.
+    rng = np.random.default_rng(0)
+    n, alpha = 100, 0.05
+    draws = np.sort(rng.random((4000, n)), axis=1)  # a uniform score's cdf is itself: the share below = the value
+    pac, mean = tolerance_rank(n, alpha, 0.95), tolerance_rank(n, alpha, None)
+    # P(Beta(2, 99) <= 0.05) = P(Binomial(100, 0.05) >= 2) = 0.963 >= 0.95; at rank 3: 0.882
+    assert (pac, mean) == (2, 5)
+    miss_pac = np.mean(draws[:, pac - 1] > alpha)
+    miss_mean = np.mean(draws[:, mean - 1] > alpha)
+    assert miss_pac <= 0.05 < 0.3 < miss_mean  # in expectation only: the level is exceeded in about half the draws
+    assert needed_images(0.05, 0.95) == 59 and needed_images(0.05, None) == 19
+    assert tolerance_rank(58, 0.05, 0.95) == 0 and tolerance_rank(59, 0.05, 0.95) == 1
+
+
+def test_a_class_too_small_for_the_target_gets_no_band_and_says_so():
+    y = np.array([0] * 19 + [1] * 43)  # the default run's validation split
+    p = np.r_[np.linspace(0.01, 0.45, 19), np.linspace(0.4, 0.99, 43)]
+    rec = choose_refer_band(y, p, 0.5, 0.05)
+    assert rec["status"] == STATUS_TOO_SMALL and rec["needs"] == 59 and "low" not in rec
+    assert (rec["n_normal"], rec["n_pneumonia"]) == (19, 43)
+    assert describe_refer(rec) == (
+        "no refer band (validation too small for a 5 % target: 19 NORMAL and 43 PNEUMONIA images, "
+        "at least 59 of each needed)"
+    )
+    plain = choose_refer_band(y, p, 0.5, 0.05, confidence=None)  # in expectation: 19 images are enough
+    assert "low" in plain and "in expectation" in plain["method"]
+    assert "in expectation over validation draws" in describe_refer(plain)

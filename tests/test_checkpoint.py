@@ -104,7 +104,7 @@ def test_format_2_is_upgraded_to_one_nested_augment():
         "augment": {"enabled": True, "crop_scale": [0.75, 1.0], "gamma": [0.8, 1.2]},
     }
     card = checkpoint.ModelCard.from_json(v2)
-    assert card.format_version == checkpoint.FORMAT_VERSION == 5
+    assert card.format_version == checkpoint.FORMAT_VERSION == 6
     assert not any(k.startswith("aug_") for k in card.train_params) and card.train_params["lr"] == 0.001
     assert card.train_params["augment"]["gamma"] == [0.8, 1.2]
     aug = card.augment_config()
@@ -117,7 +117,7 @@ def test_card_round_trip_keeps_the_data_source(tmp_path):
     source = checkpoint.DataSource("folder", "../shared/data/kermany224")
     checkpoint.save(tmp_path / "m", model, card_for(model, data_source=source))
     written = json.loads((tmp_path / "m" / "model.json").read_text())
-    assert written["format_version"] == 5
+    assert written["format_version"] == 6
     assert written["data_source"] == {"kind": "folder", "location": "../shared/data/kermany224", "settings": {}}
     card = checkpoint.load_card(tmp_path / "m")
     assert card.data_source == source and not card.data_source.synthetic
@@ -136,7 +136,7 @@ def test_format_3_is_upgraded_to_an_unknown_source_never_a_guess():
         "data_version": "synthetic-looking",
     }
     card = checkpoint.ModelCard.from_json(json.dumps(v3))
-    assert card.format_version == 5
+    assert card.format_version == 6
     assert card.data_source == checkpoint.DataSource("unknown", None, {}) and not card.data_source.synthetic
     assert "does not record" in card.data_source.describe()
     assert json.loads(card.to_json())["data_source"]["kind"] == "unknown"
@@ -156,8 +156,8 @@ def test_format_4_is_upgraded_to_no_temperature_and_no_refer_band():
         "data_source": {"kind": "synthetic", "location": None, "settings": {"seed": 0}},
     }
     card = checkpoint.ModelCard.from_json(json.dumps(v4))
-    assert card.format_version == 5 and card.temperature == 1.0 and card.refer_band is None
-    assert card.calibration == {} and card.refer == {}
+    assert card.format_version == 6 and card.temperature == 1.0 and card.refer_band is None
+    assert card.calibration == {} and card.refer == {} and card.operating_points() == []
     p = np.array([0.0, 0.2, 0.4, 0.9999, 1.0])
     np.testing.assert_array_equal(card.calibrate(p), p)
     assert [card.label(v) for v in (0.39, 0.4)] == ["NORMAL", "PNEUMONIA"]
@@ -179,6 +179,28 @@ def test_card_applies_its_temperature_and_answers_refer_inside_its_band(tmp_path
     np.testing.assert_allclose(loaded.calibrate(np.array([0.8, 0.5])), [2 / 3, 0.5])
     labels = [loaded.label(v) for v in (0.29, 0.3, 0.5, 0.69, 0.7)]
     assert labels == ["NORMAL", "REFER", "REFER", "REFER", "PNEUMONIA"]
+
+
+def test_card_answers_at_its_operating_points_and_says_why_one_has_no_threshold():
+    """Format 6: the operating points chosen on validation (cxr.policy) travel with the model."""
+    from cxr.config import OperatingTarget
+    from cxr.policy import ValidationPolicy, operating_threshold
+
+    rng = np.random.default_rng(0)
+    y = np.r_[np.zeros(40, int), np.ones(100, int)]  # 40 NORMAL: too few for a 95 % specificity at 95 % confidence
+    p = np.r_[rng.random(40) * 0.6, 0.3 + 0.7 * rng.random(100)]
+    targets = [OperatingTarget(metric="sensitivity", target=0.95), OperatingTarget(metric="specificity", target=0.95)]
+    choices = ValidationPolicy(operating_points=targets, refer_target=0.05).decide(y, p)
+    card = dataclasses.replace(card_for(build_model("cnn", image_size=16)), **choices.card_fields())
+    card = checkpoint.ModelCard.from_json(card.to_json())  # as written and read back
+    t = operating_threshold(card, "sensitivity-95")
+    assert t == choices.operating_points[0].threshold and t < card.threshold
+    with pytest.raises(ValueError, match="validation had 40 NORMAL images, a 95 % target needs at least 59"):
+        operating_threshold(card, "specificity-95")
+    with pytest.raises(ValueError, match="has: sensitivity-95, specificity-95"):
+        operating_threshold(card, "sensitivity-90")
+    assert card.refer_band is None and card.refer["status"] == "validation too small"
+    assert card.validation["policy"]["refer_target"] == 0.05
 
 
 def test_train_records_what_params_say_the_data_was(tmp_path, monkeypatch, params):

@@ -22,3 +22,8 @@ def architecture_of(candidate: str) -> str:
 def evaluate_stage(candidate: str) -> str:
     """The DVC stage that evaluates ``candidate``: ``evaluate@cnn``, ``evaluate_tuned@resnet50-tuned``."""
     return f"{'evaluate_tuned' if candidate.endswith(TUNED_SUFFIX) else 'evaluate'}@{candidate}"
+
+
+def is_tuned(candidate: str) -> bool:
+    """Whether ``candidate`` is the sweep's kept configuration (its validation score is the best of several)."""
+    return candidate.endswith(TUNED_SUFFIX)

@@ -19,6 +19,7 @@ from cxr.evaluation.evaluate import (
     gallery_indices,
     predictions_table,
 )
+from cxr.policy import ValidationPolicy
 from cxr.training.fit import fit
 from cxr.training.run_config import resolve_run_config
 from pipeline_repo import load_stage
@@ -38,11 +39,11 @@ def trained(tmp_path_factory):
         cfg,
         data["train"],
         data["val"],
+        # a temperature and a refer band in the card (a low confidence: the toy split is small): evaluate reports both
+        ValidationPolicy(calibrate=True, refer_target=0.1, confidence=0.5),
         device="cpu",
         progress=False,
         data_version="test123",
-        calibrate="true",  # a temperature and a refer band in the card: evaluate reports both
-        refer_target=0.1,
     )
     checkpoint.save(root / "models" / "cnn", res.model, res.card)
     history = pd.DataFrame(res.history)

@@ -17,18 +17,46 @@ SENS_75 = OperatingTarget(metric="sensitivity", target=0.75)
 SPEC_75 = OperatingTarget(metric="specificity", target=0.75)
 
 
-def test_thresholds_are_the_strictest_that_meet_the_target_on_validation():
-    sens, spec = choose_thresholds(VAL_Y, VAL_P, [SENS_75, SPEC_75])
+def test_without_a_confidence_the_thresholds_are_the_edge_that_meets_the_target_on_validation():
+    sens, spec = choose_thresholds(VAL_Y, VAL_P, [SENS_75, SPEC_75], confidence=None)
     # 3 of 4 positives: the highest threshold doing it is the third positive's score, 0.7.
     assert sens.threshold == 0.7 and sens.val_sensitivity == 0.75 and sens.val_specificity == 1.0
-    # 3 of 4 negatives below it: the lowest threshold doing it is the next score up, 0.6 (0.6 itself
-    # is then called PNEUMONIA: 0.4, 0.2, 0.1 stay NORMAL), keeping every positive above 0.6.
-    assert spec.threshold == 0.6 and spec.val_specificity == 0.75 and spec.val_sensitivity == 0.75
+    # 3 of 4 negatives below it: just above the second-highest negative, 0.4 (0.6 is then called PNEUMONIA).
+    assert spec.threshold == np.nextafter(0.4, 1) and spec.val_specificity == 0.75 and spec.val_sensitivity == 0.75
     # A target of 100 % sensitivity goes down to the lowest positive; of 100 % specificity above every negative.
-    (all_pos,) = choose_thresholds(VAL_Y, VAL_P, [OperatingTarget(metric="sensitivity", target=0.999)])
+    (all_pos,) = choose_thresholds(VAL_Y, VAL_P, [OperatingTarget(metric="sensitivity", target=0.999)], None)
     assert all_pos.threshold == 0.3 and all_pos.val_sensitivity == 1.0
-    (no_fp,) = choose_thresholds(VAL_Y, VAL_P, [OperatingTarget(metric="specificity", target=0.999)])
-    assert no_fp.threshold == 0.7 and no_fp.val_specificity == 1.0
+    (no_fp,) = choose_thresholds(VAL_Y, VAL_P, [OperatingTarget(metric="specificity", target=0.999)], None)
+    assert no_fp.threshold == np.nextafter(0.6, 1) and no_fp.val_specificity == 1.0
+
+
+def test_the_threshold_holds_with_the_confidence_for_new_images_or_is_refused():
+    # 4 + 4 validation images cannot support a 75 % target at 95 % confidence (it needs 11: 1 - 0.25^n >= 0.95)
+    sens, spec = choose_thresholds(VAL_Y, VAL_P, [SENS_75, SPEC_75])
+    assert sens.threshold is None and (sens.n, sens.needs) == (4, 11) and spec.threshold is None
+    sens95, spec95 = choose_thresholds(
+        VAL_Y,
+        VAL_P,
+        [
+            SENS_95 := OperatingTarget(metric="sensitivity", target=0.95),
+            OperatingTarget(metric="specificity", target=0.95),
+        ],
+    )
+    assert sens95.threshold is None and sens95.shortfall() == "needs at least 59 PNEUMONIA images (validation has 4)"
+    assert spec95.threshold is None and spec95.name == "specificity-95"
+    # Many validation draws of one population: at the chosen threshold the population's sensitivity (here known:
+    # PNEUMONIA scores uniform on (0, 1), so sensitivity = 1 - threshold) is >= 95 % in >= 95 % of the draws; the
+    # edge of the validation range (the rule before) falls short in about half of them.
+    rng = np.random.default_rng(0)
+    held, edge_held = [], []
+    for _ in range(300):
+        y = np.r_[np.zeros(100, int), np.ones(200, int)]
+        p = np.r_[rng.random(100) * 0.5, rng.random(200)]
+        (pt,) = choose_thresholds(y, p, [SENS_95])
+        (edge,) = choose_thresholds(y, p, [SENS_95], confidence=None)
+        held.append(1 - pt.threshold >= 0.95)
+        edge_held.append(1 - edge.threshold >= 0.95)
+    assert np.mean(held) >= 0.93 and np.mean(edge_held) < 0.7
 
 
 def test_one_class_in_validation_is_a_clear_error():
@@ -37,7 +65,7 @@ def test_one_class_in_validation_is_a_clear_error():
 
 
 def test_test_set_is_scored_at_the_validation_threshold_with_cis():
-    points = choose_thresholds(VAL_Y, VAL_P, [SENS_75])
+    points = choose_thresholds(VAL_Y, VAL_P, [SENS_75], confidence=None)
     # Another site: positives score lower, so the validation threshold (0.7) misses 4 of 10.
     y = np.array([1] * 10 + [0] * 10)
     p = np.r_[np.linspace(0.5, 0.95, 10), np.linspace(0.0, 0.45, 10)]
@@ -52,7 +80,7 @@ def test_the_report_and_the_results_section_carry_them():
     cfg = EvaluateConfig(n_resamples=100)
     y = np.array([1] * 10 + [0] * 10)
     p = np.r_[np.linspace(0.75, 0.95, 10), np.linspace(0.0, 0.45, 10)]
-    points = choose_thresholds(VAL_Y, VAL_P, [SENS_75, SPEC_75])
+    points = choose_thresholds(VAL_Y, VAL_P, [SENS_75, SPEC_75], confidence=None)
     result = evaluate_probabilities("cnn", 0.5, "youden", y, p, [f"{i}.png" for i in range(20)], cfg, operating=points)
     report = result.report
     assert [r["metric"] for r in report["operating_points"]] == ["sensitivity", "specificity"]

@@ -11,6 +11,7 @@ import torch
 from cxr.checkpoint import DataSource
 from cxr.config import ConfigError
 from cxr.models import list_models
+from cxr.policy import ValidationPolicy
 from cxr.training.fit import fit, pos_weight
 from cxr.training.run_config import RunConfig, resolve_run_config
 from toydata import toy
@@ -87,9 +88,9 @@ def test_fit_threshold_method(run_cfg):
 
     assert youden.threshold == choose_threshold(youden.val_labels, youden.val_probs, method="youden")
     assert youden.card.threshold_method == "youden"
-    fixed = fit(run_cfg, TRAIN, VAL, progress=False, threshold_method="fixed", fixed_threshold=0.3)
+    fixed = fit(run_cfg, TRAIN, VAL, ValidationPolicy(threshold="fixed", fixed_threshold=0.3), progress=False)
     assert fixed.threshold == 0.3 and fixed.card.threshold == 0.3 and fixed.card.threshold_method == "fixed"
-    mid = fit(run_cfg, TRAIN, VAL, progress=False, threshold_method="midpoint")
+    mid = fit(run_cfg, TRAIN, VAL, ValidationPolicy(threshold="midpoint"), progress=False)
     assert mid.threshold == choose_threshold(mid.val_labels, mid.val_probs, method="midpoint")
     assert mid.card.threshold == mid.threshold and mid.card.threshold_method == "midpoint"
 
@@ -101,7 +102,7 @@ def test_fit_calibrates_then_chooses_threshold_and_refer_band_on_calibrated_prob
 
     plain = fit(run_cfg, TRAIN, VAL, progress=False)
     assert plain.card.temperature == 1.0 and plain.card.refer_band is None and plain.card.calibration["mode"] == "false"
-    cal = fit(run_cfg, TRAIN, VAL, progress=False, calibrate=True, refer_target=0.2)
+    cal = fit(run_cfg, TRAIN, VAL, ValidationPolicy(calibrate=True, refer_target=0.2, confidence=0.5), progress=False)
     t = cal.card.temperature
     assert cal.card.calibration["applied"] and t == cal.card.calibration["fitted_temperature"] != 1.0
     np.testing.assert_allclose(cal.val_probs, apply_temperature(plain.val_probs, t))  # same weights, scaled
@@ -117,7 +118,7 @@ def test_fit_calibrates_then_chooses_threshold_and_refer_band_on_calibrated_prob
 
 def test_midpoint_needs_both_classes_in_validation(run_cfg):
     with pytest.raises(ValueError, match="midpoint threshold needs both"):
-        fit(run_cfg, TRAIN, (VAL[0][:5], np.ones(5, dtype=np.int64)), progress=False, threshold_method="midpoint")
+        fit(run_cfg, TRAIN, (VAL[0][:5], np.ones(5, dtype=np.int64)), ValidationPolicy(threshold="midpoint"))
 
 
 def test_intensity_augmentations_reach_the_run_config(params):
@@ -183,8 +184,8 @@ def test_early_stopping(run_cfg):
         run_cfg.replace(epochs=6, early_stopping_patience=2),
         TRAIN,
         val_one_class,
+        ValidationPolicy(threshold="fixed"),
         progress=False,
-        threshold_method="fixed",
     )
     assert len(result.history) == 3 and result.card.stopped_early
     assert result.best["best_epoch"] == 1 and math.isnan(result.best["val_auc"])
@@ -276,8 +277,8 @@ def test_misspelt_model_section_and_too_small_vgg_are_refused(params):
     assert resolve_run_config({**params, "image_size": 16}, "cnn").image_size == 16
 
 
-def test_fit_rejects_a_bad_threshold_method_before_training(run_cfg):
-    with pytest.raises(ValueError, match="threshold_method"):
-        fit(run_cfg, TRAIN, (VAL[0][:0], VAL[1][:0]), progress=False, threshold_method="Youden")
+def test_a_bad_validation_policy_is_refused_before_training():
+    with pytest.raises(ValueError, match="threshold"):
+        ValidationPolicy(threshold="Youden")
     with pytest.raises(ValueError, match="fixed_threshold"):
-        fit(run_cfg, TRAIN, VAL, progress=False, threshold_method="fixed", fixed_threshold=1.5)
+        ValidationPolicy(threshold="fixed", fixed_threshold=1.5)

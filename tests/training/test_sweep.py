@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from cxr import CLASSES
+from cxr.policy import ValidationPolicy
 from cxr.training import sweep as S
 from cxr.training.run_config import resolve_run_config
 from pipeline_repo import load_stage
@@ -80,8 +81,7 @@ def test_threshold_columns_use_the_evaluate_threshold(data, base):
             data["train"],
             data["val"],
             device="cpu",
-            threshold_method="fixed",
-            fixed_threshold=0.9,
+            policy=ValidationPolicy(threshold="fixed", fixed_threshold=0.9),
         )
         .table()
         .iloc[0]
@@ -110,7 +110,7 @@ def test_every_config_starts_from_a_fresh_initialisation(data, base):
 def _fake_fit(val_scores: dict):
     """A stand-in for training.fit: val metrics per (batch_size, lr) from ``val_scores``; no training."""
 
-    def fit(cfg, train, val, **kw):
+    def fit(cfg, train, val, policy=None, **kw):
         auc, loss = val_scores[(cfg.batch_size, cfg.lr)]
         best = {"best_epoch": 1, "val_auc": auc, "val_loss": loss, "val_acc": 0.5}
         return SimpleNamespace(
@@ -133,7 +133,7 @@ def test_diverged_configurations_are_reported_as_such_and_never_selected(monkeyp
 
     scores = {(8, 1e-3): (0.80, 0.3), (8, 1e-2): (0.95, 421430592.0), (16, 1e-3): (0.70, 0.35)}
 
-    def fit(cfg, train, val, **kw):
+    def fit(cfg, train, val, policy=None, **kw):
         if (cfg.batch_size, cfg.lr) == (16, 1e-2):
             raise TrainingDivergedError("the training loss became nan", lr=cfg.lr)
         return _fake_fit(scores)(cfg, train, val, **kw)

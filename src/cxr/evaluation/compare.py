@@ -65,16 +65,18 @@ def results_table(
     train_metrics: dict[str, dict],
     select_metric: str = "val_auc",
     metrics=REPORT_METRICS,
+    selected: str | None = None,
 ) -> pd.DataFrame:
     """One row per evaluated model: the selected one first, then by the validation metric (best first).
 
     Columns: model, val_auc, val_loss, threshold, n_test, then <metric>, <metric>_ci_low,
     <metric>_ci_high for each metric (test, at the validation-chosen threshold), <set>_<metric> (and its
-    CI) for each external set and EXTERNAL_METRICS, at the same threshold, and selected.
+    CI) for each external set and EXTERNAL_METRICS, at the same threshold, and selected (``selected``: compare's
+    choice, cxr.evaluation.selection; default: the best validation metric).
     """
     if not eval_metrics:
         raise ValueError("no evaluation metrics found (metrics/eval/<model>.json); run `dvc repro evaluate` first")
-    best = (
+    best = selected or (
         select_best({m: train_metrics[m] for m in eval_metrics if m in train_metrics}, select_metric)
         if any(m in train_metrics for m in eval_metrics)
         else None
@@ -259,10 +261,12 @@ def results_markdown(
     sweep_table: pd.DataFrame | None = None,
     paired: dict | None = None,
     note: str | None = None,
+    selection: list[str] | None = None,
 ) -> str:
     """reports/results.md: a Results section in the style of a paper. ``paired`` (``paired.compare_with_selected``)
     adds the paired comparisons with the selected model after the external sets, so that the tables the
-    README and docs copy by number (Table 1, Table 2) keep theirs."""
+    README and docs copy by number (Table 1, Table 2) keep theirs. ``selection``: the paragraph on how the
+    selected model was chosen (cxr.evaluation.selection.selection_markdown), after Table 1."""
     any_rep: dict[str, Any] = next(iter((eval_metrics or {}).values()), {})
     n, n_pos = any_rep.get("n"), any_rep.get("n_pneumonia")
     conf = any_rep.get("confidence", 0.95)
@@ -276,6 +280,7 @@ def results_markdown(
             "",
         ]
     lines += _internal_markdown(table, select_metric, conf, n_res)
+    lines += [x for line in selection or [] for x in (line.rstrip("\n"), "")]
     sets = external_names(eval_metrics or {})
     for k, name in enumerate(sets):
         lines += external_markdown(table, name, eval_metrics or {}, table_number=2 + k)

@@ -31,6 +31,8 @@ from cxr.metrics import calibration_points, evaluate_predictions, pr_points, roc
 from cxr.training.engine import predict_probabilities
 
 HEADLINE_CI = ("roc_auc", "accuracy", "sensitivity", "specificity", "balanced_accuracy")
+# What the report repeats of the card's refer record beside the band's scores: how it was chosen, on what.
+REFER_CARD_KEYS = ("target_error", "confidence", "alpha", "method", "n_normal", "n_pneumonia")
 
 
 @dataclass
@@ -141,8 +143,10 @@ def evaluate_probabilities(
     if card is not None and card.refer_band is not None:
         report["refer"] = {
             **refer_report(test_labels, test_probs, threshold, card.refer_band, cfg),
-            "target_error": card.refer.get("target_error"),
+            **{k: card.refer[k] for k in REFER_CARD_KEYS if k in card.refer},
         }
+    elif card is not None and card.refer:  # no band: why not (validation too small for the target), nothing scored
+        report["refer"] = dict(card.refer)
     predicted = (np.asarray(test_probs) >= threshold).astype(int)
     tables = {
         "predictions": predictions_table(test_paths, test_labels, test_probs, threshold),

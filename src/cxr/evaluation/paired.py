@@ -157,7 +157,7 @@ def verdict(ci_low: float, ci_high: float) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def _rows(table: pd.DataFrame, where: str, model: str) -> pd.DataFrame:
+def prediction_rows(table: pd.DataFrame, where: str, model: str) -> pd.DataFrame:
     """The path, label (0/1) and probability columns of one set, checked."""
     fix = f"rerun `dvc repro {evaluate_stage(model)}`"
     missing = [c for c in COLUMNS if c not in table.columns]
@@ -198,7 +198,7 @@ def read_predictions(folder: str | Path, model: str) -> dict[str, tuple[str, pd.
             stacklevel=2,
         )
         return None
-    out = {INTERNAL: (str(internal), _rows(pd.read_csv(internal, dtype={"path": str}), str(internal), model))}
+    out = {INTERNAL: (str(internal), prediction_rows(pd.read_csv(internal, dtype={"path": str}), str(internal), model))}
     external = Path(folder) / model / "external.csv"
     if not external.is_file():
         warnings.warn(
@@ -215,7 +215,7 @@ def read_predictions(folder: str | Path, model: str) -> dict[str, tuple[str, pd.
         raise PairingError(f"{external} has no `set` column: rerun `dvc repro {evaluate_stage(model)}`")
     for name, rows in ext.groupby("set", sort=False):
         where = f"{external} (set {name})"
-        out[str(name)] = (where, _rows(rows, where, model))
+        out[str(name)] = (where, prediction_rows(rows, where, model))
     return out
 
 

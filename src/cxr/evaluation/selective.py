@@ -18,7 +18,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from cxr import plots
-from cxr.abstention import alpha_grid, band_curve, selective
+from cxr.abstention import alpha_grid, band_curve, describe_refer, selective
 from cxr.calibration import apply_temperature
 from cxr.config import EvaluateConfig
 from cxr.metrics import binary_metrics, calibration_points
@@ -120,7 +120,7 @@ def refer_figure(
     band = (card_refer["low"], card_refer["high"])
     styles = ["-", "--", ":", "-."]
     for k, (name, (y, p)) in enumerate({"validation": val, **sets}.items()):
-        c = band_curve(val[0], val[1], threshold, y, p, CURVE_ALPHAS)
+        c = band_curve(val[0], val[1], threshold, y, p, CURVE_ALPHAS, card_refer.get("confidence"))
         (line,) = ax.plot(100 * c["coverage"], 100 * c["error"], ls=styles[k % len(styles)], lw=1.8, label=name)
         s = selective(y, p, threshold, band)
         ax.plot(100 * s["coverage"], 100 * np.nan_to_num(s["error_among_decided"]), "o", color=line.get_color())
@@ -183,25 +183,40 @@ def _pct_ci(d: dict) -> str:
 
 
 def refer_markdown(eval_metrics: dict[str, dict], table_number: int) -> list[str]:
-    """Per model and set: the refer band, coverage and error among decided with CIs, against the target."""
-    rows, target = [], None
+    """Per model and set: the refer band, coverage and error among decided with CIs, against the target; a model
+    whose validation split was too small for the target gets one row that says so."""
+    rows, target, conf = [], None, None
     for model, report in eval_metrics.items():
         for name, r in _sets(report):
             f = r.get("refer")
             if not f:
                 continue
             target = f.get("target_error", target)
+            conf = f.get("confidence", conf)
+            if "low" not in f:
+                if name == "internal test":  # once per model: the card has no band, nothing is scored
+                    rows.append(f"| {model} | {describe_refer(f)} | every set | | | |")
+                continue
             rows.append(
                 f"| {model} | {_f(f['low'])}-{_f(f['high'])} | {name} | {f['n_refer']} / {f['n']} | "
                 f"{_pct_ci(f['coverage'])} | {_pct_ci(f['error_among_decided'])} |"
             )
     if not rows:
         return []
-    goal = f"at most {100 * target:.0f} %" if target else "at most the target"
+    goal = f"{100 * target:g} %" if target else "the target"
+    how = (
+        f"with {100 * conf:g} % confidence over the validation draw (training-conditional split conformal, Vovk 2012)"
+        if conf
+        else "in expectation over validation draws (split conformal)"
+    )
     return [
         f"**Table {table_number}. Refer band.** Images with a probability inside the band are answered REFER. The "
-        f"band is chosen on validation (class-conditional split conformal, `evaluate.refer.target_error`) so that "
-        f"the error among the decided validation images is {goal}; here it is only scored (%, bootstrap CIs).",
+        "band is chosen on validation (class-conditional split conformal, `evaluate.refer.target_error`): for new "
+        f"images of the validation population, at most the band's level (at most {goal}) of each class is decided "
+        f"wrongly, {how}, with the validation split's own numbers of NORMAL and PNEUMONIA images; the level is "
+        f"the largest whose error among the decided validation images is at most {goal}. A split with too few "
+        "images of a class for the target gets no band. Other sites (the external sets) carry no guarantee: "
+        "every set is only scored here (%, bootstrap CIs).",
         "",
         "| Model | Band | Set | Referred | Coverage % | Error among decided % |",
         "|---|---|---|---|---|---|",

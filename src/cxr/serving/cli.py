@@ -9,7 +9,8 @@
 (``models/<name>`` of the row with ``selected`` true in ``reports/results.csv``), not the registry's
 champion, which is read only when named (``--model models:/cxr-pneumonia@champion``). Output
 columns: file, probability (P(PNEUMONIA), the checkpoint's temperature applied), label (at the checkpoint's
-validation-chosen threshold; REFER inside its refer band, also chosen on validation),
+validation-chosen threshold; REFER inside its refer band, also chosen on validation; with
+``--operating-point sensitivity-95``, at that point's threshold, also in the card),
 error (why an input could not be read), warning (why a predicted input may not be a chest
 radiograph: tiny, extreme aspect ratio, blank or constant, noise; the same checks the split stage
 quarantines by), and cam (the Grad-CAM figure, with ``--cam``). stderr names the model and the data
@@ -121,6 +122,13 @@ def _predict_parser(sub) -> None:
         help="also write into DIR one PNG per image: the original beside its Grad-CAM overlay at the image's "
         "resolution, with a colour bar, P(pneumonia) and the label",
     )
+    p.add_argument(
+        "--operating-point",
+        default=None,
+        metavar="NAME",
+        help="label at an operating point of the model card, such as sensitivity-95 or specificity-95 "
+        "(evaluate.operating_points, chosen on validation), instead of the card's threshold and refer band",
+    )
     p.add_argument("--batch-size", type=int, default=32, help="images decoded and predicted at a time (default 32)")
     p.add_argument("--device", default="auto", help="auto (CUDA, MPS, else CPU), cpu, cuda, cuda:1, ...")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -213,14 +221,16 @@ def render(df, fmt: str) -> str:
     raise ValueError(f"unknown format {fmt!r}")
 
 
-def _calibration_note(card) -> str:
-    """The card's temperature and refer band, for the header line (nothing when it has neither)."""
-    from cxr.checkpoint import REFER
+def _calibration_note(predictor) -> str:
+    """The card's temperature and refer band (or why it has none), the operating point, for the header line."""
+    from cxr.abstention import describe_refer
 
+    card = predictor.card
     note = f", temperature {card.temperature:.3f}" if card.temperature != 1.0 else ""
-    if card.refer_band is not None:
-        note += f", {REFER} for {card.refer_band[0]:.4f} <= p < {card.refer_band[1]:.4f}"
-    return note
+    if predictor.operating_point:
+        return note + f", operating point {predictor.operating_point} (set on validation; no refer band at it)"
+    refer = describe_refer(card.refer)
+    return note + (f", {refer}" if refer else "")
 
 
 def _unwritable(option: str, path: Path, folder: bool) -> str | None:
@@ -263,14 +273,16 @@ def cmd_predict(args) -> int:
     progress = progress_enabled(not args.no_progress)
     try:  # a registered model is downloaded into a temporary folder, removed once it is loaded
         with model_folder(args.model, args.results, args.models_dir, progress=progress) as (model_dir, name):
-            predictor = Predictor.from_dir(model_dir, device=args.device, name=name)
+            predictor = Predictor.from_dir(
+                model_dir, device=args.device, name=name, operating_point=args.operating_point
+            )
     except (ModelNotFoundError, FileNotFoundError, ValueError, KeyError, RuntimeError) as exc:
         print(f"cxr predict: {exc}", file=sys.stderr)
         return EXIT_USAGE
     print(
         f"[cxr predict] model {predictor.name} ({predictor.arch_name}, cache {predictor.cache_size} px "
         f"{predictor.resize}, input {predictor.image_size} px, threshold {predictor.threshold:.4f}"
-        f"{_calibration_note(predictor.card)}); "
+        f"{_calibration_note(predictor)}); "
         f"trained on {predictor.card.data_source.describe()}",
         file=sys.stderr,
     )

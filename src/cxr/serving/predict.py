@@ -17,6 +17,7 @@ in the cache therefore gets the very probability evaluation computed for it.
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import math
 import os
@@ -35,6 +36,7 @@ from cxr.data import is_junk
 from cxr.data.limits import ImageLimits
 from cxr.data.safefs import walk_files
 from cxr.device import resolve_device
+from cxr.policy import operating_threshold
 from cxr.serving.filenames import escape_name, printable
 from cxr.serving.imageio import (
     DICOM_EXTENSIONS,
@@ -169,6 +171,8 @@ class Predictor:
     # split.max_pixels and split.plausibility's defaults: refused above the one pixel limit, warned when implausible.
     limits: ImageLimits = field(default_factory=ImageLimits.from_split)
     name: str = ""  # the model's name for people: its folder, or "cxr-pneumonia version 3 (models:/...)"
+    # An operating point of the card (sensitivity-95): its threshold instead of the card's, and no refer band.
+    operating_point: str | None = None
 
     def __post_init__(self):
         c = self.card
@@ -176,17 +180,28 @@ class Predictor:
         self.image_size = c.image_size
         self.mean = list(c.mean)
         self.std = list(c.std)
-        self.threshold = c.threshold
+        # ValueError, saying why, for a point the card lacks or whose validation was too small for it
+        self.threshold = operating_threshold(c, self.operating_point) if self.operating_point else c.threshold
         self.classes = c.classes
         self.resize = c.cache_resize
         self.arch_name = c.name
         self.model = self.model.to(self.device).eval()
 
     @classmethod
-    def from_dir(cls, model_dir: str | Path, device: str | torch.device | None = None, name: str = "") -> Predictor:
+    def from_dir(
+        cls,
+        model_dir: str | Path,
+        device: str | torch.device | None = None,
+        name: str = "",
+        operating_point: str | None = None,
+    ) -> Predictor:
         dev = resolve_device(device)
         model, card = checkpoint.load(model_dir, device=dev)
-        return cls(model, card, dev, name=name or str(model_dir))
+        return cls(model, card, dev, name=name or str(model_dir), operating_point=operating_point)
+
+    def at(self, operating_point: str | None) -> Predictor:
+        """The same model answering at ``operating_point`` of its card (None: at the card's threshold)."""
+        return dataclasses.replace(self, operating_point=operating_point or None)
 
     @property
     def provenance(self) -> str:
@@ -226,7 +241,10 @@ class Predictor:
 
     def label(self, probability: float) -> str:
         """The class at the checkpoint's validation-chosen threshold (PNEUMONIA when p >= threshold), or REFER
-        inside its refer band (low <= p < high), also chosen on validation."""
+        inside its refer band (low <= p < high), also chosen on validation; at an operating point, the class at
+        its threshold (the band belongs to the card's threshold)."""
+        if self.operating_point:  # the band is the card threshold's: at another threshold, every image is decided
+            return self.classes[1] if probability >= self.threshold else self.classes[0]
         return self.card.label(probability)
 
     def model_inputs(self, images: np.ndarray) -> torch.Tensor:

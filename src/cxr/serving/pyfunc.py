@@ -8,7 +8,8 @@
 
 Input: a DataFrame with a column ``image`` of base64 strings (raw ``bytes`` are accepted too when
 called in-process). Output: one row per input with ``probability`` (P(PNEUMONIA), the card's
-temperature applied), ``label`` (at the checkpoint's threshold; ``REFER`` inside its refer band) and
+temperature applied), ``label`` (at the checkpoint's threshold; ``REFER`` inside its refer band; with the
+request's params ``{"operating_point": "sensitivity-95"}``, at that operating point of the card) and
 ``error``: a row that cannot be decoded gets a reason there and null probability/label, and the other
 rows of the request are still predicted. The checkpoint folder travels as an artifact and is
 preprocessed by :class:`cxr.serving.predict.Predictor`, i.e. exactly like the training cache; the
@@ -43,6 +44,8 @@ from cxr.models import get_entry
 IMAGE_COLUMN = "image"
 CHECKPOINT_ARTIFACT = "checkpoint"
 OUTPUT_COLUMNS = ("probability", "label", "error", "warning")
+# The request's params: {"operating_point": "sensitivity-95"} labels at that point of the card ("": its threshold).
+OPERATING_POINT_PARAM = "operating_point"
 _log = logging.getLogger(__name__)
 
 
@@ -113,10 +116,11 @@ class CxrImageModel(PythonModel):
 
         try:
             values = _image_values(model_input)
-        except ValueError as exc:
+            predictor = self.predictor.at((params or {}).get(OPERATING_POINT_PARAM) or None)
+        except ValueError as exc:  # not images, or an operating point the card lacks or cannot support
             raise MlflowException(str(exc), error_code=BAD_REQUEST) from None
         try:
-            return self._predict_values(values)
+            return self._predict_values(values, predictor)
         except Exception as exc:
             _log.exception("cxr model: prediction failed")
             raise MlflowException(
@@ -124,7 +128,7 @@ class CxrImageModel(PythonModel):
                 error_code=BAD_REQUEST,
             ) from None
 
-    def _predict_values(self, values: list) -> pd.DataFrame:
+    def _predict_values(self, values: list, predictor) -> pd.DataFrame:
         decoded: list[bytes | None] = []
         names: list[str] = []
         errors: dict[int, str] = {}
@@ -138,7 +142,7 @@ class CxrImageModel(PythonModel):
                 names.append(f"row {i}")
         ok = [i for i in range(len(values)) if i not in errors]
         sources = [d for d in decoded if d is not None]  # None exactly where errors has the row
-        table = self.predictor.predict_sources(sources, [names[i] for i in ok], batch_size=32)
+        table = predictor.predict_sources(sources, [names[i] for i in ok], batch_size=32)
         out = pd.DataFrame(
             {
                 "probability": [None] * len(values),
@@ -169,7 +173,7 @@ def _example_image_b64(size: int) -> str:
 
 def signature():
     from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, Schema
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
     return ModelSignature(
         inputs=Schema([ColSpec("string", IMAGE_COLUMN)]),
@@ -182,6 +186,7 @@ def signature():
                 ColSpec("string", "warning", required=False),
             ]
         ),
+        params=ParamSchema([ParamSpec(OPERATING_POINT_PARAM, "string", "")]),
     )
 
 
@@ -255,6 +260,8 @@ def log_pyfunc_model(
                 "threshold": card.threshold,
                 "temperature": card.temperature,
                 "refer_band": list(card.refer_band) if card.refer_band else None,
+                "refer": card.refer,
+                "operating_points": {p["name"]: p.get("threshold") for p in card.operating_points()},
                 "data_version": card.data_version,
                 "data_source": dataclasses.asdict(card.data_source),
             },

@@ -7,8 +7,8 @@
 
 Run by ``src/train.py`` (the ``train@<model>`` DVC stage) and, in-process, by the sweep. Every call
 seeds, builds a new model and a new optimizer: nothing is carried over between calls. Validation
-data choose the kept epoch (``select_metric``) and the decision threshold (Youden's J); test data
-never reach this module.
+data choose the kept epoch (``select_metric``) and, through a :class:`cxr.policy.ValidationPolicy`, the
+temperature, threshold, refer band and operating points; test data never reach this module.
 """
 
 from __future__ import annotations
@@ -26,13 +26,12 @@ import torch
 from sklearn.metrics import confusion_matrix
 from torch import nn
 
-from cxr.abstention import choose_refer_band
-from cxr.calibration import apply_temperature, decide_temperature
 from cxr.checkpoint import DataSource, ModelCard, state_dict_copy
 from cxr.data.augment import BatchAugment, Normalize, eval_resize
 from cxr.device import amp_settings, resolve_device
-from cxr.metrics import THRESHOLD_METHODS, choose_threshold, row_is_better
+from cxr.metrics import row_is_better
 from cxr.models import build_model, get_entry, input_spec, model_arch
+from cxr.policy import ValidationPolicy
 from cxr.tracking import NullTracker, Tracker
 from cxr.training import distributed
 from cxr.training.engine import TrainingDivergedError, evaluate_loader, train_one_epoch
@@ -124,6 +123,7 @@ def fit(
     run_cfg: RunConfig,
     train: tuple,
     val: tuple,
+    policy: ValidationPolicy | None = None,
     *,
     device: str | torch.device | None = None,
     tracker: Tracker | None = None,
@@ -131,31 +131,24 @@ def fit(
     data_version: str = "",
     progress: bool = True,
     on_epoch_end: Callable[[dict], None] | None = None,
-    threshold_method: str = "youden",
-    fixed_threshold: float = 0.5,
     cache_resize: str = "stretch",
     resume_every: float = 0.0,
     data_source: DataSource | None = None,
-    calibrate: str | bool = "false",
-    refer_target: float | None = None,
 ) -> FitResult:
     """Train ``run_cfg.model`` from a fresh initialisation on ``train`` = (uint8 images (N, S, S), labels),
-    keep the best epoch on ``val`` by ``select_metric``, choose the threshold on ``val``.
+    keep the best epoch on ``val`` by ``select_metric``, then make ``policy``'s choices on ``val``
+    (:class:`cxr.policy.ValidationPolicy`: temperature, threshold, refer band, operating points; default: a
+    Youden threshold and nothing else), on the probabilities evaluate and predict see; all go in the card.
 
     With ``resume_path``, a resume state (:class:`cxr.training.resume.ResumeState`) is written after an
     epoch (never the last) once ``resume_every`` seconds of training have passed since the previous one
     (0: after every epoch; VGG16's state with its AdamW moments is 1.6 GB, seconds to write) and removed
     at the end; a matching one (same RunConfig and data_version) found at start continues from the
     next epoch. ``on_epoch_end(row)`` runs after that save (an exception there leaves a resumable
-    state). ``threshold_method``/``fixed_threshold``: how the decision threshold saved with the model
-    is chosen (the evaluate stage's ``evaluate.threshold``/``fixed_threshold``, so the operating point
-    that evaluate reports is the one that predict and the served model use). ``cache_resize``: how
+    state). ``cache_resize``: how
     the cache kept the aspect ratio, recorded in the card so predict prepares new images alike.
     ``data_source``: what the data was (synthetic, a folder, ...), recorded in the card as it is
-    (None: recorded as unknown; the sweep, whose models are not saved, passes none).
-    ``calibrate`` (train.calibrate): a temperature fitted on validation (cxr.calibration), then the threshold
-    and the refer band of ``refer_target`` (evaluate.refer.target_error; None: none, cxr.abstention) are
-    chosen on the calibrated probabilities, as evaluate and predict see them; all three go in the card.
+    (None: recorded as unknown).
     The tracker, if given, receives the params and per-epoch metrics (step = epoch) of the active run.
 
     Under a torch.distributed process group (``src/train.py`` with ``train.devices`` > 1) every rank
@@ -164,7 +157,8 @@ def fit(
     (see ``cxr.training.distributed``).
     """
     cfg = run_cfg
-    _check_threshold_args(threshold_method, fixed_threshold, val[1])
+    policy = policy if policy is not None else ValidationPolicy()
+    policy.check(val[1])
     tracker = tracker if tracker is not None else NullTracker()
     progress = progress and distributed.is_main()
     t = _Training.build(cfg, train, val, resolve_device(device))
@@ -196,43 +190,9 @@ def fit(
         resume.save_if_due(epoch, state, t.model, t.optimizer, t.scheduler, t.scaler, last_epoch=last_epoch)
         if on_epoch_end is not None:
             on_epoch_end(row)
-    choices = _Choices(threshold_method, fixed_threshold, str(calibrate).lower(), refer_target)
-    result = t.finish(state, choices, data_version, cache_resize, stopped_early, data_source or DataSource())
+    result = t.finish(state, policy, data_version, cache_resize, stopped_early, data_source or DataSource())
     resume.remove()
     return result
-
-
-@dataclass(frozen=True)
-class _Choices:
-    """What is chosen on validation once the epoch is kept: the threshold, the temperature, the refer band."""
-
-    threshold_method: str
-    fixed_threshold: float
-    calibrate: str  # auto | true | false
-    refer_target: float | None
-
-    def make(self, labels, raw_probs) -> tuple[np.ndarray, float, dict, dict]:
-        """(calibrated validation probabilities, threshold, calibration record, refer record)."""
-        calibration = decide_temperature(self.calibrate, labels, raw_probs)
-        probs = apply_temperature(raw_probs, calibration["temperature"])
-        threshold = choose_threshold(labels, probs, method=self.threshold_method, default=self.fixed_threshold)
-        both = len(np.unique(np.asarray(labels))) == 2  # a fixed threshold trains on one class; no band then
-        refer = choose_refer_band(labels, probs, threshold, self.refer_target) if self.refer_target and both else {}
-        return probs, float(threshold), calibration, refer
-
-
-def _check_threshold_args(threshold_method: str, fixed_threshold: float, val_labels) -> None:
-    """What the threshold choice needs, checked before training rather than after it."""
-    if threshold_method not in THRESHOLD_METHODS:
-        raise ValueError(f"threshold_method: expected one of {list(THRESHOLD_METHODS)}, found {threshold_method!r}")
-    if not 0 < fixed_threshold < 1:
-        raise ValueError(f"fixed_threshold must be in (0, 1), found {fixed_threshold}")
-    classes = sorted(set(np.asarray(val_labels, dtype=np.int64).tolist()))
-    if threshold_method != "fixed" and len(classes) < 2:
-        raise ValueError(
-            f"validation split has only class(es) {classes}: the {threshold_method} threshold "
-            "needs both. Fix: a larger split.val_fraction, or `-S evaluate.threshold=fixed`."
-        )
 
 
 def _keep_if_better(state: Progress, row: dict, model: nn.Module, select_metric: str) -> None:
@@ -383,14 +343,13 @@ class _Training:
     def finish(
         self,
         state: Progress,
-        choices: _Choices,
+        policy: ValidationPolicy,
         data_version: str,
         cache_resize: str,
         stopped_early: bool,
         data_source: DataSource,
     ) -> FitResult:
-        """The best epoch's weights; the temperature, threshold and refer band chosen on their validation
-        probabilities; the card."""
+        """The best epoch's weights; ``policy``'s choices on their validation probabilities; the card."""
         model, cfg, best = self.model, self.cfg, state.best
         if best is None or state.best_state is None:
             raise RuntimeError(f"[{cfg.model}] no epoch was trained (epochs: {cfg.epochs})")
@@ -399,7 +358,7 @@ class _Training:
         # In full precision, as evaluate and predict run: the stored threshold must be chosen on the
         # same probabilities that the evaluate stage reports and the served model produces.
         ev = distributed.gather_eval(self._evaluate(model, None))
-        probs, threshold, calibration, refer = choices.make(ev["labels"], ev["probs"])
+        choices = policy.decide(ev["labels"], ev["probs"])
         card = ModelCard(
             arch=model_arch(model),
             cache_size=int(np.shape(self.x_tr)[-1]),
@@ -407,8 +366,6 @@ class _Training:
             image_size=cfg.image_size,
             mean=tuple(self.spec["mean"]),
             std=tuple(self.spec["std"]),
-            threshold=threshold,
-            threshold_method=choices.threshold_method,
             data_version=data_version,
             data_source=data_source,
             train_params=cfg.model_dump(mode="json"),
@@ -418,18 +375,15 @@ class _Training:
             val_acc=float(best["val_acc"]),
             epochs_run=len(state.history),
             stopped_early=bool(stopped_early),
-            temperature=float(calibration["temperature"]),
-            calibration=calibration,
-            refer_band=(refer["low"], refer["high"]) if refer else None,
-            refer=refer,
+            **choices.card_fields(),
         )
         return FitResult(
             model=model,
             history=state.history,
             best=dict(best),
-            threshold=threshold,
+            threshold=choices.threshold,
             card=card,
-            val_probs=probs,
+            val_probs=choices.probs,
             val_labels=ev["labels"],
         )
 

@@ -26,7 +26,6 @@ from cxr.config import (
     AugmentConfig,
     ConfigError,
     DataConfig,
-    EvaluateConfig,
     Globals,
     Scheduler,
     TrainConfig,
@@ -37,6 +36,7 @@ from cxr.config import (
 )
 from cxr.metric_names import SelectMetric
 from cxr.models import check_image_size, check_options, get_entry, list_models
+from cxr.policy import ValidationPolicy
 from cxr.schema import Section, parse
 
 if TYPE_CHECKING:
@@ -169,7 +169,8 @@ def resolve_data_source(params: dict[str, Any], base_dir: Path | None = None) ->
 
 class TrainSettings(Section):
     """Everything that decides train@<model>'s checkpoint: the run configuration (the model's overrides applied),
-    the validation choices saved with the model (threshold rule, refer band, temperature), the number of
+    the policy of the choices made on validation and saved with the model (:class:`cxr.policy.ValidationPolicy`:
+    temperature, threshold rule, refer band, operating points), the number of
     processes (DDP shards each batch) and what the data was (the model card's). Not here: where MLflow logs
     (``mlflow``), how often a resume state is written (``train.resume_every``), figures: none of them change
     the checkpoint. Serialised (:meth:`to_json`) as the train stage's dependency."""
@@ -178,10 +179,7 @@ class TrainSettings(Section):
 
     run: RunConfig
     devices: int | str
-    threshold_method: str
-    fixed_threshold: float
-    refer_target: float | None
-    calibrate: bool | str
+    policy: ValidationPolicy
     data_source: dict[str, Any]
 
     @classmethod
@@ -189,28 +187,18 @@ class TrainSettings(Section):
         import dataclasses
 
         t: TrainConfig = section(params, "train", TrainConfig)
-        e: EvaluateConfig = section(params, "evaluate", EvaluateConfig)
         return cls(
             run=resolve_run_config(params, model),
             devices=t.devices,
-            threshold_method=e.threshold,
-            fixed_threshold=e.fixed_threshold,
-            refer_target=e.refer.target_error,
-            calibrate=t.calibrate,
+            policy=ValidationPolicy.from_params(params),
             data_source=dataclasses.asdict(resolve_data_source(params)),
         )
 
     def fit_options(self) -> dict[str, Any]:
-        """fit's keyword arguments that come from these settings (the threshold is chosen as evaluate reports it)."""
+        """fit's keyword arguments that come from these settings: the policy and what the data was."""
         from cxr.checkpoint import DataSource
 
-        return {
-            "threshold_method": self.threshold_method,
-            "fixed_threshold": self.fixed_threshold,
-            "calibrate": self.calibrate,
-            "refer_target": self.refer_target,
-            "data_source": DataSource.from_dict(self.data_source),
-        }
+        return {"policy": self.policy, "data_source": DataSource.from_dict(self.data_source)}
 
     def to_json(self) -> str:
         """The bytes of resolved/train/<model>.json: they change only when these settings do."""

@@ -36,6 +36,7 @@ import pandas as pd
 
 from cxr import checkpoint
 from cxr.metrics import row_is_better
+from cxr.policy import ValidationPolicy
 from cxr.tracking import NullTracker, Tracker
 from cxr.training.engine import TrainingDivergedError
 from cxr.training.fit import fit
@@ -116,39 +117,27 @@ def run_sweep(
     tracker: Tracker | None = None,
     progress: bool = False,
     data_version: str = "",
-    threshold_method: str = "youden",
-    fixed_threshold: float = 0.5,
+    policy: ValidationPolicy | None = None,
     devices=None,
     keep_dir: str | None = None,
     data_source=None,
-    calibrate: str | bool = "false",
-    refer_target: float | None = None,
 ) -> SweepResult:
     """Train every (batch_size, lr) of the grid from a fresh initialisation; select on ``select_metric``.
 
     ``train``/``val`` are (uint8 images (N, S, S), labels); there is no test argument: the sweep never
     sees the test split. Each configuration gets its own nested MLflow run (when ``tracker`` has an
     active parent run) with its params, curves and validation numbers; ``base`` supplies every other
-    hyperparameter (epochs, image_size, seed, ...). Each configuration's threshold is chosen on
-    validation as ``threshold_method`` says (the evaluate stage's ``evaluate.threshold``/
-    ``fixed_threshold``, as train chooses a model's). ``devices``: two or more spread
+    hyperparameter (epochs, image_size, seed, ...). Each configuration's temperature, threshold, refer band
+    and operating points are chosen on validation by ``policy`` (:class:`cxr.policy.ValidationPolicy`, as
+    train chooses a model's; default: a Youden threshold only). ``devices``: two or more spread
     the grid over one worker process per device (``device`` is then unused). ``keep_dir``: each
     configuration's model is saved there (``checkpoint.save``, in ``row["checkpoint"]``), so the
-    selected one can be kept. ``calibrate``/``refer_target``: the temperature and refer band of each
-    configuration's card, chosen on validation as train chooses them (:func:`cxr.training.fit.fit`).
+    selected one can be kept.
     """
     if select_metric not in ("val_auc", "val_loss"):
         raise ValueError(f"select_metric: expected val_auc or val_loss, found {select_metric!r}")
     tracker = tracker if tracker is not None else NullTracker()
-    opts: dict[str, Any] = dict(
-        data_version=data_version,
-        threshold_method=threshold_method,
-        fixed_threshold=fixed_threshold,
-        keep_dir=keep_dir,
-        data_source=data_source,
-        calibrate=calibrate,
-        refer_target=refer_target,
-    )
+    opts: dict[str, Any] = dict(data_version=data_version, policy=policy, keep_dir=keep_dir, data_source=data_source)
     configs = [base.replace(batch_size=bs, lr=lr) for bs, lr in grid(batch_sizes, lrs)]
     devices = list(devices or [])
     if len(devices) > 1:
@@ -200,12 +189,9 @@ def train_config(
     device,
     *,
     data_version: str,
-    threshold_method: str,
-    fixed_threshold: float,
+    policy: ValidationPolicy | None = None,
     keep_dir: str | None = None,
     data_source=None,
-    calibrate: str | bool = "false",
-    refer_target: float | None = None,
 ) -> tuple[dict, list[dict]]:
     """One configuration from a fresh initialisation: its table row (validation numbers, at the threshold
     chosen on validation for the threshold columns) and history. With ``keep_dir`` its model is saved in
@@ -216,14 +202,11 @@ def train_config(
             cfg,
             train,
             val,
+            policy,
             device=device,
             progress=False,
             data_version=data_version,
-            threshold_method=threshold_method,
-            fixed_threshold=fixed_threshold,
             data_source=data_source,  # the kept model's card says what it was trained on
-            calibrate=calibrate,
-            refer_target=refer_target,
         )
     except TrainingDivergedError:  # the loss became NaN/inf: a row that says so, not a failed sweep
         nan = float("nan")
