@@ -104,15 +104,20 @@ EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 
 # MLflow 3's run page (and the compare view) charts the keys "<section>/<name>" in sections, sorted, ahead of
 # "Model metrics" (the keys with no "/"), each section alphabetically (runs-charts.types.ts,
-# getBaseChartAndSectionConfigs). A value logged with a step is a point of a curve (step = epoch here):
-# it goes under "epoch/", so train_loss, val_auc... lead, ahead of best_epoch, test_* and threshold. The
-# chart keeps its own name as title ("val_auc", in section "epoch").
+# getBaseChartAndSectionConfigs). A value logged with a step is a point of a curve (step = epoch here): the
+# learning curves go under "epoch/" (train_loss, val_auc, ...), the per-epoch timings under "timing/", so
+# the curves lead, then the timings, then best_epoch, test_* and threshold. Each chart keeps its name as title.
 CURVE_SECTION = "epoch"
+TIMING_SECTION = "timing"
+TIMINGS = frozenset({"seconds", "train_images_per_s"})  # MLflow only: never in a DVC file (cxr.files)
 
 
 def mlflow_metric_key(name: str, step: int | None) -> str:
-    """The MLflow key of metric ``name``: ``epoch/<name>`` for a point of a curve (a step), else ``name``."""
-    return name if step is None else f"{CURVE_SECTION}/{name}"
+    """The MLflow key of metric ``name``: ``epoch/<name>`` or ``timing/<name>`` for a point of a curve (a step),
+    else ``name``."""
+    if step is None:
+        return name
+    return f"{TIMING_SECTION if name in TIMINGS else CURVE_SECTION}/{name}"
 
 
 class Tracker(Protocol):
@@ -307,7 +312,7 @@ class MlflowTracker:
 
     def log_metrics(self, metrics: dict, step: int | None = None, run_id: str | None = None) -> None:
         """Into the current run, or ``run_id`` (a finished training run: its test results beside its params).
-        With a ``step``, the points of a per-epoch curve: :func:`mlflow_metric_key` names them ``epoch/<name>``."""
+        With a ``step``, the points of a per-epoch curve: :func:`mlflow_metric_key` names them (``epoch/val_auc``)."""
         import math
         import time
 
