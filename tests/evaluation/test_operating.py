@@ -100,3 +100,18 @@ def test_operating_points_params_are_checked():
         parse(EvaluateConfig, {"operating_points": [{"metric": "ppv", "target": 0.9}]}, "evaluate")
     with pytest.raises(ConfigError, match="target"):
         parse(EvaluateConfig, {"operating_points": [{"metric": "sensitivity", "target": 1.5}]}, "evaluate")
+
+
+def test_a_target_validation_cannot_support_is_reported_as_such_not_as_a_threshold():
+    y = np.r_[np.zeros(19, int), np.ones(43, int)]  # the default run's validation split
+    p = np.r_[np.linspace(0.0, 0.4, 19), np.linspace(0.5, 1.0, 43)]
+    points = choose_thresholds(y, p, [OperatingTarget(metric="specificity", target=0.95)])
+    cfg = EvaluateConfig(n_resamples=50)
+    report = evaluate_probabilities("cnn", 0.5, "youden", y, p, [f"{i}.png" for i in range(62)], cfg, operating=points)
+    (row,) = report.report["operating_points"]
+    assert row["threshold"] is None and row["target_met"] is None and "sensitivity" not in row
+    from cxr.evaluation.operating import operating_points_markdown
+
+    md = "\n".join(operating_points_markdown({"cnn": report.report}, 5))
+    assert "| cnn | specificity 95 % | none: needs at least 59 NORMAL images (validation has 19) | every set |" in md
+    assert "lower confidence bound" in md

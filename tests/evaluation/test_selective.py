@@ -84,3 +84,13 @@ def test_reliability_figure_without_a_temperature_has_one_curve(temperature):
     y, raw = data(100, 6)
     fig = S.reliability_figure(y, raw, raw, temperature=temperature, label="cnn", title="x")
     assert not any("before" in line.get_label() for line in fig.axes[0].lines)
+
+
+def test_the_report_says_why_a_model_has_no_refer_band():
+    from cxr.evaluation.selective import refer_markdown
+
+    y = np.r_[np.zeros(19, int), np.ones(43, int)]
+    record = choose_refer_band(y, np.r_[np.linspace(0, 0.4, 19), np.linspace(0.5, 1, 43)], 0.45, 0.05)
+    md = "\n".join(refer_markdown({"cnn": {"refer": record}}, 7))
+    assert "| cnn | no refer band (validation too small for a 5 % target: 19 NORMAL and 43 PNEUMONIA images, " in md
+    assert "with 95 % confidence over the validation draw" in md and "0.450-0.450" not in md

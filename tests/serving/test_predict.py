@@ -367,3 +367,42 @@ def test_python_dash_m_cxr(tmp_path, model_dir, images):
     lines = proc.stdout.strip().splitlines()
     assert lines[0] == "file,probability,label,error,warning,model,trained_on" and len(lines) == 3
     assert "bad.png" in proc.stderr
+
+
+def _card_choices(threshold: float) -> dict:
+    """A card's choices as train writes them (cxr.policy): one operating point with a threshold, one without (19
+    NORMAL validation images are too few for a 95 % specificity), and no refer band for the same reason."""
+    points = [
+        {"name": "sensitivity-95", "class": "PNEUMONIA", "metric": "sensitivity", "target": 0.95},
+        {"name": "specificity-95", "class": "NORMAL", "metric": "specificity", "target": 0.95},
+    ]
+    points[0].update(threshold=threshold, n=120, needs=59, confidence=0.95)
+    points[1].update(threshold=None, n=19, needs=59, confidence=0.95)
+    refer = {"target_error": 0.05, "status": "validation too small", "needs": 59, "n_normal": 19, "n_pneumonia": 120}
+    return {"validation": {"operating_points": points}, "refer": refer}
+
+
+def test_predict_at_an_operating_point_of_the_card(tmp_path, images, capsys):
+    """`--operating-point sensitivity-95` labels at that point's threshold; a point validation could not support
+    is refused with the reason; the card without a band says why it has none."""
+    files = [str(f) for f in images.values()]
+    probs = Predictor.from_dir(make_checkpoint(tmp_path / "plain")).predict_sources(files)["probability"].to_numpy()
+    lowest = np.unique(probs)[:2]  # several files hold the same picture: between the two lowest probabilities
+    at = float(lowest.mean())  # the card's own threshold (0.5 by default) lies elsewhere
+    model = make_checkpoint(tmp_path / "m", **_card_choices(at))
+    assert (
+        cli.main(["predict", *files, "--model", str(model), "--format", "csv", "--operating-point", "sensitivity-95"])
+        == 0
+    )
+    out, err = capsys.readouterr()
+    table = pd.read_csv(io.StringIO(out))
+    expected = np.where(probs >= at, "PNEUMONIA", "NORMAL")
+    assert list(table["label"]) == list(expected) and 0 < (expected == "NORMAL").sum() < len(files)
+    assert f"threshold {at:.4f}" in err and "operating point sensitivity-95 (set on validation" in err
+    assert cli.main(["predict", *files, "--model", str(model), "--operating-point", "specificity-95"]) == 2
+    assert "validation had 19 NORMAL images, a 95 % target needs at least 59" in capsys.readouterr().err
+    assert cli.main(["predict", *files, "--model", str(model), "--format", "csv"]) == 0
+    out, err = capsys.readouterr()
+    assert list(pd.read_csv(io.StringIO(out))["label"]) != list(expected)  # at the card's threshold: other labels
+    assert "no refer band (validation too small for a 5 % target: 19 NORMAL and 120 PNEUMONIA images" in err
+    assert "REFER for" not in err

@@ -124,6 +124,26 @@ def test_served_model_answers_refer_inside_the_band(tmp_path):
     np.testing.assert_allclose(out["probability"].astype(float), ref["probability"], atol=1e-9)
 
 
+def test_served_model_answers_at_an_operating_point_of_the_card(tmp_path):
+    """The request's params name an operating point of the card: its threshold, no band; an unknown one is a 400."""
+    from mlflow.exceptions import MlflowException
+
+    from cxr.serving.pyfunc import CxrImageModel, signature
+
+    assert [p.name for p in signature().params.params] == ["operating_point"]
+    points = [{"name": "sensitivity-95", "threshold": 0.0, "class": "PNEUMONIA", "target": 0.95}]
+    served = CxrImageModel()
+    served.predictor = Predictor.from_dir(
+        make_checkpoint(tmp_path / "m", refer_band=(0.0, 1.1), validation={"operating_points": points})
+    )
+    df = pd.DataFrame({"image": [_b64(_jpeg(1)), _b64(_jpeg(2))]})
+    assert list(served.predict(None, df)["label"]) == ["REFER", "REFER"]
+    at = served.predict(None, df, params={"operating_point": "sensitivity-95"})
+    assert list(at["label"]) == ["PNEUMONIA", "PNEUMONIA"] and at["error"].isna().all()
+    with pytest.raises(MlflowException, match="operating point 'specificity-95' is not in the model card"):
+        served.predict(None, df, params={"operating_point": "specificity-95"})
+
+
 def test_a_model_trained_on_synthetic_data_warns_once_when_loaded(store, tmp_path):
     """Loaded (as `mlflow models serve` loads it), the default run's model warns what it is, once; its
     metadata holds the card's data source, and its answers keep their format. Logging it warns of nothing."""

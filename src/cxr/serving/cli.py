@@ -230,6 +230,8 @@ def _calibration_note(predictor) -> str:
     if predictor.operating_point:
         return note + f", operating point {predictor.operating_point} (set on validation; no refer band at it)"
     refer = describe_refer(card.refer)
+    if not refer and card.refer_band is not None:  # a band without its record (a card written by hand)
+        refer = f"REFER for {card.refer_band[0]:.4f} <= p < {card.refer_band[1]:.4f}"
     return note + (f", {refer}" if refer else "")
 
 
