@@ -27,8 +27,8 @@ repro: $(STAMP)
 	$(BIN)/dvc repro
 
 # ruff (format and lint) and mypy (pyproject [tool.mypy]), pinned in requirements-dev.txt, before pytest:
-# CI runs exactly this. pytest runs on one worker per core (pytest-xdist); the tests that share the end-to-end
-# pipeline repos are one unit (tests/conftest.py), so one worker builds them while the other takes the rest.
+# CI runs exactly this. pytest runs on one worker per core (pytest-xdist); the end-to-end pipeline repos that
+# tests share are built by one background process meanwhile (tests/shared_pipelines.py).
 PYTEST_WORKERS ?= auto
 test: $(STAMP)
 	$(BIN)/ruff format --check .
@@ -53,6 +53,12 @@ bench: $(STAMP)
 
 clean-venv:
 	rm -rf $(VENV)
+
+# The screenshots in docs/images (MLflow's runs, run, compare and registry pages; DVC's plots page) from this
+# repository's MLflow store, after `make repro` (and `dvc repro -f -s compare`); Chromium: make system-packages.
+.PHONY: screenshots
+screenshots: $(STAMP)
+	$(BIN)/python docs/screenshots.py --repo . --out docs/images
 
 # The Debian packages the tests drive (needs root; .ci/run calls it): headless Chromium for
 # tests/test_plots_offline.py, less, the pager `dvc exp show` opens in a terminal (tests/test_workflows.py), and

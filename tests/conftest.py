@@ -90,16 +90,6 @@ def on_a_terminal(monkeypatch):
     monkeypatch.setattr(cxr.training.engine, "progress_enabled", drawn)
 
 
-# The modules whose tests share the pipeline repos below (built once per pytest process): under
-# `pytest -n 2 --dist loadgroup` (make test) one worker takes all of them, first, while the other runs the rest.
-SHARED_PIPELINE_MODULES = (
-    "tests/test_workflows.py",
-    "tests/test_plots_offline.py",
-    "tests/test_weights_stage.py",
-    "tests/hostile/test_hostile_killed_compare.py",
-)
-
-
 # Modules whose tests run in order on one worker: one team stack for the module, make team-down its last test.
 ONE_WORKER_MODULES = ("tests/team/test_team_stack.py",)
 
@@ -108,31 +98,79 @@ ONE_WORKER_MODULES = ("tests/team/test_team_stack.py",)
 def pytest_xdist_make_scheduler(config, log):
     """xdist's loadgroup, by module: pytest 9 keeps a node's id in ``_id``, so the ``@group`` suffix that
     pytest-xdist 3.8 writes to ``item._nodeid`` for ``xdist_group`` marks never reaches the scheduler (every
-    test became its own unit, and both workers built the shared repos). The largest unit is sent first."""
+    test became its own unit). A module of ONE_WORKER_MODULES is one unit (the largest is sent first); every
+    other test is its own, the end-to-end ones included: they wait for the shared repos' builder below."""
     if config.getoption("dist") != "loadgroup":
         return None
     from xdist.scheduler import LoadScopeScheduling
 
-    class SharedPipelineScheduling(LoadScopeScheduling):
+    class ModuleUnitScheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
             module = nodeid.split("::", 1)[0]
-            if module in SHARED_PIPELINE_MODULES:
-                return "shared-pipeline"
             return module if module in ONE_WORKER_MODULES else nodeid
 
-    return SharedPipelineScheduling(config, log)
+    return ModuleUnitScheduling(config, log)
 
 
-# The tiny whole-pipeline repos the end-to-end tests (test_workflows, test_plots_offline) share: each is built
-# once a session, on first use. Read-only by convention: a test that changes one (runs a stage or an
-# experiment, writes into its workspace) works on its own pipeline_repo.copy_repo of it.
+# The tiny whole-pipeline repos the end-to-end tests share (tests/shared_pipelines.py): under `pytest -n` one
+# builder process, started by the controller once a worker has collected a test that reads them, builds them
+# while the workers run the other tests. Read-only by convention: a test that runs dvc or MLflow in one, or
+# writes into it, works on its own pipeline_repo.copy_repo of it.
+BUILDER = pytest.StashKey["subprocess.Popen"]()
+
+
+def _shared_root(base: Path) -> Path:
+    return base / "shared-pipelines"
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_node_collection_finished(node, ids):
+    """Controller: start the builder when the first worker reports a collected test that reads the repos."""
+    from shared_pipelines import BASELINE_MODULES, EXPERIMENT_MODULES, start_builder
+
+    config = node.config
+    if config.stash.get(BUILDER, None) is not None:
+        return
+    modules = {i.split("::", 1)[0] for i in ids}
+    names = ["baseline"] if modules & set(BASELINE_MODULES) else []
+    names += ["experiment"] if names and modules & set(EXPERIMENT_MODULES) else []
+    if names:
+        config.stash[BUILDER] = start_builder(_shared_root(config._tmp_path_factory.getbasetemp()), names)
+
+
+def pytest_unconfigure(config):
+    proc = config.stash.get(BUILDER, None)
+    if proc is not None:
+        from shared_pipelines import stop_builder
+
+        stop_builder(proc)
+
+
+def pytest_collection_modifyitems(config, items):
+    """A test that reads the shared repos may wait for their build first: its timeout covers that wait."""
+    from shared_pipelines import WAIT_S
+
+    for item in items:
+        if {"pipeline_baseline", "pipeline_experiment"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.timeout(WAIT_S + 1800), append=False)
+
+
+def _worker_root(tmp_path_factory) -> Path:
+    base = tmp_path_factory.getbasetemp()  # an xdist worker's is <the controller's>/popen-gwN
+    return _shared_root(base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base)
+
+
 @pytest.fixture(scope="session")
 def pipeline_baseline(tmp_path_factory) -> dict:
-    """pipeline_repo.build_baseline: after one whole ``dvc repro``, results committed as the baseline.
-    {"repo": Path, "first": that repro's stdout}."""
+    """pipeline_repo.build_baseline: after one whole ``dvc exp run`` at tiny sizes, results committed as the
+    baseline. {"repo": Path, "first": that run's stdout, "args": its arguments}."""
     from pipeline_repo import build_baseline
+    from shared_pipelines import shared_repo
 
-    return build_baseline(tmp_path_factory.mktemp("pipeline") / "repo")
+    def here() -> dict:
+        return build_baseline(tmp_path_factory.mktemp("pipeline") / "repo")
+
+    return shared_repo(_worker_root(tmp_path_factory), "baseline", here)
 
 
 @pytest.fixture(scope="session")
@@ -140,9 +178,9 @@ def pipeline_experiment(pipeline_baseline, tmp_path_factory) -> dict:
     """A copy of pipeline_baseline after ``dvc exp run -n lr-bs -S lr=1e-4 -S batch_size=16``: the experiment's
     results are in the workspace, HEAD holds the baseline's. pipeline_baseline's keys, plus "exp_out" (that
     run's stdout) and "n_before" (the MLflow runs before it)."""
-    from pipeline_repo import copy_repo, experiment_runs, run
+    from shared_pipelines import build_experiment, shared_repo
 
-    repo = copy_repo(pipeline_baseline["repo"], tmp_path_factory.mktemp("experiment") / "repo")
-    n_before = len(experiment_runs(repo))
-    out = run(["dvc", "exp", "run", "-n", "lr-bs", "-S", "lr=1e-4", "-S", "batch_size=16"], repo, timeout=1800)
-    return {**pipeline_baseline, "repo": repo, "exp_out": out.stdout, "n_before": n_before}
+    def here() -> dict:
+        return build_experiment(pipeline_baseline, tmp_path_factory.mktemp("experiment") / "repo")
+
+    return shared_repo(_worker_root(tmp_path_factory), "experiment", here)

@@ -41,6 +41,10 @@ TINY = {
     "models.resnet_small.epochs": 1,
     "models.resnet50.epochs": 1,
     "models.vgg16.epochs": 1,
+    # A ViT of the same code at a tenth of ViT-B's width and a sixth of its depth: a user's quick trial
+    # (`+`: options holds no config key to override). ViT-B (86 M weights) cost a minute a run here to train,
+    # save, hash and evaluate; tests/models cover ViT-B's shapes and its Grad-CAM.
+    "+models.vit.options.config": "{hidden_size:64,num_hidden_layers:2,num_attention_heads:2,intermediate_size:128}",
     "sweep.batch_sizes": "[8,16]",
     "sweep.lrs": "[0.001]",
     "sweep.epochs": 1,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import time
 import urllib.request
@@ -74,8 +75,8 @@ def pipeline(pipeline_baseline):
     return pipeline_baseline
 
 
-def test_exp_run_runs_every_stage_then_repro_nothing(pipeline):
-    repo = pipeline["repo"]
+def test_exp_run_runs_every_stage_then_repro_nothing(pipeline, tmp_path):
+    repo = copy_repo(pipeline["repo"], tmp_path / "repo")  # dvc commands write DVC's locks: never in a shared repo
     assert ran_stages(pipeline["first"]) == set(STAGES)
     # run on the shipped dvc.lock without its cache, and saved (on the commit before "baseline results")
     assert "baseline" in run(["dvc", "exp", "list", "--all-commits", "--name-only"], repo).stdout.split()
@@ -111,18 +112,18 @@ def test_exp_run_runs_every_stage_then_repro_nothing(pipeline):
 @pytest.fixture(scope="module")
 def experiment(pipeline_experiment):
     """A copy of the baseline after ``dvc exp run -n lr-bs -S lr=1e-4 -S batch_size=16`` (conftest's, built
-    once a session and shared with test_plots_offline: read it, never change it)."""
+    once a session and shared with test_plots_offline: read its files, run nothing in it)."""
     return pipeline_experiment
 
 
 @pytest.fixture
 def experiment_copy(experiment, tmp_path):
-    """The experiment's repo copied for a test that changes it."""
+    """The experiment's repo copied for a test that runs dvc or changes it."""
     return {**experiment, "repo": copy_repo(experiment["repo"], tmp_path / "repo")}
 
 
-def test_exp_run_reruns_only_dependent_stages(experiment):
-    repo, out = experiment["repo"], experiment["exp_out"]
+def test_exp_run_reruns_only_dependent_stages(experiment_copy):
+    repo, out = experiment_copy["repo"], experiment_copy["exp_out"]
     ran = ran_stages(out)
     # The models that train with the global lr or batch size are retrained; vgg16, whose models.vgg16 pins
     # both, is not (its resolved settings, train@vgg16's dependency, are the same bytes), nor evaluated again.
@@ -180,8 +181,8 @@ def test_exp_run_reruns_only_dependent_stages(experiment):
     assert all(int(r.data.params["batch_size"]) == 16 for r in runs)
 
 
-def test_plots_diff_holds_both_revisions(experiment, tmp_path):
-    repo = experiment["repo"]
+def test_plots_diff_holds_both_revisions(experiment_copy, tmp_path):
+    repo = experiment_copy["repo"]
     out = tmp_path / "plots"
     run(["dvc", "plots", "diff", "HEAD", "lr-bs", "-o", str(out)], repo)
     html = (out / "index.html").read_text()
@@ -336,8 +337,9 @@ def terminal_screen(cmd: list[str], cwd: Path, columns: int = 160, rows: int = 4
 
 
 def test_mlflow_server_rest_search(pipeline, tmp_path):
-    repo = pipeline["repo"]
-    args = ["server", "--backend-store-uri", f"sqlite:///{repo / 'mlflow.db'}"]
+    db = tmp_path / "mlflow.db"  # the shared repo's store, copied: a server may write to the one it serves
+    shutil.copyfile(pipeline["repo"] / "mlflow.db", db)
+    args = ["server", "--backend-store-uri", f"sqlite:///{db}"]
     with mlflow_process(args, cwd=tmp_path, env=env(), log=tmp_path / "server.log") as base:
 
         def post(path, body):
@@ -364,7 +366,8 @@ def test_mlflow_server_rest_search(pipeline, tmp_path):
         # (the runs table shows them beside the params); the evaluation is a run nested under it.
         keys = {k for k in next(iter(metric_keys)) if not k.startswith("system/")}  # its own tab
         headline = {f"test_{k}" for k in ("roc_auc", "balanced_accuracy", "sensitivity", "specificity")}
-        assert {"train_loss", "val_loss", "val_auc", "threshold"} | headline <= keys, sorted(keys)
+        curves = {f"epoch/{k}" for k in ("train_loss", "val_loss", "val_auc")}  # the UI charts the section first
+        assert curves | {"threshold"} | headline <= keys, sorted(keys)
         assert len(keys) <= 16 and not any(k.startswith("synthetic_shift_") for k in keys), sorted(keys)
         evaluations = {t["model"]: t.get("mlflow.parentRunId") for t in tags if t.get("stage") == "evaluate"}
         by_id = {r["info"]["run_id"]: t["model"] for r, t in zip(found["runs"], tags) if t.get("stage") == "train"}
@@ -372,7 +375,7 @@ def test_mlflow_server_rest_search(pipeline, tmp_path):
         # Per-epoch history: step = epoch.
         run_id = runs[0]["info"]["run_id"]
         with urllib.request.urlopen(
-            f"{base}/api/2.0/mlflow/metrics/get-history?run_id={run_id}&metric_key=val_loss", timeout=30
+            f"{base}/api/2.0/mlflow/metrics/get-history?run_id={run_id}&metric_key=epoch/val_loss", timeout=30
         ) as r:
             hist = json.loads(r.read())["metrics"]
         assert [m["step"] for m in hist] == list(range(1, len(hist) + 1))
