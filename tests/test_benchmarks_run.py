@@ -132,5 +132,10 @@ def test_set_a_clinical_scores_the_choices_made_on_validation(tmp_path):
     assert seed1["sens95_sens"] >= 0.95 and seed1["spec95_spec"] < 0.8, p.stdout
     assert 0.9 <= seed1["val_coverage"] <= 1 and seed1["error"] > 0.05, p.stdout
     assert all("+-" in cell for cell in rows[-1][1:]) and len(rows[-1]) == len(header) + 1
+    # --rule edge: the former points, at the edge of the validation range; the policy's keeps a margin for the sample
+    edge = subprocess.run([*cmd, "--rule", "edge"], capture_output=True, text=True, env=env, timeout=120)
+    assert edge.returncode == 0 and "(edge)" in edge.stdout and "confidence none" in edge.stdout, edge.stderr[-2000:]
+    edge1 = dict(zip(header, map(float, edge.stdout.splitlines()[2].split()[2:])))
+    assert edge1["sens95_sens"] < seed1["sens95_sens"], (edge.stdout, p.stdout)
     missing = subprocess.run([*cmd[:-2], "--work", str(tmp_path / "none")], capture_output=True, text=True, env=env)
     assert missing.returncode == 2 and "run external_recipe.py cpu --seeds 1 first" in missing.stderr
