@@ -110,6 +110,9 @@ def test_a_target_validation_cannot_support_is_reported_as_such_not_as_a_thresho
     report = evaluate_probabilities("cnn", 0.5, "youden", y, p, [f"{i}.png" for i in range(62)], cfg, operating=points)
     (row,) = report.report["operating_points"]
     assert row["threshold"] is None and row["target_met"] is None and "sensitivity" not in row
+    from cxr.evaluation.evaluate import _test_figures
+
+    assert "roc" in _test_figures(report, None)  # the ROC figure marks the points that have a threshold only
     from cxr.evaluation.operating import operating_points_markdown
 
     md = "\n".join(operating_points_markdown({"cnn": report.report}, 5))

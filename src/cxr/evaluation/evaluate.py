@@ -317,6 +317,7 @@ def _test_figures(result: EvalResult, external: dict[str, EvalResult] | None) ->
         targets=[
             (f"{p['metric']} {p['target']:.0%} on validation", 1 - p["specificity"]["value"], p["sensitivity"]["value"])
             for p in result.report.get("operating_points") or []
+            if p.get("threshold") is not None  # a point validation could not support has none to mark
         ],
     )
     if external:
