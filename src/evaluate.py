@@ -216,7 +216,8 @@ def print_summary(model: str, result, external: dict) -> None:
         for p in r.report["operating_points"]:
             if p["threshold"] is None:
                 if set_name == "test":
-                    print(f"[{model}] {p['metric']} {p['target']:.0%}: no threshold, validation too small for it")
+                    why = OperatingThreshold.from_dict(p).shortfall()
+                    print(f"[{model}] {p['metric']} {p['target']:.0%}: no threshold, {why}")
                 continue
             print(
                 f"[{model}] {p['metric']} {p['target']:.0%} on validation (threshold {p['threshold']:.3f}): "
