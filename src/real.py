@@ -25,7 +25,7 @@ USAGE = (
     "NORMAL/ PNEUMONIA/ inside)\n"
     "Optional: EXTERNAL='[name=]folder ...' (external validation sets, e.g. "
     "EXTERNAL=../shared/data/kermany224-external-a), RECIPE=cpu|gpu (default: gpu when torch sees CUDA), "
-    "REAL_ARGS='-S epochs=1' (extra overrides)."
+    "REAL_ARGS='-S epochs=1' (extra overrides; '-S ~models.vgg16' leaves a model out)."
 )
 
 
@@ -76,6 +76,44 @@ def overrides(config: dict, recipe: str, data: str) -> list[str]:
     for k, v in pairs.items():
         args += ["-S", f"{k}={_value(v)}"]
     return args
+
+
+def _present(tree: object, dotted: str) -> bool:
+    for key in dotted.split(".") if dotted else []:
+        if not isinstance(tree, dict) or key not in tree:
+            return False
+        tree = tree[key]
+    return True
+
+
+def _pairs(args: list[str]) -> list[tuple[str, str]]:
+    return [(args[i], args[i + 1]) for i in range(0, len(args) - 1, 2)]
+
+
+def applicable(recipe: list[str], extra: list[str], params: dict) -> tuple[list[str], list[str]]:
+    """The recipe's ``-S`` pairs and the user's extra arguments that apply to ``params`` (the workspace's
+    params.yaml). A model can be left out of a run (``-S ~models.vgg16``): the recipe's settings under a key
+    that ``extra`` removes, or that params.yaml no longer has (an earlier run left the model out), are dropped,
+    and so is a removal of a key already gone. DVC refuses each of those."""
+    removed = [v[1:] for flag, v in _pairs(extra) if flag in ("-S", "--set-param") and v.startswith("~")]
+    kept = []
+    for flag, value in _pairs(recipe):
+        key = value.split("=", 1)[0].lstrip("+")
+        parent = key.rpartition(".")[0]
+        if _present(params, parent) and not any(key == r or key.startswith(r + ".") for r in removed):
+            kept += [flag, value]
+    user: list[str] = []
+    i = 0
+    while i < len(extra):
+        if extra[i] in ("-S", "--set-param") and i + 1 < len(extra):
+            value = extra[i + 1]
+            if not (value.startswith("~") and not _present(params, value[1:].split("=", 1)[0])):
+                user += extra[i : i + 2]
+            i += 2
+        else:
+            user.append(extra[i])
+            i += 1
+    return kept, user
 
 
 def external_overrides(specs: list[str], current: dict) -> list[str]:
@@ -169,13 +207,14 @@ def main(argv=None) -> int:
 
     try:
         config = read_yaml(args.config)
-        current = ((read_yaml("params.yaml") or {}).get("external") or {}).get("sets") or {}
+        params = read_yaml("params.yaml") or {}
     except ConfigError as exc:
         print(f"make real: error: {exc}", file=sys.stderr)
         return 2
     recipe = choose_recipe(args.recipe)
-    ext = external_overrides(args.external, current)
-    cmd = ["dvc", "exp", "run", *overrides(config, recipe, args.data), *ext, *args.extra]
+    ext = external_overrides(args.external, (params.get("external") or {}).get("sets") or {})
+    recipe_args, extra = applicable(overrides(config, recipe, args.data), args.extra, params)
+    cmd = ["dvc", "exp", "run", *recipe_args, *ext, *extra]
     print(f"[real] recipe {recipe} ({args.config}); running:\n  {' '.join(cmd)}", flush=True)
     problem = preflight("params.yaml", cmd[3:])
     if problem:

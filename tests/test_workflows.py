@@ -197,7 +197,8 @@ def test_plots_diff_holds_both_revisions(experiment_copy, tmp_path):
 
 def test_queued_experiments_land_in_workspace_store(experiment_copy):
     repo = experiment_copy["repo"]
-    # One model's setting each: its training, the stages that read every model's (sweep, compare) and no more
+    # One model's setting each: its training, the stages that read the model list (plots, compare) and no more;
+    # not the sweep, which depends on its own model's settings only (models.${sweep.model})
     queued = {"q-cnn2": "models.cnn.epochs=2", "q-cnn3": "models.cnn.epochs=3"}
     for name, setting in queued.items():
         run(["dvc", "exp", "run", "--queue", "-n", name, "-S", setting], repo)
@@ -212,6 +213,8 @@ def test_queued_experiments_land_in_workspace_store(experiment_copy):
     assert status.count("Success") >= 2, status
     tagged = {r.data.tags.get("dvc_exp_name") for r in experiment_runs(repo) if r.data.tags.get("stage") == "train"}
     assert set(queued) <= tagged, tagged
+    swept = {r.data.tags.get("dvc_exp_name") for r in experiment_runs(repo) if r.data.tags.get("stage") == "sweep"}
+    assert not swept & set(queued), swept
     # Two workers finished together: each registered its pick as a candidate (a version per checkpoint: a pick
     # registered before is that version), and @champion (moved under the repository's lock) is the best on
     # validation of every version trained on the same data.
