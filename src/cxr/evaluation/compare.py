@@ -345,7 +345,7 @@ def _internal_markdown(table: pd.DataFrame, select_metric: str, conf: float, n_r
     if best_test is not None and best_test != r["model"]:
         lines += [
             f"The highest *test* ROC-AUC belongs to {best_test}; choosing it for that reason would report "
-            "an optimistically biased number, so the selection stays with the validation winner.",
+            "an optimistically biased number, so the selection stays with validation.",
             "",
         ]
     return lines
