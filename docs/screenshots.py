@@ -79,7 +79,7 @@ def shoot(url: str, png: Path, size: tuple[int, int], profile: Path) -> None:
     if not chromium:
         raise SystemExit("Chromium not found: `make system-packages` installs it (apt-get install chromium)")
     cmd = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--hide-scrollbars"]
-    cmd += [f"--user-data-dir={profile}", f"--window-size={size[0]},{size[1]}", "--virtual-time-budget=20000"]
+    cmd += [f"--user-data-dir={profile}", f"--window-size={size[0]},{size[1]}", "--virtual-time-budget=60000"]
     subprocess.run([*cmd, f"--screenshot={png}", url], check=True, capture_output=True, timeout=180)
     with Image.open(png) as img:
         page = without_side_panel(img.convert("RGB"))
@@ -117,7 +117,7 @@ def mlflow_pages(url: str, store: str, experiment: str, registered: str, selecte
     base = f"{url}/#/experiments/{exp.experiment_id}"
     return {
         "mlflow_runs.png": (f"{base}?{ML_VIEW}", (1600, 560)),
-        "mlflow_run_metrics.png": (f"{base}/runs/{run.info.run_id}/model-metrics?{ML_VIEW}", (1400, 900)),
+        "mlflow_run_metrics.png": (f"{base}/runs/{run.info.run_id}/model-metrics?{ML_VIEW}", (1400, 1500)),
         "mlflow_compare.png": (
             f"{url}/#/compare-runs?runs={ids}&experiments={json.dumps([exp.experiment_id])}&{ML_VIEW}",
             (1400, 2300),  # below the plots: the params, then the metrics, one column a run
