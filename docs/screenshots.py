@@ -115,15 +115,19 @@ def mlflow_pages(url: str, store: str, experiment: str, registered: str, selecte
     run = latest.get(selected) or latest.get(selected.removesuffix("-tuned")) or next(iter(latest.values()))
     ids = json.dumps([r.info.run_id for r in latest.values()])
     base = f"{url}/#/experiments/{exp.experiment_id}"
-    return {
+    pages = {
         "mlflow_runs.png": (f"{base}?{ML_VIEW}", (1600, 560)),
         "mlflow_run_metrics.png": (f"{base}/runs/{run.info.run_id}/model-metrics?{ML_VIEW}", (1400, 1500)),
         "mlflow_compare.png": (
             f"{url}/#/compare-runs?runs={ids}&experiments={json.dumps([exp.experiment_id])}&{ML_VIEW}",
             (1400, 2300),  # below the plots: the params, then the metrics, one column a run
         ),
-        "mlflow_registry.png": (f"{url}/#/models/{registered}?{ML_VIEW}", (1400, 520)),
     }
+    if client.search_registered_models(f"name = '{registered}'"):
+        pages["mlflow_registry.png"] = (f"{url}/#/models/{registered}?{ML_VIEW}", (1400, 520))
+    else:
+        print(f"no registered model {registered!r}: `dvc repro -f -s compare` registers it", file=sys.stderr)
+    return pages
 
 
 def dvc_plots_page(repo: Path, out_dir: Path) -> str:
