@@ -104,3 +104,18 @@ def test_a_class_too_small_for_the_target_gets_no_band_and_says_so():
     plain = choose_refer_band(y, p, 0.5, 0.05, confidence=None)  # in expectation: 19 images are enough
     assert "low" in plain and "in expectation" in plain["method"]
     assert "in expectation over validation draws" in describe_refer(plain)
+
+
+def test_the_stated_guarantee_is_per_class_and_both_classes_at_once_hold_with_less():
+    # Each end holds with the confidence on its own; both at once (what "error among decided <= alpha / coverage"
+    # needs) only with the product of the two, here 0.9515^2 = 0.905 < 95 % at the fewest images (59 of each).
+    from scipy.stats import beta
+
+    one = beta.cdf(0.05, 1, 59)  # rank 1 of 59: the one-sided level reached, just above 95 %
+    assert 0.95 <= one < 0.952 and one**2 < 0.95
+    y, p = scores(800, sep=1.0)
+    rec = choose_refer_band(y, p, 0.5, 0.05)
+    assert "low" in rec
+    text = describe_refer(rec)
+    assert "at most 5 % of each class decided wrongly, each class with 95 % confidence over the validation draw" in text
+    assert "both at once with at least 90 %" in text

@@ -19,17 +19,24 @@ predictors"): each end is the order statistic whose rank makes the guarantee hol
 
 The band is ``[min(a, t), max(b, t)]`` around the card's threshold ``t``: below it NORMAL, above it
 PNEUMONIA, inside it REFER. Containing ``t``, it never changes a decided image's label (it only takes
-images out). So, for validation and new images exchangeable (the same population), with probability
-``confidence`` over the validation draw, at most alpha of new PNEUMONIA images are called NORMAL and at
-most alpha of new NORMAL images PNEUMONIA: errors among all images at most alpha, among the decided at
-most alpha / coverage. ``confidence=None`` gives the plain split-conformal ranks (j = floor((n + 1) alpha)),
-whose guarantee holds only in expectation over validation draws.
+images out). So, for validation and new images exchangeable (the same population), at most alpha of new
+PNEUMONIA images are called NORMAL with probability ``confidence`` over the validation draw, and at most
+alpha of new NORMAL images PNEUMONIA with probability ``confidence``: each class on its own. Both at once,
+and so errors among all images at most alpha and among the decided at most alpha / coverage, hold with
+probability at least 1 - 2 (1 - confidence) (90 % at 95 %; confidence squared when the two classes'
+validation images are independent draws), not ``confidence``. ``confidence=None`` gives the plain
+split-conformal ranks (j = floor((n + 1) alpha)), whose guarantee holds only in expectation over
+validation draws. Exchangeable means more than the same population: the validation images must not have
+chosen the model (its epoch, a sweep's configuration), and each is counted as an independent draw (several
+images of one patient are not).
 
 A class with fewer images than :func:`needed_images` (59 for alpha 5 % at 95 % confidence) cannot support
 the level at all: :func:`choose_refer_band` then returns a record without a band (``status``) that says
 so, rather than a band that refers everything or nothing. Otherwise alpha is the largest level, at most
 ``target_error``, whose band keeps the error among the decided validation images at or below
-``target_error``. On another site (the external sets) nothing is guaranteed: it is only reported.
+``target_error``. The bands are nested (a lower level, a wider band), so the chosen one holds what the band
+at ``target_error`` holds: the certified level is ``target_error``; alpha itself, chosen on the same
+images, is not certified. On another site (the external sets) nothing is guaranteed: it is only reported.
 torch-free (numpy, scipy). MAPIE's class-conditional classifiers give the expectation quantiles but
 need an sklearn estimator around a network that is not one.
 """
@@ -133,12 +140,16 @@ def describe_refer(refer: dict[str, Any]) -> str:
         return ""
     conf = refer.get("confidence")
     how = "in expectation over validation draws"
-    if conf:
-        how = f"with {100 * conf:g} % confidence over the validation draw"
+    if conf:  # each class on its own at conf; both at once (the union bound) at 1 - 2 (1 - conf)
+        how = (
+            f"each class with {100 * conf:g} % confidence over the validation draw, both at once with at least "
+            f"{100 * max(0.0, 1 - 2 * (1 - conf)):g} %"
+        )
     return (
         f"REFER for {refer['low']:.4f} <= p < {refer['high']:.4f} (split conformal on {refer.get('n_normal', '?')} "
-        f"NORMAL and {refer.get('n_pneumonia', '?')} PNEUMONIA validation images: at most "
-        f"{100 * float(refer['alpha']):.2g} % of each class decided wrongly {how}; target {target} error among decided)"
+        f"NORMAL and {refer.get('n_pneumonia', '?')} PNEUMONIA validation images, level "
+        f"{100 * float(refer['alpha']):.2g} %: at most {target} of each class decided wrongly, {how}; target "
+        f"{target} error among decided, met on validation)"
     )
 
 

@@ -94,3 +94,6 @@ def test_the_report_says_why_a_model_has_no_refer_band():
     md = "\n".join(refer_markdown({"cnn": {"refer": record}}, 7))
     assert "| cnn | no refer band (validation too small for a 5 % target: 19 NORMAL and 43 PNEUMONIA images, " in md
     assert "with 95 % confidence over the validation draw" in md and "0.450-0.450" not in md
+    assert (
+        "both classes at once (and so an error among decided images of at most 5 % / coverage) with at least 90 %" in md
+    )

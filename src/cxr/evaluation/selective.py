@@ -205,18 +205,22 @@ def refer_markdown(eval_metrics: dict[str, dict], table_number: int) -> list[str
         return []
     goal = f"{100 * target:g} %" if target else "the target"
     how = (
-        f"with {100 * conf:g} % confidence over the validation draw (training-conditional split conformal, Vovk 2012)"
+        f"each class with {100 * conf:g} % confidence over the validation draw, both classes at once (and so an "
+        f"error among decided images of at most {goal} / coverage) with at least "
+        f"{100 * max(0.0, 1 - 2 * (1 - conf)):g} % (training-conditional split conformal, Vovk 2012)"
         if conf
         else "in expectation over validation draws (split conformal)"
     )
     return [
         f"**Table {table_number}. Refer band.** Images with a probability inside the band are answered REFER. The "
         "band is chosen on validation (class-conditional split conformal, `evaluate.refer.target_error`): for new "
-        f"images of the validation population, at most the band's level (at most {goal}) of each class is decided "
-        f"wrongly, {how}, with the validation split's own numbers of NORMAL and PNEUMONIA images; the level is "
-        f"the largest whose error among the decided validation images is at most {goal}. A split with too few "
-        "images of a class for the target gets no band. Other sites (the external sets) carry no guarantee: "
-        "every set is only scored here (%, bootstrap CIs).",
+        f"images of the validation population, at most {goal} of each class is decided wrongly, {how}, with the "
+        "validation split's own numbers of NORMAL and PNEUMONIA images; the band's level is the largest, at most "
+        f"{goal}, whose error among the decided validation images is at most {goal} (met on validation, not "
+        "guaranteed). This takes the validation images as independent draws that chose nothing about the model; "
+        "they also chose its epoch (and a sweep's configuration), and one patient's images are not independent. "
+        "A split with too few images of a class for the target gets no band. Other sites (the external sets) "
+        "carry no guarantee: every set is only scored here (%, bootstrap CIs).",
         "",
         "| Model | Band | Set | Referred | Coverage % | Error among decided % |",
         "|---|---|---|---|---|---|",
