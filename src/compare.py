@@ -208,6 +208,7 @@ def write_reports(args, cfg: CompareConfig, eval_cfg: EvaluateConfig, train_m: d
             paired=paired,
             note=data_note(args, best),
             selection=selection_markdown(selection, eval_cfg.confidence),
+            tie=bool(selection.tied),
         )
     )
     Path(args.csv).parent.mkdir(parents=True, exist_ok=True)

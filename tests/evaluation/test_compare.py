@@ -105,6 +105,10 @@ def test_results_markdown_reads_like_a_results_section():
     assert "| batch_size | lr | val_auc | val_loss | val_bacc | val_sens | val_spec | selected |" in sweep_md
     assert "| 16 | 0.001 | 0.900 | 0.300 | 0.850 | 0.900 | 0.800 | **yes** |" in sweep_md
     assert "never sees the test split" in sweep_md and "`evaluate_tuned@resnet50-tuned`" in sweep_md
+    # A validation tie decided by the stated rule is not reported as a selection on the metric.
+    tied = cells(C.results_markdown(t, eval_metrics=EVAL, tie=True))
+    assert "The selected model is **cnn**, decided by the tie rule below" in tied
+    assert "selected on validation ROC-AUC is" not in tied and "accuracy 75.0 (72.0–78.0) %" in tied
 
 
 def test_the_sweep_section_shows_no_test_column_even_from_an_old_table():

@@ -262,11 +262,13 @@ def results_markdown(
     paired: dict | None = None,
     note: str | None = None,
     selection: list[str] | None = None,
+    tie: bool = False,
 ) -> str:
     """reports/results.md: a Results section in the style of a paper. ``paired`` (``paired.compare_with_selected``)
     adds the paired comparisons with the selected model after the external sets, so that the tables the
     README and docs copy by number (Table 1, Table 2) keep theirs. ``selection``: the paragraph on how the
-    selected model was chosen (cxr.evaluation.selection.selection_markdown), after Table 1."""
+    selected model was chosen (cxr.evaluation.selection.selection_markdown), after Table 1; ``tie``: validation
+    could not separate the leader from another candidate, and that paragraph's rule decided."""
     any_rep: dict[str, Any] = next(iter((eval_metrics or {}).values()), {})
     n, n_pos = any_rep.get("n"), any_rep.get("n_pneumonia")
     conf = any_rep.get("confidence", 0.95)
@@ -279,7 +281,7 @@ def results_markdown(
             "specificity, so sensitivity, specificity, balanced accuracy and ROC-AUC are reported with accuracy.",
             "",
         ]
-    lines += _internal_markdown(table, select_metric, conf, n_res)
+    lines += _internal_markdown(table, select_metric, conf, n_res, tie)
     lines += [x for line in selection or [] for x in (line.rstrip("\n"), "")]
     sets = external_names(eval_metrics or {})
     for k, name in enumerate(sets):
@@ -304,7 +306,9 @@ def results_markdown(
     return "\n".join(lines)
 
 
-def _internal_markdown(table: pd.DataFrame, select_metric: str, conf: float, n_res: int | None) -> list[str]:
+def _internal_markdown(
+    table: pd.DataFrame, select_metric: str, conf: float, n_res: int | None, tie: bool = False
+) -> list[str]:
     """Table 1 (every model on the internal test split) and the sentence on the selected model."""
     sel = table[table["selected"]]
     metric_name = "validation ROC-AUC" if select_metric == "val_auc" else "validation loss"
@@ -335,8 +339,13 @@ def _internal_markdown(table: pd.DataFrame, select_metric: str, conf: float, n_r
         return lines
     r = sel.iloc[0]
     lines += [
-        f"The model selected on {metric_name} is **{r['model']}** (validation ROC-AUC "
-        f"{r['val_auc']:.3f}). On the test set it reaches accuracy {_with_ci(r, 'accuracy', True)} %, "
+        (
+            f"The selected model is **{r['model']}**, decided by the tie rule below: {metric_name} cannot separate "
+            f"it from the leader (its validation ROC-AUC {r['val_auc']:.3f})."
+            if tie
+            else f"The model selected on {metric_name} is **{r['model']}** (validation ROC-AUC {r['val_auc']:.3f})."
+        )
+        + f" On the test set it reaches accuracy {_with_ci(r, 'accuracy', True)} %, "
         f"sensitivity {_with_ci(r, 'sensitivity', True)} %, specificity {_with_ci(r, 'specificity', True)} % "
         f"and ROC-AUC {_with_ci(r, 'roc_auc', False)}.",
         "",
