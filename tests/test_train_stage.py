@@ -211,7 +211,9 @@ def test_train_stage_on_two_processes_under_torchrun(workdir, repo_root):
     client = MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name("chest-xray-pneumonia")
     (run,) = client.search_runs([exp.experiment_id])  # one run, not one per process
-    assert run.data.tags["world_size"] == "2" and len(client.get_metric_history(run.info.run_id, "epoch/train_loss")) == 2
+    assert (
+        run.data.tags["world_size"] == "2" and len(client.get_metric_history(run.info.run_id, "epoch/train_loss")) == 2
+    )
 
     params["batch_size"] = 7  # not a multiple of 2: refused before any process starts
     (workdir / "params.yaml").write_text(yaml.safe_dump(params))
