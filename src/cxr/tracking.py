@@ -102,22 +102,16 @@ SYSTEM_METRICS_INTERVAL_S = 2.0  # MLflow's default (10 s) gives a demo run of 2
 # ?workflowType=machine_learning, or the browser's last choice) decides the landing page, not this tag.
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 
-# MLflow 3's run page (and the compare view) charts the keys "<section>/<name>" in sections, sorted, ahead of
-# "Model metrics" (the keys with no "/"), each section alphabetically (runs-charts.types.ts,
-# getBaseChartAndSectionConfigs). A value logged with a step is a point of a curve (step = epoch here): the
-# learning curves go under "epoch/" (train_loss, val_auc, ...), the per-epoch timings under "timing/", so
-# the curves lead, then the timings, then best_epoch, test_* and threshold. Each chart keeps its name as title.
-CURVE_SECTION = "epoch"
-TIMING_SECTION = "timing"
+# MLflow 3's run page and compare view chart "<section>/<name>" keys in sections, sorted, ahead of "Model metrics"
+# (keys with no "/"), each alphabetically (runs-charts.types.ts, getBaseChartAndSectionConfigs). A value logged
+# with a step (an epoch) is a point of a curve: "epoch/train_loss"..., then "timing/seconds"..., then the
+# single values (best_epoch, test_*, threshold). Each chart keeps its name as title.
 TIMINGS = frozenset({"seconds", "train_images_per_s"})  # MLflow only: never in a DVC file (cxr.files)
 
 
 def mlflow_metric_key(name: str, step: int | None) -> str:
-    """The MLflow key of metric ``name``: ``epoch/<name>`` or ``timing/<name>`` for a point of a curve (a step),
-    else ``name``."""
-    if step is None:
-        return name
-    return f"{TIMING_SECTION if name in TIMINGS else CURVE_SECTION}/{name}"
+    """The MLflow key of metric ``name``: ``epoch/<name>`` or ``timing/<name>`` with a step, else ``name``."""
+    return name if step is None else f"{'timing' if name in TIMINGS else 'epoch'}/{name}"
 
 
 class Tracker(Protocol):
