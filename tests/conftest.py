@@ -141,9 +141,9 @@ def pytest_xdist_node_collection_finished(node, ids):
 def pytest_unconfigure(config):
     proc = config.stash.get(BUILDER, None)
     if proc is not None:
-        from shared_pipelines import stop_builder
+        from pipeline_repo import stop_group
 
-        stop_builder(proc)
+        stop_group(proc)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -84,6 +85,18 @@ def env() -> dict:
         TOKENIZERS_PARALLELISM="false",
     )
     return e
+
+
+def stop_group(proc: subprocess.Popen) -> None:
+    """End ``proc`` (started with ``start_new_session=True``) and its children: SIGTERM to its process group,
+    SIGKILL after 30 s."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
 
 
 def run(cmd: list[str], cwd: Path, timeout: int = 900, check: bool = True) -> subprocess.CompletedProcess:

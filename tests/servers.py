@@ -7,8 +7,6 @@ with mlflow_process(["server", "--backend-store-uri", uri], cwd=root, env=env, l
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
 import socket
 import subprocess
 import time
@@ -16,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from cxr.team.stack import answers
-from pipeline_repo import BIN
+from pipeline_repo import BIN, stop_group
 
 
 def free_port() -> int:
@@ -54,10 +52,4 @@ def server_process(
             time.sleep(0.5)
         yield base, proc
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        stop_group(proc)

@@ -16,8 +16,6 @@ building it failed, ``builder.log``; ``started`` while a builder owns the root.
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -70,7 +68,7 @@ def publish(root: Path, name: str) -> None:
 
 
 def start_builder(root: Path, names: list[str]) -> subprocess.Popen:
-    """The builder process (its own process group, so that :func:`stop_builder` ends its dvc and stages too)."""
+    """The builder process (its own process group, so that ``pipeline_repo.stop_group`` ends its dvc and stages too)."""
     root.mkdir(parents=True, exist_ok=True)
     (root / "started").write_text(" ".join(names))
     log = (root / "builder.log").open("w")
@@ -81,15 +79,6 @@ def start_builder(root: Path, names: list[str]) -> subprocess.Popen:
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-
-
-def stop_builder(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
 
 
 def shared_repo(root: Path, name: str, build_here) -> dict:
