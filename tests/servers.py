@@ -23,11 +23,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# A request that reads the tracking store: ``/health`` answers before the server's worker has opened its
+# store, and that first open (an sqlite engine and its schema check) can outlast a client's 5-s timeout
+# on a loaded machine.
+STORE_READY = "/api/2.0/mlflow/experiments/get-by-name?experiment_name=Default"
+
+
 @contextlib.contextmanager
 def mlflow_process(
-    args: list[str], *, cwd: Path, env: dict, log: Path, ready: str = "/health", timeout: float = 120
+    args: list[str], *, cwd: Path, env: dict, log: Path, ready: str = STORE_READY, timeout: float = 120
 ) -> Iterator[str]:
-    """``mlflow <args> --host 127.0.0.1 --port <free> --workers 1`` (:func:`server_process`): its base URL."""
+    """``mlflow <args> --host 127.0.0.1 --port <free> --workers 1`` (:func:`server_process`): its base URL once
+    GET ``ready`` answers 200 (for ``mlflow server``, once its store answers)."""
     port = free_port()
     cmd = [str(BIN / "mlflow"), *args, "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
     with server_process(cmd, port, cwd=cwd, env=env, log=log, ready=ready, timeout=timeout) as (base, _):

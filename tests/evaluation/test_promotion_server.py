@@ -31,6 +31,16 @@ from servers import mlflow_process
 pytestmark = pytest.mark.slow
 
 DATA_VERSION = "v1"
+# What these tests check is the lock, not a client's patience: the tracker's 5-s fail-fast timeout
+# (cxr.tracking) is too short for a server answering on a machine loaded by the rest of the suite.
+SLOW_SERVER_ENV = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "60"}
+
+
+@pytest.fixture(autouse=True)
+def _patient_client(monkeypatch):
+    for k, v in SLOW_SERVER_ENV.items():
+        monkeypatch.setenv(k, v)
+
 
 WORKER = r"""
 import contextlib, json, os, sys, time
@@ -176,6 +186,7 @@ def _race(tmp_path: Path, server: str, name: str, values: list[float], *, shared
     lock = tmp_path / "dvc-root" / ".dvc" / "tmp" / "cxr-champion.lock"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
     env.update(MLFLOW_TRACKING_URI=server, MLFLOW_REGISTRY_URI=server, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env.update(SLOW_SERVER_ENV)
     n, procs = len(values), []
     try:
         for i, value in enumerate(values):  # first: their imports overlap the training runs' logging
