@@ -1,6 +1,6 @@
-"""The names the params are checked against: threshold rules, metrics with a confidence interval,
-selection metrics. Kept apart from ``cxr.metrics`` so that ``cxr.config`` (every stage) loads
-without scipy and scikit-learn (about 2 s a stage)."""
+"""The names the params are checked against (threshold rules, metrics with a confidence interval,
+selection metrics) and the MLflow key each logged metric takes. Kept apart from ``cxr.metrics`` so
+that ``cxr.config`` (every stage) loads without scipy and scikit-learn (about 2 s a stage)."""
 
 from typing import Literal, get_args
 
@@ -24,3 +24,15 @@ CI_METRICS = (
 # Validation metrics a model, an epoch or a configuration is selected by, and which way is better.
 SelectMetric = Literal["val_auc", "val_loss"]
 SELECT_METRICS: dict[str, str] = dict(zip(get_args(SelectMetric), ("higher", "lower")))
+
+
+# MLflow 3's run page and compare view chart "<section>/<name>" keys in sections, sorted, ahead of "Model metrics"
+# (keys with no "/"), each alphabetically (runs-charts.types.ts, getBaseChartAndSectionConfigs). A value logged
+# with a step (an epoch) is a point of a curve: "epoch/train_loss"..., then "timing/seconds"..., then the
+# single values (best_epoch, test_*, threshold). Each chart keeps its name as title.
+TIMINGS = frozenset({"seconds", "train_images_per_s"})  # MLflow only: never in a DVC file (cxr.files)
+
+
+def mlflow_metric_key(name: str, step: int | None) -> str:
+    """The MLflow key of metric ``name``: ``epoch/<name>`` or ``timing/<name>`` with a step, else ``name``."""
+    return name if step is None else f"{'timing' if name in TIMINGS else 'epoch'}/{name}"

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from cxr import processes
+from cxr.metric_names import mlflow_metric_key
 from cxr.signals import StageInterrupted, deferred_signals, signals_end_the_run
 
 # Fail fast on an unreachable server: MLflow's defaults retry with backoff for minutes.
@@ -101,17 +102,6 @@ SYSTEM_METRICS_INTERVAL_S = 2.0  # MLflow's default (10 s) gives a demo run of 2
 # What the experiment holds, for MLflow 3's UI. In 3.17 the UI's GenAI / Model training switch (the URL's
 # ?workflowType=machine_learning, or the browser's last choice) decides the landing page, not this tag.
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
-
-# MLflow 3's run page and compare view chart "<section>/<name>" keys in sections, sorted, ahead of "Model metrics"
-# (keys with no "/"), each alphabetically (runs-charts.types.ts, getBaseChartAndSectionConfigs). A value logged
-# with a step (an epoch) is a point of a curve: "epoch/train_loss"..., then "timing/seconds"..., then the
-# single values (best_epoch, test_*, threshold). Each chart keeps its name as title.
-TIMINGS = frozenset({"seconds", "train_images_per_s"})  # MLflow only: never in a DVC file (cxr.files)
-
-
-def mlflow_metric_key(name: str, step: int | None) -> str:
-    """The MLflow key of metric ``name``: ``epoch/<name>`` or ``timing/<name>`` with a step, else ``name``."""
-    return name if step is None else f"{'timing' if name in TIMINGS else 'epoch'}/{name}"
 
 
 class Tracker(Protocol):
