@@ -7,7 +7,8 @@ registered model). It starts `mlflow server` on a free loopback port over the re
 worker; stopped at the end), renders each page in headless Chromium (`make system-packages` installs it) and
 saves it with a 256-colour palette (Pillow), so each PNG stays near 100 kB:
 
-- mlflow_runs.png: the training runs as the README's link opens them (MLflow's default columns)
+- mlflow_runs.png: the README's link, the runs table's saved view "Models: params beside test results"
+  (cxr.metric_names.RUNS_VIEW; the pipeline tags each experiment it makes, and this script a store made before)
 - mlflow_run_metrics.png: the selected model's training run, its model-metrics tab (the curves first)
 - mlflow_compare.png: the compare view of each model's newest training run: params, then metrics (the test
   results among them), one column a run
@@ -102,10 +103,14 @@ def mlflow_pages(url: str, store: str, experiment: str, registered: str, selecte
     from mlflow import MlflowClient
     from mlflow.entities import Run
 
+    from cxr.metric_names import RUNS_VIEW
+    from cxr.tracking import make_tracker
+
     client = MlflowClient(tracking_uri=store)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         raise SystemExit(f"no MLflow experiment {experiment!r} in {store}: run `make repro` first")
+    make_tracker(experiment, store)  # the experiment's tags as the pipeline sets them: the saved view among them
     runs = client.search_runs([exp.experiment_id], "tags.stage = 'train'", order_by=["attributes.start_time DESC"])
     latest: dict[str, Run] = {}
     for run in runs:  # the newest training run of each model
@@ -116,7 +121,7 @@ def mlflow_pages(url: str, store: str, experiment: str, registered: str, selecte
     ids = json.dumps([r.info.run_id for r in latest.values()])
     base = f"{url}/#/experiments/{exp.experiment_id}"
     pages = {
-        "mlflow_runs.png": (f"{base}?{ML_VIEW}", (1600, 560)),
+        "mlflow_runs.png": (f"{base}/runs?viewStateShareKey={RUNS_VIEW['id']}&{ML_VIEW}", (1700, 500)),
         "mlflow_run_metrics.png": (f"{base}/runs/{run.info.run_id}/model-metrics?{ML_VIEW}", (1400, 1500)),
         "mlflow_compare.png": (
             f"{url}/#/compare-runs?runs={ids}&experiments={json.dumps([exp.experiment_id])}&{ML_VIEW}",

@@ -22,32 +22,18 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
 import yaml
 
+from browser import browse, chromium, dump_dom
 from cxr import offline_plots
 from pipeline_repo import BIN, REPO_ROOT, copy_repo, run
 
 NODE_MODULES = REPO_ROOT / "node_modules"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".svg")
-# Chromium answers file:// pages in about a second here; the limit only bounds a hung browser.
-BROWSER_TIMEOUT_S = 120
-
-
-def chromium() -> str:
-    path = shutil.which("chromium") or shutil.which("chromium-browser")
-    if not path:
-        pytest.fail(
-            "Chromium not found (expected /usr/bin/chromium): install it with `make system-packages` "
-            "(as root: apt-get update && apt-get install -y chromium)",
-            pytrace=False,
-        )
-    return path
 
 
 def vega_libraries() -> list[offline_plots.Library]:
@@ -59,38 +45,18 @@ def vega_libraries() -> list[offline_plots.Library]:
 
 def render(page: Path, workdir: Path, screenshot: Path | None = None) -> str:
     """The DOM of ``page`` after Chromium has run its scripts, with no network at all."""
-    profile = workdir / f"chromium-profile-{len(list(workdir.glob('chromium-profile-*')))}"
-    cmd = [
-        chromium(),
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={profile}",  # a fresh profile: nothing cached from an earlier, online load
-        # No name resolves and every connection goes to a closed local port: a CDN fetch fails at once.
-        "--host-resolver-rules=MAP * ~NOTFOUND",
-        "--proxy-server=http://127.0.0.1:9",
-        # Virtual time runs the page's timers and promises to completion, then Chromium acts.
-        "--virtual-time-budget=15000",
-    ]
+    # No name resolves and every connection goes to a closed local port: a CDN fetch fails at once.
+    offline = ["--host-resolver-rules=MAP * ~NOTFOUND", "--proxy-server=http://127.0.0.1:9"]
     if screenshot:
-        cmd += ["--hide-scrollbars", "--window-size=1000,5200", f"--screenshot={screenshot}"]
-    else:
-        cmd += ["--dump-dom"]
-    p = subprocess.run(
-        [*cmd, page.resolve().as_uri()],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=BROWSER_TIMEOUT_S,
-        cwd=workdir,
-    )
-    assert p.returncode == 0, f"chromium failed on {page} (exit {p.returncode}):\n{p.stderr[-3000:]}"
-    return p.stdout
+        return browse(
+            page.resolve().as_uri(),
+            workdir,
+            *offline,
+            "--hide-scrollbars",
+            "--window-size=1000,5200",
+            f"--screenshot={screenshot}",
+        )
+    return dump_dom(page.resolve().as_uri(), workdir, *offline)
 
 
 class PlotElements(HTMLParser):

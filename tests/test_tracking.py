@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import json
 import socket
 import time
 
@@ -141,13 +142,22 @@ def test_sigterm_during_a_store_write_lands_after_it_and_the_run_ends_killed(mon
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL or callable(signal.getsignal(signal.SIGTERM))
 
 
-def test_an_experiment_made_before_the_kind_tag_gets_it(tmp_path, monkeypatch):
+def test_an_experiment_made_before_the_kind_tag_and_the_view_gets_them(tmp_path, monkeypatch):
     from mlflow import MlflowClient
 
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     client = MlflowClient(tracking_uri=uri)
-    client.create_experiment("old-exp")  # as earlier versions of this pipeline made it: no kind
-    assert "mlflow.experimentKind" not in client.get_experiment_by_name("old-exp").tags
+    client.create_experiment("old-exp")  # as earlier versions of this pipeline made it: no kind, no view
+    assert not {"mlflow.experimentKind", "mlflow.sharedViewState.models"} & set(
+        client.get_experiment_by_name("old-exp").tags
+    )
     make_tracker("old-exp", uri=uri)
-    assert client.get_experiment_by_name("old-exp").tags["mlflow.experimentKind"] == "custom_model_development"
+    tags = client.get_experiment_by_name("old-exp").tags
+    assert tags["mlflow.experimentKind"] == "custom_model_development"
+    # MLflow's saved-view envelope: a name, a creation time in ms, and the page state as a JSON string
+    view = json.loads(tags["mlflow.sharedViewState.models"])
+    assert view["name"] == "Models: params beside test results" and isinstance(view["createdAt"], int)
+    state = json.loads(view["state"])
+    assert state["searchFilter"] == "tags.stage = 'train'"
+    assert {"params.`lr`", "metrics.`test_roc_auc`", "metrics.`threshold`"} <= set(state["selectedColumns"])

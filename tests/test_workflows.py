@@ -17,6 +17,7 @@ tiny sizes through ``dvc exp run -S`` (pipeline_repo.TINY).
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import shutil
@@ -29,6 +30,8 @@ import pandas as pd
 import pytest
 import yaml
 
+from browser import dump_dom
+from cxr.metric_names import RUNS_VIEW
 from pipeline_repo import (
     REPO_ROOT,
     copy_repo,
@@ -40,6 +43,7 @@ from pipeline_repo import (
 )
 from servers import mlflow_process
 
+README = REPO_ROOT / "README.md"
 # The first test a worker runs here builds the shared repos (a whole pipeline, then an experiment).
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2700)]
 
@@ -382,6 +386,18 @@ def test_mlflow_server_rest_search(pipeline, tmp_path):
         ) as r:
             hist = json.loads(r.read())["metrics"]
         assert [m["step"] for m in hist] == list(range(1, len(hist) + 1))
+        # The README's link, in a browser: the runs table's saved view shows the training runs alone, each
+        # model's params beside its test results and threshold, none of them to expand.
+        link = re.search(r"http://127\.0\.0\.1:5000(/#/experiments/\S+viewStateShareKey=\S+)", README.read_text())
+        assert link, "the README gives no link to the runs table's saved view"
+        assert link[1].startswith(f"/#/experiments/{exp_id}/"), (link[1], exp_id)
+        dom = dump_dom(base + link[1], tmp_path, "--window-size=1700,600", budget_ms=30000)
+        header_ids = set(re.findall(r'col-id="((?:params|metrics)\.`[^`]+`)"', html.unescape(dom)))
+        assert {f"params.`{k}`" for k in RUNS_VIEW["params"]} | {f"metrics.`{k}`" for k in RUNS_VIEW["metrics"]} <= (
+            header_ids
+        ), sorted(header_ids)
+        names = {f"{m} [baseline]" for m in MODELS}
+        assert all(n in dom for n in names) and "compare [baseline]" not in dom, [n for n in names if n not in dom]
 
 
 def test_exp_run_with_two_devices_on_cpu(pipeline, tmp_path):

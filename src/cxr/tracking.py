@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from cxr import processes
-from cxr.metric_names import mlflow_metric_key
+from cxr.metric_names import mlflow_metric_key, runs_view_tag
 from cxr.signals import StageInterrupted, deferred_signals, signals_end_the_run
 
 # Fail fast on an unreachable server: MLflow's defaults retry with backoff for minutes.
@@ -101,7 +101,8 @@ SYSTEM_METRICS_INTERVAL_S = 2.0  # MLflow's default (10 s) gives a demo run of 2
 
 # What the experiment holds, for MLflow 3's UI. In 3.17 the UI's GenAI / Model training switch (the URL's
 # ?workflowType=machine_learning, or the browser's last choice) decides the landing page, not this tag.
-EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+# The experiment also carries a saved runs-table view (cxr.metric_names.RUNS_VIEW).
+EXPERIMENT_TAGS = dict([("mlflow.experimentKind", "custom_model_development"), runs_view_tag()])
 
 
 class Tracker(Protocol):
@@ -187,16 +188,18 @@ class MlflowTracker:
     def _ensure_experiment(self) -> str:
         exp = self._client.get_experiment_by_name(self.experiment)
         if exp is not None:
-            if exp.tags.get(EXPERIMENT_KIND[0]) != EXPERIMENT_KIND[1]:  # made before the tag, or by hand
-                self._client.set_experiment_tag(exp.experiment_id, *EXPERIMENT_KIND)
+            for key, value in EXPERIMENT_TAGS.items():
+                if exp.tags.get(key) != value:  # made before the tag, or by hand
+                    try:
+                        self._client.set_experiment_tag(exp.experiment_id, key, value)
+                    except self._mlflow.MlflowException as exc:  # a user who may not edit it still logs runs
+                        warnings.warn(f"MLflow: could not tag the experiment with {key}: {exc}", stacklevel=2)
             return exp.experiment_id
         # Local stores: artifacts next to the store in the real repository, not in a temporary exp copy.
         # A remote server manages its own artifact store.
         location = None if self.uri.startswith(("http://", "https://", "databricks")) else artifact_location()
         try:
-            return self._client.create_experiment(
-                self.experiment, artifact_location=location, tags=dict([EXPERIMENT_KIND])
-            )
+            return self._client.create_experiment(self.experiment, artifact_location=location, tags=EXPERIMENT_TAGS)
         except Exception:
             exp = self._client.get_experiment_by_name(self.experiment)  # created by a parallel queued job
             if exp is None:

@@ -136,9 +136,9 @@ class Admin:
         )
 
     def experiment_id(self, name: str) -> str:
-        from cxr.tracking import EXPERIMENT_KIND  # tagged as the pipeline tags the experiments it makes
+        from cxr.tracking import EXPERIMENT_TAGS  # tagged as the pipeline tags the experiments it makes
 
-        tags = [{"key": EXPERIMENT_KIND[0], "value": EXPERIMENT_KIND[1]}]
+        tags = [{"key": k, "value": v} for k, v in EXPERIMENT_TAGS.items()]
         self.call(
             "POST", "2.0/mlflow/experiments/create", ("RESOURCE_ALREADY_EXISTS",), json={"name": name, "tags": tags}
         )
