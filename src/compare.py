@@ -44,7 +44,8 @@ from cxr.evaluation.promotion import RegistryError, register_candidate
 from cxr.evaluation.selection import read_validation, select_candidate, selection_markdown
 from cxr.files import write_csv, write_metrics
 from cxr.plots import save_figure
-from cxr.tracking import make_tracker, project_root, run_name
+from cxr.run_context import project_root, run_name
+from cxr.tracking import make_tracker
 
 ERRORS = (
     ConfigError,

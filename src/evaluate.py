@@ -32,6 +32,7 @@ from cxr.stage import run_stage  # first: the stage says what it does before tor
 
 # isort: split
 import argparse
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -48,6 +49,7 @@ from cxr.evaluation.evaluate import (
     evaluation_figures,
     find_training_run,
     predictions_table,
+    training_experiment,
 )
 from cxr.evaluation.operating import OperatingThreshold
 from cxr.evaluation.selective import refer_figure
@@ -55,7 +57,8 @@ from cxr.files import write_csv, write_metrics
 from cxr.gpus import GpuClaimError, hold_device
 from cxr.models import list_models
 from cxr.plots import save_figure, training_curves_figure
-from cxr.tracking import PARENT_RUN_TAG, make_tracker, run_name, run_tags
+from cxr.run_context import run_name, run_tags
+from cxr.tracking import PARENT_RUN_TAG, make_tracker
 
 PLOT_FILES = ("confusion", "roc", "pr", "calibration")
 
@@ -140,11 +143,15 @@ def main(argv=None) -> int:
     tracker = make_tracker(mlflow_cfg.experiment)
     tags = {**run_tags(args.model, data_version=card.data_version, device=describe(device)), "stage": "evaluate"}
     parent = find_training_run(tracker, card)
+    experiment = None
     if parent:  # nested under its training run in the UI (MLflow's own tag: that run has ended)
         tags[PARENT_RUN_TAG] = parent
+        # an applied experiment's checkpoint, evaluated by `dvc repro`: the run is named after that experiment
+        experiment = os.environ.get("DVC_EXP_NAME") or training_experiment(tracker, parent)
+        tags.update({"dvc_exp_name": experiment} if experiment else {})
     elif tracker.active:
         print(f"[{args.model}] training run not found in MLflow; the evaluation run is a top-level run")
-    with tracker.start_run(run_name(f"{args.model} evaluate"), tags=tags):
+    with tracker.start_run(run_name(f"{args.model} evaluate", experiment), tags=tags):
         log_evaluation(tracker, result, external, args.cache, args.external, card.data_version)
         for name, fig in figs.items():  # the PNG as written: MLflow's log_figure would render it again
             tracker.log_artifact(save_figure(fig, Path(args.figures) / f"{name}.png"), "eval")

@@ -43,7 +43,8 @@ from cxr.models import WeightsUnavailableError
 from cxr.models.weights import materialised_weights
 from cxr.plots import save_figure, sweep_heatmap_figure
 from cxr.policy import ValidationPolicy
-from cxr.tracking import make_tracker, run_name
+from cxr.run_context import run_name
+from cxr.tracking import make_tracker
 from cxr.training import distributed
 from cxr.training.engine import TrainingDivergedError
 from cxr.training.run_config import resolve_data_source, resolve_run_config

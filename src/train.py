@@ -43,8 +43,9 @@ from cxr.files import clean_number, write_history, write_metrics
 from cxr.gpus import GpuClaimError, claim_gpus
 from cxr.models import WeightsUnavailableError, list_models
 from cxr.models.weights import materialised_weights
+from cxr.run_context import run_name, run_tags
 from cxr.runlock import ResumeLockedError, resume_lock
-from cxr.tracking import NullTracker, make_tracker, run_name, run_tags
+from cxr.tracking import NullTracker, make_tracker
 from cxr.training import distributed
 from cxr.training.engine import TrainingDivergedError
 from cxr.training.fit import fit

@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from cxr.tracking import MlflowTracker, NullTracker, artifact_location, make_tracker, run_tags, tracking_uri
+from cxr.run_context import artifact_location, run_tags, tracking_uri
+from cxr.tracking import MlflowTracker, NullTracker, make_tracker
 from cxr.training.fit import fit
 from cxr.training.run_config import RunConfig, resolve_run_config
 from toydata import toy

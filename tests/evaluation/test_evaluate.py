@@ -285,7 +285,10 @@ def test_the_evaluation_is_a_run_nested_under_the_training_run(trained, tmp_path
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     tracker = MlflowTracker("t", uri)
-    with tracker.start_run("cnn", tags={"model": "cnn", "stage": "train", "data_version": card.data_version}):
+    # trained by `dvc exp run -n lr-bs`, then applied (`dvc exp apply lr-bs`) and evaluated by `dvc repro`
+    monkeypatch.delenv("DVC_EXP_NAME", raising=False)
+    tags = {"model": "cnn", "stage": "train", "data_version": card.data_version, "dvc_exp_name": "lr-bs"}
+    with tracker.start_run("cnn [lr-bs]", tags=tags):
         tracker.log_params(flat_params(card.train_params))  # as train logs them
         tracker.log_metrics({"val_auc": 0.7}, step=1)
         train_id = tracker.run_id
@@ -307,7 +310,9 @@ def test_the_evaluation_is_a_run_nested_under_the_training_run(trained, tmp_path
     assert set(trained.data.metrics) == {"epoch/val_auc"} | headline and trained.info.status == "FINISHED"
     (run,) = client.search_runs([tracker.experiment_id], "tags.stage = 'evaluate'")
     assert run.data.tags[PARENT_RUN_TAG] == train_id and run.data.tags["model"] == "cnn"
-    assert run.info.status == "FINISHED" and run.info.run_name.startswith("cnn evaluate")
+    # named after the experiment whose checkpoint it evaluates, not after the commit it ran at
+    assert run.info.status == "FINISHED" and run.info.run_name == "cnn evaluate [lr-bs]"
+    assert run.data.tags["dvc_exp_name"] == "lr-bs"
     assert run.data.metrics["test_roc_auc"] == pytest.approx(
         json.loads((out / "m.json").read_text())["at_val_threshold"]["roc_auc"]["value"]
     )

@@ -407,3 +407,14 @@ def find_training_run(tracker, card: ModelCard) -> str | None:
             stacklevel=2,
         )
     return None
+
+
+def training_experiment(tracker, run_id: str) -> str | None:
+    """The DVC experiment a training run was logged in (its ``dvc_exp_name`` tag), or None: the evaluation of
+    an applied experiment's checkpoint, run by ``dvc repro`` outside ``dvc exp run``, is named after it."""
+    try:
+        from mlflow import MlflowClient
+
+        return MlflowClient(tracking_uri=tracker.uri).get_run(run_id).data.tags.get("dvc_exp_name")
+    except Exception:  # an outage or a deleted run: named after the commit, as any run outside an experiment
+        return None

@@ -184,7 +184,7 @@ def cmd_serve(args) -> int:
 
     import uvicorn
 
-    from cxr.tracking import tracking_uri
+    from cxr.run_context import tracking_uri
 
     if args.max_body_mb <= 0:
         print(f"cxr serve: error: --max-body-mb must be > 0 (got {args.max_body_mb:g})", file=sys.stderr)

@@ -49,7 +49,7 @@ def model_folder(
 def _download(uri: str, dest: Path, progress: bool) -> Path:
     import mlflow
 
-    from cxr.tracking import tracking_uri
+    from cxr.run_context import tracking_uri
 
     store = tracking_uri()
     previous = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
@@ -78,7 +78,7 @@ def _registered_name(uri: str) -> str:
     for anything else (``runs:/``, or a registry that cannot say)."""
     from mlflow import MlflowClient
 
-    from cxr.tracking import tracking_uri
+    from cxr.run_context import tracking_uri
 
     ref = uri.removeprefix("models:/")
     if ref == uri:

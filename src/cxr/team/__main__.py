@@ -19,7 +19,7 @@ from cxr.team import access, stack
 
 def _names() -> tuple[str, str]:
     """params.yaml's mlflow.experiment and mlflow.registered_model (the pipeline's names)."""
-    from cxr.tracking import project_root
+    from cxr.run_context import project_root
 
     try:
         cfg = yaml.safe_load((project_root() / "params.yaml").read_text()).get("mlflow", {})

@@ -55,7 +55,7 @@ class Layout:
 
 def team_dir() -> Path:
     """``$TEAM_DIR``, else ``.team`` at the top of the repository."""
-    from cxr.tracking import project_root
+    from cxr.run_context import project_root
 
     return Path(os.environ.get("TEAM_DIR") or project_root() / ".team").resolve()
 
