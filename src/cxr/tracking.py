@@ -53,7 +53,12 @@ class Tracker(Protocol):
     active: bool
 
     def start_run(
-        self, run_name: str, tags: dict | None = None, nested: bool = False, system_metrics: bool = False
+        self,
+        run_name: str,
+        tags: dict | None = None,
+        nested: bool = False,
+        system_metrics: bool = False,
+        span: tuple[float, float] | None = None,
     ) -> contextlib.AbstractContextManager[Any]: ...
 
     def log_params(self, params: dict) -> None: ...
@@ -83,7 +88,12 @@ class NullTracker:
 
     @contextlib.contextmanager
     def start_run(
-        self, run_name: str, tags: dict | None = None, nested: bool = False, system_metrics: bool = False
+        self,
+        run_name: str,
+        tags: dict | None = None,
+        nested: bool = False,
+        system_metrics: bool = False,
+        span: tuple[float, float] | None = None,
     ) -> Iterator[None]:
         yield None
 
@@ -172,10 +182,17 @@ class MlflowTracker:
 
     @contextlib.contextmanager
     def start_run(
-        self, run_name: str, tags: dict | None = None, nested: bool = False, system_metrics: bool = False
+        self,
+        run_name: str,
+        tags: dict | None = None,
+        nested: bool = False,
+        system_metrics: bool = False,
+        span: tuple[float, float] | None = None,
     ) -> Iterator[Any]:
         """A run; ``system_metrics``: MLflow samples CPU, memory (and GPU, with pynvml) every
-        SYSTEM_METRICS_INTERVAL_S seconds into system/* metrics while it lasts (training runs)."""
+        SYSTEM_METRICS_INTERVAL_S seconds into system/* metrics while it lasts (training runs). ``span``: the
+        (start, end) wall times, in seconds since the epoch, of work done before the run is logged (a sweep's
+        configuration, trained in this or another process): the run starts and ends at them."""
         mlflow = self._mlflow
         run = None
         if self.active:
@@ -186,13 +203,20 @@ class MlflowTracker:
                         self._end_orphaned_runs()
                 if system_metrics:
                     mlflow.set_system_metrics_sampling_interval(SYSTEM_METRICS_INTERVAL_S)
-                run = mlflow.start_run(
-                    run_name=run_name,
-                    experiment_id=self.experiment_id,
-                    tags={k: str(v) for k, v in {**(tags or {}), **processes.tags()}.items()},
-                    nested=nested,
-                    log_system_metrics=system_metrics,
-                )
+                run_tags = {k: str(v) for k, v in {**(tags or {}), **processes.tags()}.items()}
+                if span is not None:  # made with its start time, then continued (mlflow.start_run takes none)
+                    parent = mlflow.active_run() if nested else None
+                    run_tags.update({PARENT_RUN_TAG: parent.info.run_id} if parent else {})
+                    made = self._client.create_run(self.experiment_id, int(span[0] * 1000), run_tags, run_name)
+                    run = mlflow.start_run(run_id=made.info.run_id, nested=nested)
+                else:
+                    run = mlflow.start_run(
+                        run_name=run_name,
+                        experiment_id=self.experiment_id,
+                        tags=run_tags,
+                        nested=nested,
+                        log_system_metrics=system_metrics,
+                    )
             except Exception as exc:
                 self._degrade("start_run", exc)
         previous, self._run = self._run, run
@@ -214,6 +238,8 @@ class MlflowTracker:
                 try:
                     with deferred_signals():
                         mlflow.end_run(status=status if self.active else "FAILED")
+                        if span is not None and self.active:
+                            self._client.set_terminated(run.info.run_id, status, end_time=int(span[1] * 1000))
                 except Exception:  # the store is gone; nothing more to tell it
                     pass
 

@@ -271,6 +271,13 @@ def test_sweep_stage_outputs_and_nested_mlflow_runs(data, tmp_path, monkeypatch)
         assert not [k for k in (*r.data.metrics, *r.data.tags, *r.data.params) if "test" in k.lower()], r.info.run_name
         assert not [i for i in r.inputs.dataset_inputs if i.dataset.name == "test"]
     assert all({"threshold", *S.THRESHOLD_COLUMNS} <= set(r.data.metrics) for r in children)
+    # Each configuration's run lasts as long as its training did (timing/seconds), not the milliseconds of
+    # logging it afterwards, one after the other within the sweep's run.
+    spans = sorted((r.info.start_time, r.info.end_time, r.data.metrics["seconds"]) for r in children)
+    for start, end, seconds in spans:
+        assert (end - start) / 1000 == pytest.approx(seconds, abs=0.05), spans
+    assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:])), spans
+    assert parents[0].info.start_time <= spans[0][0] and spans[-1][1] <= parents[0].info.end_time
 
 
 def test_summary_holds_the_selected_configurations_validation_numbers():

@@ -167,7 +167,8 @@ def run_sweep(
 
 def _log_configuration(tracker: Tracker, cfg: RunConfig, row: dict, history: list[dict]) -> None:
     """One configuration's nested MLflow run: params, per-epoch curves, its validation numbers at its threshold."""
-    # Logged once the configuration is done, from this process, whichever process trained it.
+    # Logged once the configuration is done, from this process, whichever process trained it: the run spans
+    # the training's own start and end, so the UI's Duration is the configuration's.
     tags = {
         "model": cfg.model,
         "stage": "sweep",
@@ -175,7 +176,8 @@ def _log_configuration(tracker: Tracker, cfg: RunConfig, row: dict, history: lis
         "lr": cfg.lr,
         "device": row["worker"],
     }
-    with tracker.start_run(f"sweep {cfg.model} bs={cfg.batch_size} lr={cfg.lr:g}", tags=tags, nested=True):
+    name = f"sweep {cfg.model} bs={cfg.batch_size} lr={cfg.lr:g}"
+    with tracker.start_run(name, tags=tags, nested=True, span=row.get("span")):
         tracker.log_params(cfg.as_params())
         for i, h in enumerate(history, start=1):
             tracker.log_metrics({k: v for k, v in h.items() if k != "epoch"}, step=h.get("epoch", i))
@@ -196,7 +198,7 @@ def train_config(
     """One configuration from a fresh initialisation: its table row (validation numbers, at the threshold
     chosen on validation for the threshold columns) and history. With ``keep_dir`` its model is saved in
     ``keep_dir/bs<batch_size>_lr<lr>`` (``row["checkpoint"]``), its validation metrics in ``row["metrics"]``."""
-    start = time.perf_counter()
+    start, started_at = time.perf_counter(), time.time()
     try:
         result = fit(
             cfg,
@@ -212,7 +214,7 @@ def train_config(
         nan = float("nan")
         row: dict[str, Any] = {"batch_size": cfg.batch_size, "lr": cfg.lr, "best_epoch": 0, "diverged": True}
         row.update({k: nan for k in TABLE_COLUMNS if k not in row and k != "selected"})
-        row.update(seconds=time.perf_counter() - start, worker=_worker_name(device))
+        row.update(seconds=time.perf_counter() - start, span=(started_at, time.time()), worker=_worker_name(device))
         return row, []
     metrics = result.metrics()  # the best epoch's, and the threshold's on the same validation split
     row = {
@@ -233,6 +235,7 @@ def train_config(
             checkpoint.save(Path(keep_dir) / f"bs{cfg.batch_size}_lr{cfg.lr:g}", result.model, result.card)
         )
     row["seconds"] = time.perf_counter() - start
+    row["span"] = (started_at, time.time())  # not a table column: the MLflow run's start and end
     row["worker"] = _worker_name(device)  # not a table column: the MLflow tag "device"
     return row, result.history
 
