@@ -271,6 +271,9 @@ def test_sweep_stage_outputs_and_nested_mlflow_runs(data, tmp_path, monkeypatch)
         assert not [k for k in (*r.data.metrics, *r.data.tags, *r.data.params) if "test" in k.lower()], r.info.run_name
         assert not [i for i in r.inputs.dataset_inputs if i.dataset.name == "test"]
     assert all({"threshold", *S.THRESHOLD_COLUMNS} <= set(r.data.metrics) for r in children)
+    # The per-epoch curves under a training run's names: the scheduled learning rate is not the lr param
+    assert all({"epoch/scheduled_lr", "epoch/val_auc"} <= set(r.data.metrics) for r in children)
+    assert not any("epoch/lr" in r.data.metrics for r in children)
     # Each configuration's run lasts as long as its training did (timing/seconds), not the milliseconds of
     # logging it afterwards, one after the other within the sweep's run.
     spans = sorted((r.info.start_time, r.info.end_time, r.data.metrics["seconds"]) for r in children)

@@ -168,14 +168,14 @@ def fit(
     state = resume.restore(t.model, t.optimizer, t.scheduler, t.scaler)
     tracker.log_params(cfg.as_params())
     for row in state.history:  # a resumed run's new MLflow run gets the whole curve
-        tracker.log_metrics(_metric_row(row), step=row["epoch"])
+        tracker.log_metrics(epoch_metrics(row), step=row["epoch"])
     stopped_early = state.bad_epochs >= cfg.early_stopping_patience > 0
     for epoch in range(state.start_epoch, cfg.epochs + 1):
         if stopped_early:
             break
         row = t.run_epoch(epoch, progress)
         state.history.append(row)
-        tracker.log_metrics(_metric_row(row), step=epoch)
+        tracker.log_metrics(epoch_metrics(row), step=epoch)
         _keep_if_better(state, row, t.model, cfg.select_metric)
         if progress:
             print(
@@ -388,7 +388,7 @@ class _Training:
         )
 
 
-def _metric_row(row: dict) -> dict:
+def epoch_metrics(row: dict) -> dict:
     """An epoch's MLflow metrics (step = epoch). The scheduled learning rate is ``scheduled_lr``: ``lr``
     is the run's param, and one name for two things makes MLflow's compare view ambiguous."""
     return {("scheduled_lr" if k == "lr" else k): v for k, v in row.items() if k != "epoch"}

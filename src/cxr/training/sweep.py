@@ -39,7 +39,7 @@ from cxr.metrics import row_is_better
 from cxr.policy import ValidationPolicy
 from cxr.tracking import NullTracker, Tracker
 from cxr.training.engine import TrainingDivergedError
-from cxr.training.fit import fit
+from cxr.training.fit import epoch_metrics, fit
 from cxr.training.run_config import RunConfig
 
 # A configuration whose kept epoch has a validation loss above this (ten times the loss of answering
@@ -180,7 +180,7 @@ def _log_configuration(tracker: Tracker, cfg: RunConfig, row: dict, history: lis
     with tracker.start_run(name, tags=tags, nested=True, span=row.get("span")):
         tracker.log_params(cfg.as_params())
         for i, h in enumerate(history, start=1):
-            tracker.log_metrics({k: v for k, v in h.items() if k != "epoch"}, step=h.get("epoch", i))
+            tracker.log_metrics(epoch_metrics(h), step=h.get("epoch", i))  # named as a training run's
         tracker.log_metrics({k: row[k] for k in ("threshold", *THRESHOLD_COLUMNS, "seconds")})
 
 
