@@ -121,7 +121,7 @@ def mlflow_pages(url: str, store: str, experiment: str, registered: str, selecte
     ids = json.dumps([r.info.run_id for r in latest.values()])
     base = f"{url}/#/experiments/{exp.experiment_id}"
     pages = {
-        "mlflow_runs.png": (f"{base}/runs?viewStateShareKey={RUNS_VIEW['id']}&{ML_VIEW}", (1700, 500)),
+        "mlflow_runs.png": (f"{base}/runs?viewStateShareKey={RUNS_VIEW['id']}&{ML_VIEW}", (2100, 540)),
         "mlflow_run_metrics.png": (f"{base}/runs/{run.info.run_id}/model-metrics?{ML_VIEW}", (1400, 1500)),
         "mlflow_compare.png": (
             f"{url}/#/compare-runs?runs={ids}&experiments={json.dumps([exp.experiment_id])}&{ML_VIEW}",
