@@ -22,7 +22,7 @@ import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from cxr import processes
 from cxr.metric_names import mlflow_metric_key, runs_view_tag
@@ -46,43 +46,9 @@ SYSTEM_METRICS_INTERVAL_S = 2.0  # MLflow's default (10 s) gives a demo run of 2
 EXPERIMENT_TAGS = dict([("mlflow.experimentKind", "custom_model_development"), runs_view_tag()])
 
 
-class Tracker(Protocol):
-    """What the pipeline logs through: :class:`MlflowTracker`, or :class:`NullTracker` where nothing is
-    tracked (tests, ranks other than 0, a store that cannot be reached)."""
-
-    active: bool
-
-    def start_run(
-        self,
-        run_name: str,
-        tags: dict | None = None,
-        nested: bool = False,
-        system_metrics: bool = False,
-        span: tuple[float, float] | None = None,
-    ) -> contextlib.AbstractContextManager[Any]: ...
-
-    def log_params(self, params: dict) -> None: ...
-
-    def log_metrics(self, metrics: dict, step: int | None = None, run_id: str | None = None) -> None: ...
-
-    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None: ...
-
-    def log_table(self, rows: list[dict], artifact_file: str) -> None: ...
-
-    def log_dataset(self, name: str, source: str, digest: str, context: str) -> None: ...
-
-    def log_model(
-        self, model, *, input_example=None, signature=None, name: str = "model", image_size: int | None = None
-    ) -> None: ...
-
-    def set_tags(self, tags: dict) -> None: ...
-
-    @property
-    def run_id(self) -> str | None: ...
-
-
-class NullTracker:
-    """The :class:`Tracker` that does nothing. For tests, sweeps without tracking, and degraded runs."""
+class Tracker:
+    """What the pipeline logs through, each method a no-op here: :class:`MlflowTracker` overrides them, and
+    :class:`NullTracker` is this as it is (tests, ranks other than 0, a store that cannot be reached)."""
 
     active = False
 
@@ -118,7 +84,11 @@ class NullTracker:
         return None
 
 
-class MlflowTracker:
+class NullTracker(Tracker):
+    """The :class:`Tracker` that does nothing. For tests, sweeps without tracking, and degraded runs."""
+
+
+class MlflowTracker(Tracker):
     """The MLflow :class:`Tracker`. Any MLflow failure warns once and turns the tracker into a no-op for the
     rest of the run."""
 
