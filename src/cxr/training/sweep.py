@@ -198,7 +198,7 @@ def train_config(
     """One configuration from a fresh initialisation: its table row (validation numbers, at the threshold
     chosen on validation for the threshold columns) and history. With ``keep_dir`` its model is saved in
     ``keep_dir/bs<batch_size>_lr<lr>`` (``row["checkpoint"]``), its validation metrics in ``row["metrics"]``."""
-    start, started_at = time.perf_counter(), time.time()
+    started_at = time.time()
     try:
         result = fit(
             cfg,
@@ -214,7 +214,7 @@ def train_config(
         nan = float("nan")
         row: dict[str, Any] = {"batch_size": cfg.batch_size, "lr": cfg.lr, "best_epoch": 0, "diverged": True}
         row.update({k: nan for k in TABLE_COLUMNS if k not in row and k != "selected"})
-        row.update(seconds=time.perf_counter() - start, span=(started_at, time.time()), worker=_worker_name(device))
+        row.update(_timing(started_at), worker=_worker_name(device))
         return row, []
     metrics = result.metrics()  # the best epoch's, and the threshold's on the same validation split
     row = {
@@ -234,10 +234,15 @@ def train_config(
         row["checkpoint"] = str(
             checkpoint.save(Path(keep_dir) / f"bs{cfg.batch_size}_lr{cfg.lr:g}", result.model, result.card)
         )
-    row["seconds"] = time.perf_counter() - start
-    row["span"] = (started_at, time.time())  # not a table column: the MLflow run's start and end
+    row.update(_timing(started_at))
     row["worker"] = _worker_name(device)  # not a table column: the MLflow tag "device"
     return row, result.history
+
+
+def _timing(started_at: float) -> dict:
+    """A configuration's wall time: ``seconds``, and ``span`` (start, end), not a table column: its MLflow run's."""
+    span = (started_at, time.time())
+    return {"seconds": span[1] - span[0], "span": span}
 
 
 def diverged(val_loss: float) -> bool:
