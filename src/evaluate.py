@@ -47,9 +47,7 @@ from cxr.evaluation.evaluate import (
     card_probabilities,
     evaluate_checkpoint,
     evaluation_figures,
-    find_training_run,
     predictions_table,
-    training_experiment,
 )
 from cxr.evaluation.operating import OperatingThreshold
 from cxr.evaluation.selective import refer_figure
@@ -59,6 +57,7 @@ from cxr.models import list_models
 from cxr.plots import save_figure, training_curves_figure
 from cxr.run_context import run_name, run_tags
 from cxr.tracking import PARENT_RUN_TAG, make_tracker
+from cxr.tracking.runs import find_training_run
 
 PLOT_FILES = ("confusion", "roc", "pr", "calibration")
 
@@ -142,12 +141,13 @@ def main(argv=None) -> int:
 
     tracker = make_tracker(mlflow_cfg.experiment)
     tags = {**run_tags(args.model, data_version=card.data_version, device=describe(device)), "stage": "evaluate"}
-    parent = find_training_run(tracker, card)
+    training = find_training_run(tracker, card)
+    parent = training.run_id if training else None
     experiment = None
-    if parent:  # nested under its training run in the UI (MLflow's own tag: that run has ended)
-        tags[PARENT_RUN_TAG] = parent
+    if training:  # nested under its training run in the UI (MLflow's own tag: that run has ended)
+        tags[PARENT_RUN_TAG] = training.run_id
         # an applied experiment's checkpoint, evaluated by `dvc repro`: the run is named after that experiment
-        experiment = os.environ.get("DVC_EXP_NAME") or training_experiment(tracker, parent)
+        experiment = os.environ.get("DVC_EXP_NAME") or training.experiment
         tags.update({"dvc_exp_name": experiment} if experiment else {})
     elif tracker.active:
         print(f"[{args.model}] training run not found in MLflow; the evaluation run is a top-level run")

@@ -31,6 +31,7 @@ from sklearn.metrics import (
     roc_curve,
 )
 
+from cxr.calibration import logit
 from cxr.metric_names import CI_METRICS, SELECT_METRICS, THRESHOLD_METHODS  # defined there; used and re-exported here
 
 COUNT_KEYS = ("tp", "fp", "tn", "fn")
@@ -80,7 +81,7 @@ def choose_threshold(y_true, y_prob, method: str = "youden", default: float = 0.
     if method == "fixed" or len(np.unique(y_true)) < 2:
         return float(default)
     if method == "midpoint":
-        logits = np.log(np.clip(y_prob, 1e-7, 1 - 1e-7)) - np.log1p(-np.clip(y_prob, 1e-7, 1 - 1e-7))
+        logits = logit(y_prob)
         mid = (np.median(logits[y_true == 0]) + np.median(logits[y_true == 1])) / 2
         return float(1 / (1 + np.exp(-mid)))
     fpr, tpr, thr = roc_curve(y_true, y_prob)

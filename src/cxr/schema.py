@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import re
 import reprlib
+import types
 import typing
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -70,14 +71,21 @@ _EXPECTED = {
 
 
 def config_error(exc: ValidationError, cls: type[BaseModel], where: str) -> ConfigError:
-    """One ConfigError for all of ``exc``'s errors, each naming its key; unknown keys grouped per section."""
+    """One ConfigError for all of ``exc``'s errors, each naming its key; unknown keys grouped per section, and
+    the members of a union (``train.calibrate``: true, false or auto) said as one key's alternatives."""
     messages: list[str] = []
     unknown: dict[tuple[Any, ...], list[str]] = {}
+    alternatives: dict[tuple[Any, ...], tuple[list[str], Any]] = {}  # a union field's loc -> (expected, found)
     for err in exc.errors(include_url=False):
         if err["type"] == "extra_forbidden":
             unknown.setdefault(err["loc"][:-1], []).append(str(err["loc"][-1]))
-            continue
-        messages.append(_message(err, cls, where))
+        elif _union_member(cls, err["loc"]):  # pydantic names the member tried: ('train', 'calibrate', 'bool')
+            expected, _ = alternatives.setdefault(err["loc"][:-1], ([], err.get("input")))
+            expected.append(_expected(err) or err["msg"])
+        else:
+            messages.append(_message(err, where))
+    for loc, (expected, found) in alternatives.items():
+        messages.append(f"{_path(where, loc)}: expected {_either(expected)}, found {short(found)}")
     for parent, keys in unknown.items():
         model = _model_at(cls, parent)
         valid = sorted(model.model_fields) if model else []
@@ -114,18 +122,22 @@ def _path(where: str, loc: tuple[Any, ...]) -> str:
     return out
 
 
-def _message(err: ErrorDetails, cls: type[BaseModel], where: str) -> str:
+def _expected(err: ErrorDetails) -> str | None:
+    """What the value should have been, in words: pydantic's own list of a Literal's values, else the type."""
+    if err["type"] == "literal_error":
+        return str((err.get("ctx") or {}).get("expected", "")) or None
+    return _EXPECTED.get(err["type"].split("_")[0])
+
+
+def _message(err: ErrorDetails, where: str) -> str:
     loc, kind, ctx = err["loc"], err["type"], err.get("ctx") or {}
-    path = _path(where, loc) or where or cls.__name__
+    path = _path(where, loc) or where
     found = err.get("input")
     if kind == "value_error":  # a validator's own sentence, written to follow the key
         text = str(ctx.get("error", err["msg"]))
         if not loc:
             return f"{where}: {text}" if where else text
         return f"{path} {text}" if text.startswith("must") else f"{path}: {text}"
-    if kind == "literal_error":
-        choices = [str(c) for c in _literal_choices(cls, loc)]
-        return f"{path}: expected {_either(choices)}, found {short(found)}"
     bounds = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
     if kind in bounds:
         limit = next(iter(ctx.values()))
@@ -134,9 +146,8 @@ def _message(err: ErrorDetails, cls: type[BaseModel], where: str) -> str:
         return f"{path}: missing"
     if kind in ("too_short", "too_long"):
         return f"{path}: expected {ctx.get('max_length') or ctx.get('min_length')} values, found {short(found)}"
-    head = kind.split("_")[0]
-    if head in _EXPECTED:
-        return f"{path}: expected {_EXPECTED[head]}, found {short(found)}"
+    if expected := _expected(err):
+        return f"{path}: expected {expected}, found {short(found)}"
     return f"{path}: {err['msg']}, found {short(found)}"
 
 
@@ -146,9 +157,9 @@ def _either(choices: list[str]) -> str:
 
 def _model_at(cls: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
     """The section model found at ``loc`` below ``cls`` (None where loc leaves the models); the keys of a
-    mapping of sections (``models.<name>``) are stepped over."""
+    mapping of sections (``models.<name>``) and list indices are stepped over."""
     model: type[BaseModel] | None = cls
-    parts = list(loc)
+    parts = [p for p in loc if not isinstance(p, int)]
     while parts and model is not None:
         part = parts.pop(0)
         if part not in model.model_fields:
@@ -168,24 +179,16 @@ def _flatten_type(tp: Any) -> list[Any]:
     return [a for arg in args for a in _flatten_type(arg)] if args else [tp]
 
 
-def _literal_choices(cls: type[BaseModel], loc: tuple[Any, ...]) -> list[Any]:
-    """The allowed values of the Literal field at ``loc``; "null" first where None is allowed too."""
-    loc = tuple(p for p in loc if not isinstance(p, int))  # a list item: the list's field
-    model = _model_at(cls, loc[:-1])
-    field = model.model_fields.get(str(loc[-1])) if model else None
-    if field is None:
-        return []
-    tps = [field.annotation]
-    choices: list[Any] = []
-    while tps:
-        tp = tps.pop(0)
-        if tp is type(None):
-            choices.insert(0, "null")
-        elif typing.get_origin(tp) is Literal:
-            choices += list(typing.get_args(tp))
-        else:
-            tps += list(typing.get_args(tp))
-    return choices
+def _union_member(cls: type[BaseModel], loc: tuple[Any, ...]) -> bool:
+    """Whether ``loc`` ends in the member of a union field that pydantic tried (its tag, e.g. ``bool``), not
+    in a key: the field before it is a union of more than a type and None."""
+    if len(loc) < 2 or not isinstance(loc[-1], str):
+        return False
+    model = _model_at(cls, loc[:-2])
+    field = model.model_fields.get(str(loc[-2])) if model else None
+    if field is None or typing.get_origin(field.annotation) not in (typing.Union, types.UnionType):
+        return False
+    return len([t for t in typing.get_args(field.annotation) if t is not type(None)]) > 1
 
 
 # --------------------------------------------------------------------------------------------

@@ -285,10 +285,10 @@ def test_registers_the_validation_winner_from_its_training_run(tmp_path, monkeyp
 
     import dataclasses
 
-    from cxr.evaluation.evaluate import find_training_run
+    from cxr.tracking.runs import find_training_run
 
     card = checkpoint.load_card(tmp_path / "models/cnn")
-    assert find_training_run(tracker, card) == run_ids["cnn"]
+    assert find_training_run(tracker, card).run_id == run_ids["cnn"]
     other = dataclasses.replace(card, train_params={**card.train_params, "lr": 0.5})
     assert find_training_run(tracker, other) is None  # params differ: not this checkpoint's run
 
@@ -408,9 +408,9 @@ def test_a_checkpoint_with_builder_options_finds_its_training_run(tmp_path):
     logged vgg16_bn's test metrics into a new run before)."""
 
     from cxr import checkpoint
-    from cxr.evaluation.evaluate import find_training_run
     from cxr.models import build_model
     from cxr.tracking import MlflowTracker
+    from cxr.tracking.runs import find_training_run
     from cxr.training.run_config import resolve_run_config
     from toydata import card_for
 
@@ -427,16 +427,16 @@ def test_a_checkpoint_with_builder_options_finds_its_training_run(tmp_path):
         run_id = tracker.run_id
     card = checkpoint.load_card(tmp_path / "models" / "vgg16")
     assert card.train_params["options"] == {"batch_norm": True}
-    assert find_training_run(tracker, card) == run_id
+    assert find_training_run(tracker, card).run_id == run_id
 
 
 def test_a_tuned_checkpoint_finds_its_sweep_configuration_run(tmp_path):
     """``<model>-tuned`` was trained by one configuration of the sweep (a nested run tagged stage=sweep):
     that run is its training run; a train stage's run with the same params comes first."""
     from cxr import checkpoint
-    from cxr.evaluation.evaluate import find_training_run
     from cxr.models import build_model
     from cxr.tracking import MlflowTracker
+    from cxr.tracking.runs import find_training_run
     from cxr.training.run_config import resolve_run_config
     from toydata import card_for
 
@@ -451,11 +451,11 @@ def test_a_tuned_checkpoint_finds_its_sweep_configuration_run(tmp_path):
     card = card_for(model, train_params=cfg.model_dump(mode="json"), data_version="v1")
     checkpoint.save(tmp_path / "models" / "cnn-tuned", model, card)
     card = checkpoint.load_card(tmp_path / "models" / "cnn-tuned")
-    assert find_training_run(tracker, card) == ids[0.01]
+    assert find_training_run(tracker, card).run_id == ids[0.01]
     with tracker.start_run("cnn", tags={"model": "cnn", "stage": "train", "data_version": "v1"}):
         tracker.log_params(cfg.as_params())
         train_id = tracker.run_id
-    assert find_training_run(tracker, card) == train_id
+    assert find_training_run(tracker, card).run_id == train_id
 
 
 def _write_predictions(root: Path, models=("cnn", "vit", "vgg16"), external: bool = False) -> None:

@@ -95,7 +95,8 @@ def test_operating_points_params_are_checked():
     cfg = parse(EvaluateConfig, {"operating_points": [{"metric": "specificity", "target": 0.9}]}, "evaluate")
     assert cfg.operating_points == [OperatingTarget(metric="specificity", target=0.9)]
     with pytest.raises(
-        ConfigError, match=r"evaluate\.operating_points\[0\]\.metric: expected sensitivity or specificity, found 'ppv'"
+        ConfigError,
+        match=r"evaluate\.operating_points\[0\]\.metric: expected 'sensitivity' or 'specificity', found 'ppv'",
     ):
         parse(EvaluateConfig, {"operating_points": [{"metric": "ppv", "target": 0.9}]}, "evaluate")
     with pytest.raises(ConfigError, match="target"):

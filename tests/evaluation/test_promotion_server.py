@@ -92,7 +92,7 @@ def decide(*a, **k):
 
 P.locked, P.decide = locked, decide
 if args["barrier"]:  # the control shares no lock at all: not the file, nor the registry's (a remote server's)
-    P.registry_lock = lambda *a, **k: contextlib.nullcontext()
+    P.Registry.lock = lambda self, name: contextlib.nullcontext()
 tracker = make_tracker(args["experiment"], os.environ["MLFLOW_TRACKING_URI"])
 assert tracker.active, "the worker cannot reach the server"
 mark("ready")

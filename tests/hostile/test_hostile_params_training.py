@@ -142,6 +142,18 @@ def test_the_params_stage_reports_every_bad_key_at_once(params_file, repo_root, 
     assert "learning_rate" in err and "lr must be a finite number" in err and "max_pixel" in err
 
 
+def test_a_value_outside_a_union_names_every_alternative_once(params_file):
+    """train.calibrate is true, false or auto (bool | Literal): pydantic reports one error per member, tagged
+    in its loc; the message is one line for the key (the member tags used to crash the message with an
+    IndexError)."""
+    from cxr.config import Params
+    from cxr.schema import parse
+
+    with pytest.raises(ConfigError) as info:
+        parse(Params, load_params(params_file(train={"calibrate": "maybe"})))
+    assert info.value.problems == ["train.calibrate: expected true or false or 'auto', found 'maybe'"]
+
+
 # Four levels of four aliases here (the report's nine levels of nine expand to 387 M items in DVC).
 ALIAS_BOMB = "seed: 42\nmodels:\n  cnn:\n    options:\n      l0: &l0 [x, x, x, x]\n" + "".join(
     f"      l{n}: &l{n} [*l{n - 1}, *l{n - 1}, *l{n - 1}, *l{n - 1}]\n" for n in range(1, 5)

@@ -1,4 +1,4 @@
-"""cxr.evaluation.registry_lock against an in-memory registry that behaves as MLflow's does (a name is created
+"""cxr.tracking.registry_lock against an in-memory registry that behaves as MLflow's does (a name is created
 once; deleting needs the creator): a second holder waits, a lock left by a killed holder is broken after the
 lease or named in the error, a local store takes no lock. The real server: tests/team/test_team_stack.py."""
 
@@ -12,7 +12,7 @@ import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import PERMISSION_DENIED, RESOURCE_ALREADY_EXISTS, RESOURCE_DOES_NOT_EXIST
 
-from cxr.evaluation import registry_lock as R
+from cxr.tracking import registry_lock as R
 
 URI = "http://127.0.0.1:5000"
 

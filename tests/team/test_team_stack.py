@@ -209,7 +209,8 @@ def test_exp_push_and_pull_share_an_experiment(stack, clones, experiments):
 WORKER = r"""
 import json, sys, time
 from pathlib import Path
-from cxr.evaluation import promotion as P, registry_lock as R
+from cxr.evaluation import promotion as P
+from cxr.tracking import registry_lock as R
 from cxr.tracking import make_tracker
 
 a = json.loads(sys.argv[1])

@@ -54,7 +54,7 @@ def test_bad_values_fail_with_the_key(params):
         resolve_run_config(params, "cnn")
     params["models"] = {"cnn": {"scheduler": "cosin"}}
     with pytest.raises(
-        ConfigError, match=r"models\.cnn\.scheduler: expected null, steplr, cosine or none, found 'cosin'"
+        ConfigError, match=r"models\.cnn\.scheduler: expected 'steplr', 'cosine' or 'none', found 'cosin'"
     ):
         resolve_run_config(params, "cnn")
 

@@ -11,7 +11,7 @@ there is no champion yet, or when the candidate is better on validation (``cxr.m
 than the champion *on the same data version*; a champion trained on other data is not comparable
 and stays, unless ``promote="always"``. Reading the champion and moving the alias happen under an
 exclusive file lock, so queued DVC experiments finishing together cannot both win. Against a tracking server they
-happen under a lock in the registry too (:mod:`cxr.evaluation.registry_lock`): two people's compare
+happen under a lock in the registry too (:mod:`cxr.tracking.registry_lock`): two people's compare
 stages, on two machines, cannot both win either. The version's
 source is the pyfunc model logged into the *training* run (without reopening it: the run keeps its status
 and duration), so the run page shows its registered model. A compare stage whose ``dvc`` was killed while it
@@ -20,16 +20,17 @@ waited for the lock registers nothing (:func:`cxr.processes.orphaned`).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from cxr import processes
 from cxr.checkpoint import ModelCard
-from cxr.evaluation.registry_lock import registry_lock
 from cxr.locks import locked
 from cxr.metrics import is_better
 from cxr.stage import StageInterrupted
+from cxr.tracking import Tracker
+from cxr.tracking.registry import Registry
+from cxr.tracking.runs import find_training_run
 
 PROMOTE_RULES = ("better", "always")
 
@@ -75,27 +76,8 @@ REGISTERED_DESCRIPTION = (
 )
 
 
-def _champion(client, name: str, alias: str, metric: str) -> dict | None:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        mv = client.get_model_version_by_alias(name, alias)
-    except MlflowException as exc:
-        # No such model (RESOURCE_DOES_NOT_EXIST) or alias (INVALID_PARAMETER_VALUE) yet. Anything else (a
-        # timeout, the store failing) is no answer: taking it for "no champion" would promote a worse model.
-        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
-            return None
-        raise
-    value = mv.tags.get(metric)
-    return {
-        "version": mv.version,
-        "data_version": mv.tags.get("data_version", ""),
-        "value": float(value) if value not in (None, "") else math.nan,
-    }
-
-
 def register_candidate(
-    tracker,
+    tracker: Tracker,
     checkpoint_dir: str | Path,
     *,
     registered_name: str,
@@ -109,36 +91,36 @@ def register_candidate(
     """Register the pyfunc model of ``checkpoint_dir`` (once: a checkpoint already registered is that version)
     and move ``alias`` if :func:`decide` says so. ``value``: its validation ``select_metric``; ``report``: its
     evaluate metrics (for the description)."""
-    if not getattr(tracker, "active", False):
+    if not tracker.active or not tracker.uri:
         raise RegistryError(
             f"compare.register is true but the MLflow tracking store is unreachable "
-            f"({getattr(tracker, 'uri', 'no tracking URI')}); start it, or run with "
+            f"({tracker.uri or 'no tracking URI'}); start it, or run with "
             f"-S compare.register=false"
         )
-    from mlflow import MlflowClient
-
     from cxr.checkpoint import load_card
 
     card = load_card(checkpoint_dir)
     # compare's name for it (cnn, resnet_small-tuned); card.name is the architecture
     candidate = Path(checkpoint_dir).name
-    client = MlflowClient(tracking_uri=tracker.uri)
     digest = checkpoint_digest(checkpoint_dir)
     try:
+        registry = Registry(tracker.uri)
         # the file lock: this machine's compare stages; the registry lock: everyone's on one server
-        with locked(lock_path), registry_lock(client, registered_name, tracker.uri):
+        with locked(lock_path), registry.lock(registered_name):
             if why_not := processes.orphaned():  # waited here while its dvc was killed: nobody wants this any more
                 raise StageInterrupted(why_not)
-            champion = _champion(client, registered_name, alias, select_metric)
+            champion = registry.champion(registered_name, alias, select_metric)
             promoted, why = decide(
                 {"data_version": card.data_version, "value": value}, champion, select_metric, promote
             )
-            mv = _version_of(client, registered_name, digest)
+            mv = registry.version_of(registered_name, CHECKPOINT_TAG, digest)
             new = mv is None
             if new:
-                mv = _register(tracker, client, checkpoint_dir, card, registered_name, report, select_metric, value)
+                mv = _register(
+                    tracker, registry, checkpoint_dir, digest, card, registered_name, report, select_metric, value
+                )
             if promoted:
-                client.set_registered_model_alias(registered_name, alias, mv.version)
+                registry.set_alias(registered_name, alias, mv.version)
     except Exception as exc:
         raise RegistryError(
             f"could not register {candidate!r} as {registered_name!r} in MLflow at {tracker.uri} "
@@ -170,24 +152,28 @@ def checkpoint_digest(checkpoint_dir: str | Path) -> str:
     return h.hexdigest()
 
 
-def _version_of(client, name: str, digest: str):
-    """The version of ``name`` registered from the checkpoint of ``digest``, or None."""
-    versions = client.search_model_versions(f"name = '{name}' and tags.{CHECKPOINT_TAG} = '{digest}'")
-    return min(versions, key=lambda v: int(v.version)) if versions else None
-
-
-def _register(tracker, client, checkpoint_dir, card: ModelCard, name: str, report: dict, select_metric, value):
+def _register(
+    tracker: Tracker,
+    registry: Registry,
+    checkpoint_dir,
+    digest: str,
+    card: ModelCard,
+    name,
+    report,
+    select_metric,
+    value,
+):
     """A new version of ``name``: the pyfunc model logged into the checkpoint's training run (found by
-    :func:`find_training_run`, else compare's run) without reopening it, then registered with its tags."""
-    import mlflow
-
-    from cxr.evaluation.evaluate import find_training_run
+    :func:`cxr.tracking.runs.find_training_run`, else compare's run) without reopening it, then registered with
+    its tags."""
     from cxr.serving.pyfunc import log_pyfunc_model
 
     candidate = Path(checkpoint_dir).name
-    training_run_id = find_training_run(tracker, card)
-    mlflow.set_tracking_uri(tracker.uri)
-    uri = log_pyfunc_model(checkpoint_dir, name=f"{candidate}-pyfunc", run_id=training_run_id or tracker.run_id)
+    training = find_training_run(tracker, card)
+    training_run_id = training.run_id if training else None
+    info = log_pyfunc_model(
+        checkpoint_dir, name=f"{candidate}-pyfunc", run_id=training_run_id or tracker.run_id, tracking_uri=registry.uri
+    )
     tags = {
         "model": candidate,
         "architecture": card.name,
@@ -196,14 +182,17 @@ def _register(tracker, client, checkpoint_dir, card: ModelCard, name: str, repor
         select_metric: f"{value:.6f}",
         "threshold": f"{card.threshold:.6f}",
         "training_run_id": training_run_id or "",
-        CHECKPOINT_TAG: checkpoint_digest(checkpoint_dir),
+        CHECKPOINT_TAG: digest,
     }
-    mv = mlflow.register_model(uri.model_uri, name, tags=tags)
-    if not client.get_registered_model(name).description:
-        client.update_registered_model(name, description=REGISTERED_DESCRIPTION)
-    client.update_model_version(name, mv.version, description=describe(candidate, card, report, select_metric, value))
+    mv = registry.register(
+        info.model_uri,
+        name,
+        tags=tags,
+        description=describe(candidate, card, report, select_metric, value),
+        model_description=REGISTERED_DESCRIPTION,
+    )
     if training_run_id:
-        client.set_tag(training_run_id, "registered_model", f"{name}/{mv.version}")
+        registry.tag_run(training_run_id, "registered_model", f"{name}/{mv.version}")
     return mv
 
 

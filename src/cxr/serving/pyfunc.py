@@ -220,13 +220,14 @@ def log_pyfunc_model(
     name: str = "model",
     registered_model_name: str | None = None,
     run_id: str | None = None,
+    tracking_uri: str | None = None,
     **kwargs,
 ):
     """Log checkpoint folder ``model_dir`` as a pyfunc model (artifact ``checkpoint``); returns MLflow's ModelInfo.
 
     Logs into run ``run_id`` (a finished run stays finished: it is not reopened), else into the active run if
-    there is one. ``registered_model_name`` also registers it in the Model Registry. Extra keyword arguments
-    go to MLflow's pyfunc ``save_model``.
+    there is one, in the store ``tracking_uri`` (default: MLflow's current one). ``registered_model_name``
+    also registers it in the Model Registry. Extra keyword arguments go to MLflow's pyfunc ``save_model``.
     """
     import cxr
     from cxr import checkpoint
@@ -267,9 +268,18 @@ def log_pyfunc_model(
             },
         )
         args.update(kwargs)
+        if tracking_uri:
+            mlflow.set_tracking_uri(tracking_uri)
         with warnings.catch_warnings():
             # MLflow loads the model once here to check the input example: not a use, so no warning (the
             # load that serves or predicts warns; the registered version's description names the data).
             warnings.simplefilter("ignore", SyntheticDataWarning)
             # mlflow.pyfunc.log_model with a run id: Model.log is what it calls, and takes one.
             return Model.log(artifact_path=None, flavor=mlflow.pyfunc, run_id=run_id, **args)
+
+
+def scoring_app(model_uri: str):
+    """MLflow's scoring server app (POST /invocations, GET /ping) for the logged or registered ``model_uri``."""
+    from mlflow.pyfunc import scoring_server
+
+    return scoring_server.init(scoring_server.load_model_with_mlflow_config(model_uri))

@@ -154,9 +154,9 @@ def _short_errors(send):
 
 def build_app(model_uri: str, max_body_bytes: int):
     """MLflow's scoring app for ``model_uri`` behind :class:`Guard`."""
-    from mlflow.pyfunc import scoring_server
+    from cxr.serving.pyfunc import scoring_app
 
-    return Guard(scoring_server.init(scoring_server.load_model_with_mlflow_config(model_uri)), max_body_bytes)
+    return Guard(scoring_app(model_uri), max_body_bytes)
 
 
 def add_parser(sub) -> None:

@@ -11,7 +11,6 @@ download bar only when progress is wanted; no ``--model`` means the model the co
 from __future__ import annotations
 
 import contextlib
-import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from cxr import checkpoint
+from cxr.tracking.registry import version_name
 
 DEFAULT_RESULTS_CSV = Path("reports") / "results.csv"
 DEFAULT_MODELS_DIR = Path("models")
@@ -40,60 +40,27 @@ def model_folder(
     """The checkpoint folder for ``--model`` (module docstring) and the model's name for people."""
     if model and model.startswith(REGISTRY_SCHEMES):
         with tempfile.TemporaryDirectory(prefix="cxr-model-") as tmp:
-            yield _download(model, Path(tmp), progress), _registered_name(model)
+            yield _download(model, Path(tmp), progress), version_name(model)
         return
     folder = Path(model) if model else best_model_dir(results_csv, models_dir)
     yield folder, str(folder)
 
 
 def _download(uri: str, dest: Path, progress: bool) -> Path:
-    import mlflow
-
     from cxr.run_context import tracking_uri
+    from cxr.tracking.registry import download_model
 
-    store = tracking_uri()
-    previous = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
-    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "true" if progress else "false"
     try:
-        mlflow.set_tracking_uri(store)
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dest)))
+        local = download_model(uri, dest, progress)
     except Exception as exc:
         raise ModelNotFoundError(
-            f"cannot fetch {uri} from the MLflow store {store} ({exc.__class__.__name__}: "
+            f"cannot fetch {uri} from the MLflow store {tracking_uri()} ({exc.__class__.__name__}: "
             f"{exc}); {REGISTER_HINT}, or set MLFLOW_TRACKING_URI to the store that holds it"
         ) from None
-    finally:
-        if previous is None:
-            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
-        else:
-            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = previous
     found = sorted(p.parent for p in local.rglob(checkpoint.META_FILE))
     if not found:
         raise ModelNotFoundError(f"{uri} holds no {checkpoint.META_FILE}: not a model registered by this pipeline")
     return found[0]
-
-
-def _registered_name(uri: str) -> str:
-    """``<name> version <N> (<uri>)`` for ``models:/<name>@<alias>`` or ``models:/<name>/<N>``; the URI itself
-    for anything else (``runs:/``, or a registry that cannot say)."""
-    from mlflow import MlflowClient
-
-    from cxr.run_context import tracking_uri
-
-    ref = uri.removeprefix("models:/")
-    if ref == uri:
-        return uri
-    try:
-        client = MlflowClient(tracking_uri=tracking_uri())
-        if "@" in ref:
-            name, alias = ref.split("@", 1)
-            version = client.get_model_version_by_alias(name, alias).version
-        else:
-            name, _, version = ref.partition("/")
-            version = client.get_model_version(name, version).version
-    except Exception:  # the download said what is wrong with the store; the URI names the model well enough
-        return uri
-    return f"{name} version {version} ({uri})"
 
 
 def best_model_dir(results_csv: str | Path = DEFAULT_RESULTS_CSV, models_dir: str | Path = DEFAULT_MODELS_DIR) -> Path:

@@ -1,4 +1,4 @@
-"""MLflow behind a thin adapter, with a no-op twin; DVC files stay the source of truth.
+"""What the stages log through: MLflow behind a thin adapter, with a no-op twin; DVC files stay the source of truth.
 
     tracker = make_tracker("chest-xray-pneumonia")     # MlflowTracker, or NullTracker if the store is unreachable
     with tracker.start_run("cnn", tags={"model": "cnn"}):
@@ -51,6 +51,8 @@ class Tracker:
     :class:`NullTracker` is this as it is (tests, ranks other than 0, a store that cannot be reached)."""
 
     active = False
+    uri: str | None = None  # the store (MlflowTracker): the run queries and the registry reach it there
+    experiment_id: str | None = None
 
     @contextlib.contextmanager
     def start_run(
@@ -93,6 +95,8 @@ class MlflowTracker(Tracker):
     rest of the run."""
 
     active = True
+    uri: str
+    experiment_id: str
 
     def __init__(self, experiment: str, uri: str | None = None):
         import mlflow
