@@ -34,13 +34,13 @@ from cxr.evaluation.compare import (
     bar_table,
     headline,
     results_csv,
-    results_markdown,
     results_table,
     roc_curves,
     shift_panels,
 )
 from cxr.evaluation.paired import PairingError, compare_with_selected, read_predictions
 from cxr.evaluation.promotion import RegistryError, register_candidate
+from cxr.evaluation.report import results_markdown
 from cxr.evaluation.selection import read_validation, select_candidate, selection_markdown
 from cxr.files import write_csv, write_metrics
 from cxr.plots import save_figure

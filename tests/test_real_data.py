@@ -18,6 +18,7 @@ from PIL import Image
 from cxr.config import PreprocessConfig, SplitConfig
 from cxr.data import cache as C
 from cxr.data import manifest as M
+from cxr.data import patients as P
 
 pytestmark = pytest.mark.shared_data
 
@@ -53,7 +54,7 @@ def test_kermany224_split_and_cache(shared_data, tmp_path):
     assert metrics["duplicates_removed"] == sum(KERMANY_TRAIN.values()) - len(df) > 0
 
     # Every real name carries a patient id, and no patient crosses splits.
-    assert all(M.parse_patient_id(Path(p).name) for p in df["path"])
+    assert all(P.parse_patient_id(Path(p).name) for p in df["path"])
     groups = {s: set(df.loc[df["split"] == s, "patient_id"]) for s in M.SPLITS}
     assert not groups["train"] & groups["val"] and not groups["train"] & groups["test"]
     assert not groups["val"] & groups["test"]

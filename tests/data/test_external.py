@@ -20,7 +20,8 @@ from cxr.config import DataConfig, ExternalConfig, PreprocessConfig, SplitConfig
 from cxr.data.cache import build_cache, load_split
 from cxr.data.external import INDEX_FILE, OVERLAP_FILE, ExternalError, build_all, load_index
 from cxr.data.layout import find_class_layout
-from cxr.data.manifest import build_manifest, parse_patient_id, write_manifest
+from cxr.data.manifest import build_manifest, write_manifest
+from cxr.data.patients import parse_patient_id
 from cxr.data.sources import SourceError
 from cxr.data.synthetic import generate
 from pipeline_repo import run_stage_script

@@ -22,6 +22,7 @@ from PIL import Image
 from cxr.config import SplitConfig
 from cxr.data import checks
 from cxr.data import manifest as M
+from cxr.data import patients as P
 from cxr.data.pool import imap_progress
 from pipeline_repo import run_stage_script
 
@@ -101,19 +102,19 @@ CFG = SplitConfig(workers=1)  # in-process: the tiny trees of these tests need n
     ],
 )
 def test_parse_patient_id(name, expected):
-    assert M.parse_patient_id(name) == expected
+    assert P.parse_patient_id(name) == expected
 
 
 def test_patient_key_spaces_and_fallback():
-    assert M.patient_key("train/PNEUMONIA/person12_virus_46.jpeg") == "train/person12"
+    assert P.patient_key("train/PNEUMONIA/person12_virus_46.jpeg") == "train/person12"
     # Person numbers restart in the official test folder: a different child.
-    assert M.patient_key("test/PNEUMONIA/person12_virus_46.jpeg") == "test/person12"
+    assert P.patient_key("test/PNEUMONIA/person12_virus_46.jpeg") == "test/person12"
     # The official val shares train's numbering when merged.
-    assert M.patient_key("val/NORMAL/NORMAL2-IM-1427-0001.jpeg") == "train/NORMAL2-IM-1427"
-    assert M.patient_key("val/NORMAL/NORMAL2-IM-1427-0001.jpeg", merge_official_val=False) == "val/NORMAL2-IM-1427"
-    a = M.patient_key("train/NORMAL/sub/scan.png")
-    b = M.patient_key("train/PNEUMONIA/scan.png")
-    c = M.patient_key("train/NORMAL/other.png")
+    assert P.patient_key("val/NORMAL/NORMAL2-IM-1427-0001.jpeg") == "train/NORMAL2-IM-1427"
+    assert P.patient_key("val/NORMAL/NORMAL2-IM-1427-0001.jpeg", merge_official_val=False) == "val/NORMAL2-IM-1427"
+    a = P.patient_key("train/NORMAL/sub/scan.png")
+    b = P.patient_key("train/PNEUMONIA/scan.png")
+    c = P.patient_key("train/NORMAL/other.png")
     assert len({a, b, c}) == 3 and a.startswith("train/")
 
 
@@ -143,7 +144,7 @@ def patient_splits(images: pd.DataFrame, split: pd.Series) -> pd.Series:
 
 def test_split_is_per_patient_stratified_and_proportional():
     images = image_table()
-    split = M.assign_splits(images, 0.15, 0.2, seed=3)
+    split = P.assign_splits(images, 0.15, 0.2, seed=3)
     assert split.notna().all() and set(split) == {"train", "val", "test"}
     per_patient = patient_splits(images, split)
     assert per_patient.map(len).max() == 1, "a patient's images landed in two splits"
@@ -158,19 +159,19 @@ def test_split_is_per_patient_stratified_and_proportional():
 
 def test_split_is_seeded():
     images = image_table()
-    a = M.assign_splits(images, 0.15, 0.15, seed=1)
-    b = M.assign_splits(images, 0.15, 0.15, seed=1)
-    c = M.assign_splits(images, 0.15, 0.15, seed=2)
+    a = P.assign_splits(images, 0.15, 0.15, seed=1)
+    b = P.assign_splits(images, 0.15, 0.15, seed=1)
+    c = P.assign_splits(images, 0.15, 0.15, seed=2)
     pd.testing.assert_series_equal(a, b)
     assert (a != c).any()
     # Shuffled input rows give the same assignment: it depends on patients, not on row order.
     shuffled = images.sample(frac=1, random_state=0)
-    pd.testing.assert_series_equal(M.assign_splits(shuffled, 0.15, 0.15, seed=1).sort_index(), a)
+    pd.testing.assert_series_equal(P.assign_splits(shuffled, 0.15, 0.15, seed=1).sort_index(), a)
 
 
 def test_official_test_is_kept_and_nothing_else_drawn_into_it():
     images = image_table(test_patients=30)
-    split = M.assign_splits(images, 0.15, 0.2, seed=0)
+    split = P.assign_splits(images, 0.15, 0.2, seed=0)
     assert (split[images["source_split"] == "test"] == "test").all()
     assert (split[images["source_split"] == "train"] != "test").all()
     assert set(split[images["source_split"] == "train"]) == {"train", "val"}
@@ -178,10 +179,10 @@ def test_official_test_is_kept_and_nothing_else_drawn_into_it():
 
 def test_official_val_merged_or_kept():
     images = image_table(n_normal=20, n_pneu=20, val_images=40)
-    merged = M.assign_splits(images, 0.5, 0.0, seed=0, merge_official_val=True)
+    merged = P.assign_splits(images, 0.5, 0.0, seed=0, merge_official_val=True)
     from_val = merged[images["source_split"] == "val"]
     assert set(from_val) == {"train", "val"}, "merged val images should be redrawn like train's"
-    kept = M.assign_splits(images, 0.5, 0.0, seed=0, merge_official_val=False)
+    kept = P.assign_splits(images, 0.5, 0.0, seed=0, merge_official_val=False)
     assert (kept[images["source_split"] == "val"] == "val").all()
 
 
@@ -193,7 +194,7 @@ def test_tiny_class_still_reaches_every_split_and_train():
             "source_split": "train",
         }
     )
-    split = M.assign_splits(images, 0.1, 0.1, seed=0)
+    split = P.assign_splits(images, 0.1, 0.1, seed=0)
     assert sorted(split[:3]) == ["test", "train", "val"]
 
 
@@ -409,7 +410,7 @@ def test_split_stage_writes_manifest_quarantine_and_metrics(tmp_path, capsys):
 
 def test_shared_patients_is_computed_not_assumed():
     df = pd.DataFrame({"patient_id": ["a", "a", "b", "c", "c"], "split": ["train", "val", "val", "test", "test"]})
-    assert M.shared_patients(df) == 1
+    assert P.shared_patients(df) == 1
 
 
 def test_split_stage_reports_error_without_traceback(tmp_path):

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from cxr.evaluation import compare as C
+from cxr.evaluation import report as R
 from cxr.metrics import CI_METRICS
 from pipeline_repo import load_stage
 from toydata import cells
@@ -95,7 +96,7 @@ def test_results_markdown_reads_like_a_results_section():
         }
     )
     sweep = {"model": "resnet50", "select_metric": "val_auc", "best": {"batch_size": 16, "lr": 1e-3, "val_auc": 0.9}}
-    md = cells(C.results_markdown(t, eval_metrics=EVAL, sweep_summary=sweep, sweep_table=sweep_table))
+    md = cells(R.results_markdown(t, eval_metrics=EVAL, sweep_summary=sweep, sweep_table=sweep_table))
     assert md.startswith("# Results")
     assert "62.5 %" in md  # the always-PNEUMONIA baseline
     assert "| **cnn** |" in md and "75.0 (72.0–78.0)" in md
@@ -106,7 +107,7 @@ def test_results_markdown_reads_like_a_results_section():
     assert "| 16 | 0.001 | 0.900 | 0.300 | 0.850 | 0.900 | 0.800 | **yes** |" in sweep_md
     assert "never sees the test split" in sweep_md and "`evaluate_tuned@resnet50-tuned`" in sweep_md
     # A validation tie decided by the stated rule is not reported as a selection on the metric.
-    tied = cells(C.results_markdown(t, eval_metrics=EVAL, tie=True))
+    tied = cells(R.results_markdown(t, eval_metrics=EVAL, tie=True))
     assert "The selected model is **cnn**, decided by the tie rule below" in tied
     assert "selected on validation ROC-AUC is" not in tied and "accuracy 75.0 (72.0–78.0) %" in tied
 
@@ -116,7 +117,7 @@ def test_the_sweep_section_shows_no_test_column_even_from_an_old_table():
     old = pd.DataFrame(
         {"batch_size": [16], "lr": [1e-3], "val_auc": [0.9], "test_roc_auc": [0.7], "test_accuracy": [0.6]}
     )
-    md = C.sweep_markdown(old, "val_auc")
+    md = R.sweep_markdown(old, "val_auc")
     assert "test" not in md and "0.700" not in md and "0.900" in md
 
 

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 from cxr.config import ConfigError, EvaluateConfig, OperatingTarget, parse
-from cxr.evaluation.compare import results_markdown, results_table
+from cxr.evaluation.compare import results_table
 from cxr.evaluation.evaluate import evaluate_probabilities
 from cxr.evaluation.operating import choose_thresholds, score_operating_points
+from cxr.evaluation.report import results_markdown
 
 # Validation: 4 PNEUMONIA (0.9, 0.8, 0.7, 0.3) and 4 NORMAL (0.6, 0.4, 0.2, 0.1).
 VAL_Y = np.array([1, 1, 1, 1, 0, 0, 0, 0])

@@ -128,7 +128,7 @@ def _fake_fit(val_scores: dict):
 def test_diverged_configurations_are_reported_as_such_and_never_selected(monkeypatch, base):
     """A nine-digit validation loss (weights saturated at lr 0.01) and a NaN loss are rows marked
     diverged, not numbers, whatever their AUC; the heatmap matrix leaves them empty."""
-    from cxr.evaluation.compare import sweep_markdown
+    from cxr.evaluation.report import sweep_markdown
     from cxr.training.engine import TrainingDivergedError
 
     scores = {(8, 1e-3): (0.80, 0.3), (8, 1e-2): (0.95, 421430592.0), (16, 1e-3): (0.70, 0.35)}
