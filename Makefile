@@ -26,15 +26,20 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml package.json pack
 repro: $(STAMP)
 	$(BIN)/dvc repro
 
-# ruff (format and lint) and mypy (pyproject [tool.mypy]), pinned in requirements-dev.txt, before pytest:
-# CI runs exactly this. pytest runs on one worker per core (pytest-xdist); the end-to-end pipeline repos that
-# tests share are built by one background process meanwhile (tests/shared_pipelines.py).
+# ruff (format and lint) before pytest, mypy (pyproject [tool.mypy]) beside it, all pinned in
+# requirements-dev.txt: CI runs exactly this. pytest runs on one worker per core (pytest-xdist); the
+# end-to-end pipeline repos that tests share are built by one background process meanwhile
+# (tests/shared_pipelines.py). mypy runs at the lowest CPU priority, on what the tests leave idle (their
+# stage processes wait on each other), and says its verdict after pytest's; either failing fails the target.
 PYTEST_WORKERS ?= auto
+MYPY_LOG := $(VENV)/mypy.log
 test: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
-	$(BIN)/mypy
-	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
+	@nice -n 19 $(BIN)/mypy >$(MYPY_LOG) 2>&1 & mypy=$$!; \
+	  $(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS); tests=$$?; \
+	  wait $$mypy; typed=$$?; echo "mypy:"; cat $(MYPY_LOG); \
+	  test $$tests -eq 0 && test $$typed -eq 0
 
 lint: $(STAMP)  # fix what ruff can: formatting, import order, old syntax
 	$(BIN)/ruff format .

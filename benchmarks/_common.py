@@ -88,8 +88,8 @@ def manifest_for(files: list[tuple[str, str]]):
 
 def build_cached(root: Path, files: list[tuple[str, str]], out: Path, cache_size: int = 256, workers: int = 0) -> float:
     """Build the project's cache of ``files`` in ``out``; returns the seconds it took."""
-    from cxr.config import PreprocessConfig
     from cxr.data.cache import build_cache
+    from cxr.data.config import PreprocessConfig
 
     t0 = time.perf_counter()
     build_cache(

@@ -29,8 +29,9 @@ from scipy.special import expit
 
 from cxr import CLASSES
 from cxr.calibration import logit
-from cxr.config import DataConfig, EvaluateConfig, PreprocessConfig, SplitConfig, load_params, parse, section
+from cxr.config import EvaluateConfig, load_params, parse, section
 from cxr.data.cache import build_cache, decode_image, load_info, load_split
+from cxr.data.config import DataConfig, PreprocessConfig, SplitConfig
 from cxr.data.manifest import build_manifest, write_manifest
 from cxr.data.sources import fetch
 from cxr.metrics import binary_metrics, bootstrap_ci, choose_threshold

@@ -16,8 +16,9 @@ from cxr.stage import progress_enabled, run_stage  # first: the stage says what 
 import argparse
 from pathlib import Path
 
-from cxr.config import ConfigError, DataConfig, ExternalConfig, SplitConfig, load_params, section
+from cxr.config import ConfigError, load_params, section
 from cxr.data.cache import CacheError
+from cxr.data.config import DataConfig, ExternalConfig, SplitConfig
 from cxr.data.external import ExternalError, build_all
 from cxr.data.limits import ArchiveLimitError
 from cxr.data.manifest import ManifestError

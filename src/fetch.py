@@ -14,7 +14,8 @@ from cxr.stage import progress_enabled, run_stage  # first: the stage says what 
 import argparse
 from pathlib import Path
 
-from cxr.config import ConfigError, DataConfig, load_params, section
+from cxr.config import ConfigError, load_params, section
+from cxr.data.config import DataConfig
 from cxr.data.sources import SourceError, fetch
 
 ERRORS = (SourceError, ConfigError)  # user-actionable (see cxr.stage)

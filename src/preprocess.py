@@ -14,8 +14,9 @@ import argparse
 import time
 
 from cxr import SPLITS
-from cxr.config import ConfigError, PreprocessConfig, load_params, section
+from cxr.config import ConfigError, load_params, section
 from cxr.data.cache import build_cache
+from cxr.data.config import PreprocessConfig
 from cxr.data.manifest import ManifestError
 
 ERRORS = (ConfigError, ManifestError, FileNotFoundError)  # user-actionable (see cxr.stage)

@@ -123,7 +123,7 @@ def external_overrides(specs: list[str], current: dict) -> list[str]:
     real radiographs scored on drawings would read as an external failure (the external stage refuses
     that pairing too).
     """
-    from cxr.config import SYNTHETIC_SET  # here: the usage message needs no installed package
+    from cxr.data.config import SYNTHETIC_SET  # here: the usage message needs no installed package
 
     args = []
     for name, spec in current.items():

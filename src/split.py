@@ -16,7 +16,8 @@ import json
 import time
 from pathlib import Path
 
-from cxr.config import ConfigError, SplitConfig, load_params, section
+from cxr.config import ConfigError, load_params, section
+from cxr.data.config import SplitConfig
 from cxr.data.manifest import ManifestError, build_manifest, summary_table, write_manifest, write_quarantine
 
 ERRORS = (ConfigError, ManifestError)  # user-actionable (see cxr.stage)

@@ -69,7 +69,7 @@ def shared_data() -> Path:
 def synthetic_raw(tmp_path_factory) -> Path:
     """A small synthetic canonical tree raw/{train,val,test}/{NORMAL,PNEUMONIA}/ (session-wide, read-only
     by convention)."""
-    from cxr.config import SyntheticConfig
+    from cxr.data.config import SyntheticConfig
     from cxr.data.synthetic import generate
 
     out = tmp_path_factory.mktemp("synthetic") / "raw"

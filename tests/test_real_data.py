@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cxr.config import PreprocessConfig, SplitConfig
 from cxr.data import cache as C
 from cxr.data import manifest as M
 from cxr.data import patients as P
+from cxr.data.config import PreprocessConfig, SplitConfig
 
 pytestmark = pytest.mark.shared_data
 

@@ -15,9 +15,10 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from cxr.config import AugmentConfig, PreprocessConfig
+from cxr.config import AugmentConfig
 from cxr.data import cache as C
 from cxr.data.augment import BatchAugment, Normalize, eval_resize
+from cxr.data.config import PreprocessConfig
 from cxr.data.manifest import MANIFEST_COLUMNS
 from cxr.training.loaders import make_loader
 

@@ -34,7 +34,8 @@ from torch import nn
 
 from cxr import CLASSES
 from cxr.calibration import apply_temperature
-from cxr.config import RESIZE_MODES, AugmentConfig
+from cxr.config import AugmentConfig
+from cxr.data.config import RESIZE_MODES
 from cxr.data_source import DATA_KINDS, DataSource, SyntheticDataWarning, public_url, synthetic_data_warning
 from cxr.files import atomic_write
 from cxr.models import rebuild

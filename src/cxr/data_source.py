@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from cxr.config import DataConfig
+from cxr.data.config import DataConfig
 
 # DataSource.kind: params.yaml's data.source, with `path` told apart as a folder or an archive.
 # path: data.path was not there when train ran (moved after fetch): a folder or an archive, no telling.

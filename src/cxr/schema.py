@@ -15,10 +15,12 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_core import ErrorDetails
 
 S = TypeVar("S", bound="Section")
+Fraction = Annotated[float, Field(ge=0, le=1)]  # a probability or a share
+NonNegative = Annotated[int, Field(ge=0)]
 
 
 class ConfigError(ValueError):

@@ -16,9 +16,9 @@ import pytest
 import yaml
 from PIL import Image, ImageFilter
 
-from cxr.config import PreprocessConfig, SplitConfig
 from cxr.data import cache as C
 from cxr.data import manifest as M
+from cxr.data.config import PreprocessConfig, SplitConfig
 from pipeline_repo import run_stage_script
 
 REPO = Path(__file__).resolve().parents[2]

@@ -16,8 +16,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from cxr.config import DataConfig, ExternalConfig, PreprocessConfig, SplitConfig, SyntheticConfig
 from cxr.data.cache import build_cache, load_split
+from cxr.data.config import DataConfig, ExternalConfig, PreprocessConfig, SplitConfig, SyntheticConfig
 from cxr.data.external import INDEX_FILE, OVERLAP_FILE, ExternalError, build_all, load_index
 from cxr.data.layout import find_class_layout
 from cxr.data.manifest import build_manifest, write_manifest

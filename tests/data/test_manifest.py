@@ -19,10 +19,10 @@ import pytest
 import yaml
 from PIL import Image
 
-from cxr.config import SplitConfig
 from cxr.data import checks
 from cxr.data import manifest as M
 from cxr.data import patients as P
+from cxr.data.config import SplitConfig
 from cxr.data.pool import imap_progress
 from pipeline_repo import run_stage_script
 

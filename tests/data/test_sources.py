@@ -22,8 +22,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from cxr.config import DataConfig, SyntheticConfig
 from cxr.data.archives import extract_archive
+from cxr.data.config import DataConfig, SyntheticConfig
 from cxr.data.download import download, download_target
 from cxr.data.layout import find_layout
 from cxr.data.sources import SourceError, fetch

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from cxr import CLASSES, SPLITS
-from cxr.config import SyntheticConfig
+from cxr.data.config import SyntheticConfig
 from cxr.data.synthetic import generate
 
 NORMAL_RE = re.compile(r"^(?P<pid>(NORMAL2-)?IM-\d{4})-(?P<k>\d{4})\.jpeg$")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from cxr.checkpoint import DataSource
-from cxr.config import DataConfig
+from cxr.data.config import DataConfig
 from cxr.evaluation.promotion import describe
 from cxr.models import build_model
 from toydata import card_for

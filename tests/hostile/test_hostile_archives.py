@@ -19,9 +19,9 @@ import zipfile
 import pytest
 from hostile_kit import kaggle_tree, xray_jpeg
 
-from cxr.config import ArchiveLimits, DataConfig, SplitConfig
 from cxr.data import manifest as M
 from cxr.data.archives import extract_archive
+from cxr.data.config import ArchiveLimits, DataConfig, SplitConfig
 from cxr.data.sources import SourceError, fetch
 
 pytestmark = pytest.mark.timeout(60)

@@ -17,7 +17,7 @@ import zipfile
 import pytest
 from hostile_kit import ENDLESS_STOP, kaggle_tree
 
-from cxr.config import DataConfig
+from cxr.data.config import DataConfig
 from cxr.data.download import download, download_target
 from cxr.data.sources import SourceError, fetch
 

@@ -23,10 +23,10 @@ import pytest
 from hostile_kit import files_under, kaggle_tree, put, run_unprivileged, unprivileged_dir, xray_jpeg
 from PIL import Image
 
-from cxr.config import DataConfig, Plausibility, PreprocessConfig, SplitConfig
 from cxr.data import SKIPPED_REPORT, checks
 from cxr.data import manifest as M
 from cxr.data.cache import build_cache
+from cxr.data.config import DataConfig, Plausibility, PreprocessConfig, SplitConfig
 from cxr.data.intake import write_skipped
 from cxr.data.sources import SourceError, fetch
 from cxr.stage import run_stage

@@ -25,8 +25,8 @@ import pytest
 from hostile_kit import put, xray_jpeg
 from PIL import Image
 
-from cxr.config import SplitConfig
 from cxr.data import checks
+from cxr.data.config import SplitConfig
 from cxr.data.limits import ImageLimits
 from cxr.serving import cli
 from cxr.serving.filenames import escape_name, raw_name

@@ -17,8 +17,8 @@ from PIL import Image
 
 from cxr import checkpoint
 from cxr.checkpoint import DataSource
-from cxr.config import DataConfig, PreprocessConfig
 from cxr.data.cache import build_cache, load_split
+from cxr.data.config import DataConfig, PreprocessConfig
 from cxr.data.manifest import MANIFEST_COLUMNS
 from cxr.serving import cli
 from cxr.serving.predict import Predictor, collect_inputs

@@ -23,7 +23,7 @@ from PIL import Image
 from test_predict import make_checkpoint
 
 from cxr.checkpoint import DataSource, SyntheticDataWarning
-from cxr.config import DataConfig
+from cxr.data.config import DataConfig
 from cxr.serving.predict import Predictor
 from cxr.serving.pyfunc import decode_payload, log_pyfunc_model
 from servers import mlflow_process

@@ -16,8 +16,8 @@ import zipfile
 import zlib
 from pathlib import Path, PurePosixPath
 
-from cxr.config import ArchiveLimits
 from cxr.data import SourceError, is_junk
+from cxr.data.config import ArchiveLimits
 from cxr.data.limits import ArchiveBudget, ArchiveLimitError
 from cxr.data.safefs import utf8_name
 from cxr.stage import progress_bar

@@ -34,12 +34,11 @@ import pandas as pd
 from PIL import Image, ImageOps
 
 from cxr import CLASSES, SPLITS
-from cxr.config import PreprocessConfig
+from cxr.data.config import RESIZE_MODES, PreprocessConfig
 from cxr.data.manifest import manifest_csv_bytes, read_manifest
 from cxr.data.pool import imap_progress
 from cxr.files import write_csv
 
-RESIZE_MODES = ("stretch", "pad")
 INFO_FILE = "info.json"
 _REBUILD = "Run `dvc repro preprocess` to build it."
 _DRAFT_OVERSAMPLE = 1  # JPEG draft decodes to >= this x the target side (see decode_image)

@@ -23,7 +23,7 @@ from typing import Optional
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-from cxr.config import Plausibility
+from cxr.data.config import Plausibility
 from cxr.data.limits import ImageLimits
 from cxr.data.pool import imap_progress
 from cxr.data.safefs import UNREADABLE, entry_problem, open_regular, sha256_stream

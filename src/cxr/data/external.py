@@ -33,16 +33,16 @@ import torch
 import torch.nn.functional as F
 
 from cxr import CLASSES
-from cxr.config import (
+from cxr.config import ConfigError
+from cxr.data.cache import build_cache, load_info, load_split
+from cxr.data.config import (
     SYNTHETIC_SET,
-    ConfigError,
     DataConfig,
     ExternalConfig,
     PreprocessConfig,
     SplitConfig,
     SyntheticConfig,
 )
-from cxr.data.cache import build_cache, load_info, load_split
 from cxr.data.intake import import_external, import_tree
 from cxr.data.layout import Layout, class_dirs
 from cxr.data.manifest import QUARANTINE_COLUMNS, read_manifest, scan_tree, verify_tree

@@ -18,9 +18,9 @@ from collections import Counter
 from pathlib import Path
 
 from cxr import CLASSES, SPLITS
-from cxr.config import ArchiveLimits
 from cxr.data import SKIPPED_COLUMNS, SKIPPED_REPORT, SourceError, is_junk
 from cxr.data.archives import extract_archive
+from cxr.data.config import ArchiveLimits
 from cxr.data.layout import Layout, find_class_layout, find_layout
 from cxr.data.safefs import UNREADABLE, utf8_name, walk_files
 from cxr.files import csv_quoting

@@ -23,7 +23,7 @@ from typing import Optional
 
 import numpy as np
 
-from cxr.config import ArchiveLimits, Plausibility, SplitConfig
+from cxr.data.config import ArchiveLimits, Plausibility, SplitConfig
 
 # Quarantine reasons / warning codes (stable; the detail says more).
 TOO_SMALL = "too_small"

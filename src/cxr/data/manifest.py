@@ -33,9 +33,9 @@ import pandas as pd
 from tabulate import tabulate
 
 from cxr import CLASSES, SPLITS
-from cxr.config import SplitConfig
 from cxr.data import SKIPPED_REPORT, is_junk
 from cxr.data.checks import check_files
+from cxr.data.config import SplitConfig
 from cxr.data.patients import assign_splits, drop_duplicates, patient_key, shared_patients
 from cxr.files import csv_text, write_csv
 

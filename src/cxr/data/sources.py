@@ -42,8 +42,8 @@ from pathlib import Path
 from tabulate import tabulate
 
 from cxr import CLASSES, SPLITS
-from cxr.config import DataConfig
 from cxr.data import SourceError
+from cxr.data.config import DataConfig
 from cxr.data.download import download, kaggle_download
 from cxr.data.intake import import_any, reset_tree
 

@@ -3,7 +3,7 @@
 Runs as part of ``python src/fetch.py --params params.yaml --out data/raw`` when
 ``data.source: synthetic``; directly::
 
-    from cxr.config import SyntheticConfig
+    from cxr.data.config import SyntheticConfig
     from cxr.data.synthetic import generate
     counts = generate(Path("data/raw"), SyntheticConfig(patients=40, seed=1))
 
@@ -33,7 +33,7 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 
 from cxr import CLASSES, SPLITS
-from cxr.config import SyntheticConfig
+from cxr.data.config import SyntheticConfig
 
 # Shapes are drawn on a small grid and resized to the output size: rendering cost stays flat
 # however large min_size/max_size are, and the images only need detail at the training sizes.

@@ -31,7 +31,8 @@ from typing import Union
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from cxr.data.cache import RESIZE_MODES, decode_image, resize_gray
+from cxr.data.cache import decode_image, resize_gray
+from cxr.data.config import RESIZE_MODES
 
 Source = Union[str, os.PathLike, bytes, bytearray, memoryview]
 
@@ -90,7 +91,7 @@ def default_max_pixels() -> int:
 
 
 def pixel_limit_error(name: str, width: int, height: int, frames: int, max_pixels: int | None) -> None:
-    from cxr.config import SplitConfig
+    from cxr.data.config import SplitConfig
     from cxr.data.limits import ImageLimits
 
     limit = default_max_pixels() if max_pixels is None else int(max_pixels)

@@ -25,7 +25,6 @@ from pydantic import ConfigDict, Field
 from cxr.config import (
     AugmentConfig,
     ConfigError,
-    DataConfig,
     Globals,
     Scheduler,
     TrainConfig,
@@ -34,6 +33,7 @@ from cxr.config import (
     load_model_override,
     section,
 )
+from cxr.data.config import DataConfig
 from cxr.metric_names import SelectMetric
 from cxr.models import check_image_size, check_options, get_entry, list_models
 from cxr.policy import ValidationPolicy
