@@ -6,6 +6,7 @@ folder = kaggle_download("paultimothymooney/chest-xray-pneumonia")
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import time
@@ -97,42 +98,52 @@ def download(
     than ``min_rate`` bytes/s over ``timeout`` seconds: abandoned (it resumes on the next run). Longer than
     ``max_bytes`` (``data.archive.max_total_bytes``), announced or streamed: refused, the partial file deleted.
     """
-    import requests
-    import urllib3
-
     notes = [] if notes is None else notes
     if not url or urlparse(url).scheme not in ("http", "https"):
         raise SourceError(f"data.url must be an http(s) link to the dataset archive, found {url!r}")
     final = download_target(url, dest_dir, sha256)
     final.parent.mkdir(parents=True, exist_ok=True)
     part = final.with_name(final.name + ".part")
-    expected = sha256.lower().strip() if sha256 else None
-
     if final.exists():
         notes.append(f"reusing {final} (downloaded earlier from this URL; delete it to download again)")
         return final
+    fetch = functools.partial(
+        _fetch,
+        url,
+        part,
+        progress=progress,
+        notes=notes,
+        read=dict(chunk_size=chunk_size, timeout=timeout, min_rate=min_rate),
+        max_bytes=max_bytes,
+    )
+    try:
+        total = fetch()
+    except _StartOver:  # the partial file is as long as the remote one (or longer: it changed); start over
+        part.unlink()
+        total = fetch()
+    _verify(url, part, total, sha256.lower().strip() if sha256 else None, notes)
+    os.replace(part, final)
+    notes.append(f"downloaded {url} -> {final} ({final.stat().st_size} bytes)")
+    return final
+
+
+class _StartOver(Exception):
+    """A resumed request was answered 416 (Range not satisfiable)."""
+
+
+def _fetch(url: str, part: Path, *, progress: bool, notes: list[str], read: dict, max_bytes: int | None):
+    """One request for ``url``, appended to ``part`` from its current length (or written anew when the server
+    does not resume); the announced total length, or None. ``read``: :func:`_read_body`'s limits."""
+    import requests
+    import urllib3
+
     offset = part.stat().st_size if part.exists() else 0
     # identity: the bytes on disk are the file itself, so Content-Length and Range count the same bytes.
     headers = {"Accept-Encoding": "identity", **({"Range": f"bytes={offset}-"} if offset else {})}
-    total = None
     try:
-        with requests.get(url, stream=True, headers=headers, timeout=timeout) as resp:
+        with requests.get(url, stream=True, headers=headers, timeout=read["timeout"]) as resp:
             if offset and resp.status_code == 416:
-                # Range not satisfiable: the partial file is already as long as the remote
-                # one (or longer, if the remote file changed). Start over to be sure.
-                resp.close()
-                part.unlink()
-                return download(
-                    url,
-                    dest_dir,
-                    sha256=sha256,
-                    progress=progress,
-                    notes=notes,
-                    chunk_size=chunk_size,
-                    timeout=timeout,
-                    min_rate=min_rate,
-                    max_bytes=max_bytes,
-                )
+                raise _StartOver
             if resp.status_code >= 400:
                 raise SourceError(
                     f"download of {url} failed: HTTP {resp.status_code} {resp.reason}; "
@@ -142,8 +153,9 @@ def download(
             offset = offset if resumed else 0
             total = _announced_total(resp, offset, url, max_bytes)
             room = None if max_bytes is None else max_bytes - offset
-            with open(part, "ab" if resumed else "wb") as f, _bytes_bar(total, offset, final.name, progress) as bar:
-                _read_body(resp, f, bar, chunk_size=chunk_size, timeout=timeout, min_rate=min_rate, room=room)
+            name = part.name.removesuffix(".part")
+            with open(part, "ab" if resumed else "wb") as f, _bytes_bar(total, offset, name, progress) as bar:
+                _read_body(resp, f, bar, room=room, **read)
     except _OverCap:
         part.unlink(missing_ok=True)
         raise _cap_error(
@@ -154,10 +166,7 @@ def download(
             f"download of {url} interrupted: {type(exc).__name__}: {exc}; run the stage again to resume "
             f"from {part} ({part.stat().st_size if part.exists() else 0} bytes so far)"
         ) from None
-    _verify(url, part, total, expected, notes)
-    os.replace(part, final)
-    notes.append(f"downloaded {url} -> {final} ({final.stat().st_size} bytes)")
-    return final
+    return total
 
 
 def _resumed(resp, offset: int, notes: list[str]) -> bool:
