@@ -356,6 +356,18 @@ def test_url_resumes_a_partial_download(tmp_path, serve, zipped, ignore_range):
         assert any("resumed download at byte 1000" in n for n in notes)
 
 
+def test_url_a_partial_file_as_long_as_the_remote_one_starts_over(tmp_path, serve, zipped):
+    """The server answers the resume with 416 (nothing left from that byte): the partial file may be another
+    version of the remote file, so it is deleted and the file downloaded whole, once."""
+    data, _ = zipped
+    base, log = serve({"/d.zip": data})
+    target = download_target(f"{base}/d.zip", tmp_path / "dl")
+    _put(target.with_name("d.zip.part"), b"x" * (len(data) + 10))  # longer: the remote file changed
+    path = download(f"{base}/d.zip", tmp_path / "dl", progress=False)
+    assert path.read_bytes() == data and not target.with_name("d.zip.part").exists()
+    assert log == [("/d.zip", f"bytes={len(data) + 10}-"), ("/d.zip", None)]
+
+
 def test_url_sha256_mismatch_names_both_hashes_and_deletes_file(tmp_path, serve, zipped):
     data, _ = zipped
     base, _ = serve({"/d.zip": data})
