@@ -142,7 +142,6 @@ def main(argv=None) -> int:
     tracker = make_tracker(mlflow_cfg.experiment)
     tags = {**run_tags(args.model, data_version=card.data_version, device=describe(device)), "stage": "evaluate"}
     training = find_training_run(tracker, card)
-    parent = training.run_id if training else None
     experiment = None
     if training:  # nested under its training run in the UI (MLflow's own tag: that run has ended)
         tags[PARENT_RUN_TAG] = training.run_id
@@ -156,9 +155,9 @@ def main(argv=None) -> int:
         for name, fig in figs.items():  # the PNG as written: MLflow's log_figure would render it again
             tracker.log_artifact(save_figure(fig, Path(args.figures) / f"{name}.png"), "eval")
         tracker.log_artifact(args.metrics, "eval")
-    if parent:  # the training run's row in the MLflow runs table: its params and threshold beside its test results
+    if training:  # the training run's row in the MLflow runs table: its params and threshold beside its test results
         at = result.report["at_val_threshold"]
-        tracker.log_metrics({f"test_{k}": at[k]["value"] for k in HEADLINE}, run_id=parent)
+        tracker.log_metrics({f"test_{k}": at[k]["value"] for k in HEADLINE}, run_id=training.run_id)
 
     print_summary(args.model, result, external)
     return 0

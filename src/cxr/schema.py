@@ -85,7 +85,7 @@ def config_error(exc: ValidationError, cls: type[BaseModel], where: str) -> Conf
             expected, _ = alternatives.setdefault(err["loc"][:-1], ([], err.get("input")))
             expected.append(_expected(err) or err["msg"])
         else:
-            messages.append(_message(err, where))
+            messages.append(_message(err, cls, where))
     for loc, (expected, found) in alternatives.items():
         messages.append(f"{_path(where, loc)}: expected {_either(expected)}, found {short(found)}")
     for parent, keys in unknown.items():
@@ -131,9 +131,9 @@ def _expected(err: ErrorDetails) -> str | None:
     return _EXPECTED.get(err["type"].split("_")[0])
 
 
-def _message(err: ErrorDetails, where: str) -> str:
+def _message(err: ErrorDetails, cls: type[BaseModel], where: str) -> str:
     loc, kind, ctx = err["loc"], err["type"], err.get("ctx") or {}
-    path = _path(where, loc) or where
+    path = _path(where, loc) or where or cls.__name__
     found = err.get("input")
     if kind == "value_error":  # a validator's own sentence, written to follow the key
         text = str(ctx.get("error", err["msg"]))

@@ -3,7 +3,7 @@
     registry = Registry(tracker.uri)
     with registry.lock("cxr-pneumonia"):                # across machines on a tracking server (registry_lock)
         champion = registry.champion("cxr-pneumonia", "champion", "val_auc")   # dict, or None
-        mv = registry.version_of("cxr-pneumonia", digest) or registry.register(model_uri, "cxr-pneumonia", ...)
+        mv = registry.version_of("cxr-pneumonia", "checkpoint_sha256", digest) or registry.register(model_uri, ...)
         registry.set_alias("cxr-pneumonia", "champion", mv.version)
     folder = download_model("models:/cxr-pneumonia@champion", dest, progress=True)
 
