@@ -70,33 +70,21 @@ def figure_grid(w: float, h: float, nrows: int = 1, ncols: int = 1, **kw):
 def confusion_matrix_figure(
     y_true, y_pred, class_names: Sequence[str] = CLASSES, title: str = "Confusion matrix"
 ) -> Figure:
-    """Heatmap of counts; each cell also shows its share of the *actual* class (row percentage)."""
-    y_true = np.asarray(y_true).astype(int)
-    y_pred = np.asarray(y_pred).astype(int)
+    """Counts, coloured by each cell's share of the *actual* class (row percentage), which each cell also shows."""
+    from sklearn.metrics import ConfusionMatrixDisplay, confusion_matrix
+
     k = len(class_names)
-    cm = np.zeros((k, k), dtype=int)
-    np.add.at(cm, (y_true, y_pred), 1)
+    cm = confusion_matrix(np.asarray(y_true).astype(int), np.asarray(y_pred).astype(int), labels=range(k))
     rows = cm.sum(axis=1, keepdims=True)
     pct = np.divide(cm, rows, out=np.zeros(cm.shape), where=rows > 0) * 100
-    annot = np.array([[f"{cm[i, j]}\n{pct[i, j]:.1f}% of row" for j in range(k)] for i in range(k)])
     fig, axes = figure_grid(5.2, 4.6, layout="constrained")
     ax = axes[0, 0]
-    import seaborn as sns  # here: 1 s to import, for two figures
-
-    sns.heatmap(
-        pct,
-        annot=annot,
-        fmt="",
-        cmap="Blues",
-        vmin=0,
-        vmax=100,
-        cbar_kws={"label": "% of actual class"},
-        xticklabels=class_names,
-        yticklabels=class_names,
-        ax=ax,
-        square=True,
-        linewidths=0.5,
+    shown = ConfusionMatrixDisplay(pct, display_labels=list(class_names)).plot(
+        ax=ax, cmap="Blues", colorbar=False, im_kw={"vmin": 0, "vmax": 100}
     )
+    for (i, j), text in np.ndenumerate(shown.text_):
+        text.set_text(f"{cm[i, j]}\n{pct[i, j]:.1f}% of row")
+    fig.colorbar(shown.im_, ax=ax, label="% of actual class")
     ax.set_xlabel("Predicted")
     ax.set_ylabel("Actual")
     fig.suptitle(f"{title}\n(n = {cm.sum()} images)")  # centred on the figure: clear of the colour bar
@@ -104,8 +92,11 @@ def confusion_matrix_figure(
 
 
 def draw_roc(ax, fpr, tpr, label: str, auc: float | None, **kw) -> None:
+    """One ROC curve (sklearn's RocCurveDisplay), its AUC to three decimals in the legend."""
+    from sklearn.metrics import RocCurveDisplay
+
     text = label if auc is None else f"{label} (AUC = {auc:.3f})"
-    ax.plot(fpr, tpr, label=text, **{"lw": 2, **kw})
+    RocCurveDisplay(fpr=np.asarray(fpr), tpr=np.asarray(tpr), name=text).plot(ax=ax, curve_kwargs={"lw": 2, **kw})
 
 
 def roc_axes(ax, title: str, legend_below: bool = False) -> None:
@@ -158,13 +149,19 @@ def pr_figure(
     label: str = "model",
     title: str = "Precision-recall curve (test)",
 ) -> Figure:
-    """Precision-recall curve in model ``label``'s colour; ``prevalence`` (share of PNEUMONIA) is the no-skill line."""
+    """Precision-recall curve (sklearn's PrecisionRecallDisplay) in model ``label``'s colour; ``prevalence``
+    (share of PNEUMONIA) is the no-skill line."""
+    from sklearn.metrics import PrecisionRecallDisplay
+
     fig, axes = figure_grid(5.2, 5.2)
     ax = axes[0, 0]
     text = label if ap is None else f"{label} (AP = {ap:.3f})"
-    ax.step(recall, precision, where="post", lw=2, label=text, color=model_color(label))
-    if prevalence is not None:
-        ax.axhline(prevalence, ls="--", c="grey", lw=1, label=f"No skill (prevalence = {prevalence:.2f})")
+    PrecisionRecallDisplay(np.asarray(precision), np.asarray(recall), name=text, prevalence_pos_label=prevalence).plot(
+        ax=ax,
+        curve_kwargs={"lw": 2, "color": model_color(label)},
+        plot_chance_level=prevalence is not None,
+        chance_level_kw={"ls": "--", "c": "grey", "lw": 1, "label": f"No skill (prevalence = {prevalence or 0:.2f})"},
+    )
     ax.set_xlim(-0.01, 1.01)
     ax.set_ylim(0, 1.02)
     ax.set_xlabel("Recall (sensitivity)")
@@ -174,6 +171,19 @@ def pr_figure(
     ax.legend(loc="lower left", fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def draw_reliability(ax, mean_predicted, fraction_positive, label: str, **kw) -> None:
+    """One reliability curve (sklearn's CalibrationDisplay) and, once per axes, the perfectly calibrated line;
+    axis labels already set stay."""
+    from sklearn.calibration import CalibrationDisplay
+
+    labels = ax.get_xlabel(), ax.get_ylabel()
+    CalibrationDisplay(np.asarray(fraction_positive), np.asarray(mean_predicted), None).plot(
+        ax=ax, name=label, **{"marker": "o", "lw": 2, **kw}
+    )
+    if any(labels):
+        ax.set(xlabel=labels[0], ylabel=labels[1])
 
 
 def calibration_figure(
@@ -194,10 +204,9 @@ def calibration_figure(
         gridspec_kw={"height_ratios": [3, 1]} if counts is not None else None,
     )
     ax = axes[0, 0]
-    ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=1, label="Perfectly calibrated")
     color = model_color(label)
     text = label if ece is None else f"{label} (ECE = {ece:.3f})"
-    ax.plot(mean_predicted, fraction_positive, marker="o", lw=2, label=text, color=color)
+    draw_reliability(ax, mean_predicted, fraction_positive, text, color=color)
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.set_ylabel("Observed fraction PNEUMONIA")
@@ -328,7 +337,7 @@ def sweep_heatmap_figure(
     values[bad] = np.nan
     fig, axes = figure_grid(1.6 * len(lrs) + 2.4, 1.0 * len(batch_sizes) + 1.8)
     ax = axes[0, 0]
-    import seaborn as sns  # here: 1 s to import, for two figures
+    import seaborn as sns  # here: 1 s to import, for one figure
 
     sns.heatmap(
         values,

@@ -72,6 +72,9 @@ def test_figures_draw_both_curves_and_every_set():
     assert any("before scaling" in s for s in labels) and any(f"T = {t:.2f}" in s for s in labels)
     dashed = [line for line in fig.axes[0].lines if "before" in line.get_label()]
     assert dashed[0].get_linestyle() == "--"
+    # the second curve (sklearn's CalibrationDisplay) leaves the figure's axis labels as they were
+    assert fig.axes[0].get_ylabel() == "Observed fraction PNEUMONIA" and fig.axes[0].get_xlabel() == ""
+    assert fig.axes[1].get_xlabel() == "Mean predicted P(pneumonia)"
     yv, pv = data(300, 5)
     refer = choose_refer_band(yv, pv, 0.5, 0.05)
     fig = S.refer_figure((yv, pv), {"internal test": (y, raw), "site_b": (y[:100], raw[:100])}, 0.5, refer, title="r")

@@ -95,15 +95,15 @@ def reliability_figure(labels, raw_probs, probs, *, temperature: float, label: s
         before = calibration_points(labels, raw_probs)
         ece_before = binary_metrics(labels, raw_probs)["ece"]
         ax.lines[-1].set_label(f"{label}, T = {temperature:.2f} (ECE = {ece_after:.3f})")
-        ax.plot(
+        plots.draw_reliability(
+            ax,
             before["mean_predicted"],
             before["fraction_positive"],
-            marker="o",
+            f"{label}, before scaling (ECE = {ece_before:.3f})",
             ls="--",
             lw=1.5,
             color=plots.model_color(label),
             alpha=0.6,
-            label=f"{label}, before scaling (ECE = {ece_before:.3f})",
         )
         ax.legend(loc="upper left", fontsize=9)
     return fig
